@@ -1,0 +1,231 @@
+"""Adapter-only Orbax checkpoints.
+
+A checkpoint directory holds two Orbax items:
+  * `params`: the trained leaves only — one adapter's subtree plus whatever trained with it (layer
+    norms, task head); never a frozen base weight;
+  * `record`: JSON with the adapter's name, its method config, the base model's identity (name and a
+    fingerprint of its parameter shapes) and the library version.
+
+Restoring loads the base model, splices the adapter from the recorded config, then overwrites the
+adapter leaves; any difference between the checkpoint and the spliced tree is reported in full.
+
+Saving writes to a temporary sibling directory and swaps it in with renames, so a failed save never
+replaces a good checkpoint.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from adapters_jax import splice, trainable
+from adapters_jax.methods import method_from_dict
+from adapters_jax.version import __version__
+
+Params = dict[str, Any]
+FORMAT = 'adapters_jax.adapter/1'
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, corrupt, or does not fit the model it is restored onto."""
+
+
+def base_fingerprint(params: Params) -> str:
+  """sha256 of the sorted (path, shape, dtype) of every non-adapter leaf: the base model's shape."""
+  flat = traverse_util.flatten_dict(params, sep='/')
+  digest = hashlib.sha256()
+  for path in sorted(flat):
+    if splice.is_adapter_path(path):
+      continue
+    leaf = flat[path]
+    digest.update(f'{path}:{tuple(np.shape(leaf))}:{np.dtype(leaf.dtype).name};'.encode())
+  return digest.hexdigest()
+
+
+def tree_diff(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
+  """Every difference between two flat `{path: array}` maps: missing, unexpected, mis-shaped."""
+  lines = [f'missing:    {p} {tuple(np.shape(expected[p]))}' for p in sorted(expected.keys() - found.keys())]
+  lines += [f'unexpected: {p} {tuple(np.shape(found[p]))}' for p in sorted(found.keys() - expected.keys())]
+  for p in sorted(expected.keys() & found.keys()):
+    want, got = tuple(np.shape(expected[p])), tuple(np.shape(found[p]))
+    if want != got:
+      lines.append(f'shape:      {p} expected {want}, checkpoint has {got}')
+  return lines
+
+
+def overwrite_leaves(params: Params, leaves: Mapping[str, Any], what: str = 'checkpoint') -> Params:
+  """Returns `params` with `leaves` (`{path: array}`) written in; all must exist with equal shapes.
+
+  Raises:
+    CheckpointError: the full diff, when a leaf is unknown or mis-shaped.
+  """
+  flat = traverse_util.flatten_dict(params, sep='/')
+  expected = {p: flat[p] for p in leaves if p in flat}
+  problems = [line for line in tree_diff(expected, leaves) if not line.startswith('missing')]
+  if problems:
+    raise CheckpointError(f'The {what} does not fit the model:\n  ' + '\n  '.join(problems))
+  flat.update({p: jax.numpy.asarray(v, dtype=flat[p].dtype) for p, v in leaves.items()})
+  return traverse_util.unflatten_dict(flat, sep='/')
+
+
+def make_record(spliced: splice.Spliced, params: Params, name: str, base_name: str,
+                trained_paths: list[str], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The JSON record saved beside an adapter's params."""
+  spec = spliced.adapter(name)
+  return {
+      'format': FORMAT,
+      'library_version': __version__,
+      'adapter': name,
+      'method': spec.method.to_dict(),
+      'sites': [site.path for site in spec.sites],
+      'base': {'name': base_name, 'fingerprint': base_fingerprint(params)},
+      'trained_paths': sorted(trained_paths),
+      'extra': dict(extra or {}),
+  }
+
+
+def save_adapter(directory: str | os.PathLike, spliced: splice.Spliced, params: Params, name: str,
+                 mask: Params | None = None, base_name: str = '',
+                 extra: Mapping[str, Any] | None = None) -> str:
+  """Saves adapter `name` (and the other leaves `mask` marks trainable) to `directory`.
+
+  Args:
+    directory: destination; an existing checkpoint there is replaced only after the new one is
+      completely written.
+    spliced, params: the spliced model and its params.
+    name: the adapter to save.
+    mask: trainable mask (see `trainable.make_mask`); default: the adapter's own leaves plus what its
+      method trains with it, and the task head.
+    base_name: the base model's name or path (recorded, for `restore_adapter` and for people).
+    extra: more JSON-able facts to record (e.g. task, label names).
+
+  Returns:
+    The checkpoint directory.
+  """
+  spec = spliced.adapter(name)
+  if spec.merged:
+    raise ValueError(f'Adapter {name!r} is merged into the base weights; unmerge it before saving.')
+  if mask is None:
+    mask = trainable.make_mask(params, trainable.adapter_rules([spec]))
+  to_save, _ = trainable.split(params, mask)
+  flat = traverse_util.flatten_dict(to_save, sep='/')
+  if not any(splice.is_adapter_path(p, name) for p in flat):
+    raise ValueError(f'The mask marks none of adapter {name!r} leaves as trainable.')
+  foreign = [p for p in flat if splice.is_adapter_path(p) and not splice.is_adapter_path(p, name)]
+  if foreign:
+    raise ValueError(f'The mask also selects other adapters\' leaves: {foreign[:5]}; save each '
+                     'adapter on its own.')
+  record = make_record(spliced, params, name, base_name, list(flat), extra)
+  directory = os.path.abspath(os.fspath(directory))
+  _atomic_write(directory, jax.device_get(to_save), record)
+  return directory
+
+
+def _atomic_write(directory: str, tree: Params, record: dict[str, Any]) -> None:
+  parent, base = os.path.split(directory)
+  os.makedirs(parent, exist_ok=True)
+  tag = uuid.uuid4().hex[:8]
+  tmp = os.path.join(parent, f'.{base}.tmp-{tag}')
+  old = os.path.join(parent, f'.{base}.old-{tag}')
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    checkpointer.save(tmp, ocp.args.Composite(params=ocp.args.StandardSave(tree),
+                                              record=ocp.args.JsonSave(record)))
+  except BaseException:
+    # Orbax itself writes into `<tmp>.orbax-checkpoint-tmp...` first: remove every partial copy.
+    for partial in glob.glob(glob.escape(tmp) + '*'):
+      shutil.rmtree(partial, ignore_errors=True)
+    raise
+  if os.path.exists(directory):
+    os.rename(directory, old)
+    os.rename(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.rename(tmp, directory)
+
+
+def load_record(directory: str | os.PathLike) -> dict[str, Any]:
+  """The JSON record of an adapter checkpoint."""
+  directory = os.fspath(directory)
+  path = os.path.join(directory, 'record', 'metadata')
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'No checkpoint at {directory}.')
+  if not os.path.exists(path):
+    raise CheckpointError(f'{directory} is not a complete adapter checkpoint: {path} is missing '
+                          '(an interrupted save, or not made by save_adapter).')
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'The record of checkpoint {directory} is unreadable: {e}') from e
+  if record.get('format') != FORMAT:
+    raise CheckpointError(f'{directory} has format {record.get("format")!r}, expected {FORMAT!r}.')
+  return record
+
+
+def load_leaves(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The saved leaves of an adapter checkpoint as `{path: array}`."""
+  directory = os.path.abspath(os.fspath(directory))
+  load_record(directory)
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    restored = checkpointer.restore(directory, ocp.args.Composite(params=ocp.args.StandardRestore()))
+    tree = restored['params']
+  except Exception as e:  # Orbax raises many kinds of errors on damaged files.
+    raise CheckpointError(f'Checkpoint {directory} is corrupt or truncated and cannot be read '
+                          f'({type(e).__name__}: {str(e)[:300]}).') from e
+  return {p: np.asarray(v) for p, v in traverse_util.flatten_dict(tree, sep='/').items()}
+
+
+def restore_adapter(directory: str | os.PathLike, host: Any, params: Params, *sample_args,
+                    check_base: bool = True, **sample_kwargs) -> tuple[splice.Spliced, Params]:
+  """Splices the checkpointed adapter into `params` (the freshly loaded base) and loads its leaves.
+
+  Args:
+    directory: an adapter checkpoint written by `save_adapter`.
+    host: the base Linen model, or a `Spliced` one (other adapters may already be spliced).
+    params: the base model's params.
+    *sample_args, **sample_kwargs: one host call's arguments, for the splice's shapes.
+    check_base: refuse a base whose parameter shapes differ from the recorded fingerprint.
+
+  Returns:
+    The spliced model and params with the adapter (and its trained norms/head) restored.
+
+  Raises:
+    CheckpointError: missing/corrupt checkpoint, another base model, or a tree that does not fit
+      (with every missing, unexpected and mis-shaped leaf named).
+  """
+  record = load_record(directory)
+  leaves = load_leaves(directory)
+  name = record['adapter']
+  method = method_from_dict(record['method'])
+  spliced, spliced_params = splice.add_adapter(host, params, name, method, jax.random.key(0),
+                                               *sample_args, **sample_kwargs)
+  flat = traverse_util.flatten_dict(spliced_params, sep='/')
+  expected = {p: v for p, v in flat.items() if splice.is_adapter_path(p, name)}
+  expected.update({p: flat[p] for p in leaves if p in flat and not splice.is_adapter_path(p)})
+  problems = tree_diff(expected, leaves)
+  if problems:
+    base_note = ''
+    if record['base']['fingerprint'] != base_fingerprint(params):
+      base_note = (f' It was trained on base {record["base"]["name"]!r}, whose parameter shapes '
+                   'differ from this model\'s.')
+    raise CheckpointError(f'Checkpoint {os.fspath(directory)} does not fit this model.{base_note}\n  '
+                          + '\n  '.join(problems))
+  if check_base and record['base']['fingerprint'] != base_fingerprint(params):
+    raise CheckpointError(
+        f'Checkpoint {os.fspath(directory)} was trained on base {record["base"]["name"]!r} with '
+        'other parameter shapes than this model (fingerprint differs); pass check_base=False to '
+        'restore anyway.')
+  return spliced, overwrite_leaves(spliced_params, leaves)

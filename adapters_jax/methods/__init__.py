@@ -1,0 +1,79 @@
+"""Adapter methods: one file per method (module + frozen config), and the named presets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from adapters_jax.methods.base import (
+  ACTIVATIONS,
+  MethodConfig,
+  SiteInfo,
+  get_activation,
+  replace_fields,
+)
+from adapters_jax.methods.bottleneck import (
+  Bottleneck,
+  BottleneckConfig,
+  houlsby,
+  parallel,
+  pfeiffer,
+)
+from adapters_jax.methods.compacter import (
+  CompacterAdapter,
+  CompacterConfig,
+  PHMDense,
+  PHMRule,
+  compacter,
+  compacter_pp,
+  kron_sum,
+)
+from adapters_jax.methods.ia3 import IA3, IA3Config, ia3
+from adapters_jax.methods.lora import LoRA, LoRAConfig, lora
+
+PRESETS: dict[str, Callable[[], MethodConfig]] = {
+    'houlsby': houlsby,
+    'pfeiffer': pfeiffer,
+    'parallel': parallel,
+    'lora': lora,
+    'ia3': ia3,
+    'compacter': compacter,
+    'compacter++': compacter_pp,
+}
+
+CONFIG_KINDS: dict[str, type[MethodConfig]] = {
+    cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, IA3Config, CompacterConfig)
+}
+
+
+def get_method(name: str, **overrides: Any) -> MethodConfig:
+  """A preset by name, with fields overridden.
+
+  Example:
+    >>> get_method('houlsby', size=8).size
+    8
+
+  Raises:
+    ValueError: unknown preset or option; the message lists the valid ones.
+  """
+  if name not in PRESETS:
+    raise ValueError(f'Unknown adapter preset {name!r}; valid presets: {sorted(PRESETS)}.')
+  return replace_fields(PRESETS[name](), **overrides)
+
+
+def method_from_dict(record: dict[str, Any]) -> MethodConfig:
+  """Rebuilds a method config from `MethodConfig.to_dict()` output (e.g. a checkpoint's JSON)."""
+  record = dict(record)
+  kind = record.pop('kind', None)
+  if kind not in CONFIG_KINDS:
+    raise ValueError(f'Unknown adapter method kind {kind!r}; valid kinds: {sorted(CONFIG_KINDS)}.')
+  return replace_fields(CONFIG_KINDS[kind](), **record)
+
+
+__all__ = [
+    'ACTIVATIONS', 'Bottleneck', 'BottleneckConfig', 'CONFIG_KINDS', 'CompacterAdapter',
+    'CompacterConfig', 'IA3', 'IA3Config', 'LoRA', 'LoRAConfig', 'MethodConfig', 'PHMDense',
+    'PHMRule', 'PRESETS', 'SiteInfo', 'compacter', 'compacter_pp', 'get_activation', 'get_method',
+    'houlsby', 'ia3', 'kron_sum', 'lora', 'method_from_dict', 'parallel', 'pfeiffer',
+    'replace_fields',
+]

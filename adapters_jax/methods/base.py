@@ -1,0 +1,132 @@
+"""What every adapter method provides: a frozen config that knows its sites and builds its modules.
+
+A method config (e.g. `BottleneckConfig`) is a frozen dataclass. Splicing asks it for:
+  * `site_rules()`: where its adapters go (`SiteRule`s: pattern + placement);
+  * `make_module(site)`: the Flax module for one matched site (given its feature sizes);
+  * `make_shared_module()`: optionally, one module whose params all sites share (Compacter's rule
+    matrices); its params are passed to every site module as `shared`.
+
+Site modules are called as `module.apply({'params': p}, x, shared=shared_params, deterministic=...)`:
+  * placement `output`:   x is the site's output,  returns the new output;
+  * placement `parallel`: x is the site's input,   returns a term added to the output;
+  * placement `input`:    x is the site's input,   returns the new input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+
+from adapters_jax.sites import SiteRule, as_site_rules
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteInfo:
+  """A matched site, as an adapter module needs to know it.
+
+  Attributes:
+    path: `/`-joined module path of the site.
+    placement: `output`, `parallel` or `input`.
+    in_features: last dimension of the site's input.
+    out_features: last dimension of the site's output.
+    layer: transformer block index, if the path has one.
+  """
+
+  path: str
+  placement: str
+  in_features: int
+  out_features: int
+  layer: int | None = None
+
+  @property
+  def features(self) -> int:
+    """Width of the tensor the adapter sees (`parallel` and `input` see the input)."""
+    return self.out_features if self.placement == 'output' else self.in_features
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'gelu': lambda x: nn.gelu(x, approximate=False),
+    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
+    'relu': nn.relu,
+    'swish': nn.swish,
+    'silu': nn.swish,
+    'tanh': nn.tanh,
+}
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The activation function called `name`; an unknown name lists the valid ones."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f'Unknown activation {name!r}; valid activations: {sorted(ACTIVATIONS)}.')
+  return ACTIVATIONS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+  """Fields shared by every adapter method.
+
+  Attributes:
+    sites: `(pattern, placement)` pairs naming where adapters go (see `adapters_jax.sites`).
+    leave_out: transformer block indices that get no adapter.
+    train_also: whole-name regexes of host parameters trained with the adapter (e.g. layer norms).
+  """
+
+  kind: ClassVar[str] = ''
+  sites: tuple[tuple[str, str], ...] = ()
+  leave_out: tuple[int, ...] = ()
+  train_also: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    as_site_rules(self.sites)  # validates patterns and placements early
+
+  def site_rules(self) -> tuple[SiteRule, ...]:
+    return as_site_rules(self.sites)
+
+  def make_module(self, site: SiteInfo) -> nn.Module:
+    raise NotImplementedError
+
+  def make_shared_module(self) -> nn.Module | None:
+    return None
+
+  def merge(self, host_params: dict[str, Any], adapter_params: dict[str, Any],
+            site: SiteInfo) -> dict[str, Any]:
+    """Folds the adapter into the site's own weights (`kernel`, `bias`), when the method allows."""
+    raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights; '
+                              'only LoRA and (IA)3 can.')
+
+  def unmerge(self, host_params: dict[str, Any], adapter_params: dict[str, Any],
+              site: SiteInfo) -> dict[str, Any]:
+    """Inverse of `merge`."""
+    raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights.')
+
+  # --- serialisation (recorded beside checkpoints) ---
+
+  def to_dict(self) -> dict[str, Any]:
+    fields = dataclasses.asdict(self)
+    return {'kind': self.kind, **fields}
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def replace_fields(config: MethodConfig, **overrides: Any) -> MethodConfig:
+  """`dataclasses.replace` with an error that lists the valid options."""
+  valid = [f.name for f in dataclasses.fields(config)]
+  unknown = sorted(set(overrides) - set(valid))
+  if unknown:
+    raise ValueError(f'Unknown option(s) {unknown} for {type(config).__name__}; '
+                     f'valid options: {valid}.')
+  # JSON turns tuples into lists; the configs are hashable tuples.
+  fixed = {k: _to_tuple(v) for k, v in overrides.items()}
+  return dataclasses.replace(config, **fixed)
+
+
+def _to_tuple(value: Any) -> Any:
+  if isinstance(value, list):
+    return tuple(_to_tuple(v) for v in value)
+  return value

@@ -1,0 +1,93 @@
+"""LoRA (Hu et al. 2021): a low-rank update parallel to a dense layer.
+
+    y = x W + b + (alpha / r) * dropout(x) A B,    A: [in, r] random, B: [r, out] zero
+
+so the spliced model starts equal to the base model. `merge` folds (alpha / r) A B into W for
+inference at the base model's cost; `unmerge` takes it back out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from adapters_jax.methods.base import MethodConfig, SiteInfo
+from adapters_jax.sites import QUERY, VALUE
+
+
+class LoRA(nn.Module):
+  """The low-rank term `(alpha / r) * dropout(x) A B` (added to the site's output).
+
+  Attributes:
+    out_features: width of the site's output.
+    rank: r.
+    alpha: scale numerator; the term is scaled by alpha / r.
+    dropout: dropout rate on the input of A.
+  """
+
+  out_features: int
+  rank: int = 8
+  alpha: float = 16.0
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, shared=None, deterministic: bool = True):
+    del shared
+    # As PEFT: A ~ kaiming-uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0.
+    a_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+    lora_a = self.param('lora_a', a_init, (x.shape[-1], self.rank))  # [in, r]
+    lora_b = self.param('lora_b', nn.initializers.zeros, (self.rank, self.out_features))  # [r, out]
+    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    h = x @ lora_a.astype(x.dtype)  # [..., r]
+    return (h @ lora_b.astype(x.dtype)) * jnp.asarray(self.alpha / self.rank, x.dtype)
+
+
+def lora_delta(adapter_params: dict[str, Any], alpha: float, rank: int) -> jnp.ndarray:
+  """The kernel update (alpha / r) A B, [in, out]."""
+  return (alpha / rank) * (adapter_params['lora_a'] @ adapter_params['lora_b'])
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig(MethodConfig):
+  """LoRA on matched dense layers (default: attention query and value).
+
+  Attributes:
+    rank: r.
+    alpha: the update is scaled by alpha / r.
+    dropout: dropout on the LoRA branch's input.
+  """
+
+  kind = 'lora'
+  sites: tuple[tuple[str, str], ...] = ((QUERY, 'parallel'), (VALUE, 'parallel'))
+  rank: int = 8
+  alpha: float = 16.0
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    if any(placement != 'parallel' for _, placement in self.sites):
+      raise ValueError("LoRA sites must use placement 'parallel'.")
+    if self.rank < 1:
+      raise ValueError(f'LoRA rank must be >= 1, got {self.rank}.')
+
+  def make_module(self, site: SiteInfo) -> nn.Module:
+    return LoRA(out_features=site.out_features, rank=self.rank, alpha=self.alpha,
+                dropout=self.dropout)
+
+  def merge(self, host_params, adapter_params, site):
+    kernel = host_params['kernel']
+    delta = lora_delta(adapter_params, self.alpha, self.rank)
+    return {**host_params, 'kernel': kernel + delta.astype(kernel.dtype)}
+
+  def unmerge(self, host_params, adapter_params, site):
+    kernel = host_params['kernel']
+    delta = lora_delta(adapter_params, self.alpha, self.rank)
+    return {**host_params, 'kernel': kernel - delta.astype(kernel.dtype)}
+
+
+def lora() -> LoRAConfig:
+  """Hu et al. 2021 GLUE setting: r=8, alpha=16 on query and value."""
+  return LoRAConfig()

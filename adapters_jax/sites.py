@@ -1,0 +1,119 @@
+"""Named adapter sites: regular expressions over `/`-joined module paths.
+
+A *site* is a module call inside a host model (usually a dense projection) at which an adapter is
+applied. Sites are named by whole-name regular expressions over the module path, e.g.
+`encoder/layer_3/attention/output`. The constants below cover the module naming of this project's
+backbones (`encoder/layer_{i}/attention/query`, `.../ffn/output`, or `encoder/layers/...` when the layers
+are scanned) and that of Hugging Face Flax BERT/RoBERTa models (`bert/encoder/layer/{i}/attention/self/query`,
+`.../output/dense`), so presets splice into both without per-model edits.
+
+Each pattern is matched with `re.fullmatch`, so a pattern names whole paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+
+# A transformer block: ours `layer_3` (or `layers` when scanned), Hugging Face `layer/3`.
+_OURS = r'(.*/)?(layer_\d+|layers)'
+_HF = r'(.*/)?layer/\d+'
+
+QUERY = rf'{_OURS}/attention/query|{_HF}/attention/self/query'
+KEY = rf'{_OURS}/attention/key|{_HF}/attention/self/key'
+VALUE = rf'{_OURS}/attention/value|{_HF}/attention/self/value'
+# The attention output projection, before dropout, residual and LayerNorm.
+ATTENTION_OUTPUT = rf'{_OURS}/attention/output|{_HF}/attention/output/dense'
+# The first FFN projection (hidden -> intermediate).
+FFN_INTERMEDIATE = rf'{_OURS}/ffn/intermediate|{_HF}/intermediate/dense'
+# The second FFN projection (intermediate -> hidden), before dropout, residual and LayerNorm.
+FFN_OUTPUT = rf'{_OURS}/ffn/output|{_HF}/output/dense'
+# The whole feed-forward block (input: hidden states, output: before the residual). Our backbones only.
+FFN_BLOCK = rf'{_OURS}/ffn'
+
+# Leaves trained alongside adapters by some methods (Houlsby: layer norms), and the task head.
+LAYER_NORM_PARAMS = r'(?i).*layer_?norm[^/]*/[^/]+'
+HEAD_PARAMS = r'(.*/)?classifier/.*'
+
+PLACEMENTS = ('output', 'parallel', 'input')
+
+_LAYER_INDEX = re.compile(r'(?:^|/)layers?[_/](\d+)(?:/|$)')
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteRule:
+  """Where an adapter goes: every module whose path fully matches `pattern`.
+
+  Attributes:
+    pattern: whole-name regular expression over `/`-joined module paths.
+    placement: `output` (adapter applied to the module's output, y <- a(y)), `parallel` (added to the
+      output from the module's input, y <- y + a(x)) or `input` (applied to the input, x <- a(x)).
+  """
+
+  pattern: str
+  placement: str = 'output'
+
+  def __post_init__(self):
+    if self.placement not in PLACEMENTS:
+      raise ValueError(f'Unknown placement {self.placement!r}; valid placements: {PLACEMENTS}.')
+    try:
+      re.compile(self.pattern)
+    except re.error as e:
+      raise ValueError(f'Site pattern {self.pattern!r} is not a valid regular expression: {e}') from e
+
+
+def as_site_rules(sites: Iterable[SiteRule | tuple[str, str] | str]) -> tuple[SiteRule, ...]:
+  """Normalises `(pattern, placement)` pairs or bare patterns (placement `output`) to `SiteRule`s."""
+  rules = []
+  for site in sites:
+    if isinstance(site, SiteRule):
+      rules.append(site)
+    elif isinstance(site, str):
+      rules.append(SiteRule(site))
+    else:
+      rules.append(SiteRule(*site))
+  return tuple(rules)
+
+
+def layer_index(path: str) -> int | None:
+  """The transformer block index in a module path (`.../layer_3/...` or `.../layer/3/...`), if any."""
+  match = _LAYER_INDEX.search(path)
+  return int(match.group(1)) if match else None
+
+
+class SiteMatchError(ValueError):
+  """A site pattern matched no module of the host model."""
+
+
+def match_sites(rules: Sequence[SiteRule], module_paths: Sequence[str]) -> dict[str, SiteRule]:
+  """Maps every module path matched by a rule to that rule (first matching rule wins).
+
+  Args:
+    rules: site rules, in priority order.
+    module_paths: every module path seen while the host model ran.
+
+  Returns:
+    `{module_path: rule}` in the order of `module_paths`.
+
+  Raises:
+    SiteMatchError: a rule matched no path; the message lists the closest module paths.
+  """
+  matched: dict[str, SiteRule] = {}
+  for rule in rules:
+    hits = [p for p in module_paths if re.fullmatch(rule.pattern, p)]
+    if not hits:
+      raise SiteMatchError(_no_match_message(rule.pattern, module_paths))
+    for path in hits:
+      matched.setdefault(path, rule)
+  return {p: matched[p] for p in module_paths if p in matched}
+
+
+def _no_match_message(pattern: str, module_paths: Sequence[str]) -> str:
+  # Rank candidates by similarity to the pattern with regex syntax stripped.
+  plain = re.sub(r'[\\^$.*+?()\[\]{}|]', '', pattern)
+  close = difflib.get_close_matches(plain, module_paths, n=8, cutoff=0.0)
+  listing = '\n  '.join(close) if close else '(the model has no sub-modules)'
+  return (f'Site pattern {pattern!r} matches no module of the host model (patterns must match the '
+          f'whole `/`-joined module path). Module paths it could have meant:\n  {listing}')

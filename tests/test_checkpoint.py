@@ -1,0 +1,145 @@
+"""Adapter-only Orbax checkpoints: size, roundtrip, mismatches, corruption."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from adapters_jax import (
+    CheckpointError,
+    add_adapter,
+    adapter_leaves,
+    get_method,
+    load_record,
+    restore_adapter,
+    save_adapter,
+    trainable,
+)
+from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
+
+
+def _dir_bytes(path):
+  return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path)
+             for f in files)
+
+
+def _trained(model, method, seed=3):
+  """A spliced model whose adapter and trained extras hold random (non-init) values."""
+  params = init_tiny(model)
+  ids, mask = tiny_batch(vocab=model.vocab)
+  spliced, params = add_adapter(model, params, 'sent', method, jax.random.key(1), ids, mask)
+  mask_tree = trainable.make_mask(params, trainable.adapter_rules([spliced.adapter('sent')]))
+  flat = traverse_util.flatten_dict(params, sep='/')
+  flat_mask = traverse_util.flatten_dict(mask_tree, sep='/')
+  key = jax.random.key(seed)
+  for path in flat:
+    if flat_mask[path]:
+      key, sub = jax.random.split(key)
+      flat[path] = flat[path] + 0.1 * jax.random.normal(sub, flat[path].shape)
+  return spliced, traverse_util.unflatten_dict(flat, sep='/'), mask_tree, (ids, mask)
+
+
+BIG_VOCAB = TinyClassifier(vocab=40000, hidden=32, intermediate=64)
+
+
+def test_checkpoint_holds_only_trained_leaves_and_roundtrips(tmp_path):
+  model = BIG_VOCAB
+  spliced, params, mask_tree, (ids, mask) = _trained(model, get_method('houlsby', size=8))
+  path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', base_name='tiny-40k',
+                      extra={'task': 'demo'})
+  trained, _ = trainable.split(params, mask_tree)
+  trained_bytes = trainable.tree_bytes(trained)
+  base_bytes = trainable.tree_bytes(params) - trained_bytes
+  assert base_bytes > 20 * trained_bytes
+  assert _dir_bytes(path) <= 1.5 * trained_bytes + 2**20
+  record = load_record(path)
+  assert record['adapter'] == 'sent' and record['base']['name'] == 'tiny-40k'
+  assert record['method']['kind'] == 'bottleneck' and record['extra'] == {'task': 'demo'}
+  assert 'embeddings/embedding' not in record['trained_paths']
+
+  # Restore onto a freshly initialised base of the same shape (other base values on purpose:
+  # only trained leaves come from the checkpoint).
+  fresh = init_tiny(model, seed=0)
+  restored_spliced, restored = restore_adapter(path, model, fresh, ids, mask)
+  want = spliced.apply(params, ids, mask, active='sent')
+  got = restored_spliced.apply(restored, ids, mask, active='sent')
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  for p, v in adapter_leaves(params, 'sent').items():
+    np.testing.assert_array_equal(np.asarray(adapter_leaves(restored, 'sent')[p]), np.asarray(v))
+
+
+def test_restore_onto_other_shapes_names_every_difference(tmp_path):
+  spliced, params, _, _ = _trained(TinyClassifier(), get_method('houlsby', size=4))
+  path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', base_name='tiny-16')
+  wider = TinyClassifier(hidden=24, intermediate=48)
+  ids, mask = tiny_batch()
+  with pytest.raises(CheckpointError) as err:
+    restore_adapter(path, wider, init_tiny(wider), ids, mask)
+  message = str(err.value)
+  assert "trained on base 'tiny-16'" in message
+  assert 'encoder/layer_0/attention/output/adapters/sent/down/kernel expected (24, 4), ' \
+         'checkpoint has (16, 4)' in message
+  assert 'encoder/layer_1/ffn/output/adapters/sent/up/kernel' in message
+  assert message.count('shape:') >= 8
+
+
+def test_restore_with_other_method_config_lists_missing_and_unexpected(tmp_path):
+  spliced, params, _, (ids, mask) = _trained(TinyClassifier(), get_method('pfeiffer'))
+  path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent')
+  # Tamper with the record: claim the checkpoint is a LoRA adapter.
+  record_path = os.path.join(path, 'record', 'metadata')
+  import json
+  with open(record_path) as f:
+    record = json.load(f)
+  record['method'] = get_method('lora').to_dict()
+  with open(record_path, 'w') as f:
+    json.dump(record, f)
+  with pytest.raises(CheckpointError) as err:
+    restore_adapter(path, TinyClassifier(), init_tiny(TinyClassifier()), ids, mask)
+  message = str(err.value)
+  assert 'missing:    encoder/layer_0/attention/query/adapters/sent/lora_a' in message
+  assert 'unexpected: encoder/layer_0/ffn/output/adapters/sent/down/kernel' in message
+
+
+def test_corrupt_checkpoint_fails_clearly(tmp_path):
+  spliced, params, _, (ids, mask) = _trained(TinyClassifier(), get_method('lora'))
+  path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent')
+  # Truncate every data file of the params item.
+  for root, _, files in os.walk(os.path.join(path, 'params')):
+    for f in files:
+      if f not in ('_METADATA', '_CHECKPOINT_METADATA', 'commit_success.txt'):
+        with open(os.path.join(root, f), 'r+b') as fh:
+          fh.truncate(max(0, os.path.getsize(os.path.join(root, f)) // 3))
+  with pytest.raises(CheckpointError, match='corrupt or truncated'):
+    restore_adapter(path, TinyClassifier(), init_tiny(TinyClassifier()), ids, mask)
+  os.remove(os.path.join(path, 'record', 'metadata'))
+  with pytest.raises(CheckpointError, match='not a complete adapter checkpoint'):
+    load_record(path)
+  with pytest.raises(CheckpointError, match='No checkpoint at'):
+    load_record(tmp_path / 'nowhere')
+
+
+def test_failed_save_never_replaces_a_good_checkpoint(tmp_path):
+  spliced, params, _, (ids, mask) = _trained(TinyClassifier(), get_method('lora'))
+  path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent')
+  before = sorted(os.listdir(path))
+  with pytest.raises(TypeError):
+    # A record that is not JSON-serialisable makes the save fail half-way.
+    save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', extra={'bad': object()})
+  assert sorted(os.listdir(path)) == before
+  assert [p for p in os.listdir(tmp_path) if p != 'ckpt'] == []  # no temporary left behind
+  restored_spliced, restored = restore_adapter(path, TinyClassifier(), init_tiny(TinyClassifier()),
+                                               ids, mask)
+  np.testing.assert_array_equal(
+      np.asarray(restored_spliced.apply(restored, ids, mask, active='sent')),
+      np.asarray(spliced.apply(params, ids, mask, active='sent')))
+
+
+def test_overwrite_replaces_old_checkpoint(tmp_path):
+  spliced, params, _, (ids, mask) = _trained(TinyClassifier(), get_method('lora'))
+  save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', extra={'round': 1})
+  save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', extra={'round': 2})
+  assert load_record(tmp_path / 'ckpt')['extra'] == {'round': 2}
+  assert os.listdir(tmp_path) == ['ckpt']

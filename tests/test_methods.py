@@ -1,0 +1,123 @@
+"""Adapter modules against float64 NumPy references, presets, and option errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from adapters_jax import methods
+from adapters_jax.methods.base import SiteInfo
+
+jax.config.update('jax_enable_x64', False)
+
+
+def _gelu64(x):
+  return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def _params64(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+@pytest.mark.parametrize('activation', ['gelu', 'relu', 'tanh', 'swish'])
+def test_bottleneck_matches_float64_formula(activation):
+  module = methods.Bottleneck(features=8, bottleneck=3, activation=activation, scaling=0.5,
+                              layer_norm_before=False, init_scheme='houlsby')
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  params = module.init(jax.random.key(1), x)['params']
+  # Give the up-projection weight so the test is not trivially the identity.
+  params = jax.tree.map(lambda a: a + 0.3, params)
+  got = module.apply({'params': params}, x)
+  p = _params64(params)
+  x64 = np.asarray(x, np.float64)
+  act = {'gelu': _gelu64, 'relu': lambda v: np.maximum(v, 0), 'tanh': np.tanh,
+         'swish': lambda v: v / (1 + np.exp(-v))}[activation]
+  h = act(x64 @ p['down']['kernel'] + p['down']['bias'])
+  want = x64 + 0.5 * (h @ p['up']['kernel'] + p['up']['bias'])
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bottleneck_zero_init_is_identity_and_houlsby_is_near():
+  x = jax.random.normal(jax.random.key(0), (4, 8))
+  zero = methods.Bottleneck(features=8, bottleneck=4, init_scheme='zero')
+  out = zero.apply(zero.init(jax.random.key(1), x), x)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+  near = methods.Bottleneck(features=8, bottleneck=4, init_scheme='houlsby')
+  params = near.init(jax.random.key(1), x)['params']
+  assert float(jnp.std(params['up']['kernel'])) < 2e-2
+  out = near.apply({'params': params}, x)
+  assert 0 < float(jnp.max(jnp.abs(out - x))) < 1e-2
+
+
+def test_lora_matches_float64_formula():
+  module = methods.LoRA(out_features=6, rank=2, alpha=4.0)
+  x = jax.random.normal(jax.random.key(0), (3, 5))
+  params = module.init(jax.random.key(1), x)['params']
+  np.testing.assert_array_equal(np.asarray(params['lora_b']), 0)
+  bound = 1 / np.sqrt(5)
+  assert np.all(np.abs(np.asarray(params['lora_a'])) <= bound + 1e-6)
+  params = {**params, 'lora_b': jax.random.normal(jax.random.key(2), (2, 6))}
+  p = _params64(params)
+  want = (np.asarray(x, np.float64) @ p['lora_a'] @ p['lora_b']) * (4.0 / 2)
+  np.testing.assert_allclose(np.asarray(module.apply({'params': params}, x)), want, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_kron_sum_matches_numpy_kron():
+  rule = np.random.default_rng(0).normal(size=(4, 4, 4))
+  factors = np.random.default_rng(1).normal(size=(4, 3, 5))
+  want = sum(np.kron(rule[i], factors[i]) for i in range(4))
+  got = methods.kron_sum(jnp.asarray(rule, jnp.float32), jnp.asarray(factors, jnp.float32))
+  assert got.shape == (12, 20)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_phm_dense_parameter_count_is_exact():
+  d, m, n = 32, 8, 4
+  layer = methods.PHMDense(features=m, n=n, rank=1)
+  rule = jnp.ones((n, n, n))
+  params = layer.init(jax.random.key(0), jnp.zeros((1, d)), rule)['params']
+  sizes = {k: v.size for k, v in params.items()}
+  # s: n * (d / n) * 1 = d, t: n * 1 * (m / n) = m, bias: m.
+  assert sizes == {'s': d, 't': m, 'bias': m}
+
+
+def test_compacter_site_module_starts_as_identity():
+  cfg = methods.get_method('compacter', size=8)
+  site = SiteInfo(path='x', placement='output', in_features=32, out_features=32)
+  module = cfg.make_module(site)
+  shared = cfg.make_shared_module().init(jax.random.key(0))['params']
+  x = jax.random.normal(jax.random.key(1), (2, 32))
+  params = module.init(jax.random.key(2), x, shared=shared)
+  np.testing.assert_array_equal(np.asarray(module.apply(params, x, shared=shared)), np.asarray(x))
+
+
+def test_ia3_scales_elementwise():
+  module = methods.IA3(features=4)
+  x = jnp.arange(8.0).reshape(2, 4)
+  params = {'params': {'scale': jnp.array([1.0, 2.0, 0.5, -1.0])}}
+  np.testing.assert_allclose(np.asarray(module.apply(params, x)),
+                             np.arange(8.0).reshape(2, 4) * [1, 2, 0.5, -1])
+
+
+def test_presets_and_errors_list_valid_choices():
+  assert set(methods.PRESETS) == {'houlsby', 'pfeiffer', 'parallel', 'lora', 'ia3', 'compacter',
+                                  'compacter++'}
+  assert methods.get_method('houlsby', size=8).size == 8
+  with pytest.raises(ValueError, match="valid presets: .*'houlsby'"):
+    methods.get_method('housby')
+  with pytest.raises(ValueError, match="valid options: .*'size'"):
+    methods.get_method('houlsby', sise=8)
+  with pytest.raises(ValueError, match='valid activations'):
+    methods.get_method('houlsby', activation='gelux')
+  with pytest.raises(ValueError, match='valid placements'):
+    methods.get_method('lora', sites=(('.*/query', 'sideways'),))
+
+
+def test_method_config_roundtrips_through_json_dict():
+  import json
+  for name in methods.PRESETS:
+    cfg = methods.get_method(name)
+    again = methods.method_from_dict(json.loads(cfg.to_json()))
+    assert again == cfg, name
