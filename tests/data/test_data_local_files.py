@@ -1,0 +1,95 @@
+"""Local CSV/TSV/JSONL tasks: formats, label parsing, bad rows with file and line, columns."""
+
+import json
+
+import pytest
+
+from adapters_jax.data import BadRowError, LocalTaskConfig, load_task
+
+
+def _write(path, text):
+  path.write_text(text, encoding='utf-8')
+  return str(path)
+
+
+def test_csv_pair_task_with_quoted_newlines_and_label_ids(tmp_path):
+  train = _write(tmp_path / 'train.csv',
+                 'premise,hypothesis,label\n'
+                 'a cat,"an animal, surely",entailment\n'
+                 '"two\nlines",x,1\n'
+                 'p,h,not_entailment\n')
+  valid = _write(tmp_path / 'dev.tsv', 'premise\thypothesis\tlabel\n"q\tr"\tentailment\n')
+  config = LocalTaskConfig(name='nli', paths={'train': train, 'validation': valid},
+                           text_columns=('premise', 'hypothesis'),
+                           label_names=('entailment', 'not_entailment'))
+  task = load_task(config)
+  assert task.spec.is_pair and task.spec.num_labels == 2
+  assert task.spec.metric_names == ('accuracy', 'f1')
+  assert [e.label for e in task['train']] == [0, 1, 1]
+  assert task['train'][1].text_a == 'two\nlines'
+  assert task['train'][0].text_b == 'an animal, surely'
+  assert task['validation'][0].text_a == '"q'  # TSV quotes are literal
+  assert task.dropped == {}
+
+
+def test_jsonl_regression_and_unlabelled_test(tmp_path):
+  train = tmp_path / 'train.jsonl'
+  train.write_text('\n'.join(json.dumps(r) for r in [
+      {'text': 'good', 'score': 4.5}, {'text': 'bad', 'score': '0.5'}]) + '\n\n')
+  test = _write(tmp_path / 'test.jsonl', json.dumps({'text': 'hidden'}) + '\n')
+  config = LocalTaskConfig(name='reg', paths={'train': str(train), 'test': test},
+                           text_columns=('text',), label_column='score', regression=True,
+                           test_has_labels=False)
+  task = load_task(config)
+  assert [e.label for e in task['train']] == [4.5, 0.5]
+  assert task['test'][0].label == -1.0
+  assert task.spec.primary_metric == 'combined_score' and task.spec.is_regression
+
+
+@pytest.mark.parametrize('body, line, problem', [
+    ('text,label\nok,pos\n,neg\n', 3, 'empty'),
+    ('text,label\nok,pos\n"multi\nline",pos\nfine,meh\n', 5, "unknown label 'meh'"),
+    ('text,label\nok,pos\nextra,pos,field\n', 3, '3 fields'),
+])
+def test_bad_rows_name_file_and_line(tmp_path, body, line, problem):
+  path = _write(tmp_path / 'train.csv', body)
+  config = LocalTaskConfig(name='t', paths={'train': path}, text_columns=('text',),
+                           label_names=('neg', 'pos'))
+  with pytest.raises(BadRowError, match=f'train.csv, line {line}: .*{problem}'):
+    load_task(config)
+  dropped = load_task(LocalTaskConfig(name='t', paths={'train': path}, text_columns=('text',),
+                                      label_names=('neg', 'pos'), drop_bad_rows=True))
+  assert dropped.dropped == {'train': 1}
+  assert len(dropped['train']) == body.count('pos') - (1 if 'field' in body else 0)
+
+
+def test_bad_float_and_json_lines(tmp_path):
+  path = _write(tmp_path / 'd.jsonl', '{"t": "a", "y": 1}\n{"t": "b", "y": "x"}\n{oops\n'
+                '{"t": "c", "y": NaN}\n')
+  config = LocalTaskConfig(name='r', paths={'train': path}, text_columns=('t',),
+                           label_column='y', regression=True)
+  with pytest.raises(BadRowError, match=r'd.jsonl, line 2: .*float'):
+    load_task(config)
+  relaxed = LocalTaskConfig(name='r', paths={'train': path}, text_columns=('t',),
+                            label_column='y', regression=True, drop_bad_rows=True)
+  task = load_task(relaxed)
+  assert [e.text_a for e in task['train']] == ['a'] and task.dropped == {'train': 3}
+
+
+def test_unknown_column_lists_file_columns(tmp_path):
+  path = _write(tmp_path / 'train.csv', 'sentence,gold\nhi,1\n')
+  config = LocalTaskConfig(name='t', paths={'train': path}, text_columns=('text',),
+                           label_names=('a', 'b'))
+  with pytest.raises(ValueError, match=r"no column\(s\) \['text', 'label'\].*\['sentence', 'gold'\]"):
+    load_task(config)
+
+
+def test_config_errors(tmp_path):
+  with pytest.raises(ValueError, match='label_names for classification or regression'):
+    LocalTaskConfig(name='t', paths={'train': 'x.csv'}, text_columns=('a',))
+  with pytest.raises(ValueError, match='validation'):
+    LocalTaskConfig(name='t', paths={'dev': 'x.csv'}, text_columns=('a',), label_names=('a', 'b'))
+  config = LocalTaskConfig(name='t', paths={'train': str(tmp_path / 'x.txt')},
+                           text_columns=('a',), label_names=('a', 'b'))
+  with pytest.raises(ValueError, match='LocalTaskConfig.format'):
+    load_task(config)
