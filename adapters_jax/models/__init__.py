@@ -1,0 +1,46 @@
+"""Backbones (BERT/RoBERTa in Flax Linen), task heads and Hugging Face checkpoint import."""
+
+from adapters_jax.models.bert import (
+    ACTIVATIONS,
+    BertEncoderModel,
+    BertForSequenceClassification,
+    Embeddings,
+    Encoder,
+    EncoderLayer,
+    EncoderOutput,
+    FeedForward,
+    Pooler,
+    SelfAttention,
+    classification_model,
+    is_scanned,
+    position_ids_for,
+    stack_layer_params,
+    unstack_layer_params,
+)
+from adapters_jax.models.config import EncoderConfig
+from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
+from adapters_jax.models.hf_import import (
+    HF_TO_OURS,
+    BaseModelIdentity,
+    CheckpointMismatchError,
+    LoadReport,
+    Pretrained,
+    base_model_identity,
+    build_model,
+    convert_hf_tensors,
+    hf_name_to_ours,
+    load_pretrained,
+    merge_hf_tensors,
+    read_safetensors,
+)
+from adapters_jax.models.registry import SHORT_NAMES, resolve_checkpoint_dir
+
+__all__ = [
+    'ACTIVATIONS', 'HF_TO_OURS', 'SHORT_NAMES', 'BaseModelIdentity', 'BertClassificationHead',
+    'BertEncoderModel', 'BertForSequenceClassification', 'CheckpointMismatchError', 'Embeddings',
+    'Encoder', 'EncoderConfig', 'EncoderLayer', 'EncoderOutput', 'FeedForward', 'LoadReport',
+    'Pooler', 'Pretrained', 'RobertaClassificationHead', 'SelfAttention', 'base_model_identity',
+    'build_model', 'classification_model', 'convert_hf_tensors', 'hf_name_to_ours',
+    'is_scanned', 'load_pretrained', 'merge_hf_tensors', 'position_ids_for', 'read_safetensors',
+    'resolve_checkpoint_dir', 'stack_layer_params', 'unstack_layer_params',
+]

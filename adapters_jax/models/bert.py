@@ -1,0 +1,314 @@
+"""BERT/RoBERTa encoder in Flax Linen, written so adapters can be spliced in by module path.
+
+Param/module paths (`/`-joined; adapter site regexes elsewhere depend on them):
+
+    embeddings/{word,position,token_type}_embeddings   nn.Embed   (token_type absent if 0 types)
+    embeddings/layer_norm                              nn.LayerNorm
+    encoder/layer_{i}/attention/{query,key,value}      nn.Dense hidden->hidden
+    encoder/layer_{i}/attention/output                 nn.Dense hidden->hidden
+    encoder/layer_{i}/attention_layer_norm             nn.LayerNorm  LN(x + drop(attention(x)))
+    encoder/layer_{i}/ffn/intermediate                 nn.Dense hidden->intermediate (+ act)
+    encoder/layer_{i}/ffn/output                       nn.Dense intermediate->hidden
+    encoder/layer_{i}/ffn_layer_norm                   nn.LayerNorm  LN(x + drop(ffn(x)))
+    pooler/dense                                       nn.Dense + tanh on the first token
+    classifier/...                                     task head (see heads.py)
+
+With `config.scan_layers` the layers are one `nn.scan`ned module `encoder/layers/...` whose params
+carry a leading `[num_layers]` axis; names inside the layer are unchanged.
+
+Every projection is its own `nn.Dense` called through `Module.__call__` (no fused QKV), so a
+`nn.intercept_methods` interceptor can replace/add to any output or rescale any input.
+
+Attention uses `jax.nn.dot_product_attention` (BTNH layout, boolean padding mask,
+`implementation=None`, so cuDNN flash attention is picked on GPU when it applies). That function
+has no dropout: when `attention_dropout > 0` and `deterministic=False` we fall back to an explicit
+einsum + softmax + dropout path (HF semantics: dropout on the attention probabilities).
+Set `attention_dropout=0` for the fast path while training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adapters_jax.models.config import EncoderConfig
+from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
+
+ACTIVATIONS = {
+    'gelu': functools.partial(jax.nn.gelu, approximate=False),  # HF 'gelu' is the exact erf GELU
+    'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
+    'gelu_pytorch_tanh': functools.partial(jax.nn.gelu, approximate=True),
+    'gelu_fast': functools.partial(jax.nn.gelu, approximate=True),
+    'relu': jax.nn.relu,
+    'silu': jax.nn.silu,
+    'swish': jax.nn.silu,
+    'tanh': jnp.tanh,
+}
+HEADS = ('bert', 'roberta')
+
+
+def _dense(config: EncoderConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(
+        features, dtype=config.compute_dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=nn.initializers.normal(config.initializer_range))
+
+
+def _layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
+    # float32 compute whatever the matmul dtype; the residual stream stays float32.
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.float32,
+                        param_dtype=jnp.float32, name=name)
+
+
+def position_ids_for(input_ids: jax.Array, config: EncoderConfig) -> jax.Array:
+    """Position ids `[batch, seq]` int32: BERT `0..L-1`; RoBERTa as HF (pads get pad_token_id)."""
+    seq_len = input_ids.shape[-1]
+    if config.position_offset == 0:
+        return jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), input_ids.shape)
+    not_pad = (input_ids != config.pad_token_id).astype(jnp.int32)  # [batch, seq]
+    positions = jnp.cumsum(not_pad, axis=-1) * not_pad
+    return jnp.where(not_pad == 1, positions + config.position_offset - 1, config.pad_token_id)
+
+
+class Embeddings(nn.Module):
+    """Word + position (+ token type) embeddings, then LayerNorm and dropout."""
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+        cfg = self.config
+        embed = functools.partial(
+            nn.Embed, features=cfg.hidden_size, dtype=jnp.float32, param_dtype=jnp.float32,
+            embedding_init=nn.initializers.normal(cfg.initializer_range))
+        hidden = embed(cfg.vocab_size, name='word_embeddings')(input_ids)  # [batch, seq, hidden]
+        hidden = hidden + embed(cfg.max_position_embeddings,
+                                name='position_embeddings')(position_ids)
+        if cfg.type_vocab_size > 0:
+            hidden = hidden + embed(cfg.type_vocab_size,
+                                    name='token_type_embeddings')(token_type_ids)
+        hidden = _layer_norm(cfg, 'layer_norm')(hidden)
+        return nn.Dropout(cfg.hidden_dropout)(hidden, deterministic=deterministic)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; returns the output projection `[batch, seq, hidden]`.
+
+    `mask` is boolean, broadcastable to `[batch, heads, q_len, k_len]`, True = attend (the
+    encoder passes `[batch, 1, 1, seq]`). An interceptor that adds keys (prefix tuning) must
+    extend it along the last axis.
+    """
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, hidden, mask, deterministic: bool):
+        cfg = self.config
+        batch, seq = hidden.shape[:2]
+        split = lambda x: x.reshape(x.shape[0], x.shape[1], cfg.num_heads, cfg.head_dim)
+        query = split(_dense(cfg, cfg.hidden_size, 'query')(hidden))  # [batch, seq, heads, dim]
+        key = split(_dense(cfg, cfg.hidden_size, 'key')(hidden))
+        value = split(_dense(cfg, cfg.hidden_size, 'value')(hidden))
+        if cfg.attention_dropout > 0.0 and not deterministic:
+            context = self._attention_with_dropout(query, key, value, mask)
+        else:
+            context = jax.nn.dot_product_attention(query, key, value, mask=mask)
+        context = context.reshape(batch, seq, cfg.hidden_size)  # [batch, seq, hidden]
+        return _dense(cfg, cfg.hidden_size, 'output')(context)
+
+    def _attention_with_dropout(self, query, key, value, mask):
+        """Explicit attention with dropout on the probabilities (HF semantics), float32 softmax."""
+        cfg = self.config
+        logits = jnp.einsum('btnh,bsnh->bnts', query, key,
+                            preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim)
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1)  # [batch, heads, q_len, k_len]
+        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
+        return jnp.einsum('bnts,bsnh->btnh', probs.astype(value.dtype), value)
+
+
+class FeedForward(nn.Module):
+    """`output(act(intermediate(hidden)))`, before the residual; `[batch, seq, hidden]`."""
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, hidden, deterministic: bool):
+        cfg = self.config
+        inner = _dense(cfg, cfg.intermediate_size, 'intermediate')(hidden)  # [b, s, inter]
+        inner = ACTIVATIONS[cfg.hidden_act](inner)
+        return _dense(cfg, cfg.hidden_size, 'output')(inner)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN transformer layer. `scanned=True` returns `(hidden, None)` for `nn.scan`."""
+
+    config: EncoderConfig
+    scanned: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, mask, deterministic: bool):
+        cfg = self.config
+        attended = SelfAttention(cfg, name='attention')(hidden, mask, deterministic)
+        attended = nn.Dropout(cfg.hidden_dropout)(attended, deterministic=deterministic)
+        hidden = _layer_norm(cfg, 'attention_layer_norm')(hidden + attended)
+        transformed = FeedForward(cfg, name='ffn')(hidden, deterministic)
+        transformed = nn.Dropout(cfg.hidden_dropout)(transformed, deterministic=deterministic)
+        hidden = _layer_norm(cfg, 'ffn_layer_norm')(hidden + transformed)  # [b, s, hidden]
+        return (hidden, None) if self.scanned else hidden
+
+
+class Encoder(nn.Module):
+    """The layer stack: `layer_{i}` submodules, or one scanned `layers` module."""
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, hidden, mask, deterministic: bool):
+        cfg = self.config
+        layer_cls = EncoderLayer
+        if cfg.remat:
+            # argnums count `self` as 0: (self, hidden, mask, deterministic).
+            layer_cls = nn.remat(layer_cls, static_argnums=(3,), prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            stack = nn.scan(
+                layer_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers)
+            hidden, _ = stack(cfg, scanned=True, name='layers')(hidden, mask, deterministic)
+            return hidden
+        for i in range(cfg.num_layers):
+            hidden = layer_cls(cfg, name=f'layer_{i}')(hidden, mask, deterministic)
+        return hidden
+
+
+class Pooler(nn.Module):
+    """`tanh(dense(hidden[:, 0]))` -> `[batch, hidden]`."""
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, hidden):
+        return jnp.tanh(_dense(self.config, self.config.hidden_size, 'dense')(hidden[:, 0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderOutput:
+    """Output of `BertEncoderModel`."""
+
+    last_hidden_state: jax.Array  # [batch, seq, hidden], float32
+    pooled: jax.Array | None      # [batch, hidden], float32; None without a pooler
+
+
+jax.tree_util.register_dataclass(
+    EncoderOutput, data_fields=['last_hidden_state', 'pooled'], meta_fields=[])
+
+
+class BertEncoderModel(nn.Module):
+    """BERT/RoBERTa encoder: `embeddings`, `encoder`, optional `pooler` at the param root.
+
+    Example:
+      model = BertEncoderModel(EncoderConfig(num_layers=2, hidden_size=64, num_heads=4))
+      params = model.init(jax.random.key(0), ids)['params']
+      out = model.apply({'params': params}, ids, mask)  # out.last_hidden_state [b, s, h]
+    """
+
+    config: EncoderConfig
+    add_pooler: bool = True
+
+    def setup(self):
+        self.embeddings = Embeddings(self.config)
+        self.encoder = Encoder(self.config)
+        if self.add_pooler:
+            self.pooler = Pooler(self.config)
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None,
+               deterministic: bool = True) -> jax.Array:
+        """Returns the last hidden state `[batch, seq, hidden]` float32."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)  # [batch, seq]
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        position_ids = position_ids_for(input_ids, self.config)
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]  # [batch, 1, 1, seq]
+        hidden = self.encoder(hidden, mask, deterministic)
+        return hidden.astype(jnp.float32)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+                 deterministic: bool = True) -> EncoderOutput:
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, deterministic)
+        pooled = self.pooler(hidden).astype(jnp.float32) if self.add_pooler else None
+        return EncoderOutput(last_hidden_state=hidden, pooled=pooled)
+
+
+class BertForSequenceClassification(BertEncoderModel):
+    """Encoder + `classifier` head at the root; returns logits `[batch, num_labels]` float32.
+
+    head='bert': dropout + `classifier/dense` on the pooled output (HF
+    BertForSequenceClassification). head='roberta': `classifier/dense` + tanh +
+    `classifier/out_proj` on the first token (HF RobertaForSequenceClassification), no pooler.
+    Regression is `num_labels=1`.
+    """
+
+    num_labels: int = 2
+    head: str = 'bert'
+
+    def setup(self):
+        if self.head not in HEADS:
+            raise ValueError(f'head={self.head!r} is not supported; valid heads: {list(HEADS)}.')
+        if self.add_pooler != (self.head == 'bert'):
+            raise ValueError(f"head={self.head!r} needs add_pooler={self.head == 'bert'}.")
+        super().setup()
+        head_cls = BertClassificationHead if self.head == 'bert' else RobertaClassificationHead
+        self.classifier = head_cls(self.num_labels, self.config.head_dropout,
+                                   self.config.initializer_range)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+                 deterministic: bool = True) -> jax.Array:
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, deterministic)
+        features = self.pooler(hidden) if self.add_pooler else hidden[:, 0]  # [batch, hidden]
+        return self.classifier(features.astype(jnp.float32), deterministic)
+
+
+def classification_model(config: EncoderConfig, num_labels: int) -> BertForSequenceClassification:
+    """The HF-compatible classification model for `config.model_type` (BERT or RoBERTa head)."""
+    head = 'roberta' if config.model_type == 'roberta' else 'bert'
+    return BertForSequenceClassification(config, add_pooler=head == 'bert',
+                                         num_labels=num_labels, head=head)
+
+
+_LAYER_RE = re.compile(r'^layer_(\d+)$')
+
+
+def stack_layer_params(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """`encoder/layer_{i}/...` -> `encoder/layers/...` with a leading `[num_layers]` axis.
+
+    Converts a plain param tree into the `scan_layers=True` layout; pure, returns a new tree.
+    """
+    encoder = dict(params['encoder'])
+    names = [f'layer_{i}' for i in range(num_layers)]
+    if sorted(encoder) != sorted(names):
+        raise ValueError(f'Expected encoder layers {names}; got {sorted(encoder)}.')
+    layers = [encoder[n] for n in names]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+    return {**params, 'encoder': {'layers': stacked}}
+
+
+def unstack_layer_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `stack_layer_params`: `encoder/layers/...` -> `encoder/layer_{i}/...`."""
+    stacked = params['encoder']['layers']
+    num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    layers = {f'layer_{i}': jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+              for i in range(num_layers)}
+    return {**params, 'encoder': layers}
+
+
+def is_scanned(params: dict[str, Any]) -> bool:
+    """Whether `params` uses the `scan_layers=True` layout."""
+    return 'layers' in params.get('encoder', {})

@@ -1,0 +1,154 @@
+"""`EncoderConfig`: the hyper-parameters of a BERT/RoBERTa encoder, read from a HF `config.json`.
+
+Every default lives here (STYLE 4). `from_hf_config` reads the keys of a Hugging Face
+`config.json`; unknown overrides and invalid values raise errors that list the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+MODEL_TYPES = ('bert', 'roberta')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# HF `hidden_act` names we implement (see `bert.ACTIVATIONS`).
+HIDDEN_ACTS = ('gelu', 'gelu_new', 'gelu_pytorch_tanh', 'gelu_fast', 'relu', 'silu', 'swish', 'tanh')
+
+# HF config.json key -> EncoderConfig field. Keys not listed here are metadata we ignore
+# (architectures, _name_or_path, transformers_version, use_cache, ...), except those in
+# `_HF_REQUIRED_VALUES`, which change the architecture and must have the value we implement.
+_HF_KEYS = {
+    'vocab_size': 'vocab_size',
+    'hidden_size': 'hidden_size',
+    'num_hidden_layers': 'num_layers',
+    'num_attention_heads': 'num_heads',
+    'intermediate_size': 'intermediate_size',
+    'hidden_act': 'hidden_act',
+    'max_position_embeddings': 'max_position_embeddings',
+    'type_vocab_size': 'type_vocab_size',
+    'layer_norm_eps': 'layer_norm_eps',
+    'hidden_dropout_prob': 'hidden_dropout',
+    'attention_probs_dropout_prob': 'attention_dropout',
+    'classifier_dropout': 'classifier_dropout',
+    'pad_token_id': 'pad_token_id',
+    'initializer_range': 'initializer_range',
+    'model_type': 'model_type',
+}
+_HF_REQUIRED_VALUES = {
+    'position_embedding_type': ('absolute',),
+    'is_decoder': (False,),
+    'add_cross_attention': (False,),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture and numerics of a post-LN BERT/RoBERTa encoder.
+
+    Defaults are BERT-base (HF `BertConfig` defaults). Build one from a checkpoint with
+    `EncoderConfig.from_hf_config(json.load(open('config.json')))`.
+
+    Attributes:
+      position_offset: 0 for BERT (position ids `0..L-1` regardless of padding). > 0 for
+        RoBERTa: non-pad tokens count up from `position_offset` and pad tokens (`input_ids ==
+        pad_token_id`) get `pad_token_id`; with `position_offset == pad_token_id + 1` this is
+        exactly HF `create_position_ids_from_input_ids`.
+      classifier_dropout: dropout of the task head; None means `hidden_dropout` (as in HF).
+      dtype: compute dtype of the matmuls ('float32' | 'bfloat16'). Params are always float32;
+        layer norms, softmax and logits are computed in float32.
+      remat: rematerialise each layer in the backward pass (`nn.remat`), trading compute for
+        activation memory.
+      scan_layers: run the layers with `nn.scan`; params then live under `encoder/layers/...`
+        with a leading `[num_layers]` axis (see `bert.stack_layer_params`).
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = 'gelu'
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    classifier_dropout: float | None = None
+    pad_token_id: int = 0
+    position_offset: int = 0
+    initializer_range: float = 0.02
+    model_type: str = 'bert'
+    dtype: str = 'float32'
+    remat: bool = False
+    scan_layers: bool = False
+
+    def __post_init__(self):
+        _check_choice('model_type', self.model_type, MODEL_TYPES)
+        _check_choice('dtype', self.dtype, tuple(DTYPES))
+        _check_choice('hidden_act', self.hidden_act, HIDDEN_ACTS)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f'hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; '
+                'choose num_heads dividing hidden_size.')
+        for name in ('hidden_dropout', 'attention_dropout'):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f'{name}={getattr(self, name)} must be in [0, 1).')
+        if self.position_offset < 0:
+            raise ValueError(f'position_offset={self.position_offset} must be >= 0.')
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def head_dropout(self) -> float:
+        return self.hidden_dropout if self.classifier_dropout is None else self.classifier_dropout
+
+    def replace(self, **overrides: Any) -> EncoderConfig:
+        """Returns a copy with `overrides`; an unknown field is an error listing the valid ones."""
+        _check_fields(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> EncoderConfig:
+        """Reads a Hugging Face `config.json` dict (BERT or RoBERTa), then applies `overrides`.
+
+        Args:
+          hf: the parsed `config.json`. Keys absent from it take HF's BERT defaults.
+          **overrides: EncoderConfig fields, e.g. `dtype='bfloat16', scan_layers=True`.
+
+        Example:
+          cfg = EncoderConfig.from_hf_config(json.loads(path.read_text()), dtype='bfloat16')
+        """
+        _check_fields(overrides)
+        for key, allowed in _HF_REQUIRED_VALUES.items():
+            if key in hf and hf[key] not in allowed:
+                raise ValueError(
+                    f'config.json has {key}={hf[key]!r}; this encoder implements only '
+                    f'{key} in {allowed}.')
+        if 'model_type' not in hf and 'model_type' not in overrides:
+            raise ValueError(
+                f"config.json has no 'model_type'; pass model_type= one of {MODEL_TYPES}.")
+        kwargs = {field: hf[key] for key, field in _HF_KEYS.items() if key in hf}
+        kwargs.update(overrides)
+        if kwargs.get('model_type') == 'roberta' and 'position_offset' not in overrides:
+            kwargs['position_offset'] = kwargs.get('pad_token_id', cls.pad_token_id) + 1
+        return cls(**kwargs)
+
+
+def _check_choice(name: str, value: Any, valid: tuple) -> None:
+    if value not in valid:
+        raise ValueError(f'{name}={value!r} is not supported; valid values: {list(valid)}.')
+
+
+def _check_fields(overrides: dict[str, Any]) -> None:
+    valid = [f.name for f in dataclasses.fields(EncoderConfig)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f'Unknown EncoderConfig field(s) {unknown}; valid fields: {valid}.')
