@@ -79,6 +79,29 @@ def overwrite_leaves(params: Params, leaves: Mapping[str, Any], what: str = 'che
   return traverse_util.unflatten_dict(flat, sep='/')
 
 
+def save_trained(directory: str | os.PathLike, params: Params, mask: Params, base_name: str = '',
+                 extra: Mapping[str, Any] | None = None) -> str:
+  """Saves the leaves `mask` marks trainable (full fine-tuning, head only) with a JSON record.
+
+  The same layout as `save_adapter`, with `adapter` null; load with `load_leaves` and
+  `overwrite_leaves`.
+  """
+  to_save, _ = trainable.split(params, mask)
+  record = {
+      'format': FORMAT,
+      'library_version': __version__,
+      'adapter': None,
+      'method': None,
+      'sites': [],
+      'base': {'name': base_name, 'fingerprint': base_fingerprint(params)},
+      'trained_paths': sorted(traverse_util.flatten_dict(to_save, sep='/')),
+      'extra': dict(extra or {}),
+  }
+  directory = os.path.abspath(os.fspath(directory))
+  _atomic_write(directory, jax.device_get(to_save), record)
+  return directory
+
+
 def make_record(spliced: splice.Spliced, params: Params, name: str, base_name: str,
                 trained_paths: list[str], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """The JSON record saved beside an adapter's params."""

@@ -8,14 +8,14 @@ import pytest
 from flax import traverse_util
 
 from adapters_jax import (
-    CheckpointError,
-    add_adapter,
-    adapter_leaves,
-    get_method,
-    load_record,
-    restore_adapter,
-    save_adapter,
-    trainable,
+  CheckpointError,
+  adapter_leaves,
+  add_adapter,
+  get_method,
+  load_record,
+  restore_adapter,
+  save_adapter,
+  trainable,
 )
 from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
 

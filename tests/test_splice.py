@@ -7,13 +7,13 @@ import pytest
 from flax import traverse_util
 
 from adapters_jax import (
-    SiteMatchError,
-    add_adapter,
-    adapter_leaves,
-    get_method,
-    merge_adapter,
-    remove_adapter,
-    unmerge_adapter,
+  SiteMatchError,
+  adapter_leaves,
+  add_adapter,
+  get_method,
+  merge_adapter,
+  remove_adapter,
+  unmerge_adapter,
 )
 from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
 

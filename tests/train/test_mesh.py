@@ -1,0 +1,57 @@
+"""Data parallelism: 8 (forced host) devices give the same losses as 1 device."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SCRIPT = r'''
+import json, sys
+import jax, numpy as np
+from adapters_jax import data, trainable
+from adapters_jax.train import loop, sharding
+from adapters_jax.train.experiment import build_experiment
+from adapters_jax.train.step import create_train_state
+from experiments.configs import quickstart
+
+assert jax.device_count() == 8, jax.devices()
+config = quickstart.get_config('smoke')
+config.model = sys.argv[1]
+task = data.load_task('rotten_tomatoes')
+experiment = build_experiment(config, task.spec)
+encoded = data.encode(task['train'][:200], experiment.pretrained.tokenizer, 64)
+batches = list(data.TrainBatches(encoded, 16, seed=0).batches(0))[:4]
+losses = {}
+for n in (1, 8):
+  mesh = sharding.make_mesh(jax.devices()[:n])
+  tx = trainable.adamw(1e-3)
+  train_params, frozen = trainable.split(experiment.params, experiment.mask)
+  state = create_train_state(train_params, tx, jax.random.PRNGKey(0))
+  state, frozen = sharding.replicate((state, frozen), mesh)
+  step_fn, _ = loop.make_step_fns(experiment, tx)
+  out = []
+  for batch in batches:
+    state, metrics = step_fn(state, frozen, sharding.shard_batch(batch, mesh))
+    out.append(float(metrics['loss']))
+  losses[n] = out
+  leaf = jax.tree.leaves(state.params)[0]
+  losses[f'{n}_devices'] = len(leaf.sharding.device_set)
+print(json.dumps(losses))
+'''
+
+
+def test_eight_devices_give_the_same_loss_as_one(tiny_bert_dir):
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+         'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  proc = subprocess.run([sys.executable, '-c', SCRIPT, tiny_bert_dir], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  losses = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert losses['1_devices'] == 1 and losses['8_devices'] == 8
+  one, eight = losses['1'], losses['8']
+  assert len(one) == 4
+  for a, b in zip(one, eight, strict=True):
+    assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (one, eight)
+  assert one[0] != one[-1]  # training moved
