@@ -7,6 +7,7 @@ Input: one text per line; for pair tasks two texts separated by a tab. Output: o
 line with the text, the label and the class probabilities (or the score for regression).
 """
 
+import contextlib
 import json
 import sys
 
@@ -20,9 +21,14 @@ flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
 
+def _open(path: str, mode: str):
+  if path == '-':
+    return contextlib.nullcontext(sys.stdin if mode == 'r' else sys.stdout)
+  return open(path, mode, encoding='utf-8')
+
+
 def read_inputs(path: str) -> list:
-  stream = sys.stdin if path == '-' else open(path, encoding='utf-8')
-  with stream:
+  with _open(path, 'r') as stream:
     lines = [line.rstrip('\n') for line in stream if line.strip()]
   return [tuple(line.split('\t', 1)) if '\t' in line else line for line in lines]
 
@@ -36,8 +42,7 @@ def main(argv):
 
   predictor = Predictor.from_workdir(FLAGS.workdir, batch_size=FLAGS.batch_size)
   texts = read_inputs(FLAGS.input)
-  out = sys.stdout if FLAGS.output == '-' else open(FLAGS.output, 'w', encoding='utf-8')
-  with out:
+  with _open(FLAGS.output, 'w') as out:
     for text, prediction in zip(texts, predictor.predict(texts), strict=True):
       out.write(json.dumps({'text': text, **prediction}) + '\n')
 
