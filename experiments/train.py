@@ -8,8 +8,11 @@ Rerunning the same command on a workdir with a checkpoint resumes it.
 """
 
 import json
+import os
 
 from absl import app, flags, logging
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (TensorBoard, tfds) start-up chatter
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Config file (python), with an optional :arg.',

@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -23,7 +24,6 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 
 from adapters_jax import checkpoint, data, trainable
 from adapters_jax.train import sharding
@@ -163,7 +163,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(config.num_epochs * batches.num_batches))
   counts = experiment.counts()
-  logging.info('%s on %s with %s: %s', config.model, spec.name, config.method, counts)
+  if jax.process_index() == 0:
+    print(f'{config.method} on {spec.name} with {config.model}: {counts}; {total_steps} steps of '
+          f'{config.batch_size} on {mesh.size} device(s)', file=sys.stderr, flush=True)
 
   schedule = make_schedule(config, total_steps)
   tx = trainable.adamw(schedule, weight_decay=config.weight_decay, clip_norm=config.clip_norm)
@@ -177,7 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if latest is not None:
     state, meta = checkpoints.restore(latest, state)
     position, best = data.DataPosition.from_dict(meta['data_position']), meta['best']
-    logging.info('Resuming from step %d in %s', latest, checkpoints.directory)
+    if jax.process_index() == 0:
+      print(f'Resuming from step {latest} in {checkpoints.directory}', file=sys.stderr, flush=True)
   log = MetricsLog(workdir, resume_step=latest, tensorboard=config.tensorboard)
 
   step_fn, eval_step = make_step_fns(experiment, tx)

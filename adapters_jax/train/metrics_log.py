@@ -83,28 +83,32 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 
 class Progress:
-  """A one-line progress report with throughput and ETA, on stderr (process 0 only)."""
+  """A one-line progress report with throughput and ETA, on stderr (process 0 only).
+
+  Throughput is measured from the first reported step on, so compilation does not count.
+  """
 
   def __init__(self, total_steps: int, start_step: int, batch_size: int):
     self.total = total_steps
-    self.start_step = start_step
     self.batch_size = batch_size
-    self.start_time = time.perf_counter()
     self.enabled = jax.process_index() == 0
     self.tty = sys.stderr.isatty()
+    self._mark: tuple[int, float] | None = None  # (step, time) of the first report
+    self._start = (start_step, time.perf_counter())
 
   def examples_per_second(self, step: int) -> float:
-    elapsed = time.perf_counter() - self.start_time
-    return (step - self.start_step) * self.batch_size / max(elapsed, 1e-9)
+    mark_step, mark_time = self._mark if self._mark and step > self._mark[0] else self._start
+    return (step - mark_step) * self.batch_size / max(time.perf_counter() - mark_time, 1e-9)
 
   def update(self, step: int, loss: float) -> None:
+    if self._mark is None:
+      self._mark = (step, time.perf_counter())
     if not self.enabled:
       return
-    done = step - self.start_step
-    elapsed = time.perf_counter() - self.start_time
-    eta = elapsed / max(done, 1) * (self.total - step)
+    rate = self.examples_per_second(step)
+    eta = (self.total - step) * self.batch_size / max(rate, 1e-9)
     line = (f'step {step}/{self.total} ({100 * step / self.total:.0f}%) | loss {loss:.4f} | '
-            f'{self.examples_per_second(step):.1f} ex/s | ETA {_duration(eta)}')
+            f'{rate:.1f} ex/s | ETA {_duration(eta)}')
     end = '' if self.tty and step < self.total else '\n'
     print(('\r' if self.tty else '') + line, end=end, file=sys.stderr, flush=True)
 
