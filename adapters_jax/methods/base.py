@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 
+from adapters_jax.ops import gelu_exact
 from adapters_jax.sites import SiteRule, as_site_rules
 
 
@@ -50,7 +51,7 @@ class SiteInfo:
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    'gelu': lambda x: nn.gelu(x, approximate=False),
+    'gelu': gelu_exact,  # exact (erf) GELU with a cheap derivative
     'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
     'relu': nn.relu,
     'swish': nn.swish,

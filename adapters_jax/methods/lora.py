@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
+from adapters_jax.ops import Dropout
 from adapters_jax.sites import QUERY, VALUE
 
 
@@ -40,7 +41,7 @@ class LoRA(nn.Module):
     a_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
     lora_a = self.param('lora_a', a_init, (x.shape[-1], self.rank))  # [in, r]
     lora_b = self.param('lora_b', nn.initializers.zeros, (self.rank, self.out_features))  # [r, out]
-    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = Dropout(self.dropout)(x, deterministic=deterministic)
     h = x @ lora_a.astype(x.dtype)  # [..., r]
     return (h @ lora_b.astype(x.dtype)) * jnp.asarray(self.alpha / self.rank, x.dtype)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from adapters_jax.ops import Dropout
+
 
 def _dense(features: int, init_range: float, name: str) -> nn.Dense:
     return nn.Dense(features, dtype=jnp.float32, param_dtype=jnp.float32, name=name,
@@ -27,7 +29,7 @@ class BertClassificationHead(nn.Module):
 
     @nn.compact
     def __call__(self, pooled, deterministic: bool):
-        pooled = nn.Dropout(self.dropout)(pooled, deterministic=deterministic)  # [batch, hidden]
+        pooled = Dropout(self.dropout)(pooled, deterministic=deterministic)  # [batch, hidden]
         return _dense(self.num_labels, self.initializer_range, 'dense')(pooled)
 
 
@@ -43,7 +45,7 @@ class RobertaClassificationHead(nn.Module):
 
     @nn.compact
     def __call__(self, first_token, deterministic: bool):
-        hidden = nn.Dropout(self.dropout)(first_token, deterministic=deterministic)
+        hidden = Dropout(self.dropout)(first_token, deterministic=deterministic)
         hidden = _dense(hidden.shape[-1], self.initializer_range, 'dense')(hidden)
-        hidden = nn.Dropout(self.dropout)(jnp.tanh(hidden), deterministic=deterministic)
+        hidden = Dropout(self.dropout)(jnp.tanh(hidden), deterministic=deterministic)
         return _dense(self.num_labels, self.initializer_range, 'out_proj')(hidden)

@@ -1,0 +1,66 @@
+"""Smoke test of scripts/bench.py's functions on a tiny model (nothing here is timed)."""
+
+import argparse
+import importlib.util
+import pathlib
+
+import pytest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / 'scripts' / 'bench.py'
+_SPEC = importlib.util.spec_from_file_location('bench_script', _PATH)
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)
+
+
+def test_parse_shapes():
+  assert bench.parse_shapes('8x128,32X64') == [(8, 128), (32, 64)]
+  with pytest.raises(ValueError, match='BATCHxLENGTH'):
+    bench.parse_shapes('8by128')
+
+
+def test_methods_are_full_and_every_preset():
+  from adapters_jax.methods import PRESETS
+  assert bench.all_methods() == ['full', *PRESETS]
+
+
+@pytest.fixture(scope='module')
+def built():
+  out = {}
+  for method in ('full', 'houlsby'):
+    b = bench.build_method(method, 'tiny', batch=2, length=8)
+    b['compile_s'] = bench.compile_step(b)
+    out[method] = b
+  return out
+
+
+def test_step_runs_and_counts(built):
+  for b in built.values():
+    assert b['compile_s'] > 0
+    assert bench.run_step(b) > 0 and bench.run_step(b) > 0
+    assert int(b['state'].step) == 2  # the donated state was threaded through
+  full, houlsby = built['full'], built['houlsby']
+  assert full['counts'].trainable == full['counts'].total
+  assert houlsby['counts'].trainable < houlsby['counts'].total
+
+
+def test_optimizer_and_checkpoint_scale_with_trainable_leaves(built):
+  full, houlsby = built['full'], built['houlsby']
+  # AdamW keeps two float32 moments per trainable scalar (plus scalar counts).
+  assert bench.optimizer_state_bytes(houlsby) >= 8 * houlsby['counts'].trainable
+  assert bench.optimizer_state_bytes(houlsby) < bench.optimizer_state_bytes(full)
+  assert 0 < bench.checkpoint_bytes(houlsby) < bench.checkpoint_bytes(full)
+
+
+def test_time_methods_and_table():
+  args = argparse.Namespace(model='tiny', scan_layers=False, remat=False, warmup=1, steps=2)
+  rounds = [bench.time_methods(['full', 'lora'], (2, 8), args)]
+  assert all(len(r['step_s']) == 2 for r in rounds[0].values())
+  anchors = [{'full': {'ex_per_s': 1.0}, 'lora': {'ex_per_s': 2.0}}]
+  memory = {'lora': {'peak_rss_bytes': 2**30, 'checkpoint_bytes': 2**20, 'compile_s': 1.5}}
+  table = bench.summarise(rounds, anchors, batch=2, memory=memory)
+  lora = table['lora']
+  assert lora['compile_s'] == 1.5
+  assert lora['ratio_ours_over_anchor'] == pytest.approx(lora['examples_per_s'] / 2.0)
+  assert table['full']['step_time_over_full'] == 1.0
+  text = bench.format_table('tiny', table)
+  assert 'lora' in text and 'full' in text
