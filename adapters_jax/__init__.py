@@ -6,6 +6,7 @@
 """
 
 from adapters_jax import methods, sites, trainable
+from adapters_jax.adapter_set import average_adapter, restore_adapters
 from adapters_jax.checkpoint import (
     CheckpointError,
     base_fingerprint,
@@ -13,6 +14,17 @@ from adapters_jax.checkpoint import (
     restore_adapter,
     save_adapter,
 )
+from adapters_jax.composition import (
+    Average,
+    BatchSplit,
+    CompositionError,
+    Fuse,
+    Parallel,
+    PerExample,
+    Stack,
+    choice_index,
+)
+from adapters_jax.fusion import add_fusion, fusion_attentions, restore_fusion, save_fusion
 from adapters_jax.methods import PRESETS, get_method, method_from_dict
 from adapters_jax.sites import SiteMatchError, SiteRule
 from adapters_jax.splice import (
@@ -27,8 +39,11 @@ from adapters_jax.splice import (
 from adapters_jax.version import __version__
 
 __all__ = [
-    'AdapterSpec', 'CheckpointError', 'PRESETS', 'SiteMatchError', 'SiteRule', 'Spliced',
-    '__version__', 'adapter_leaves', 'add_adapter', 'base_fingerprint', 'get_method',
-    'load_record', 'merge_adapter', 'method_from_dict', 'methods', 'remove_adapter',
-    'restore_adapter', 'save_adapter', 'sites', 'trainable', 'unmerge_adapter',
+    'AdapterSpec', 'Average', 'BatchSplit', 'CheckpointError', 'CompositionError', 'Fuse',
+    'PRESETS', 'Parallel', 'PerExample', 'SiteMatchError', 'SiteRule', 'Spliced', 'Stack',
+    '__version__', 'adapter_leaves', 'add_adapter', 'add_fusion', 'average_adapter',
+    'base_fingerprint', 'choice_index', 'fusion_attentions', 'get_method', 'load_record',
+    'merge_adapter', 'method_from_dict', 'methods', 'remove_adapter', 'restore_adapter',
+    'restore_adapters', 'restore_fusion', 'save_adapter', 'save_fusion', 'sites', 'trainable',
+    'unmerge_adapter',
 ]

@@ -1,8 +1,11 @@
-"""Label texts with a trained run: the base model plus the best adapter checkpoint of a workdir.
+"""Label texts with trained runs: the base model plus the best adapter checkpoint of workdirs.
 
     predictor = Predictor.from_workdir('workdirs/quickstart')
     predictor.predict(['A triumph.', 'Two hours I will never get back.'])
     # [{'label': 'fresh', 'probabilities': {...}}, {'label': 'rotten', ...}]
+
+    several = MultiPredictor.from_workdirs(['workdirs/rt', 'workdirs/tweets'])
+    several.predict(texts, adapters=['rotten_tomatoes', 'tweet_sentiment', ...])  # one per text
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
-from adapters_jax import checkpoint, data
+from adapters_jax import adapter_set, checkpoint, composition, data, models
 from adapters_jax.train import loop
 from adapters_jax.train.experiment import Experiment, build_experiment
 
@@ -84,3 +88,150 @@ class Predictor:
     return [{'label': spec.label_names[int(np.argmax(p))],
              'probabilities': {name: float(v) for name, v in zip(spec.label_names, p, strict=True)}}
             for p in probabilities]
+
+
+def _features(module, input_ids, attention_mask, token_type_ids):
+  """The classification model's head input [batch, hidden] (pooled, or the first token)."""
+  hidden = module.encode(input_ids, attention_mask, token_type_ids, deterministic=True)
+  return module.pooler(hidden) if module.add_pooler else hidden[:, 0]
+
+
+@dataclasses.dataclass
+class MultiPredictor:
+  """Several adapter runs over one base model: label each text with a chosen adapter, or each row
+  with its own adapter, in one forward pass per batch (`composition.PerExample`).
+
+  Each adapter keeps its own task head and labels. Example:
+    predictor = MultiPredictor.from_workdirs(['workdirs/rt', 'workdirs/tweets'])
+    predictor.predict(['Great film.', 'Self-driving cars scare me.'],
+                      adapters=['rotten_tomatoes', 'tweet_sentiment'])
+  """
+
+  spliced: Any
+  params: dict[str, Any]
+  heads: dict[str, Any]            # adapter name -> (head module, head params)
+  specs: dict[str, data.TaskSpec]  # adapter name -> its task
+  max_lengths: dict[str, int]
+  tokenizer: Any
+  batch_size: int = 64
+
+  def __post_init__(self):
+    self.names = tuple(self.specs)
+    self.branches = composition.PerExample(*self.names)
+
+    def features(params, ids, mask, types, index):
+      return self.spliced.apply(params, ids, mask, types, method=_features, active=self.branches,
+                                adapter_index=index)
+
+    def single(params, ids, mask, types, name):
+      return self.spliced.apply(params, ids, mask, types, method=_features, active=name)
+
+    self._mixed = jax.jit(features)
+    self._single = jax.jit(single, static_argnums=(4,))
+
+  @classmethod
+  def from_workdirs(cls, workdirs: Sequence[str], batch_size: int = 64) -> MultiPredictor:
+    """Loads the base once and restores every workdir's best adapter (and head) over it."""
+    if not workdirs:
+      raise ValueError('MultiPredictor needs at least one workdir.')
+    configs, records = [], []
+    for workdir in workdirs:
+      with open(os.path.join(workdir, loop.CONFIG_FILE)) as f:
+        configs.append(ml_collections.ConfigDict(json.load(f)))
+      records.append(checkpoint.load_record(os.path.join(workdir, loop.BEST_DIR)))
+    models_used = sorted({c.model for c in configs})
+    if len(models_used) > 1:
+      raise ValueError(f'The workdirs use different base models {models_used}; adapters share '
+                       'one base only.')
+    specs = [spec_from_record(c, r) for c, r in zip(configs, records, strict=True)]
+    config = configs[0]
+    pretrained = models.load_pretrained(
+        config.model, head='classification', num_labels=specs[0].num_labels, dtype=config.dtype,
+        config_overrides=dict(config.model_overrides))
+    sample = jax.numpy.ones((2, 16), jax.numpy.int32)
+    spliced, params, restored = adapter_set.restore_adapters(
+        [os.path.join(w, loop.BEST_DIR) for w in workdirs], pretrained.model, pretrained.params,
+        sample, sample, jax.numpy.zeros_like(sample), deterministic=True)
+    heads = {}
+    for (name, item), spec in zip(restored.items(), specs, strict=True):
+      head_params = traverse_util.unflatten_dict(
+          {p.split('/', 1)[1]: v for p, v in item.head.items()}, sep='/')
+      module = pretrained.model.clone(num_labels=spec.num_labels, parent=None)
+      heads[name] = (module, head_params)
+    return cls(spliced=spliced, params=params, heads=heads,
+               specs=dict(zip(restored, specs, strict=True)),
+               max_lengths=dict(zip(restored, (c.max_length for c in configs), strict=True)),
+               tokenizer=pretrained.tokenizer, batch_size=batch_size)
+
+  def _logits(self, name: str, features: np.ndarray) -> np.ndarray:
+    module, head_params = self.heads[name]
+
+    def head(m, x):
+      return m.classifier(x, deterministic=True)
+
+    return np.asarray(module.apply({'params': {'classifier': head_params}}, features,
+                                   method=head))
+
+  def predict(self, texts: Sequence[str | tuple[str, str]], adapter: str | None = None,
+              adapters: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Labels texts with one adapter (`adapter`) or each with its own (`adapters`, one per text).
+
+    Returns:
+      Per input: `adapter`, and `label` + `probabilities` (classification) or `score`.
+    """
+    if (adapter is None) == (adapters is None):
+      raise ValueError('Give either adapter= (one for all texts) or adapters= (one per text).')
+    per_row = [adapter] * len(texts) if adapters is None else list(adapters)
+    if len(per_row) != len(texts):
+      raise ValueError(f'{len(per_row)} adapter names for {len(texts)} texts; give one per text.')
+    unknown = sorted({n for n in per_row if n not in self.specs}, key=str)
+    if unknown:
+      raise ValueError(f'Unknown adapter(s) {unknown}; loaded adapters: {list(self.names)}.')
+    rows = []  # (token ids, type ids) per text
+    for i, (text, name) in enumerate(zip(texts, per_row, strict=True)):
+      spec = self.specs[name]
+      pair = (text, None) if isinstance(text, str) else tuple(text)
+      if (pair[1] is not None) != spec.is_pair:
+        raise ValueError(f'Input {i + 1}: adapter {name!r} (task {spec.name!r}) takes '
+                         f'{"text pairs" if spec.is_pair else "one text"}.')
+      encoded = data.encode([data.Example(text_a=pair[0], text_b=pair[1], label=0, idx=i)],
+                            self.tokenizer, self.max_lengths[name])
+      rows.append((encoded.input_ids(0), encoded.token_type_ids(0)))
+    if not rows:
+      return []
+    buckets = data.length_buckets(max(self.max_lengths.values()))
+    pad_id = int(self.tokenizer.pad_token_id)
+    features = []
+    for start in range(0, len(rows), self.batch_size):
+      chunk = rows[start:start + self.batch_size]
+      names = per_row[start:start + self.batch_size]
+      length = data.bucket_length(max(len(ids) for ids, _ in chunk), buckets)
+      ids = np.full((self.batch_size, length), pad_id, np.int32)
+      types = np.zeros((self.batch_size, length), np.int32)
+      mask = np.zeros((self.batch_size, length), np.int32)
+      for r, (row_ids, row_types) in enumerate(chunk + [chunk[-1]] * (self.batch_size - len(chunk))):
+        ids[r, :len(row_ids)], types[r, :len(row_ids)], mask[r, :len(row_ids)] = row_ids, row_types, 1
+      if len(set(names)) == 1:
+        out = self._single(self.params, ids, mask, types, names[0])
+      else:
+        index = composition.choice_index(self.branches, names + [names[-1]] * (
+            self.batch_size - len(chunk)))
+        out = self._mixed(self.params, ids, mask, types, index)
+      features.append(np.asarray(out)[:len(chunk)])
+    features = np.concatenate(features)
+    results = [None] * len(rows)
+    for name in self.names:
+      rows_of = [i for i, n in enumerate(per_row) if n == name]
+      if not rows_of:
+        continue
+      logits = self._logits(name, features[rows_of])
+      spec = self.specs[name]
+      for i, row in zip(rows_of, logits, strict=True):
+        if spec.is_regression:
+          results[i] = {'adapter': name, 'score': float(row[0])}
+        else:
+          p = np.asarray(jax.nn.softmax(row))
+          results[i] = {'adapter': name, 'label': spec.label_names[int(np.argmax(p))],
+                        'probabilities': {k: float(v) for k, v in
+                                          zip(spec.label_names, p, strict=True)}}
+    return results

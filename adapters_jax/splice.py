@@ -13,7 +13,11 @@ Two halves:
      variables and applies the active adapters around the call.
 
 Which adapters run is an argument of `apply` (`active=`), not a tree edit: several named adapters sit
-side by side in one tree, and `active=None` gives the base model.
+side by side in one tree, and `active=None` gives the base model. `active` may also be a composition
+(`adapters_jax.composition`: Stack, Average, Fuse, PerExample with a per-row `adapter_index`,
+Parallel), and `skip_layers=k` leaves adapters out of the first k blocks (AdapterDrop). The
+composition is compiled into one small program per site (input transform, output transform) that
+the interceptor runs around the site's call.
 
 Layers under `nn.scan`: the grafted params get the same leading layer axis as the site's own params,
 so the scan slices them with the rest of the layer (found automatically by comparing the shapes the
@@ -33,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from adapters_jax import composition
 from adapters_jax.methods import MethodConfig
 from adapters_jax.methods.base import SiteInfo
 from adapters_jax.sites import layer_index, match_sites
@@ -103,50 +108,81 @@ class Spliced:
         return spec
     raise KeyError(f'No adapter named {name!r}; spliced adapters: {list(self.names)}.')
 
-  def apply(self, params: Params, *args, active: str | Sequence[str] | None = None,
+  def apply(self, params: Params, *args, active: Any = None,
             adapter_deterministic: bool | None = None, rngs: Mapping[str, jax.Array] | None = None,
-            method: Any = None, **kwargs) -> Any:
+            method: Any = None, adapter_index: Any = None, skip_layers: int | Sequence[int] = 0,
+            **kwargs) -> Any:
     """Runs the host with the `active` adapters applied at their sites.
 
     Args:
       params: the host's params with adapters grafted in.
       *args: the host's positional arguments.
-      active: an adapter name, a sequence of names (stacked in that order at shared sites), or None
-        for the base model.
+      active: an adapter name, a sequence of names (stacked in that order at shared sites), a
+        composition from `adapters_jax.composition` (Stack, Average, Fuse, PerExample, Parallel),
+        or None for the base model.
       adapter_deterministic: disable adapter dropout; defaults to the host's `deterministic` kwarg
         (or True when the host takes none).
       rngs: the host's RNG streams; adapters draw from `dropout`.
       method: the host method to call (default `__call__`).
-      **kwargs: the host's keyword arguments.
+      adapter_index: with `active=PerExample(...)`: int array [B], the branch of each row
+        (-1 = base model); see `composition.choice_index`. Traced, so jitting over it compiles once
+        per shape.
+      skip_layers: AdapterDrop: no adapter in the first `k` blocks (an int) or in the given block
+        indices (a sequence).
+      **kwargs: the host's keyword arguments (e.g. `mutable=['intermediates']` to get the fusion
+        attention weights back, see `adapters_jax.fusion.fusion_attentions`).
+
+    Returns:
+      The host's output; with `Parallel`, every output leaf gets a leading axis [n_branches].
     """
     if adapter_deterministic is None:
       adapter_deterministic = bool(kwargs.get('deterministic', True))
-    interceptor = _SiteInterceptor(self._site_table(active), params, adapter_deterministic)
+    node = composition.validate(composition.normalize(active), self)
+    if isinstance(node, composition.PerExample) and adapter_index is None:
+      raise composition.CompositionError(
+          'active=PerExample(...) needs adapter_index=, an int array [batch] naming each row\'s '
+          'branch (-1 = base); make it with composition.choice_index(active, per_row_choices).')
+    if adapter_index is not None and not isinstance(node, composition.PerExample):
+      raise composition.CompositionError(
+          'adapter_index is only used with active=PerExample(...); drop it or wrap the branches '
+          'in PerExample.')
+    n_parallel = len(node.children) if isinstance(node, composition.Parallel) else 0
+    if n_parallel:
+      args, kwargs, adapter_index = _repeat_batch(args, kwargs, n_parallel)
+    table = composition.compile_sites(node, self, composition.skip_layer_set(skip_layers))
+    index = None if adapter_index is None else jnp.asarray(adapter_index, jnp.int32)
+    interceptor = _SiteInterceptor(table, params, adapter_deterministic, index)
     with nn.intercept_methods(interceptor):
-      return self.model.apply({'params': params}, *args, rngs=rngs, method=method, **kwargs)
-
-  def _site_table(self, active) -> dict[str, list[tuple[AdapterSpec, SiteInfo, nn.Module]]]:
-    names = _active_names(active)
-    table: dict[str, list] = {}
-    for name in names:
-      spec = self.adapter(name)
-      if spec.merged:
-        raise ValueError(f'Adapter {name!r} is merged into the base weights: it already runs '
-                         'as part of the base model; unmerge it to run it as an adapter.')
-      for site in spec.sites:
-        table.setdefault(site.path, []).append((spec, site, spec.method.make_module(site)))
-    return table
+      out = self.model.apply({'params': params}, *args, rngs=rngs, method=method, **kwargs)
+    if n_parallel:
+      if kwargs.get('mutable'):
+        out, state = out
+        return _split_batch(out, n_parallel), state
+      return _split_batch(out, n_parallel)
+    return out
 
 
-def _active_names(active) -> tuple[str, ...]:
-  if active is None:
-    return ()
-  if isinstance(active, str):
-    return (active,)
-  names = tuple(active)
-  if len(set(names)) != len(names):
-    raise ValueError(f'Adapter names repeat in active={names}.')
-  return names
+def _repeat_batch(args, kwargs, n: int):
+  """Every array argument with the batch as its leading axis, repeated n times along it."""
+  if not args or not hasattr(args[0], 'shape'):
+    raise composition.CompositionError('Parallel needs the host\'s first argument to be an array '
+                                       'with the batch as its leading axis.')
+  batch = args[0].shape[0]
+
+  def tile(value):
+    if hasattr(value, 'shape') and hasattr(value, 'dtype') and value.ndim and \
+        value.shape[0] == batch:
+      return jnp.concatenate([jnp.asarray(value)] * n, axis=0)
+    return value
+
+  args = tuple(tile(a) for a in args)
+  kwargs = {k: tile(v) for k, v in kwargs.items()}
+  index = jnp.repeat(jnp.arange(n, dtype=jnp.int32), batch)  # [n * batch]
+  return args, kwargs, index
+
+
+def _split_batch(out, n: int):
+  return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), out)
 
 
 # While an adapter module runs inside the host, its own sub-module calls pass through untouched.
@@ -164,45 +200,71 @@ def _inside_adapter():
 
 
 class _SiteInterceptor:
-  """The method interceptor: applies adapters around the calls at spliced sites."""
+  """The method interceptor: runs each spliced site's composition program around the call."""
 
-  def __init__(self, table, params: Params, deterministic: bool):
+  def __init__(self, table, params: Params, deterministic: bool, index=None):
     self.table = table
     self.shared = params.get(ADAPTERS_KEY, {})
     self.deterministic = deterministic
+    self.index = index
 
   def __call__(self, next_fun, args, kwargs, context):
     if context.method_name != '__call__' or getattr(_LOCAL, 'busy', False):
       return next_fun(*args, **kwargs)
-    entries = self.table.get('/'.join(context.module.path))
-    if not entries:
+    program = self.table.get('/'.join(context.module.path))
+    if program is None:
       return next_fun(*args, **kwargs)
-    module = context.module
-    grafted = module.variables.get('params', {}).get(ADAPTERS_KEY, {})
+    ops = _SiteCall(self, context.module)
     x, rest = args[0], args[1:]
-    for spec, site, adapter in entries:
-      if site.placement == 'input':
-        x = self._run(module, grafted, spec, adapter, x)
+    x = program.inp(ops, x)
     y = next_fun(x, *rest, **kwargs)
-    for spec, site, adapter in entries:
-      if site.placement == 'output':
-        y = self._run(module, grafted, spec, adapter, y)
-      elif site.placement == 'parallel':
-        y = y + self._run(module, grafted, spec, adapter, x)
-    return y
+    return program.out(ops, y, x)
 
-  def _run(self, module, grafted, spec: AdapterSpec, adapter: nn.Module, x):
-    if spec.name not in grafted:
-      raise KeyError(f'Adapter {spec.name!r} has no params at {"/".join(module.path)}; '
+
+class _SiteCall(composition.SiteOps):
+  """One call of a spliced site: runs adapters and fusion layers with the grafted params."""
+
+  def __init__(self, interceptor: _SiteInterceptor, module: nn.Module):
+    self.interceptor = interceptor
+    self.module = module
+    self.index = interceptor.index
+    self.grafted = module.variables.get('params', {}).get(ADAPTERS_KEY, {})
+
+  def _params(self, name: str):
+    if name not in self.grafted:
+      raise KeyError(f'Adapter {name!r} has no params at {"/".join(self.module.path)}; '
                      'were these params made by add_adapter for this adapter?')
-    rngs = None
-    if not self.deterministic and module.has_rng('dropout'):
-      rngs = {'dropout': module.make_rng('dropout')}
-    shared = self.shared.get(spec.name, {}).get(SHARED_KEY)
+    return self.grafted[name]
+
+  def _rngs(self):
+    if not self.interceptor.deterministic and self.module.has_rng('dropout'):
+      return {'dropout': self.module.make_rng('dropout')}
+    return None
+
+  def run(self, leaf, x, module):
+    name = leaf.spec.name
+    shared = self.interceptor.shared.get(name, {}).get(SHARED_KEY)
     with _inside_adapter():
-      out = adapter.apply({'params': grafted[spec.name]}, x, shared=shared,
-                          deterministic=self.deterministic, rngs=rngs)
+      out = module.apply({'params': self._params(name)}, x, shared=shared,
+                         deterministic=self.interceptor.deterministic, rngs=self._rngs())
     return out.astype(x.dtype)
+
+  def fuse(self, fusion, query, deltas):
+    name = fusion.spec.name
+    with _inside_adapter():
+      out, state = fusion.module.apply(
+          {'params': self._params(name)}, query, deltas,
+          deterministic=self.interceptor.deterministic, rngs=self._rngs(),
+          mutable=['intermediates'])
+    for probs in state.get('intermediates', {}).get('attention', ()):
+      # Collected only when the caller passes mutable=['intermediates'] (else a no-op).
+      self.module.sow('intermediates', fusion_attention_key(name), probs)
+    return out.astype(query.dtype)
+
+
+def fusion_attention_key(name: str) -> str:
+  """The `intermediates` entry (at each site path) holding fusion `name`'s attention weights."""
+  return f'fusion_attention[{name}]'
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from adapters_jax.methods.compacter import (
   compacter_pp,
   kron_sum,
 )
+from adapters_jax.methods.fusion import AdapterFusion, FusionConfig, fusion
 from adapters_jax.methods.ia3 import IA3, IA3Config, ia3
 from adapters_jax.methods.lora import LoRA, LoRAConfig, lora
 
@@ -42,7 +43,8 @@ PRESETS: dict[str, Callable[[], MethodConfig]] = {
 }
 
 CONFIG_KINDS: dict[str, type[MethodConfig]] = {
-    cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, IA3Config, CompacterConfig)
+    cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, IA3Config, CompacterConfig,
+                              FusionConfig)
 }
 
 
@@ -71,9 +73,9 @@ def method_from_dict(record: dict[str, Any]) -> MethodConfig:
 
 
 __all__ = [
-    'ACTIVATIONS', 'Bottleneck', 'BottleneckConfig', 'CONFIG_KINDS', 'CompacterAdapter',
-    'CompacterConfig', 'IA3', 'IA3Config', 'LoRA', 'LoRAConfig', 'MethodConfig', 'PHMDense',
-    'PHMRule', 'PRESETS', 'SiteInfo', 'compacter', 'compacter_pp', 'get_activation', 'get_method',
+    'ACTIVATIONS', 'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'CONFIG_KINDS', 'CompacterAdapter',
+    'CompacterConfig', 'FusionConfig', 'IA3', 'IA3Config', 'LoRA', 'LoRAConfig', 'MethodConfig', 'PHMDense',
+    'PHMRule', 'PRESETS', 'SiteInfo', 'compacter', 'compacter_pp', 'fusion', 'get_activation', 'get_method',
     'houlsby', 'ia3', 'kron_sum', 'lora', 'method_from_dict', 'parallel', 'pfeiffer',
     'replace_fields',
 ]

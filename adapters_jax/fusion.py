@@ -1,0 +1,274 @@
+"""AdapterFusion over spliced adapters: splice, regularise, checkpoint, inspect.
+
+    spliced, params = add_fusion(spliced, params, ('rt', 'tweets'), jax.random.key(0))
+    logits = spliced.apply(params, ids, mask, active=Fuse('rt', 'tweets'))
+    loss = task_loss + fusion_regularization(spliced, params, 'rt,tweets')
+    logits, state = spliced.apply(params, ids, mask, active='rt,tweets', mutable=['intermediates'])
+    weights = fusion_attentions(state['intermediates'], 'rt,tweets')   # {site: [B, L, 2]}
+    plot_fusion_attention(weights, 'attention.png', mask=mask)
+
+The fusion layers live at `<site>/adapters/<fusion name>/{query,key,value}/...` (default name: the
+fused names joined by commas, as in adapter-hub) and form an `AdapterSpec` whose method is a
+`FusionConfig`, so `trainable.adapter_rules([spliced.adapter(name)])` trains only them (plus the
+head), and the fused adapters stay frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from adapters_jax import checkpoint, splice, trainable
+from adapters_jax.adapter_set import adapter_digest
+from adapters_jax.checkpoint import CheckpointError
+from adapters_jax.methods import BottleneckConfig, method_from_dict
+from adapters_jax.methods.base import SiteInfo
+from adapters_jax.methods.fusion import FusionConfig
+
+Params = dict[str, Any]
+
+
+def add_fusion(spliced: splice.Spliced, params: Params, adapters: Sequence[str], rng: jax.Array,
+               config: FusionConfig | None = None,
+               name: str | None = None) -> tuple[splice.Spliced, Params]:
+  """Splices a fusion layer at every site of the `adapters` (bottleneck adapters, already spliced).
+
+  Args:
+    spliced, params: the model with the adapters to fuse.
+    adapters: the fused adapters' names.
+    rng: PRNG key for the fusion layers' init.
+    config: fusion options (default `FusionConfig(adapters=adapters)`); its `adapters` must match.
+    name: the fusion's name (default: `','.join(adapters)`).
+
+  Returns:
+    The spliced model with the fusion added, and the new params.
+  """
+  adapters = tuple(adapters)
+  if not adapters:
+    raise ValueError('add_fusion needs the names of the adapters to fuse.')
+  config = config or FusionConfig(adapters=adapters)
+  if tuple(config.adapters) != adapters:
+    raise ValueError(f'config.adapters={config.adapters} differs from adapters={adapters}.')
+  name = name or ','.join(adapters)
+  if name in spliced.names:
+    raise ValueError(f'An adapter named {name!r} is already spliced (names: '
+                     f'{list(spliced.names)}); give the fusion its own name=.')
+  if '/' in name:
+    raise ValueError(f'Fusion names contain no "/": {name!r}.')
+  sites: dict[str, tuple[SiteInfo, tuple[int, ...]]] = {}
+  for adapter in adapters:
+    spec = spliced.adapter(adapter)
+    if not isinstance(spec.method, BottleneckConfig):
+      raise ValueError(f'AdapterFusion fuses bottleneck adapters (houlsby, pfeiffer, parallel); '
+                       f'{adapter!r} is a {spec.method.kind} adapter. Combine those with '
+                       'composition.Average or Stack instead.')
+    if spec.merged:
+      raise ValueError(f'Adapter {adapter!r} is merged into the base; unmerge it to fuse it.')
+    for site, dims in zip(spec.sites, spec.stack_dims, strict=True):
+      if site.path not in sites:
+        fused = SiteInfo(path=site.path, placement='output', in_features=site.out_features,
+                         out_features=site.out_features, layer=site.layer)
+        sites[site.path] = (fused, dims)
+  flat = traverse_util.flatten_dict(params, sep='/')
+  new_flat = dict(flat)
+  for index, (path, (site, dims)) in enumerate(sites.items()):
+    module = config.make_module(site)
+    leaves = _init(module, jax.random.fold_in(rng, index), site.out_features, len(adapters), dims)
+    for leaf_path, leaf in traverse_util.flatten_dict(leaves, sep='/').items():
+      new_flat[f'{path}/{splice.ADAPTERS_KEY}/{name}/{leaf_path}'] = leaf
+  spec = splice.AdapterSpec(name=name, method=config,
+                            sites=tuple(s for s, _ in sites.values()),
+                            stack_dims=tuple(d for _, d in sites.values()))
+  return (dataclasses.replace(spliced, adapters=spliced.adapters + (spec,)),
+          traverse_util.unflatten_dict(new_flat, sep='/'))
+
+
+def _init(module, rng, features: int, k: int, dims) -> Params:
+  query = jnp.zeros((1, features), jnp.float32)
+  deltas = jnp.zeros((1, k, features), jnp.float32)
+
+  def init(key):
+    return module.init(key, query, deltas)['params']
+
+  if not dims:
+    return init(rng)
+  keys = jax.random.split(rng, int(np.prod(dims)))
+  stacked = jax.vmap(init)(keys)
+  return jax.tree.map(lambda a: a.reshape(tuple(dims) + a.shape[1:]), stacked)
+
+
+def fusion_regularization(spliced: splice.Spliced, params: Params, name: str) -> jax.Array:
+  """`config.regularization * sum over sites ||V - I||^2` of fusion `name` (0 when disabled)."""
+  config = spliced.adapter(name).method
+  if not isinstance(config, FusionConfig):
+    raise ValueError(f'{name!r} is not a fusion layer.')
+  if not config.regularization or not config.value:
+    return jnp.zeros((), jnp.float32)
+  total = jnp.zeros((), jnp.float32)
+  for path, leaf in splice.adapter_leaves(params, name).items():
+    if path.endswith('/value/kernel'):
+      eye = jnp.eye(leaf.shape[-1], dtype=leaf.dtype)
+      total = total + jnp.sum(jnp.square(leaf - eye))
+  return config.regularization * total
+
+
+def fusion_attentions(intermediates: Mapping[str, Any], name: str) -> dict[str, np.ndarray]:
+  """`{site path: attention [B, L, K]}` of fusion `name` from `apply(..., mutable=['intermediates'])`.
+
+  Sites are in host call order; each array's last axis follows the fusion's adapter order.
+  """
+  key = splice.fusion_attention_key(name)
+  flat = traverse_util.flatten_dict(dict(intermediates), sep='/')
+  out = {}
+  for path, value in flat.items():
+    site, _, leaf = path.rpartition('/')
+    if leaf == key:
+      out[site] = np.asarray(value[0] if isinstance(value, tuple) else value)
+  if not out:
+    raise ValueError(f'No attention weights of fusion {name!r} in these intermediates; apply with '
+                     f"active=Fuse(...) or {name!r} and mutable=['intermediates'] (unscanned layers).")
+  return out
+
+
+def mean_attention(attentions: Mapping[str, np.ndarray], mask: Any = None) -> dict[str, np.ndarray]:
+  """Per site, the attention averaged over examples and (unpadded) tokens: `{site: [K]}`."""
+  out = {}
+  for site, probs in attentions.items():
+    probs = np.asarray(probs, np.float64)  # [B, L, K]
+    if mask is None:
+      out[site] = probs.reshape(-1, probs.shape[-1]).mean(0)
+    else:
+      weights = np.asarray(mask, np.float64)[..., None]  # [B, L, 1]
+      out[site] = (probs * weights).sum((0, 1)) / np.maximum(weights.sum((0, 1)), 1.0)
+  return out
+
+
+def plot_fusion_attention(attentions: Mapping[str, np.ndarray], path: str | os.PathLike,
+                          adapters: Sequence[str] | None = None, mask: Any = None,
+                          title: str = 'AdapterFusion attention') -> str:
+  """Writes a PNG heat map: one row per site (layer), one column per fused adapter, cell = mean
+  attention weight over the batch's tokens. Matplotlib with the Agg backend (no display)."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  means = mean_attention(attentions, mask)
+  sites = list(means)
+  table = np.stack([means[s] for s in sites])  # [sites, K]
+  adapters = list(adapters) if adapters is not None else [str(i) for i in range(table.shape[1])]
+  fig, ax = plt.subplots(figsize=(1.6 + 1.2 * table.shape[1], 0.9 + 0.35 * len(sites)))
+  image = ax.imshow(table, vmin=0.0, vmax=1.0, cmap='viridis', aspect='auto')
+  ax.set_xticks(range(len(adapters)), adapters, rotation=20, ha='right', fontsize=8)
+  ax.set_yticks(range(len(sites)), [s.replace('encoder/', '') for s in sites], fontsize=7)
+  for i in range(table.shape[0]):
+    for j in range(table.shape[1]):
+      ax.text(j, i, f'{table[i, j]:.2f}', ha='center', va='center', fontsize=7,
+              color='white' if table[i, j] < 0.6 else 'black')
+  ax.set_title(title, fontsize=9)
+  fig.colorbar(image, ax=ax, fraction=0.05)
+  fig.tight_layout()
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def fusion_record(spliced: splice.Spliced, params: Params, name: str) -> dict[str, Any]:
+  """What a fusion checkpoint records about the adapters it fuses (names, configs, sites, digests)."""
+  config = spliced.adapter(name).method
+  return {
+      'adapters': list(config.adapters),
+      'methods': {a: spliced.adapter(a).method.to_dict() for a in config.adapters},
+      'sites': {a: [s.path for s in spliced.adapter(a).sites] for a in config.adapters},
+      'digests': {a: adapter_digest(params, a) for a in config.adapters},
+  }
+
+
+def save_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params: Params, name: str,
+                mask: Params | None = None, base_name: str = '',
+                extra: Mapping[str, Any] | None = None) -> str:
+  """Saves fusion `name` (and the head, or whatever `mask` trains besides it) on its own.
+
+  The record names the fused adapters with their configs, sites and a digest of their weights, so
+  `restore_fusion` can refuse adapters other than those the fusion was trained over.
+  """
+  if not isinstance(spliced.adapter(name).method, FusionConfig):
+    raise ValueError(f'{name!r} is not a fusion layer; save adapters with save_adapter.')
+  extra = {**dict(extra or {}), 'fusion': fusion_record(spliced, params, name)}
+  return checkpoint.save_adapter(directory, spliced, params, name, mask=mask, base_name=base_name,
+                                 extra=extra)
+
+
+def restore_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params: Params,
+                   check_adapters: bool = True) -> tuple[splice.Spliced, Params]:
+  """Splices a saved fusion over the already spliced adapters it fuses and loads its leaves.
+
+  Args:
+    directory: a checkpoint from `save_fusion` (or the fusion training loop).
+    spliced, params: a model with the fused adapters spliced and restored.
+    check_adapters: also require the fused adapters' weights to be those the fusion was trained
+      over (recorded digest).
+
+  Raises:
+    CheckpointError: not a fusion checkpoint, a fused adapter that is missing, has another config,
+      other sites or other weights, or leaves that do not fit (full diff).
+  """
+  record = checkpoint.load_record(directory)
+  if (record.get('method') or {}).get('kind') != 'fusion':
+    raise CheckpointError(f'{directory} is not a fusion checkpoint (method '
+                          f'{(record.get("method") or {}).get("kind")!r}); use restore_adapter.')
+  config = method_from_dict(record['method'])
+  info = record['extra'].get('fusion', {})
+  for adapter in config.adapters:
+    if adapter not in spliced.names:
+      raise CheckpointError(
+          f'Fusion checkpoint {directory} fuses {list(config.adapters)}, but adapter {adapter!r} '
+          f'is not spliced into this model (spliced: {list(spliced.names)}). Restore its '
+          'checkpoint first, e.g. adapter_set.restore_adapters([...]).')
+    spec = spliced.adapter(adapter)
+    got = json.loads(spec.method.to_json())  # lists, as in the JSON record
+    if adapter in info.get('methods', {}) and info['methods'][adapter] != got:
+      want = info['methods'][adapter]
+      differ = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+      raise CheckpointError(f'Adapter {adapter!r} is not the one fusion {directory} was trained '
+                            f'over: its config differs in {differ} (recorded {want}).')
+    if adapter in info.get('sites', {}) and info['sites'][adapter] != [s.path for s in spec.sites]:
+      raise CheckpointError(f'Adapter {adapter!r} sits at other sites than when fusion {directory}'
+                            f' was trained (recorded {info["sites"][adapter]}).')
+    if check_adapters and adapter in info.get('digests', {}) and \
+        info['digests'][adapter] != adapter_digest(params, adapter):
+      raise CheckpointError(
+          f'Adapter {adapter!r} has other weights than the one fusion {directory} was trained '
+          'over (digest differs): restore the matching adapter checkpoint, or pass '
+          'check_adapters=False to fuse these weights anyway.')
+  spliced, params = add_fusion(spliced, params, config.adapters, jax.random.key(0), config=config,
+                               name=record['adapter'])
+  leaves = checkpoint.load_leaves(directory)
+  flat = traverse_util.flatten_dict(params, sep='/')
+  expected = {p: v for p, v in flat.items() if splice.is_adapter_path(p, record['adapter'])}
+  expected.update({p: flat[p] for p in leaves if p in flat and not splice.is_adapter_path(p)})
+  problems = checkpoint.tree_diff(expected, leaves)
+  if problems:
+    raise CheckpointError(f'Fusion checkpoint {directory} does not fit this model:\n  '
+                          + '\n  '.join(problems))
+  return spliced, checkpoint.overwrite_leaves(params, leaves)
+
+
+def fusion_rules(spliced: splice.Spliced, name: str, train_head: bool = True):
+  """Trainable rules: the fusion layers (and the head); everything else, fused adapters included,
+  frozen."""
+  return trainable.adapter_rules([spliced.adapter(name)], train_head=train_head)

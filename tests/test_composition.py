@@ -1,0 +1,163 @@
+"""Composition at apply time on the tiny model, each checked against an independent reference:
+separate splices, single-example runs, hand-written sums."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from adapters_jax import adapter_leaves, add_adapter, get_method
+from adapters_jax.adapter_set import average_adapter
+from adapters_jax.composition import (
+  Average,
+  CompositionError,
+  Fuse,
+  Parallel,
+  PerExample,
+  Stack,
+  choice_index,
+)
+from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
+
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def _perturb(params, name, scale=0.3, seed=7):
+  flat = traverse_util.flatten_dict(params, sep='/')
+  key = jax.random.key(seed)
+  for path, value in adapter_leaves(params, name).items():
+    key, sub = jax.random.split(key)
+    flat[path] = value + scale * jax.random.normal(sub, value.shape)
+  return traverse_util.unflatten_dict(flat, sep='/')
+
+
+@pytest.fixture(scope='module')
+def setup():
+  """Tiny model with bottleneck adapters a (houlsby), b (pfeiffer), LoRA l1, l2 and (IA)3 s."""
+  model = TinyClassifier()
+  base = init_tiny(model)
+  ids, mask = tiny_batch(batch=4)
+  methods = {'a': get_method('houlsby', size=4), 'b': get_method('pfeiffer'),
+             'l1': get_method('lora', rank=2), 'l2': get_method('lora', rank=3, alpha=4.0),
+             's': get_method('ia3')}
+  spliced, params = model, base
+  for i, (name, method) in enumerate(methods.items()):
+    spliced, params = add_adapter(spliced, params, name, method, jax.random.key(i), ids, mask)
+    params = _perturb(params, name, seed=i)
+  return model, base, spliced, params, ids, mask, methods
+
+
+def _solo(setup, name):
+  """An independent splice holding only adapter `name` with the same weights."""
+  model, base, spliced, params, ids, mask, methods = setup
+  solo, p = add_adapter(model, base, name, methods[name], jax.random.key(99), ids, mask)
+  flat = traverse_util.flatten_dict(p, sep='/')
+  flat.update(adapter_leaves(params, name))
+  return solo, traverse_util.unflatten_dict(flat, sep='/')
+
+
+def test_stack_equals_tuple_and_sequential_reference(setup):
+  _, _, spliced, params, ids, mask, _ = setup
+  stacked = spliced.apply(params, ids, mask, active=Stack('a', 'b'))
+  np.testing.assert_array_equal(stacked, spliced.apply(params, ids, mask, active=('a', 'b')))
+  # Reference: b's site modules applied by hand after a's at the FFN output (where both sit).
+  assert not np.allclose(stacked, spliced.apply(params, ids, mask, active='a'))
+  assert not np.allclose(stacked, spliced.apply(params, ids, mask, active=Stack('b', 'a')), atol=1e-4)
+
+
+def test_parallel_equals_each_single_run(setup):
+  _, _, spliced, params, ids, mask, _ = setup
+  out = spliced.apply(params, ids, mask, active=Parallel('a', None, Stack('l1', 's')))
+  assert out.shape == (3,) + spliced.apply(params, ids, mask).shape
+  np.testing.assert_allclose(out[0], _solo(setup, 'a')[0].apply(_solo(setup, 'a')[1], ids, mask,
+                                                                  active='a'), **TOL)
+  np.testing.assert_allclose(out[1], setup[0].apply({'params': setup[1]}, ids, mask), **TOL)
+  np.testing.assert_allclose(out[2], spliced.apply(params, ids, mask, active=('l1', 's')), **TOL)
+
+
+def test_per_example_equals_each_example_alone_and_compiles_once(setup):
+  _, _, spliced, params, ids, mask, _ = setup
+  branches = PerExample('a', 'l1', Stack('s', 'b'))
+  choices = ['l1', None, Stack('s', 'b'), 'a']
+  index = choice_index(branches, choices)
+  np.testing.assert_array_equal(index, [1, -1, 2, 0])
+  traces = []
+
+  @jax.jit
+  def run(p, i, m, idx):
+    traces.append(1)
+    return spliced.apply(p, i, m, active=branches, adapter_index=idx)
+
+  mixed = run(params, ids, mask, index)
+  for row, choice in enumerate(choices):
+    alone = spliced.apply(params, ids[row:row + 1], mask[row:row + 1],
+                          active=choice.children if isinstance(choice, Stack) else choice)
+    np.testing.assert_allclose(mixed[row], alone[0], **TOL)
+  again = run(params, ids, mask, np.asarray([0, 0, 2, -1], np.int32))
+  np.testing.assert_allclose(again[0], spliced.apply(params, ids[:1], mask[:1], active='a')[0],
+                             **TOL)
+  assert len(traces) == 1
+
+
+def test_average_weights_select_and_mix(setup):
+  _, _, spliced, params, ids, mask, _ = setup
+  # Weight (1, 0) is adapter a alone (b's sites then keep y); (0, 1) is b alone.
+  np.testing.assert_allclose(spliced.apply(params, ids, mask, active=Average('a', 'b', weights=(1, 0))),
+                             spliced.apply(params, ids, mask, active='a'), **TOL)
+  np.testing.assert_allclose(spliced.apply(params, ids, mask, active=Average('a', 'b', weights=(0, 2))),
+                             spliced.apply(params, ids, mask, active='b'), **TOL)
+  mixed = spliced.apply(params, ids, mask, active=Average('a', 'b'))
+  assert not np.allclose(mixed, spliced.apply(params, ids, mask, active='a'))
+
+
+def test_lora_parameter_average_equals_output_average(setup):
+  _, _, spliced, params, ids, mask, _ = setup
+  merged_spliced, merged = average_adapter(spliced, params, 'avg', ['l1', 'l2'], weights=(0.25, 0.75))
+  by_params = merged_spliced.apply(merged, ids, mask, active='avg')
+  by_outputs = merged_spliced.apply(merged, ids, mask, active=Average('l1', 'l2',
+                                                                      weights=(0.25, 0.75)))
+  np.testing.assert_allclose(by_params, by_outputs, rtol=1e-5, atol=1e-5)
+  assert merged_spliced.adapter('avg').method.rank == 5
+  # (IA)3 scales average exactly too; bottlenecks refuse 'exact'.
+  with pytest.raises(ValueError, match="how='linear'"):
+    average_adapter(spliced, params, 'ab', ['a', 'b'])
+
+
+def test_adapter_drop_equals_leave_out(setup):
+  model, base, spliced, params, ids, mask, _ = setup
+  dropped = spliced.apply(params, ids, mask, active='b', skip_layers=1)
+  solo, p = add_adapter(model, base, 'b', get_method('pfeiffer', leave_out=(0,)), jax.random.key(0),
+                        ids, mask)
+  flat = traverse_util.flatten_dict(p, sep='/')
+  for path, value in adapter_leaves(params, 'b').items():
+    if path in flat:
+      flat[path] = value
+  reference = solo.apply(traverse_util.unflatten_dict(flat, sep='/'), ids, mask, active='b')
+  np.testing.assert_allclose(dropped, reference, **TOL)
+  assert not np.allclose(dropped, spliced.apply(params, ids, mask, active='b'))
+
+
+@pytest.mark.parametrize('active, error, fix', [
+    (Fuse('l1', 'l2'), CompositionError, 'Average'),
+    (Fuse('a', 'b'), CompositionError, 'add_fusion'),
+    (Stack('a', PerExample('b')), CompositionError, 'outermost'),
+    (Average(Stack('a', 'b')), CompositionError, 'adapter names'),
+    (Stack('a', 'a'), CompositionError, 'remove the repeat'),
+    (Average('a', 'b', weights=(1.0,)), CompositionError, 'one weight per adapter'),
+    ('nope', KeyError, 'spliced adapters'),
+])
+def test_invalid_combinations_name_the_fix(setup, active, error, fix):
+  _, _, spliced, params, ids, mask, _ = setup
+  with pytest.raises(error, match=fix):
+    spliced.apply(params, ids, mask, active=active)
+
+
+def test_per_example_needs_index(setup):
+  _, _, spliced, params, ids, mask, _ = setup
+  with pytest.raises(CompositionError, match='choice_index'):
+    spliced.apply(params, ids, mask, active=PerExample('a', 'b'))
+  with pytest.raises(CompositionError, match='only used with active=PerExample'):
+    spliced.apply(params, ids, mask, active='a', adapter_index=jnp.zeros(4, jnp.int32))
+  with pytest.raises(CompositionError, match='not a branch'):
+    choice_index(PerExample('a'), ['b'])
