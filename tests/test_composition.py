@@ -1,6 +1,8 @@
 """Composition at apply time on the tiny model, each checked against an independent reference:
 separate splices, single-example runs, hand-written sums."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,18 +20,12 @@ from adapters_jax.composition import (
   Stack,
   choice_index,
 )
-from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
+from tests.tiny_model import TinyClassifier, init_tiny, perturb_adapter, tiny_batch
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-def _perturb(params, name, scale=0.3, seed=7):
-  flat = traverse_util.flatten_dict(params, sep='/')
-  key = jax.random.key(seed)
-  for path, value in adapter_leaves(params, name).items():
-    key, sub = jax.random.split(key)
-    flat[path] = value + scale * jax.random.normal(sub, value.shape)
-  return traverse_util.unflatten_dict(flat, sep='/')
+_perturb = functools.partial(perturb_adapter, scale=0.3)
 
 
 @pytest.fixture(scope='module')

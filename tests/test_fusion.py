@@ -1,6 +1,7 @@
 """AdapterFusion on the tiny model (layer, training split, checkpoints, attention), and the fusion
 training / multi-adapter prediction paths end to end on a tiny BERT."""
 
+import functools
 import json
 import os
 import subprocess
@@ -30,18 +31,12 @@ from adapters_jax.inference import MultiPredictor
 from adapters_jax.methods import FusionConfig
 from adapters_jax.train import loop
 from adapters_jax.train.step import classification_loss, create_train_state, train_step
-from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
+from tests.tiny_model import TinyClassifier, init_tiny, perturb_adapter, tiny_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _perturb(params, name, scale=0.3, seed=7):
-  flat = traverse_util.flatten_dict(params, sep='/')
-  key = jax.random.key(seed)
-  for path, value in adapter_leaves(params, name).items():
-    key, sub = jax.random.split(key)
-    flat[path] = value + scale * jax.random.normal(sub, value.shape)
-  return traverse_util.unflatten_dict(flat, sep='/')
+_perturb = functools.partial(perturb_adapter, scale=0.3)
 
 
 @pytest.fixture(scope='module')

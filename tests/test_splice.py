@@ -15,7 +15,7 @@ from adapters_jax import (
   remove_adapter,
   unmerge_adapter,
 )
-from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
+from tests.tiny_model import TinyClassifier, init_tiny, perturb_adapter, tiny_batch
 
 ZERO_INIT = {
     'houlsby-zero': dict(name='houlsby', init='zero'),
@@ -28,14 +28,7 @@ ZERO_INIT = {
 }
 
 
-def _perturb(params, name, scale=0.5, seed=7):
-  """Adds normal noise to adapter `name`'s leaves (a constant shift would vanish in LayerNorm)."""
-  flat = traverse_util.flatten_dict(params, sep='/')
-  key = jax.random.key(seed)
-  for path, value in adapter_leaves(params, name).items():
-    key, sub = jax.random.split(key)
-    flat[path] = value + scale * jax.random.normal(sub, value.shape)
-  return traverse_util.unflatten_dict(flat, sep='/')
+_perturb = perturb_adapter
 
 
 def _method(spec):

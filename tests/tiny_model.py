@@ -112,3 +112,20 @@ def tiny_batch(batch: int = 3, length: int = 7, vocab: int = 64, seed: int = 0):
 def init_tiny(model: TinyClassifier, seed: int = 0):
   ids, mask = tiny_batch(vocab=model.vocab)
   return model.init(jax.random.key(seed), ids, mask)['params']
+
+
+def perturb_adapter(params, name: str, scale: float = 0.5, seed: int = 7):
+  """Adds normal noise to adapter `name`'s leaves, so a zero-initialised adapter does something.
+
+  (A constant shift would vanish in the LayerNorm that follows most sites.)
+  """
+  from flax import traverse_util
+
+  from adapters_jax import adapter_leaves
+
+  flat = traverse_util.flatten_dict(params, sep='/')
+  key = jax.random.key(seed)
+  for path, value in adapter_leaves(params, name).items():
+    key, sub = jax.random.split(key)
+    flat[path] = value + scale * jax.random.normal(sub, value.shape)
+  return traverse_util.unflatten_dict(flat, sep='/')
