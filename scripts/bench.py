@@ -10,15 +10,16 @@ library's real path: `models.build_model`, `splice.add_adapter`, `trainable.make
 
 Our methods run in one worker process per round, stepping in turn (method A one step, method B one
 step, ...), so machine noise hits all of them alike. With `--anchors`, each round then runs
-`/work/shared/bench/anchor_torch.py` (adapter-hub `adapters` Houlsby/Pfeiffer, `peft` LoRA, torch
+`../shared/bench/anchor_torch.py`, beside the repository checkout
+(adapter-hub `adapters` Houlsby/Pfeiffer, `peft` LoRA, torch
 full fine-tuning; same shapes, 2 threads) in its own virtual environment, so ours and theirs
 alternate; ratios ours/anchor are computed per round and the median over rounds is reported.
 Peak RSS and compile time come from a separate fresh process per method (`--no-memory` skips it),
 so one method's memory does not hide another's.
 
     # MiniLM-L6 dims, both target shapes, anchors (build the venv once:
-    #   bash /work/shared/bench/setup_anchor.sh /tmp/anchor-venv)
-    .venv/bin/python scripts/bench.py --shapes 8x128,32x64 --anchors --rounds 2 --out /tmp/bench.json
+    #   bash ../shared/bench/setup_anchor.sh .anchor-venv)
+    .venv/bin/python scripts/bench.py --shapes 8x128,32x64 --anchors --rounds 2 --out bench.json
     # compile time of a BERT-large (24 x 1024) Houlsby step, scanned layers
     .venv/bin/python scripts/bench.py --model large --methods houlsby --scan_layers --steps 0
 
@@ -49,8 +50,11 @@ MODELS = {
 NUM_LABELS = 2
 # Our method name -> the anchor script's method name.
 ANCHOR_METHODS = {'full': 'full', 'houlsby': 'houlsby', 'pfeiffer': 'pfeiffer', 'lora': 'lora'}
-ANCHOR_SCRIPT = '/work/shared/bench/anchor_torch.py'
-ANCHOR_PYTHON = '/tmp/anchor-venv/bin/python'
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The PyTorch anchors live in the shared folder beside the checkout; their venv in .anchor-venv.
+ANCHOR_SCRIPT = os.environ.get(
+    'ANCHOR_SCRIPT', os.path.join(_ROOT, '..', 'shared', 'bench', 'anchor_torch.py'))
+ANCHOR_PYTHON = os.environ.get('ANCHOR_PYTHON', os.path.join(_ROOT, '.anchor-venv', 'bin', 'python'))
 ADAPTER_NAME = 'bench'
 
 
