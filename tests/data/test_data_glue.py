@@ -1,10 +1,9 @@
 """GLUE loading through tfds, on `tfds.testing.mock_data` (real GLUE needs the network)."""
 
 import pytest
+import tensorflow_datasets as tfds
 
 from adapters_jax.data import GLUE_TASK_NAMES, get_task, load_glue, load_task
-
-tfds = pytest.importorskip('tensorflow_datasets')
 
 
 @pytest.mark.parametrize('name', GLUE_TASK_NAMES)

