@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
+from adapters_jax.ops import Dropout
 
 ATTENTION = 'attention'
 
@@ -68,7 +69,7 @@ class AdapterFusion(nn.Module):
       v = nn.Dense(self.features, use_bias=False, name='value',
                    kernel_init=identity_plus_noise(self.value_init_noise))(deltas)  # [..., K, F]
     scores = jnp.einsum('...f,...kf->...k', q, k).astype(jnp.float32)  # [..., K]
-    scores = nn.Dropout(self.dropout)(scores, deterministic=deterministic)
+    scores = Dropout(self.dropout)(scores, deterministic=deterministic)
     probs = jax.nn.softmax(scores / self.temperature, axis=-1)  # [..., K]
     self.sow('intermediates', ATTENTION, probs)
     mixed = jnp.einsum('...k,...kf->...f', probs.astype(v.dtype), v)  # [..., F]
