@@ -146,7 +146,8 @@ def mean_attention(attentions: Mapping[str, np.ndarray], mask: Any = None) -> di
     if mask is None:
       out[site] = probs.reshape(-1, probs.shape[-1]).mean(0)
     else:
-      weights = np.asarray(mask, np.float64)[..., None]  # [B, L, 1]
+      # A classification model's last layer computes position 0 only ([B, 1, K]).
+      weights = np.asarray(mask, np.float64)[:, :probs.shape[1], None]  # [B, L, 1]
       out[site] = (probs * weights).sum((0, 1)) / np.maximum(weights.sum((0, 1)), 1.0)
   return out
 
