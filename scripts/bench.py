@@ -22,6 +22,9 @@ so one method's memory does not hide another's.
     .venv/bin/python scripts/bench.py --shapes 8x128,32x64 --anchors --rounds 2 --out bench.json
     # compile time of a BERT-large (24 x 1024) Houlsby step, scanned layers
     .venv/bin/python scripts/bench.py --model large --methods houlsby --scan_layers --steps 0
+    # A/B in one process: `METHOD@all_positions` runs the last layer on every position (the
+    # classification model's default computes position 0 only, the only one its head reads)
+    .venv/bin/python scripts/bench.py --methods houlsby,houlsby@all_positions --no-memory
 
 XLA CPU flags: none are needed; see docs/performance.md for the ones measured.
 """
@@ -56,11 +59,30 @@ ANCHOR_SCRIPT = os.environ.get(
     'ANCHOR_SCRIPT', os.path.join(_ROOT, '..', 'shared', 'bench', 'anchor_torch.py'))
 ANCHOR_PYTHON = os.environ.get('ANCHOR_PYTHON', os.path.join(_ROOT, '.anchor-venv', 'bin', 'python'))
 ADAPTER_NAME = 'bench'
+# `METHOD@VARIANT` benchmarks METHOD with a different forward; only this variant exists.
+VARIANTS = ('all_positions',)
 
 
 def all_methods() -> list[str]:
     from adapters_jax.methods import PRESETS
     return ['full', *PRESETS]
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    """The names in `methods` that are neither a method nor `METHOD@VARIANT`."""
+    bad = []
+    for method in methods:
+        base, _, variant = method.partition('@')
+        if base not in all_methods() or (variant and variant not in VARIANTS):
+            bad.append(method)
+    return sorted(bad)
+
+
+def _all_positions_logits(module, input_ids, attention_mask, token_type_ids, deterministic):
+    """The classification model's logits with the last layer run on every position."""
+    hidden = module.encode(input_ids, attention_mask, token_type_ids, deterministic)
+    features = module.pooler(hidden) if module.add_pooler else hidden[:, 0]
+    return module.classifier(features, deterministic)
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
@@ -108,6 +130,8 @@ def build_method(method: str, model: str = 'minilm', batch: int = 8, length: int
     from adapters_jax.methods import get_method
     from adapters_jax.train.step import classification_loss, create_train_state, train_step
 
+    method, _, variant = method.partition('@')
+    forward = _all_positions_logits if variant == 'all_positions' else None
     config = models.EncoderConfig(**MODELS[model], scan_layers=scan_layers, remat=remat,
                                   **(config_overrides or {}))
     host = models.build_model(config, head='classification', num_labels=NUM_LABELS)
@@ -129,7 +153,8 @@ def build_method(method: str, model: str = 'minilm', batch: int = 8, length: int
 
     def apply_fn(p, b, rng):
         return spliced.apply(p, b['input_ids'], b['attention_mask'], b['token_type_ids'],
-                             deterministic=False, active=name, rngs={'dropout': rng})
+                             deterministic=False, active=name, rngs={'dropout': rng},
+                             method=forward)
 
     def loss_fn(output, b):
         return classification_loss(output, b['labels'], b['example_mask'])
@@ -315,7 +340,7 @@ def summarise(rounds: list[dict[str, Any]], anchors: list[dict[str, Any]], batch
 
 
 def format_table(title: str, table: dict[str, Any]) -> str:
-    head = (f'{"method":<12}{"ex/s":>8}{"step ms":>9}{"/full":>7}{"anchor":>8}{"ratio":>7}'
+    head = (f'{"method":<22}{"ex/s":>8}{"step ms":>9}{"/full":>7}{"anchor":>8}{"ratio":>7}'
             f'{"compile s":>10}{"trainable":>12}{"opt MiB":>9}{"ckpt MiB":>9}{"RSS MiB":>9}')
     lines = [title, head, '-' * len(head)]
     mib = lambda v: f'{v / 2**20:9.2f}' if v is not None else f'{"-":>9}'
@@ -324,7 +349,7 @@ def format_table(title: str, table: dict[str, Any]) -> str:
         ratio = f'{r["ratio_ours_over_anchor"]:7.2f}' if 'ratio_ours_over_anchor' in r else f'{"-":>7}'
         rel = f'{r["step_time_over_full"]:7.2f}' if 'step_time_over_full' in r else f'{"-":>7}'
         lines.append(
-            f'{method:<12}{r["examples_per_s"]:8.1f}{r["step_ms"]:9.0f}{rel}{anchor}{ratio}'
+            f'{method:<22}{r["examples_per_s"]:8.1f}{r["step_ms"]:9.0f}{rel}{anchor}{ratio}'
             f'{r["compile_s"]:10.1f}{r["trainable_params"]:12,}{mib(r["optimizer_state_bytes"])}'
             f'{mib(r.get("checkpoint_bytes"))}{mib(r.get("peak_rss_bytes"))}')
     return '\n'.join(lines)
@@ -368,9 +393,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     methods = all_methods() if args.methods == 'all' else args.methods.split(',')
-    unknown = sorted(set(methods) - set(all_methods()))
+    unknown = check_methods(methods)
     if unknown:
-        parser.error(f'unknown methods {unknown}; valid: {all_methods()}')
+        parser.error(f'unknown methods {unknown}; valid: {all_methods()}, each optionally with '
+                     f'@VARIANT, VARIANT in {list(VARIANTS)}')
     if args.anchors and args.model != 'minilm':
         parser.error('the anchors exist for --model minilm only')
     shapes = parse_shapes(args.shapes)

@@ -23,6 +23,22 @@ def test_methods_are_full_and_every_preset():
   assert bench.all_methods() == ['full', *PRESETS]
 
 
+def test_method_variants_are_checked():
+  assert bench.check_methods(['full', 'houlsby@all_positions', 'lora']) == []
+  assert bench.check_methods(['houlsby@nope', 'nope', 'lora@all_positions']) == ['houlsby@nope',
+                                                                                'nope']
+
+
+def test_all_positions_variant_steps_to_the_same_loss_without_dropout():
+  steps = []
+  for method in ('houlsby', 'houlsby@all_positions'):
+    b = bench.build_method(method, 'tiny', batch=2, length=8,
+                           config_overrides=dict(hidden_dropout=0.0, attention_dropout=0.0))
+    _, metrics = b['step'](b['state'], b['frozen'], b['batch'])
+    steps.append((float(metrics['loss']), float(metrics['grad_norm'])))
+  assert steps[0] == pytest.approx(steps[1], rel=1e-5)
+
+
 @pytest.fixture(scope='module')
 def built():
   out = {}
