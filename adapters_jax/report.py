@@ -321,16 +321,28 @@ def plot(rows: Sequence[Row], path: str, title: str = '') -> None:
   labels = list(dict.fromkeys(row.label for row in rows))
   ours = averages(rows, columns)
   fig, ax = plt.subplots(figsize=(7, 4.5))
+  points = {}
   for label in labels:
     mine = [r for r in rows if r.label == label]
-    if label not in ours:
-      continue
-    x = sum(r.trainable_params for r in mine) / len(mine)
-    y = ours[label]
-    err = mine[0].std if len(columns) == 1 else None
+    if label in ours:
+      x = sum(r.trainable_params for r in mine) / len(mine)
+      points[label] = (x, ours[label], mine[0].std if len(columns) == 1 else None)
+  for x, y, err in points.values():
     ax.errorbar([x], [y], yerr=None if err is None else [err], fmt='o', capsize=3)
-    ax.annotate(label, (x, y), textcoords='offset points', xytext=(5, 4), fontsize=8)
   ax.set_xscale('log')
+  fig.canvas.draw()  # fixes the axis limits, so data -> pixel positions below are final
+  placed = []  # pixel boxes (x0, y0, x1, y1) of the labels written so far
+  for label, (x, y, _) in points.items():
+    px, py = ax.transData.transform((x, y))
+    scale = fig.dpi / 72  # pixels per point
+    width = (5 * len(label) + 2) * scale  # an 8 pt label, 10 pt high
+    for dy in (4, -12, 16, -24, 28, -36):  # first free slot beside the point, in points
+      box = (px + 5 * scale, py + dy * scale, px + 5 * scale + width, py + (dy + 10) * scale)
+      if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                 for b in placed):
+        break
+    placed.append(box)
+    ax.annotate(label, (x, y), textcoords='offset points', xytext=(5, dy), fontsize=8)
   ax.set_xlabel('trainable parameters')
   metric = f'{rows[0].split} {rows[0].metric}' if len(columns) == 1 else 'average score'
   ax.set_ylabel(f'{metric} (%)')
