@@ -172,13 +172,13 @@ class EncoderLayer(nn.Module):
     def __call__(self, hidden, mask, deterministic: bool, first_token_only: bool = False):
         cfg = self.config
         residual = hidden[:, :1] if first_token_only else hidden  # [batch, q_len, hidden]
-        attended = SelfAttention(cfg, name='attention')(
-            hidden, mask, deterministic, query_hidden=residual if first_token_only else None)
+        attended = SelfAttention(cfg, name='attention')(hidden, mask, deterministic,
+                                                       query_hidden=residual)
         attended = Dropout(cfg.hidden_dropout)(attended, deterministic=deterministic)
         hidden = _layer_norm(cfg, 'attention_layer_norm')(residual + attended)
         transformed = FeedForward(cfg, name='ffn')(hidden, deterministic)
         transformed = Dropout(cfg.hidden_dropout)(transformed, deterministic=deterministic)
-        hidden = _layer_norm(cfg, 'ffn_layer_norm')(hidden + transformed)  # [b, s, hidden]
+        hidden = _layer_norm(cfg, 'ffn_layer_norm')(hidden + transformed)  # [b, q_len, hidden]
         return (hidden, None) if self.scanned else hidden
 
 
