@@ -92,9 +92,7 @@ class Predictor:
 
 def _features(module, input_ids, attention_mask, token_type_ids):
   """The classification model's head input [batch, hidden] (pooled, or the first token)."""
-  hidden = module.encode(input_ids, attention_mask, token_type_ids, deterministic=True,
-                         first_token_only=True)  # [batch, 1, hidden]
-  return module.pooler(hidden) if module.add_pooler else hidden[:, 0]
+  return module.head_features(input_ids, attention_mask, token_type_ids, deterministic=True)
 
 
 @dataclasses.dataclass

@@ -80,8 +80,8 @@ def check_methods(methods: list[str]) -> list[str]:
 
 def _all_positions_logits(module, input_ids, attention_mask, token_type_ids, deterministic):
     """The classification model's logits with the last layer run on every position."""
-    hidden = module.encode(input_ids, attention_mask, token_type_ids, deterministic)
-    features = module.pooler(hidden) if module.add_pooler else hidden[:, 0]
+    features = module.head_features(input_ids, attention_mask, token_type_ids, deterministic,
+                                    first_token_only=False)
     return module.classifier(features, deterministic)
 
 

@@ -297,13 +297,22 @@ class BertForSequenceClassification(BertEncoderModel):
         self.classifier = head_cls(self.num_labels, self.config.head_dropout,
                                    self.config.initializer_range)
 
+    def head_features(self, input_ids, attention_mask=None, token_type_ids=None,
+                      deterministic: bool = True, first_token_only: bool = True) -> jax.Array:
+        """The head's input `[batch, hidden]` float32: pooled (BERT) or the first token (RoBERTa).
+
+        Both heads read position 0 only, so by default the last layer computes only that
+        position; `first_token_only=False` computes every position (same values, more work).
+        """
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, deterministic,
+                             first_token_only=first_token_only)  # [batch, 1 or seq, hidden]
+        features = self.pooler(hidden) if self.add_pooler else hidden[:, 0]  # [batch, hidden]
+        return features.astype(jnp.float32)
+
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
                  deterministic: bool = True) -> jax.Array:
-        # Both heads read position 0 only, so the last layer computes only that position.
-        hidden = self.encode(input_ids, attention_mask, token_type_ids, deterministic,
-                             first_token_only=True)  # [batch, 1, hidden]
-        features = self.pooler(hidden) if self.add_pooler else hidden[:, 0]  # [batch, hidden]
-        return self.classifier(features.astype(jnp.float32), deterministic)
+        features = self.head_features(input_ids, attention_mask, token_type_ids, deterministic)
+        return self.classifier(features, deterministic)
 
 
 def classification_model(config: EncoderConfig, num_labels: int) -> BertForSequenceClassification:
