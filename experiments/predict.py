@@ -68,6 +68,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  from adapters_jax.host_memory import reuse_freed_host_memory
+  reuse_freed_host_memory()  # first: before TensorFlow or JAX start their threads
   from adapters_jax.inference import MultiPredictor, Predictor
 
   workdirs = [w for w in FLAGS.workdir.split(',') if w]

@@ -25,6 +25,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from adapters_jax.host_memory import reuse_freed_host_memory
+  reuse_freed_host_memory()  # first: before TensorFlow or JAX start their threads
   from adapters_jax.train.loop import train_and_evaluate  # after flags: keeps --help fast
 
   if not FLAGS['verbosity'].present:

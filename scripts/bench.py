@@ -26,7 +26,10 @@ so one method's memory does not hide another's.
     # classification model's default computes position 0 only, the only one its head reads)
     .venv/bin/python scripts/bench.py --methods houlsby,houlsby@all_positions --no-memory
 
-XLA CPU flags: none are needed; see docs/performance.md for the ones measured.
+XLA CPU flags: none are needed; see docs/performance.md for the ones measured. Host memory: like
+the experiment scripts, the workers first call `adapters_jax.host_memory.reuse_freed_host_memory()`
+(glibc keeps XLA's per-step temporaries instead of unmapping them); `--host_memory=default` leaves
+malloc alone, `--anchor_host_memory=reuse` gives the anchors the same setting (GLIBC_TUNABLES).
 """
 
 from __future__ import annotations
@@ -268,7 +271,8 @@ def measure_memory(method: str, shape: tuple[int, int], args) -> dict[str, Any]:
 def _worker_argv(args, kind: str, methods: list[str], shape: tuple[int, int]) -> list[str]:
     argv = [sys.executable, os.path.abspath(__file__), '--worker', kind,
             '--methods', ','.join(methods), '--shapes', f'{shape[0]}x{shape[1]}',
-            '--model', args.model, '--steps', str(args.steps), '--warmup', str(args.warmup)]
+            '--model', args.model, '--steps', str(args.steps), '--warmup', str(args.warmup),
+            '--host_memory', args.host_memory]
     if args.scan_layers:
         argv.append('--scan_layers')
     if args.remat:
@@ -299,7 +303,11 @@ def run_anchor(methods: list[str], shape: tuple[int, int], args) -> dict[str, An
     argv = [args.anchor_python, args.anchor_script, '--model', 'minilm', '--batch', str(shape[0]),
             '--seq', str(shape[1]), '--steps', str(max(args.steps, 3)), '--threads', '2',
             '--methods', ','.join(theirs)]
-    result = _run_json(argv)
+    env = None
+    if args.anchor_host_memory == 'reuse':
+        from adapters_jax.host_memory import GLIBC_TUNABLES
+        env = {**os.environ, 'GLIBC_TUNABLES': GLIBC_TUNABLES}
+    result = _run_json(argv, env=env)
     reverse = {v: k for k, v in ANCHOR_METHODS.items()}
     return {reverse[k]: v for k, v in result.items()}
 
@@ -388,6 +396,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--scan_layers', action='store_true')
     parser.add_argument('--remat', action='store_true')
     parser.add_argument('--out', default=None, help='write the results as JSON here')
+    parser.add_argument('--host_memory', choices=['reuse', 'default'], default='reuse',
+                        help='reuse: keep freed host memory in our workers (as the experiment '
+                        'scripts do); default: glibc as configured')
+    parser.add_argument('--anchor_host_memory', choices=['reuse', 'default'], default='default',
+                        help='reuse: the same glibc setting for the PyTorch anchors')
     parser.add_argument('--worker', choices=['time', 'memory'], default=None,
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -401,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error('the anchors exist for --model minilm only')
     shapes = parse_shapes(args.shapes)
 
+    if args.worker and args.host_memory == 'reuse':
+        from adapters_jax.host_memory import reuse_freed_host_memory
+        reuse_freed_host_memory()  # before JAX starts its threads
     if args.worker == 'time':
         print(json.dumps(time_methods(methods, shapes[0], args)))
         return
@@ -410,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import jax
     report = {'args': vars(args), 'device': str(jax.devices()[0]),
+              'host_memory': args.host_memory, 'anchor_host_memory': args.anchor_host_memory,
               'jax_version': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
               'cpu_count': os.cpu_count(), 'results': {}}
     for shape in shapes:

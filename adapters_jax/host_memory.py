@@ -1,0 +1,51 @@
+"""Keep freed host memory in the process, so XLA:CPU stops paying page faults every step.
+
+XLA:CPU allocates a step's temporaries as one block per execution (221 MB for a MiniLM-L6
+Houlsby step at batch 8 x 128) and frees it afterwards. glibc serves blocks that large with
+`mmap` and returns them with `munmap`, so every step faults in ~57,000 fresh zeroed pages: about
+0.3 of the 2 cores' time went to the kernel (`os.times().system`) in a train step, measured in
+docs/performance.md. With `reuse_freed_host_memory()` glibc keeps such blocks in its heap and
+hands the same pages back next step.
+
+It changes three glibc `mallopt` settings for the whole process, which is why the library never
+calls it on import: only the entry points (`experiments/*.py`, `scripts/bench.py`) do, first
+thing. Threads that already made their own malloc arena keep it, so call it before importing
+TensorFlow or running anything in JAX. The same, for any program, from the environment:
+
+    GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647
+
+(`host_memory.GLIBC_TUNABLES`). The cost: freed memory is not given back to the OS while the
+process runs (peak RSS stays), and all threads share one malloc arena.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# glibc <malloc.h> parameter numbers for mallopt().
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_NEVER_TRIM = 2**31 - 1  # the largest int mallopt accepts
+# The same settings as the environment variable glibc reads at process start.
+GLIBC_TUNABLES = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
+                  f'glibc.malloc.trim_threshold={_NEVER_TRIM}')
+
+
+def reuse_freed_host_memory() -> bool:
+  """Makes glibc malloc keep and reuse freed blocks instead of unmapping them.
+
+  Returns True when the settings were applied; False where the C library is not glibc (macOS,
+  musl), where there is nothing to do.
+  """
+  if not sys.platform.startswith('linux'):
+    return False
+  libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+  if not hasattr(libc, 'gnu_get_libc_version') or not hasattr(libc, 'mallopt'):
+    return False
+  libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+  applied = [libc.mallopt(_M_ARENA_MAX, 1), libc.mallopt(_M_MMAP_MAX, 0),
+             libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)]
+  return all(status == 1 for status in applied)
