@@ -85,10 +85,14 @@ class Dropout(nn.Module):
 
     rate: float
 
+    def keep_mask(self, shape: tuple[int, ...]) -> jax.Array:
+        """The boolean keep-mask `__call__` would apply to an input of `shape`."""
+        return dropout_keep_mask(self.make_rng('dropout'), shape, self.rate)
+
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or self.rate == 0.0:
             return x
-        keep = dropout_keep_mask(self.make_rng('dropout'), x.shape, self.rate)
+        keep = self.keep_mask(x.shape)
         return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype),
                          jnp.zeros((), x.dtype))

@@ -1,0 +1,81 @@
+"""Training-mode attention (dropout on the probabilities) computed in head groups equals a float64
+NumPy reference that uses the same dropout mask, for every grouping; gradients agree too."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adapters_jax import models
+from adapters_jax.models.bert import SelfAttention, head_groups
+
+CONFIG = models.EncoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                              intermediate_size=64, max_position_embeddings=32,
+                              attention_dropout=0.3)
+
+
+def _inputs():
+  hidden = jax.random.normal(jax.random.key(0), (3, 7, 32))
+  valid = np.ones((3, 7), bool)
+  valid[1, 5:] = False
+  valid[2, 2:] = False
+  return hidden, jnp.asarray(valid)[:, None, None, :]  # mask [batch, 1, 1, seq]
+
+
+def _numpy_attention(params, hidden, mask, keep, rate, heads):
+  """float64 multi-head attention, dropout = keep-mask / (1 - rate) on the probabilities."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  x = np.asarray(hidden, np.float64)
+  batch, seq, width = x.shape
+  dense = lambda name, v: v @ p[name]['kernel'] + p[name]['bias']
+  split = lambda v: v.reshape(batch, seq, heads, width // heads)
+  q, k, v = (split(dense(n, x)) for n in ('query', 'key', 'value'))
+  logits = np.einsum('btnh,bsnh->bnts', q, k) / np.sqrt(width // heads)
+  logits = np.where(np.asarray(mask), logits, -np.inf)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  probs = np.where(np.asarray(keep), probs / (1 - rate), 0.0)
+  context = np.einsum('bnts,bsnh->btnh', probs, v).reshape(batch, seq, width)
+  return dense('output', context)
+
+
+@pytest.mark.parametrize('groups', [1, 2, 4])
+def test_grouped_attention_with_dropout_matches_float64(groups):
+  config = CONFIG.replace(attention_head_groups=groups)
+  assert head_groups(config) == groups
+  module = SelfAttention(config)
+  hidden, mask = _inputs()
+  params = module.init(jax.random.key(1), hidden, mask, True)['params']
+  rngs = {'dropout': jax.random.key(2)}
+  masks = []
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == 'keep_mask':
+      masks.append(out)
+    return out
+  with nn.intercept_methods(record):
+    out = module.apply({'params': params}, hidden, mask, False, rngs=rngs)
+  (keep,) = masks
+  assert keep.shape == (3, 4, 7, 7) and 0.5 < float(keep.mean()) < 0.9
+  want = _numpy_attention(params, hidden, mask, keep, config.attention_dropout, 4)
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
+
+  # Same values and gradients as one group over all heads (the mask does not depend on grouping).
+  one = SelfAttention(CONFIG.replace(attention_head_groups=1))
+  loss = lambda m: lambda p, h: jnp.sum(m.apply({'params': p}, h, mask, False, rngs=rngs) ** 2)
+  grads = jax.grad(loss(module), argnums=(0, 1))(params, hidden)
+  grads_one = jax.grad(loss(one), argnums=(0, 1))(params, hidden)
+  for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_one), strict=True):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_head_groups_choice_and_validation():
+  assert head_groups(CONFIG.replace(attention_head_groups=2)) == 2
+  # Automatic: 4 (or the largest divisor of num_heads not above 4) on CPU.
+  if jax.default_backend() == 'cpu':
+    assert head_groups(CONFIG) == 4
+    assert head_groups(CONFIG.replace(num_heads=2, hidden_size=32)) == 2
+    assert head_groups(CONFIG.replace(num_heads=6, hidden_size=36)) == 3
+  with pytest.raises(ValueError, match='attention_head_groups=3 must be 0'):
+    CONFIG.replace(attention_head_groups=3)
