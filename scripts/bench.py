@@ -35,9 +35,11 @@ malloc alone, `--anchor_host_memory=reuse` gives the anchors the same setting (G
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -62,8 +64,11 @@ ANCHOR_SCRIPT = os.environ.get(
     'ANCHOR_SCRIPT', os.path.join(_ROOT, '..', 'shared', 'bench', 'anchor_torch.py'))
 ANCHOR_PYTHON = os.environ.get('ANCHOR_PYTHON', os.path.join(_ROOT, '.anchor-venv', 'bin', 'python'))
 ADAPTER_NAME = 'bench'
-# `METHOD@VARIANT` benchmarks METHOD with a different forward; only this variant exists.
-VARIANTS = ('all_positions',)
+# `METHOD@VARIANT` benchmarks a variant of METHOD: `all_positions` runs the classification
+# model's last layer on every position (its default computes position 0 only); `adapterdrop`
+# leaves the lower half of the layers without adapters and without trained layer norms
+# (AdapterDrop, Rueckle et al. 2021), so the backward pass stops at the middle of the stack.
+VARIANTS = ('all_positions', 'adapterdrop')
 
 
 def all_methods() -> list[str]:
@@ -79,6 +84,23 @@ def check_methods(methods: list[str]) -> list[str]:
         if base not in all_methods() or (variant and variant not in VARIANTS):
             bad.append(method)
     return sorted(bad)
+
+
+def adapter_drop(method_config, dropped_layers):
+    """`method_config` with no adapter in `dropped_layers` and nothing of theirs trained.
+
+    `leave_out` removes the adapters; each `train_also` pattern (Houlsby's layer norms) is
+    narrowed to the kept layers, so the embeddings and the dropped layers stay frozen and the
+    backward pass ends at the lowest kept layer. Configs get the same with
+    `method_options.leave_out` and `method_options.train_also`.
+    """
+    dropped = sorted(set(dropped_layers))
+    not_dropped = '(?!(?:' + '|'.join(str(i) for i in dropped) + r')/)\d+/'
+    narrowed = []
+    for pattern in method_config.train_also:
+        flags, rest = re.match(r'(\(\?[aiLmsux]+\))?(.*)', pattern).groups()
+        narrowed.append(f'{flags or ""}(?=(?:.*/)?layer_{not_dropped})(?:{rest})')
+    return dataclasses.replace(method_config, leave_out=tuple(dropped), train_also=tuple(narrowed))
 
 
 def _all_positions_logits(module, input_ids, attention_mask, token_type_ids, deterministic):
@@ -145,7 +167,10 @@ def build_method(method: str, model: str = 'minilm', batch: int = 8, length: int
         rules = [(r'.*', True)]
     else:
         name = ADAPTER_NAME
-        spliced, params = splice.add_adapter(spliced, params, name, get_method(method),
+        method_config = get_method(method)
+        if variant == 'adapterdrop':
+            method_config = adapter_drop(method_config, range(config.num_layers // 2))
+        spliced, params = splice.add_adapter(spliced, params, name, method_config,
                                              jax.random.key(1), sample, sample,
                                              jnp.zeros_like(sample), deterministic=True)
         rules = trainable.adapter_rules([spliced.adapter(name)], train_head=True)
