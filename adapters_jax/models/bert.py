@@ -30,8 +30,9 @@ both heads read nothing else, so the logits are those of the full computation wi
 last layer's work (keys/values still see every position). `encode()` returns every position.
 
 Speed on CPU (docs/performance.md): dropout masks come from a counter-based hash
-(`dropout_keep_mask`), not threefry `bernoulli` (~16% of a train step before), and the exact
-GELU is the erf formula with a hand-written derivative (`gelu_exact`).
+(`dropout_keep_mask`), not threefry `bernoulli` (~16% of a train step before), the exact
+GELU is the erf formula with a hand-written derivative (`gelu_exact`), and training-mode
+attention runs in independent head groups (`head_groups`) that XLA spreads over the cores.
 """
 
 from __future__ import annotations
