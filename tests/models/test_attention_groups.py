@@ -77,5 +77,8 @@ def test_head_groups_choice_and_validation():
     assert head_groups(CONFIG) == 4
     assert head_groups(CONFIG.replace(num_heads=2, hidden_size=32)) == 2
     assert head_groups(CONFIG.replace(num_heads=6, hidden_size=36)) == 3
+    # Deep unscanned stacks keep one group (compile time); scanned ones group.
+    assert head_groups(CONFIG.replace(num_layers=24)) == 1
+    assert head_groups(CONFIG.replace(num_layers=24, scan_layers=True)) == 4
   with pytest.raises(ValueError, match='attention_head_groups=3 must be 0'):
     CONFIG.replace(attention_head_groups=3)
