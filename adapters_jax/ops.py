@@ -93,6 +93,9 @@ class Dropout(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or self.rate == 0.0:
             return x
-        keep = self.keep_mask(x.shape)
+        return self.apply_mask(x, self.keep_mask(x.shape))
+
+    def apply_mask(self, x: jax.Array, keep: jax.Array) -> jax.Array:
+        """`x / (1 - rate)` where `keep` (broadcastable to `x`) is True, 0 elsewhere."""
         return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype),
                          jnp.zeros((), x.dtype))

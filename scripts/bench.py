@@ -35,11 +35,9 @@ malloc alone, `--anchor_host_memory=reuse` gives the anchors the same setting (G
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -84,23 +82,6 @@ def check_methods(methods: list[str]) -> list[str]:
         if base not in all_methods() or (variant and variant not in VARIANTS):
             bad.append(method)
     return sorted(bad)
-
-
-def adapter_drop(method_config, dropped_layers):
-    """`method_config` with no adapter in `dropped_layers` and nothing of theirs trained.
-
-    `leave_out` removes the adapters; each `train_also` pattern (Houlsby's layer norms) is
-    narrowed to the kept layers, so the embeddings and the dropped layers stay frozen and the
-    backward pass ends at the lowest kept layer. Configs get the same with
-    `method_options.leave_out` and `method_options.train_also`.
-    """
-    dropped = sorted(set(dropped_layers))
-    not_dropped = '(?!(?:' + '|'.join(str(i) for i in dropped) + r')/)\d+/'
-    narrowed = []
-    for pattern in method_config.train_also:
-        flags, rest = re.match(r'(\(\?[aiLmsux]+\))?(.*)', pattern).groups()
-        narrowed.append(f'{flags or ""}(?=(?:.*/)?layer_{not_dropped})(?:{rest})')
-    return dataclasses.replace(method_config, leave_out=tuple(dropped), train_also=tuple(narrowed))
 
 
 def _all_positions_logits(module, input_ids, attention_mask, token_type_ids, deterministic):
@@ -152,7 +133,7 @@ def build_method(method: str, model: str = 'minilm', batch: int = 8, length: int
     import jax.numpy as jnp
 
     from adapters_jax import models, splice, trainable
-    from adapters_jax.methods import get_method
+    from adapters_jax.methods import adapter_drop, get_method
     from adapters_jax.train.step import classification_loss, create_train_state, train_step
 
     method, _, variant = method.partition('@')

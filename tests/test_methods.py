@@ -121,3 +121,24 @@ def test_method_config_roundtrips_through_json_dict():
     cfg = methods.get_method(name)
     again = methods.method_from_dict(json.loads(cfg.to_json()))
     assert again == cfg, name
+
+
+def test_adapter_drop_leaves_out_layers_and_narrows_train_also():
+  import re
+  houlsby = methods.get_method('houlsby')
+  dropped = methods.adapter_drop(houlsby, [1, 0])
+  assert dropped.leave_out == (0, 1)
+  assert methods.adapter_drop(houlsby, []) == houlsby
+  (pattern,) = dropped.train_also
+  trains = lambda path: re.fullmatch(pattern, path) is not None
+  (original,) = houlsby.train_also
+  for path in ('encoder/layer_0/attention_layer_norm/scale', 'encoder/layer_1/ffn_layer_norm/bias',
+               'embeddings/layer_norm/scale', 'encoder/layer_2/ffn_layer_norm/bias',
+               'encoder/layer_10/attention_layer_norm/scale', 'encoder/layer_3/ffn/output/kernel'):
+    # Trained when the original pattern matches and the leaf is in a kept layer; layer numbers
+    # are matched whole (dropping layer 1 keeps layer 10).
+    kept = re.search(r'layer_(\d+)/', path) is not None and re.search(
+        r'layer_(\d+)/', path).group(1) not in ('0', '1')
+    assert trains(path) == (re.fullmatch(original, path) is not None and kept), path
+  # The result round-trips like any method config (it is recorded beside checkpoints).
+  assert methods.method_from_dict(dropped.to_dict()) == dropped

@@ -9,6 +9,7 @@ from adapters_jax.methods.base import (
   ACTIVATIONS,
   MethodConfig,
   SiteInfo,
+  adapter_drop,
   get_activation,
   replace_fields,
 )
@@ -75,7 +76,7 @@ def method_from_dict(record: dict[str, Any]) -> MethodConfig:
 __all__ = [
     'ACTIVATIONS', 'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'CONFIG_KINDS', 'CompacterAdapter',
     'CompacterConfig', 'FusionConfig', 'IA3', 'IA3Config', 'LoRA', 'LoRAConfig', 'MethodConfig', 'PHMDense',
-    'PHMRule', 'PRESETS', 'SiteInfo', 'compacter', 'compacter_pp', 'fusion', 'get_activation', 'get_method',
-    'houlsby', 'ia3', 'kron_sum', 'lora', 'method_from_dict', 'parallel', 'pfeiffer',
-    'replace_fields',
+    'PHMRule', 'PRESETS', 'SiteInfo', 'adapter_drop', 'compacter', 'compacter_pp', 'fusion',
+    'get_activation', 'get_method', 'houlsby', 'ia3', 'kron_sum', 'lora', 'method_from_dict', 'parallel',
+    'pfeiffer', 'replace_fields',
 ]

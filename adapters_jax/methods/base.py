@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -125,6 +126,30 @@ def replace_fields(config: MethodConfig, **overrides: Any) -> MethodConfig:
   # JSON turns tuples into lists; the configs are hashable tuples.
   fixed = {k: _to_tuple(v) for k, v in overrides.items()}
   return dataclasses.replace(config, **fixed)
+
+
+def adapter_drop(config: MethodConfig, dropped_layers: Iterable[int]) -> MethodConfig:
+  """`config` with no adapter in `dropped_layers` and nothing of theirs trained (AdapterDrop).
+
+  AdapterDrop (Rueckle et al. 2021) removes the adapters of the lowest layers. Besides
+  `leave_out`, each `train_also` pattern (Houlsby's layer norms) is narrowed to leaves inside a
+  kept `layer_<i>/` block, so the embeddings and the dropped layers stay frozen as well: when the
+  dropped layers are the lowest ones, the backward pass ends at the lowest kept layer (a train
+  step of 0.39 of full fine-tuning with the lower 3 of 6 layers dropped, docs/performance.md).
+
+  Example: `adapter_drop(get_method('houlsby'), range(3))`; in an experiment config,
+  `config.adapter_drop_layers = (0, 1, 2)`.
+  """
+  dropped = sorted({int(i) for i in dropped_layers})
+  if not dropped:
+    return config
+  not_dropped = '(?!(?:' + '|'.join(str(i) for i in dropped) + r')/)\d+/'
+  narrowed = []
+  for pattern in config.train_also:
+    flags, rest = re.fullmatch(r'(\(\?[aiLmsux]+\))?(.*)', pattern, re.DOTALL).groups()
+    narrowed.append(f'{flags or ""}(?=(?:.*/)?layer_{not_dropped})(?:{rest})')
+  return dataclasses.replace(config, leave_out=tuple(sorted(set(config.leave_out) | set(dropped))),
+                             train_also=tuple(narrowed))
 
 
 def _to_tuple(value: Any) -> Any:

@@ -145,8 +145,8 @@ class SelfAttention(nn.Module):
         """
         cfg = self.config
         batch, q_len, heads, _ = query.shape
-        keep = Dropout(cfg.attention_dropout).keep_mask((batch, heads, q_len, key.shape[1]))
-        scale = jnp.asarray(1.0 / (1.0 - cfg.attention_dropout), jnp.float32)
+        dropout = Dropout(cfg.attention_dropout)
+        keep = dropout.keep_mask((batch, heads, q_len, key.shape[1]))
         groups = head_groups(cfg)
         size = heads // groups
         contexts = []
@@ -156,7 +156,7 @@ class SelfAttention(nn.Module):
                                 preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim)
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(logits, axis=-1)  # [batch, heads/groups, q_len, k_len]
-            probs = jnp.where(keep[:, sel], probs * scale, jnp.zeros((), jnp.float32))
+            probs = dropout.apply_mask(probs, keep[:, sel])
             contexts.append(jnp.einsum('bnts,bsnh->btnh', probs.astype(value.dtype),
                                        value[:, :, sel]))
         return contexts[0] if groups == 1 else jnp.concatenate(contexts, axis=2)

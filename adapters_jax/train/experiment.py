@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from adapters_jax import data, models, trainable
-from adapters_jax.methods import PRESETS, get_method
+from adapters_jax.methods import PRESETS, adapter_drop, get_method
 from adapters_jax.sites import HEAD_PARAMS
 from adapters_jax.splice import Spliced, add_adapter
 
@@ -86,6 +86,9 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
   """Loads the base model with a head for `spec` and splices the configured adapter into it."""
   if config.method not in METHODS:
     raise ValueError(f'Unknown method {config.method!r}; valid methods: {list(METHODS)}.')
+  if config.adapter_drop_layers and config.method in BASELINE_METHODS:
+    raise ValueError(f'adapter_drop_layers={tuple(config.adapter_drop_layers)} needs an adapter '
+                     f'method, not {config.method!r}.')
   pretrained = models.load_pretrained(
       config.model, head='classification', num_labels=spec.num_labels, dtype=config.dtype,
       remat=config.remat, scan_layers=config.scan_layers, seed=config.seed,
@@ -95,7 +98,8 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
   adapter_name = None
   if config.method not in BASELINE_METHODS:
     adapter_name = config.adapter_name or spec.name
-    method = get_method(config.method, **dict(config.method_options))
+    method = adapter_drop(get_method(config.method, **dict(config.method_options)),
+                          config.adapter_drop_layers)
     sample = jnp.ones((2, 16), jnp.int32)
     spliced, params = add_adapter(spliced, params, adapter_name, method,
                                   jax.random.PRNGKey(config.seed + 1), sample, sample,

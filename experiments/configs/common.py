@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Method: an adapter preset or a baseline (`full`, `head`).
   config.method = 'houlsby'
   config.method_options = ml_collections.ConfigDict()  # preset overrides, e.g. {'size': 8}
+  config.adapter_drop_layers = ()   # AdapterDrop: layers with no adapter and nothing trained
   config.adapter_name = ''          # '' = the task's name
   config.train_head = True
 

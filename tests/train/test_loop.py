@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from adapters_jax import checkpoint, data, trainable
 from adapters_jax.train import loop
@@ -57,6 +58,19 @@ def test_train_and_evaluate_writes_everything(tiny_bert_dir, tmp_path):
   # Checkpoints hold the trainable state only.
   steps = sorted(os.listdir(tmp_path / 'checkpoints'))
   assert steps == ['3', '6']
+
+
+def test_adapter_drop_layers_train_nothing_below_the_kept_layers(tiny_bert_dir):
+  task = data.load_task('rotten_tomatoes')
+  def trained(**overrides):
+    mask = build_experiment(smoke_config(tiny_bert_dir, **overrides), task.spec).mask
+    return {p for p, t in traverse_util.flatten_dict(mask, sep='/').items() if t}
+  houlsby, dropped = trained(), trained(adapter_drop_layers=(0,))
+  assert any('/layer_0/' in p for p in houlsby) and any(p.startswith('embeddings/') for p in houlsby)
+  assert not any('/layer_0/' in p or p.startswith('embeddings/') for p in dropped)
+  assert {p for p in houlsby if '/layer_0/' not in p and not p.startswith('embeddings/')} == dropped
+  with pytest.raises(ValueError, match='needs an adapter method'):
+    trained(adapter_drop_layers=(0,), method='full')
 
 
 def test_jitted_train_step_traces_once_per_batch_shape(tiny_bert_dir):
