@@ -28,7 +28,11 @@ Params = dict[str, Any]
 
 
 def leaf_paths(tree: Params) -> list[str]:
-  """The `/`-joined path of every leaf, in flattening order."""
+  """The `/`-joined path of every leaf, in dict insertion order (`flatten_dict`).
+
+  Not `jax.tree.leaves` order (which sorts dict keys): pair paths with values through
+  `traverse_util.flatten_dict(tree, sep='/')`, not by zipping with `jax.tree.leaves`.
+  """
   return list(traverse_util.flatten_dict(tree, sep='/'))
 
 
