@@ -39,7 +39,9 @@ HEAD_PARAMS = r'(.*/)?classifier/.*'
 
 PLACEMENTS = ('output', 'parallel', 'input')
 
-_LAYER_INDEX = re.compile(r'(?:^|/)layers?[_/](\d+)(?:/|$)')
+# A transformer block in a path: `layer_<i>/` (ours), `layer/<i>/` (HF Flax) or `layers/<i>/`.
+LAYER_PREFIX = r'layers?[_/]'
+_LAYER_INDEX = re.compile(rf'(?:^|/){LAYER_PREFIX}(\d+)(?:/|$)')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from adapters_jax import methods
+from adapters_jax import methods, sites
 from adapters_jax.methods.base import SiteInfo
 
 jax.config.update('jax_enable_x64', False)
@@ -134,11 +134,12 @@ def test_adapter_drop_leaves_out_layers_and_narrows_train_also():
   (original,) = houlsby.train_also
   for path in ('encoder/layer_0/attention_layer_norm/scale', 'encoder/layer_1/ffn_layer_norm/bias',
                'embeddings/layer_norm/scale', 'encoder/layer_2/ffn_layer_norm/bias',
-               'encoder/layer_10/attention_layer_norm/scale', 'encoder/layer_3/ffn/output/kernel'):
+               'encoder/layer_10/attention_layer_norm/scale', 'encoder/layer_3/ffn/output/kernel',
+               'encoder/layer/1/output/LayerNorm/scale', 'encoder/layer/2/output/LayerNorm/scale'):
     # Trained when the original pattern matches and the leaf is in a kept layer; layer numbers
     # are matched whole (dropping layer 1 keeps layer 10).
-    kept = re.search(r'layer_(\d+)/', path) is not None and re.search(
-        r'layer_(\d+)/', path).group(1) not in ('0', '1')
+    layer = sites.layer_index(path)
+    kept = layer is not None and layer not in (0, 1)
     assert trains(path) == (re.fullmatch(original, path) is not None and kept), path
   # The result round-trips like any method config (it is recorded beside checkpoints).
   assert methods.method_from_dict(dropped.to_dict()) == dropped

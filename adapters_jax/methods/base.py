@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 
 from adapters_jax.ops import gelu_exact
-from adapters_jax.sites import SiteRule, as_site_rules
+from adapters_jax.sites import LAYER_PREFIX, SiteRule, as_site_rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,9 +133,10 @@ def adapter_drop(config: MethodConfig, dropped_layers: Iterable[int]) -> MethodC
 
   AdapterDrop (Rueckle et al. 2021) removes the adapters of the lowest layers. Besides
   `leave_out`, each `train_also` pattern (Houlsby's layer norms) is narrowed to leaves inside a
-  kept `layer_<i>/` block, so the embeddings and the dropped layers stay frozen as well: when the
-  dropped layers are the lowest ones, the backward pass ends at the lowest kept layer (a train
-  step of 0.39 of full fine-tuning with the lower 3 of 6 layers dropped, docs/performance.md).
+  kept block (`layer_<i>/` or `layer/<i>/`, the paths `leave_out` itself reads), so the
+  embeddings and the dropped layers stay frozen as well: when the dropped layers are the lowest
+  ones, the backward pass ends at the lowest kept layer (a train step of 0.39 of full
+  fine-tuning with the lower 3 of 6 layers dropped, docs/performance.md).
 
   Example: `adapter_drop(get_method('houlsby'), range(3))`; in an experiment config,
   `config.adapter_drop_layers = (0, 1, 2)`.
@@ -143,11 +144,13 @@ def adapter_drop(config: MethodConfig, dropped_layers: Iterable[int]) -> MethodC
   dropped = sorted({int(i) for i in dropped_layers})
   if not dropped:
     return config
-  not_dropped = '(?!(?:' + '|'.join(str(i) for i in dropped) + r')/)\d+/'
+  # Inside a block (the paths `sites.layer_index` reads) whose index is not dropped.
+  kept_block = (f'(?=(?:.*/)?{LAYER_PREFIX}(?!(?:' + '|'.join(str(i) for i in dropped)
+                + r')/)\d+/)')
   narrowed = []
   for pattern in config.train_also:
     flags, rest = re.fullmatch(r'(\(\?[aiLmsux]+\))?(.*)', pattern, re.DOTALL).groups()
-    narrowed.append(f'{flags or ""}(?=(?:.*/)?layer_{not_dropped})(?:{rest})')
+    narrowed.append(f'{flags or ""}{kept_block}(?:{rest})')
   return dataclasses.replace(config, leave_out=tuple(sorted(set(config.leave_out) | set(dropped))),
                              train_also=tuple(narrowed))
 
