@@ -24,14 +24,15 @@ import ctypes
 import ctypes.util
 import sys
 
-# glibc <malloc.h> parameter numbers for mallopt().
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-_NEVER_TRIM = 2**31 - 1  # the largest int mallopt accepts
+# (glibc <malloc.h> mallopt() parameter, tunable name, value), applied by mallopt() at run time or
+# read from GLIBC_TUNABLES at process start.
+_SETTINGS = (
+    (-8, 'arena_max', 1),                    # M_ARENA_MAX: every thread uses the main arena
+    (-4, 'mmap_max', 0),                     # M_MMAP_MAX: large blocks come from the heap
+    (-1, 'trim_threshold', 2**31 - 1),       # M_TRIM_THRESHOLD: the largest int; never trim
+)
 # The same settings as the environment variable glibc reads at process start.
-GLIBC_TUNABLES = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
-                  f'glibc.malloc.trim_threshold={_NEVER_TRIM}')
+GLIBC_TUNABLES = ':'.join(f'glibc.malloc.{name}={value}' for _, name, value in _SETTINGS)
 
 
 def reuse_freed_host_memory() -> bool:
@@ -46,6 +47,4 @@ def reuse_freed_host_memory() -> bool:
   if not hasattr(libc, 'gnu_get_libc_version') or not hasattr(libc, 'mallopt'):
     return False
   libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-  applied = [libc.mallopt(_M_ARENA_MAX, 1), libc.mallopt(_M_MMAP_MAX, 0),
-             libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)]
-  return all(status == 1 for status in applied)
+  return all([libc.mallopt(param, value) == 1 for param, _, value in _SETTINGS])
