@@ -432,7 +432,6 @@ def main(argv: list[str] | None = None) -> None:
 
     import jax
     report = {'args': vars(args), 'device': str(jax.devices()[0]),
-              'host_memory': args.host_memory, 'anchor_host_memory': args.anchor_host_memory,
               'jax_version': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
               'cpu_count': os.cpu_count(), 'results': {}}
     for shape in shapes:
