@@ -21,9 +21,9 @@ Every projection is its own `nn.Dense` called through `Module.__call__` (no fuse
 
 Attention uses `jax.nn.dot_product_attention` (BTNH layout, boolean padding mask,
 `implementation=None`, so cuDNN flash attention is picked on GPU when it applies). That function
-has no dropout: when `attention_dropout > 0` and `deterministic=False` we fall back to an explicit
-einsum + softmax + dropout path (HF semantics: dropout on the attention probabilities).
-Set `attention_dropout=0` for the fast path while training.
+has no dropout: when `attention_dropout > 0` and `deterministic=False` we fall back to
+`dropout_attention` (einsum + softmax + dropout on the attention probabilities, HF semantics,
+with a hand-written backward pass). Set `attention_dropout=0` for the fast path while training.
 
 `BertForSequenceClassification` runs its last layer for position 0 only (`first_token_only`):
 both heads read nothing else, so the logits are those of the full computation with ~1/5 of the
@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.models.config import EncoderConfig
+from adapters_jax.models.dropout_attention import dropout_attention
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
 from adapters_jax.ops import Dropout, gelu_exact
 
@@ -138,28 +139,18 @@ class SelfAttention(nn.Module):
         """Explicit attention with dropout on the probabilities (HF semantics), float32 softmax.
 
         `query` [batch, q_len, heads, dim], `key`/`value` [batch, k_len, heads, dim] -> context
-        `[batch, q_len, heads, dim]`. The heads are computed in `head_groups(config)`
-        independent groups: on CPU, XLA runs independent groups on different cores, which it
-        does poorly for one batched matmul over all heads (docs/performance.md). One dropout
-        mask covers all heads, so the result does not depend on the grouping.
+        `[batch, q_len, heads, dim]`, by `dropout_attention` (hand-written backward) in
+        `head_groups(config)` independent head groups: on CPU, XLA runs independent groups on
+        different cores, which it does poorly for one batched matmul over all heads
+        (docs/performance.md). One dropout mask covers all heads, so the result does not depend
+        on the grouping.
         """
         cfg = self.config
         batch, q_len, heads, _ = query.shape
         dropout = Dropout(cfg.attention_dropout)
         keep = dropout.keep_mask((batch, heads, q_len, key.shape[1]))
-        groups = head_groups(cfg)
-        size = heads // groups
-        contexts = []
-        for group in range(groups):
-            sel = slice(group * size, (group + 1) * size)
-            logits = jnp.einsum('btnh,bsnh->bnts', query[:, :, sel], key[:, :, sel],
-                                preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim)
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(logits, axis=-1)  # [batch, heads/groups, q_len, k_len]
-            probs = dropout.apply_mask(probs, keep[:, sel])
-            contexts.append(jnp.einsum('bnts,bsnh->btnh', probs.astype(value.dtype),
-                                       value[:, :, sel]))
-        return contexts[0] if groups == 1 else jnp.concatenate(contexts, axis=2)
+        return dropout_attention(query, key, value, mask, keep, cfg.attention_dropout,
+                                 head_groups(cfg))
 
 
 def head_groups(config: EncoderConfig) -> int:
