@@ -2,8 +2,9 @@
 
 * `gelu_exact`: the exact (erf) GELU with a hand-written derivative; cheaper on CPU than
   differentiating `jax.nn.gelu(approximate=False)` (which goes through `erfc`).
-* `Dropout` / `dropout_keep_mask`: inverted dropout whose mask comes from a counter-based integer
-  hash seeded by one PRNG key; on CPU ~1/20 of the cost of threefry `jax.random.bernoulli`.
+* `Dropout` / `dropout_keep_mask` / `apply_keep_mask`: inverted dropout whose mask comes from a
+  counter-based integer hash seeded by one PRNG key; on CPU ~1/20 of the cost of threefry
+  `jax.random.bernoulli`. `apply_keep_mask` applies a given mask (attention reuses one mask).
 
 See docs/performance.md for the measurements behind both.
 """
@@ -77,6 +78,12 @@ def dropout_keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> ja
     return bits >= np.uint32(threshold)
 
 
+def apply_keep_mask(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout with a given mask: `x / (1 - rate)` where `keep` (broadcastable to `x`)
+    is True, 0 elsewhere; in `x.dtype`."""
+    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros((), x.dtype))
+
+
 class Dropout(nn.Module):
     """Inverted dropout (`x / (1 - rate)` on kept elements, 0 elsewhere), RNG stream 'dropout'.
 
@@ -93,9 +100,5 @@ class Dropout(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or self.rate == 0.0:
             return x
-        return self.apply_mask(x, self.keep_mask(x.shape))
+        return apply_keep_mask(x, self.keep_mask(x.shape), self.rate)
 
-    def apply_mask(self, x: jax.Array, keep: jax.Array) -> jax.Array:
-        """`x / (1 - rate)` where `keep` (broadcastable to `x`) is True, 0 elsewhere."""
-        return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype),
-                         jnp.zeros((), x.dtype))

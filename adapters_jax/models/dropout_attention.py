@@ -29,6 +29,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from adapters_jax.ops import apply_keep_mask
+
 
 def dropout_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array,
                       keep: jax.Array, rate: float, groups: int = 1) -> jax.Array:
@@ -73,7 +75,6 @@ def _mask_slices(mask: jax.Array, groups: int) -> list[jax.Array]:
 def _forward(query, key, value, mask, keep, rate, groups):
     """Context `[batch, q_len, heads, dim]` and the per-group probabilities `P` (float32)."""
     scale = 1.0 / jnp.sqrt(jnp.float32(query.shape[-1]))
-    inv_keep = jnp.float32(1.0 / (1.0 - rate))
     contexts, probs = [], []
     for q, k, v, m, kp in zip(_slices(query, groups, 2), _slices(key, groups, 2),
                               _slices(value, groups, 2), _mask_slices(mask, groups),
@@ -81,7 +82,7 @@ def _forward(query, key, value, mask, keep, rate, groups):
         logits = jnp.einsum('btnh,bsnh->bnts', q, k, preferred_element_type=jnp.float32) * scale
         logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
         p = jax.nn.softmax(logits, axis=-1)  # [batch, heads / groups, q_len, k_len]
-        dropped = jnp.where(kp, p * inv_keep, 0.0).astype(value.dtype)
+        dropped = apply_keep_mask(p, kp, rate).astype(value.dtype)
         contexts.append(jnp.einsum('bnts,bsnh->btnh', dropped, v))
         probs.append(p)
     context = contexts[0] if groups == 1 else jnp.concatenate(contexts, axis=2)
@@ -101,7 +102,6 @@ def _attention_fwd(query, key, value, mask, keep, rate, groups):
 def _attention_bwd(rate, groups, residuals, d_context):
     query, key, value, mask, keep, context, probs = residuals
     scale = 1.0 / jnp.sqrt(jnp.float32(query.shape[-1]))
-    inv_keep = jnp.float32(1.0 / (1.0 - rate))
     # rowsum(dP * P) of the softmax backward, as rowsum(dO * O): [batch, heads, q_len, 1].
     row = jnp.sum(d_context.astype(jnp.float32) * context.astype(jnp.float32), axis=-1)
     row = jnp.transpose(row, (0, 2, 1))[..., None]
@@ -111,9 +111,9 @@ def _attention_bwd(rate, groups, residuals, d_context):
         _mask_slices(mask, groups), _slices(keep, groups, 1), _slices(d_context, groups, 2),
         _slices(row, groups, 1), probs, strict=True):
         d_dropped = jnp.einsum('btnh,bsnh->bnts', do, v, preferred_element_type=jnp.float32)
-        d_logits = p * (jnp.where(kp, d_dropped * inv_keep, 0.0) - r) * scale
+        d_logits = p * (apply_keep_mask(d_dropped, kp, rate) - r) * scale
         d_logits = jnp.where(m, d_logits, 0.0)  # masked logits are constants (fully masked rows)
-        dropped = jnp.where(kp, p * inv_keep, 0.0).astype(value.dtype)
+        dropped = apply_keep_mask(p, kp, rate).astype(value.dtype)
         d_query.append(jnp.einsum('bnts,bsnh->btnh', d_logits.astype(key.dtype), k))
         d_key.append(jnp.einsum('bnts,btnh->bsnh', d_logits.astype(query.dtype), q))
         d_value.append(jnp.einsum('bnts,btnh->bsnh', dropped, do.astype(value.dtype)))
