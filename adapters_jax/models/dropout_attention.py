@@ -65,6 +65,11 @@ def _slices(x: jax.Array, groups: int, axis: int) -> list[jax.Array]:
     return [jax.lax.slice_in_dim(x, g * size, (g + 1) * size, axis=axis) for g in range(groups)]
 
 
+def _join(parts: list[jax.Array], axis: int) -> jax.Array:
+    """The inverse of `_slices`."""
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+
+
 def _mask_slices(mask: jax.Array, groups: int) -> list[jax.Array]:
     """`mask` per head group: sliced when it has a heads axis, else shared."""
     if mask.ndim == 4 and mask.shape[1] > 1:
@@ -85,8 +90,7 @@ def _forward(query, key, value, mask, keep, rate, groups):
         dropped = apply_keep_mask(p, kp, rate).astype(value.dtype)
         contexts.append(jnp.einsum('bnts,bsnh->btnh', dropped, v))
         probs.append(p)
-    context = contexts[0] if groups == 1 else jnp.concatenate(contexts, axis=2)
-    return context, probs
+    return _join(contexts, 2), probs
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -117,9 +121,8 @@ def _attention_bwd(rate, groups, residuals, d_context):
         d_query.append(jnp.einsum('bnts,bsnh->btnh', d_logits.astype(key.dtype), k))
         d_key.append(jnp.einsum('bnts,btnh->bsnh', d_logits.astype(query.dtype), q))
         d_value.append(jnp.einsum('bnts,btnh->bsnh', dropped, do.astype(value.dtype)))
-    join = lambda parts, like: (parts[0] if groups == 1 else jnp.concatenate(parts, axis=2)
-                                ).astype(like.dtype)
-    return join(d_query, query), join(d_key, key), join(d_value, value), None, None
+    return (_join(d_query, 2).astype(query.dtype), _join(d_key, 2).astype(key.dtype),
+            _join(d_value, 2).astype(value.dtype), None, None)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
