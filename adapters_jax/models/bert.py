@@ -65,196 +65,196 @@ HEADS = ('bert', 'roberta')
 
 
 def _dense(config: EncoderConfig, features: int, name: str) -> nn.Dense:
-    return nn.Dense(
-        features, dtype=config.compute_dtype, param_dtype=jnp.float32, name=name,
-        kernel_init=nn.initializers.normal(config.initializer_range))
+  return nn.Dense(
+      features, dtype=config.compute_dtype, param_dtype=jnp.float32, name=name,
+      kernel_init=nn.initializers.normal(config.initializer_range))
 
 
 def _layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
-    # float32 compute whatever the matmul dtype; the residual stream stays float32.
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.float32,
-                        param_dtype=jnp.float32, name=name)
+  # float32 compute whatever the matmul dtype; the residual stream stays float32.
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.float32,
+                      param_dtype=jnp.float32, name=name)
 
 
 def position_ids_for(input_ids: jax.Array, config: EncoderConfig) -> jax.Array:
-    """Position ids `[batch, seq]` int32: BERT `0..L-1`; RoBERTa as HF (pads get pad_token_id)."""
-    seq_len = input_ids.shape[-1]
-    if config.position_offset == 0:
-        return jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), input_ids.shape)
-    not_pad = (input_ids != config.pad_token_id).astype(jnp.int32)  # [batch, seq]
-    positions = jnp.cumsum(not_pad, axis=-1) * not_pad
-    return jnp.where(not_pad == 1, positions + config.position_offset - 1, config.pad_token_id)
+  """Position ids `[batch, seq]` int32: BERT `0..L-1`; RoBERTa as HF (pads get pad_token_id)."""
+  seq_len = input_ids.shape[-1]
+  if config.position_offset == 0:
+    return jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), input_ids.shape)
+  not_pad = (input_ids != config.pad_token_id).astype(jnp.int32)  # [batch, seq]
+  positions = jnp.cumsum(not_pad, axis=-1) * not_pad
+  return jnp.where(not_pad == 1, positions + config.position_offset - 1, config.pad_token_id)
 
 
 class Embeddings(nn.Module):
-    """Word + position (+ token type) embeddings, then LayerNorm and dropout."""
+  """Word + position (+ token type) embeddings, then LayerNorm and dropout."""
 
-    config: EncoderConfig
+  config: EncoderConfig
 
-    @nn.compact
-    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
-        cfg = self.config
-        embed = functools.partial(
-            nn.Embed, features=cfg.hidden_size, dtype=jnp.float32, param_dtype=jnp.float32,
-            embedding_init=nn.initializers.normal(cfg.initializer_range))
-        hidden = embed(cfg.vocab_size, name='word_embeddings')(input_ids)  # [batch, seq, hidden]
-        hidden = hidden + embed(cfg.max_position_embeddings,
-                                name='position_embeddings')(position_ids)
-        if cfg.type_vocab_size > 0:
-            hidden = hidden + embed(cfg.type_vocab_size,
-                                    name='token_type_embeddings')(token_type_ids)
-        hidden = _layer_norm(cfg, 'layer_norm')(hidden)
-        return Dropout(cfg.hidden_dropout)(hidden, deterministic=deterministic)
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+    cfg = self.config
+    embed = functools.partial(
+        nn.Embed, features=cfg.hidden_size, dtype=jnp.float32, param_dtype=jnp.float32,
+        embedding_init=nn.initializers.normal(cfg.initializer_range))
+    hidden = embed(cfg.vocab_size, name='word_embeddings')(input_ids)  # [batch, seq, hidden]
+    hidden = hidden + embed(cfg.max_position_embeddings,
+                            name='position_embeddings')(position_ids)
+    if cfg.type_vocab_size > 0:
+      hidden = hidden + embed(cfg.type_vocab_size,
+                              name='token_type_embeddings')(token_type_ids)
+    hidden = _layer_norm(cfg, 'layer_norm')(hidden)
+    return Dropout(cfg.hidden_dropout)(hidden, deterministic=deterministic)
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention; returns the output projection `[batch, seq, hidden]`.
+  """Multi-head self-attention; returns the output projection `[batch, seq, hidden]`.
 
-    `mask` is boolean, broadcastable to `[batch, heads, q_len, k_len]`, True = attend (the
-    encoder passes `[batch, 1, 1, seq]`). An interceptor that adds keys (prefix tuning) must
-    extend it along the last axis.
+  `mask` is boolean, broadcastable to `[batch, heads, q_len, k_len]`, True = attend (the
+  encoder passes `[batch, 1, 1, seq]`). An interceptor that adds keys (prefix tuning) must
+  extend it along the last axis.
+  """
+
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, hidden, mask, deterministic: bool, query_hidden=None):
+    """`hidden` [batch, seq, hidden] gives keys and values; `query_hidden` [batch, q_len,
+    hidden] (default: `hidden`) the queries. Returns `[batch, q_len, hidden]`."""
+    cfg = self.config
+    query_hidden = hidden if query_hidden is None else query_hidden
+    batch, q_len = query_hidden.shape[:2]
+    split = lambda x: x.reshape(x.shape[0], x.shape[1], cfg.num_heads, cfg.head_dim)
+    query = split(_dense(cfg, cfg.hidden_size, 'query')(query_hidden))  # [b, q_len, heads, dim]
+    key = split(_dense(cfg, cfg.hidden_size, 'key')(hidden))  # [batch, seq, heads, dim]
+    value = split(_dense(cfg, cfg.hidden_size, 'value')(hidden))
+    if cfg.attention_dropout > 0.0 and not deterministic:
+      context = self._attention_with_dropout(query, key, value, mask)
+    else:
+      context = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    context = context.reshape(batch, q_len, cfg.hidden_size)  # [batch, q_len, hidden]
+    return _dense(cfg, cfg.hidden_size, 'output')(context)
+
+  def _attention_with_dropout(self, query, key, value, mask):
+    """Explicit attention with dropout on the probabilities (HF semantics), float32 softmax.
+
+    `query` [batch, q_len, heads, dim], `key`/`value` [batch, k_len, heads, dim] -> context
+    `[batch, q_len, heads, dim]`, by `dropout_attention` (hand-written backward) in
+    `head_groups(config)` independent head groups: on CPU, XLA runs independent groups on
+    different cores, which it does poorly for one batched matmul over all heads
+    (docs/performance.md). One dropout mask covers all heads, so the result does not depend
+    on the grouping.
     """
-
-    config: EncoderConfig
-
-    @nn.compact
-    def __call__(self, hidden, mask, deterministic: bool, query_hidden=None):
-        """`hidden` [batch, seq, hidden] gives keys and values; `query_hidden` [batch, q_len,
-        hidden] (default: `hidden`) the queries. Returns `[batch, q_len, hidden]`."""
-        cfg = self.config
-        query_hidden = hidden if query_hidden is None else query_hidden
-        batch, q_len = query_hidden.shape[:2]
-        split = lambda x: x.reshape(x.shape[0], x.shape[1], cfg.num_heads, cfg.head_dim)
-        query = split(_dense(cfg, cfg.hidden_size, 'query')(query_hidden))  # [b, q_len, heads, dim]
-        key = split(_dense(cfg, cfg.hidden_size, 'key')(hidden))  # [batch, seq, heads, dim]
-        value = split(_dense(cfg, cfg.hidden_size, 'value')(hidden))
-        if cfg.attention_dropout > 0.0 and not deterministic:
-            context = self._attention_with_dropout(query, key, value, mask)
-        else:
-            context = jax.nn.dot_product_attention(query, key, value, mask=mask)
-        context = context.reshape(batch, q_len, cfg.hidden_size)  # [batch, q_len, hidden]
-        return _dense(cfg, cfg.hidden_size, 'output')(context)
-
-    def _attention_with_dropout(self, query, key, value, mask):
-        """Explicit attention with dropout on the probabilities (HF semantics), float32 softmax.
-
-        `query` [batch, q_len, heads, dim], `key`/`value` [batch, k_len, heads, dim] -> context
-        `[batch, q_len, heads, dim]`, by `dropout_attention` (hand-written backward) in
-        `head_groups(config)` independent head groups: on CPU, XLA runs independent groups on
-        different cores, which it does poorly for one batched matmul over all heads
-        (docs/performance.md). One dropout mask covers all heads, so the result does not depend
-        on the grouping.
-        """
-        cfg = self.config
-        batch, q_len, heads, _ = query.shape
-        dropout = Dropout(cfg.attention_dropout)
-        keep = dropout.keep_mask((batch, heads, q_len, key.shape[1]))
-        return dropout_attention(query, key, value, mask, keep, cfg.attention_dropout,
-                                 head_groups(cfg))
+    cfg = self.config
+    batch, q_len, heads, _ = query.shape
+    dropout = Dropout(cfg.attention_dropout)
+    keep = dropout.keep_mask((batch, heads, q_len, key.shape[1]))
+    return dropout_attention(query, key, value, mask, keep, cfg.attention_dropout,
+                             head_groups(cfg))
 
 
 def head_groups(config: EncoderConfig) -> int:
-    """How many independent groups the attention heads are computed in (see `SelfAttention`).
+  """How many independent groups the attention heads are computed in (see `SelfAttention`).
 
-    `config.attention_head_groups` when set (> 0). Otherwise, on CPU: 4 (the fastest measured on
-    2 cores, docs/performance.md), or the largest divisor of `num_heads` below it, when the
-    layers are scanned or there are at most 12 of them; 1 for deeper unscanned stacks, whose
-    compile time grows with every group of every layer (BERT-large, 24 unscanned layers: 21.5 s
-    with 1 group, 34 s with 4). On accelerators 1: one batched matmul over all heads is the
-    efficient form there.
-    """
-    if config.attention_head_groups:
-        return config.attention_head_groups
-    if jax.default_backend() != 'cpu' or (not config.scan_layers and config.num_layers > 12):
-        return 1
-    return max(g for g in range(1, 5) if config.num_heads % g == 0)
+  `config.attention_head_groups` when set (> 0). Otherwise, on CPU: 4 (the fastest measured on
+  2 cores, docs/performance.md), or the largest divisor of `num_heads` below it, when the
+  layers are scanned or there are at most 12 of them; 1 for deeper unscanned stacks, whose
+  compile time grows with every group of every layer (BERT-large, 24 unscanned layers: 21.5 s
+  with 1 group, 34 s with 4). On accelerators 1: one batched matmul over all heads is the
+  efficient form there.
+  """
+  if config.attention_head_groups:
+    return config.attention_head_groups
+  if jax.default_backend() != 'cpu' or (not config.scan_layers and config.num_layers > 12):
+    return 1
+  return max(g for g in range(1, 5) if config.num_heads % g == 0)
 
 
 class FeedForward(nn.Module):
-    """`output(act(intermediate(hidden)))`, before the residual; `[batch, seq, hidden]`."""
+  """`output(act(intermediate(hidden)))`, before the residual; `[batch, seq, hidden]`."""
 
-    config: EncoderConfig
+  config: EncoderConfig
 
-    @nn.compact
-    def __call__(self, hidden, deterministic: bool):
-        cfg = self.config
-        inner = _dense(cfg, cfg.intermediate_size, 'intermediate')(hidden)  # [b, s, inter]
-        inner = ACTIVATIONS[cfg.hidden_act](inner)
-        return _dense(cfg, cfg.hidden_size, 'output')(inner)
+  @nn.compact
+  def __call__(self, hidden, deterministic: bool):
+    cfg = self.config
+    inner = _dense(cfg, cfg.intermediate_size, 'intermediate')(hidden)  # [b, s, inter]
+    inner = ACTIVATIONS[cfg.hidden_act](inner)
+    return _dense(cfg, cfg.hidden_size, 'output')(inner)
 
 
 class EncoderLayer(nn.Module):
-    """Post-LN transformer layer. `scanned=True` returns `(hidden, None)` for `nn.scan`.
+  """Post-LN transformer layer. `scanned=True` returns `(hidden, None)` for `nn.scan`.
 
-    `first_token_only=True` computes the layer's output for position 0 only (`[batch, 1,
-    hidden]`; keys and values still come from every position): all a classification head reads
-    from the last layer, for about 4/5 less of that layer's work.
-    """
+  `first_token_only=True` computes the layer's output for position 0 only (`[batch, 1,
+  hidden]`; keys and values still come from every position): all a classification head reads
+  from the last layer, for about 4/5 less of that layer's work.
+  """
 
-    config: EncoderConfig
-    scanned: bool = False
+  config: EncoderConfig
+  scanned: bool = False
 
-    @nn.compact
-    def __call__(self, hidden, mask, deterministic: bool, first_token_only: bool = False):
-        cfg = self.config
-        residual = hidden[:, :1] if first_token_only else hidden  # [batch, q_len, hidden]
-        attended = SelfAttention(cfg, name='attention')(hidden, mask, deterministic,
-                                                       query_hidden=residual)
-        attended = Dropout(cfg.hidden_dropout)(attended, deterministic=deterministic)
-        hidden = _layer_norm(cfg, 'attention_layer_norm')(residual + attended)
-        transformed = FeedForward(cfg, name='ffn')(hidden, deterministic)
-        transformed = Dropout(cfg.hidden_dropout)(transformed, deterministic=deterministic)
-        hidden = _layer_norm(cfg, 'ffn_layer_norm')(hidden + transformed)  # [b, q_len, hidden]
-        return (hidden, None) if self.scanned else hidden
+  @nn.compact
+  def __call__(self, hidden, mask, deterministic: bool, first_token_only: bool = False):
+    cfg = self.config
+    residual = hidden[:, :1] if first_token_only else hidden  # [batch, q_len, hidden]
+    attended = SelfAttention(cfg, name='attention')(hidden, mask, deterministic,
+                                                   query_hidden=residual)
+    attended = Dropout(cfg.hidden_dropout)(attended, deterministic=deterministic)
+    hidden = _layer_norm(cfg, 'attention_layer_norm')(residual + attended)
+    transformed = FeedForward(cfg, name='ffn')(hidden, deterministic)
+    transformed = Dropout(cfg.hidden_dropout)(transformed, deterministic=deterministic)
+    hidden = _layer_norm(cfg, 'ffn_layer_norm')(hidden + transformed)  # [b, q_len, hidden]
+    return (hidden, None) if self.scanned else hidden
 
 
 class Encoder(nn.Module):
-    """The layer stack: `layer_{i}` submodules, or one scanned `layers` module.
+  """The layer stack: `layer_{i}` submodules, or one scanned `layers` module.
 
-    `first_token_only=True` returns `[batch, 1, hidden]`, position 0 of the last layer; unscanned,
-    the last layer computes only that position (scanned layers share one body, so they compute
-    every position and slice).
-    """
+  `first_token_only=True` returns `[batch, 1, hidden]`, position 0 of the last layer; unscanned,
+  the last layer computes only that position (scanned layers share one body, so they compute
+  every position and slice).
+  """
 
-    config: EncoderConfig
+  config: EncoderConfig
 
-    @nn.compact
-    def __call__(self, hidden, mask, deterministic: bool, first_token_only: bool = False):
-        cfg = self.config
-        layer_cls = EncoderLayer
-        if cfg.remat:
-            # argnums count `self` as 0: (self, hidden, mask, deterministic[, first_token_only]).
-            static = (3,) if cfg.scan_layers else (3, 4)
-            layer_cls = nn.remat(layer_cls, static_argnums=static, prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
-            stack = nn.scan(
-                layer_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers)
-            hidden, _ = stack(cfg, scanned=True, name='layers')(hidden, mask, deterministic)
-            return hidden[:, :1] if first_token_only else hidden
-        for i in range(cfg.num_layers):
-            last = i == cfg.num_layers - 1
-            hidden = layer_cls(cfg, name=f'layer_{i}')(hidden, mask, deterministic,
-                                                       first_token_only and last)
-        return hidden
+  @nn.compact
+  def __call__(self, hidden, mask, deterministic: bool, first_token_only: bool = False):
+    cfg = self.config
+    layer_cls = EncoderLayer
+    if cfg.remat:
+      # argnums count `self` as 0: (self, hidden, mask, deterministic[, first_token_only]).
+      static = (3,) if cfg.scan_layers else (3, 4)
+      layer_cls = nn.remat(layer_cls, static_argnums=static, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(
+          layer_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers)
+      hidden, _ = stack(cfg, scanned=True, name='layers')(hidden, mask, deterministic)
+      return hidden[:, :1] if first_token_only else hidden
+    for i in range(cfg.num_layers):
+      last = i == cfg.num_layers - 1
+      hidden = layer_cls(cfg, name=f'layer_{i}')(hidden, mask, deterministic,
+                                                 first_token_only and last)
+    return hidden
 
 
 class Pooler(nn.Module):
-    """`tanh(dense(hidden[:, 0]))` -> `[batch, hidden]`."""
+  """`tanh(dense(hidden[:, 0]))` -> `[batch, hidden]`."""
 
-    config: EncoderConfig
+  config: EncoderConfig
 
-    @nn.compact
-    def __call__(self, hidden):
-        return jnp.tanh(_dense(self.config, self.config.hidden_size, 'dense')(hidden[:, 0]))
+  @nn.compact
+  def __call__(self, hidden):
+    return jnp.tanh(_dense(self.config, self.config.hidden_size, 'dense')(hidden[:, 0]))
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderOutput:
-    """Output of `BertEncoderModel`."""
+  """Output of `BertEncoderModel`."""
 
-    last_hidden_state: jax.Array  # [batch, seq, hidden], float32
-    pooled: jax.Array | None      # [batch, hidden], float32; None without a pooler
+  last_hidden_state: jax.Array  # [batch, seq, hidden], float32
+  pooled: jax.Array | None      # [batch, hidden], float32; None without a pooler
 
 
 jax.tree_util.register_dataclass(
@@ -262,118 +262,118 @@ jax.tree_util.register_dataclass(
 
 
 class BertEncoderModel(nn.Module):
-    """BERT/RoBERTa encoder: `embeddings`, `encoder`, optional `pooler` at the param root.
+  """BERT/RoBERTa encoder: `embeddings`, `encoder`, optional `pooler` at the param root.
 
-    Example:
-      model = BertEncoderModel(EncoderConfig(num_layers=2, hidden_size=64, num_heads=4))
-      params = model.init(jax.random.key(0), ids)['params']
-      out = model.apply({'params': params}, ids, mask)  # out.last_hidden_state [b, s, h]
-    """
+  Example:
+    model = BertEncoderModel(EncoderConfig(num_layers=2, hidden_size=64, num_heads=4))
+    params = model.init(jax.random.key(0), ids)['params']
+    out = model.apply({'params': params}, ids, mask)  # out.last_hidden_state [b, s, h]
+  """
 
-    config: EncoderConfig
-    add_pooler: bool = True
+  config: EncoderConfig
+  add_pooler: bool = True
 
-    def setup(self):
-        self.embeddings = Embeddings(self.config)
-        self.encoder = Encoder(self.config)
-        if self.add_pooler:
-            self.pooler = Pooler(self.config)
+  def setup(self):
+    self.embeddings = Embeddings(self.config)
+    self.encoder = Encoder(self.config)
+    if self.add_pooler:
+      self.pooler = Pooler(self.config)
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None,
-               deterministic: bool = True, first_token_only: bool = False) -> jax.Array:
-        """Returns the last hidden state `[batch, seq, hidden]` float32 (`[batch, 1, hidden]`,
-        position 0 only, with `first_token_only`: what a classification head reads)."""
-        input_ids = jnp.asarray(input_ids, jnp.int32)  # [batch, seq]
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
-        position_ids = position_ids_for(input_ids, self.config)
-        hidden = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]  # [batch, 1, 1, seq]
-        hidden = self.encoder(hidden, mask, deterministic, first_token_only)
-        return hidden.astype(jnp.float32)
+  def encode(self, input_ids, attention_mask=None, token_type_ids=None,
+             deterministic: bool = True, first_token_only: bool = False) -> jax.Array:
+    """Returns the last hidden state `[batch, seq, hidden]` float32 (`[batch, 1, hidden]`,
+    position 0 only, with `first_token_only`: what a classification head reads)."""
+    input_ids = jnp.asarray(input_ids, jnp.int32)  # [batch, seq]
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    position_ids = position_ids_for(input_ids, self.config)
+    hidden = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+    mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]  # [batch, 1, 1, seq]
+    hidden = self.encoder(hidden, mask, deterministic, first_token_only)
+    return hidden.astype(jnp.float32)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
-                 deterministic: bool = True) -> EncoderOutput:
-        hidden = self.encode(input_ids, attention_mask, token_type_ids, deterministic)
-        pooled = self.pooler(hidden).astype(jnp.float32) if self.add_pooler else None
-        return EncoderOutput(last_hidden_state=hidden, pooled=pooled)
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+               deterministic: bool = True) -> EncoderOutput:
+    hidden = self.encode(input_ids, attention_mask, token_type_ids, deterministic)
+    pooled = self.pooler(hidden).astype(jnp.float32) if self.add_pooler else None
+    return EncoderOutput(last_hidden_state=hidden, pooled=pooled)
 
 
 class BertForSequenceClassification(BertEncoderModel):
-    """Encoder + `classifier` head at the root; returns logits `[batch, num_labels]` float32.
+  """Encoder + `classifier` head at the root; returns logits `[batch, num_labels]` float32.
 
-    head='bert': dropout + `classifier/dense` on the pooled output (HF
-    BertForSequenceClassification). head='roberta': `classifier/dense` + tanh +
-    `classifier/out_proj` on the first token (HF RobertaForSequenceClassification), no pooler.
-    Regression is `num_labels=1`.
+  head='bert': dropout + `classifier/dense` on the pooled output (HF
+  BertForSequenceClassification). head='roberta': `classifier/dense` + tanh +
+  `classifier/out_proj` on the first token (HF RobertaForSequenceClassification), no pooler.
+  Regression is `num_labels=1`.
+  """
+
+  num_labels: int = 2
+  head: str = 'bert'
+
+  def setup(self):
+    if self.head not in HEADS:
+      raise ValueError(f'head={self.head!r} is not supported; valid heads: {list(HEADS)}.')
+    if self.add_pooler != (self.head == 'bert'):
+      raise ValueError(f"head={self.head!r} needs add_pooler={self.head == 'bert'}.")
+    super().setup()
+    head_cls = BertClassificationHead if self.head == 'bert' else RobertaClassificationHead
+    self.classifier = head_cls(self.num_labels, self.config.head_dropout,
+                               self.config.initializer_range)
+
+  def head_features(self, input_ids, attention_mask=None, token_type_ids=None,
+                    deterministic: bool = True, first_token_only: bool = True) -> jax.Array:
+    """The head's input `[batch, hidden]` float32: pooled (BERT) or the first token (RoBERTa).
+
+    Both heads read position 0 only, so by default the last layer computes only that
+    position; `first_token_only=False` computes every position (same values, more work).
     """
+    hidden = self.encode(input_ids, attention_mask, token_type_ids, deterministic,
+                         first_token_only=first_token_only)  # [batch, 1 or seq, hidden]
+    features = self.pooler(hidden) if self.add_pooler else hidden[:, 0]  # [batch, hidden]
+    return features.astype(jnp.float32)
 
-    num_labels: int = 2
-    head: str = 'bert'
-
-    def setup(self):
-        if self.head not in HEADS:
-            raise ValueError(f'head={self.head!r} is not supported; valid heads: {list(HEADS)}.')
-        if self.add_pooler != (self.head == 'bert'):
-            raise ValueError(f"head={self.head!r} needs add_pooler={self.head == 'bert'}.")
-        super().setup()
-        head_cls = BertClassificationHead if self.head == 'bert' else RobertaClassificationHead
-        self.classifier = head_cls(self.num_labels, self.config.head_dropout,
-                                   self.config.initializer_range)
-
-    def head_features(self, input_ids, attention_mask=None, token_type_ids=None,
-                      deterministic: bool = True, first_token_only: bool = True) -> jax.Array:
-        """The head's input `[batch, hidden]` float32: pooled (BERT) or the first token (RoBERTa).
-
-        Both heads read position 0 only, so by default the last layer computes only that
-        position; `first_token_only=False` computes every position (same values, more work).
-        """
-        hidden = self.encode(input_ids, attention_mask, token_type_ids, deterministic,
-                             first_token_only=first_token_only)  # [batch, 1 or seq, hidden]
-        features = self.pooler(hidden) if self.add_pooler else hidden[:, 0]  # [batch, hidden]
-        return features.astype(jnp.float32)
-
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
-                 deterministic: bool = True) -> jax.Array:
-        features = self.head_features(input_ids, attention_mask, token_type_ids, deterministic)
-        return self.classifier(features, deterministic)
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
+               deterministic: bool = True) -> jax.Array:
+    features = self.head_features(input_ids, attention_mask, token_type_ids, deterministic)
+    return self.classifier(features, deterministic)
 
 
 def classification_model(config: EncoderConfig, num_labels: int) -> BertForSequenceClassification:
-    """The HF-compatible classification model for `config.model_type` (BERT or RoBERTa head)."""
-    head = 'roberta' if config.model_type == 'roberta' else 'bert'
-    return BertForSequenceClassification(config, add_pooler=head == 'bert',
-                                         num_labels=num_labels, head=head)
+  """The HF-compatible classification model for `config.model_type` (BERT or RoBERTa head)."""
+  head = 'roberta' if config.model_type == 'roberta' else 'bert'
+  return BertForSequenceClassification(config, add_pooler=head == 'bert',
+                                       num_labels=num_labels, head=head)
 
 
 _LAYER_RE = re.compile(r'^layer_(\d+)$')
 
 
 def stack_layer_params(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
-    """`encoder/layer_{i}/...` -> `encoder/layers/...` with a leading `[num_layers]` axis.
+  """`encoder/layer_{i}/...` -> `encoder/layers/...` with a leading `[num_layers]` axis.
 
-    Converts a plain param tree into the `scan_layers=True` layout; pure, returns a new tree.
-    """
-    encoder = dict(params['encoder'])
-    names = [f'layer_{i}' for i in range(num_layers)]
-    if sorted(encoder) != sorted(names):
-        raise ValueError(f'Expected encoder layers {names}; got {sorted(encoder)}.')
-    layers = [encoder[n] for n in names]
-    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
-    return {**params, 'encoder': {'layers': stacked}}
+  Converts a plain param tree into the `scan_layers=True` layout; pure, returns a new tree.
+  """
+  encoder = dict(params['encoder'])
+  names = [f'layer_{i}' for i in range(num_layers)]
+  if sorted(encoder) != sorted(names):
+    raise ValueError(f'Expected encoder layers {names}; got {sorted(encoder)}.')
+  layers = [encoder[n] for n in names]
+  stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+  return {**params, 'encoder': {'layers': stacked}}
 
 
 def unstack_layer_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of `stack_layer_params`: `encoder/layers/...` -> `encoder/layer_{i}/...`."""
-    stacked = params['encoder']['layers']
-    num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-    layers = {f'layer_{i}': jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
-              for i in range(num_layers)}
-    return {**params, 'encoder': layers}
+  """Inverse of `stack_layer_params`: `encoder/layers/...` -> `encoder/layer_{i}/...`."""
+  stacked = params['encoder']['layers']
+  num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+  layers = {f'layer_{i}': jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+            for i in range(num_layers)}
+  return {**params, 'encoder': layers}
 
 
 def is_scanned(params: dict[str, Any]) -> bool:
-    """Whether `params` uses the `scan_layers=True` layout."""
-    return 'layers' in params.get('encoder', {})
+  """Whether `params` uses the `scan_layers=True` layout."""
+  return 'layers' in params.get('encoder', {})

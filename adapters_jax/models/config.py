@@ -45,120 +45,120 @@ _HF_REQUIRED_VALUES = {
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """Architecture and numerics of a post-LN BERT/RoBERTa encoder.
+  """Architecture and numerics of a post-LN BERT/RoBERTa encoder.
 
-    Defaults are BERT-base (HF `BertConfig` defaults). Build one from a checkpoint with
-    `EncoderConfig.from_hf_config(json.load(open('config.json')))`.
+  Defaults are BERT-base (HF `BertConfig` defaults). Build one from a checkpoint with
+  `EncoderConfig.from_hf_config(json.load(open('config.json')))`.
 
-    Attributes:
-      position_offset: 0 for BERT (position ids `0..L-1` regardless of padding). > 0 for
-        RoBERTa: non-pad tokens count up from `position_offset` and pad tokens (`input_ids ==
-        pad_token_id`) get `pad_token_id`; with `position_offset == pad_token_id + 1` this is
-        exactly HF `create_position_ids_from_input_ids`.
-      classifier_dropout: dropout of the task head; None means `hidden_dropout` (as in HF).
-      dtype: compute dtype of the matmuls ('float32' | 'bfloat16'). Params are always float32;
-        layer norms, softmax and logits are computed in float32.
-      remat: rematerialise each layer in the backward pass (`nn.remat`), trading compute for
-        activation memory.
-      scan_layers: run the layers with `nn.scan`; params then live under `encoder/layers/...`
-        with a leading `[num_layers]` axis (see `bert.stack_layer_params`).
-      attention_head_groups: compute the attention heads in this many independent groups while
-        training with attention dropout (same result, different speed; see
-        `bert.head_groups`). 0 picks automatically: 4 on CPU (1 for more than 12 unscanned
-        layers, to keep compile time down), 1 on accelerators.
+  Attributes:
+    position_offset: 0 for BERT (position ids `0..L-1` regardless of padding). > 0 for
+      RoBERTa: non-pad tokens count up from `position_offset` and pad tokens (`input_ids ==
+      pad_token_id`) get `pad_token_id`; with `position_offset == pad_token_id + 1` this is
+      exactly HF `create_position_ids_from_input_ids`.
+    classifier_dropout: dropout of the task head; None means `hidden_dropout` (as in HF).
+    dtype: compute dtype of the matmuls ('float32' | 'bfloat16'). Params are always float32;
+      layer norms, softmax and logits are computed in float32.
+    remat: rematerialise each layer in the backward pass (`nn.remat`), trading compute for
+      activation memory.
+    scan_layers: run the layers with `nn.scan`; params then live under `encoder/layers/...`
+      with a leading `[num_layers]` axis (see `bert.stack_layer_params`).
+    attention_head_groups: compute the attention heads in this many independent groups while
+      training with attention dropout (same result, different speed; see
+      `bert.head_groups`). 0 picks automatically: 4 on CPU (1 for more than 12 unscanned
+      layers, to keep compile time down), 1 on accelerators.
+  """
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = 'gelu'
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  classifier_dropout: float | None = None
+  pad_token_id: int = 0
+  position_offset: int = 0
+  initializer_range: float = 0.02
+  model_type: str = 'bert'
+  dtype: str = 'float32'
+  remat: bool = False
+  scan_layers: bool = False
+  attention_head_groups: int = 0
+
+  def __post_init__(self):
+    _check_choice('model_type', self.model_type, MODEL_TYPES)
+    _check_choice('dtype', self.dtype, tuple(DTYPES))
+    _check_choice('hidden_act', self.hidden_act, HIDDEN_ACTS)
+    if self.hidden_size % self.num_heads:
+      raise ValueError(
+          f'hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; '
+          'choose num_heads dividing hidden_size.')
+    for name in ('hidden_dropout', 'attention_dropout'):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f'{name}={getattr(self, name)} must be in [0, 1).')
+    if self.attention_head_groups < 0 or (
+            self.attention_head_groups and self.num_heads % self.attention_head_groups):
+      raise ValueError(
+          f'attention_head_groups={self.attention_head_groups} must be 0 (automatic) or '
+          f'divide num_heads={self.num_heads}.')
+    if self.position_offset < 0:
+      raise ValueError(f'position_offset={self.position_offset} must be >= 0.')
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def head_dropout(self) -> float:
+    return self.hidden_dropout if self.classifier_dropout is None else self.classifier_dropout
+
+  def replace(self, **overrides: Any) -> EncoderConfig:
+    """Returns a copy with `overrides`; an unknown field is an error listing the valid ones."""
+    _check_fields(overrides)
+    return dataclasses.replace(self, **overrides)
+
+  @classmethod
+  def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> EncoderConfig:
+    """Reads a Hugging Face `config.json` dict (BERT or RoBERTa), then applies `overrides`.
+
+    Args:
+      hf: the parsed `config.json`. Keys absent from it take HF's BERT defaults.
+      **overrides: EncoderConfig fields, e.g. `dtype='bfloat16', scan_layers=True`.
+
+    Example:
+      cfg = EncoderConfig.from_hf_config(json.loads(path.read_text()), dtype='bfloat16')
     """
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = 'gelu'
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    classifier_dropout: float | None = None
-    pad_token_id: int = 0
-    position_offset: int = 0
-    initializer_range: float = 0.02
-    model_type: str = 'bert'
-    dtype: str = 'float32'
-    remat: bool = False
-    scan_layers: bool = False
-    attention_head_groups: int = 0
-
-    def __post_init__(self):
-        _check_choice('model_type', self.model_type, MODEL_TYPES)
-        _check_choice('dtype', self.dtype, tuple(DTYPES))
-        _check_choice('hidden_act', self.hidden_act, HIDDEN_ACTS)
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f'hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; '
-                'choose num_heads dividing hidden_size.')
-        for name in ('hidden_dropout', 'attention_dropout'):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f'{name}={getattr(self, name)} must be in [0, 1).')
-        if self.attention_head_groups < 0 or (
-                self.attention_head_groups and self.num_heads % self.attention_head_groups):
-            raise ValueError(
-                f'attention_head_groups={self.attention_head_groups} must be 0 (automatic) or '
-                f'divide num_heads={self.num_heads}.')
-        if self.position_offset < 0:
-            raise ValueError(f'position_offset={self.position_offset} must be >= 0.')
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def compute_dtype(self):
-        return DTYPES[self.dtype]
-
-    @property
-    def head_dropout(self) -> float:
-        return self.hidden_dropout if self.classifier_dropout is None else self.classifier_dropout
-
-    def replace(self, **overrides: Any) -> EncoderConfig:
-        """Returns a copy with `overrides`; an unknown field is an error listing the valid ones."""
-        _check_fields(overrides)
-        return dataclasses.replace(self, **overrides)
-
-    @classmethod
-    def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> EncoderConfig:
-        """Reads a Hugging Face `config.json` dict (BERT or RoBERTa), then applies `overrides`.
-
-        Args:
-          hf: the parsed `config.json`. Keys absent from it take HF's BERT defaults.
-          **overrides: EncoderConfig fields, e.g. `dtype='bfloat16', scan_layers=True`.
-
-        Example:
-          cfg = EncoderConfig.from_hf_config(json.loads(path.read_text()), dtype='bfloat16')
-        """
-        _check_fields(overrides)
-        for key, allowed in _HF_REQUIRED_VALUES.items():
-            if key in hf and hf[key] not in allowed:
-                raise ValueError(
-                    f'config.json has {key}={hf[key]!r}; this encoder implements only '
-                    f'{key} in {allowed}.')
-        if 'model_type' not in hf and 'model_type' not in overrides:
-            raise ValueError(
-                f"config.json has no 'model_type'; pass model_type= one of {MODEL_TYPES}.")
-        kwargs = {field: hf[key] for key, field in _HF_KEYS.items() if key in hf}
-        kwargs.update(overrides)
-        if kwargs.get('model_type') == 'roberta' and 'position_offset' not in overrides:
-            kwargs['position_offset'] = kwargs.get('pad_token_id', cls.pad_token_id) + 1
-        return cls(**kwargs)
+    _check_fields(overrides)
+    for key, allowed in _HF_REQUIRED_VALUES.items():
+      if key in hf and hf[key] not in allowed:
+        raise ValueError(
+            f'config.json has {key}={hf[key]!r}; this encoder implements only '
+            f'{key} in {allowed}.')
+    if 'model_type' not in hf and 'model_type' not in overrides:
+      raise ValueError(
+          f"config.json has no 'model_type'; pass model_type= one of {MODEL_TYPES}.")
+    kwargs = {field: hf[key] for key, field in _HF_KEYS.items() if key in hf}
+    kwargs.update(overrides)
+    if kwargs.get('model_type') == 'roberta' and 'position_offset' not in overrides:
+      kwargs['position_offset'] = kwargs.get('pad_token_id', cls.pad_token_id) + 1
+    return cls(**kwargs)
 
 
 def _check_choice(name: str, value: Any, valid: tuple) -> None:
-    if value not in valid:
-        raise ValueError(f'{name}={value!r} is not supported; valid values: {list(valid)}.')
+  if value not in valid:
+    raise ValueError(f'{name}={value!r} is not supported; valid values: {list(valid)}.')
 
 
 def _check_fields(overrides: dict[str, Any]) -> None:
-    valid = [f.name for f in dataclasses.fields(EncoderConfig)]
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ValueError(f'Unknown EncoderConfig field(s) {unknown}; valid fields: {valid}.')
+  valid = [f.name for f in dataclasses.fields(EncoderConfig)]
+  unknown = sorted(set(overrides) - set(valid))
+  if unknown:
+    raise ValueError(f'Unknown EncoderConfig field(s) {unknown}; valid fields: {valid}.')

