@@ -4,8 +4,11 @@ TensorFlow is imported lazily, inside `load_glue`, so users of the packaged and 
 (and their tests) never pay its import time. Before the first load, GPUs are hidden from
 TensorFlow so it does not reserve accelerator memory that JAX needs.
 
-Real GLUE is downloaded by tfds on first use (network needed) into `data_dir` (default
-~/tensorflow_datasets). GLUE test splits have no gold labels: their examples carry label -1.
+Real GLUE is downloaded and prepared by tfds's `glue` builder on first use (network needed) into
+`data_dir` (default ~/tensorflow_datasets); later loads read the prepared copy. The builder needs
+`importlib_resources` (requirements.txt). GLUE test splits have no gold labels: their examples
+carry label -1. tests/data/test_glue_builder.py runs the builder offline on files in GLUE's own
+layout (scripts/glue_files.py).
 
 Example:
   examples = load_glue('rte', 'validation')
@@ -65,7 +68,15 @@ def load_glue(task: str, split: str, data_dir: str | None = None) -> list[Exampl
   hide_gpus_from_tensorflow()
   import tensorflow_datasets as tfds  # Lazy: importing TF costs seconds.
 
-  dataset = tfds.load(spec.tfds_name, split=split, data_dir=data_dir, shuffle_files=False)
+  try:
+    dataset = tfds.load(spec.tfds_name, split=split, data_dir=data_dir, shuffle_files=False)
+  except ModuleNotFoundError as e:
+    if e.name != 'importlib_resources':
+      raise
+    raise ModuleNotFoundError(
+        f"tfds's GLUE builder ({spec.tfds_name}) needs importlib_resources; install it with "
+        "`pip install importlib_resources==7.1.0` (pinned in requirements.txt).",
+        name=e.name) from e
   field_a = spec.text_fields[0]
   field_b = spec.text_fields[1] if spec.is_pair else None
   examples = []
