@@ -19,11 +19,14 @@ carry a leading `[num_layers]` axis; names inside the layer are unchanged.
 Every projection is its own `nn.Dense` called through `Module.__call__` (no fused QKV), so a
 `nn.intercept_methods` interceptor can replace/add to any output or rescale any input.
 
-Attention uses `jax.nn.dot_product_attention` (BTNH layout, boolean padding mask,
-`implementation=None`, so cuDNN flash attention is picked on GPU when it applies). That function
-has no dropout: when `attention_dropout > 0` and `deterministic=False` we fall back to
-`dropout_attention` (einsum + softmax + dropout on the attention probabilities, HF semantics,
-with a hand-written backward pass). Set `attention_dropout=0` for the fast path while training.
+Attention depends on the backend (`config.attention_impl`, default 'auto'; see `SelfAttention`):
+on GPU/TPU ('accelerator') it is `jax.nn.dot_product_attention` -- cuDNN's fused kernel on a GPU
+when its constraints hold (bfloat16/float16 inputs, head dim a multiple of 8), XLA otherwise.
+That function has no dropout, so training with `attention_dropout > 0` runs einsum attention
+(float32 softmax, dropout on the probabilities, XLA's autodiff). On CPU ('cpu') training-mode
+attention is `dropout_attention` (hand-written backward, independent head groups). Both paths
+draw the same dropout mask and compute the same function; eval and `attention_dropout=0`
+always take `jax.nn.dot_product_attention`.
 
 `BertForSequenceClassification` runs its last layer for position 0 only (`first_token_only`):
 both heads read nothing else, so the logits are those of the full computation with ~1/5 of the
@@ -33,6 +36,8 @@ Speed on CPU (docs/performance.md): dropout masks come from a counter-based hash
 (`dropout_keep_mask`), not threefry `bernoulli` (~16% of a train step before), the exact
 GELU is the erf formula with a hand-written derivative (`gelu_exact`), and training-mode
 attention runs in independent head groups (`head_groups`) that XLA spreads over the cores.
+The hash masks are kept on every backend: a mask depends only on the key and the shape, so a
+run draws the same dropout on CPU, GPU and TPU.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.models.config import EncoderConfig
-from adapters_jax.models.dropout_attention import dropout_attention
+from adapters_jax.models.dropout_attention import dropout_attention, einsum_dropout_attention
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
 from adapters_jax.ops import Dropout, gelu_exact
 
@@ -113,6 +118,16 @@ class SelfAttention(nn.Module):
   `mask` is boolean, broadcastable to `[batch, heads, q_len, k_len]`, True = attend (the
   encoder passes `[batch, 1, 1, seq]`). An interceptor that adds keys (prefix tuning) must
   extend it along the last axis.
+
+  What runs (`attention_implementation(config)`):
+    eval, or `attention_dropout == 0`: `jax.nn.dot_product_attention`; with the 'accelerator'
+      implementation on a GPU, cuDNN's fused kernel where it applies (`fused_kernel`).
+    training with attention dropout, 'cpu': `dropout_attention` in `head_groups(config)`
+      groups, hand-written backward.
+    training with attention dropout, 'accelerator': `einsum_dropout_attention`, one batched
+      einsum over all heads, differentiated by XLA (jax's fused attention takes no dropout).
+  Both training forms apply one keep-mask `[batch, heads, q_len, k_len]` from the 'dropout'
+  stream, so they give the same values for the same key.
   """
 
   config: EncoderConfig
@@ -128,29 +143,42 @@ class SelfAttention(nn.Module):
     query = split(_dense(cfg, cfg.hidden_size, 'query')(query_hidden))  # [b, q_len, heads, dim]
     key = split(_dense(cfg, cfg.hidden_size, 'key')(hidden))  # [batch, seq, heads, dim]
     value = split(_dense(cfg, cfg.hidden_size, 'value')(hidden))
+    implementation = attention_implementation(cfg)
     if cfg.attention_dropout > 0.0 and not deterministic:
-      context = self._attention_with_dropout(query, key, value, mask)
+      dropout = Dropout(cfg.attention_dropout)
+      keep = dropout.keep_mask((batch, cfg.num_heads, q_len, key.shape[1]))
+      if implementation == 'cpu':
+        context = dropout_attention(query, key, value, mask, keep, cfg.attention_dropout,
+                                    head_groups(cfg))
+      else:
+        context = einsum_dropout_attention(query, key, value, mask, keep, cfg.attention_dropout)
     else:
-      context = jax.nn.dot_product_attention(query, key, value, mask=mask)
+      kernel = 'xla'
+      if implementation == 'accelerator':
+        kernel = fused_kernel(jax.default_backend(), query.dtype, cfg.head_dim)
+      context = jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                             implementation=kernel)
     context = context.reshape(batch, q_len, cfg.hidden_size)  # [batch, q_len, hidden]
     return _dense(cfg, cfg.hidden_size, 'output')(context)
 
-  def _attention_with_dropout(self, query, key, value, mask):
-    """Explicit attention with dropout on the probabilities (HF semantics), float32 softmax.
 
-    `query` [batch, q_len, heads, dim], `key`/`value` [batch, k_len, heads, dim] -> context
-    `[batch, q_len, heads, dim]`, by `dropout_attention` (hand-written backward) in
-    `head_groups(config)` independent head groups: on CPU, XLA runs independent groups on
-    different cores, which it does poorly for one batched matmul over all heads
-    (docs/performance.md). One dropout mask covers all heads, so the result does not depend
-    on the grouping.
-    """
-    cfg = self.config
-    batch, q_len, heads, _ = query.shape
-    dropout = Dropout(cfg.attention_dropout)
-    keep = dropout.keep_mask((batch, heads, q_len, key.shape[1]))
-    return dropout_attention(query, key, value, mask, keep, cfg.attention_dropout,
-                             head_groups(cfg))
+def attention_implementation(config: EncoderConfig) -> str:
+  """'cpu' or 'accelerator': `config.attention_impl`, or by backend when it is 'auto'."""
+  if config.attention_impl != 'auto':
+    return config.attention_impl
+  return 'cpu' if jax.default_backend() == 'cpu' else 'accelerator'
+
+
+def fused_kernel(backend: str, dtype, head_dim: int) -> str:
+  """The `implementation=` of `jax.nn.dot_product_attention` on the accelerator path.
+
+  'cudnn' on a GPU when cuDNN's fused attention applies: float16/bfloat16 inputs and a head
+  dimension that is a multiple of 8 (and at most 128); 'xla' otherwise (float32 on GPU, TPU,
+  CPU). `implementation=None` would mean XLA too, so the choice is made here.
+  """
+  fused_dtypes = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  fits = jnp.dtype(dtype) in fused_dtypes and head_dim % 8 == 0 and head_dim <= 128
+  return 'cudnn' if backend == 'gpu' and fits else 'xla'
 
 
 def head_groups(config: EncoderConfig) -> int:

@@ -14,6 +14,9 @@ import jax.numpy as jnp
 MODEL_TYPES = ('bert', 'roberta')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # HF `hidden_act` names we implement (see `bert.ACTIVATIONS`).
+# How attention runs (see `bert.SelfAttention`): 'auto' picks 'cpu' on the CPU backend and
+# 'accelerator' on GPU/TPU; either can be forced on any backend.
+ATTENTION_IMPLS = ('auto', 'cpu', 'accelerator')
 HIDDEN_ACTS = ('gelu', 'gelu_new', 'gelu_pytorch_tanh', 'gelu_fast', 'relu', 'silu', 'swish', 'tanh')
 
 # HF config.json key -> EncoderConfig field. Keys not listed here are metadata we ignore
@@ -65,7 +68,12 @@ class EncoderConfig:
     attention_head_groups: compute the attention heads in this many independent groups while
       training with attention dropout (same result, different speed; see
       `bert.head_groups`). 0 picks automatically: 4 on CPU (1 for more than 12 unscanned
-      layers, to keep compile time down), 1 on accelerators.
+      layers, to keep compile time down), 1 on accelerators. Used by the 'cpu' attention only.
+    attention_impl: 'auto' (default: 'cpu' on the CPU backend, 'accelerator' on GPU/TPU),
+      'cpu' (training-mode attention by `dropout_attention`: head groups, hand-written
+      backward) or 'accelerator' (`jax.nn.dot_product_attention`, cuDNN on GPU where it
+      applies; training with attention dropout runs einsum attention with the same dropout
+      mask, differentiated by XLA). Same values either way; see `bert.SelfAttention`.
   """
 
   vocab_size: int = 30522
@@ -88,11 +96,13 @@ class EncoderConfig:
   remat: bool = False
   scan_layers: bool = False
   attention_head_groups: int = 0
+  attention_impl: str = 'auto'
 
   def __post_init__(self):
     _check_choice('model_type', self.model_type, MODEL_TYPES)
     _check_choice('dtype', self.dtype, tuple(DTYPES))
     _check_choice('hidden_act', self.hidden_act, HIDDEN_ACTS)
+    _check_choice('attention_impl', self.attention_impl, ATTENTION_IMPLS)
     if self.hidden_size % self.num_heads:
       raise ValueError(
           f'hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; '

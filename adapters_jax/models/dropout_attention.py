@@ -20,6 +20,10 @@ The heads are computed in `groups` independent slices (see `bert.head_groups`): 
 independent slices on different cores, which it does poorly for one batched matmul over all heads.
 The function is `jax.custom_vjp`, so it supports reverse-mode differentiation (`grad`, `vjp`) but
 not forward mode (`jvp`); the deterministic path does not use it.
+
+`einsum_dropout_attention` is the same function in its plain form (one batched einsum over all
+heads, differentiated by XLA): the encoder's training-mode attention on accelerators, where the
+hand-written backward and the head groups buy nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +62,24 @@ def dropout_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: 
   if not 0.0 <= rate < 1.0:
     raise ValueError(f'dropout rate must be in [0, 1), got {rate}.')
   return _attention(query, key, value, mask, keep, float(rate), int(groups))
+
+
+def einsum_dropout_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                             mask: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+  """`dropout_attention`'s function, written plainly and differentiated automatically.
+
+  Same arguments (no `groups`) and result: `[batch, q_len, heads, dim]` in `value.dtype`, logits
+  and softmax in float32, the probabilities cast to `value.dtype` after dropout (as
+  `jax.nn.dot_product_attention` casts them).
+  """
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f'dropout rate must be in [0, 1), got {rate}.')
+  scale = 1.0 / jnp.sqrt(jnp.float32(query.shape[-1]))
+  logits = jnp.einsum('btnh,bsnh->bnts', query, key, preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)  # [batch, heads, q_len, k_len]
+  probs = jax.nn.softmax(logits, axis=-1)
+  dropped = apply_keep_mask(probs, keep, rate).astype(value.dtype)
+  return jnp.einsum('bnts,bsnh->btnh', dropped, value)
 
 
 def _slices(x: jax.Array, groups: int, axis: int) -> list[jax.Array]:
