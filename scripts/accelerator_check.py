@@ -1,0 +1,227 @@
+r"""Accelerator check: BERT-large Houlsby bfloat16 training throughput, MFU and peak device memory,
+then one short GLUE task end to end; numbers as JSON.
+
+    bash scripts/accelerator_check.sh results.json                  # GPU; GLUE RTE from tfds
+    bash scripts/accelerator_check.sh results.json --glue_offline   # no network: GLUE-layout files
+    python scripts/accelerator_check.py --tiny --out tiny.json      # CPU, seconds (the test's form)
+
+Throughput: the library's real train step (`scripts/bench.py`'s `build_method`: splice, trainable
+mask, AdamW, `train_step` jitted with the state donated, dropout on) for BERT-large dimensions
+(24 x 1024, 16 heads; random weights: speed does not depend on them) with Houlsby adapters
+(size 64, layer norms and head trained), bfloat16 compute and float32 params, batch 32 x length
+128 (Houlsby et al.'s setting); the median of the timed steps after warm-up.
+
+FLOPs and MFU: `flops_per_step` is XLA's own count for the compiled step
+(`compiled.cost_analysis()['flops']`); `mfu` = flops_per_step / step time / the device's peak
+dense bfloat16 FLOP/s (`PEAK_BF16_TFLOPS` by device kind, or `--peak_tflops`). The step computes no
+weight gradients of frozen matrices, so its FLOPs are about 4*N*tokens, not the 6*N*tokens of full
+fine-tuning; `mfu_6n` gives the conventional 6*N*tokens figure (N = all parameters) beside it.
+cuDNN's fused attention is a custom call whose FLOPs XLA may not count, so `mfu` is a lower bound
+when it runs. Peak device memory: `jax.Device.memory_stats()['peak_bytes_in_use']` (None on CPU).
+
+GLUE: `experiments`' training loop (`train_and_evaluate`) on GLUE RTE (tfds; `--glue_data_dir` to
+reuse a copy) with the packaged MiniLM-L6 (`--glue_model`) and Houlsby adapters, one epoch; with
+`--glue_offline` (and always with `--tiny`) on the small GLUE-layout files of
+`scripts/glue_files.py`, prepared by tfds's real GLUE builder; `--tiny` trains a tiny random BERT.
+Time on one H100/H200: meant to stay well under the wrapper's 8-minute limit (one BERT-large
+compile, 33 steps, one RTE epoch of ~80 MiniLM steps); not yet measured on one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+_SCRIPTS = pathlib.Path(__file__).resolve().parent
+_ROOT = _SCRIPTS.parent
+# Dense bfloat16 peak of one device, TFLOP/s (vendor datasheets, without sparsity).
+PEAK_BF16_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0, 'A10G': 125.0,
+                    'TPU v4': 275.0, 'TPU v5e': 197.0, 'TPU v5p': 459.0}
+
+
+def _load_script(name: str):
+  spec = importlib.util.spec_from_file_location(f'{name}_script', _SCRIPTS / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def peak_tflops(device_kind: str, override: float | None) -> float | None:
+  """The device's dense bfloat16 peak in TFLOP/s: `override`, else by device kind, else None."""
+  if override:
+    return override
+  for kind, tflops in PEAK_BF16_TFLOPS.items():
+    if kind.lower() in device_kind.lower():
+      return tflops
+  return None
+
+
+def measure_training(model: str, batch: int, length: int, steps: int, warmup: int,
+                     peak: float | None) -> dict[str, Any]:
+  """Compiles and times the Houlsby bfloat16 train step; FLOPs, MFU and device memory."""
+  bench = _load_script('bench')
+  built = bench.build_method('houlsby', model, batch, length,
+                             config_overrides={'dtype': 'bfloat16'})
+  compile_s = bench.compile_step(built)
+  cost = built['compiled'].cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = float(cost['flops']) if cost and 'flops' in cost else None
+  for _ in range(warmup):
+    bench.run_step(built)
+  times = [bench.run_step(built) for _ in range(steps)]
+  step_s = statistics.median(times)
+  tokens = batch * length
+  params = built['counts'].total
+  out = {
+      'model': model, 'method': 'houlsby', 'dtype': 'bfloat16', 'batch': batch,
+      'length': length, 'steps': steps, 'compile_s': round(compile_s, 2),
+      'step_s_median': step_s, 'examples_per_s': batch / step_s,
+      'tokens_per_s': tokens / step_s, 'total_params': params,
+      'trainable_params': built['counts'].trainable, 'flops_per_step': flops,
+      'flops_source': 'compiled.cost_analysis()',
+      'achieved_tflops': None if flops is None else flops / step_s / 1e12,
+      'peak_tflops': peak, 'mfu': None, 'mfu_6n': None,
+      'device_memory': bench.device_memory(),
+      'loss_finite': bool(_finite(built)),
+  }
+  if peak:
+    if flops is not None:
+      out['mfu'] = flops / step_s / (peak * 1e12)
+    out['mfu_6n'] = 6 * params * tokens / step_s / (peak * 1e12)
+  return out
+
+
+def _finite(built) -> bool:
+  import jax
+  import jax.numpy as jnp
+  leaves = jax.tree.leaves(built['state'].params)
+  return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
+
+
+def write_tiny_bert(directory: str) -> str:
+  """A 2-layer random BERT (hidden 32) as config.json + safetensors, with MiniLM's tokenizer."""
+  import shutil
+
+  import numpy as np
+  from flax import traverse_util
+  from safetensors.numpy import save_file
+  from transformers import BertConfig, FlaxBertModel
+
+  from adapters_jax.models import resolve_checkpoint_dir
+
+  path = pathlib.Path(directory)
+  path.mkdir(parents=True, exist_ok=True)
+  hf = FlaxBertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=128), seed=0)
+  hf.config.to_json_file(str(path / 'config.json'))
+  tensors = {}
+  for names, value in traverse_util.flatten_dict(hf.params).items():  # Flax -> PyTorch names
+    value = np.asarray(value, np.float32)
+    *prefix, leaf = names
+    value = value.T if leaf == 'kernel' else value
+    leaf = 'weight' if leaf in ('kernel', 'scale', 'embedding') else leaf
+    tensors['.'.join([*prefix, leaf])] = np.ascontiguousarray(value)
+  save_file(tensors, str(path / 'model.safetensors'), metadata={'format': 'pt'})
+  minilm = resolve_checkpoint_dir('minilm-l6')
+  for name in ('vocab.txt', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'):
+    if (minilm / name).exists():
+      shutil.copy(minilm / name, path / name)
+  return str(path)
+
+
+def run_glue(workdir: str, data_dir: str, model: str, tiny: bool) -> dict[str, Any]:
+  """Houlsby adapters on GLUE RTE through the training loop, one epoch (`tiny`: 2 steps)."""
+  from adapters_jax.train.loop import train_and_evaluate
+  from experiments.configs import glue
+
+  config = glue.get_config('rte')
+  config.model = model
+  config.data_dir = data_dir
+  config.num_epochs = 1.0
+  config.tensorboard = False
+  config.eval_every_steps = config.checkpoint_every_steps = 1000
+  if tiny:
+    config.num_train_steps = 2
+    config.batch_size = 4
+    config.eval_batch_size = 8
+    config.max_length = 32
+    config.log_every_steps = 1
+  start = time.perf_counter()
+  result = train_and_evaluate(config, workdir)
+  return {'task': result['task'], 'model': result['model'], 'method': result['method'],
+          'train_steps': result['train_steps'],
+          'validation_accuracy': result['validation_metrics']['validation']['accuracy'],
+          'train_examples_per_second': result['train_examples_per_second'],
+          'wall_s': time.perf_counter() - start, 'data_dir': data_dir}
+
+
+def offline_glue_data_dir(root: str) -> str:
+  """GLUE RTE prepared by tfds's builder from GLUE-layout files (`scripts/glue_files.py`)."""
+  glue_files = _load_script('glue_files')
+  files_dir = glue_files.write_glue_files(os.path.join(root, 'glue_files'), ['rte'])
+  data_dir = os.path.join(root, 'tfds')
+  glue_files.prepare_glue('rte', files_dir, data_dir)
+  return data_dir
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', required=True, help='Where the JSON results go.')
+  parser.add_argument('--tiny', action='store_true',
+                      help='A tiny model, 2 x 16 tokens, 2 steps, offline GLUE: seconds on CPU.')
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--length', type=int, default=128)
+  parser.add_argument('--steps', type=int, default=30, help='Timed steps after warm-up.')
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--peak_tflops', type=float, default=None,
+                      help='Peak dense bf16 TFLOP/s of the device (default: by device kind).')
+  parser.add_argument('--glue_offline', action='store_true',
+                      help='GLUE from scripts/glue_files.py files instead of the network.')
+  parser.add_argument('--glue_data_dir', default='', help='tfds data_dir holding GLUE RTE.')
+  parser.add_argument('--glue_model', default='minilm-l6',
+                      help='Model of the GLUE run (with --tiny: a tiny random BERT).')
+  parser.add_argument('--skip_glue', action='store_true')
+  args = parser.parse_args(argv)
+
+  import jax
+  device = jax.devices()[0]
+  results: dict[str, Any] = {
+      'backend': jax.default_backend(), 'device_kind': device.device_kind,
+      'device_count': jax.device_count(), 'jax_version': jax.__version__,
+  }
+  model, batch, length, steps, warmup = 'large', args.batch, args.length, args.steps, args.warmup
+  if args.tiny:
+    model, batch, length, steps, warmup = 'tiny', 2, 16, 2, 1
+  peak = peak_tflops(device.device_kind, args.peak_tflops)
+  results['training'] = measure_training(model, batch, length, steps, warmup, peak)
+  _write(args.out, results)  # what is measured so far survives a later failure
+  if not args.skip_glue:
+    with tempfile.TemporaryDirectory() as tmp:
+      data_dir = args.glue_data_dir
+      if args.tiny or args.glue_offline:
+        data_dir = offline_glue_data_dir(tmp)
+      model = write_tiny_bert(os.path.join(tmp, 'tiny_bert')) if args.tiny else args.glue_model
+      results['glue'] = run_glue(os.path.join(tmp, 'rte_houlsby'), data_dir, model, args.tiny)
+      results['glue']['offline_files'] = bool(args.tiny or args.glue_offline)
+  _write(args.out, results)
+  print(json.dumps(results, indent=2))
+  return results
+
+
+def _write(path: str, results: dict[str, Any]) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, str(_ROOT))  # `experiments` and `adapters_jax` from this checkout
+  main()

@@ -1,0 +1,49 @@
+"""scripts/accelerator_check.sh in its `--tiny` form, as a user runs it (a subprocess, on CPU)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The bench's 'tiny' model: 2 layers, hidden 32, FFN 37; batch 2 x 16 tokens in --tiny.
+LAYERS, HIDDEN, FFN, TOKENS = 2, 32, 37, 2 * 16
+
+
+def test_tiny_accelerator_check_writes_throughput_flops_and_glue_json(tmp_path):
+  out = tmp_path / 'results' / 'check.json'
+  env = {**os.environ, 'PYTHON': sys.executable, 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run(['bash', 'scripts/accelerator_check.sh', str(out), '--tiny',
+                         '--peak_tflops=0.5'], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(out.read_text())
+  assert results['backend'] == 'cpu'
+  training = results['training']
+  assert training['model'] == 'tiny' and training['dtype'] == 'bfloat16'
+  assert training['loss_finite'] and training['examples_per_s'] > 0
+  assert training['examples_per_s'] == pytest.approx(2 / training['step_s_median'])
+  # XLA's count of the step is at least the forward matmuls of the encoder layers
+  # (2 FLOPs per weight per token) and less than 10x a full forward + backward of all params.
+  forward_matmul = 2 * LAYERS * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * FFN) * TOKENS
+  assert forward_matmul < training['flops_per_step'] < 10 * 6 * training['total_params'] * TOKENS
+  peak = 0.5e12
+  assert training['mfu'] == pytest.approx(
+      training['flops_per_step'] / training['step_s_median'] / peak)
+  assert training['mfu_6n'] == pytest.approx(
+      6 * training['total_params'] * TOKENS / training['step_s_median'] / peak)
+  assert training['device_memory'] is None  # CPU reports no device memory
+  glue = results['glue']
+  assert glue['task'] == 'rte' and glue['offline_files'] and glue['train_steps'] == 2
+  # Evaluated on the 6 dev rows of the GLUE-layout RTE files: accuracy is a multiple of 1/6.
+  correct = glue['validation_accuracy'] * 6
+  assert correct == pytest.approx(round(correct), abs=1e-6)
+
+
+def test_usage_error_without_output_path():
+  proc = subprocess.run(['bash', 'scripts/accelerator_check.sh'], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 2 and 'usage: bash scripts/accelerator_check.sh OUT.json' in proc.stderr
