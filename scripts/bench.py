@@ -10,15 +10,14 @@ library's real path: `models.build_model`, `splice.add_adapter`, `trainable.make
 
 Our methods run in one worker process per round, stepping in turn (method A one step, method B one
 step, ...), so machine noise hits all of them alike. With `--anchors`, each round then runs
-`../shared/bench/anchor_torch.py`, beside the repository checkout
-(adapter-hub `adapters` Houlsby/Pfeiffer, `peft` LoRA, torch
+`scripts/anchor_torch.py` (adapter-hub `adapters` Houlsby/Pfeiffer, `peft` LoRA, torch
 full fine-tuning; same shapes, 2 threads) in its own virtual environment, so ours and theirs
 alternate; ratios ours/anchor are computed per round and the median over rounds is reported.
 Peak RSS and compile time come from a separate fresh process per method (`--no-memory` skips it),
 so one method's memory does not hide another's.
 
     # MiniLM-L6 dims, both target shapes, anchors (build the venv once:
-    #   bash ../shared/bench/setup_anchor.sh .anchor-venv)
+    #   bash scripts/setup_anchor.sh)
     .venv/bin/python scripts/bench.py --shapes 8x128,32x64 --anchors --rounds 2 --out bench.json
     # compile time of a BERT-large (24 x 1024) Houlsby step, scanned layers
     .venv/bin/python scripts/bench.py --model large --methods houlsby --scan_layers --steps 0
@@ -57,9 +56,8 @@ NUM_LABELS = 2
 # Our method name -> the anchor script's method name.
 ANCHOR_METHODS = {'full': 'full', 'houlsby': 'houlsby', 'pfeiffer': 'pfeiffer', 'lora': 'lora'}
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The PyTorch anchors live in the shared folder beside the checkout; their venv in .anchor-venv.
-ANCHOR_SCRIPT = os.environ.get(
-    'ANCHOR_SCRIPT', os.path.join(_ROOT, '..', 'shared', 'bench', 'anchor_torch.py'))
+# The PyTorch anchors' script is in scripts/; their venv (scripts/setup_anchor.sh) in .anchor-venv.
+ANCHOR_SCRIPT = os.environ.get('ANCHOR_SCRIPT', os.path.join(_ROOT, 'scripts', 'anchor_torch.py'))
 ANCHOR_PYTHON = os.environ.get('ANCHOR_PYTHON', os.path.join(_ROOT, '.anchor-venv', 'bin', 'python'))
 ADAPTER_NAME = 'bench'
 # `METHOD@VARIANT` benchmarks a variant of METHOD: `all_positions` runs the classification
@@ -304,8 +302,7 @@ def run_anchor(methods: list[str], shape: tuple[int, int], args) -> dict[str, An
   if not os.path.exists(args.anchor_python):
     raise FileNotFoundError(
         f'No anchor environment at {args.anchor_python}; build it with `bash '
-        f'{os.path.dirname(args.anchor_script)}/setup_anchor.sh '
-        f'{os.path.dirname(os.path.dirname(args.anchor_python))}`.')
+        f'scripts/setup_anchor.sh {os.path.dirname(os.path.dirname(args.anchor_python))}`.')
   argv = [args.anchor_python, args.anchor_script, '--model', 'minilm', '--batch', str(shape[0]),
           '--seq', str(shape[1]), '--steps', str(max(args.steps, 3)), '--threads', '2',
           '--methods', ','.join(theirs)]

@@ -92,3 +92,29 @@ def test_time_methods_and_table():
   assert table['full']['step_time_over_full'] == 1.0
   text = bench.format_table('tiny', table)
   assert 'lora' in text and 'full' in text
+
+
+def test_anchor_script_is_in_the_repository_and_runs_through_bench():
+  """The PyTorch anchors run from scripts/ (here in the test environment's Python, which has
+  torch, adapters and peft; users build .anchor-venv with scripts/setup_anchor.sh)."""
+  import sys
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  assert pathlib.Path(bench.ANCHOR_SCRIPT) == root / 'scripts' / 'anchor_torch.py'
+  args = argparse.Namespace(anchor_python=sys.executable, anchor_script=bench.ANCHOR_SCRIPT,
+                            steps=1, anchor_host_memory='default')
+  result = bench.run_anchor(['houlsby', 'lora', 'ia3'], (1, 8), args)
+  assert set(result) == {'houlsby', 'lora'}  # no anchor for ia3
+  for row in result.values():
+    assert row['ex_per_s'] == pytest.approx(1 / row['step_s'])
+    assert 0 < row['trainable'] < row['total']
+  # LoRA r=8 on query and value of 6 layers (384 wide) plus the 2-class head: peft's own count.
+  assert result['lora']['trainable'] == 6 * 2 * 8 * (384 + 384) + 384 * 2 + 2
+
+
+def test_missing_anchor_environment_names_the_setup_command(tmp_path):
+  args = argparse.Namespace(anchor_python=str(tmp_path / 'venv' / 'bin' / 'python'),
+                            anchor_script=bench.ANCHOR_SCRIPT, steps=1,
+                            anchor_host_memory='default')
+  with pytest.raises(FileNotFoundError, match='bash scripts/setup_anchor.sh'):
+    bench.run_anchor(['lora'], (1, 8), args)
