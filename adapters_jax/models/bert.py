@@ -19,14 +19,9 @@ carry a leading `[num_layers]` axis; names inside the layer are unchanged.
 Every projection is its own `nn.Dense` called through `Module.__call__` (no fused QKV), so a
 `nn.intercept_methods` interceptor can replace/add to any output or rescale any input.
 
-Attention depends on the backend (`config.attention_impl`, default 'auto'; see `SelfAttention`):
-on GPU/TPU ('accelerator') it is `jax.nn.dot_product_attention` -- cuDNN's fused kernel on a GPU
-when its constraints hold (bfloat16/float16 inputs, head dim a multiple of 8), XLA otherwise.
-That function has no dropout, so training with `attention_dropout > 0` runs einsum attention
-(float32 softmax, dropout on the probabilities, XLA's autodiff). On CPU ('cpu') training-mode
-attention is `dropout_attention` (hand-written backward, independent head groups). Both paths
-draw the same dropout mask and compute the same function; eval and `attention_dropout=0`
-always take `jax.nn.dot_product_attention`.
+Attention follows the backend (`config.attention_impl`; see `SelfAttention`): on GPU/TPU
+`jax.nn.dot_product_attention` (cuDNN where it applies) and, when training with attention
+dropout, einsum attention differentiated by XLA; on CPU a hand-written backward in head groups.
 
 `BertForSequenceClassification` runs its last layer for position 0 only (`first_token_only`):
 both heads read nothing else, so the logits are those of the full computation with ~1/5 of the
@@ -36,8 +31,7 @@ Speed on CPU (docs/performance.md): dropout masks come from a counter-based hash
 (`dropout_keep_mask`), not threefry `bernoulli` (~16% of a train step before), the exact
 GELU is the erf formula with a hand-written derivative (`gelu_exact`), and training-mode
 attention runs in independent head groups (`head_groups`) that XLA spreads over the cores.
-The hash masks are kept on every backend: a mask depends only on the key and the shape, so a
-run draws the same dropout on CPU, GPU and TPU.
+The hash masks serve every backend, so a run draws the same dropout on CPU, GPU and TPU.
 """
 
 from __future__ import annotations
