@@ -1,4 +1,5 @@
-"""GLUE loading through tfds, on `tfds.testing.mock_data` (real GLUE needs the network)."""
+"""GLUE loading through tfds on `tfds.testing.mock_data` (random examples with GLUE's feature spec;
+the builder's own code on GLUE-layout files is tested in test_glue_builder.py)."""
 
 import pytest
 import tensorflow_datasets as tfds
