@@ -62,7 +62,8 @@ class EncoderConfig:
     dtype: compute dtype of the matmuls ('float32' | 'bfloat16'). Params are always float32;
       layer norms, softmax and logits are computed in float32.
     remat: rematerialise each layer in the backward pass (`nn.remat`), trading compute for
-      activation memory.
+      activation memory; best with `scan_layers` (BERT-large Houlsby at 32 x 128 in bfloat16:
+      0.9 instead of 9 GiB of temporaries; docs/performance.md).
     scan_layers: run the layers with `nn.scan`; params then live under `encoder/layers/...`
       with a leading `[num_layers]` axis (see `bert.stack_layer_params`).
     attention_head_groups: compute the attention heads in this many independent groups while
