@@ -103,11 +103,9 @@ def test_anchor_script_is_in_the_repository_and_runs_through_bench():
   assert pathlib.Path(bench.ANCHOR_SCRIPT) == root / 'scripts' / 'anchor_torch.py'
   args = argparse.Namespace(anchor_python=sys.executable, anchor_script=bench.ANCHOR_SCRIPT,
                             steps=1, anchor_host_memory='default')
-  result = bench.run_anchor(['houlsby', 'lora', 'ia3'], (1, 8), args)
-  assert set(result) == {'houlsby', 'lora'}  # no anchor for ia3
-  for row in result.values():
-    assert row['ex_per_s'] == pytest.approx(1 / row['step_s'])
-    assert 0 < row['trainable'] < row['total']
+  result = bench.run_anchor(['lora', 'ia3'], (1, 8), args)
+  assert set(result) == {'lora'}  # no anchor for ia3
+  assert result['lora']['ex_per_s'] == pytest.approx(1 / result['lora']['step_s'])
   # LoRA r=8 on query and value of 6 layers (384 wide) plus the 2-class head: peft's own count.
   assert result['lora']['trainable'] == 6 * 2 * 8 * (384 + 384) + 384 * 2 + 2
 
