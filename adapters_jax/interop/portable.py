@@ -1,0 +1,165 @@
+"""One adapter between formats: read from / written as one of our adapter checkpoints.
+
+`PortableAdapter` is what every converter reads or produces: the method config, the trained leaves
+under our paths (adapter leaves plus trained layer norms and task head) and the base model's
+identity. `read_checkpoint` makes one from an adapter checkpoint (`save_adapter` format);
+`write_checkpoint` splices an imported one into a freshly loaded base model, checks that it fits
+and is the base it was made for, and saves it as an adapter checkpoint (usable by
+`restore_adapter`, prediction, or to continue training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from adapters_jax import checkpoint, models, splice, trainable
+from adapters_jax.interop.naming import InteropError, is_base_leaf
+from adapters_jax.methods import MethodConfig, method_from_dict
+from adapters_jax.sites import match_sites
+
+# safetensors metadata key holding our base identity (JSON) in exported files.
+BASE_METADATA_KEY = 'adapters_jax.base'
+
+
+@dataclasses.dataclass(frozen=True)
+class PortableAdapter:
+  """An adapter with everything a format needs.
+
+  Attributes:
+    name: the adapter's name.
+    method: its method config (sites, sizes, activation, scaling, rank/alpha, ...).
+    leaves: `{our path: float32 array}`: the adapter's leaves, plus trained layer norms and head.
+    sites: `{site path: placement}` of every spliced site (empty for an import before splicing).
+    base: our base identity (`name`, `fingerprint`, `weights_fingerprint` when known); may be empty.
+    label_names: the task's label names, when known.
+  """
+
+  name: str
+  method: MethodConfig
+  leaves: dict[str, np.ndarray]
+  sites: dict[str, str]
+  base: dict[str, str]
+  label_names: tuple[str, ...] | None = None
+
+  def adapter_leaves(self) -> dict[str, np.ndarray]:
+    return {p: v for p, v in self.leaves.items() if not is_base_leaf(p)}
+
+  def base_leaves(self) -> dict[str, np.ndarray]:
+    return {p: v for p, v in self.leaves.items() if is_base_leaf(p)}
+
+
+def read_checkpoint(directory: str | os.PathLike) -> PortableAdapter:
+  """Reads an adapter checkpoint written by `save_adapter` (e.g. a training run's `best/`)."""
+  record = checkpoint.load_record(directory)
+  if record['adapter'] is None:
+    raise InteropError(f'{os.fspath(directory)} holds fully fine-tuned weights, not an adapter; only '
+                       'adapter checkpoints can be exported.')
+  method = method_from_dict(record['method'])
+  rules = match_sites(method.site_rules(), record['sites'])
+  leaves = {p: np.asarray(v, np.float32) for p, v in checkpoint.load_leaves(directory).items()}
+  base = {k: str(v) for k, v in record['base'].items() if v}
+  label_names = record['extra'].get('label_names') if isinstance(record['extra'], dict) else None
+  return PortableAdapter(
+      name=record['adapter'], method=method, leaves=leaves,
+      sites={path: rule.placement for path, rule in rules.items()}, base=base,
+      label_names=tuple(label_names) if label_names else None)
+
+
+def base_metadata(adapter: PortableAdapter) -> dict[str, str]:
+  """safetensors metadata carrying the base identity (read back by `base_from_metadata`)."""
+  return {BASE_METADATA_KEY: json.dumps(adapter.base, sort_keys=True)} if adapter.base else {}
+
+
+def base_from_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+  if BASE_METADATA_KEY not in metadata:
+    return {}
+  return dict(json.loads(metadata[BASE_METADATA_KEY]))
+
+
+def weights_fingerprint(pretrained: models.Pretrained) -> str | None:
+  """The fingerprint of a base model's weight values compared against `base['weights_fingerprint']`."""
+  return pretrained.identity.weights_sha256
+
+
+def check_base(adapter: PortableAdapter, pretrained: models.Pretrained, params: dict[str, Any],
+               model_name: str) -> None:
+  """Refuses a base whose shapes or weights differ from the ones the adapter was exported from."""
+  base = adapter.base
+  if 'fingerprint' in base and base['fingerprint'] != checkpoint.base_fingerprint(params):
+    raise InteropError(
+        f'The adapter was made on base {base.get("name")!r}, whose parameter shapes differ from '
+        f'{model_name!r}; pass --model=<that base> (or allow_other_base=True to load anyway).')
+  if 'weights_fingerprint' in base and base['weights_fingerprint'] != weights_fingerprint(pretrained):
+    raise InteropError(
+        f'The adapter was made on base {base.get("name")!r}, whose weights differ from '
+        f'{model_name!r} (weights fingerprint {base["weights_fingerprint"][:12]}... vs '
+        f'{str(weights_fingerprint(pretrained))[:12]}...); pass --model=<that base> (or '
+        'allow_other_base=True to load anyway).')
+
+
+def num_labels(adapter: PortableAdapter) -> int | None:
+  """The head's label count, when the adapter carries a head."""
+  for path in ('classifier/out_proj/bias', 'classifier/dense/bias'):
+    if path in adapter.leaves:
+      return int(adapter.leaves[path].shape[0])
+  return None
+
+
+def splice_into(adapter: PortableAdapter, pretrained: models.Pretrained):
+  """`(spliced, params, mask)`: the adapter grafted into `pretrained` with its leaves written in.
+
+  Raises:
+    CheckpointError: the full diff when a leaf has no place in the model or the wrong shape.
+  """
+  sample = jnp.zeros((1, 4), jnp.int32)  # [batch, seq]: shapes for the splice only
+  spliced, params = splice.add_adapter(pretrained.model, pretrained.params, adapter.name,
+                                       adapter.method, jax.random.key(0), sample)
+  flat = traverse_util.flatten_dict(params, sep='/')
+  expected = {p: v for p, v in flat.items() if splice.is_adapter_path(p, adapter.name)}
+  problems = checkpoint.tree_diff(expected, adapter.adapter_leaves())
+  if problems:
+    raise checkpoint.CheckpointError('The imported adapter does not fit the model:\n  '
+                                     + '\n  '.join(problems))
+  params = checkpoint.overwrite_leaves(params, adapter.leaves, what='imported adapter')
+  trained = set(adapter.leaves)
+  mask = traverse_util.unflatten_dict(
+      {p: p in trained for p in traverse_util.flatten_dict(params, sep='/')}, sep='/')
+  return spliced, params, mask
+
+
+def write_checkpoint(adapter: PortableAdapter, model_name: str, out: str | os.PathLike, *,
+                     source: Mapping[str, str], allow_other_base: bool = False) -> str:
+  """Saves an imported adapter as one of our adapter checkpoints on base `model_name`.
+
+  Args:
+    adapter: what a format reader produced.
+    model_name: the base model (short name, directory or hub id) it is spliced into.
+    out: the checkpoint directory to write.
+    source: where it came from (`format`, `path`), recorded in the record's `extra`.
+    allow_other_base: skip the check against the base identity the files carry.
+
+  Returns:
+    The checkpoint directory.
+  """
+  pretrained = models.load_pretrained(model_name, head='classification', num_labels=num_labels(adapter),
+                                      load_tokenizer=False)
+  if not allow_other_base:
+    check_base(adapter, pretrained, pretrained.params, model_name)
+  spliced, params, mask = splice_into(adapter, pretrained)
+  extra: dict[str, Any] = {'imported_from': dict(source)}
+  if adapter.label_names:
+    extra['label_names'] = list(adapter.label_names)
+  trainable_paths = traverse_util.flatten_dict(trainable.split(params, mask)[0], sep='/')
+  if not trainable_paths:
+    raise InteropError('Nothing to save: the import produced no leaves.')
+  return checkpoint.save_adapter(out, spliced, params, adapter.name, mask=mask, base_name=model_name,
+                                 extra=extra)
