@@ -105,7 +105,7 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
     name = base_leaf_to_hf(path, model_type)
     (head if name.startswith('classifier') else tensors)[name] = base_leaf_value_to_hf(path, value)
   hidden = _hidden_size(adapter)
-  model_class = f'{model_type.capitalize()}ForSequenceClassification' if head else f'{model_type.capitalize()}Model'
+  model_class = model_type.capitalize() + ('ForSequenceClassification' if head else 'Model')
   meta = {'hidden_size': hidden, 'model_class': model_class, 'model_name': adapter.base.get('name', ''),
           'model_type': model_type, 'version': FORMAT_VERSION}
   out.mkdir(parents=True, exist_ok=True)
@@ -237,8 +237,9 @@ def import_adapter(directory: str | pathlib.Path) -> PortableAdapter:
   saved = read_json(directory / CONFIG_FILE)
   config, name = saved['config'], saved['name']
   tensors, metadata = read_safetensors_file(directory / WEIGHTS_FILE)
-  architecture = config['architecture'] if 'architecture' in config else None
-  if architecture is None:
+  # Bottleneck configs (BnConfig and its presets) are saved without an `architecture` key.
+  architecture = config.get('architecture') or 'bottleneck'  # a foreign file, not our config
+  if architecture == 'bottleneck':
     method, leaves = _import_bottleneck(config, name, tensors)
   elif architecture == 'lora':
     method, leaves = _import_lora(config, name, tensors)
@@ -281,8 +282,9 @@ def _import_bottleneck(config: dict, name: str, tensors: dict) -> tuple:
   if config['is_parallel'] and config['mh_adapter']:
     raise InteropError(f'{what}: is_parallel with mh_adapter=True (parallel to attention) has no site '
                        'here; only output_adapter=True maps for parallel adapters.')
-  pattern = re.compile(rf'^(?:(?:bert|roberta)\.)?encoder\.layer\.(\d+)\.(attention\.output|output)\.adapters\.'
-                       rf'{re.escape(name)}\.(adapter_down\.0|adapter_up)\.(weight|bias|W_left|W_right|b)$')
+  pattern = re.compile(rf'^(?:(?:bert|roberta)\.)?encoder\.layer\.(\d+)\.(attention\.output|output)'
+                       rf'\.adapters\.{re.escape(name)}\.(adapter_down\.0|adapter_up)'
+                       r'\.(weight|bias|W_left|W_right|b)$')
   parallel, compacter = config['is_parallel'], config['phm_layer']
   rename = {'weight': 'kernel', 'bias': 'bias', 'W_left': 's', 'W_right': 't', 'b': 'bias'}
   leaves, rest = {}, {}
@@ -306,9 +308,8 @@ def _import_bottleneck(config: dict, name: str, tensors: dict) -> tuple:
   if parallel:
     sites = ((FFN_BLOCK, 'parallel'),)
   else:
-    sites = tuple(s for s, on in ((ATTENTION_OUTPUT, config['mh_adapter']), (FFN_OUTPUT, config['output_adapter']))
-                  if on)
-  sites = tuple((s, 'output') for s in sites) if not parallel else sites
+    positions = ((ATTENTION_OUTPUT, config['mh_adapter']), (FFN_OUTPUT, config['output_adapter']))
+    sites = tuple((site, 'output') for site, on in positions if on)
   common = dict(sites=sites, size=sizes.pop(), activation=_activation_from_hf(config['non_linearity']),
                 leave_out=tuple(int(i) for i in config['leave_out']),
                 train_also=(LAYER_NORM_PARAMS,) if base else ())
@@ -396,7 +397,8 @@ def _num_labels(head: dict[str, np.ndarray]) -> int:
 
 def _activation_to_hf(name: str) -> str:
   if name not in ACTIVATION_TO_HF:
-    raise InteropError(f'Activation {name!r} has no transformers name; exportable: {sorted(ACTIVATION_TO_HF)}.')
+    raise InteropError(f'Activation {name!r} has no transformers name; exportable: '
+                       f'{sorted(ACTIVATION_TO_HF)}.')
   return ACTIVATION_TO_HF[name]
 
 

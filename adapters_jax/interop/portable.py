@@ -11,8 +11,10 @@ and is the base it was made for, and saves it as an adapter checkpoint (usable b
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,7 +41,8 @@ class PortableAdapter:
     method: its method config (sites, sizes, activation, scaling, rank/alpha, ...).
     leaves: `{our path: float32 array}`: the adapter's leaves, plus trained layer norms and head.
     sites: `{site path: placement}` of every spliced site (empty for an import before splicing).
-    base: our base identity (`name`, `fingerprint`, `weights_fingerprint` when known); may be empty.
+    base: our base identity, each field when known (may be empty): `name`, `fingerprint` (parameter
+      shapes), `weights_sha256` (weight files), and any other field of the record's `base` section.
     label_names: the task's label names, when known.
   """
 
@@ -67,6 +70,10 @@ def read_checkpoint(directory: str | os.PathLike) -> PortableAdapter:
   rules = match_sites(method.site_rules(), record['sites'])
   leaves = {p: np.asarray(v, np.float32) for p, v in checkpoint.load_leaves(directory).items()}
   base = {k: str(v) for k, v in record['base'].items() if v}
+  if 'name' in base and 'weights_sha256' not in base:
+    digest = local_weights_sha256(base['name'])
+    if digest:
+      base['weights_sha256'] = digest
   label_names = record['extra'].get('label_names') if isinstance(record['extra'], dict) else None
   return PortableAdapter(
       name=record['adapter'], method=method, leaves=leaves,
@@ -85,25 +92,33 @@ def base_from_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
   return dict(json.loads(metadata[BASE_METADATA_KEY]))
 
 
-def weights_fingerprint(pretrained: models.Pretrained) -> str | None:
-  """The fingerprint of a base model's weight values compared against `base['weights_fingerprint']`."""
-  return pretrained.identity.weights_sha256
+def local_weights_sha256(name: str) -> str | None:
+  """sha256 over the `*.safetensors` files of a local base (short name or directory), as
+  `models.Pretrained.identity.weights_sha256` computes it; None for a hub id (nothing is downloaded)."""
+  if name not in models.SHORT_NAMES and not pathlib.Path(name).is_dir():
+    return None
+  digest = hashlib.sha256()
+  for path in sorted(models.resolve_checkpoint_dir(name).glob('*.safetensors')):
+    with path.open('rb') as f:
+      while chunk := f.read(1 << 24):
+        digest.update(chunk)
+  return digest.hexdigest()
 
 
-def check_base(adapter: PortableAdapter, pretrained: models.Pretrained, params: dict[str, Any],
-               model_name: str) -> None:
-  """Refuses a base whose shapes or weights differ from the ones the adapter was exported from."""
-  base = adapter.base
-  if 'fingerprint' in base and base['fingerprint'] != checkpoint.base_fingerprint(params):
-    raise InteropError(
-        f'The adapter was made on base {base.get("name")!r}, whose parameter shapes differ from '
-        f'{model_name!r}; pass --model=<that base> (or allow_other_base=True to load anyway).')
-  if 'weights_fingerprint' in base and base['weights_fingerprint'] != weights_fingerprint(pretrained):
-    raise InteropError(
-        f'The adapter was made on base {base.get("name")!r}, whose weights differ from '
-        f'{model_name!r} (weights fingerprint {base["weights_fingerprint"][:12]}... vs '
-        f'{str(weights_fingerprint(pretrained))[:12]}...); pass --model=<that base> (or '
-        'allow_other_base=True to load anyway).')
+def check_base(adapter: PortableAdapter, pretrained: models.Pretrained, model_name: str) -> None:
+  """Refuses a base whose shapes or weights differ from the ones the adapter was exported from.
+
+  Compares the shape fingerprint (`checkpoint.base_fingerprint`) and the sha256 of the weight files
+  (`weights_sha256`), each when the exported files carry it.
+  """
+  base, fix = adapter.base, 'pass --model=<that base>, or --allow_other_base to load it anyway'
+  if 'fingerprint' in base and base['fingerprint'] != checkpoint.base_fingerprint(pretrained.params):
+    raise InteropError(f'The adapter was made on base {base.get("name")!r}, whose parameter shapes differ '
+                       f'from those of {model_name!r}; {fix}.')
+  if 'weights_sha256' in base and base['weights_sha256'] != pretrained.identity.weights_sha256:
+    raise InteropError(f'The adapter was made on base {base.get("name")!r}, whose weight files differ from '
+                       f'those of {model_name!r} (sha256 {base["weights_sha256"][:12]}... vs '
+                       f'{str(pretrained.identity.weights_sha256)[:12]}...); {fix}.')
 
 
 def num_labels(adapter: PortableAdapter) -> int | None:
@@ -153,7 +168,7 @@ def write_checkpoint(adapter: PortableAdapter, model_name: str, out: str | os.Pa
   pretrained = models.load_pretrained(model_name, head='classification', num_labels=num_labels(adapter),
                                       load_tokenizer=False)
   if not allow_other_base:
-    check_base(adapter, pretrained, pretrained.params, model_name)
+    check_base(adapter, pretrained, model_name)
   spliced, params, mask = splice_into(adapter, pretrained)
   extra: dict[str, Any] = {'imported_from': dict(source)}
   if adapter.label_names:

@@ -19,13 +19,16 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope='session')
 def base_dir(tmp_path_factory):
-  """`base_dir(family)`: a tiny random transformers classifier saved as config.json + model.safetensors."""
+  """`base_dir(family)`: a tiny random transformers classifier saved as config.json + model.safetensors.
+
+  `bert` and `roberta`; `bert-other` has the shapes of `bert` and other weights.
+  """
   made = {}
 
   def make(family: str):
     if family not in made:
-      torch.manual_seed(0)
-      if family == 'bert':
+      torch.manual_seed(1 if family.endswith('-other') else 0)
+      if family.startswith('bert'):
         model = transformers.BertForSequenceClassification(transformers.BertConfig(**TINY))
       else:
         config = transformers.RobertaConfig(**TINY, pad_token_id=1, type_vocab_size=1)
@@ -74,10 +77,10 @@ def trained_adapter(directory, family, name, method, seed=1):
   return spliced, traverse_util.unflatten_dict(flat, sep='/'), mask
 
 
-def save_trained(tmp_path, directory, family, name, method, **method_options):
-  """Trains nothing, but writes what a run's `best/` holds: a `save_adapter` checkpoint."""
+def save_trained(workdir, directory, family, name, method, **method_options):
+  """Trains nothing, but writes what a run's `workdir/best` holds: a `save_adapter` checkpoint."""
   spliced, params, mask = trained_adapter(directory, family, name, get_method(method, **method_options))
-  checkpoint = save_adapter(tmp_path / 'best', spliced, params, name, mask=mask, base_name=str(directory))
+  checkpoint = save_adapter(workdir / 'best', spliced, params, name, mask=mask, base_name=str(directory))
   return spliced, params, checkpoint
 
 
