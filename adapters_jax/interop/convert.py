@@ -13,12 +13,14 @@ import json
 import os
 import pathlib
 
-from adapters_jax.interop import adapterhub, peft
+from adapters_jax.interop import adapterhub, adapterhub_import, peft
 from adapters_jax.interop.naming import InteropError, model_type_from_leaves
 from adapters_jax.interop.portable import read_checkpoint, write_checkpoint
 from adapters_jax.models import SHORT_NAMES, resolve_checkpoint_dir
 
-FORMATS = {'adapters': adapterhub, 'peft': peft}
+# format -> (export, import) functions.
+FORMATS = {'adapters': (adapterhub.export_adapter, adapterhub_import.import_adapter),
+           'peft': (peft.export_adapter, peft.import_adapter)}
 MODEL_TYPES = ('bert', 'roberta')
 
 
@@ -53,9 +55,9 @@ def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.Path
     out: the directory to write.
     model_type: `bert` or `roberta`; default: from the trained head or the base's config.json.
   """
-  writer = _format(fmt)
+  export, _ = _format(fmt)
   adapter = read_checkpoint(directory)
-  return writer.export_adapter(adapter, out, _model_type(adapter.leaves, adapter.base.get('name', ''),
+  return export(adapter, out, _model_type(adapter.leaves, adapter.base.get('name', ''),
                                                          model_type))
 
 
@@ -71,10 +73,11 @@ def import_checkpoint(directory: str | os.PathLike, fmt: str, model: str, out: s
     name: the adapter's name (default: AdapterHub's saved name; for PEFT, the folder's name).
     allow_other_base: load even when the files say they were made on another base.
   """
-  if fmt == 'peft':
-    adapter = peft.import_adapter(directory, name or pathlib.Path(directory).resolve().name)
+  _, read = _format(fmt)
+  if fmt == 'peft':  # PEFT files do not name the adapter
+    adapter = read(directory, name or pathlib.Path(directory).resolve().name)
   else:
-    adapter = _format(fmt).import_adapter(directory)
+    adapter = read(directory)
     if name:
       adapter = _renamed(adapter, name)
   source = {'format': fmt, 'path': os.path.abspath(os.fspath(directory))}

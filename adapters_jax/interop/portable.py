@@ -74,7 +74,8 @@ def read_checkpoint(directory: str | os.PathLike) -> PortableAdapter:
     digest = local_weights_sha256(base['name'])
     if digest:
       base['weights_sha256'] = digest
-  label_names = record['extra'].get('label_names') if isinstance(record['extra'], dict) else None
+  # Training runs record `label_names` in `extra`; other checkpoints may not.
+  label_names = record['extra'].get('label_names')
   return PortableAdapter(
       name=record['adapter'], method=method, leaves=leaves,
       sites={path: rule.placement for path, rule in rules.items()}, base=base,
