@@ -142,7 +142,7 @@ def _reduction_factor(hidden: int, size: int) -> float:
 
 def _export_bottleneck(adapter: PortableAdapter) -> tuple[dict, dict[str, np.ndarray]]:
   method, name = adapter.method, adapter.name
-  if getattr(method, 'layer_norm_before', False):
+  if method.kind == 'bottleneck' and method.layer_norm_before:
     raise InteropError('layer_norm_before=True has no exact AdapterHub equivalent (their `ln_before` '
                        'LayerNorm uses epsilon 1e-5, ours 1e-6); train with layer_norm_before=False.')
   by_position, leave_out = _layers_by_position(adapter, _BOTTLENECK_POSITIONS)
@@ -177,7 +177,7 @@ def _export_bottleneck(adapter: PortableAdapter) -> tuple[dict, dict[str, np.nda
       'non_linearity': _activation_to_hf(method.activation), 'original_ln_before': False,
       'original_ln_after': True, 'ln_before': False, 'ln_after': False,
       'init_weights': 'mam_adapter' if is_parallel else 'bert', 'init_weights_seed': None,
-      'is_parallel': is_parallel, 'scaling': float(getattr(method, 'scaling', 1.0)),
+      'is_parallel': is_parallel, 'scaling': float(method.scaling) if method.kind == 'bottleneck' else 1.0,
       'use_gating': False, 'residual_before_ln': True, 'adapter_residual_before_ln': False,
       'inv_adapter': None, 'inv_adapter_reduction_factor': None, 'cross_adapter': False,
       'leave_out': leave_out, 'dropout': 0.0, 'phm_layer': compacter,

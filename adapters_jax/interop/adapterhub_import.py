@@ -105,6 +105,8 @@ def _import_bottleneck(config: dict, name: str, tensors: dict) -> tuple:
         torch_linear(value) if leaf == 'weight' else value)
   base = _base_leaves(rest, WEIGHTS_FILE)
   sizes = {v.shape[0] for p, v in leaves.items() if p.endswith('/down/bias')}
+  if not sizes:
+    raise InteropError(f'{what}: {WEIGHTS_FILE} holds no weights of adapter {name!r}.')
   if len(sizes) != 1:
     raise InteropError(f'{what}: bottleneck sizes differ per layer ({sorted(sizes)}); ours are one size.')
   if parallel:

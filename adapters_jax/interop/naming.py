@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -99,10 +99,11 @@ def base_leaf_to_hf(path: str, model_type: str) -> str:
 
 
 def base_leaf_value_to_hf(path: str, value: np.ndarray) -> np.ndarray:
+  """A trained base leaf's value in transformers' layout (kernels transposed to `[out, in]`)."""
   return torch_linear(value) if path.endswith('/kernel') else np.asarray(value, np.float32)
 
 
-def hf_to_base_leaf(name: str) -> tuple[str, np.ndarray] | None:
+def hf_to_base_leaf(name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]] | None:
   """`(our path, transform)` for a transformers layer-norm or head tensor name, else None."""
   mapped = hf_name_to_ours(name)
   if mapped is None:

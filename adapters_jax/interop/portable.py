@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax import checkpoint, models, splice, trainable
+from adapters_jax import checkpoint, models, splice
 from adapters_jax.interop.naming import InteropError, is_base_leaf
 from adapters_jax.methods import MethodConfig, method_from_dict
 from adapters_jax.sites import match_sites
@@ -112,7 +112,7 @@ def check_base(adapter: PortableAdapter, pretrained: models.Pretrained, model_na
   Compares the shape fingerprint (`checkpoint.base_fingerprint`) and the sha256 of the weight files
   (`weights_sha256`), each when the exported files carry it.
   """
-  base, fix = adapter.base, 'pass --model=<that base>, or --allow_other_base to load it anyway'
+  base, fix = adapter.base, 'import it onto that base, or allow another base (--allow_other_base)'
   if 'fingerprint' in base and base['fingerprint'] != checkpoint.base_fingerprint(pretrained.params):
     raise InteropError(f'The adapter was made on base {base.get("name")!r}, whose parameter shapes differ '
                        f'from those of {model_name!r}; {fix}.')
@@ -174,8 +174,5 @@ def write_checkpoint(adapter: PortableAdapter, model_name: str, out: str | os.Pa
   extra: dict[str, Any] = {'imported_from': dict(source)}
   if adapter.label_names:
     extra['label_names'] = list(adapter.label_names)
-  trainable_paths = traverse_util.flatten_dict(trainable.split(params, mask)[0], sep='/')
-  if not trainable_paths:
-    raise InteropError('Nothing to save: the import produced no leaves.')
   return checkpoint.save_adapter(out, spliced, params, adapter.name, mask=mask, base_name=model_name,
                                  extra=extra)
