@@ -5,29 +5,32 @@ Everything that has no exact equivalent here is refused with the option that pre
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import re
 
 import numpy as np
 
 from adapters_jax.interop.adapterhub import (
-    ACTIVATION_FROM_HF,
-    CONFIG_FILE,
-    HEAD_CONFIG_FILE,
-    HEAD_WEIGHTS_FILE,
-    OUR_LORA_SITES,
-    WEIGHTS_FILE,
+  ACTIVATION_FROM_HF,
+  CONFIG_FILE,
+  HEAD_CONFIG_FILE,
+  HEAD_WEIGHTS_FILE,
+  OUR_LORA_SITES,
+  WEIGHTS_FILE,
 )
 from adapters_jax.interop.naming import (
-    InteropError,
-    hf_to_base_leaf,
-    read_json,
-    read_safetensors_file,
-    torch_linear,
+  InteropError,
+  hf_to_base_leaf,
+  read_json,
+  read_safetensors_file,
+  torch_linear,
 )
 from adapters_jax.interop.portable import PortableAdapter, base_from_metadata
 from adapters_jax.methods import BottleneckConfig, CompacterConfig, IA3Config, LoRAConfig
 from adapters_jax.sites import ATTENTION_OUTPUT, FFN_BLOCK, FFN_OUTPUT, LAYER_NORM_PARAMS
+
+log = logging.getLogger(__name__)
 
 
 def import_adapter(directory: str | pathlib.Path) -> PortableAdapter:
@@ -114,6 +117,11 @@ def _import_bottleneck(config: dict, name: str, tensors: dict) -> tuple:
   else:
     positions = ((ATTENTION_OUTPUT, config['mh_adapter']), (FFN_OUTPUT, config['output_adapter']))
     sites = tuple((site, 'output') for site, on in positions if on)
+  for option in ('dropout', 'stochastic_depth'):
+    if option in config and config[option]:
+      # Training-time only: predictions are the same, continued training here runs without it.
+      log.warning('%s: %s=%s is not carried over (our bottleneck adapters have none).', what, option,
+                  config[option])
   common = dict(sites=sites, size=sizes.pop(), activation=_activation_from_hf(config['non_linearity']),
                 leave_out=tuple(int(i) for i in config['leave_out']),
                 train_also=(LAYER_NORM_PARAMS,) if base else ())

@@ -6,13 +6,13 @@ import pytest
 from adapters_jax import restore_adapter
 from adapters_jax.interop import InteropError, import_checkpoint
 from tests.interop.conftest import (
-    assert_close,
-    inputs,
-    load_ours,
-    our_logits,
-    randomize_torch,
-    torch_base,
-    torch_logits,
+  assert_close,
+  inputs,
+  load_ours,
+  our_logits,
+  randomize_torch,
+  torch_base,
+  torch_logits,
 )
 
 CASES = [

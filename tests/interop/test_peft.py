@@ -7,14 +7,14 @@ from adapters_jax import restore_adapter
 from adapters_jax.interop import InteropError, export_checkpoint, import_checkpoint
 from adapters_jax.sites import ATTENTION_OUTPUT, FFN_OUTPUT, LAYER_NORM_PARAMS, QUERY
 from tests.interop.conftest import (
-    assert_close,
-    inputs,
-    load_ours,
-    our_logits,
-    randomize_torch,
-    save_trained,
-    torch_base,
-    torch_logits,
+  assert_close,
+  inputs,
+  load_ours,
+  our_logits,
+  randomize_torch,
+  save_trained,
+  torch_base,
+  torch_logits,
 )
 
 EXPORTS = [
