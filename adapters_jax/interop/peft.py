@@ -18,6 +18,7 @@ PEFT equivalent. Refused on import: DoRA, LoRA biases, per-module ranks or alpha
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pathlib
 import re
@@ -43,6 +44,7 @@ from adapters_jax.methods import IA3Config, LoRAConfig
 from adapters_jax.sites import LAYER_NORM_PARAMS
 
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
+log = logging.getLogger(__name__)
 PEFT_PREFIX = 'base_model.model.'
 
 
@@ -82,7 +84,8 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
     tensors[PEFT_PREFIX + name] = base_leaf_value_to_hf(path, value)
   config = {
       'peft_type': 'LORA' if method.kind == 'lora' else 'IA3', 'task_type': None,
-      'base_model_name_or_path': adapter.base.get('name') or None, 'revision': None,
+      'base_model_name_or_path': adapter.base.get('name') or None,
+      'revision': adapter.base.get('revision') or None,
       'inference_mode': True, 'target_modules': targets, 'fan_in_fan_out': False,
       'modules_to_save': sorted(modules_to_save) or None,
   }
@@ -159,8 +162,13 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
                         train_also=train_also)
   else:
     method = IA3Config(sites=sites, train_also=train_also)
-  return PortableAdapter(name=name, method=method, leaves={**leaves, **base}, sites={},
-                         base=base_from_metadata(metadata))
+  identity = base_from_metadata(metadata)
+  if not identity and config.get('base_model_name_or_path'):
+    # Files not made here name their base only: kept for people, not checked.
+    identity = {'name': str(config['base_model_name_or_path'])}
+    log.info('%s was trained on %r (not checked against the base it is imported onto).', directory,
+             identity['name'])
+  return PortableAdapter(name=name, method=method, leaves={**leaves, **base}, sites={}, base=identity)
 
 
 def _refuse(config: dict, where: pathlib.Path) -> None:
