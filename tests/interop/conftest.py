@@ -72,7 +72,7 @@ def trained_adapter(directory, family, name, method, seed=1):
   for path, value in flat.items():
     if flat_mask[path]:
       noise = rng.normal(0.0, 0.3, value.shape).astype(np.float32)
-      around_one = path.endswith(('/scale', 'layer_norm/scale'))
+      around_one = path.endswith('/scale')  # (IA)3 vectors and layer-norm scales
       flat[path] = jnp.asarray((1.0 + noise) if around_one else noise)
   return spliced, traverse_util.unflatten_dict(flat, sep='/'), mask
 
