@@ -1,0 +1,92 @@
+"""Export our adapter checkpoints to AdapterHub or PEFT directories, and import theirs as ours.
+
+    export_checkpoint('workdirs/rte/best', 'peft', 'exports/rte-lora')
+    import_checkpoint('downloads/rte-lora', 'peft', model='roberta-base', out='imported/rte')
+
+The exported files carry our base identity (name, shape fingerprint, weights fingerprint when the
+record has one) in their safetensors metadata, so importing them onto another base is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from adapters_jax.interop import adapterhub, adapterhub_import, peft
+from adapters_jax.interop.naming import InteropError, model_type_from_leaves
+from adapters_jax.interop.portable import read_checkpoint, write_checkpoint
+from adapters_jax.models import SHORT_NAMES, resolve_checkpoint_dir
+
+# format -> (export, import) functions.
+FORMATS = {'adapters': (adapterhub.export_adapter, adapterhub_import.import_adapter),
+           'peft': (peft.export_adapter, peft.import_adapter)}
+MODEL_TYPES = ('bert', 'roberta')
+
+
+def _format(name: str):
+  if name not in FORMATS:
+    raise InteropError(f'Unknown format {name!r}; valid formats: {sorted(FORMATS)}.')
+  return FORMATS[name]
+
+
+def _model_type(leaves, base_name: str, model_type: str | None) -> str:
+  """The transformers model type the export is for: given, from the head, or from the base's config."""
+  if model_type is None:
+    model_type = model_type_from_leaves(leaves)
+  if model_type is None and base_name and (base_name in SHORT_NAMES or pathlib.Path(base_name).is_dir()):
+    config = json.loads((resolve_checkpoint_dir(base_name) / 'config.json').read_text())
+    model_type = config['model_type']
+  if model_type is None:
+    raise InteropError(f'Cannot tell whether base {base_name!r} is BERT or RoBERTa (no head, no local '
+                       f'config.json); pass model_type (--model_type), one of {list(MODEL_TYPES)}.')
+  if model_type not in MODEL_TYPES:
+    raise InteropError(f'model_type {model_type!r} is not supported; valid: {list(MODEL_TYPES)}.')
+  return model_type
+
+
+def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.PathLike,
+                      model_type: str | None = None) -> pathlib.Path:
+  """Exports the adapter checkpoint `directory` (`save_adapter` format) to `out` in format `fmt`.
+
+  Args:
+    directory: an adapter checkpoint (e.g. a training run's `best/`).
+    fmt: `adapters` (AdapterHub) or `peft`.
+    out: the directory to write.
+    model_type: `bert` or `roberta`; default: from the trained head or the base's config.json.
+  """
+  export, _ = _format(fmt)
+  adapter = read_checkpoint(directory)
+  return export(adapter, out, _model_type(adapter.leaves, adapter.base.get('name', ''),
+                                                         model_type))
+
+
+def import_checkpoint(directory: str | os.PathLike, fmt: str, model: str, out: str | os.PathLike,
+                      name: str | None = None, allow_other_base: bool = False) -> str:
+  """Imports an AdapterHub or PEFT directory as one of our adapter checkpoints on base `model`.
+
+  Args:
+    directory: the directory `save_adapter` (AdapterHub) or `save_pretrained` (PEFT) wrote.
+    fmt: `adapters` or `peft`.
+    model: our base model (short name, directory or hub id) the adapter belongs to.
+    out: the adapter checkpoint directory to write.
+    name: the adapter's name (default: AdapterHub's saved name; for PEFT, the folder's name).
+    allow_other_base: load even when the files say they were made on another base.
+  """
+  _, read = _format(fmt)
+  if fmt == 'peft':  # PEFT files do not name the adapter
+    adapter = read(directory, name or pathlib.Path(directory).resolve().name)
+  else:
+    adapter = read(directory)
+    if name:
+      adapter = _renamed(adapter, name)
+  source = {'format': fmt, 'path': os.path.abspath(os.fspath(directory))}
+  return write_checkpoint(adapter, model, out, source=source, allow_other_base=allow_other_base)
+
+
+def _renamed(adapter, name: str):
+  import dataclasses
+
+  old = f'/adapters/{adapter.name}/'
+  leaves = {('/' + p).replace(old, f'/adapters/{name}/')[1:]: v for p, v in adapter.leaves.items()}
+  return dataclasses.replace(adapter, name=name, leaves=leaves)

@@ -1,0 +1,46 @@
+r"""Exports a training run's adapter to AdapterHub `adapters` or PEFT (safetensors only).
+
+  python -m experiments.export --workdir=workdirs/rte --format=adapters --out=exports/rte
+  python -m experiments.export --workdir=workdirs/rte-lora --format=peft --out=exports/rte-lora
+
+Then, in PyTorch: `adapters.init(model); model.load_adapter('exports/rte', set_active=True,
+use_safetensors=True)`, or `peft.PeftModel.from_pretrained(model, 'exports/rte-lora')`, with `model`
+the same base as the run's (`transformers.AutoModelForSequenceClassification`). The files carry the
+base's identity, so `experiments.import_adapter` refuses them on another base. Which methods map to
+which format: `adapters_jax/interop/adapterhub.py` and `peft.py`.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+flags.DEFINE_string('workdir', None, 'A training run\'s workdir; its best/ adapter checkpoint is exported.')
+flags.DEFINE_enum('format', None, ['adapters', 'peft'], 'adapters (AdapterHub) or peft.')
+flags.DEFINE_string('out', None, 'Directory to write.')
+flags.DEFINE_enum('model_type', None, ['bert', 'roberta'], 'The base\'s transformers model type; '
+                  'default: from the trained head, else from the base\'s config.json.')
+flags.mark_flags_as_required(['workdir', 'format', 'out'])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  from adapters_jax.checkpoint import CheckpointError
+  from adapters_jax.interop import InteropError, export_checkpoint
+
+  best = os.path.join(FLAGS.workdir, 'best')
+  try:
+    out = export_checkpoint(best, FLAGS.format, FLAGS.out, model_type=FLAGS.model_type)
+  except (InteropError, CheckpointError) as e:
+    sys.exit(f'Cannot export {best}: {e}')
+  print(out)
+
+
+if __name__ == '__main__':
+  app.run(main)
