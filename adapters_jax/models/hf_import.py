@@ -30,6 +30,7 @@ from flax import traverse_util
 from adapters_jax.models import bert
 from adapters_jax.models.config import EncoderConfig
 from adapters_jax.models.registry import resolve_checkpoint_dir
+from adapters_jax.models.t5_config import T5Config
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class Pretrained:
   model: nn.Module
   params: dict[str, Any]
   tokenizer: Any
-  config: EncoderConfig
+  config: EncoderConfig | T5Config
   identity: BaseModelIdentity
   directory: pathlib.Path
   report: LoadReport
