@@ -89,11 +89,10 @@ class DecoderBlock(nn.Module):
     normed = _norm(cfg, 'attention_layer_norm')(hidden)  # [batch, q_len, d_model]
     key, value = attention.key_value(normed)  # [batch, q_len, heads, d_kv]
     if cache is not None:
-      start = (0, position, 0, 0)
-      key = jax.lax.dynamic_update_slice(cache['self_key'], key.astype(cache['self_key'].dtype),
-                                         start)  # [batch, max_length, heads, d_kv]
-      value = jax.lax.dynamic_update_slice(
-          cache['self_value'], value.astype(cache['self_value'].dtype), start)
+      write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(
+          buffer, new.astype(buffer.dtype), position, axis=1)
+      key = write(cache['self_key'], key)  # [batch, max_length, heads, d_kv]
+      value = write(cache['self_value'], value)
       new_cache.update(self_key=key, self_value=value)
     attended = attention(normed, key, value, self_bias, self_mask, deterministic)
     hidden = hidden + drop(attended, deterministic).astype(jnp.float32)
