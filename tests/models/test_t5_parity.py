@@ -9,12 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import save_file
 
 from adapters_jax.models import (
     CheckpointMismatchError,
     T5Config,
     T5ForConditionalGeneration,
     load_pretrained,
+    read_safetensors,
     shift_right,
 )
 from tests.models.t5_reference import TINY_T5, encoder_batch, save, torch_logits, torch_t5
@@ -115,3 +117,20 @@ def test_t5_takes_no_classification_head(checkpoints):
     load_pretrained(str(directory), num_labels=2, load_tokenizer=False)
   with pytest.raises(ValueError, match='pass head=None'):
     load_pretrained(str(directory), head='classification', load_tokenizer=False)
+
+
+def test_hub_layout_with_embedding_copies_loads(checkpoints, tmp_path):
+  """Hub files of tied T5s (t5-small) also carry `encoder/decoder.embed_tokens.weight` and
+  `lm_head.weight`, copies of `shared.weight`: they are recognised and ignored."""
+  _, directory = checkpoints['v1.0']
+  tensors = read_safetensors(directory)
+  copies = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight', 'lm_head.weight')
+  assert not set(copies) & set(tensors)  # save_pretrained writes the shared tensor once
+  tensors.update({name: tensors['shared.weight'] for name in copies})
+  save_file(tensors, str(tmp_path / 'model.safetensors'), metadata={'format': 'pt'})
+  (tmp_path / 'config.json').write_text((directory / 'config.json').read_text())
+  pre = load_pretrained(str(tmp_path), load_tokenizer=False)
+  assert sorted(pre.report.ignored) == sorted(copies)
+  reference = load_pretrained(str(directory), load_tokenizer=False)
+  same = jax.tree_util.tree_map(np.array_equal, pre.params, reference.params)
+  assert all(jax.tree_util.tree_leaves(same))
