@@ -21,11 +21,14 @@ from collections.abc import Iterable, Sequence
 _OURS = r'(.*/)?(layer_\d+|layers)'
 _HF = r'(.*/)?layer/\d+'
 
-QUERY = rf'{_OURS}/attention/query|{_HF}/attention/self/query'
-KEY = rf'{_OURS}/attention/key|{_HF}/attention/self/key'
-VALUE = rf'{_OURS}/attention/value|{_HF}/attention/self/value'
+# Ours: self-attention `attention`, and in encoder-decoders (T5) also `cross_attention`.
+_ATTN = r'(cross_)?attention'
+
+QUERY = rf'{_OURS}/{_ATTN}/query|{_HF}/attention/self/query'
+KEY = rf'{_OURS}/{_ATTN}/key|{_HF}/attention/self/key'
+VALUE = rf'{_OURS}/{_ATTN}/value|{_HF}/attention/self/value'
 # The attention output projection, before dropout, residual and LayerNorm.
-ATTENTION_OUTPUT = rf'{_OURS}/attention/output|{_HF}/attention/output/dense'
+ATTENTION_OUTPUT = rf'{_OURS}/{_ATTN}/output|{_HF}/attention/output/dense'
 # The first FFN projection (hidden -> intermediate).
 FFN_INTERMEDIATE = rf'{_OURS}/ffn/intermediate|{_HF}/intermediate/dense'
 # The second FFN projection (intermediate -> hidden), before dropout, residual and LayerNorm.

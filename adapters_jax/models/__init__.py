@@ -1,4 +1,4 @@
-"""Backbones (BERT/RoBERTa in Flax Linen), task heads and Hugging Face checkpoint import."""
+"""Backbones (BERT/RoBERTa and T5 in Flax Linen), task heads and Hugging Face checkpoint import."""
 
 from adapters_jax.models.bert import (
     ACTIVATIONS,
@@ -29,11 +29,21 @@ from adapters_jax.models.hf_import import (
     build_model,
     convert_hf_tensors,
     hf_name_to_ours,
-    load_pretrained,
     merge_hf_tensors,
     read_safetensors,
 )
+from adapters_jax.models.pretrained import MODEL_TYPES, load_pretrained
 from adapters_jax.models.registry import SHORT_NAMES, resolve_checkpoint_dir
+from adapters_jax.models.t5 import (
+    T5ForConditionalGeneration,
+    init_decode_cache,
+    shift_right,
+    stack_t5_params,
+    unstack_t5_params,
+)
+from adapters_jax.models.t5_config import T5Config
+from adapters_jax.models.t5_decoding import greedy_generate, make_greedy_generate, plain_apply
+from adapters_jax.models.t5_import import T5_TO_OURS, load_t5_pretrained, merge_t5_tensors
 
 __all__ = [
     'ACTIVATIONS', 'HF_TO_OURS', 'SHORT_NAMES', 'BaseModelIdentity', 'BertClassificationHead',
@@ -43,4 +53,8 @@ __all__ = [
     'build_model', 'classification_model', 'convert_hf_tensors', 'hf_name_to_ours',
     'is_scanned', 'load_pretrained', 'merge_hf_tensors', 'position_ids_for', 'read_safetensors',
     'resolve_checkpoint_dir', 'stack_layer_params', 'unstack_layer_params',
+    # T5
+    'MODEL_TYPES', 'T5_TO_OURS', 'T5Config', 'T5ForConditionalGeneration', 'greedy_generate',
+    'init_decode_cache', 'load_t5_pretrained', 'make_greedy_generate', 'merge_t5_tensors',
+    'plain_apply', 'shift_right', 'stack_t5_params', 'unstack_t5_params',
 ]

@@ -18,7 +18,7 @@ import json
 import logging
 import pathlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -30,6 +30,7 @@ from flax import traverse_util
 from adapters_jax.models import bert
 from adapters_jax.models.config import EncoderConfig
 from adapters_jax.models.registry import resolve_checkpoint_dir
+from adapters_jax.models.t5_config import T5Config
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ _PREFIX_RE = re.compile(r'^(?:bert|roberta)\.')
 IGNORED_HF_KEYS = (r'(^|\.)embeddings\.position_ids$', r'^cls\.', r'^lm_head\.')
 # Parts of our tree a checkpoint may lack (fresh init) or carry while the model lacks them (skip).
 OPTIONAL_PREFIXES = ('pooler/', 'classifier/')
+_HEAD_HINT = ('Check that config.json belongs to these weights; for a task head with a '
+              'different label count pass num_labels=<file labels> or head=None.')
 
 
 class CheckpointMismatchError(ValueError):
@@ -113,7 +116,7 @@ class Pretrained:
   model: nn.Module
   params: dict[str, Any]
   tokenizer: Any
-  config: EncoderConfig
+  config: EncoderConfig | T5Config
   identity: BaseModelIdentity
   directory: pathlib.Path
   report: LoadReport
@@ -169,21 +172,26 @@ def _read_file(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def convert_hf_tensors(
-    tensors: Mapping[str, np.ndarray], reference: Mapping[str, jax.ShapeDtypeStruct],
+    tensors: Mapping[str, np.ndarray], reference: Mapping[str, jax.ShapeDtypeStruct], *,
+    name_to_ours: Callable[[str], tuple[str, Callable] | None] = hf_name_to_ours,
+    ignored_keys: Sequence[str] = IGNORED_HF_KEYS,
+    optional_prefixes: tuple[str, ...] = OPTIONAL_PREFIXES, hint: str = _HEAD_HINT,
 ) -> tuple[dict[str, np.ndarray], LoadReport]:
   """Maps HF tensors onto `reference` (our flat '/'-paths -> shapes, plain layout).
 
   Returns the float32 arrays for every reference path found in the file and a report; raises
-  CheckpointMismatchError listing every missing, unexpected and mis-shaped name at once.
+  CheckpointMismatchError listing every missing, unexpected and mis-shaped name at once. The
+  keyword arguments default to the BERT/RoBERTa table; another family passes its own name
+  mapping, ignored names, optional parts and the closing hint of the error.
   """
-  ignore = [re.compile(p) for p in IGNORED_HF_KEYS]
-  is_optional = lambda path: path.startswith(OPTIONAL_PREFIXES)
+  ignore = [re.compile(p) for p in ignored_keys]
+  is_optional = lambda path: path.startswith(optional_prefixes)
   out, skipped, ignored, unexpected, mismatched = {}, [], [], [], []
   for name in sorted(tensors):
     if any(r.search(name) for r in ignore):
       ignored.append(name)
       continue
-    mapped = hf_name_to_ours(name)
+    mapped = name_to_ours(name)
     if mapped is None or (mapped[0] not in reference and not is_optional(mapped[0])):
       unexpected.append(name if mapped is None else f'{name} (-> {mapped[0]})')
       continue
@@ -209,8 +217,7 @@ def convert_hf_tensors(
       if items:
         lines.append(f'  {title}: {len(items)}')
         lines.extend(f'    {item}' for item in items)
-    lines.append('Check that config.json belongs to these weights; for a task head with a '
-                 'different label count pass num_labels=<file labels> or head=None.')
+    lines.append(hint)
     raise CheckpointMismatchError('\n'.join(lines))
   return out, LoadReport(tuple(sorted(out)), fresh, tuple(skipped), tuple(ignored))
 
@@ -253,12 +260,17 @@ def merge_hf_tensors(model: bert.BertEncoderModel, tensors: Mapping[str, np.ndar
 
 
 def base_model_identity(name: str, params: Mapping[str, Any],
-                        weights_sha256: str | None = None) -> BaseModelIdentity:
-  """`name` + sha256 of sorted (path, shape, dtype) of the base model's params."""
+                        weights_sha256: str | None = None,
+                        base_keys: tuple[str, ...] = ('embeddings', 'encoder')) -> BaseModelIdentity:
+  """`name` + sha256 of sorted (path, shape, dtype) of the base model's params.
+
+  `base_keys` are the top-level entries that make the base model (BERT: `embeddings`, `encoder`;
+  another family passes its own, in the plain layout).
+  """
   params = dict(params)
   if bert.is_scanned(params):
     params = jax.eval_shape(bert.unstack_layer_params, params)
-  base = {k: params[k] for k in ('embeddings', 'encoder') if k in params}
+  base = {k: params[k] for k in base_keys if k in params}
   flat = traverse_util.flatten_dict(base, sep='/')
   rows = sorted((p, tuple(int(d) for d in v.shape), str(jnp.dtype(v.dtype)))
                 for p, v in flat.items())
@@ -266,7 +278,8 @@ def base_model_identity(name: str, params: Mapping[str, Any],
   return BaseModelIdentity(name=name, fingerprint=digest, weights_sha256=weights_sha256)
 
 
-def _weights_sha256(directory: pathlib.Path) -> str:
+def weights_sha256(directory: pathlib.Path) -> str:
+  """sha256 over the bytes of every `*.safetensors` file in `directory`, in name order."""
   digest = hashlib.sha256()
   for path in sorted(directory.glob('*.safetensors')):
     with path.open('rb') as f:
@@ -314,6 +327,6 @@ def load_pretrained(
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         str(directory), trust_remote_code=False)
-  identity = base_model_identity(name_or_path, params, _weights_sha256(directory))
+  identity = base_model_identity(name_or_path, params, weights_sha256(directory))
   return Pretrained(model=model, params=params, tokenizer=tokenizer, config=config,
                     identity=identity, directory=directory, report=report)
