@@ -168,22 +168,31 @@ def _read_file(path: pathlib.Path) -> dict[str, np.ndarray]:
   return out
 
 
+_ENCODER_HINT = ('Check that config.json belongs to these weights; for a task head with a '
+                 'different label count pass num_labels=<file labels> or head=None.')
+
+
 def convert_hf_tensors(
-    tensors: Mapping[str, np.ndarray], reference: Mapping[str, jax.ShapeDtypeStruct],
+    tensors: Mapping[str, np.ndarray], reference: Mapping[str, jax.ShapeDtypeStruct], *,
+    name_to_ours: Callable[[str], tuple[str, Callable] | None] = hf_name_to_ours,
+    ignored_keys: tuple[str, ...] = IGNORED_HF_KEYS,
+    optional_prefixes: tuple[str, ...] = OPTIONAL_PREFIXES, hint: str = _ENCODER_HINT,
 ) -> tuple[dict[str, np.ndarray], LoadReport]:
   """Maps HF tensors onto `reference` (our flat '/'-paths -> shapes, plain layout).
 
   Returns the float32 arrays for every reference path found in the file and a report; raises
-  CheckpointMismatchError listing every missing, unexpected and mis-shaped name at once.
+  CheckpointMismatchError listing every missing, unexpected and mis-shaped name at once. The
+  keyword arguments let other backbones (decoders) reuse it with their own mapping table,
+  ignored names, optional parts and closing hint.
   """
-  ignore = [re.compile(p) for p in IGNORED_HF_KEYS]
-  is_optional = lambda path: path.startswith(OPTIONAL_PREFIXES)
+  ignore = [re.compile(p) for p in ignored_keys]
+  is_optional = lambda path: path.startswith(optional_prefixes)
   out, skipped, ignored, unexpected, mismatched = {}, [], [], [], []
   for name in sorted(tensors):
     if any(r.search(name) for r in ignore):
       ignored.append(name)
       continue
-    mapped = hf_name_to_ours(name)
+    mapped = name_to_ours(name)
     if mapped is None or (mapped[0] not in reference and not is_optional(mapped[0])):
       unexpected.append(name if mapped is None else f'{name} (-> {mapped[0]})')
       continue
@@ -209,8 +218,7 @@ def convert_hf_tensors(
       if items:
         lines.append(f'  {title}: {len(items)}')
         lines.extend(f'    {item}' for item in items)
-    lines.append('Check that config.json belongs to these weights; for a task head with a '
-                 'different label count pass num_labels=<file labels> or head=None.')
+    lines.append(hint)
     raise CheckpointMismatchError('\n'.join(lines))
   return out, LoadReport(tuple(sorted(out)), fresh, tuple(skipped), tuple(ignored))
 
