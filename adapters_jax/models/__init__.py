@@ -1,4 +1,5 @@
-"""Backbones (BERT/RoBERTa in Flax Linen), task heads and Hugging Face checkpoint import."""
+"""Backbones (BERT/RoBERTa encoders; GPT-2 and Llama-family decoders in Flax Linen), task heads,
+Hugging Face checkpoint import and cached generation."""
 
 from adapters_jax.models.bert import (
     ACTIVATIONS,
@@ -18,6 +19,10 @@ from adapters_jax.models.bert import (
     unstack_layer_params,
 )
 from adapters_jax.models.config import EncoderConfig
+from adapters_jax.models.decoder import DecoderLM
+from adapters_jax.models.decoder_config import DecoderConfig
+from adapters_jax.models.decoder_import import load_decoder
+from adapters_jax.models.generation import GenerationConfig, GenerationOutput, generate
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
 from adapters_jax.models.hf_import import (
     HF_TO_OURS,
@@ -29,10 +34,11 @@ from adapters_jax.models.hf_import import (
     build_model,
     convert_hf_tensors,
     hf_name_to_ours,
-    load_pretrained,
     merge_hf_tensors,
     read_safetensors,
 )
+from adapters_jax.models.kv_cache import KVCache
+from adapters_jax.models.loading import load_pretrained
 from adapters_jax.models.registry import SHORT_NAMES, resolve_checkpoint_dir
 
 __all__ = [
@@ -43,4 +49,7 @@ __all__ = [
     'build_model', 'classification_model', 'convert_hf_tensors', 'hf_name_to_ours',
     'is_scanned', 'load_pretrained', 'merge_hf_tensors', 'position_ids_for', 'read_safetensors',
     'resolve_checkpoint_dir', 'stack_layer_params', 'unstack_layer_params',
+    # decoders
+    'DecoderConfig', 'DecoderLM', 'GenerationConfig', 'GenerationOutput', 'KVCache', 'generate',
+    'load_decoder',
 ]
