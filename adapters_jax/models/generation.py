@@ -78,12 +78,9 @@ jax.tree_util.register_dataclass(GenerationOutput, data_fields=['tokens', 'lengt
                                  meta_fields=[])
 
 
-def next_token(logits: jax.Array, rng: jax.Array, config: GenerationConfig) -> jax.Array:
-  """Picks one token per row from `logits` `[batch, vocab]` -> `[batch]` int32."""
-  logits = logits.astype(jnp.float32)
-  if not config.do_sample:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = logits / config.temperature
+def filter_logits(logits: jax.Array, config: GenerationConfig) -> jax.Array:
+  """Sampling logits `[batch, vocab]` float32: / temperature, then -inf outside top-k/top-p."""
+  logits = logits.astype(jnp.float32) / config.temperature
   if 0 < config.top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, config.top_k)[0][:, -1:]  # [batch, 1]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
@@ -94,7 +91,14 @@ def next_token(logits: jax.Array, rng: jax.Array, config: GenerationConfig) -> j
     kept = jnp.where(mass_before < config.top_p, ordered, jnp.inf)
     threshold = jnp.min(kept, axis=-1, keepdims=True)  # smallest kept logit; the top always kept
     logits = jnp.where(logits < threshold, -jnp.inf, logits)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+  return logits
+
+
+def next_token(logits: jax.Array, rng: jax.Array, config: GenerationConfig) -> jax.Array:
+  """Picks one token per row from `logits` `[batch, vocab]` -> `[batch]` int32."""
+  if not config.do_sample:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(rng, filter_logits(logits, config), axis=-1).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
