@@ -11,6 +11,7 @@ from flax import traverse_util
 from adapters_jax import add_adapter, get_method, trainable
 from adapters_jax.models import DecoderConfig, DecoderLM, GenerationConfig, generate
 from adapters_jax.models.decoder import stack_layer_params
+from adapters_jax.sites import FFN_GATE, SiteMatchError
 from tests.models import decoder_checkpoints as dc
 
 CONFIGS = {
@@ -111,3 +112,24 @@ def test_scan_and_remat_equal_plain_layers(family):
   for got, want in zip(jax.tree.leaves(scan_grad),
                        jax.tree.leaves(stack_layer_params(plain_grad, 2)), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_gate_site_is_named_on_gated_mlps_only():
+  model, params, ids, mask = _model('llama')
+  method = get_method('lora', sites=((FFN_GATE, 'parallel'),))
+  spliced, _ = add_adapter(model, params, 'g', method, jax.random.key(1), ids, mask)
+  assert [s.path for s in spliced.adapter('g').sites] == [
+      'decoder/layer_0/ffn/gate', 'decoder/layer_1/ffn/gate']
+  gpt2, gpt2_params, ids, mask = _model('gpt2')  # plain MLP: no gate to adapt
+  with pytest.raises(SiteMatchError, match='decoder/layer_0/ffn/intermediate'):
+    add_adapter(gpt2, gpt2_params, 'g', method, jax.random.key(1), ids, mask)
+
+
+def test_training_attention_path_with_grouped_heads_equals_inference_path():
+  """With a vanishing attention-dropout rate, the training path (explicit softmax, key/value
+  heads repeated to the query heads) must give the inference path's logits."""
+  model, params, ids, mask = _model('llama', attention_dropout=1e-9)
+  inference = jax.jit(model.apply)({'params': params}, ids, mask)
+  training = jax.jit(lambda p, key: model.apply({'params': p}, ids, mask, deterministic=False,
+                                                rngs={'dropout': key}))(params, jax.random.key(5))
+  np.testing.assert_allclose(training, inference, rtol=1e-5, atol=1e-5)
