@@ -123,3 +123,17 @@ def test_right_padded_prompt_is_refused_with_the_fix_named(llama):
   _, pre, ids, mask = llama
   with pytest.raises(ValueError, match=r"rows \[0, 1\].*padding_side='left'"):
     generate(pre.model, pre.params, ids, mask[:, ::-1], GenerationConfig(max_new_tokens=2))
+
+
+@pytest.mark.parametrize('family,overrides', [
+    ('mistral', {}),  # sliding window 4: cached slots outside the window must be masked
+    ('llama', dict(rope_scaling=dict(rope_type='dynamic', factor=8.0),
+                   max_position_embeddings=8)),  # the NTK base grows step by step, as in HF
+], ids=['mistral-window', 'llama-dynamic'])
+def test_cached_greedy_equals_torch_with_window_or_dynamic_rope(family, overrides, tmp_path):
+  torch_model = dc.torch_model(family, **overrides)
+  pre = load_pretrained(str(dc.save(torch_model, tmp_path)), load_tokenizer=False)
+  ids, mask = dc.left_padded([6, 3, 8], 8, pre.config.vocab_size, seed=1)
+  out = generate(pre.model, pre.params, ids, mask, GenerationConfig(max_new_tokens=NEW))
+  np.testing.assert_array_equal(out.tokens, _torch_generate(torch_model, ids, mask,
+                                                            eos_token_id=None))
