@@ -4,6 +4,7 @@ left-padded batch (learned positions must count real tokens), cached greedy gene
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from adapters_jax.models import GenerationConfig, generate, load_pretrained
 from tests.models import decoder_checkpoints as dc
@@ -56,3 +57,41 @@ def test_bfloat16_compute_stays_close_to_float32(gpt2):
   real = mask[..., None] == 1
   err = np.linalg.norm(np.where(real, bf16 - f32, 0)) / np.linalg.norm(np.where(real, f32, 0))
   assert 1e-5 < err <= 2e-2, err  # bf16 really ran (not float32), and stayed close
+
+
+def _word_tokenizer(directory, vocab_size):
+  """A real HF fast tokenizer (word level, no pad token, like GPT-2's) saved beside the weights."""
+  from tokenizers import Tokenizer, models, pre_tokenizers
+
+  vocab = {'<eos>': 0, '<unk>': 1, **{f'w{i}': i for i in range(2, vocab_size)}}
+  tokenizer = Tokenizer(models.WordLevel(vocab, unk_token='<unk>'))
+  tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token='<eos>',
+                                              unk_token='<unk>')
+  fast.save_pretrained(str(directory))
+
+
+def test_loaded_tokenizer_pads_on_the_left_for_generation(gpt2, tmp_path):
+  torch_model, _ = gpt2
+  dc.save(torch_model, tmp_path)
+  _word_tokenizer(tmp_path, torch_model.config.vocab_size)
+  pre = load_pretrained(str(tmp_path))
+  assert pre.tokenizer.padding_side == 'left' and pre.tokenizer.pad_token == '<eos>'
+  batch = pre.tokenizer(['w5 w9 w12 w40', 'w7'], padding=True, return_tensors='np')
+  np.testing.assert_array_equal(batch['attention_mask'], [[1, 1, 1, 1], [0, 0, 0, 1]])
+  out = generate(pre.model, pre.params, batch['input_ids'], batch['attention_mask'],
+                 GenerationConfig(max_new_tokens=3))
+  # Row 1 alone (no padding) generates the same tokens: padding does not leak in.
+  alone = generate(pre.model, pre.params, batch['input_ids'][1:, -1:],
+                   batch['attention_mask'][1:, -1:], GenerationConfig(max_new_tokens=3))
+  np.testing.assert_array_equal(out.tokens[1:], alone.tokens)
+  assert pre.tokenizer.decode(out.tokens[0]).split()[0].startswith('w')
+
+
+def test_decoder_checkpoints_refuse_encoder_head_options(gpt2, tmp_path):
+  torch_model, _ = gpt2
+  dc.save(torch_model, tmp_path)
+  with pytest.raises(ValueError, match=r"valid heads: \['causal_lm'\]"):
+    load_pretrained(str(tmp_path), head='classification', load_tokenizer=False)
+  with pytest.raises(ValueError, match="num_labels is for classification heads"):
+    load_pretrained(str(tmp_path), num_labels=2, load_tokenizer=False)
