@@ -28,7 +28,9 @@ POSITION_EMBEDDINGS = ('learned', 'rope')
 MLPS = ('plain', 'gated')
 
 # Defaults of the transformers 4.57 config classes for the keys we read (a `config.json` from
-# `save_pretrained` omits values equal to these). `head_dim: None` means hidden / heads.
+# `save_pretrained` omits values equal to these). `head_dim: None` means hidden / heads. Keys a
+# family's class does not have (Qwen2's `attention_bias`, Llama's `sliding_window`) hold the
+# value that family's architecture fixes.
 HF_DEFAULTS: dict[str, dict[str, Any]] = {
     'gpt2': dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
                  n_inner=None, activation_function='gelu_new', resid_pdrop=0.1, embd_pdrop=0.1,
@@ -42,26 +44,28 @@ HF_DEFAULTS: dict[str, dict[str, Any]] = {
                   initializer_range=0.02, rms_norm_eps=1e-6, rope_theta=10000.0,
                   rope_scaling=None, attention_bias=False, attention_dropout=0.0,
                   mlp_bias=False, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                  pad_token_id=None, pretraining_tp=1),
+                  pad_token_id=None, pretraining_tp=1, sliding_window=None),
     'qwen2': dict(vocab_size=151936, max_position_embeddings=32768, hidden_size=4096,
                   intermediate_size=22016, num_hidden_layers=32, num_attention_heads=32,
                   num_key_value_heads=32, head_dim=None, hidden_act='silu',
                   initializer_range=0.02, rms_norm_eps=1e-6, rope_theta=10000.0,
                   rope_scaling=None, attention_dropout=0.0, tie_word_embeddings=False,
                   use_sliding_window=False, sliding_window=None, bos_token_id=None,
-                  eos_token_id=None, pad_token_id=None),
+                  eos_token_id=None, pad_token_id=None, attention_bias=False, mlp_bias=False),
     'mistral': dict(vocab_size=32000, max_position_embeddings=131072, hidden_size=4096,
                     intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                     num_key_value_heads=8, head_dim=None, hidden_act='silu',
                     initializer_range=0.02, rms_norm_eps=1e-6, rope_theta=10000.0,
                     rope_scaling=None, attention_dropout=0.0, tie_word_embeddings=False,
-                    sliding_window=4096, bos_token_id=1, eos_token_id=2, pad_token_id=None),
+                    sliding_window=4096, bos_token_id=1, eos_token_id=2, pad_token_id=None,
+                    attention_bias=False, mlp_bias=False),
     'gemma': dict(vocab_size=256000, max_position_embeddings=8192, hidden_size=3072,
                   intermediate_size=24576, num_hidden_layers=28, num_attention_heads=16,
                   num_key_value_heads=16, head_dim=256, hidden_act='gelu_pytorch_tanh',
                   initializer_range=0.02, rms_norm_eps=1e-6, rope_theta=10000.0,
                   rope_scaling=None, attention_bias=False, attention_dropout=0.0,
-                  tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0),
+                  tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+                  mlp_bias=False, sliding_window=None),
 }
 # HF keys whose value changes the architecture: the values we implement.
 _HF_REQUIRED_VALUES = {
@@ -212,7 +216,7 @@ def _gpt2_fields(hf: dict[str, Any]) -> dict[str, Any]:
 def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
   heads = hf['num_attention_heads']
   kv_heads = hf['num_key_value_heads'] or heads
-  attention_bias = bool(hf.get('attention_bias', False))
+  attention_bias = bool(hf['attention_bias'])
   fields = dict(
       hidden_size=hf['hidden_size'], num_layers=hf['num_hidden_layers'], num_heads=heads,
       num_kv_heads=kv_heads, head_dim=hf['head_dim'] or hf['hidden_size'] // heads,
@@ -221,8 +225,8 @@ def _llama_fields(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
       norm_eps=hf['rms_norm_eps'], norm_unit_offset=model_type == 'gemma',
       position_embedding='rope', rope_theta=float(hf['rope_theta']), mlp='gated',
       qkv_bias=attention_bias or model_type == 'qwen2', attention_output_bias=attention_bias,
-      mlp_bias=bool(hf.get('mlp_bias', False)), scale_embeddings=model_type == 'gemma',
-      sliding_window=hf.get('sliding_window') if model_type == 'mistral' else None,
+      mlp_bias=bool(hf['mlp_bias']), scale_embeddings=model_type == 'gemma',
+      sliding_window=hf['sliding_window'] if model_type == 'mistral' else None,
       attention_dropout=hf['attention_dropout'])
   fields.update(_rope_scaling_fields(hf['rope_scaling'], hf['max_position_embeddings']))
   return fields

@@ -53,6 +53,17 @@ class GenerationConfig:
   eos_token_ids: tuple[int, ...] = ()
   pad_token_id: int = 0
 
+  @classmethod
+  def for_model(cls, config: Any, **overrides: Any) -> GenerationConfig:
+    """Stops at the model's EOS ids and pads with its pad id (else its first EOS id, else 0),
+    as HF `generate` does; `overrides` set any field.
+
+    Example: `GenerationConfig.for_model(pre.config, max_new_tokens=20, do_sample=True)`.
+    """
+    eos = tuple(config.eos_token_ids)
+    pad = config.pad_token_id if config.pad_token_id is not None else (eos or (0,))[0]
+    return cls(**{'eos_token_ids': eos, 'pad_token_id': pad, **overrides})
+
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError(f'max_new_tokens={self.max_new_tokens} must be >= 1.')

@@ -137,3 +137,13 @@ def test_cached_greedy_equals_torch_with_window_or_dynamic_rope(family, override
   out = generate(pre.model, pre.params, ids, mask, GenerationConfig(max_new_tokens=NEW))
   np.testing.assert_array_equal(out.tokens, _torch_generate(torch_model, ids, mask,
                                                             eos_token_id=None))
+
+
+def test_generation_config_for_model_takes_eos_and_pad_from_the_model():
+  from adapters_jax.models import DecoderConfig
+
+  no_pad = GenerationConfig.for_model(DecoderConfig(eos_token_id=(7, 9), pad_token_id=None),
+                                      max_new_tokens=3)
+  assert (no_pad.eos_token_ids, no_pad.pad_token_id, no_pad.max_new_tokens) == ((7, 9), 7, 3)
+  with_pad = GenerationConfig.for_model(DecoderConfig(eos_token_id=2, pad_token_id=0))
+  assert (with_pad.eos_token_ids, with_pad.pad_token_id) == ((2,), 0)
