@@ -155,12 +155,14 @@ class DecoderLM(nn.Module):
     return hidden
 
   def decode(self, input_ids, attention_mask, cache: KVCache, positions=None,
-             deterministic: bool = True) -> tuple[jax.Array, KVCache]:
+             deterministic: bool = True, last_only: bool = False) -> tuple[jax.Array, KVCache]:
     """Runs `input_ids` `[batch, s]` after the tokens already in `cache`.
 
     Writes their keys/values at slots `[cache.index, cache.index + s)`; returns the logits
-    `[batch, s, vocab]` float32 and the advanced cache. `attention_mask` `[batch, s]` marks the
-    real tokens (left padding of a prompt); `positions` default to counting real tokens.
+    `[batch, s, vocab]` float32 (`[batch, 1, vocab]`, the last position's, with `last_only`:
+    all a generation step reads, and a prompt's full logits can be large) and the advanced
+    cache. `attention_mask` `[batch, s]` marks the real tokens (left padding of a prompt);
+    `positions` default to counting real tokens.
     """
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if positions is None:
@@ -170,6 +172,8 @@ class DecoderLM(nn.Module):
     mask = slot_mask(slots, cache.valid, self.config.sliding_window)  # [b, 1, s, max_len]
     hidden, kv = self._run(input_ids, positions, mask, (cache.keys, cache.values), cache.index,
                            deterministic)
+    if last_only:
+      hidden = hidden[:, -1:]  # [batch, 1, hidden]
     return self.logits(hidden), cache.advanced(kv[0], kv[1], input_ids.shape[1])
 
   def _run(self, input_ids, positions, mask, kv, cache_index, deterministic):

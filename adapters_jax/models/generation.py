@@ -126,9 +126,9 @@ class _Runner:
   def decode(self, params, input_ids, attention_mask, cache):
     if isinstance(self.model, nn.Module):
       return self.model.apply({'params': params}, input_ids, attention_mask, cache,
-                              method='decode')
+                              method='decode', last_only=True)
     return self.model.apply(params, input_ids, attention_mask, cache, active=self.active,
-                            method='decode')
+                            method='decode', last_only=True)
 
 
 def generate(model: Any, params: dict[str, Any], input_ids, attention_mask=None,
