@@ -157,9 +157,20 @@ def generate(model: Any, params: dict[str, Any], input_ids, attention_mask=None,
   if active is not None and isinstance(model, nn.Module):
     raise ValueError('active= needs a Spliced model (add_adapter returns one); a plain '
                      'DecoderLM has no adapters.')
+  runner = _Runner(model, active)
+  _check_length(runner.host.config, input_ids.shape[1] + config.max_new_tokens - 1)
   rng = jax.random.key(0) if rng is None else rng
-  return _generate(_Runner(model, active), params, input_ids,
-                   jnp.asarray(attention_mask, jnp.int32), rng, config)
+  return _generate(runner, params, input_ids, jnp.asarray(attention_mask, jnp.int32), rng,
+                   config)
+
+
+def _check_length(model_config: Any, length: int) -> None:
+  """Learned position tables end at `max_position_embeddings`: refuse longer sequences."""
+  if model_config.position_embedding == 'learned' and length > model_config.max_position_embeddings:
+    raise ValueError(
+        f'prompt length + max_new_tokens - 1 = {length} exceeds the '
+        f'{model_config.max_position_embeddings} learned positions of this model; shorten '
+        'the prompt or lower max_new_tokens.')
 
 
 def _check_left_padded(attention_mask) -> None:

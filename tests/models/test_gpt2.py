@@ -95,3 +95,10 @@ def test_decoder_checkpoints_refuse_encoder_head_options(gpt2, tmp_path):
     load_pretrained(str(tmp_path), head='classification', load_tokenizer=False)
   with pytest.raises(ValueError, match="num_labels is for classification heads"):
     load_pretrained(str(tmp_path), num_labels=2, load_tokenizer=False)
+
+
+def test_generation_past_the_learned_positions_is_refused(gpt2):
+  _, pre = gpt2
+  ids, mask = dc.left_padded([5, 2, 7], 7, pre.config.vocab_size, seed=3)
+  with pytest.raises(ValueError, match='= 66 exceeds the 64 learned positions'):
+    generate(pre.model, pre.params, ids, mask, GenerationConfig(max_new_tokens=60))
