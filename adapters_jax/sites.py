@@ -4,8 +4,9 @@ A *site* is a module call inside a host model (usually a dense projection) at wh
 applied. Sites are named by whole-name regular expressions over the module path, e.g.
 `encoder/layer_3/attention/output`. The constants below cover the module naming of this project's
 backbones (`encoder/layer_{i}/attention/query`, `.../ffn/output`, or `encoder/layers/...` when the layers
-are scanned) and that of Hugging Face Flax BERT/RoBERTa models (`bert/encoder/layer/{i}/attention/self/query`,
-`.../output/dense`), so presets splice into both without per-model edits.
+are scanned; the decoders name theirs alike under `decoder/`) and that of Hugging Face Flax BERT/RoBERTa
+models (`bert/encoder/layer/{i}/attention/self/query`, `.../output/dense`), so presets splice into all
+of them without per-model edits.
 
 Each pattern is matched with `re.fullmatch`, so a pattern names whole paths.
 """
@@ -35,6 +36,9 @@ FFN_INTERMEDIATE = rf'{_OURS}/ffn/intermediate|{_HF}/intermediate/dense'
 FFN_OUTPUT = rf'{_OURS}/ffn/output|{_HF}/output/dense'
 # The whole feed-forward block (input: hidden states, output: before the residual). Our backbones only.
 FFN_BLOCK = rf'{_OURS}/ffn'
+# The gate projection of a gated MLP (SwiGLU/GeGLU: output(act(gate(x)) * intermediate(x))); our
+# Llama-family decoders (`decoder/layer_{i}/ffn/gate`), whose `intermediate` is HF's `up_proj`.
+FFN_GATE = rf'{_OURS}/ffn/gate'
 
 # Leaves trained alongside adapters by some methods (Houlsby: layer norms), and the task head.
 LAYER_NORM_PARAMS = r'(?i).*layer_?norm[^/]*/[^/]+'

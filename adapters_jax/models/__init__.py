@@ -1,4 +1,5 @@
-"""Backbones (BERT/RoBERTa and T5 in Flax Linen), task heads and Hugging Face checkpoint import."""
+"""Backbones in Flax Linen (BERT/RoBERTa encoders, T5, GPT-2 and Llama-family decoders), task heads,
+Hugging Face checkpoint import and cached generation."""
 
 from adapters_jax.models.bert import (
     ACTIVATIONS,
@@ -18,6 +19,10 @@ from adapters_jax.models.bert import (
     unstack_layer_params,
 )
 from adapters_jax.models.config import EncoderConfig
+from adapters_jax.models.decoder import DecoderLM
+from adapters_jax.models.decoder_config import DecoderConfig
+from adapters_jax.models.decoder_import import load_decoder
+from adapters_jax.models.generation import GenerationConfig, GenerationOutput, generate
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
 from adapters_jax.models.hf_import import (
     HF_TO_OURS,
@@ -32,6 +37,7 @@ from adapters_jax.models.hf_import import (
     merge_hf_tensors,
     read_safetensors,
 )
+from adapters_jax.models.kv_cache import KVCache
 from adapters_jax.models.pretrained import MODEL_TYPES, load_pretrained
 from adapters_jax.models.registry import SHORT_NAMES, resolve_checkpoint_dir
 from adapters_jax.models.t5 import (
@@ -57,4 +63,7 @@ __all__ = [
     'MODEL_TYPES', 'T5_TO_OURS', 'T5Config', 'T5ForConditionalGeneration', 'greedy_generate',
     'init_decode_cache', 'load_t5_pretrained', 'make_greedy_generate', 'merge_t5_tensors',
     'plain_apply', 'shift_right', 'stack_t5_params', 'unstack_t5_params',
+    # decoders
+    'DecoderConfig', 'DecoderLM', 'GenerationConfig', 'GenerationOutput', 'KVCache', 'generate',
+    'load_decoder',
 ]

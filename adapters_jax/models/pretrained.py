@@ -1,11 +1,13 @@
 """`load_pretrained`: any supported checkpoint, its family chosen by `config.json`'s `model_type`.
 
-BERT/RoBERTa go to `hf_import.load_pretrained`, T5 to `t5_import.load_t5_pretrained`. The name is
-resolved once (short name, directory or hub id) and recorded as given in the returned identity.
+BERT/RoBERTa go to `hf_import.load_pretrained`, T5 to `t5_import.load_t5_pretrained`, decoders
+(GPT-2, Llama, Qwen2, Mistral, Gemma) to `decoder_import.load_decoder`. The name is resolved once
+(short name, directory or hub id) and recorded as given in the returned identity.
 
 Example:
   pre = load_pretrained('minilm-l6', head='classification', num_labels=2)   # BERT
   pre = load_pretrained('/path/to/t5-small')                                 # T5
+  pre = load_pretrained('/path/to/gpt2')                                     # DecoderLM, LM head
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from adapters_jax.models import hf_import, t5_import
+from adapters_jax.models import decoder_config, decoder_import, hf_import, t5_import
 from adapters_jax.models.config import MODEL_TYPES as ENCODER_MODEL_TYPES
 from adapters_jax.models.registry import resolve_checkpoint_dir
 
-MODEL_TYPES = ENCODER_MODEL_TYPES + ('t5',)
+MODEL_TYPES = ENCODER_MODEL_TYPES + ('t5',) + tuple(decoder_config.MODEL_TYPES)
 
 
 def load_pretrained(
@@ -34,10 +36,13 @@ def load_pretrained(
     name_or_path: a `registry.SHORT_NAMES` key, a directory with config.json + safetensors, or a
       hub id 'owner/name'.
     head: BERT/RoBERTa: None or 'classification'. T5: None (the model includes its LM head).
-    num_labels: BERT/RoBERTa head size (see `hf_import.load_pretrained`); T5 takes none.
+      Decoders: None or 'causal_lm' (both give the LM head).
+    num_labels: BERT/RoBERTa head size (see `hf_import.load_pretrained`); T5 and decoders take
+      none.
     dtype, remat, scan_layers: compute dtype and layer options of either family's config.
     seed: BERT/RoBERTa: initialises parts absent from the file (pooler, classifier).
-    config_overrides: other fields of the family's config (`EncoderConfig` or `T5Config`).
+    config_overrides: other fields of the family's config (`EncoderConfig`, `T5Config` or
+      `DecoderConfig`).
     revision: hub revision for hub ids.
     load_tokenizer: load `AutoTokenizer` from the directory (never trust_remote_code).
 
@@ -56,6 +61,14 @@ def load_pretrained(
     pre = t5_import.load_t5_pretrained(
         str(directory), head=head, dtype=dtype, remat=remat, scan_layers=scan_layers,
         config_overrides=config_overrides, load_tokenizer=load_tokenizer)
+  elif model_type in decoder_config.MODEL_TYPES:
+    if num_labels is not None:
+      raise ValueError(f'num_labels is for classification heads; {model_type} loads as a causal '
+                       "LM (head='causal_lm').")
+    pre = decoder_import.load_decoder(
+        directory, name=name_or_path, head=head or 'causal_lm', dtype=dtype, remat=remat,
+        scan_layers=scan_layers, config_overrides=config_overrides,
+        load_tokenizer=load_tokenizer)
   elif model_type is None or model_type in ENCODER_MODEL_TYPES:  # None: its error names the fix
     pre = hf_import.load_pretrained(
         str(directory), head=head, num_labels=num_labels, dtype=dtype, remat=remat,

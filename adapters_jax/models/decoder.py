@@ -1,0 +1,220 @@
+"""Decoder-only language model (GPT-2, Llama, Qwen2, Mistral, Gemma) in Flax Linen.
+
+Param/module paths (`/`-joined; adapter site patterns depend on them, as on the encoder):
+
+    embeddings/word_embeddings                 nn.Embed [vocab, hidden] (also the tied LM head)
+    embeddings/position_embeddings             nn.Embed, learned positions only (GPT-2)
+    decoder/layer_{i}/attention/{query,key,value,output}
+    decoder/layer_{i}/ffn/{gate,intermediate,output}
+    decoder/layer_{i}/{attention,ffn}_layer_norm
+    decoder/final_layer_norm
+    lm_head                                    nn.Dense hidden->vocab, untied heads only
+
+With `config.scan_layers` the blocks are one `nn.scan`ned module `decoder/layers/...` whose params
+carry a leading `[num_layers]` axis (`stack_layer_params` converts).
+
+The model-level API a task calls:
+  * `__call__(input_ids, attention_mask, positions=None)` -> logits `[batch, seq, vocab]` float32;
+  * `hidden_states(...)` -> the final-norm output `[batch, seq, hidden]`;
+  * `decode(input_ids, attention_mask, cache, positions=None)` -> `(logits, cache)`: the same
+    computation with a `KVCache` (prefill and one-token steps; see `generation.generate`).
+Default positions count real tokens (`cumsum(attention_mask) - 1`, plus the real tokens
+already in the cache), so left-padded prompts get the positions unpadded ones would.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adapters_jax.models.decoder_config import DecoderConfig
+from adapters_jax.models.decoder_layers import DecoderLayer, norm
+from adapters_jax.models.kv_cache import KVCache, slot_mask
+from adapters_jax.models.rope import rotary_cos_sin
+from adapters_jax.ops import Dropout
+
+
+def default_positions(attention_mask_: jax.Array, already_valid: jax.Array | None = None):
+  """`[batch, seq]` int32 positions: real tokens count up from the real tokens already seen
+  (`already_valid` `[batch]`, default 0); padding gets 0 (it is never attended to)."""
+  mask = attention_mask_.astype(jnp.int32)
+  positions = jnp.cumsum(mask, axis=-1) - 1
+  if already_valid is not None:
+    positions = positions + already_valid[:, None]
+  return jnp.where(mask == 1, positions, 0)
+
+
+class DecoderEmbeddings(nn.Module):
+  """Token (x sqrt(hidden) for Gemma) + learned position embeddings; the tied head's matrix."""
+
+  config: DecoderConfig
+
+  def setup(self):
+    cfg = self.config
+    init = nn.initializers.normal(cfg.initializer_range)
+    self.word_embeddings = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.float32,
+                                    param_dtype=jnp.float32, embedding_init=init)
+    if cfg.position_embedding == 'learned':
+      self.position_embeddings = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+                                          dtype=jnp.float32, param_dtype=jnp.float32,
+                                          embedding_init=init)
+    self.dropout = Dropout(cfg.embedding_dropout)
+
+  def __call__(self, input_ids, positions, deterministic: bool):
+    cfg = self.config
+    hidden = self.word_embeddings(input_ids)  # [batch, seq, hidden] float32
+    if cfg.scale_embeddings:
+      hidden = hidden * jnp.float32(cfg.hidden_size ** 0.5)
+    if cfg.position_embedding == 'learned':
+      hidden = hidden + self.position_embeddings(positions)
+    return self.dropout(hidden, deterministic=deterministic)
+
+  def attend(self, hidden):
+    """Tied LM head: `hidden @ word_embeddings.T` -> `[batch, seq, vocab]` float32."""
+    dtype = self.config.compute_dtype
+    table = self.word_embeddings.embedding.astype(dtype)  # [vocab, hidden]
+    return jnp.einsum('bsh,vh->bsv', hidden.astype(dtype), table,
+                      preferred_element_type=jnp.float32)
+
+
+class Decoder(nn.Module):
+  """The blocks (`layer_{i}`, or one scanned `layers`) and the final norm."""
+
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, hidden, mask, cos, sin, kv, cache_index, deterministic: bool):
+    """`kv`: None or the cache's (keys, values) `[layers, batch, max_len, kv_heads, dim]`.
+
+    Returns `(final-norm hidden [batch, seq, hidden] float32, new (keys, values) or None)`.
+    """
+    cfg = self.config
+    layer_cls = DecoderLayer
+    if cfg.remat:
+      # argnums count `self` as 0: (self, hidden, mask, cos, sin, kv, index, deterministic).
+      layer_cls = nn.remat(layer_cls, static_argnums=(7,), prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(
+          layer_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
+          length=cfg.num_layers)
+      hidden, kv = stack(cfg, name='layers')(hidden, mask, cos, sin, kv, cache_index,
+                                             deterministic)
+    else:
+      for i in range(cfg.num_layers):
+        layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+        hidden, new_kv = layer_cls(cfg, name=f'layer_{i}')(
+            hidden, mask, cos, sin, layer_kv, cache_index, deterministic)
+        if kv is not None:
+          kv = (kv[0].at[i].set(new_kv[0]), kv[1].at[i].set(new_kv[1]))
+    return norm(cfg, 'final_layer_norm')(hidden), kv
+
+
+class DecoderLM(nn.Module):
+  """Decoder-only causal language model with an LM head (tied or not).
+
+  Example:
+    model = DecoderLM(DecoderConfig())
+    params = model.init(jax.random.key(0), ids)['params']
+    logits = model.apply({'params': params}, ids, mask)        # [batch, seq, vocab]
+  """
+
+  config: DecoderConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embeddings = DecoderEmbeddings(cfg)
+    self.decoder = Decoder(cfg)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                              param_dtype=jnp.float32,
+                              kernel_init=nn.initializers.normal(cfg.initializer_range))
+
+  def __call__(self, input_ids, attention_mask=None, positions=None,
+               deterministic: bool = True) -> jax.Array:
+    """Logits `[batch, seq, vocab]` float32 for `input_ids` `[batch, seq]`."""
+    hidden = self.hidden_states(input_ids, attention_mask, positions, deterministic)
+    return self.logits(hidden)
+
+  def hidden_states(self, input_ids, attention_mask=None, positions=None,
+                    deterministic: bool = True) -> jax.Array:
+    """The final-norm hidden states `[batch, seq, hidden]` float32 (no cache)."""
+    input_ids = jnp.asarray(input_ids, jnp.int32)  # [batch, seq]
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if positions is None:
+      positions = default_positions(attention_mask)
+    slots = jnp.arange(input_ids.shape[1], dtype=jnp.int32)
+    mask = slot_mask(slots, jnp.asarray(attention_mask).astype(bool),
+                          self.config.sliding_window)  # [batch, 1, seq, seq]
+    hidden, _ = self._run(input_ids, positions, mask, None, None, deterministic)
+    return hidden
+
+  def decode(self, input_ids, attention_mask, cache: KVCache, positions=None,
+             deterministic: bool = True, last_only: bool = False) -> tuple[jax.Array, KVCache]:
+    """Runs `input_ids` `[batch, s]` after the tokens already in `cache`.
+
+    Writes their keys/values at slots `[cache.index, cache.index + s)`; returns the logits
+    `[batch, s, vocab]` float32 (`[batch, 1, vocab]`, the last position's, with `last_only`:
+    all a generation step reads, and a prompt's full logits can be large) and the advanced
+    cache. `attention_mask` `[batch, s]` marks the real tokens (left padding of a prompt);
+    `positions` default to counting real tokens.
+    """
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if positions is None:
+      positions = default_positions(attention_mask, jnp.sum(cache.valid, axis=1))
+    cache = cache.with_valid(attention_mask)
+    slots = cache.index + jnp.arange(input_ids.shape[1], dtype=jnp.int32)
+    mask = slot_mask(slots, cache.valid, self.config.sliding_window)  # [b, 1, s, max_len]
+    hidden, kv = self._run(input_ids, positions, mask, (cache.keys, cache.values), cache.index,
+                           deterministic)
+    if last_only:
+      hidden = hidden[:, -1:]  # [batch, 1, hidden]
+    return self.logits(hidden), cache.advanced(kv[0], kv[1], input_ids.shape[1])
+
+  def _run(self, input_ids, positions, mask, kv, cache_index, deterministic):
+    cos = sin = None
+    if self.config.position_embedding == 'rope':
+      cos, sin = rotary_cos_sin(self.config, positions)  # [batch, seq, head_dim]
+    hidden = self.embeddings(input_ids, positions, deterministic)
+    return self.decoder(hidden, mask, cos, sin, kv, cache_index, deterministic)
+
+  def logits(self, hidden) -> jax.Array:
+    """LM head on `[batch, seq, hidden]` -> `[batch, seq, vocab]` float32."""
+    if self.config.tie_word_embeddings:
+      return self.embeddings.attend(hidden)
+    return self.lm_head(hidden).astype(jnp.float32)
+
+
+_LAYER_RE = re.compile(r'^layer_(\d+)$')
+
+
+def stack_layer_params(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+  """`decoder/layer_{i}/...` -> `decoder/layers/...` with a leading `[num_layers]` axis."""
+  decoder = dict(params['decoder'])
+  names = [f'layer_{i}' for i in range(num_layers)]
+  found = sorted(k for k in decoder if _LAYER_RE.match(k))
+  if found != sorted(names):
+    raise ValueError(f'Expected decoder layers {names}; got {found}.')
+  layers = [decoder.pop(n) for n in names]
+  decoder['layers'] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+  return {**params, 'decoder': decoder}
+
+
+def unstack_layer_params(params: dict[str, Any]) -> dict[str, Any]:
+  """Inverse of `stack_layer_params`."""
+  decoder = dict(params['decoder'])
+  stacked = decoder.pop('layers')
+  num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+  for i in range(num_layers):
+    decoder[f'layer_{i}'] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+  return {**params, 'decoder': decoder}
+
+
+def is_scanned(params: dict[str, Any]) -> bool:
+  """Whether `params` uses the `scan_layers=True` layout."""
+  return 'layers' in params.get('decoder', {})
