@@ -31,12 +31,12 @@ from flax import traverse_util
 from adapters_jax.models import decoder
 from adapters_jax.models.decoder_config import DecoderConfig
 from adapters_jax.models.hf_import import (
-    BaseModelIdentity,
-    LoadReport,
-    Pretrained,
-    _weights_sha256,
-    convert_hf_tensors,
-    read_safetensors,
+  BaseModelIdentity,
+  LoadReport,
+  Pretrained,
+  convert_hf_tensors,
+  read_safetensors,
+  weights_sha256,
 )
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,6 @@ def load_decoder(directory: str | pathlib.Path, *, name: str | None = None,
         str(directory), trust_remote_code=False, padding_side='left')
     if tokenizer.pad_token is None:
       tokenizer.pad_token = tokenizer.eos_token
-  identity = decoder_identity(name or str(directory), params, _weights_sha256(directory))
+  identity = decoder_identity(name or str(directory), params, weights_sha256(directory))
   return Pretrained(model=model, params=params, tokenizer=tokenizer, config=config,
                     identity=identity, directory=directory, report=report)
