@@ -19,6 +19,7 @@ returns its result and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -113,7 +114,17 @@ def _check_splits(config: ml_collections.ConfigDict, task: data.Task) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains, evaluates and writes everything to `workdir`. Returns the result record."""
+  """Trains, evaluates and writes everything to `workdir`. Returns the result record.
+
+  Checkpoint managers and the metrics log are closed however the run ends (Orbax's background
+  threads otherwise outlive their event loops and print tracebacks at exit).
+  """
+  with contextlib.ExitStack() as cleanup:
+    return _train_and_evaluate(config, workdir, cleanup)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        cleanup: contextlib.ExitStack) -> dict[str, Any]:
   wall_start = time.time()
   if config.distributed:
     jax.distributed.initialize()
@@ -148,6 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   os.makedirs(workdir, exist_ok=True)
   checkpoints = TrainCheckpoints(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints)
+  cleanup.callback(checkpoints.close)
   position, best, resume_step = data.DataPosition(), None, None
   restored = checkpoints.restore_latest(state)
   if restored is not None:
@@ -182,6 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       with progress.paused():  # TensorBoard's first import takes seconds
         run_files.write_config(config, workdir)
         log = MetricsLog(workdir, resume_step=resume_step, tensorboard=config.tensorboard)
+        cleanup.callback(log.close)
     boundary = step == total_steps
     do_eval = boundary or step % config.eval_every_steps == 0
     do_save = boundary or step % config.checkpoint_every_steps == 0
@@ -212,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if log is None:  # resumed at the last step: only the final evaluation was missing
     run_files.write_config(config, workdir)
     log = MetricsLog(workdir, resume_step=resume_step, tensorboard=config.tensorboard)
+    cleanup.callback(log.close)
 
   best_params, _ = trainable.split(load_best(experiment, workdir), experiment.mask)
   best_params = sharding.replicate(best_params, mesh)

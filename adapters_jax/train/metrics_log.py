@@ -70,8 +70,10 @@ class MetricsLog:
       self._writer.flush()
 
   def close(self) -> None:
+    """Closes the TensorBoard writer; a second call does nothing."""
     if self._writer is not None:
       self._writer.close()
+      self._writer = None
 
 
 def _to_python(value: Any) -> Any:
