@@ -60,6 +60,7 @@ class Progress:
     self.final_eval_examples = final_eval_examples
     self.enabled = jax.process_index() == 0
     self.tty = sys.stderr.isatty()
+    self._open_line = False  # a tty progress line waits for its newline
     self._windows: collections.deque[tuple[int, float]] = collections.deque(maxlen=WINDOW)
     self._train_steps, self._train_seconds = 0, 0.0
     self._eval_examples_done, self._eval_seconds = 0, 0.0
@@ -121,6 +122,7 @@ class Progress:
             f'{self.examples_per_second():.1f} ex/s | ETA {_duration(self.eta_seconds(step))}')
     end = '' if self.tty and step < self.total else '\n'
     print(('\r' if self.tty else '') + line, end=end, file=sys.stderr, flush=True)
+    self._open_line = end == ''
 
   @contextlib.contextmanager
   def evaluation(self, split: str, examples: int):
@@ -147,7 +149,8 @@ class Progress:
 
   def _print(self, line: str) -> None:
     if self.enabled:
-      print(line, file=sys.stderr, flush=True)
+      print(('\n' if self._open_line else '') + line, file=sys.stderr, flush=True)
+      self._open_line = False
 
 
 def _duration(seconds: float) -> str:
