@@ -1,4 +1,4 @@
-r"""Trains AdapterFusion over frozen task adapters (Pfeiffer et al. 2021) and evaluates it.
+r"""Alias of `experiments.train`: AdapterFusion (Pfeiffer et al. 2021) trains like any method.
 
   python -m experiments.fuse --config=experiments/configs/mini_fusion.py:fusion-rotten_tomatoes \
       --workdir=workdirs/mini_fusion/fusion-rotten_tomatoes
@@ -6,13 +6,12 @@ r"""Trains AdapterFusion over frozen task adapters (Pfeiffer et al. 2021) and ev
       --workdir=workdirs/fusion_glue/fusion-rte
 
 The adapters to fuse are `--config.method_options.adapter_dirs` (checkpoints written by
-experiments.train, e.g. `<workdir>/best`). Writes result.json, metrics.jsonl, best/ (the fusion
-layers and head, recording the fused adapters) and fusion_attention.png to --workdir.
+experiments.train, e.g. `<workdir>/best`). The run resumes, checkpoints and writes like any
+experiments.train run (result.json, metrics.jsonl, best/ recording the fused adapters), plus
+fusion_attention.png.
 """
 
-import json
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Config file (python), with an optional :arg.',
@@ -25,17 +24,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from adapters_jax.host_memory import reuse_freed_host_memory
-  reuse_freed_host_memory()  # first: before TensorFlow or JAX start their threads
-  from adapters_jax.fusion_train import train_and_evaluate  # after flags: keeps --help fast
+  from experiments.training_run import run
 
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  keys = ('task', 'method', 'fused_adapters', 'trainable_params', 'trainable_percent', 'best_step',
-          'validation_metrics', 'test_metrics', 'best_checkpoint', 'attention_plot',
-          'train_examples_per_second')
-  print(json.dumps({k: result[k] for k in keys}, indent=2))
+  run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

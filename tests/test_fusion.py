@@ -13,7 +13,6 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
-from tensorflow_datasets import testing as tfds_testing
 
 from adapters_jax import adapter_leaves, add_adapter, checkpoint, get_method, trainable
 from adapters_jax.adapter_set import restore_adapters
@@ -185,28 +184,6 @@ def adapter_workdirs(tiny_bert, tmp_path_factory):
     loop.train_and_evaluate(config, str(root / task))
     workdirs[task] = str(root / task)
   return workdirs
-
-
-def test_fusion_glue_smoke_on_mock_data(tiny_bert, adapter_workdirs, tmp_path):
-  from adapters_jax.data import get_task
-  from adapters_jax.fusion_train import build_fusion_experiment, train_and_evaluate
-  from experiments.configs import fusion_glue
-
-  config = fusion_glue.get_config('fusion-rte,smoke')
-  config.model = tiny_bert
-  config.method_options.adapter_dirs = tuple(adapter_workdirs[t] + '/best'
-                                             for t in ('rotten_tomatoes', 'tweet_sentiment'))
-  with tfds_testing.mock_data(num_examples=16):
-    result = train_and_evaluate(config, str(tmp_path))
-  assert result['fused_adapters'] == ['rotten_tomatoes', 'tweet_sentiment']
-  assert set(result['test_metrics']) == set() and 'validation' in result['validation_metrics']
-  assert os.path.exists(tmp_path / 'fusion_attention.png')
-  with open(tmp_path / 'result.json') as f:
-    counts = json.load(f)
-  assert 0 < counts['trainable_params'] < counts['total_params']
-  # The saved fusion restores over the same adapters.
-  experiment = build_fusion_experiment(config, get_task('rte'), fusion_dir=str(tmp_path / 'best'))
-  assert experiment.adapter_name == 'rotten_tomatoes,tweet_sentiment'
 
 
 def test_multi_predictor_per_row_column_and_cli(adapter_workdirs, tmp_path):

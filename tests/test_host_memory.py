@@ -27,9 +27,11 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 _PAGES = (256 << 20) // os.sysconf('SC_PAGE_SIZE')
 
 
-def _second_touch_faults(mode: str, env: dict[str, str] | None = None) -> tuple[str, int]:
+def _second_touch_faults(mode: str, env: dict[str, str] | None = None,
+                         drop: tuple[str, ...] = ()) -> tuple[str, int]:
+  environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
   out = subprocess.run([sys.executable, '-c', _PROBE, mode], capture_output=True, text=True,
-                       check=True, env={**os.environ, **(env or {})}).stdout.split()
+                       check=True, env=environ).stdout.split()
   return out[0], int(out[1])
 
 
@@ -44,3 +46,33 @@ def test_freed_blocks_are_reused_without_page_faults():
   # The documented environment variable does the same for any program.
   _, env_faults = _second_touch_faults('skip', {'GLIBC_TUNABLES': host_memory.GLIBC_TUNABLES})
   assert env_faults < _PAGES // 100
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
+def test_applied_only_where_jax_computes_on_the_cpu(tmp_path):
+  # Bug caught: applying it on GPU/TPU hosts (never measured there), or deciding from
+  # JAX_PLATFORMS alone and missing an installed accelerator plugin.
+  pythonpath = os.environ.get('PYTHONPATH', '')
+  for platforms, applied in (('cpu', True), ('cpu,cuda', True), ('cuda', False), ('tpu,cpu', False)):
+    result, faults = _second_touch_faults('call', {'JAX_PLATFORMS': platforms})
+    assert result == str(applied), platforms
+    assert (faults < _PAGES // 100) == applied, (platforms, faults)
+  # JAX_PLATFORMS unset: this environment has no accelerator plugin, so JAX runs on the CPU.
+  assert host_memory.accelerator_plugins() == []
+  result, _ = _second_touch_faults('call', drop=('JAX_PLATFORMS',))
+  assert result == 'True'
+  # A plugin the way jax-cuda12-plugin installs one: a module in the jax_plugins namespace.
+  namespaced = tmp_path / 'namespaced'
+  (namespaced / 'jax_plugins' / 'xla_cuda12').mkdir(parents=True)
+  (namespaced / 'jax_plugins' / 'xla_cuda12' / '__init__.py').write_text('')
+  # ... or an entry point in the jax_plugins group of an installed distribution.
+  advertised = tmp_path / 'advertised'
+  info = advertised / 'fake_gpu_plugin-1.0.dist-info'
+  info.mkdir(parents=True)
+  (info / 'METADATA').write_text('Metadata-Version: 2.1\nName: fake-gpu-plugin\nVersion: 1.0\n')
+  (info / 'entry_points.txt').write_text('[jax_plugins]\nfake_gpu = fake_gpu_plugin\n')
+  for folder in (namespaced, advertised):
+    env = {'PYTHONPATH': os.pathsep.join(p for p in (str(folder), pythonpath) if p)}
+    result, faults = _second_touch_faults('call', env, drop=('JAX_PLATFORMS',))
+    assert result == 'False', folder
+    assert faults > _PAGES // 2

@@ -4,11 +4,21 @@ Each step directory holds `state` (trainable params, their optimizer state, step
 (JSON: data position, best-so-far on validation). Frozen base weights are never written; a resumed
 run reloads them from the base model. Saves are synchronous and atomic (Orbax finalises a step
 directory by renaming it), so a run killed at any moment resumes from its last complete step.
+
+Each complete step gets a digest of its files (`DIGEST_FILE`, sha256 per file). A step whose files
+no longer match it, or that Orbax cannot read, is reported in one line, removed, and the run resumes
+from the newest step that restores (`keep_checkpoints` keeps older ones); the removed step is then
+written again by the resumed run, so a corrupt checkpoint never stands in for a good one. Checking
+the digest first keeps Orbax from starting a restore that fails halfway, which leaves reads pending
+on a closed event loop (tracebacks at exit).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -16,6 +26,8 @@ import orbax.checkpoint as ocp
 
 from adapters_jax.checkpoint import CheckpointError
 from adapters_jax.train.step import TrainState
+
+DIGEST_FILE = 'files.sha256.json'
 
 
 class TrainCheckpoints:
@@ -37,25 +49,109 @@ class TrainCheckpoints:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_as_dict(state)),
                                                     meta=ocp.args.JsonSave(meta)))
     self.manager.wait_until_finished()
+    if jax.process_index() == 0:
+      step_dir = self._step_dir(step)
+      tmp = os.path.join(step_dir, f'.{DIGEST_FILE}.tmp')
+      with open(tmp, 'w') as f:
+        json.dump(_file_digests(step_dir), f, indent=1, sort_keys=True)
+      os.replace(tmp, os.path.join(step_dir, DIGEST_FILE))
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def check_files(self, step: int) -> None:
+    """Raises CheckpointError when a file of `step` differs from its recorded digest."""
+    step_dir = self._step_dir(step)
+    path = os.path.join(step_dir, DIGEST_FILE)
+    if not os.path.exists(path):
+      return  # killed between Orbax's commit and the digest: Orbax's own checks remain
+    try:
+      with open(path) as f:
+        recorded = json.load(f)
+    except ValueError as e:
+      raise CheckpointError(f'The checkpoint at step {step} has an unreadable {DIGEST_FILE}.') from e
+    found = _file_digests(step_dir)
+    differ = sorted(p for p in set(recorded) | set(found) if recorded.get(p) != found.get(p))
+    if differ:
+      raise CheckpointError(f'The checkpoint at step {step} in {self.directory} is damaged: '
+                            f'{len(differ)} file(s) differ from their digest (e.g. {differ[0]}).')
 
   def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict[str, Any]]:
-    """Restores step `step` into the structure (and shardings) of `like`."""
+    """Restores step `step` into the structure (and shardings) of `like`.
+
+    Raises:
+      CheckpointError: the step does not fit `like` or its files cannot be read (one line).
+    """
+    self.check_files(step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _as_dict(like))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # Orbax raises bare Exceptions (with long TensorStore dumps) on damage.
       raise CheckpointError(
-          f'The checkpoint at step {step} in {self.directory} does not fit this run (was it made '
-          f'with another model, method or optimizer config?): {str(e)[:500]}') from e
+          f'The checkpoint at step {step} in {self.directory} cannot be restored into this run: '
+          f'{_first_line(e)}') from e
     state = restored['state']
     return (TrainState(step=state['step'], params=state['params'], opt_state=state['opt_state'],
                        rng=state['rng']), restored['meta'])
 
+  def restore_latest(self, like: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
+    """The newest step that restores, after removing newer ones that do not; None when none exist.
+
+    Raises:
+      CheckpointError: no step restores (e.g. they were made with another model, method or
+        optimizer config); names the newest step's problem.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failed: list[tuple[int, CheckpointError]] = []
+    for step in steps:
+      try:
+        restored = self.restore(step, like)
+      except CheckpointError as e:
+        failed.append((step, e))
+        continue
+      for bad, error in failed:
+        if jax.process_index() == 0:
+          print(f'{error} Removed it; resuming from step {step}.', file=sys.stderr, flush=True)
+        self.manager.delete(bad)
+      self.manager.reload()
+      return restored
+    if failed:
+      raise CheckpointError(f'{failed[0][1]} No step in {self.directory} restores (steps '
+                            f'{steps}): was it made with another model, method or optimizer config? '
+                            'Use a new --workdir.') from failed[0][1]
+    return None
+
   def close(self) -> None:
-    self.manager.close()
+    """Closes the manager (and its threads); a second call does nothing."""
+    if self.manager is not None:
+      self.manager.close()
+      self.manager = None
 
 
 def _as_dict(state: TrainState) -> dict[str, Any]:
   return {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
           'rng': state.rng}
+
+
+def _first_line(error: BaseException) -> str:
+  """The first line of an error, cut to 300 characters."""
+  lines = [line for line in str(error).splitlines() if line.strip()]
+  return f'{type(error).__name__}: {(lines[0] if lines else "")[:300]}'
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+  """sha256 of every file under a step directory (but the digest file), by relative path."""
+  digests = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      relative = os.path.relpath(path, step_dir)
+      if relative == DIGEST_FILE or name.startswith(f'.{DIGEST_FILE}'):
+        continue
+      digest = hashlib.sha256()
+      with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+          digest.update(chunk)
+      digests[relative] = digest.hexdigest()
+  return digests

@@ -3,26 +3,55 @@
 Shared by the training loop and the prediction entry point, so both build exactly the same tree.
 
 Methods: any adapter preset (`houlsby`, `pfeiffer`, `parallel`, `lora`, `ia3`, `compacter`,
-`compacter++`), plus two baselines without adapters: `full` (full fine-tuning) and `head` (only the
-task head trains).
+`compacter++`); `fusion` (AdapterFusion over the frozen adapters of earlier runs,
+`config.method_options.adapter_dirs`; its loss adds `fusion_regularization`); and two baselines
+without adapters: `full` (full fine-tuning) and `head` (only the task head trains).
+
+`config.init_adapter_from` names an adapter checkpoint of ours (`save_adapter`, e.g. another run's
+`best/`) whose adapter leaves (and the base leaves it trained, such as Houlsby's layer norms; never
+its task head) initialise the run's adapter before training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import traverse_util
 
-from adapters_jax import data, models, trainable
+from adapters_jax import data, method_from_dict, models, restore_adapters, trainable
+from adapters_jax.checkpoint import (
+  CheckpointError,
+  load_leaves,
+  load_record,
+  overwrite_leaves,
+  save_adapter,
+  save_trained,
+)
+from adapters_jax.fusion import (
+  add_fusion,
+  fusion_attentions,
+  fusion_regularization,
+  fusion_rules,
+  plot_fusion_attention,
+  save_fusion,
+)
 from adapters_jax.methods import PRESETS, adapter_drop, get_method
 from adapters_jax.sites import HEAD_PARAMS
-from adapters_jax.splice import Spliced, add_adapter
+from adapters_jax.splice import Spliced, add_adapter, is_adapter_path
+from adapters_jax.train.tasks import TaskKind, task_kind_for
 
 BASELINE_METHODS = ('full', 'head')
-METHODS = tuple(PRESETS) + BASELINE_METHODS
+FUSION_METHOD = 'fusion'
+METHODS = tuple(PRESETS) + (FUSION_METHOD,) + BASELINE_METHODS
+ATTENTION_PLOT = 'fusion_attention.png'
 
 Params = dict[str, Any]
 
@@ -35,27 +64,54 @@ class Experiment:
     config: the run's config.
     pretrained: the loaded base model (model, params, tokenizer, identity).
     spec: the task spec (labels, metrics, splits).
+    task_kind: loss, evaluation outputs and metrics of the task (`train.tasks`).
     spliced: the host model with the adapter spliced in (no adapter for baselines).
     params: all params: base, head and adapter.
     mask: True on the leaves that train.
-    adapter_name: the adapter's name, or None for baselines.
+    adapter_name: the adapter's (or fusion's) name, or None for baselines.
+    regularizer: `(full params) -> scalar` added to the task loss in training, or None.
+    result_fields: more facts for result.json (e.g. the fused adapters).
+    report: `(best params, validation split, workdir) -> result fields` run once after training
+      (e.g. fusion's attention plot), or None.
   """
 
   config: ml_collections.ConfigDict
   pretrained: models.Pretrained
   spec: data.TaskSpec
+  task_kind: TaskKind
   spliced: Spliced
   params: Params
   mask: Params
   adapter_name: str | None
+  regularizer: Callable[[Params], jax.Array] | None = None
+  result_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+  report: Callable[[Params, data.EncodedDataset, str], dict[str, Any]] | None = None
+
+  def forward(self, params: Params, *args: Any, rng: jax.Array | None = None, **kwargs: Any) -> Any:
+    """The spliced model with the run's adapter active; dropout on when `rng` is a key."""
+    rngs = None if rng is None else {'dropout': rng}
+    return self.spliced.apply(params, *args, deterministic=rng is None, active=self.adapter_name,
+                              rngs=rngs, **kwargs)
+
+  def training_loss(self, params: Params, batch: dict[str, jax.Array], rng: jax.Array) -> jax.Array:
+    """The task loss of a batch plus the experiment's regulariser (if any): a scalar."""
+    loss = self.task_kind.loss(self.forward, params, batch, rng)
+    return loss if self.regularizer is None else loss + self.regularizer(params)
 
   def logits(self, params: Params, batch: dict[str, jax.Array], *, deterministic: bool,
              rng: jax.Array | None = None) -> jax.Array:
-    """Model output for a batch: [B, num_labels] float32 ([B, 1] for regression)."""
-    rngs = None if deterministic else {'dropout': rng}
-    return self.spliced.apply(params, batch['input_ids'], batch['attention_mask'],
-                              batch['token_type_ids'], deterministic=deterministic,
-                              active=self.adapter_name, rngs=rngs)
+    """Classification/regression head output for a batch: [B, num_labels] ([B, 1] regression)."""
+    return self.forward(params, batch['input_ids'], batch['attention_mask'],
+                        batch['token_type_ids'], rng=None if deterministic else rng)
+
+  def save_best(self, directory: str, params: Params, extra: dict[str, Any]) -> str:
+    """Writes the trained leaves of `params` as an adapter-only checkpoint."""
+    base_name = self.config.model
+    if self.adapter_name is None:
+      return save_trained(directory, params, self.mask, base_name=base_name, extra=extra)
+    save = save_fusion if self.config.method == FUSION_METHOD else save_adapter
+    return save(directory, self.spliced, params, self.adapter_name, mask=self.mask,
+                base_name=base_name, extra=extra)
 
   def counts(self) -> trainable.ParamCounts:
     return trainable.count(self.params, self.mask)
@@ -79,20 +135,33 @@ def trainable_rules(config: ml_collections.ConfigDict, spliced: Spliced,
     return [(r'.*', True)]
   if config.method == 'head':
     return [(HEAD_PARAMS, True), (r'.*', False)]
+  if config.method == FUSION_METHOD:
+    return fusion_rules(spliced, adapter_name, train_head=config.train_head)
   return trainable.adapter_rules([spliced.adapter(adapter_name)], train_head=config.train_head)
+
+
+def _sample_call() -> tuple[tuple[jax.Array, ...], dict[str, Any]]:
+  """One host call's arguments, for the shapes of a splice."""
+  sample = jnp.ones((2, 16), jnp.int32)  # [batch, seq]
+  return (sample, sample, jnp.zeros_like(sample)), {'deterministic': True}
 
 
 def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> Experiment:
   """Loads the base model with a head for `spec` and splices the configured adapter into it."""
   if config.method not in METHODS:
     raise ValueError(f'Unknown method {config.method!r}; valid methods: {list(METHODS)}.')
-  if config.adapter_drop_layers and config.method in BASELINE_METHODS:
+  if config.adapter_drop_layers and config.method in BASELINE_METHODS + (FUSION_METHOD,):
     raise ValueError(f'adapter_drop_layers={tuple(config.adapter_drop_layers)} needs an adapter '
                      f'method, not {config.method!r}.')
+  if config.init_adapter_from and config.method in BASELINE_METHODS + (FUSION_METHOD,):
+    raise ValueError(f'init_adapter_from={config.init_adapter_from!r} initialises an adapter; '
+                     f'method {config.method!r} has none to initialise.')
   pretrained = models.load_pretrained(
       config.model, head='classification', num_labels=spec.num_labels, dtype=config.dtype,
       remat=config.remat, scan_layers=config.scan_layers, seed=config.seed,
       config_overrides=dict(config.model_overrides))
+  if config.method == FUSION_METHOD:
+    return _build_fusion(config, spec, pretrained)
   params = pretrained.params
   spliced = Spliced(pretrained.model)
   adapter_name = None
@@ -100,10 +169,112 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
     adapter_name = config.adapter_name or spec.name
     method = adapter_drop(get_method(config.method, **dict(config.method_options)),
                           config.adapter_drop_layers)
-    sample = jnp.ones((2, 16), jnp.int32)
+    args, kwargs = _sample_call()
     spliced, params = add_adapter(spliced, params, adapter_name, method,
-                                  jax.random.PRNGKey(config.seed + 1), sample, sample,
-                                  jnp.zeros_like(sample), deterministic=True)
+                                  jax.random.PRNGKey(config.seed + 1), *args, **kwargs)
+    if config.init_adapter_from:
+      params = init_adapter_from(config.init_adapter_from, spliced, params, adapter_name)
   mask = trainable.make_mask(params, trainable_rules(config, spliced, adapter_name))
-  return Experiment(config=config, pretrained=pretrained, spec=spec, spliced=spliced,
-                    params=params, mask=mask, adapter_name=adapter_name)
+  return Experiment(config=config, pretrained=pretrained, spec=spec, task_kind=task_kind_for(spec),
+                    spliced=spliced, params=params, mask=mask, adapter_name=adapter_name)
+
+
+def init_adapter_from(directory: str, spliced: Spliced, params: Params, name: str) -> Params:
+  """`params` with adapter `name` initialised from the adapter checkpoint in `directory`.
+
+  The checkpoint's method config must equal the run's; its adapter leaves are renamed to `name`;
+  its head is left out (the run's task may have other labels).
+
+  Raises:
+    CheckpointError: not an adapter checkpoint, another method config (the differing fields), or
+      leaves that do not fit (every missing, unexpected and mis-shaped leaf).
+  """
+  record = load_record(directory)
+  if not record.get('adapter'):
+    raise CheckpointError(f'init_adapter_from={directory!r} holds no adapter (a full fine-tuning '
+                          'or head-only run); give an adapter checkpoint such as a run\'s best/.')
+  want = json.loads(spliced.adapter(name).method.to_json())
+  got = record['method']
+  differ = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+  if differ:
+    raise CheckpointError(
+        f'init_adapter_from={directory!r} holds a {got.get("kind")} adapter whose config differs '
+        f'from this run\'s in {differ} (checkpoint: {[got.get(k) for k in differ]}, run: '
+        f'{[want.get(k) for k in differ]}); set --config.method/--config.method_options to match.')
+  old = record['adapter']
+  leaves = {_rename_adapter(p, old, name): v for p, v in load_leaves(directory).items()
+            if not re.fullmatch(HEAD_PARAMS, p)}
+  flat = traverse_util.flatten_dict(params, sep='/')
+  problems = [f'missing:    {p} {tuple(v.shape)}' for p, v in sorted(flat.items())
+              if is_adapter_path(p, name) and p not in leaves]
+  problems += [f'unexpected: {p} {tuple(v.shape)}' for p, v in sorted(leaves.items()) if p not in flat]
+  problems += [f'shape:      {p} expected {tuple(flat[p].shape)}, checkpoint has {tuple(v.shape)}'
+               for p, v in sorted(leaves.items()) if p in flat and flat[p].shape != v.shape]
+  if problems:
+    raise CheckpointError(f'init_adapter_from={directory!r} does not fit this run\'s adapter:\n  '
+                          + '\n  '.join(problems))
+  return overwrite_leaves(params, leaves, what=f'adapter checkpoint {directory}')
+
+
+def _rename_adapter(path: str, old: str, new: str) -> str:
+  parts = path.split('/')
+  for i in range(len(parts) - 1):
+    if parts[i] == 'adapters' and parts[i + 1] == old:
+      parts[i + 1] = new
+  return '/'.join(parts)
+
+
+def _build_fusion(config: ml_collections.ConfigDict, spec: data.TaskSpec,
+                  pretrained: models.Pretrained) -> Experiment:
+  """The frozen adapters of `method_options.adapter_dirs` (heads dropped), a new fusion over them
+  and the base's fresh head; the fusion layers and the head train."""
+  options = config.method_options
+  for key in ('adapter_dirs', 'temperature', 'dropout', 'regularization'):
+    if key not in options:
+      raise ValueError(f'method=fusion needs config.method_options.{key} (see '
+                       'experiments/configs/mini_fusion.py).')
+  if not options.adapter_dirs:
+    raise ValueError('config.method_options.adapter_dirs names no adapter checkpoint to fuse; '
+                     'give the best/ directories of earlier runs.')
+  missing = [d for d in options.adapter_dirs if not os.path.isdir(d)]
+  if missing:
+    raise ValueError(f'config.method_options.adapter_dirs: no checkpoint at {missing}; train those '
+                     'adapters first (experiments.train) or fix the paths.')
+  args, kwargs = _sample_call()
+  spliced, params, restored = restore_adapters(list(options.adapter_dirs), pretrained.model,
+                                               pretrained.params, *args, **kwargs)
+  names = tuple(restored)
+  fusion_config = method_from_dict({
+      'kind': FUSION_METHOD, 'adapters': names, 'temperature': float(options.temperature),
+      'dropout': float(options.dropout), 'regularization': float(options.regularization)})
+  spliced, params = add_fusion(spliced, params, names, jax.random.PRNGKey(config.seed + 1),
+                               fusion_config)
+  name = ','.join(names)
+  mask = trainable.make_mask(params, trainable_rules(config, spliced, name))
+
+  def regularizer(full_params: Params) -> jax.Array:
+    return fusion_regularization(spliced, full_params, name)
+
+  experiment = Experiment(config=config, pretrained=pretrained, spec=spec,
+                          task_kind=task_kind_for(spec), spliced=spliced, params=params, mask=mask,
+                          adapter_name=name, regularizer=regularizer,
+                          result_fields={'fused_adapters': list(names)})
+  experiment.report = lambda best, dataset, workdir: _attention_report(experiment, best, dataset,
+                                                                       workdir)
+  return experiment
+
+
+def _attention_report(experiment: Experiment, params: Params, dataset: data.EncodedDataset,
+                      workdir: str, max_examples: int = 64) -> dict[str, Any]:
+  """Mean fusion attention per site over up to `max_examples` validation examples, as a PNG."""
+  batch = next(iter(data.eval_batches(dataset.subset(range(min(len(dataset), max_examples))),
+                                      max_examples)))
+  _, state = experiment.spliced.apply(
+      params, batch['input_ids'], batch['attention_mask'], batch['token_type_ids'],
+      deterministic=True, active=experiment.adapter_name, mutable=['intermediates'])
+  attentions = fusion_attentions(state['intermediates'], experiment.adapter_name)
+  mask = batch['attention_mask'] * batch['example_mask'][:, None]  # [B, L]
+  path = plot_fusion_attention(attentions, os.path.join(workdir, ATTENTION_PLOT),
+                               adapters=experiment.result_fields['fused_adapters'], mask=mask,
+                               title=f'AdapterFusion on {experiment.spec.name}')
+  return {'attention_plot': path}

@@ -1,19 +1,26 @@
-"""The training loop: `train_and_evaluate(config, workdir)`.
+"""The training loop: `train_and_evaluate(config, workdir)`, for every method and task kind.
 
-Trains the configured adapter (or baseline) on the configured task, evaluates on validation every
-`eval_every_steps` and at the end, keeps the best-on-validation trained leaves in `workdir/best`,
-checkpoints the trainable state every `checkpoint_every_steps` (resuming from the latest one when
-rerun on the same workdir), and writes `metrics.jsonl`, TensorBoard events and `result.json`.
+Trains the configured adapter (a fusion, or a baseline) on the configured task, evaluates on
+validation every `eval_every_steps` and at the end, keeps the best-on-validation trained leaves in
+`workdir/best`, checkpoints the trainable state every `checkpoint_every_steps` (resuming from the
+latest readable one when rerun on the same workdir), and writes `metrics.jsonl`, TensorBoard events
+and, last, `result.json`. The loop only shards, steps, evaluates, logs and checkpoints: the loss,
+evaluation outputs and metrics come from the experiment's task kind (`train.tasks`), and an
+experiment's regulariser (AdapterFusion's) is part of its training loss.
 
 Determinism: the data order is a function of (seed, epoch), the dropout key of step s is
 `fold_in(rng, s)`, and everything in a checkpoint is restored exactly, so a run killed at any point
 and resumed ends with the same weights and metrics as one that never stopped.
+
+Workdir rules (`train.run_files`): nothing but an empty `checkpoints/` is written before the first
+step, so a failed start leaves the workdir reusable; a finished run (it has `result.json`) rerun
+returns its result and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import math
 import os
 import sys
@@ -26,21 +33,17 @@ import numpy as np
 import optax
 
 from adapters_jax import checkpoint, data, trainable
-from adapters_jax.train import sharding
+from adapters_jax.train import run_files, sharding
 from adapters_jax.train.checkpointing import TrainCheckpoints
+from adapters_jax.train.evaluation import evaluate, make_eval_step
 from adapters_jax.train.experiment import Experiment, build_experiment, task_source
-from adapters_jax.train.metrics_log import MetricsLog, Progress
-from adapters_jax.train.step import (
-    classification_loss,
-    create_train_state,
-    regression_loss,
-    train_step,
-)
+from adapters_jax.train.metrics_log import MetricsLog
+from adapters_jax.train.progress import Progress
+from adapters_jax.train.run_files import CONFIG_FILE, RESULT_FILE  # noqa: F401 (public names)
+from adapters_jax.train.step import create_train_state, train_step
 
 BEST_DIR = 'best'
 CHECKPOINT_DIR = 'checkpoints'
-CONFIG_FILE = 'config.json'
-RESULT_FILE = 'result.json'
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,15 +57,6 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.
       optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
       optax.linear_schedule(config.learning_rate, 0.0, max(total_steps - warmup, 1)),
   ], [max(warmup, 1)])
-
-
-def loss_fn_for(spec: data.TaskSpec):
-  def loss_fn(output, batch):
-    weights = batch['example_mask']
-    if spec.is_regression:
-      return regression_loss(output, batch['labels'], weights)
-    return classification_loss(output, batch['labels'], weights)
-  return loss_fn
 
 
 def encode_splits(config: ml_collections.ConfigDict, task: data.Task,
@@ -82,39 +76,20 @@ def encode_splits(config: ml_collections.ConfigDict, task: data.Task,
   return encoded
 
 
+def _the_loss(loss: jax.Array, batch) -> jax.Array:
+  return loss
+
+
 def make_step_fns(experiment: Experiment, tx: optax.GradientTransformation):
   """The jitted train step (state donated) and eval step of an experiment.
 
   Returns:
-    `train(state, frozen, batch) -> (state, metrics)` and `eval(trainable, frozen, batch) -> logits`.
+    `train(state, frozen, batch) -> (state, metrics)` and
+    `eval(trainable, frozen, batch) -> {task kind's outputs, example_mask}`.
   """
-  apply_train = lambda p, batch, rng: experiment.logits(p, batch, deterministic=False, rng=rng)
-  train = jax.jit(functools.partial(train_step, apply_fn=apply_train,
-                                    loss_fn=loss_fn_for(experiment.spec), tx=tx),
-                  donate_argnums=(0,))
-
-  @jax.jit
-  def evaluate_batch(train_params, frozen, batch):
-    return experiment.logits(trainable.combine(train_params, frozen), batch, deterministic=True)
-
-  return train, evaluate_batch
-
-
-def evaluate(experiment: Experiment, eval_step, train_params, frozen, dataset: data.EncodedDataset,
-             mesh) -> dict[str, float]:
-  """GLUE metrics of the model on one encoded split (every example exactly once)."""
-  outputs, labels, masks = [], [], []
-  for batch in data.eval_batches(dataset, experiment.config.eval_batch_size,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count()):
-    logits = eval_step(train_params, frozen, sharding.shard_batch(batch, mesh))
-    outputs.append(np.asarray(sharding.gather(logits), np.float32))
-    labels.append(np.asarray(sharding.gather(batch['labels'])) if jax.process_count() > 1
-                  else batch['labels'])
-    masks.append(np.asarray(sharding.gather(batch['example_mask'])) if jax.process_count() > 1
-                 else batch['example_mask'])
-  return data.compute_metrics(experiment.spec, np.concatenate(outputs), np.concatenate(labels),
-                              np.concatenate(masks))
+  train = jax.jit(functools.partial(train_step, apply_fn=experiment.training_loss,
+                                    loss_fn=_the_loss, tx=tx), donate_argnums=(0,))
+  return train, make_eval_step(experiment.task_kind, experiment.forward)
 
 
 def _check_finite(loss: float, step: int, checkpoints: TrainCheckpoints) -> None:
@@ -125,32 +100,42 @@ def _check_finite(loss: float, step: int, checkpoints: TrainCheckpoints) -> None
         'or check the data before resuming.')
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Saves the run's config; a rerun on the same workdir must use the same config."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    if differ:
-      raise ValueError(f'{workdir} holds a run with another config (fields {differ} differ); '
-                       'use a new --workdir, or the same config to resume.')
-  elif jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
+def _check_splits(config: ml_collections.ConfigDict, task: data.Task) -> None:
+  """A run needs a training split and a validation split (model selection) with examples."""
+  fix = ('add one to the task: for local files --config.local_task.paths.validation=dev.csv '
+         '(a file with the same columns)' if config.task == 'local' else
+         'check --config.data_dir and the task\'s files')
+  spec, loaded = task.spec, sorted(s for s, examples in task.splits.items() if examples)
+  if spec.train_split not in loaded:
+    raise ValueError(f'Task {spec.name!r} has no {spec.train_split!r} split to train on; {fix}.')
+  if not spec.validation_splits or spec.validation_splits[0] not in loaded:
+    raise ValueError(f'Task {spec.name!r} has no validation split (it has {loaded}); the run '
+                     f'selects its best checkpoint on validation: {fix}.')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains, evaluates and writes everything to `workdir`. Returns the result record."""
+  """Trains, evaluates and writes everything to `workdir`. Returns the result record.
+
+  Checkpoint managers and the metrics log are closed however the run ends (Orbax's background
+  threads otherwise outlive their event loops and print tracebacks at exit).
+  """
+  with contextlib.ExitStack() as cleanup:
+    return _train_and_evaluate(config, workdir, cleanup)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        cleanup: contextlib.ExitStack) -> dict[str, Any]:
   wall_start = time.time()
   if config.distributed:
     jax.distributed.initialize()
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  _write_config(config, workdir)
+  finished = run_files.finished_result(config, workdir)
+  if finished is not None:
+    _say(f'{workdir} holds a finished run; its result is unchanged.')
+    return finished
 
   task = data.load_task(task_source(config), data_dir=config.data_dir or None)
+  _check_splits(config, task)
   experiment = build_experiment(config, task.spec)
   spec = experiment.spec
   encoded = encode_splits(config, task, experiment.pretrained.tokenizer)
@@ -163,9 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(config.num_epochs * batches.num_batches))
   counts = experiment.counts()
-  if jax.process_index() == 0:
-    print(f'{config.method} on {spec.name} with {config.model}: {counts}; {total_steps} steps of '
-          f'{config.batch_size} on {mesh.size} device(s)', file=sys.stderr, flush=True)
+  _say(f'{config.method} on {spec.name} with {config.model}: {counts}; {total_steps} steps of '
+       f'{config.batch_size} on {mesh.size} device(s)')
 
   schedule = make_schedule(config, total_steps)
   tx = trainable.adamw(schedule, weight_decay=config.weight_decay, clip_norm=config.clip_norm)
@@ -173,22 +157,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = create_train_state(train_params, tx, jax.random.PRNGKey(config.seed))
   state, frozen = sharding.replicate((state, frozen), mesh)
 
+  os.makedirs(workdir, exist_ok=True)
   checkpoints = TrainCheckpoints(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints)
-  position, best = data.DataPosition(), None
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    state, meta = checkpoints.restore(latest, state)
+  cleanup.callback(checkpoints.close)
+  position, best, resume_step = data.DataPosition(), None, None
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
     position, best = data.DataPosition.from_dict(meta['data_position']), meta['best']
-    if jax.process_index() == 0:
-      print(f'Resuming from step {latest} in {checkpoints.directory}', file=sys.stderr, flush=True)
-  log = MetricsLog(workdir, resume_step=latest, tensorboard=config.tensorboard)
-
+    resume_step = int(jax.device_get(state.step))
+    _say(f'Resuming from step {resume_step} in {checkpoints.directory}')
   step_fn, eval_step = make_step_fns(experiment, tx)
 
   select_metric = config.select_metric or spec.primary_metric
   validation_split = spec.validation_splits[0]
+  final_splits = _final_splits(spec, encoded)
   step = int(jax.device_get(state.step))
-  progress = Progress(total_steps, step, config.batch_size)
+  progress = Progress(total_steps, step, config.batch_size, config.eval_every_steps,
+                      len(encoded[validation_split]), sum(len(encoded[s]) for s in final_splits))
+
+  def run_eval(params, split):
+    with progress.paused(), progress.evaluation(split, len(encoded[split])) as done:
+      return evaluate(experiment.task_kind, eval_step, params, frozen, encoded[split],
+                      config.eval_batch_size, mesh, on_batch=done)
+
+  log = None
   stream = batches.iterate(position)
   pending: list[dict[str, jax.Array]] = []
   while step < total_steps:
@@ -196,6 +189,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, metrics = step_fn(state, frozen, sharding.shard_batch(batch, mesh))
     step += 1
     pending.append(metrics)
+    if log is None:  # The first step ran: from here on the workdir holds this run.
+      jax.block_until_ready(metrics)
+      with progress.paused():  # TensorBoard's first import takes seconds
+        run_files.write_config(config, workdir)
+        log = MetricsLog(workdir, resume_step=resume_step, tensorboard=config.tensorboard)
+        cleanup.callback(log.close)
     boundary = step == total_steps
     do_eval = boundary or step % config.eval_every_steps == 0
     do_save = boundary or step % config.checkpoint_every_steps == 0
@@ -203,30 +202,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # Pull the losses since the last log: a non-finite one stops before anything is saved.
       host = jax.device_get(pending)
       pending = []
+      progress.mark(step)
       losses = [float(m['loss']) for m in host]
       for loss in losses:
         _check_finite(loss, step, checkpoints)
       log.write(step, 'train', {'loss': float(np.mean(losses)),
                                 'grad_norm': float(host[-1]['grad_norm']),
-                                'learning_rate': float(schedule(step - 1))})
+                                'learning_rate': float(schedule(step - 1)),
+                                'examples_per_second': progress.examples_per_second()})
       progress.update(step, losses[-1])
     if do_eval:
-      val = evaluate(experiment, eval_step, state.params, frozen, encoded[validation_split], mesh)
+      val = run_eval(state.params, validation_split)
       log.write(step, validation_split, val)
       if best is None or val[select_metric] > best['value']:
         best = {'step': step, 'metric': select_metric, 'value': val[select_metric], 'metrics': val}
-        _save_best(experiment, state.params, frozen, workdir, best)
+        with progress.paused():
+          _save_best(experiment, state.params, frozen, workdir, best)
     if do_save:
-      checkpoints.save(state, {'data_position': position.to_dict(), 'best': best})
-  examples_per_second = progress.examples_per_second(step)
+      with progress.paused():
+        checkpoints.save(state, {'data_position': position.to_dict(), 'best': best})
   checkpoints.close()
+  if log is None:  # resumed at the last step: only the final evaluation was missing
+    run_files.write_config(config, workdir)
+    log = MetricsLog(workdir, resume_step=resume_step, tensorboard=config.tensorboard)
+    cleanup.callback(log.close)
 
-  result = _final_result(experiment, encoded, eval_step, frozen, mesh, workdir, best, counts,
-                         total_steps, examples_per_second, wall_start)
-  for split, metrics in result['test_metrics'].items():
+  best_params, _ = trainable.split(load_best(experiment, workdir), experiment.mask)
+  best_params = sharding.replicate(best_params, mesh)
+  evaluations = {s: run_eval(best_params, s) for s in final_splits}
+  test = {s: m for s, m in evaluations.items() if s in spec.test_splits}
+  for split, metrics in test.items():
     log.write(step, split, metrics)
   log.close()
+  result = {
+      'task': spec.name,
+      'method': config.method,
+      'model': config.model,
+      'config': run_files._as_json(config),
+      'trainable_params': counts.trainable,
+      'total_params': counts.total,
+      'trainable_percent': counts.percent,
+      'train_steps': total_steps,
+      'best_step': best['step'],
+      'select_metric': best['metric'],
+      'validation_metrics': {s: m for s, m in evaluations.items() if s in spec.validation_splits},
+      'test_metrics': test,
+      'wall_time_s': time.time() - wall_start,
+      'train_examples_per_second': progress.overall_examples_per_second(),
+      'best_checkpoint': os.path.join(workdir, BEST_DIR),
+      **experiment.result_fields,
+  }
+  if experiment.report is not None and jax.process_index() == 0:
+    result.update(experiment.report(trainable.combine(jax.device_get(best_params),
+                                                      jax.device_get(frozen)),
+                                    encoded[validation_split], workdir))
+  run_files.write_result(result, workdir)
   return result
+
+
+def _final_splits(spec: data.TaskSpec, encoded: dict[str, data.EncodedDataset]) -> list[str]:
+  """The splits evaluated with the best params after training: validation, and labelled test."""
+  splits = [s for s in spec.validation_splits if s in encoded]
+  if spec.test_has_labels:
+    splits += [s for s in spec.test_splits if s in encoded]
+  return splits
+
+
+def _say(line: str) -> None:
+  if jax.process_index() == 0:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _save_best(experiment: Experiment, train_params, frozen, workdir: str, best: dict) -> None:
@@ -235,51 +279,10 @@ def _save_best(experiment: Experiment, train_params, frozen, workdir: str, best:
   params = trainable.combine(jax.device_get(train_params), jax.device_get(frozen))
   extra = {'task': experiment.spec.name, 'label_names': experiment.spec.label_names,
            'method': experiment.config.method, 'best': best}
-  directory = os.path.join(workdir, BEST_DIR)
-  if experiment.adapter_name is None:
-    checkpoint.save_trained(directory, params, experiment.mask,
-                            base_name=experiment.config.model, extra=extra)
-  else:
-    checkpoint.save_adapter(directory, experiment.spliced, params, experiment.adapter_name,
-                            mask=experiment.mask, base_name=experiment.config.model, extra=extra)
+  experiment.save_best(os.path.join(workdir, BEST_DIR), params, extra)
 
 
 def load_best(experiment: Experiment, workdir: str) -> dict[str, Any]:
   """The full params with the best trained leaves of `workdir` written in."""
   leaves = checkpoint.load_leaves(os.path.join(workdir, BEST_DIR))
   return checkpoint.overwrite_leaves(experiment.params, leaves, what='best checkpoint')
-
-
-def _final_result(experiment, encoded, eval_step, frozen, mesh, workdir, best, counts, total_steps,
-                  examples_per_second, wall_start) -> dict[str, Any]:
-  spec, config = experiment.spec, experiment.config
-  best_params, _ = trainable.split(load_best(experiment, workdir), experiment.mask)
-  best_params = sharding.replicate(best_params, mesh)
-  validation = {s: evaluate(experiment, eval_step, best_params, frozen, encoded[s], mesh)
-                for s in spec.validation_splits if s in encoded}
-  test = {}
-  if spec.test_has_labels:
-    test = {s: evaluate(experiment, eval_step, best_params, frozen, encoded[s], mesh)
-            for s in spec.test_splits if s in encoded}
-  result = {
-      'task': spec.name,
-      'method': config.method,
-      'model': config.model,
-      'config': json.loads(config.to_json_best_effort()),
-      'trainable_params': counts.trainable,
-      'total_params': counts.total,
-      'trainable_percent': counts.percent,
-      'train_steps': total_steps,
-      'best_step': best['step'],
-      'select_metric': best['metric'],
-      'validation_metrics': validation,
-      'test_metrics': test,
-      'wall_time_s': time.time() - wall_start,
-      'train_examples_per_second': examples_per_second,
-      'best_checkpoint': os.path.join(workdir, BEST_DIR),
-  }
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, RESULT_FILE), 'w') as f:
-      json.dump(result, f, indent=2, sort_keys=True)
-  return result
-

@@ -1,7 +1,8 @@
-"""Where training metrics go: `metrics.jsonl`, TensorBoard event files, and a progress line.
+"""Where training metrics go: `metrics.jsonl` and TensorBoard event files.
 
-Only process 0 writes. On resume, `metrics.jsonl` is cut back to the restored step, so a resumed run
-ends with the same file as an uninterrupted one.
+Only process 0 writes. On resume, `metrics.jsonl` is cut back to the restored step (and a line torn
+by a kill during a write is dropped), so a resumed run ends with the same records as an
+uninterrupted one; measured timings (`TIMING_KEYS`) differ from run to run.
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import jax
 import numpy as np
 
 METRICS_FILE = 'metrics.jsonl'
+TIMING_KEYS = ('examples_per_second',)  # measurements, not results
 
 
 def _tf_summary():
@@ -44,8 +45,11 @@ class MetricsLog:
     os.makedirs(workdir, exist_ok=True)
     kept = []
     if resume_step is not None and os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+      records, torn = _parse_lines(self.path)
+      if torn:
+        print(f'{self.path}: dropped {len(torn)} torn line(s) (line {", ".join(map(str, torn))}), '
+              'left by an interrupted write.', file=sys.stderr, flush=True)
+      kept = [json.dumps(r, sort_keys=True) + '\n' for r in records if r['step'] <= resume_step]
     with open(self.path, 'w') as f:
       f.writelines(kept)
     if tensorboard:
@@ -66,8 +70,10 @@ class MetricsLog:
       self._writer.flush()
 
   def close(self) -> None:
+    """Closes the TensorBoard writer; a second call does nothing."""
     if self._writer is not None:
       self._writer.close()
+      self._writer = None
 
 
 def _to_python(value: Any) -> Any:
@@ -76,45 +82,28 @@ def _to_python(value: Any) -> Any:
   return value
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of a run's metrics.jsonl."""
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+def _parse_lines(path: str) -> tuple[list[dict[str, Any]], list[int]]:
+  """The records of a metrics.jsonl, and the numbers of the lines that are not whole records."""
+  records, torn = [], []
+  with open(path, encoding='utf-8', errors='replace') as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError:
+        torn.append(number)
+        continue
+      if isinstance(record, dict) and isinstance(record.get('step'), int):
+        records.append(record)
+      else:
+        torn.append(number)
+  return records, torn
 
 
-class Progress:
-  """A one-line progress report with throughput and ETA, on stderr (process 0 only).
-
-  Throughput is measured from the first reported step on, so compilation does not count.
-  """
-
-  def __init__(self, total_steps: int, start_step: int, batch_size: int):
-    self.total = total_steps
-    self.batch_size = batch_size
-    self.enabled = jax.process_index() == 0
-    self.tty = sys.stderr.isatty()
-    self._mark: tuple[int, float] | None = None  # (step, time) of the first report
-    self._start = (start_step, time.perf_counter())
-
-  def examples_per_second(self, step: int) -> float:
-    mark_step, mark_time = self._mark if self._mark and step > self._mark[0] else self._start
-    return (step - mark_step) * self.batch_size / max(time.perf_counter() - mark_time, 1e-9)
-
-  def update(self, step: int, loss: float) -> None:
-    if self._mark is None:
-      self._mark = (step, time.perf_counter())
-    if not self.enabled:
-      return
-    rate = self.examples_per_second(step)
-    eta = (self.total - step) * self.batch_size / max(rate, 1e-9)
-    line = (f'step {step}/{self.total} ({100 * step / self.total:.0f}%) | loss {loss:.4f} | '
-            f'{rate:.1f} ex/s | ETA {_duration(eta)}')
-    end = '' if self.tty and step < self.total else '\n'
-    print(('\r' if self.tty else '') + line, end=end, file=sys.stderr, flush=True)
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(seconds)
-  if seconds >= 3600:
-    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
-  return f'{seconds // 60}m{seconds % 60:02d}s'
+def read_metrics(workdir: str, timings: bool = True) -> list[dict[str, Any]]:
+  """The records of a run's metrics.jsonl (without `TIMING_KEYS` when `timings` is False)."""
+  records, _ = _parse_lines(os.path.join(workdir, METRICS_FILE))
+  if not timings:
+    records = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+  return records

@@ -81,7 +81,9 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, *,
     state: the train state (trainable params, optimizer state, step, rng).
     frozen: the frozen leaves (a partial tree; never differentiated).
     batch: a dict of arrays.
-    apply_fn: `(full_params, batch, dropout_rng) -> model output` in training mode.
+    apply_fn: `(full_params, batch, dropout_rng) -> model output` in training mode (the training
+      loop passes the experiment's whole training loss here, task kind's loss plus regulariser,
+      with a `loss_fn` that returns it).
     loss_fn: `(model output, batch) -> scalar loss`.
     tx: the optimizer `state.opt_state` belongs to.
 

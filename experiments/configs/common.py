@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.adapter_drop_layers = ()   # AdapterDrop: layers with no adapter and nothing trained
   config.adapter_name = ''          # '' = the task's name
   config.train_head = True
+  config.init_adapter_from = ''     # an adapter checkpoint of ours (e.g. a run's best/) to start from
 
   # Optimisation.
   config.learning_rate = 1e-3

@@ -1,0 +1,51 @@
+"""Evaluation of a split: the task kind's jitted outputs per batch, gathered, then its metrics.
+
+Every example of the split is evaluated exactly once (the last batch is padded; padding rows carry
+`example_mask` 0 and are dropped before the metrics). With several hosts each feeds its own rows and
+the outputs are all-gathered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from adapters_jax import data, trainable
+from adapters_jax.train import sharding
+from adapters_jax.train.tasks import EXAMPLE_MASK, TaskKind
+
+Params = dict[str, Any]
+
+
+def make_eval_step(task_kind: TaskKind, forward) -> Callable:
+  """`eval_step(trainable params, frozen params, batch) -> outputs` (jitted), padding mask kept."""
+
+  @jax.jit
+  def eval_step(train_params: Params, frozen: Params, batch: dict[str, jax.Array]):
+    params = trainable.combine(train_params, frozen)
+    outputs = task_kind.eval_outputs(forward, params, batch)
+    return {**outputs, EXAMPLE_MASK: batch[EXAMPLE_MASK]}
+
+  return eval_step
+
+
+def evaluate(task_kind: TaskKind, eval_step: Callable, train_params: Params, frozen: Params,
+             dataset: data.EncodedDataset, batch_size: int, mesh,
+             on_batch: Callable[[int], None] = lambda n: None) -> dict[str, float]:
+  """The task kind's metrics of the model on one encoded split.
+
+  Args:
+    on_batch: called with the number of (this host's) examples after each batch, for progress.
+  """
+  gathered = []
+  for batch in data.eval_batches(dataset, batch_size, process_index=jax.process_index(),
+                                 process_count=jax.process_count()):
+    outputs = eval_step(train_params, frozen, sharding.shard_batch(batch, mesh))
+    gathered.append(sharding.gather(outputs))
+    on_batch(int(np.sum(batch[EXAMPLE_MASK])) * jax.process_count())
+  merged = {k: np.concatenate([np.asarray(g[k]) for g in gathered]) for k in gathered[0]}
+  keep = merged.pop(EXAMPLE_MASK).astype(bool)
+  return task_kind.metrics({k: v[keep] for k, v in merged.items()})

@@ -1,0 +1,31 @@
+"""The body shared by the training entry points (`experiments.train`, its alias `experiments.fuse`).
+
+Imports nothing heavy at module level: `run` first applies the host-memory setting (before JAX or
+TensorFlow start threads), then trains and prints the result summary as JSON on stdout.
+"""
+
+import json
+
+from absl import flags, logging
+
+SUMMARY_KEYS = ('task', 'method', 'model', 'fused_adapters', 'trainable_params', 'trainable_percent',
+                'best_step', 'validation_metrics', 'test_metrics', 'best_checkpoint',
+                'attention_plot', 'train_examples_per_second')
+
+
+def run(config, workdir: str) -> dict:
+  """Trains (or resumes, or reports a finished run) and prints its summary. Returns the result."""
+  from adapters_jax.host_memory import reuse_freed_host_memory
+
+  reuse_freed_host_memory()  # first: before TensorFlow or JAX start their threads
+  from adapters_jax.train.loop import train_and_evaluate  # after flags: keeps --help fast
+
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
+  result = train_and_evaluate(config, workdir)
+  summary = {k: result[k] for k in SUMMARY_KEYS if k in result}
+  summary['trainable_percent'] = round(summary['trainable_percent'], 3)
+  summary['train_examples_per_second'] = round(summary['train_examples_per_second'], 1)
+  logging.info('result: %s', summary)
+  print(json.dumps(summary, indent=2))
+  return result
