@@ -1,6 +1,12 @@
-"""Every field a training run reads, with its default. Other configs start from `base_config()`."""
+"""Every field a training run reads, with its default. Other configs start from `base_config()`.
+
+`OPEN_FIELDS` are the ConfigDicts whose keys are free (a method's options, a model field, a split's
+file): `--config.method_options.size=8` adds a key there; every other field must exist.
+"""
 
 import ml_collections
+
+OPEN_FIELDS = ('model_overrides', 'method_options', 'local_task.paths')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -23,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
       'label_names': (),           # class names; empty for regression
       'regression': False,
       'drop_bad_rows': False,
+      'encoding': 'utf-8',         # e.g. latin-1, cp1252; 'utf-8' also skips a byte-order mark
+      'format': '',                # csv, tsv or jsonl; '' = from each file's extension
+      'test_has_labels': True,     # False: test files need no label column
   })
   config.max_length = 128
   config.max_train_examples = -1    # > 0: a fixed subset (the same for every seed)
