@@ -13,10 +13,10 @@ layers and head, recording the fused adapters) and fusion_attention.png to --wor
 import json
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-config_flags.DEFINE_config_file('config', None, 'Config file (python), with an optional :arg.',
-                                lock_config=True)
+from experiments import config_flag
+
+config_flag.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for the fusion checkpoint, metrics and results.')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
