@@ -95,11 +95,14 @@ def load_config_module(config_path: str):
   return module
 
 
+def get_config(module, arg: str = '') -> ml_collections.ConfigDict:
+  """`module.get_config(arg)`, or its default argument when `arg` is empty (unlocked)."""
+  return module.get_config(arg) if arg else module.get_config()
+
+
 def load_config(config_path: str) -> ml_collections.ConfigDict:
   """`get_config(arg)` of a config file `path[:arg]` (unlocked)."""
-  module = load_config_module(config_path)
-  _, arg = split_config_path(config_path)
-  return module.get_config(arg) if arg else module.get_config()
+  return get_config(load_config_module(config_path), split_config_path(config_path)[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +182,8 @@ def _convert(key: str, present: Any, value: Any) -> Any:
       return float(value)
     raise _wrong_type(key, float, value)
   if isinstance(present, str):
+    if text is not None and text[:1] in '\'"' and isinstance(parse_value(text), str):
+      return parse_value(text)  # a quoted string: its contents
     if isinstance(value, str):
       return value
     raise _wrong_type(key, str, value)

@@ -6,6 +6,8 @@ file): `--config.method_options.size=8` adds a key there; every other field must
 
 import ml_collections
 
+from adapters_jax import config_args
+
 OPEN_FIELDS = ('model_overrides', 'method_options', 'local_task.paths')
 
 
@@ -65,3 +67,37 @@ def base_config() -> ml_collections.ConfigDict:
   config.tensorboard = True
   config.distributed = False        # call jax.distributed.initialize() (multi-host)
   return config
+
+
+# A run that finishes in seconds: tests and `:smoke` arguments. Configs change single values with
+# `smoke(config, num_train_steps=6)`.
+SMOKE = {
+    'max_train_examples': 64, 'max_eval_examples': 32, 'max_length': 32, 'batch_size': 8,
+    'eval_batch_size': 16, 'num_train_steps': 2, 'eval_every_steps': 2,
+    'checkpoint_every_steps': 2, 'log_every_steps': 1, 'tensorboard': False,
+}
+
+
+def smoke(config: ml_collections.ConfigDict, **changes) -> ml_collections.ConfigDict:
+  """Shrinks `config` to a few steps on a few examples (`SMOKE`, with `changes`)."""
+  unknown = set(changes) - set(SMOKE)
+  if unknown:
+    raise ValueError(f'smoke() changes {sorted(SMOKE)}, not {sorted(unknown)}.')
+  config.update({**SMOKE, **changes})
+  return config
+
+
+def split_arg(arg: str, names: tuple[str, ...] = ('smoke',)) -> tuple[set[str], dict]:
+  """A config argument `smoke,task=mrpc` as (names, key=value items); apply the items last with
+  `config_args.apply_overrides(config, items, OPEN_FIELDS)`.
+
+  Raises:
+    ValueError: a name not in `names`.
+  """
+  args = config_args.parse_arg(arg)
+  flags = {k for k, v in args.items() if v is True and '.' not in k}
+  unknown = flags - set(names)
+  if unknown:
+    raise ValueError(f'Unknown config argument(s) {sorted(unknown)}; valid: '
+                     f'{", ".join(repr(n) for n in ("", *names))}, plus key=value items.')
+  return flags, {k: v for k, v in args.items() if k not in flags}
