@@ -6,6 +6,8 @@ r"""Expands a config's grid (`sweep()`) into runs and launches them.
       --launcher=slurm --only=task=rte
   python -m experiments.sweep --config=experiments/configs/lora_glue.py --sweep_dir=sweeps/lora \
       --launcher=print > commands.sh
+  python -m experiments.sweep --config=experiments/configs/houlsby_glue.py --sweep_dir=sweeps/houlsby \
+      --dry_run          # every run built on a stand-in model, one step per distinct program
 
 Each run gets its own workdir under --sweep_dir, named from its overrides plus a short hash.
 `--config.KEY=VALUE` flags apply to every run (before the grid's own values).
@@ -15,16 +17,23 @@ writes sbatch array scripts and their runs tables; `print` prints one command pe
 Runs that read other runs (fusion over the sweep's adapters) start after them. Rerunning skips
 finished runs (result.json) and resumes interrupted ones; a failed run is reported and the others
 go on (exit status 1 at the end).
+
+`--dry_run` launches nothing: it builds every run on a small stand-in model (`--dry_run_model`) and
+takes one training step through `train_and_evaluate` (what experiments.train
+runs), once per distinct program (runs differing only in learning rate, seed or schedule share
+one), in a temporary directory. It needs the runs' data (GLUE downloads on first use).
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from adapters_jax import config_args, sweeps
 from experiments import config_flag
-from experiments.configs.common import OPEN_FIELDS
+from experiments.configs.common import DRY_RUN, OPEN_FIELDS
 
 config_flag.define_config_flag(help_string='Sweepable config file, with an optional :arg; '
                                '--config.KEY=VALUE applies to every run.')
@@ -36,10 +45,33 @@ flags.DEFINE_string('only', '', 'Keep the grid points with these overrides: key=
 flags.DEFINE_multi_string('sbatch', ['--gres=gpu:1', '--cpus-per-task=8', '--time=24:00:00'],
                           'slurm: #SBATCH options (repeat the flag).')
 flags.DEFINE_string('python', sys.executable, 'Python interpreter of the runs.')
+flags.DEFINE_bool('dry_run', False, 'Launch nothing: build every run on a stand-in model and take '
+                  'one training step per distinct program.')
+flags.DEFINE_string('dry_run_model', DRY_RUN['model'], 'The stand-in model of --dry_run.')
 flags.mark_flags_as_required(['config', 'sweep_dir'])
 FLAGS = flags.FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def dry_run(config_path: str, only) -> int:
+  """`--dry_run`: see the module docstring; returns the exit status."""
+  from adapters_jax.train.loop import train_and_evaluate  # late: keeps --help and planning fast
+
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  last = [(k, sweeps.flag_text(v)) for k, v in {**DRY_RUN, 'model': FLAGS.dry_run_model}.items()]
+  root = tempfile.mkdtemp(prefix='dry_run_')
+  try:
+    runs = sweeps.plan(config_path, root, overrides=FLAGS['config'].overrides, only=only,
+                       open_fields=OPEN_FIELDS, last=last, python=FLAGS.python)
+    outcome = sweeps.dry_run(config_path, runs, train_and_evaluate, open_fields=OPEN_FIELDS,
+                             log=lambda line: print(line, flush=True))
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  print(f'dry run: {len(outcome.passed)} programs ok ({sum(outcome.passed.values())} runs), '
+        f'{len(outcome.failed)} failed, {len(outcome.blocked)} blocked.')
+  return 1 if outcome.failed or outcome.blocked else 0
 
 
 def main(argv):
@@ -47,9 +79,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config_path = FLAGS['config'].config_path
   only = config_args.parse_arg(FLAGS.only) if FLAGS.only else None
+  if FLAGS.dry_run:
+    return dry_run(config_path, only)
   try:
     runs = sweeps.plan(config_path, FLAGS.sweep_dir, overrides=FLAGS['config'].overrides,
-                       only=only, open_fields=OPEN_FIELDS, python=FLAGS.python)
+                       only=only, open_fields=OPEN_FIELDS, check=config_flag.check_method_options,
+                       python=FLAGS.python)
   except (AttributeError, TypeError, ValueError) as e:  # no sweep(), a bad grid point or key
     raise app.UsageError(str(e)) from None
   if not runs:

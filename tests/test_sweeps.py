@@ -116,6 +116,15 @@ def test_a_grid_key_the_config_lacks_fails_at_planning(tmp_path):
     sweeps.plan(str(path), str(tmp_path / 'sweep'))
 
 
+def test_runs_whose_method_options_do_not_fit_fail_at_planning(tmp_path):
+  from experiments.config_flag import check_method_options
+
+  # Fusion options on the base config leak into the grid's adapter runs.
+  with pytest.raises(ValueError, match=r"Run mnli_pfeiffer_.*Unknown option\(s\) \['adapter_dirs'"):
+    _plan('fusion_glue.py:fusion-rte', tmp_path, check=check_method_options)
+  assert len(_plan('fusion_glue.py', tmp_path, check=check_method_options)) == 16
+
+
 @pytest.mark.parametrize('name', SWEEPABLE)
 def test_every_sweepable_config_plans_with_the_print_launcher(name, tmp_path):
   run = _cli('experiments.sweep', f'--config={CONFIGS}/{name}', f'--sweep_dir={tmp_path}',

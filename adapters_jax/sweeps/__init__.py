@@ -11,6 +11,7 @@ is `python -m experiments.train --config=<file>[:<arg>] --workdir=<sweep_dir>/<n
 - `plan`: `Run`s with their commands and resolved configs; `runs.json`.
 - `launchers`: `print` and `slurm` (waves for runs that read other runs).
 - `local`: subprocesses on this host, one per device.
+- `dry_run`: every run built on a stand-in model, one step per distinct program.
 
 Example:
   runs = plan('experiments/configs/mini_rotten_tomatoes.py', '/tmp/sweep',
@@ -18,6 +19,7 @@ Example:
   print_commands(runs)
 """
 
+from adapters_jax.sweeps.dry_run import PROGRAM_FIELDS, DryRunOutcome, dry_run, representatives
 from adapters_jax.sweeps.grid import (
   SWEEP_DIR,
   expand_grid,
@@ -51,8 +53,9 @@ from adapters_jax.sweeps.plan import (
 )
 
 __all__ = [
-    'CONFIG_FILE', 'Devices', 'LOG_FILE', 'LocalOutcome', 'RESULT_FILE', 'RUNS_FILE', 'Run',
-    'SWEEP_DIR', 'count_gpus', 'detect_devices', 'expand_grid', 'flag_text', 'matches', 'plan',
-    'print_commands', 'product', 'references', 'resolved_config', 'run_dir', 'run_local',
-    'run_name', 'slots', 'slurm_script', 'sweep_values', 'train_command', 'waves', 'write_plan',
+    'CONFIG_FILE', 'Devices', 'DryRunOutcome', 'LOG_FILE', 'LocalOutcome', 'PROGRAM_FIELDS',
+    'RESULT_FILE', 'RUNS_FILE', 'Run', 'SWEEP_DIR', 'count_gpus', 'detect_devices', 'dry_run',
+    'expand_grid', 'flag_text', 'matches', 'plan', 'print_commands', 'product', 'references',
+    'representatives', 'resolved_config', 'run_dir', 'run_local', 'run_name', 'slots',
+    'slurm_script', 'sweep_values', 'train_command', 'waves', 'write_plan',
 ]

@@ -20,8 +20,10 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
+
+import ml_collections
 
 from adapters_jax import config_args
 from adapters_jax.sweeps import grid
@@ -32,11 +34,14 @@ RUNS_FILE = 'runs.json'       # the sweep's plan: name, overrides, command of ev
 LOG_FILE = 'train.log'        # stdout + stderr of a locally launched run
 TRAIN_MODULE = 'experiments.train'
 
+Check = Callable[[ml_collections.ConfigDict], None]
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One grid point: its name, overrides, workdir, the command that trains it, its resolved config
-  (as the JSON the loop saves) and the runs it reads from (`after`: they must finish first)."""
+  (as the JSON the loop saves), the runs it reads from (`after`: they must finish first) and the
+  (key, text) config flags of its command, in order."""
 
   name: str
   overrides: dict[str, Any]
@@ -44,6 +49,7 @@ class Run:
   command: tuple[str, ...]
   config: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
   after: tuple[str, ...] = ()
+  flags: tuple[tuple[str, str], ...] = ()
 
   @property
   def finished(self) -> bool:
@@ -84,9 +90,10 @@ def train_command(config_path: str, workdir: str, overrides: Sequence[tuple[str,
 
 
 def resolved_config(module, arg: str, overrides: Sequence[tuple[str, str]],
-                    open_fields: Collection[str] = ()) -> dict[str, Any]:
+                    open_fields: Collection[str] = (), check: Check | None = None
+                    ) -> dict[str, Any]:
   """The config one run trains with (`module.get_config(arg)` + overrides), as the JSON the loop
-  saves in its workdir.
+  saves in its workdir; `check(config)` may raise on a config that cannot train.
 
   Raises:
     ConfigArgError: an override names no field or does not fit it.
@@ -94,11 +101,14 @@ def resolved_config(module, arg: str, overrides: Sequence[tuple[str, str]],
   config = config_args.get_config(module, arg)
   config.lock()
   config_args.apply_overrides(config, overrides, open_fields)
+  if check is not None:
+    check(config)
   return json.loads(config.to_json_best_effort())
 
 
 def plan(config_path: str, sweep_dir: str, *, overrides: Sequence[tuple[str, str]] = (),
          only: Mapping[str, Any] | None = None, open_fields: Collection[str] = (),
+         last: Sequence[tuple[str, str]] = (), check: Check | None = None,
          python: str = sys.executable) -> list[Run]:
   """The runs of a config file's grid (`sweep()`), each with its workdir under `sweep_dir`.
 
@@ -108,6 +118,9 @@ def plan(config_path: str, sweep_dir: str, *, overrides: Sequence[tuple[str, str
     overrides: (key, text) set on every run before the point's own, e.g. from the command line.
     only: keep the points with these values (see `grid.matches`); runs they refer to are kept too.
     open_fields: config fields whose keys are free (see `config_args`).
+    last: (key, text) set after the point's own (e.g. a dry run's tiny sizes).
+    check: raises ValueError/TypeError for a run's config that cannot train (e.g. method options
+      the method does not have); the error names the run.
     python: interpreter of the commands.
 
   Raises:
@@ -137,10 +150,17 @@ def plan(config_path: str, sweep_dir: str, *, overrides: Sequence[tuple[str, str
     if unknown:
       raise ValueError(f'Grid point {point} refers to runs {unknown} that are not in the grid.')
     workdir = os.path.join(sweep_dir, name)
-    filled = [*overrides,
-              *((k, flag_text(grid.fill_sweep_dir(v, sweep_dir))) for k, v in point.items())]
+    filled = (*overrides,
+              *((k, flag_text(grid.fill_sweep_dir(v, sweep_dir))) for k, v in point.items()),
+              *last)
+    try:
+      config = resolved_config(module, arg, filled, open_fields, check)
+    except config_args.ConfigArgError:
+      raise
+    except (ValueError, TypeError) as e:
+      raise ValueError(f'Run {name} ({point}): {e}') from None
     runs.append(Run(name, point, workdir, train_command(config_path, workdir, filled, python),
-                    resolved_config(module, arg, filled, open_fields), after))
+                    config, after, filled))
   return runs
 
 

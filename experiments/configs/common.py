@@ -78,6 +78,16 @@ SMOKE = {
 }
 
 
+# What `experiments.sweep --dry_run` sets on every run after its own values: one step on a few
+# examples of a small stand-in model (`--dry_run_model`, default below).
+DRY_RUN = {
+    'model': 'minilm-l6', 'max_train_examples': 8,
+    'max_eval_examples': 4, 'max_length': 16, 'batch_size': 4, 'eval_batch_size': 4,
+    'num_train_steps': 1, 'eval_every_steps': 1, 'checkpoint_every_steps': 1, 'log_every_steps': 1,
+    'keep_checkpoints': 1, 'tensorboard': False,
+}
+
+
 def smoke(config: ml_collections.ConfigDict, **changes) -> ml_collections.ConfigDict:
   """Shrinks `config` to a few steps on a few examples (`SMOKE`, with `changes`)."""
   unknown = set(changes) - set(SMOKE)

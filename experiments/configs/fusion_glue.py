@@ -52,8 +52,8 @@ def sweep() -> list[dict]:
   return adapters + [stage('fusion', task, fusion_dirs) for task in TASKS]
 
 
-def get_config(arg: str = 'fusion-rte'):
-  name, _, option = (arg or 'fusion-rte').partition(',')
+def get_config(arg: str = 'adapter-mnli'):
+  name, _, option = (arg or 'adapter-mnli').partition(',')
   kind, _, task = name.partition('-')
   if kind not in ('adapter', 'fusion') or task not in TASKS or option not in ('', 'smoke'):
     raise ValueError(f'Unknown fusion_glue argument {arg!r}; valid: adapter-<task> or '
