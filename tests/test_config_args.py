@@ -85,7 +85,7 @@ def test_mistakes_name_the_field_and_the_fix(key, value, message):
 ])
 def test_cli_mistakes_are_one_line_before_anything_starts(args, message):
   run = _run('experiments.train', f'--config={QUICKSTART}', '--workdir=/nonexistent/never', *args,
-             timeout=120)
+             timeout=600)
   assert run.returncode == 1
   assert 'Traceback' not in run.stderr
   errors = [line for line in run.stderr.splitlines() if line.startswith('FATAL')]
