@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags
 
-from adapters_jax import report, sweeps
+from adapters_jax import config_args, report, sweeps
 
 flags.DEFINE_string('sweep_dir', None, 'The sweep directory (one workdir per run).')
 flags.DEFINE_string('config', '', 'The sweep\'s config file (default: from runs.json).')
@@ -48,7 +48,7 @@ def main(argv):
   if not results:
     raise app.UsageError(f'No {sweeps.RESULT_FILE} under {FLAGS.sweep_dir}.')
   config_path = _config_path(FLAGS.sweep_dir)
-  module = sweeps.load_config_module(config_path) if config_path else None
+  module = config_args.load_config_module(config_path) if config_path else None
   label_fn = getattr(module, 'method_label', report.default_label)
   columns = getattr(module, 'COLUMNS', None)
   paper = getattr(module, 'PAPER', {})

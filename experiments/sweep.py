@@ -6,44 +6,90 @@ r"""Expands a config's grid (`sweep()`) into runs and launches them.
       --launcher=slurm --only=task=rte
   python -m experiments.sweep --config=experiments/configs/lora_glue.py --sweep_dir=sweeps/lora \
       --launcher=print > commands.sh
+  python -m experiments.sweep --config=experiments/configs/houlsby_glue.py --sweep_dir=sweeps/houlsby \
+      --dry_run          # every run built on a stand-in model, one step per distinct program
 
 Each run gets its own workdir under --sweep_dir, named from its overrides plus a short hash.
-Launchers: `local` runs `experiments.train` subprocesses, --parallel at a time (default: one per GPU
-when there are several, else 1); `slurm` writes an sbatch array script and its runs table;
-`print` prints one command per unfinished run. Rerunning skips finished runs (result.json) and
-resumes interrupted ones; a failed run is reported and the others go on (exit status 1 at the end).
+`--config.KEY=VALUE` flags apply to every run (before the grid's own values).
+Launchers: `local` runs `experiments.train` subprocesses, one per GPU at a time, each seeing only
+its GPU (without GPUs: --parallel at a time, default 1; on a TPU host one at a time); `slurm`
+writes sbatch array scripts and their runs tables; `print` prints one command per unfinished run.
+Runs that read other runs (fusion over the sweep's adapters) start after them. Rerunning skips
+finished runs (result.json) and resumes interrupted ones; a failed run is reported and the others
+go on (exit status 1 at the end).
+
+`--dry_run` launches nothing: it builds every run on a small stand-in model (`--dry_run_model`) and
+takes one training step through `train_and_evaluate` (what experiments.train
+runs), once per distinct program (runs differing only in learning rate, seed or schedule share
+one), in a temporary directory. It needs the runs' data (GLUE downloads on first use).
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
-from absl import app, flags
+from absl import app, flags, logging
 
-from adapters_jax import sweeps
+from adapters_jax import config_args, sweeps
+from experiments import config_flag
+from experiments.configs.common import DRY_RUN, OPEN_FIELDS
 
-flags.DEFINE_string('config', None, 'Sweepable config file, with an optional :arg.')
+config_flag.define_config_flag(help_string='Sweepable config file, with an optional :arg; '
+                               '--config.KEY=VALUE applies to every run.')
 flags.DEFINE_string('sweep_dir', None, 'Directory that holds one workdir per run.')
 flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'print'], 'How to run the grid.')
-flags.DEFINE_integer('parallel', 0, 'local: runs at a time (0: one per GPU, or 1); slurm: the '
-                     'array throttle (0: no limit).')
+flags.DEFINE_integer('parallel', 0, 'local: runs at a time (0: one per GPU, or 1; at most one '
+                     'per GPU); slurm: the array throttle (0: no limit).')
 flags.DEFINE_string('only', '', 'Keep the grid points with these overrides: key=value,...')
 flags.DEFINE_multi_string('sbatch', ['--gres=gpu:1', '--cpus-per-task=8', '--time=24:00:00'],
                           'slurm: #SBATCH options (repeat the flag).')
 flags.DEFINE_string('python', sys.executable, 'Python interpreter of the runs.')
+flags.DEFINE_bool('dry_run', False, 'Launch nothing: build every run on a stand-in model and take '
+                  'one training step per distinct program.')
+flags.DEFINE_string('dry_run_model', DRY_RUN['model'], 'The stand-in model of --dry_run.')
 flags.mark_flags_as_required(['config', 'sweep_dir'])
 FLAGS = flags.FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def dry_run(config_path: str, only) -> int:
+  """`--dry_run`: see the module docstring; returns the exit status."""
+  from adapters_jax.train.loop import train_and_evaluate  # late: keeps --help and planning fast
+
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  last = [(k, sweeps.flag_text(v)) for k, v in {**DRY_RUN, 'model': FLAGS.dry_run_model}.items()]
+  root = tempfile.mkdtemp(prefix='dry_run_')
+  try:
+    runs = sweeps.plan(config_path, root, overrides=FLAGS['config'].overrides, only=only,
+                       open_fields=OPEN_FIELDS, last=last, python=FLAGS.python)
+    outcome = sweeps.dry_run(config_path, runs, train_and_evaluate, open_fields=OPEN_FIELDS,
+                             log=lambda line: print(line, flush=True))
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  print(f'dry run: {len(outcome.passed)} programs ok ({sum(outcome.passed.values())} runs), '
+        f'{len(outcome.failed)} failed, {len(outcome.blocked)} blocked.')
+  return 1 if outcome.failed or outcome.blocked else 0
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  only = sweeps.parse_arg(FLAGS.only) if FLAGS.only else None
-  runs = sweeps.plan(FLAGS.config, FLAGS.sweep_dir, only=only, python=FLAGS.python)
+  config_path = FLAGS['config'].config_path
+  only = config_args.parse_arg(FLAGS.only) if FLAGS.only else None
+  if FLAGS.dry_run:
+    return dry_run(config_path, only)
+  try:
+    runs = sweeps.plan(config_path, FLAGS.sweep_dir, overrides=FLAGS['config'].overrides,
+                       only=only, open_fields=OPEN_FIELDS, check=config_flag.check_method_options,
+                       python=FLAGS.python)
+  except (AttributeError, TypeError, ValueError) as e:  # no sweep(), a bad grid point or key
+    raise app.UsageError(str(e)) from None
   if not runs:
-    raise app.UsageError(f'No grid point of {FLAGS.config} matches --only={FLAGS.only}.')
-  sweeps.write_plan(runs, FLAGS.sweep_dir, FLAGS.config)
+    raise app.UsageError(f'No grid point of {config_path} matches --only={FLAGS.only}.')
+  sweeps.write_plan(runs, FLAGS.sweep_dir, config_path)
   finished = sum(r.finished for r in runs)
 
   if FLAGS.launcher == 'print':
@@ -53,19 +99,25 @@ def main(argv):
   if FLAGS.launcher == 'slurm':
     script, table = sweeps.slurm_script(runs, FLAGS.sweep_dir, sbatch_options=FLAGS.sbatch,
                                         max_parallel=FLAGS.parallel, workdir=ROOT,
-                                        job_name=os.path.basename(FLAGS.config.split(':')[0])[:-3])
-    print(f'{len(runs)} runs ({finished} finished) in {table}.\nSubmit with:\n  sbatch {script}\n'
+                                        job_name=os.path.basename(config_path.split(':')[0])[:-3])
+    submit = f'bash {script}' if script.endswith('.sh') else f'sbatch {script}'
+    print(f'{len(runs)} runs ({finished} finished) in {table}.\nSubmit with:\n  {submit}\n'
           'Resubmitting later skips finished runs and resumes interrupted ones.')
     return 0
-  outcome = sweeps.run_local(runs, FLAGS.parallel, cwd=ROOT,
-                             log=lambda line: print(line, flush=True))
+  try:
+    outcome = sweeps.run_local(runs, FLAGS.parallel, cwd=ROOT,
+                               log=lambda line: print(line, flush=True))
+  except ValueError as e:  # --parallel > 1 on a TPU host
+    raise app.UsageError(str(e)) from None
   print(f'{len(outcome.succeeded)} runs done, {len(outcome.skipped)} were already finished, '
         f'{len(outcome.failed)} failed.', flush=True)
   if outcome.stale:
     print(f'{len(outcome.stale)} stale runs were not run (see STALE above).')
+  if outcome.blocked:
+    print(f'{len(outcome.blocked)} runs were not run: they read runs that did not finish.')
   for name, code in outcome.failed.items():
     print(f'  FAILED {name} (exit {code}): {os.path.join(FLAGS.sweep_dir, name, sweeps.LOG_FILE)}')
-  return 1 if outcome.failed or outcome.stale else 0
+  return 1 if outcome.failed or outcome.stale or outcome.blocked else 0
 
 
 if __name__ == '__main__':

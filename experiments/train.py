@@ -15,10 +15,9 @@ import os
 from absl import app, flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (TensorBoard, tfds) start-up chatter
-from ml_collections import config_flags
+from experiments import config_flag
 
-config_flags.DEFINE_config_file('config', None, 'Config file (python), with an optional :arg.',
-                                lock_config=True)
+config_flag.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS

@@ -3,10 +3,13 @@
 import glob
 import importlib
 import os
+import shlex
 
 import pytest
 
-from experiments.configs.common import base_config
+from adapters_jax import config_args
+from experiments.config_flag import check_method_options
+from experiments.configs.common import OPEN_FIELDS, base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, 'experiments', 'configs', '*.py'))
@@ -39,3 +42,28 @@ def test_locked_config_names_valid_fields_on_typo():
   config.lock()
   with pytest.raises(AttributeError, match='Did you mean "learning_rate"'):
     config.learning_rat = 1.0
+
+
+def _docstring_commands(path):
+  """The `python -m experiments.train|sweep ...` commands of a config's docstring, as argv lists."""
+  text = _module(path).__doc__.replace('\\\n', ' ')
+  return [shlex.split(line.split('#')[0])[1:] for line in text.splitlines()
+          if 'python -m experiments.' in line and '$' not in line]
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
+def test_docstring_commands_set_only_fields_the_config_has(path):
+  """Each `--config.KEY=VALUE` a config's docstring shows parses on that config, as the CLI would."""
+  commands = _docstring_commands(path)
+  assert commands
+  for argv in commands:
+    config_path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+    if config_path is None:
+      continue  # e.g. experiments.report
+    file_path, _, arg = config_path.partition(':')
+    assert os.path.basename(file_path) == os.path.basename(path), argv
+    config = config_args.get_config(_module(path), arg)
+    config.lock()
+    overrides = [a[len('--config.'):].split('=', 1) for a in argv if a.startswith('--config.')]
+    config_args.apply_overrides(config, overrides, OPEN_FIELDS)
+    check_method_options(config)

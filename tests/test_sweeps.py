@@ -1,40 +1,49 @@
-"""Sweeps: grid expansion, run names, commands, the print/slurm launchers and the local launcher
-(skip finished, resume interrupted, go on after a failure) on real tiny runs."""
+"""Sweeps: grid expansion, run names, commands, the print/slurm launchers, the local launcher
+(skip finished, resume interrupted, go on after a failure, one run per GPU) on real tiny runs, and
+runs that read other runs (fusion over the sweep's own adapters)."""
 
 import io
 import json
 import os
 import pathlib
 import shlex
+import stat
+import subprocess
+import sys
 
 import pytest
 
-from adapters_jax import sweeps
+from adapters_jax import config_args, sweeps
 from experiments.configs import houlsby_glue, lora_glue, mini_rotten_tomatoes
+from experiments.configs.common import OPEN_FIELDS
 from tests.train.conftest import write_tiny_bert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
+SWEEPABLE = sorted(name for name in os.listdir(CONFIGS) if name.endswith('.py') and 'def sweep('
+                   in pathlib.Path(CONFIGS, name).read_text())
 
 
-def test_parse_and_format_arg_round_trip():
-  args = sweeps.parse_arg('smoke, method_options.size=8,learning_rate=3e-4,task=rte')
-  assert args == {'smoke': True, 'method_options.size': 8, 'learning_rate': 3e-4, 'task': 'rte'}
-  assert sweeps.parse_arg(sweeps.format_arg(args)) == args
-  assert sweeps.parse_arg('') == {}
-  assert sweeps.flag_names(args) == {'smoke'}
-  assert sweeps.arg_overrides(args) == {'method_options.size': 8, 'learning_rate': 3e-4,
-                                        'task': 'rte'}
+def _plan(name, sweep_dir, **kwargs):
+  return sweeps.plan(os.path.join(CONFIGS, name), str(sweep_dir), open_fields=OPEN_FIELDS,
+                     **kwargs)
 
 
-def test_apply_overrides_creates_nested_fields_and_names_bad_ones():
-  config = mini_rotten_tomatoes.get_config('method_options.size=8,learning_rate=1')
-  assert config.method_options.size == 8
+def _cli(*args, env=None, timeout=300):
+  env = dict(os.environ if env is None else env, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_config_arguments_with_key_value_items():
+  config = mini_rotten_tomatoes.get_config('smoke,method_options.size=8,learning_rate=1')
+  assert config.method_options.size == 8 and config.num_train_steps == 2
   assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
-  with pytest.raises(KeyError, match='no field'):
+  with pytest.raises(config_args.ConfigArgError, match="Did you mean 'learning_rate'"):
     mini_rotten_tomatoes.get_config('learning_rat=1')
-  with pytest.raises(ValueError, match='Unknown argument'):
+  with pytest.raises(ValueError, match='Unknown config argument'):
     mini_rotten_tomatoes.get_config('smoky')
+  assert houlsby_glue.get_config('task=mrpc').task == 'mrpc'
 
 
 def test_grid_counts():
@@ -45,7 +54,7 @@ def test_grid_counts():
                                                   'method_options.size': 64})
   assert len(rte) == 3 * 2 * 5
   # Numbers match by value: 3e-4 is 0.0003.
-  assert len(sweeps.expand_grid(houlsby_glue.sweep(), sweeps.parse_arg('learning_rate=0.0003'))) \
+  assert len(sweeps.expand_grid(houlsby_glue.sweep(), config_args.parse_arg('learning_rate=0.0003'))) \
       == 8 * 5 * 3 * 2
 
 
@@ -75,27 +84,89 @@ def test_run_names_are_readable_stable_and_unique():
   assert sweeps.run_name({'model': '/tmp/x/tiny_bert0/'}).startswith('tiny-bert0_')
 
 
-def test_plan_puts_known_fields_in_flags_and_new_ones_in_the_config_arg(tmp_path):
-  path = os.path.join(CONFIGS, 'mini_rotten_tomatoes.py')
-  runs = sweeps.plan(path, str(tmp_path))
+def test_plan_passes_every_override_as_a_config_flag(tmp_path):
+  runs = _plan('mini_rotten_tomatoes.py', tmp_path)
   assert len(runs) == 60
   houlsby8 = next(r for r in runs if r.overrides.get('method_options.size') == 8)
-  assert f'--config={path}:method_options.size=8' in houlsby8.command
+  assert houlsby8.command[3] == f'--config={CONFIGS}/mini_rotten_tomatoes.py'
+  assert '--config.method_options.size=8' in houlsby8.command
   assert '--config.method=houlsby' in houlsby8.command
+  assert houlsby8.config['method_options'] == {'size': 8}  # resolved from the flags' text
   assert houlsby8.workdir == os.path.join(str(tmp_path), houlsby8.name)
-  # Houlsby's config declares method_options.size, so there it is a typed flag.
-  runs = sweeps.plan(os.path.join(CONFIGS, 'houlsby_glue.py') + ':smoke', str(tmp_path),
-                     only={'task': 'rte', 'method_options.size': 8, 'seed': 0})
+  runs = _plan('houlsby_glue.py:smoke', tmp_path, overrides=[('batch_size', '4')],
+               only={'task': 'rte', 'method_options.size': 8, 'seed': 0})
   assert len(runs) == 6
-  assert '--config.method_options.size=8' in runs[0].command
   assert runs[0].command[3] == f'--config={CONFIGS}/houlsby_glue.py:smoke'
+  assert runs[0].command[5:7] == ('--config.batch_size=4', '--config.task=rte')
+  assert runs[0].config['batch_size'] == 4 and runs[0].config['max_length'] == 32
   sweeps.write_plan(runs, str(tmp_path), 'x.py')
   with open(tmp_path / sweeps.RUNS_FILE) as f:
     assert [r['name'] for r in json.load(f)['runs']] == [r.name for r in runs]
 
 
+def test_a_grid_key_the_config_lacks_fails_at_planning(tmp_path):
+  path = tmp_path / 'bad_grid.py'
+  path.write_text('from experiments.configs.quickstart import get_config\n'
+                  "def sweep():\n  return [{'learning_rat': 1e-3}]\n")
+  with pytest.raises(config_args.ConfigArgError, match="Did you mean 'learning_rate'"):
+    sweeps.plan(str(path), str(tmp_path / 'sweep'), open_fields=OPEN_FIELDS)
+  path.write_text('from experiments.configs.quickstart import get_config\n'
+                  "def sweep():\n  return ['adapter-rte']\n")
+  with pytest.raises(TypeError, match='dicts of config overrides'):
+    sweeps.plan(str(path), str(tmp_path / 'sweep'))
+
+
+def test_runs_whose_method_options_do_not_fit_fail_at_planning(tmp_path):
+  from experiments.config_flag import check_method_options
+
+  # Fusion options on the base config leak into the grid's adapter runs.
+  with pytest.raises(ValueError, match=r"Run mnli_pfeiffer_.*Unknown option\(s\) \['adapter_dirs'"):
+    _plan('fusion_glue.py:fusion-rte', tmp_path, check=check_method_options)
+  assert len(_plan('fusion_glue.py', tmp_path, check=check_method_options)) == 16
+
+
+@pytest.mark.parametrize('name', SWEEPABLE)
+def test_every_sweepable_config_plans_with_the_print_launcher(name, tmp_path):
+  run = _cli('experiments.sweep', f'--config={CONFIGS}/{name}', f'--sweep_dir={tmp_path}',
+             '--launcher=print')
+  assert run.returncode == 0, run.stderr[-2000:]
+  commands = [shlex.split(line) for line in run.stdout.splitlines() if not line.startswith('#')]
+  with open(tmp_path / sweeps.RUNS_FILE) as f:
+    planned = json.load(f)['runs']
+  assert len(commands) == len(planned) > 0
+  assert all(c[1:3] == ['-m', 'experiments.train'] for c in commands)
+  assert {c[4] for c in commands} == {f'--workdir={r["workdir"]}' for r in planned}
+
+
+def test_fusion_runs_train_over_the_sweeps_own_adapters_after_them(tmp_path):
+  runs = _plan('mini_fusion.py', tmp_path)
+  by_method = {}
+  for run in runs:
+    by_method.setdefault(run.config['method'], []).append(run)
+  assert sorted(by_method) == ['full', 'fusion', 'pfeiffer']
+  adapter_dirs = tuple(os.path.join(r.workdir, 'best') for r in by_method['pfeiffer'])
+  for fusion in by_method['fusion']:
+    assert fusion.command[2] == 'experiments.train'
+    assert fusion.config['method_options']['adapter_dirs'] == list(adapter_dirs)
+    assert fusion.config['method_options']['temperature'] == 1.0
+    assert set(fusion.after) == {r.name for r in by_method['pfeiffer']}
+  assert [len(w) for w in sweeps.waves(runs)] == [4, 2]
+  # Printed wave by wave; --only keeps the adapters a fusion reads.
+  only = _plan('mini_fusion.py', tmp_path, only={'method': 'fusion', 'task': 'rotten_tomatoes'})
+  assert sorted(r.config['method'] for r in only) == ['fusion', 'pfeiffer', 'pfeiffer']
+  out = io.StringIO()
+  assert sweeps.print_commands(only, out) == 3
+  lines = out.getvalue().splitlines()
+  assert lines[2].startswith('# after the runs above') and 'method=fusion' in lines[3]
+  # Slurm: a second array job, submitted after the first succeeded.
+  submit, _ = sweeps.slurm_script(runs, str(tmp_path), workdir='/repo')
+  text = pathlib.Path(submit).read_text()
+  assert '--dependency=afterok:$JOB' in text and 'sweep_1.sbatch' in text
+  assert len(pathlib.Path(tmp_path, 'slurm', 'runs_1.tsv').read_text().splitlines()) == 2
+
+
 def test_print_launcher_prints_unfinished_runs(tmp_path):
-  runs = sweeps.plan(os.path.join(CONFIGS, 'lora_glue.py'), str(tmp_path), only={'task': 'rte'})
+  runs = _plan('lora_glue.py', tmp_path, only={'task': 'rte'})
   os.makedirs(runs[0].workdir)
   (tmp_path / runs[0].name / sweeps.RESULT_FILE).write_text('{}')
   out = io.StringIO()
@@ -107,7 +178,7 @@ def test_print_launcher_prints_unfinished_runs(tmp_path):
 
 
 def test_slurm_launcher_writes_array_script_and_table(tmp_path):
-  runs = sweeps.plan(os.path.join(CONFIGS, 'houlsby_glue.py'), str(tmp_path), only={'task': 'rte'})
+  runs = _plan('houlsby_glue.py', tmp_path, only={'task': 'rte'})
   script, table = sweeps.slurm_script(runs, str(tmp_path), job_name='houlsby',
                                       sbatch_options=['--gres=gpu:1', '--partition=a100'],
                                       max_parallel=8, workdir='/repo')
@@ -124,8 +195,7 @@ def test_slurm_launcher_writes_array_script_and_table(tmp_path):
 
 
 def test_runs_whose_workdir_holds_another_config_are_stale_and_not_run(tmp_path):
-  runs = sweeps.plan(os.path.join(CONFIGS, 'mini_rotten_tomatoes.py'), str(tmp_path),
-                     only={'method': 'head', 'seed': 0})
+  runs = _plan('mini_rotten_tomatoes.py', tmp_path, only={'method': 'head', 'seed': 0})
   fresh, changed = runs
   assert fresh.config['method'] == 'head' and fresh.config['max_length'] == 48
   for run, max_length in ((fresh, 48), (changed, 64)):
@@ -135,14 +205,15 @@ def test_runs_whose_workdir_holds_another_config_are_stale_and_not_run(tmp_path)
     pathlib.Path(run.workdir, sweeps.RESULT_FILE).write_text('{}')
   assert fresh.stale_fields() == [] and changed.stale_fields() == ['max_length']
   lines = []
-  outcome = sweeps.run_local(runs, 1, log=lines.append)
+  outcome = sweeps.run_local(runs, 1, devices=sweeps.Devices('cpu'), log=lines.append)
   assert outcome.skipped == [fresh.name] and outcome.stale == {changed.name: ['max_length']}
   assert any(line.startswith(f'STALE {changed.name}') for line in lines)
 
 
 TINY_SWEEP = '''"""Tiny sweep for tests: python -m experiments.sweep --config=this.py."""
-from adapters_jax import sweeps
+from adapters_jax import config_args
 from experiments.configs import quickstart
+from experiments.configs.common import OPEN_FIELDS
 
 CONFIG_ARGS = ('',)
 
@@ -156,13 +227,16 @@ def get_config(arg=''):
   config.max_train_examples = 64
   config.max_eval_examples = 32
   config.tensorboard = False
-  return sweeps.apply_overrides(config, sweeps.arg_overrides(sweeps.parse_arg(arg)))
+  return config_args.apply_overrides(config, config_args.parse_arg(arg), OPEN_FIELDS)
 
 
 def sweep():
   return [{{'method': 'lora', 'method_options.rank': 2, 'seed': 0}},
           {{'method': 'no-such-method', 'seed': 0}}]
 '''
+
+
+CPU = sweeps.Devices('cpu')
 
 
 def _train_records(workdir):
@@ -174,10 +248,10 @@ def test_local_launcher_skips_finished_resumes_interrupted_and_survives_failures
   model = str(write_tiny_bert(tmp_path / 'tiny_bert'))
   config_path = tmp_path / 'tiny_sweep.py'
   config_path.write_text(TINY_SWEEP.format(model=model))
-  runs = sweeps.plan(str(config_path), str(tmp_path / 'sweep'))
+  runs = sweeps.plan(str(config_path), str(tmp_path / 'sweep'), open_fields=OPEN_FIELDS)
   good, bad = runs
   lines = []
-  outcome = sweeps.run_local(runs, 1, cwd=ROOT, poll_s=0.2, log=lines.append)
+  outcome = sweeps.run_local(runs, 1, devices=CPU, cwd=ROOT, poll_s=0.2, log=lines.append)
   assert outcome.succeeded == [good.name] and list(outcome.failed) == [bad.name]
   assert good.finished and not bad.finished
   with open(os.path.join(good.workdir, sweeps.RESULT_FILE)) as f:
@@ -190,14 +264,14 @@ def test_local_launcher_skips_finished_resumes_interrupted_and_survives_failures
   # Interrupted after its last checkpoint: the rerun resumes (no step is trained twice).
   os.remove(os.path.join(good.workdir, sweeps.RESULT_FILE))
   lines = []
-  outcome = sweeps.run_local([good], 1, cwd=ROOT, poll_s=0.2, log=lines.append)
+  outcome = sweeps.run_local([good], 1, devices=CPU, cwd=ROOT, poll_s=0.2, log=lines.append)
   assert outcome.succeeded == [good.name] and good.finished
   assert f'start {good.name} (resuming)' in lines
   assert _train_records(good.workdir) == trained
 
   # Finished: skipped without starting anything.
   lines = []
-  outcome = sweeps.run_local([good], 1, cwd=ROOT, log=lines.append)
+  outcome = sweeps.run_local([good], 1, devices=CPU, cwd=ROOT, log=lines.append)
   assert outcome.skipped == [good.name] and not outcome.succeeded
   assert not any(line.startswith('start') for line in lines)
 
@@ -207,3 +281,63 @@ def test_count_gpus_reads_cuda_visible_devices(monkeypatch):
   assert sweeps.count_gpus() == 3
   monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
   assert sweeps.count_gpus() == 0
+
+
+FAKE_TRAIN = '''#!{python}
+"""Stands in for `python -m experiments.train`: records its GPU and time span, writes a result."""
+import json, os, sys, time
+workdir = next(a.split('=', 1)[1] for a in sys.argv if a.startswith('--workdir='))
+start = time.time()
+time.sleep(0.5)
+record = {{'device': os.environ.get('CUDA_VISIBLE_DEVICES'), 'start': start, 'end': time.time()}}
+with open(os.path.join(workdir, 'device.json'), 'w') as f:
+  json.dump(record, f)
+with open(os.path.join(workdir, 'result.json'), 'w') as f:
+  json.dump({{}}, f)
+'''
+
+
+def _fake_python(tmp_path):
+  path = tmp_path / 'fake_python'
+  path.write_text(FAKE_TRAIN.format(python=sys.executable))
+  path.chmod(path.stat().st_mode | stat.S_IEXEC)
+  return str(path)
+
+
+def test_local_launcher_runs_one_run_per_gpu_each_seeing_only_its_gpu(tmp_path):
+  sweep_dir = tmp_path / 'sweep'
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES='3,5')  # a host with two GPUs, ids 3 and 5
+  run = _cli('experiments.sweep', f'--config={CONFIGS}/mini_rotten_tomatoes.py',
+             f'--sweep_dir={sweep_dir}', '--launcher=local', '--only=method=lora', '--parallel=4',
+             f'--python={_fake_python(tmp_path)}', env=env)
+  assert run.returncode == 0, run.stdout + run.stderr
+  assert '--parallel=4 > 2 GPUs: one run per GPU at a time.' in run.stdout
+  records = [json.loads(p.read_text()) for p in sweep_dir.glob('*/device.json')]
+  assert len(records) == 6  # lora x 2 learning rates x 3 seeds
+  assert {r['device'] for r in records} == {'3', '5'}
+  for device in ('3', '5'):
+    spans = sorted((r['start'], r['end']) for r in records if r['device'] == device)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
+
+
+def test_tpu_hosts_refuse_parallel_runs_and_cpu_hosts_share():
+  with pytest.raises(ValueError, match='TPU host.*--parallel=1'):
+    sweeps.slots(sweeps.Devices('tpu', ('/dev/accel0', '/dev/accel1')), 2)
+  assert sweeps.slots(sweeps.Devices('tpu', ('/dev/accel0',)), 1) == ([None], '')
+  assert sweeps.slots(sweeps.Devices('cpu'), 3) == ([None] * 3, '')
+  assert sweeps.slots(sweeps.Devices('gpu', ('0', '1', '2')), 0) == (['0', '1', '2'], '')
+  assert sweeps.detect_devices({'CUDA_VISIBLE_DEVICES': '2,7'}) == sweeps.Devices('gpu', ('2', '7'))
+  assert sweeps.detect_devices({'CUDA_VISIBLE_DEVICES': '', 'TPU_ACCELERATOR_TYPE': 'v4-8'}).kind \
+      == 'tpu'
+
+
+def test_a_run_that_reads_a_failed_run_is_not_started(tmp_path):
+  runs = _plan('mini_fusion.py', tmp_path, only={'method': 'fusion', 'task': 'rotten_tomatoes'})
+  broken = [sweeps.Run(r.name, r.overrides, r.workdir, (sys.executable, '-c', 'raise SystemExit(3)'),
+                       r.config, r.after) for r in runs]
+  lines = []
+  outcome = sweeps.run_local(broken, 2, devices=CPU, poll_s=0.1, log=lines.append)
+  fusion = next(r for r in runs if r.after)
+  assert sorted(outcome.failed.values()) == [3, 3]
+  assert outcome.blocked == {fusion.name: fusion.after[0]}
+  assert not os.path.exists(fusion.workdir)  # never started

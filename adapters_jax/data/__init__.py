@@ -28,7 +28,7 @@ from adapters_jax.data.batching import (
 )
 from adapters_jax.data.encoding import EncodedDataset, encode, load_tokenizer
 from adapters_jax.data.load import load_task
-from adapters_jax.data.local_files import BadRowError, LocalTaskConfig, load_local_task
+from adapters_jax.data.local_files import BadRowError, LocalTaskConfig, load_local_task, local_task_config
 from adapters_jax.data.metrics import (
     METRIC_NAMES,
     accuracy,
@@ -81,6 +81,7 @@ __all__ = [
     'length_buckets',
     'load_glue',
     'load_local_task',
+    'local_task_config',
     'load_rotten_tomatoes',
     'load_task',
     'load_tokenizer',

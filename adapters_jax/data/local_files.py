@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import json
@@ -58,7 +59,9 @@ class LocalTaskConfig:
       for two classes, and ('pearson', 'spearman', 'combined_score') for regression.
     primary_metric: model-selection metric; None means the first of metric_names
       ('combined_score' for regression).
-    encoding: file encoding; 'utf-8-sig' also accepts UTF-8 files with a byte-order mark.
+    encoding: file encoding (a Python codec name: 'utf-8', 'latin-1', 'cp1252', ...); UTF-8 files
+      may start with a byte-order mark. A byte the encoding cannot decode is an error naming the
+      file, line and byte offset.
   """
 
   name: str
@@ -72,7 +75,7 @@ class LocalTaskConfig:
   test_has_labels: bool = True
   metric_names: tuple[str, ...] | None = None
   primary_metric: str | None = None
-  encoding: str = 'utf-8-sig'
+  encoding: str = 'utf-8'
 
   def __post_init__(self):
     if self.regression == (self.label_names is not None):
@@ -81,6 +84,12 @@ class LocalTaskConfig:
     if self.format is not None and self.format not in FORMATS:
       raise ValueError(f'Unknown format {self.format!r}; valid: {", ".join(FORMATS)} (or None '
                        'to infer from the extension).')
+    try:
+      codecs.lookup(self.encoding)
+    except LookupError:
+      raise ValueError(f'Unknown encoding {self.encoding!r} for task {self.name!r}; give a Python '
+                       "codec name such as 'utf-8', 'latin-1' or 'cp1252' "
+                       '(--config.local_task.encoding=...).') from None
     if isinstance(self.text_columns, str):
       object.__setattr__(self, 'text_columns', (self.text_columns,))
     if len(self.text_columns) not in (1, 2):
@@ -132,19 +141,63 @@ def infer_format(path: str, fmt: str | None = None) -> str:
   ext = os.path.splitext(path)[1].lower()
   if ext not in _EXTENSIONS:
     raise ValueError(f'Cannot infer the format of {path!r} from its extension {ext!r}; '
-                     f'known: {", ".join(sorted(_EXTENSIONS))}. Set LocalTaskConfig.format to '
-                     f'one of {", ".join(FORMATS)}.')
+                     f'known: {", ".join(sorted(_EXTENSIONS))}. Set the format: '
+                     f'--config.local_task.format=csv (one of {", ".join(FORMATS)}; '
+                     'LocalTaskConfig.format in code).')
   return _EXTENSIONS[ext]
+
+
+def local_task_config(local: Mapping) -> LocalTaskConfig:
+  """The `LocalTaskConfig` of an experiment config's `local_task` fields.
+
+  `local` holds name, paths, text_columns, label_column, label_names (empty for regression),
+  regression, drop_bad_rows, encoding, format ('' = from the extension) and test_has_labels.
+  """
+  return LocalTaskConfig(
+      name=local['name'], paths=dict(local['paths']), text_columns=tuple(local['text_columns']),
+      label_column=local['label_column'],
+      label_names=tuple(local['label_names']) if local['label_names'] else None,
+      regression=local['regression'], drop_bad_rows=local['drop_bad_rows'],
+      encoding=local['encoding'], format=local['format'] or None,
+      test_has_labels=local['test_has_labels'])
+
+
+def _decode_error(path: str, encoding: str, error: UnicodeDecodeError) -> ValueError:
+  """Where in `path` the first undecodable byte is: line and byte offset."""
+  offset, where = 0, f'byte {error.start} of a block'
+  with open(path, 'rb') as f:
+    for line_number, raw in enumerate(f, start=1):
+      try:
+        raw.decode(encoding)
+      except UnicodeDecodeError as e:
+        where = f'line {line_number} (byte offset {offset + e.start}, byte {raw[e.start]:#04x})'
+        break
+      offset += len(raw)
+  return ValueError(f'{path}, {where}: not valid {encoding}. Set the file\'s encoding: '
+                    '--config.local_task.encoding=latin-1 (or cp1252, utf-16, ...; '
+                    'LocalTaskConfig.encoding in code).')
 
 
 def _read_rows(path: str, fmt: str, encoding: str,
                required: list[str]) -> Iterator[tuple[int, dict | None, str]]:
+  """`_parse_rows` of one file; a byte the encoding cannot decode raises a ValueError naming the
+  file, the line and the byte offset."""
+  try:
+    yield from _parse_rows(path, fmt, encoding, required)
+  except UnicodeDecodeError as e:
+    raise _decode_error(path, encoding, e) from None
+
+
+def _parse_rows(path: str, fmt: str, encoding: str,
+                required: list[str]) -> Iterator[tuple[int, dict | None, str]]:
   """Yields (line number, row dict or None, problem) for each data row of a file.
 
   Line numbers are 1-based with the header on line 1. A row that cannot even be split into
   fields comes back as (line, None, problem). The header (CSV/TSV) or the first JSON object must
   have every `required` column; otherwise a ValueError lists the columns the file has.
   """
+  if codecs.lookup(encoding).name == 'utf-8':
+    encoding = 'utf-8-sig'  # also reads UTF-8 with a byte-order mark (Excel's "CSV UTF-8")
   with open(path, encoding=encoding, newline='') as f:
     if fmt == 'jsonl':
       schema_checked = False

@@ -8,6 +8,7 @@ The package folder is located with `importlib.util.find_spec` without importing 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import pathlib
 import re
 
@@ -17,6 +18,9 @@ from adapters_jax.packaged import packaged_path
 HUB_ALLOW_PATTERNS = ('config.json', '*.safetensors', 'model.safetensors.index.json',
                       'tokenizer*', 'vocab*', 'merges.txt', 'special_tokens_map.json')
 _HUB_ID_RE = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
+# Legacy ids without an owner (`bert-base-uncased`, `roberta-base`, `t5-small`, `gpt2`): the hub
+# still resolves them to their owner's repository.
+_LEGACY_HUB_ID_RE = re.compile(r'^[A-Za-z0-9][\w.-]{0,95}$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,27 +45,32 @@ SHORT_NAMES: dict[str, PackagedCheckpoint] = {
 
 
 def looks_like_hub_id(name: str) -> bool:
-  """`owner/name` (e.g. `google-bert/bert-base-uncased`)."""
-  return bool(_HUB_ID_RE.match(name)) and '..' not in name
+  """`owner/name` (e.g. `google-bert/bert-base-uncased`) or a legacy id without an owner
+  (`bert-base-uncased`, `roberta-base`)."""
+  if '..' in name or name.endswith(('.', '-')):
+    return False
+  return bool(_HUB_ID_RE.match(name) or _LEGACY_HUB_ID_RE.match(name))
 
 
 def resolve_checkpoint_dir(name_or_path: str, *, revision: str | None = None) -> pathlib.Path:
   """Returns a local directory holding `config.json` + safetensors for `name_or_path`.
 
-  Order: short name (`SHORT_NAMES`), existing directory, hub id `owner/name` (downloaded with
-  `huggingface_hub.snapshot_download`, only config/safetensors/tokenizer files).
+  Order: short name (`SHORT_NAMES`), existing directory, hub id `owner/name` or legacy `name`
+  (downloaded with `huggingface_hub.snapshot_download`, only config/safetensors/tokenizer files).
   """
   if name_or_path in SHORT_NAMES:
     return SHORT_NAMES[name_or_path].path()
   path = pathlib.Path(name_or_path).expanduser()
   if path.is_dir():
     return path
-  if looks_like_hub_id(name_or_path):
+  # A one-word name close to a short name is a typo, not a legacy hub id.
+  typo = '/' not in name_or_path and _close_short_names(name_or_path)
+  if looks_like_hub_id(name_or_path) and not typo:
     return _download(name_or_path, revision)
   raise ValueError(
-      f'{name_or_path!r} is not a known short name {sorted(SHORT_NAMES)}, not an existing '
-      "directory, and not a hub id of the form 'owner/name' (e.g. "
-      "'google-bert/bert-base-uncased').")
+      f'{name_or_path!r} is not a known short name {sorted(SHORT_NAMES)}{typo or ""}, not an '
+      "existing directory, and not a hub id ('owner/name' such as 'google-bert/bert-base-uncased', "
+      "or a legacy id such as 'bert-base-uncased').")
 
 
 def _download(repo_id: str, revision: str | None) -> pathlib.Path:
@@ -74,5 +83,10 @@ def _download(repo_id: str, revision: str | None) -> pathlib.Path:
     raise OSError(
         f'Could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). '
         'Check the id and your network, or download it elsewhere and pass the directory; '
-        f'offline short names: {sorted(SHORT_NAMES)}.') from e
+        f'offline short names: {sorted(SHORT_NAMES)}{_close_short_names(repo_id)}.') from e
   return pathlib.Path(local)
+
+
+def _close_short_names(name: str) -> str:
+  close = difflib.get_close_matches(name, list(SHORT_NAMES), n=2, cutoff=0.8)
+  return f' (did you mean {" or ".join(repr(c) for c in close)}?)' if close else ''

@@ -121,12 +121,7 @@ def task_source(config: ml_collections.ConfigDict) -> str | data.LocalTaskConfig
   """The argument of `data.load_task` the config names: a task name or a local-file task."""
   if config.task != 'local':
     return config.task
-  local = config.local_task
-  return data.LocalTaskConfig(
-      name=local.name, paths=dict(local.paths), text_columns=tuple(local.text_columns),
-      label_column=local.label_column,
-      label_names=tuple(local.label_names) if local.label_names else None,
-      regression=local.regression, drop_bad_rows=local.drop_bad_rows)
+  return data.local_task_config(config.local_task)
 
 
 def trainable_rules(config: ml_collections.ConfigDict, spliced: Spliced,

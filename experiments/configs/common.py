@@ -1,6 +1,14 @@
-"""Every field a training run reads, with its default. Other configs start from `base_config()`."""
+"""Every field a training run reads, with its default. Other configs start from `base_config()`.
+
+`OPEN_FIELDS` are the ConfigDicts whose keys are free (a method's options, a model field, a split's
+file): `--config.method_options.size=8` adds a key there; every other field must exist.
+"""
 
 import ml_collections
+
+from adapters_jax import config_args
+
+OPEN_FIELDS = ('model_overrides', 'method_options', 'local_task.paths')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -23,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
       'label_names': (),           # class names; empty for regression
       'regression': False,
       'drop_bad_rows': False,
+      'encoding': 'utf-8',         # e.g. latin-1, cp1252; 'utf-8' also skips a byte-order mark
+      'format': '',                # csv, tsv or jsonl; '' = from each file's extension
+      'test_has_labels': True,     # False: test files need no label column
   })
   config.max_length = 128
   config.max_train_examples = -1    # > 0: a fixed subset (the same for every seed)
@@ -57,3 +68,47 @@ def base_config() -> ml_collections.ConfigDict:
   config.tensorboard = True
   config.distributed = False        # call jax.distributed.initialize() (multi-host)
   return config
+
+
+# A run that finishes in seconds: tests and `:smoke` arguments. Configs change single values with
+# `smoke(config, num_train_steps=6)`.
+SMOKE = {
+    'max_train_examples': 64, 'max_eval_examples': 32, 'max_length': 32, 'batch_size': 8,
+    'eval_batch_size': 16, 'num_train_steps': 2, 'eval_every_steps': 2,
+    'checkpoint_every_steps': 2, 'log_every_steps': 1, 'tensorboard': False,
+}
+
+
+# What `experiments.sweep --dry_run` sets on every run after its own values: one step on a few
+# examples of a small stand-in model (`--dry_run_model`, default below).
+DRY_RUN = {
+    'model': 'minilm-l6', 'max_train_examples': 8,
+    'max_eval_examples': 4, 'max_length': 16, 'batch_size': 4, 'eval_batch_size': 4,
+    'num_train_steps': 1, 'eval_every_steps': 1, 'checkpoint_every_steps': 1, 'log_every_steps': 1,
+    'keep_checkpoints': 1, 'tensorboard': False,
+}
+
+
+def smoke(config: ml_collections.ConfigDict, **changes) -> ml_collections.ConfigDict:
+  """Shrinks `config` to a few steps on a few examples (`SMOKE`, with `changes`)."""
+  unknown = set(changes) - set(SMOKE)
+  if unknown:
+    raise ValueError(f'smoke() changes {sorted(SMOKE)}, not {sorted(unknown)}.')
+  config.update({**SMOKE, **changes})
+  return config
+
+
+def split_arg(arg: str, names: tuple[str, ...] = ('smoke',)) -> tuple[set[str], dict]:
+  """A config argument `smoke,task=mrpc` as (names, key=value items); apply the items last with
+  `config_args.apply_overrides(config, items, OPEN_FIELDS)`.
+
+  Raises:
+    ValueError: a name not in `names`.
+  """
+  args = config_args.parse_arg(arg)
+  flags = {k for k, v in args.items() if v is True and '.' not in k}
+  unknown = flags - set(names)
+  if unknown:
+    raise ValueError(f'Unknown config argument(s) {sorted(unknown)}; valid: '
+                     f'{", ".join(repr(n) for n in ("", *names))}, plus key=value items.')
+  return flags, {k: v for k, v in args.items() if k not in flags}

@@ -4,11 +4,15 @@ Stage 1 trains one Pfeiffer adapter per GLUE task (ST-A); stage 2 fuses all of t
 task (ST-A + Fusion: only the fusion layers and a new head train, lr 5e-5, 10 epochs as in the
 paper; adapters lr 1e-4, reduction factor 16):
 
-  for t in mnli qqp sst2 cola mrpc stsb rte qnli; do
-    python -m experiments.train --config=experiments/configs/fusion_glue.py:adapter-$t \
-        --workdir=workdirs/fusion_glue/adapter-$t
-  done
-  python -m experiments.fuse --config=experiments/configs/fusion_glue.py:fusion-rte \
+  python -m experiments.sweep --config=experiments/configs/fusion_glue.py \
+      --sweep_dir=workdirs/fusion_glue --launcher=slurm     # or local / print; --only=task=rte
+
+The sweep runs each fusion after the eight adapters it reads (a second Slurm wave). One stage by
+hand (fusion stages read workdirs/fusion_glue/adapter-*/best):
+
+  python -m experiments.train --config=experiments/configs/fusion_glue.py:adapter-rte \
+      --workdir=workdirs/fusion_glue/adapter-rte
+  python -m experiments.train --config=experiments/configs/fusion_glue.py:fusion-rte \
       --workdir=workdirs/fusion_glue/fusion-rte
 
 GLUE comes from tensorflow-datasets (downloaded on first use; --config.data_dir to reuse a copy).
@@ -20,53 +24,50 @@ tests run it on `tfds.testing.mock_data` with a tiny BERT (`:smoke`).
 Arguments: `adapter-<task>` or `fusion-<task>`, optionally with `,smoke` (a few steps).
 """
 
-from experiments.configs.common import base_config
+from adapters_jax import config_args, sweeps
+from experiments.configs.common import OPEN_FIELDS, base_config, smoke
 
 TASKS = ('mnli', 'qqp', 'sst2', 'cola', 'mrpc', 'stsb', 'rte', 'qnli')
+SMALL_TASKS = ('rte', 'mrpc', 'stsb', 'cola')  # 10 epochs; 3 on the others
 ROOT = 'workdirs/fusion_glue'
 CONFIG_ARGS = tuple(f'{kind}-{task}' for kind in ('adapter', 'fusion') for task in TASKS) + (
     'fusion-rte,smoke',)
+FUSION_OPTIONS = {'temperature': 1.0, 'dropout': 0.1, 'regularization': 0.01}
 
 
-def sweep() -> list[str]:
-  """Every stage: all adapters first, then one fusion per target task."""
-  return [f'adapter-{t}' for t in TASKS] + [f'fusion-{t}' for t in TASKS]
+def stage(kind: str, task: str, adapter_dirs=None) -> dict:
+  """The overrides of one stage; a fusion reads `adapter_dirs` (one per task, in TASKS order)."""
+  epochs = 10.0 if task in SMALL_TASKS else 3.0
+  if kind == 'adapter':
+    return {'task': task, 'method': 'pfeiffer', 'learning_rate': 1e-4, 'num_epochs': epochs}
+  options = {'adapter_dirs': tuple(adapter_dirs), **FUSION_OPTIONS}
+  return {'task': task, 'method': 'fusion', 'learning_rate': 5e-5, 'num_epochs': epochs,
+          **{f'method_options.{k}': v for k, v in options.items()}}
 
 
-def get_config(arg: str = 'fusion-rte'):
-  stage, _, option = (arg or 'fusion-rte').partition(',')
-  kind, _, task = stage.partition('-')
+def sweep() -> list[dict]:
+  """All adapters, then one fusion per target task over the sweep's own adapters."""
+  adapters = [stage('adapter', task) for task in TASKS]
+  fusion_dirs = [sweeps.run_dir(point, 'best') for point in adapters]
+  return adapters + [stage('fusion', task, fusion_dirs) for task in TASKS]
+
+
+def get_config(arg: str = 'adapter-mnli'):
+  name, _, option = (arg or 'adapter-mnli').partition(',')
+  kind, _, task = name.partition('-')
   if kind not in ('adapter', 'fusion') or task not in TASKS or option not in ('', 'smoke'):
     raise ValueError(f'Unknown fusion_glue argument {arg!r}; valid: adapter-<task> or '
                      f'fusion-<task> (optionally ",smoke") with task in {TASKS}.')
   config = base_config()
   config.model = 'minilm-l6'
-  config.task = task
   config.max_length = 128
   config.batch_size = 32
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 1000
-  if kind == 'adapter':
-    config.method = 'pfeiffer'
-    config.learning_rate = 1e-4
-    config.num_epochs = 10.0 if task in ('rte', 'mrpc', 'stsb', 'cola') else 3.0
-  else:
-    config.method = 'fusion'
-    config.learning_rate = 5e-5
-    config.num_epochs = 10.0 if task in ('rte', 'mrpc', 'stsb', 'cola') else 3.0
-    config.method_options.adapter_dirs = tuple(f'{ROOT}/adapter-{t}/best' for t in TASKS)
-    config.method_options.temperature = 1.0
-    config.method_options.dropout = 0.1
-    config.method_options.regularization = 0.01
+  adapter_dirs = [f'{ROOT}/adapter-{t}/best' for t in TASKS]
+  config_args.apply_overrides(config, stage(kind, task, adapter_dirs), OPEN_FIELDS)
   if option == 'smoke':
-    config.max_length = 32
-    config.max_train_examples = 32
-    config.max_eval_examples = 16
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.num_train_steps = 4
-    config.eval_every_steps = 2
-    config.log_every_steps = 1
+    smoke(config, max_train_examples=32, max_eval_examples=16, eval_batch_size=8,
+          num_train_steps=4)
     config.learning_rate = 1e-3
-    config.tensorboard = False
   return config

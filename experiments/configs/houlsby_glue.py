@@ -35,9 +35,8 @@ The paper's "total" is the GLUE server score (it also counts WNLI and AX), not t
 nine columns; the report shows both.
 """
 
-from adapters_jax import sweeps
 from adapters_jax.report import Column
-from experiments.configs.common import base_config
+from experiments.configs._glue_table import every, paper_numbers, table_config
 
 CONFIG_ARGS = ('', 'smoke', 'task=mrpc')
 
@@ -61,14 +60,11 @@ COLUMNS = (
     Column('MNLI-mm', 'mnli', 'accuracy', 'validation_mismatched', 'test_mismatched'),
     Column('QNLI', 'qnli', 'accuracy'), Column('RTE', 'rte', 'accuracy'),
 )
-_NAMES = [c.name for c in COLUMNS]
-_SCORES = {
+PAPER = paper_numbers(COLUMNS, {
     FT: (60.5, 94.9, 89.3, 87.6, 72.1, 86.7, 85.9, 91.1, 70.1, 80.4),
     ADAPTERS: (59.5, 94.0, 89.5, 86.9, 71.8, 84.9, 85.1, 90.7, 71.5, 80.0),
     ADAPTERS_64: (56.9, 94.2, 89.6, 87.3, 71.8, 85.3, 84.6, 91.4, 68.8, 79.6),
-}
-PAPER = {(column, label): score for label, scores in _SCORES.items()
-         for column, score in zip([*_NAMES, 'avg'], scores, strict=True)}
+})
 PAPER_PARAMS = {FT: '100%', ADAPTERS: '3.6%', ADAPTERS_64: '2.1%'}
 LABELS = (FT, ADAPTERS, ADAPTERS_64)
 REPORT_NOTES = ("The paper's numbers are GLUE test-server scores, ours validation scores (GLUE "
@@ -78,34 +74,9 @@ REPORT_NOTES = ("The paper's numbers are GLUE test-server scores, ours validatio
 
 
 def get_config(arg: str = ''):
-  args = sweeps.parse_arg(arg)
-  unknown = sweeps.flag_names(args) - {'smoke'}
-  if unknown:
-    raise ValueError(f'Unknown argument(s) {sorted(unknown)}; valid: "", "smoke", key=value.')
-  config = base_config()
-  config.model = MODEL
-  config.task = 'rte'
-  config.method = 'houlsby'
-  config.method_options.size = 64  # declared, so --config.method_options.size=8 works
-  config.max_length = 128
-  config.batch_size = 32
-  config.eval_batch_size = 128
-  config.learning_rate = 3e-4
-  config.num_epochs = 3.0
-  config.eval_every_steps = 1000
-  config.checkpoint_every_steps = 1000
-  if 'smoke' in args:
-    config.max_train_examples = 64
-    config.max_eval_examples = 32
-    config.max_length = 32
-    config.batch_size = 8
-    config.eval_batch_size = 16
-    config.num_train_steps = 2
-    config.eval_every_steps = 2
-    config.checkpoint_every_steps = 2
-    config.log_every_steps = 1
-    config.tensorboard = False
-  return sweeps.apply_overrides(config, sweeps.arg_overrides(args))
+  return table_config(arg, model=MODEL, task='rte', method='houlsby', method_options={'size': 64},
+                      max_length=128, batch_size=32, eval_batch_size=128, learning_rate=3e-4,
+                      num_epochs=3.0, **every(1000))
 
 
 def method_label(config: dict) -> tuple[str, ...]:
@@ -120,14 +91,14 @@ def method_label(config: dict) -> tuple[str, ...]:
 def sweep():
   grid = []
   for task in TASKS:
-    every = {'eval_every_steps': EVAL_EVERY[task], 'checkpoint_every_steps': EVAL_EVERY[task]}
     for seed in SEEDS:
       for rate in FINETUNE_RATES:
         grid.append({'task': task, 'method': 'full', 'learning_rate': rate, 'num_epochs': 3,
-                     **every, 'seed': seed})
+                     **every(EVAL_EVERY[task]), 'seed': seed})
       for size in ADAPTER_SIZES:
         for rate in ADAPTER_RATES:
           for epochs in ADAPTER_EPOCHS:
             grid.append({'task': task, 'method': 'houlsby', 'method_options.size': size,
-                         'learning_rate': rate, 'num_epochs': epochs, **every, 'seed': seed})
+                         'learning_rate': rate, 'num_epochs': epochs, **every(EVAL_EVERY[task]),
+                         'seed': seed})
   return grid

@@ -36,9 +36,8 @@ Paper numbers (Table 2, validation; CoLA Matthews, STS-B Pearson, accuracy elsew
 (each average is the mean of its eight columns.)
 """
 
-from adapters_jax import sweeps
 from adapters_jax.report import Column
-from experiments.configs.common import base_config
+from experiments.configs._glue_table import every, paper_numbers, table_config
 
 CONFIG_ARGS = ('', 'smoke', 'task=stsb')
 
@@ -65,14 +64,11 @@ COLUMNS = (
     Column('QNLI', 'qnli', 'accuracy'), Column('QQP', 'qqp', 'accuracy'),
     Column('RTE', 'rte', 'accuracy'), Column('STS-B', 'stsb', 'pearson'),
 )
-_NAMES = [c.name for c in COLUMNS]
-_SCORES = {
+PAPER = paper_numbers(COLUMNS, {
     FT: (87.6, 94.8, 90.2, 63.6, 92.8, 91.9, 78.7, 91.2, 86.4),
     ADPTD: (87.1, 94.2, 88.5, 60.8, 93.1, 90.2, 71.5, 89.7, 84.4),
     LORA: (87.5, 95.1, 89.7, 63.4, 93.3, 90.8, 86.6, 91.5, 87.2),
-}
-PAPER = {(column, label): score for label, scores in _SCORES.items()
-         for column, score in zip([*_NAMES, 'avg'], scores, strict=True)}
+})
 PAPER_PARAMS = {FT: '125M (100%)', ADPTD: '0.3M', LORA: '0.3M (0.24%)'}
 LABELS = (FT, ADPTD, LORA)
 REPORT_NOTES = ('Both sides are GLUE validation scores. The paper reports the median over 5 '
@@ -81,37 +77,10 @@ REPORT_NOTES = ('Both sides are GLUE validation scores. The paper reports the me
 
 
 def get_config(arg: str = ''):
-  args = sweeps.parse_arg(arg)
-  unknown = sweeps.flag_names(args) - {'smoke'}
-  if unknown:
-    raise ValueError(f'Unknown argument(s) {sorted(unknown)}; valid: "", "smoke", key=value.')
-  config = base_config()
-  config.model = MODEL
-  config.task = 'mnli'
-  config.method = 'lora'
-  config.method_options.rank = 8
-  config.method_options.alpha = 16.0
-  config.max_length = 512
-  config.batch_size = 16
-  config.eval_batch_size = 64
-  config.learning_rate = 5e-4
-  config.num_epochs = 30.0
-  config.warmup_ratio = 0.06
-  config.weight_decay = 0.1
-  config.eval_every_steps = 2000
-  config.checkpoint_every_steps = 2000
-  if 'smoke' in args:
-    config.max_train_examples = 64
-    config.max_eval_examples = 32
-    config.max_length = 32
-    config.batch_size = 8
-    config.eval_batch_size = 16
-    config.num_train_steps = 2
-    config.eval_every_steps = 2
-    config.checkpoint_every_steps = 2
-    config.log_every_steps = 1
-    config.tensorboard = False
-  return sweeps.apply_overrides(config, sweeps.arg_overrides(args))
+  return table_config(arg, model=MODEL, task='mnli', method='lora',
+                      method_options={'rank': 8, 'alpha': 16.0}, max_length=512, batch_size=16,
+                      eval_batch_size=64, learning_rate=5e-4, num_epochs=30.0, warmup_ratio=0.06,
+                      weight_decay=0.1, **every(2000))
 
 
 def method_label(config: dict) -> str:
@@ -121,16 +90,14 @@ def method_label(config: dict) -> str:
 def sweep():
   grid = []
   for task, (batch, epochs, rate) in LORA_HPARAMS.items():
-    every = {'eval_every_steps': EVAL_EVERY[task], 'checkpoint_every_steps': EVAL_EVERY[task]}
     for seed in SEEDS:
       grid.append({'task': task, 'method': 'lora', 'learning_rate': rate, 'num_epochs': epochs,
-                   'batch_size': batch, **every, 'seed': seed})
+                   'batch_size': batch, **every(EVAL_EVERY[task]), 'seed': seed})
   for task in LORA_HPARAMS:
-    every = {'eval_every_steps': EVAL_EVERY[task], 'checkpoint_every_steps': EVAL_EVERY[task]}
     for seed in SEEDS:
       for rate in FINETUNE_RATES:
         for batch in FINETUNE_BATCHES:
           grid.append({'task': task, 'method': 'full', 'learning_rate': rate,
-                       'num_epochs': FINETUNE_EPOCHS, 'batch_size': batch, **every,
-                       'seed': seed})
+                       'num_epochs': FINETUNE_EPOCHS, 'batch_size': batch,
+                       **every(EVAL_EVERY[task]), 'seed': seed})
   return grid

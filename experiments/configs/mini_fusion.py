@@ -1,48 +1,68 @@
 r"""Miniature AdapterFusion table on CPU: packaged `rotten_tomatoes` and `tweet_sentiment`.
 
-Stages (the config argument), all on the packaged MiniLM-L6, max length 64, fixed subsets of 3,000
-training and 1,000 validation / 1,000 test examples per task, 2 epochs:
+Stages, all on the packaged MiniLM-L6, max length 64, fixed subsets of 3,000 training and 1,000
+validation / 1,000 test examples per task, 2 epochs:
 
-  adapter-<task>   a Pfeiffer adapter (reduction 16) + head trained on <task> (experiments.train)
-  full-<task>      full fine-tuning baseline (experiments.train)
-  fusion-<task>    AdapterFusion over both frozen task adapters + a new head (experiments.fuse);
-                   reads the adapters from workdirs/mini_fusion/adapter-*/best
+  adapter-<task>   a Pfeiffer adapter (reduction 16) + head trained on <task>
+  full-<task>      full fine-tuning baseline
+  fusion-<task>    AdapterFusion over both frozen task adapters + a new head
 
-Commands (one training process at a time; run from the repository root):
+The whole table, fusion runs after the adapters they read (`--launcher=local` waits for them;
+`--launcher=print` prints them last; `--launcher=slurm` submits them as a second wave):
 
-  for s in adapter-rotten_tomatoes adapter-tweet_sentiment full-rotten_tomatoes \
-           full-tweet_sentiment; do
-    python -m experiments.train --config=experiments/configs/mini_fusion.py:$s \
-        --workdir=workdirs/mini_fusion/$s
-  done
-  for s in fusion-rotten_tomatoes fusion-tweet_sentiment; do
-    python -m experiments.fuse --config=experiments/configs/mini_fusion.py:$s \
-        --workdir=workdirs/mini_fusion/$s
-  done
+  python -m experiments.sweep --config=experiments/configs/mini_fusion.py \
+      --sweep_dir=workdirs/mini_fusion --launcher=local
+
+One stage by hand (the config argument is the stage; fusion stages read
+workdirs/mini_fusion/adapter-*/best):
+
+  python -m experiments.train --config=experiments/configs/mini_fusion.py:adapter-rotten_tomatoes \
+      --workdir=workdirs/mini_fusion/adapter-rotten_tomatoes
+  python -m experiments.train --config=experiments/configs/mini_fusion.py:fusion-rotten_tomatoes \
+      --workdir=workdirs/mini_fusion/fusion-rotten_tomatoes
 
 Hardware: 2 shared CPU cores. Run time: about 40-60 minutes for all six stages. Results (test
 accuracy, trained parameters): docs/results/fusion_mini.md.
 """
 
-from experiments.configs.common import base_config
+from adapters_jax import config_args, sweeps
+from experiments.configs.common import OPEN_FIELDS, base_config, smoke
 
 TASKS = ('rotten_tomatoes', 'tweet_sentiment')
 ROOT = 'workdirs/mini_fusion'
-CONFIG_ARGS = tuple(f'{kind}-{task}' for kind in ('adapter', 'full', 'fusion') for task in TASKS)
+KINDS = ('adapter', 'full', 'fusion')
+CONFIG_ARGS = tuple(f'{kind}-{task}' for kind in KINDS for task in TASKS) + (
+    'fusion-rotten_tomatoes,smoke',)
+FUSION_OPTIONS = {'temperature': 1.0, 'dropout': 0.1, 'regularization': 0.01}
 
 
-def sweep() -> list[str]:
-  """Every stage of the table, in the order they must run (adapters before fusion)."""
-  return list(CONFIG_ARGS)
+def stage(kind: str, task: str, adapter_dirs=None) -> dict:
+  """The overrides of one stage; a fusion reads `adapter_dirs` (one per task)."""
+  if kind == 'adapter':
+    return {'task': task, 'method': 'pfeiffer', 'learning_rate': 1e-3}
+  if kind == 'full':
+    return {'task': task, 'method': 'full', 'learning_rate': 5e-5}
+  options = {'adapter_dirs': tuple(adapter_dirs), **FUSION_OPTIONS}
+  return {'task': task, 'method': 'fusion', 'learning_rate': 5e-4,
+          **{f'method_options.{k}': v for k, v in options.items()}}
+
+
+def sweep() -> list[dict]:
+  """Every stage; each fusion reads the sweep's own adapter runs."""
+  adapters = [stage('adapter', task) for task in TASKS]
+  fusion_dirs = [sweeps.run_dir(point, 'best') for point in adapters]
+  return (adapters + [stage('full', task) for task in TASKS]
+          + [stage('fusion', task, fusion_dirs) for task in TASKS])
 
 
 def get_config(arg: str = 'adapter-rotten_tomatoes'):
-  kind, _, task = (arg or 'adapter-rotten_tomatoes').partition('-')
-  if kind not in ('adapter', 'full', 'fusion') or task not in TASKS:
-    raise ValueError(f'Unknown mini_fusion stage {arg!r}; valid stages: {list(CONFIG_ARGS)}.')
+  name, _, option = (arg or 'adapter-rotten_tomatoes').partition(',')
+  kind, _, task = name.partition('-')
+  if kind not in KINDS or task not in TASKS or option not in ('', 'smoke'):
+    raise ValueError(f'Unknown mini_fusion stage {arg!r}; valid stages: <kind>-<task> with kind '
+                     f'in {KINDS}, task in {TASKS}, optionally ",smoke".')
   config = base_config()
   config.model = 'minilm-l6'
-  config.task = task
   config.max_length = 64
   config.max_train_examples = 3000
   config.max_eval_examples = 1000
@@ -52,17 +72,7 @@ def get_config(arg: str = 'adapter-rotten_tomatoes'):
   config.checkpoint_every_steps = 94
   config.log_every_steps = 20
   config.tensorboard = False
-  if kind == 'adapter':
-    config.method = 'pfeiffer'
-    config.learning_rate = 1e-3
-  elif kind == 'full':
-    config.method = 'full'
-    config.learning_rate = 5e-5
-  else:
-    config.method = 'fusion'
-    config.learning_rate = 5e-4
-    config.method_options.adapter_dirs = tuple(f'{ROOT}/adapter-{t}/best' for t in TASKS)
-    config.method_options.temperature = 1.0
-    config.method_options.dropout = 0.1
-    config.method_options.regularization = 0.01
-  return config
+  if option == 'smoke':
+    smoke(config)
+  adapter_dirs = [f'{ROOT}/adapter-{t}/best' for t in TASKS]
+  return config_args.apply_overrides(config, stage(kind, task, adapter_dirs), OPEN_FIELDS)

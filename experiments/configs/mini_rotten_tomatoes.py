@@ -12,8 +12,9 @@ Commands (the table in docs/results/ was made with exactly these):
       --config=experiments/configs/mini_rotten_tomatoes.py --out_dir=docs/results/mini_rotten_tomatoes
 
 One run of the grid by hand:
-  python -m experiments.train --config=experiments/configs/mini_rotten_tomatoes.py:method_options.size=8 \
-      --workdir=workdirs/one --config.method=houlsby --config.learning_rate=0.001 --config.seed=1
+  python -m experiments.train --config=experiments/configs/mini_rotten_tomatoes.py \
+      --workdir=workdirs/one --config.method=houlsby --config.method_options.size=8 \
+      --config.learning_rate=0.001 --config.seed=1
 
 Size: a fixed subset of `MINI_TRAIN_EXAMPLES` (3,200) training snippets, 1 epoch = 200 steps of
 16, max length 48 (length buckets 16/32/48), AdamW with 10% warmup and linear decay, one
@@ -38,12 +39,12 @@ Full size (all 10,313 training snippets, the whole validation and test splits, 3
   python -m experiments.sweep --config=experiments/configs/mini_rotten_tomatoes.py:full_size \
       --sweep_dir=workdirs/rotten_tomatoes_full --launcher=local
 
-Arguments: '' (miniature), `full_size`, `smoke` (tests: a few steps), plus `key=value` items that
-set config fields the base config lacks (the sweep passes `method_options.size=8` this way).
+Arguments: '' (miniature), `full_size`, `smoke` (tests: a few steps), plus `key=value` items
+(e.g. `:smoke,method_options.size=8`); any field is also `--config.<field>=<value>`.
 """
 
-from adapters_jax import sweeps
-from experiments.configs.common import base_config
+from adapters_jax import config_args
+from experiments.configs.common import OPEN_FIELDS, base_config, smoke, split_arg
 
 CONFIG_ARGS = ('', 'smoke', 'full_size', 'method_options.size=8')
 
@@ -72,11 +73,7 @@ TITLE = 'Miniature adapter table: MiniLM-L6 on Rotten Tomatoes (CPU)'
 
 
 def get_config(arg: str = ''):
-  args = sweeps.parse_arg(arg)
-  unknown = sweeps.flag_names(args) - {'smoke', 'full_size'}
-  if unknown:
-    raise ValueError(f'Unknown argument(s) {sorted(unknown)}; valid: "", "smoke", "full_size", '
-                     'plus key=value items.')
+  names, items = split_arg(arg, ('smoke', 'full_size'))
   config = base_config()
   config.model = 'minilm-l6'
   config.task = 'rotten_tomatoes'
@@ -93,23 +90,16 @@ def get_config(arg: str = ''):
   config.keep_checkpoints = 1
   config.log_every_steps = 10
   config.tensorboard = False
-  if 'full_size' in args:
+  if 'full_size' in names:
     config.max_length = 64
     config.num_epochs = 3.0
     config.max_train_examples = -1
     config.max_eval_examples = -1
     config.eval_every_steps = 200
     config.checkpoint_every_steps = 200
-  if 'smoke' in args:
-    config.max_train_examples = 64
-    config.max_eval_examples = 32
-    config.batch_size = 16
-    config.eval_batch_size = 32
-    config.num_train_steps = 2
-    config.eval_every_steps = 2
-    config.checkpoint_every_steps = 2
-    config.log_every_steps = 1
-  return sweeps.apply_overrides(config, sweeps.arg_overrides(args))
+  if 'smoke' in names:
+    smoke(config, max_length=48, batch_size=16, eval_batch_size=32)
+  return config_args.apply_overrides(config, items, OPEN_FIELDS)
 
 
 def method_label(config: dict) -> str:

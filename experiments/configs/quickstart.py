@@ -10,7 +10,7 @@ snippets, 1 epoch = 322 steps of 32, max length 64), 2.6% of the parameters trai
 `:smoke` shrinks everything for tests (a few steps on a few hundred examples).
 """
 
-from experiments.configs.common import base_config
+from experiments.configs.common import base_config, smoke
 
 CONFIG_ARGS = ("", "smoke")
 
@@ -28,14 +28,8 @@ def get_config(arg: str = ''):
   config.checkpoint_every_steps = 100
   config.log_every_steps = 10
   if arg == 'smoke':
-    config.max_train_examples = 256
-    config.max_eval_examples = 64
-    config.batch_size = 16
-    config.eval_batch_size = 32
-    config.num_train_steps = 6
-    config.eval_every_steps = 3
-    config.checkpoint_every_steps = 3
-    config.log_every_steps = 1
+    smoke(config, max_train_examples=256, max_eval_examples=64, max_length=64, batch_size=16,
+          eval_batch_size=32, num_train_steps=6, eval_every_steps=3, checkpoint_every_steps=3)
   elif arg:
     raise ValueError(f'Unknown quickstart argument {arg!r}; valid: "" or "smoke".')
   return config

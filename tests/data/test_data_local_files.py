@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from adapters_jax.data import BadRowError, LocalTaskConfig, load_task
+from adapters_jax.data import BadRowError, LocalTaskConfig, load_task, local_task_config
 
 
 def _write(path, text):
@@ -93,3 +93,48 @@ def test_config_errors(tmp_path):
                            text_columns=('a',), label_names=('a', 'b'))
   with pytest.raises(ValueError, match='LocalTaskConfig.format'):
     load_task(config)
+
+
+def test_undecodable_byte_names_file_line_offset_and_the_fix(tmp_path):
+  path = tmp_path / 'train.csv'
+  body = 'text,label\nplain,pos\ncaf\u00e9 cr\u00e8me,neg\n'
+  path.write_bytes(body.encode('latin-1'))
+  config = LocalTaskConfig(name='t', paths={'train': str(path)}, text_columns=('text',),
+                           label_names=('neg', 'pos'))
+  offset = len(b'text,label\nplain,pos\ncaf')  # the first byte utf-8 cannot decode: 0xe9
+  with pytest.raises(ValueError, match=rf'train.csv, line 3 \(byte offset {offset}, byte 0xe9\): '
+                     r'not valid utf-8\. .*--config.local_task.encoding=latin-1'):
+    load_task(config)
+  latin = LocalTaskConfig(name='t', paths={'train': str(path)}, text_columns=('text',),
+                          label_names=('neg', 'pos'), encoding='latin-1')
+  assert [e.text_a for e in load_task(latin)['train']] == ['plain', 'caf\u00e9 cr\u00e8me']
+
+
+def test_utf8_with_a_byte_order_mark_and_an_unknown_encoding(tmp_path):
+  path = tmp_path / 'train.csv'
+  path.write_bytes('\ufefftext,label\nhi,pos\n'.encode())
+  config = LocalTaskConfig(name='t', paths={'train': str(path)}, text_columns=('text',),
+                           label_names=('neg', 'pos'))
+  assert load_task(config)['train'][0].text_a == 'hi'  # the BOM is not part of the header
+  with pytest.raises(ValueError, match="Unknown encoding 'latin-9000'.*local_task.encoding"):
+    LocalTaskConfig(name='t', paths={'train': str(path)}, text_columns=('text',),
+                    label_names=('neg', 'pos'), encoding='latin-9000')
+
+
+def test_experiment_config_fields_reach_the_task(tmp_path):
+  from experiments.configs.common import base_config
+
+  train = _write(tmp_path / 'train.txt', 'text\tlabel\na, b\tpos\n')
+  test = _write(tmp_path / 'test.txt', 'text\nunlabelled\n')
+  local = base_config().local_task
+  assert local.encoding == 'utf-8' and local.format == '' and local.test_has_labels
+  local.paths = {'train': train, 'test': test}
+  local.label_names = ('neg', 'pos')
+  local.format = 'tsv'                # .txt says nothing: the config does
+  local.test_has_labels = False
+  task = load_task(local_task_config(local))
+  assert task['train'][0].text_a == 'a, b' and task['train'][0].label == 1
+  assert task['test'][0].label == -1
+  local.format = ''
+  with pytest.raises(ValueError, match=r'--config.local_task.format=csv'):
+    load_task(local_task_config(local))

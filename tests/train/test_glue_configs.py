@@ -11,9 +11,10 @@ import json
 import pytest
 import tensorflow_datasets as tfds
 
-from adapters_jax import report, sweeps
+from adapters_jax import config_args, report, sweeps
 from adapters_jax.train import loop
 from experiments.configs import houlsby_glue, lora_glue
+from experiments.configs.common import OPEN_FIELDS
 
 # (config, task, method of the grid point: None = the task's first point, column to check)
 CASES = [
@@ -28,10 +29,9 @@ def first_point_config(module, task, method, model_dir):
   """The config the sweep runs for the task's first grid point, shrunk to a few steps."""
   point = next(p for p in module.sweep()
                if p['task'] == task and method in (None, p['method']))
-  known = sweeps._flatten_keys(module.get_config('smoke'))
-  arg = sweeps._run_arg('smoke', point, known)
-  config = module.get_config(arg)
-  sweeps.apply_overrides(config, {k: v for k, v in point.items() if k in known})
+  config = module.get_config('smoke')
+  config_args.apply_overrides(config, [(k, sweeps.flag_text(v)) for k, v in point.items()],
+                              OPEN_FIELDS)
   # Tiny: the grid's step counts and epochs would be hours; keep the point's method and rates.
   config.model = model_dir
   config.num_train_steps = 2

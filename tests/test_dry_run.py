@@ -1,0 +1,108 @@
+"""`experiments.sweep --dry_run`: every run's config built on a tiny stand-in model and trained one
+step through `train_and_evaluate` (what experiments.train runs), once per distinct program; for
+each paper config on a slice of its grid (GLUE from `tfds.testing.mock_data`)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from adapters_jax import sweeps
+from adapters_jax.train.loop import train_and_evaluate
+from experiments.configs.common import DRY_RUN, OPEN_FIELDS
+from tests.train.conftest import write_tiny_bert
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
+
+
+@pytest.fixture(scope='module')
+def tiny_model(tmp_path_factory):
+  return str(write_tiny_bert(tmp_path_factory.mktemp('tiny_bert_dry_run')))
+
+
+def _dry_run(name, only, model, root):
+  path = os.path.join(CONFIGS, name)
+  last = [(k, sweeps.flag_text(v)) for k, v in {**DRY_RUN, 'model': model}.items()]
+  runs = sweeps.plan(path, str(root), only=only, open_fields=OPEN_FIELDS, last=last)
+  lines = []
+  with tfds.testing.mock_data(num_examples=8):
+    outcome = sweeps.dry_run(path, runs, train_and_evaluate, open_fields=OPEN_FIELDS,
+                             log=lines.append)
+  return runs, outcome, lines
+
+
+def test_runs_differing_only_in_rates_seeds_or_schedule_share_one_program(tmp_path):
+  runs = sweeps.plan(os.path.join(CONFIGS, 'houlsby_glue.py'), str(tmp_path),
+                     open_fields=OPEN_FIELDS)
+  chosen, count = sweeps.representatives(runs)
+  assert len(chosen) == len(count) == 8 * (1 + 3)  # per task: full (the base's size 64 unused),
+  # and Houlsby at 3 sizes
+  assert sum(count.values()) == len(runs) == 840
+  assert {(r.config['task'], r.config['method'], r.config['method_options'].get('size'))
+          for r in chosen} == {(t, 'full', 64) for t in houlsby_tasks()} | {
+              (t, 'houlsby', s) for t in houlsby_tasks() for s in (8, 64, 256)}
+
+
+def houlsby_tasks():
+  from experiments.configs import houlsby_glue
+  return houlsby_glue.TASKS
+
+
+# (config, slice of its grid, planned runs in the slice, programs)
+SLICES = [
+    ('houlsby_glue.py', {'task': 'stsb', 'method_options.size': 8}, 30, 1),   # regression
+    ('lora_glue.py', {'task': 'mnli', 'method': 'lora'}, 5, 1),                # 3 classes, 2 splits
+    ('mini_rotten_tomatoes.py', {'method': 'ia3'}, 6, 1),
+    ('fusion_glue.py', {'task': 'mrpc', 'method': 'pfeiffer'}, 1, 1),
+]
+
+
+@pytest.mark.parametrize('name, only, planned, programs', SLICES, ids=[s[0] for s in SLICES])
+def test_dry_run_builds_and_steps_each_paper_config(name, only, planned, programs, tiny_model,
+                                                   tmp_path):
+  runs, outcome, lines = _dry_run(name, only, tiny_model, tmp_path)
+  assert len(runs) == planned
+  assert outcome.failed == {} and outcome.blocked == {}, lines
+  assert len(outcome.passed) == programs and sum(outcome.passed.values()) == planned
+  for name_ in outcome.passed:
+    run = next(r for r in runs if r.name == name_)
+    assert run.config['model'] == tiny_model and run.config['num_train_steps'] == 1
+    assert os.path.exists(os.path.join(run.workdir, sweeps.RESULT_FILE))
+
+
+@pytest.mark.parametrize('name, only', [('mini_fusion.py', {'method': 'fusion',
+                                                            'task': 'rotten_tomatoes'})])
+def test_dry_run_trains_fusion_over_the_dry_run_adapters(name, only, tiny_model, tmp_path):
+  runs, outcome, lines = _dry_run(name, only, tiny_model, tmp_path)
+  assert len(runs) == 3  # the fusion and the two adapters it reads
+  assert outcome.failed == {} and len(outcome.passed) == 3, lines
+
+
+def test_a_failing_run_is_reported_in_one_line_and_its_readers_are_blocked(tiny_model, tmp_path):
+  path = os.path.join(CONFIGS, 'mini_fusion.py')
+  last = [(k, sweeps.flag_text(v)) for k, v in {**DRY_RUN, 'model': tiny_model}.items()]
+  last.append(('method_options.reduction_factr', '4'))  # a typo: pfeiffer has no such option
+  runs = sweeps.plan(path, str(tmp_path), only={'method': 'fusion', 'task': 'tweet_sentiment'},
+                     open_fields=OPEN_FIELDS, last=last)
+  lines = []
+  outcome = sweeps.dry_run(path, runs, train_and_evaluate, open_fields=OPEN_FIELDS,
+                           log=lines.append)
+  assert len(outcome.failed) == 2 and not outcome.passed
+  assert all("Unknown option(s) ['reduction_factr']" in m for m in outcome.failed.values())
+  fusion = next(r for r in runs if r.after)
+  assert fusion.name in outcome.blocked
+
+
+def test_dry_run_cli_on_the_packaged_task(tiny_model, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  run = subprocess.run(
+      [sys.executable, '-m', 'experiments.sweep', f'--config={CONFIGS}/mini_rotten_tomatoes.py',
+       f'--sweep_dir={tmp_path / "sweep"}', '--dry_run', f'--dry_run_model={tiny_model}',
+       '--only=method=lora'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  assert 'dry run: 6 runs, 1 distinct programs; 1 to build.' in run.stdout
+  assert 'dry run: 1 programs ok (6 runs), 0 failed, 0 blocked.' in run.stdout
+  assert not (tmp_path / 'sweep').exists()  # nothing launched, nothing left in the sweep dir
