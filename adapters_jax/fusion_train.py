@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from adapters_jax import checkpoint, data, models, trainable
-from adapters_jax.adapter_set import restore_adapters
+from adapters_jax.checkpoint import restore_adapters
 from adapters_jax.fusion import (
   add_fusion,
   fusion_attentions,
