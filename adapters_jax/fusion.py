@@ -105,8 +105,8 @@ def _init(module, rng, features: int, k: int, dims) -> Params:
 def fusion_regularization(spliced: splice.Spliced, params: Params, name: str) -> jax.Array:
   """`config.regularization * sum over sites ||V - I||^2` of fusion `name` (0 when disabled)."""
   config = spliced.adapter(name).method
-  if not isinstance(config, FusionConfig):
-    raise ValueError(f'{name!r} is not a fusion layer.')
+  if not config.is_fusion:
+    raise ValueError(f'{name!r} is not a fusion layer; spliced: {list(spliced.names)}.')
   if not config.regularization or not config.value:
     return jnp.zeros((), jnp.float32)
   total = jnp.zeros((), jnp.float32)

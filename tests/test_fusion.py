@@ -120,6 +120,11 @@ def test_two_adapter_fusion_equals_a_hand_written_reference(tiny):
     np.testing.assert_allclose(weights[path], probs, rtol=1e-4, atol=1e-5)
   two = np.concatenate([p.reshape(-1, 2) for path, p in attention.items() if 'ffn' in path])
   assert np.abs(two[:, 0] - 0.5).max() > 0.05  # the reference is not the trivial uniform mix
+  # The regulariser: 0.01 (the default weight) * sum over the fusion's sites of ||V - I||^2.
+  penalty = sum(np.sum((_site_params(params, path, 'a,b')['value']['kernel'] - np.eye(16)) ** 2)
+                for path in attention)
+  np.testing.assert_allclose(float(fusion_regularization(spliced, params, 'a,b')), 0.01 * penalty,
+                             rtol=1e-5)
 
 
 def test_attention_weights_sum_to_one_and_plot(tiny, tmp_path):
