@@ -171,6 +171,30 @@ def test_lora_parameter_average_equals_output_average(setup):
     average_adapter(spliced, params, 'ab', ['a', 'b'])
 
 
+def test_ia3_average_is_exact_and_linear_average_is_leaf_by_leaf(setup):
+  _, _, spliced, params, ids, mask, _ = setup
+  with_s2, p = add_adapter(spliced, params, 's2', get_method('ia3'), jax.random.key(7), ids, mask)
+  p = _perturb(p, 's2', seed=7)
+  averaged, p_avg = average_adapter(with_s2, p, 'savg', ['s', 's2'], weights=(1, 3))
+  # (IA)3 is linear in its scales: the averaged scales compute the average of the outputs.
+  np.testing.assert_allclose(averaged.apply(p_avg, ids, mask, active='savg'),
+                             averaged.apply(p_avg, ids, mask, active=Average('s', 's2', weights=(1, 3))),
+                             **TOL)
+  with_b2, p = add_adapter(spliced, params, 'b2', get_method('pfeiffer'), jax.random.key(8), ids, mask)
+  p = _perturb(p, 'b2', seed=8)
+  _, p_lin = average_adapter(with_b2, p, 'blin', ['b', 'b2'], weights=(0.25, 0.75), how='linear')
+  b, b2, blin = (adapter_leaves(p_lin, n) for n in ('b', 'b2', 'blin'))
+  assert len(blin) == len(b) == 8  # down/up kernel and bias at two sites
+  for path, value in blin.items():
+    want = (0.25 * np.asarray(b[path.replace('/blin/', '/b/')], np.float64)
+            + 0.75 * np.asarray(b2[path.replace('/blin/', '/b2/')], np.float64))
+    np.testing.assert_allclose(np.asarray(value), want, rtol=1e-6, atol=1e-7)
+  with_c, p = add_adapter(spliced, params, 'c', get_method('compacter', n=2, size=4), jax.random.key(9),
+                          ids, mask)
+  with pytest.raises(ValueError, match='only lora, ia3 and bottleneck'):
+    average_adapter(with_c, p, 'cavg', ['c'], how='linear')
+
+
 def test_adapter_drop_equals_leave_out(setup):
   model, base, spliced, params, ids, mask, _ = setup
   dropped = spliced.apply(params, ids, mask, active='b', skip_layers=1)

@@ -161,13 +161,7 @@ def linear_average(methods: Sequence[MethodConfig], site_params: Sequence[dict[s
   def combine(*leaves):
     return sum(w * leaf for w, leaf in zip(weights, leaves, strict=True))
 
-  return methods[0], _tree_map(combine, *site_params)
-
-
-def _tree_map(fn, *trees):
-  if isinstance(trees[0], dict):
-    return {k: _tree_map(fn, *(t[k] for t in trees)) for k in trees[0]}
-  return fn(*trees)
+  return methods[0], jax.tree.map(combine, *site_params)
 
 
 def replace_fields(config: MethodConfig, **overrides: Any) -> MethodConfig:
