@@ -6,17 +6,18 @@
 """
 
 from adapters_jax import methods, sites, trainable
-from adapters_jax.adapter_set import average_adapter, restore_adapters
+from adapters_jax.averaging import average_adapter
 from adapters_jax.checkpoint import (
     CheckpointError,
+    RestoredAdapter,
     base_fingerprint,
     load_record,
     restore_adapter,
+    restore_adapters,
     save_adapter,
 )
 from adapters_jax.composition import (
     Average,
-    BatchSplit,
     CompositionError,
     Fuse,
     Parallel,
@@ -27,20 +28,13 @@ from adapters_jax.composition import (
 from adapters_jax.fusion import add_fusion, fusion_attentions, restore_fusion, save_fusion
 from adapters_jax.methods import PRESETS, get_method, method_from_dict
 from adapters_jax.sites import SiteMatchError, SiteRule
-from adapters_jax.splice import (
-    AdapterSpec,
-    Spliced,
-    adapter_leaves,
-    add_adapter,
-    merge_adapter,
-    remove_adapter,
-    unmerge_adapter,
-)
+from adapters_jax.splice import Spliced, add_adapter, merge_adapter, remove_adapter, unmerge_adapter
+from adapters_jax.tree import AdapterSpec, adapter_leaves
 from adapters_jax.version import __version__
 
 __all__ = [
-    'AdapterSpec', 'Average', 'BatchSplit', 'CheckpointError', 'CompositionError', 'Fuse',
-    'PRESETS', 'Parallel', 'PerExample', 'SiteMatchError', 'SiteRule', 'Spliced', 'Stack',
+    'AdapterSpec', 'Average', 'CheckpointError', 'CompositionError', 'Fuse',
+    'PRESETS', 'Parallel', 'PerExample', 'RestoredAdapter', 'SiteMatchError', 'SiteRule', 'Spliced', 'Stack',
     '__version__', 'adapter_leaves', 'add_adapter', 'add_fusion', 'average_adapter',
     'base_fingerprint', 'choice_index', 'fusion_attentions', 'get_method', 'load_record',
     'merge_adapter', 'method_from_dict', 'methods', 'remove_adapter', 'restore_adapter',

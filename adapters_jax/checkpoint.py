@@ -1,218 +1,123 @@
-"""Adapter-only Orbax checkpoints.
-
-A checkpoint directory holds two Orbax items:
-  * `params`: the trained leaves only — one adapter's subtree plus whatever trained with it (layer
-    norms, task head); never a frozen base weight;
-  * `record`: JSON with the adapter's name, its method config, the base model's identity (name and a
-    fingerprint of its parameter shapes) and the library version.
+"""Adapter-only Orbax checkpoints: save (see `checkpoint_io`) and restore onto a base model.
 
 Restoring loads the base model, splices the adapter from the recorded config, then overwrites the
-adapter leaves; any difference between the checkpoint and the spliced tree is reported in full.
+adapter leaves (`fit_leaves`); any difference between the checkpoint and the spliced tree is
+reported in full. The record's base fingerprints are checked: other parameter shapes are refused
+(`check_base`), the same shapes with other weights warn (or are refused with `strict=True`).
 
-Saving writes to a temporary sibling directory and swaps it in with renames, so a failed save never
-replaces a good checkpoint.
+Over one base, several task adapters sit side by side in the tree (`<site>/adapters/<name>`),
+while each head is kept apart, keyed by adapter name (`restore_adapters` returns them): the base
+tree has one `classifier`, and tasks differ in their label sets.
+
+    spliced, params, heads = restore_adapters([dir_a, dir_b], model, base_params, ids, mask, types,
+                                              deterministic=True)
+    out = spliced.apply(params, ids, mask, types, active=PerExample('rt', 'tweets'),
+                        adapter_index=index)
 """
 
 from __future__ import annotations
 
-import glob
-import hashlib
-import json
+import dataclasses
 import os
-import shutil
-import uuid
-from collections.abc import Mapping
+import re
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from adapters_jax import splice, trainable
+from adapters_jax import splice
+from adapters_jax.checkpoint_io import (
+  FORMAT,
+  CheckpointError,
+  base_fingerprint,
+  base_record,
+  load_leaves,
+  load_record,
+  make_record,
+  overwrite_leaves,
+  save_adapter,
+  save_trained,
+  tree_diff,
+  weights_fingerprint,
+)
 from adapters_jax.methods import method_from_dict
-from adapters_jax.version import __version__
+from adapters_jax.sites import HEAD_PARAMS
+from adapters_jax.tree import Params, adapter_leaves, is_adapter_path, rename_path
 
-Params = dict[str, Any]
-FORMAT = 'adapters_jax.adapter/1'
-
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing, corrupt, or does not fit the model it is restored onto."""
-
-
-def base_fingerprint(params: Params) -> str:
-  """sha256 of the sorted (path, shape, dtype) of every non-adapter leaf: the base model's shape."""
-  flat = traverse_util.flatten_dict(params, sep='/')
-  digest = hashlib.sha256()
-  for path in sorted(flat):
-    if splice.is_adapter_path(path):
-      continue
-    leaf = flat[path]
-    digest.update(f'{path}:{tuple(np.shape(leaf))}:{np.dtype(leaf.dtype).name};'.encode())
-  return digest.hexdigest()
+__all__ = [
+    'FORMAT', 'CheckpointError', 'RestoredAdapter', 'base_fingerprint', 'base_record', 'check_base_of',
+    'fit_leaves', 'load_leaves', 'load_record', 'make_record', 'overwrite_leaves', 'restore_adapter',
+    'restore_adapters', 'save_adapter', 'save_trained', 'tree_diff', 'weights_fingerprint',
+]
 
 
-def tree_diff(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
-  """Every difference between two flat `{path: array}` maps: missing, unexpected, mis-shaped."""
-  lines = [f'missing:    {p} {tuple(np.shape(expected[p]))}' for p in sorted(expected.keys() - found.keys())]
-  lines += [f'unexpected: {p} {tuple(np.shape(found[p]))}' for p in sorted(found.keys() - expected.keys())]
-  for p in sorted(expected.keys() & found.keys()):
-    want, got = tuple(np.shape(expected[p])), tuple(np.shape(found[p]))
-    if want != got:
-      lines.append(f'shape:      {p} expected {want}, checkpoint has {got}')
-  return lines
+@dataclasses.dataclass(frozen=True)
+class RestoredAdapter:
+  """One restored checkpoint: its name, JSON record and task head leaves (`{path: array}`)."""
+
+  name: str
+  record: dict[str, Any]
+  head: dict[str, np.ndarray]
 
 
-def overwrite_leaves(params: Params, leaves: Mapping[str, Any], what: str = 'checkpoint') -> Params:
-  """Returns `params` with `leaves` (`{path: array}`) written in; all must exist with equal shapes.
+def fit_leaves(source: str | os.PathLike, params: Params, leaves: Mapping[str, Any], name: str,
+               note: str = '') -> Params:
+  """`params` with a checkpoint's `leaves` written in, after checking they fit exactly.
+
+  Expected: every leaf of adapter `name` in `params` (all must be in the checkpoint), plus the
+  host leaves the checkpoint holds (norms, head) with their shapes.
 
   Raises:
-    CheckpointError: the full diff, when a leaf is unknown or mis-shaped.
+    CheckpointError: the full diff (missing, unexpected, mis-shaped), naming `source`; `note` is
+      appended to the first line.
   """
   flat = traverse_util.flatten_dict(params, sep='/')
-  expected = {p: flat[p] for p in leaves if p in flat}
-  problems = [line for line in tree_diff(expected, leaves) if not line.startswith('missing')]
+  expected = dict(adapter_leaves(params, name))
+  expected.update({p: flat[p] for p in leaves if p in flat and not is_adapter_path(p)})
+  problems = tree_diff(expected, leaves)
   if problems:
-    raise CheckpointError(f'The {what} does not fit the model:\n  ' + '\n  '.join(problems))
-  flat.update({p: jax.numpy.asarray(v, dtype=flat[p].dtype) for p, v in leaves.items()})
-  return traverse_util.unflatten_dict(flat, sep='/')
+    raise CheckpointError(f'Checkpoint {os.fspath(source)} does not fit this model.{note}\n  '
+                          + '\n  '.join(problems))
+  return overwrite_leaves(params, leaves)
 
 
-def save_trained(directory: str | os.PathLike, params: Params, mask: Params, base_name: str = '',
-                 extra: Mapping[str, Any] | None = None) -> str:
-  """Saves the leaves `mask` marks trainable (full fine-tuning, head only) with a JSON record.
-
-  The same layout as `save_adapter`, with `adapter` null; load with `load_leaves` and
-  `overwrite_leaves`.
-  """
-  to_save, _ = trainable.split(params, mask)
-  record = {
-      'format': FORMAT,
-      'library_version': __version__,
-      'adapter': None,
-      'method': None,
-      'sites': [],
-      'base': {'name': base_name, 'fingerprint': base_fingerprint(params)},
-      'trained_paths': sorted(traverse_util.flatten_dict(to_save, sep='/')),
-      'extra': dict(extra or {}),
-  }
-  directory = os.path.abspath(os.fspath(directory))
-  _atomic_write(directory, jax.device_get(to_save), record)
-  return directory
-
-
-def make_record(spliced: splice.Spliced, params: Params, name: str, base_name: str,
-                trained_paths: list[str], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """The JSON record saved beside an adapter's params."""
-  spec = spliced.adapter(name)
-  return {
-      'format': FORMAT,
-      'library_version': __version__,
-      'adapter': name,
-      'method': spec.method.to_dict(),
-      'sites': [site.path for site in spec.sites],
-      'base': {'name': base_name, 'fingerprint': base_fingerprint(params)},
-      'trained_paths': sorted(trained_paths),
-      'extra': dict(extra or {}),
-  }
-
-
-def save_adapter(directory: str | os.PathLike, spliced: splice.Spliced, params: Params, name: str,
-                 mask: Params | None = None, base_name: str = '',
-                 extra: Mapping[str, Any] | None = None) -> str:
-  """Saves adapter `name` (and the other leaves `mask` marks trainable) to `directory`.
+def check_base_of(source: str | os.PathLike, record: Mapping[str, Any], params: Params,
+                  shapes_fingerprint: str, check_base: bool, strict: bool, base_name: str) -> None:
+  """Compares the record's base with the base restored onto.
 
   Args:
-    directory: destination; an existing checkpoint there is replaced only after the new one is
-      completely written.
-    spliced, params: the spliced model and its params.
-    name: the adapter to save.
-    mask: trainable mask (see `trainable.make_mask`); default: the adapter's own leaves plus what its
-      method trains with it, and the task head.
-    base_name: the base model's name or path (recorded, for `restore_adapter` and for people).
-    extra: more JSON-able facts to record (e.g. task, label names).
+    shapes_fingerprint: `base_fingerprint` of this base as the run saw it (heads aside if needed).
+    check_base: refuse other parameter shapes.
+    strict: refuse other weights (same shapes) instead of warning.
+    base_name: this base's name, for the messages.
 
-  Returns:
-    The checkpoint directory.
+  Raises:
+    CheckpointError: other shapes (with `check_base`), or other weights with `strict`.
   """
-  spec = spliced.adapter(name)
-  if spec.merged:
-    raise ValueError(f'Adapter {name!r} is merged into the base weights; unmerge it before saving.')
-  if mask is None:
-    mask = trainable.make_mask(params, trainable.adapter_rules([spec]))
-  to_save, _ = trainable.split(params, mask)
-  flat = traverse_util.flatten_dict(to_save, sep='/')
-  if not any(splice.is_adapter_path(p, name) for p in flat):
-    raise ValueError(f'The mask marks none of adapter {name!r} leaves as trainable.')
-  foreign = [p for p in flat if splice.is_adapter_path(p) and not splice.is_adapter_path(p, name)]
-  if foreign:
-    raise ValueError(f'The mask also selects other adapters\' leaves: {foreign[:5]}; save each '
-                     'adapter on its own.')
-  record = make_record(spliced, params, name, base_name, list(flat), extra)
-  directory = os.path.abspath(os.fspath(directory))
-  _atomic_write(directory, jax.device_get(to_save), record)
-  return directory
-
-
-def _atomic_write(directory: str, tree: Params, record: dict[str, Any]) -> None:
-  parent, base = os.path.split(directory)
-  os.makedirs(parent, exist_ok=True)
-  tag = uuid.uuid4().hex[:8]
-  tmp = os.path.join(parent, f'.{base}.tmp-{tag}')
-  old = os.path.join(parent, f'.{base}.old-{tag}')
-  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-  try:
-    checkpointer.save(tmp, ocp.args.Composite(params=ocp.args.StandardSave(tree),
-                                              record=ocp.args.JsonSave(record)))
-  except BaseException:
-    # Orbax itself writes into `<tmp>.orbax-checkpoint-tmp...` first: remove every partial copy.
-    for partial in glob.glob(glob.escape(tmp) + '*'):
-      shutil.rmtree(partial, ignore_errors=True)
-    raise
-  if os.path.exists(directory):
-    os.rename(directory, old)
-    os.rename(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.rename(tmp, directory)
-
-
-def load_record(directory: str | os.PathLike) -> dict[str, Any]:
-  """The JSON record of an adapter checkpoint."""
-  directory = os.fspath(directory)
-  path = os.path.join(directory, 'record', 'metadata')
-  if not os.path.isdir(directory):
-    raise CheckpointError(f'No checkpoint at {directory}.')
-  if not os.path.exists(path):
-    raise CheckpointError(f'{directory} is not a complete adapter checkpoint: {path} is missing '
-                          '(an interrupted save, or not made by save_adapter).')
-  try:
-    with open(path) as f:
-      record = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f'The record of checkpoint {directory} is unreadable: {e}') from e
-  if record.get('format') != FORMAT:
-    raise CheckpointError(f'{directory} has format {record.get("format")!r}, expected {FORMAT!r}.')
-  return record
-
-
-def load_leaves(directory: str | os.PathLike) -> dict[str, np.ndarray]:
-  """The saved leaves of an adapter checkpoint as `{path: array}`."""
-  directory = os.path.abspath(os.fspath(directory))
-  load_record(directory)
-  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-  try:
-    restored = checkpointer.restore(directory, ocp.args.Composite(params=ocp.args.StandardRestore()))
-    tree = restored['params']
-  except Exception as e:  # Orbax raises many kinds of errors on damaged files.
-    raise CheckpointError(f'Checkpoint {directory} is corrupt or truncated and cannot be read '
-                          f'({type(e).__name__}: {str(e)[:300]}).') from e
-  return {p: np.asarray(v) for p, v in traverse_util.flatten_dict(tree, sep='/').items()}
+  recorded = record['base']
+  if check_base and recorded['fingerprint'] != shapes_fingerprint:
+    raise CheckpointError(
+        f'Checkpoint {os.fspath(source)} was trained on base {recorded["name"]!r} with other '
+        'parameter shapes than this model (fingerprint differs); pass check_base=False to restore '
+        'anyway.')
+  want = recorded.get('weights_fingerprint')
+  if want is None or want == weights_fingerprint(params, skip=record['trained_paths']):
+    return
+  message = (f'Checkpoint {os.fspath(source)} was trained on base {recorded["name"]!r}; the base it '
+             f'is restored onto ({base_name or "unnamed"!r}) has the same shapes but other weights '
+             '(weights fingerprint differs), so the adapter will not compute what it was trained '
+             'to. Load the base it was trained on')
+  if strict:
+    raise CheckpointError(message + '.')
+  warnings.warn(message + ', or pass strict=True to refuse such a restore.', stacklevel=3)
 
 
 def restore_adapter(directory: str | os.PathLike, host: Any, params: Params, *sample_args,
-                    check_base: bool = True, **sample_kwargs) -> tuple[splice.Spliced, Params]:
+                    check_base: bool = True, strict: bool = False, base_name: str = '',
+                    **sample_kwargs) -> tuple[splice.Spliced, Params]:
   """Splices the checkpointed adapter into `params` (the freshly loaded base) and loads its leaves.
 
   Args:
@@ -221,6 +126,8 @@ def restore_adapter(directory: str | os.PathLike, host: Any, params: Params, *sa
     params: the base model's params.
     *sample_args, **sample_kwargs: one host call's arguments, for the splice's shapes.
     check_base: refuse a base whose parameter shapes differ from the recorded fingerprint.
+    strict: refuse a base with the recorded shapes but other weights (default: a warning).
+    base_name: the name of the base restored onto (for the messages).
 
   Returns:
     The spliced model and params with the adapter (and its trained norms/head) restored.
@@ -232,23 +139,84 @@ def restore_adapter(directory: str | os.PathLike, host: Any, params: Params, *sa
   record = load_record(directory)
   leaves = load_leaves(directory)
   name = record['adapter']
+  if not name:
+    raise CheckpointError(f'{os.fspath(directory)} holds no adapter (a full fine-tuning or '
+                          'head-only run); load it with load_leaves and overwrite_leaves.')
   method = method_from_dict(record['method'])
   spliced, spliced_params = splice.add_adapter(host, params, name, method, jax.random.key(0),
                                                *sample_args, **sample_kwargs)
-  flat = traverse_util.flatten_dict(spliced_params, sep='/')
-  expected = {p: v for p, v in flat.items() if splice.is_adapter_path(p, name)}
-  expected.update({p: flat[p] for p in leaves if p in flat and not splice.is_adapter_path(p)})
-  problems = tree_diff(expected, leaves)
-  if problems:
-    base_note = ''
-    if record['base']['fingerprint'] != base_fingerprint(params):
-      base_note = (f' It was trained on base {record["base"]["name"]!r}, whose parameter shapes '
-                   'differ from this model\'s.')
-    raise CheckpointError(f'Checkpoint {os.fspath(directory)} does not fit this model.{base_note}\n  '
-                          + '\n  '.join(problems))
-  if check_base and record['base']['fingerprint'] != base_fingerprint(params):
-    raise CheckpointError(
-        f'Checkpoint {os.fspath(directory)} was trained on base {record["base"]["name"]!r} with '
-        'other parameter shapes than this model (fingerprint differs); pass check_base=False to '
-        'restore anyway.')
-  return spliced, overwrite_leaves(spliced_params, leaves)
+  shapes = base_fingerprint(params)
+  note = ''
+  if record['base']['fingerprint'] != shapes:
+    note = (f' It was trained on base {record["base"]["name"]!r}, whose parameter shapes '
+            'differ from this model\'s.')
+  restored = fit_leaves(directory, spliced_params, leaves, name, note)
+  check_base_of(directory, record, params, shapes, check_base, strict, base_name)
+  return spliced, restored
+
+
+def restore_adapters(directories: Sequence[str | os.PathLike], host: Any, params: Params,
+                     *sample_args, check_base: bool = True, strict: bool = False,
+                     base_name: str = '', rename: Sequence[str] | None = None,
+                     **sample_kwargs) -> tuple[splice.Spliced, Params, dict[str, RestoredAdapter]]:
+  """Splices several adapter checkpoints into one base; heads are returned, not written.
+
+  Args:
+    directories: adapter checkpoints (`save_adapter`, e.g. `<workdir>/best`).
+    host: the base Linen model or a `Spliced` one.
+    params: the base params (its own head stays as it is).
+    *sample_args, **sample_kwargs: one host call's arguments, for the splice's shapes.
+    check_base: refuse checkpoints trained on a base with other parameter shapes.
+    strict: refuse checkpoints trained on a base with the same shapes but other weights (default:
+      a warning).
+    base_name: the name of the base restored onto (for the messages).
+    rename: names to give the adapters (default: the recorded names; they must differ).
+
+  Returns:
+    The spliced model, the params with every adapter's leaves restored, and per adapter name its
+    `RestoredAdapter` (record and head leaves).
+
+  Raises:
+    CheckpointError: another base, a tree that does not fit, two adapters with one name, or a
+      checkpoint that also trained shared base weights (e.g. Houlsby's layer norms): over one base
+      those would apply to every adapter, so train such adapters with `train_also=()`.
+  """
+  spliced = host if isinstance(host, splice.Spliced) else splice.Spliced(host)
+  restored: dict[str, RestoredAdapter] = {}
+  base_flat = traverse_util.flatten_dict(params, sep='/')
+  for i, directory in enumerate(directories):
+    record = load_record(directory)
+    if not record.get('adapter'):
+      raise CheckpointError(f'{directory} holds no adapter (a full fine-tuning or head-only run); '
+                            'only adapter checkpoints share a base.')
+    name = rename[i] if rename else record['adapter']
+    if name in spliced.names:
+      raise CheckpointError(f'Two adapters are named {name!r} ({directory}); pass rename=[...] to '
+                            'give each checkpoint its own name.')
+    leaves = load_leaves(directory)
+    check_base_of(directory, record, params, _fingerprint_with_head(base_flat, leaves), check_base,
+                  strict, base_name)
+    recorded = record['adapter']
+    base_leaves = [p for p in leaves if not is_adapter_path(p) and not re.fullmatch(HEAD_PARAMS, p)]
+    if base_leaves:
+      raise CheckpointError(
+          f'Checkpoint {directory} also trained base weights {base_leaves[:4]}; several adapters '
+          'over one base cannot each change them. Train the adapter with train_also=() (e.g. '
+          "--config.method_options.train_also='()') or use pfeiffer / lora.")
+    method = method_from_dict(record['method'])
+    spliced, params = splice.add_adapter(spliced, params, name, method, jax.random.key(0),
+                                         *sample_args, **sample_kwargs)
+    adapter = {rename_path(p, recorded, name): v for p, v in leaves.items()
+               if is_adapter_path(p, recorded)}
+    params = fit_leaves(directory, params, adapter, name)
+    head = {p: v for p, v in leaves.items() if re.fullmatch(HEAD_PARAMS, p)}
+    restored[name] = RestoredAdapter(name=name, record=record, head=head)
+  return spliced, params, restored
+
+
+def _fingerprint_with_head(base_flat: dict[str, Any], leaves: dict[str, Any]) -> str:
+  """The base fingerprint as the checkpoint's run saw it: this base, with the checkpoint's head
+  (tasks differ in their number of labels, which is not a different base)."""
+  flat = {p: v for p, v in base_flat.items() if not re.fullmatch(HEAD_PARAMS, p)}
+  flat.update({p: v for p, v in leaves.items() if re.fullmatch(HEAD_PARAMS, p)})
+  return base_fingerprint(traverse_util.unflatten_dict(flat, sep='/'))

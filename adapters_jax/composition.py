@@ -36,12 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import jax.numpy as jnp
+import numpy as np
 
-if TYPE_CHECKING:
-  from adapters_jax.splice import Spliced
+from adapters_jax.tree import AdapterSpec, find_spec
 
 
 class CompositionError(ValueError):
@@ -67,7 +66,7 @@ class Average:
   """Weighted average of adapters' adapted sites; `weights` (default equal) are normalised.
 
   For the average of *parameters* (LoRA: exact; (IA)3: exact; bottleneck: linear interpolation),
-  make a new adapter with `adapters_jax.fusion.average_adapter`.
+  make a new adapter with `adapters_jax.averaging.average_adapter`.
   """
 
   children: tuple
@@ -107,10 +106,6 @@ class PerExample:
   def __init__(self, *children):
     object.__setattr__(self, 'children', _children(children))
 
-  def index_of(self, choices: Sequence[Any]) -> Any:
-    """`choice_index(self, choices)`."""
-    return choice_index(self, choices)
-
 
 @dataclasses.dataclass(frozen=True, init=False)
 class Parallel:
@@ -122,7 +117,6 @@ class Parallel:
     object.__setattr__(self, 'children', _children(children))
 
 
-BatchSplit = PerExample
 Composition = str | Stack | Average | Fuse | PerExample | Parallel
 _BLOCKS = (Stack, Average, Fuse, PerExample, Parallel)
 
@@ -162,8 +156,6 @@ def choice_index(node: PerExample, choices: Sequence[Any]) -> Any:
     >>> choice_index(PerExample('a', 'b'), ['b', None, 'a'])
     array([ 1, -1,  0], dtype=int32)
   """
-  import numpy as np
-
   index = []
   for row, choice in enumerate(choices):
     if choice is None:
@@ -186,27 +178,30 @@ def choice_index(node: PerExample, choices: Sequence[Any]) -> Any:
 # Validation.
 
 
-def validate(node, spliced: Spliced, top: bool = True) -> Any:
+def validate(node, adapters: Sequence[AdapterSpec], top: bool = True) -> Any:
   """Checks a (normalised) composition against the spliced adapters; returns it with fusion names
   resolved to `Fuse` blocks.
+
+  Args:
+    node: a composition (see `normalize`).
+    adapters: the spliced adapters' specs (`Spliced.adapters`).
+    top: whether `node` is the outermost block.
 
   Raises:
     KeyError: an unknown adapter name (the message lists the spliced ones).
     CompositionError: a combination that cannot run (the message names the fix).
   """
-  from adapters_jax.methods.fusion import FusionConfig
-
   if node is None:
     if top:
       return None
     raise CompositionError('None (the base model) is only a branch of PerExample or Parallel.')
   if isinstance(node, str):
-    spec = spliced.adapter(node)
+    spec = find_spec(adapters, node)
     if spec.merged:
       raise ValueError(f'Adapter {node!r} is merged into the base weights: it already runs '
                        'as part of the base model; unmerge it to run it as an adapter.')
-    if isinstance(spec.method, FusionConfig):
-      return validate(Fuse(*spec.method.adapters, name=node), spliced, top)
+    if spec.method.is_fusion:
+      return validate(Fuse(*spec.method.adapters, name=node), adapters, top)
     return node
   if isinstance(node, (PerExample, Parallel)):
     kind = type(node).__name__
@@ -215,12 +210,12 @@ def validate(node, spliced: Spliced, top: bool = True) -> Any:
                              f'run what); write {kind}(Stack(...), ...) instead of nesting it.')
     if not node.children:
       raise CompositionError(f'{kind} needs at least one branch.')
-    return type(node)(*(None if c is None else validate(c, spliced, top=False)
+    return type(node)(*(None if c is None else validate(c, adapters, top=False)
                         for c in node.children))
   if isinstance(node, Stack):
     if not node.children:
       raise CompositionError('Stack needs at least one child.')
-    children = [validate(c, spliced, top=False) for c in node.children]
+    children = [validate(c, adapters, top=False) for c in node.children]
     names = [n for c in children for n in adapter_names(c)]
     if len(set(names)) != len(names):
       raise CompositionError(f'Adapter names repeat in active={node}: an adapter runs at most '
@@ -230,7 +225,7 @@ def validate(node, spliced: Spliced, top: bool = True) -> Any:
       flat.extend(c.children if isinstance(c, Stack) else (c,))
     return Stack(*flat)
   if isinstance(node, Average):
-    _check_leaf_children(node, spliced, 'Average')
+    _check_leaf_children(node, adapters, 'Average')
     if node.weights is not None and len(node.weights) != len(node.children):
       raise CompositionError(f'Average got {len(node.weights)} weights for {len(node.children)} '
                              'adapters; give one weight per adapter.')
@@ -238,16 +233,14 @@ def validate(node, spliced: Spliced, top: bool = True) -> Any:
       raise CompositionError(f'Average weights {node.weights} sum to 0 and cannot be normalised.')
     return node
   if isinstance(node, Fuse):
-    _check_leaf_children(node, spliced, 'Fuse')
-    _check_fusable(node, spliced)
-    name = find_fusion(spliced, node)
+    _check_leaf_children(node, adapters, 'Fuse')
+    _check_fusable(node, adapters)
+    name = find_fusion(adapters, node)
     return Fuse(*node.children, name=name)
   raise CompositionError(f'Unknown composition block {node!r}.')
 
 
-def _check_leaf_children(node, spliced, kind):
-  from adapters_jax.methods.fusion import FusionConfig
-
+def _check_leaf_children(node, adapters: Sequence[AdapterSpec], kind: str) -> None:
   if not node.children:
     raise CompositionError(f'{kind} needs at least one adapter.')
   for c in node.children:
@@ -255,8 +248,8 @@ def _check_leaf_children(node, spliced, kind):
       raise CompositionError(f'{kind} takes adapter names, got {c!r}; to {kind.lower()} composed '
                              f'adapters, train one adapter for them, or put {kind} inside the '
                              'Stack instead of the Stack inside it.')
-    spec = spliced.adapter(c)
-    if isinstance(spec.method, FusionConfig):
+    spec = find_spec(adapters, c)
+    if spec.method.is_fusion:
       raise CompositionError(f'{kind} cannot take the fusion {c!r}; stack it instead: '
                              f'Stack({c!r}, ...).')
     if spec.merged:
@@ -265,26 +258,22 @@ def _check_leaf_children(node, spliced, kind):
     raise CompositionError(f'Adapter names repeat in {node}; name each adapter once.')
 
 
-def _check_fusable(node: Fuse, spliced: Spliced) -> None:
-  from adapters_jax.methods.bottleneck import BottleneckConfig
-
+def _check_fusable(node: Fuse, adapters: Sequence[AdapterSpec]) -> None:
   for c in node.children:
-    method = spliced.adapter(c).method
-    if not isinstance(method, BottleneckConfig):
+    method = find_spec(adapters, c).method
+    if not method.fusable:
       raise CompositionError(
           f'AdapterFusion fuses bottleneck adapters (houlsby, pfeiffer, parallel); {c!r} is a '
           f'{method.kind} adapter. Combine {method.kind} adapters with Average(...) or Stack(...), '
           'or fuse bottleneck adapters trained for the tasks.')
 
 
-def find_fusion(spliced: Spliced, node: Fuse) -> str:
+def find_fusion(adapters: Sequence[AdapterSpec], node: Fuse) -> str:
   """The name of the spliced fusion layer over `node`'s adapters (the same set of adapters)."""
-  from adapters_jax.methods.fusion import FusionConfig
-
-  fusions = [s for s in spliced.adapters if isinstance(s.method, FusionConfig)]
+  fusions = [s for s in adapters if s.method.is_fusion]
   if node.name is not None:
-    spec = spliced.adapter(node.name)
-    if not isinstance(spec.method, FusionConfig):
+    spec = find_spec(adapters, node.name)
+    if not spec.method.is_fusion:
       raise CompositionError(f'{node.name!r} is not a fusion layer.')
     if tuple(spec.method.adapters) != tuple(node.children):
       raise CompositionError(f'Fusion {node.name!r} fuses {list(spec.method.adapters)}, not '
@@ -301,205 +290,3 @@ def find_fusion(spliced: Spliced, node: Fuse) -> str:
     raise CompositionError(f'Several fusion layers fuse {list(node.children)}: {hits}; pick one '
                            'with Fuse(..., name=...).')
   return hits[0]
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-site programs: what runs at one site, as input and output transforms.
-
-
-class SiteOps:
-  """What the interceptor offers a site program for one module call (see `splice`)."""
-
-  index: Any  # [B] int32 branch index of each row (PerExample), or None
-
-  def run(self, leaf, x):  # the leaf's module on x
-    raise NotImplementedError
-
-  def fuse(self, fusion, query, deltas):
-    raise NotImplementedError
-
-
-@dataclasses.dataclass
-class Leaf:
-  spec: Any
-  site: Any
-  module: Any
-  delta_module: Any = None  # the bottleneck without its residual (for fusion)
-
-  @property
-  def has_input(self):
-    return self.site.placement == 'input'
-
-  def inp(self, ops, x):
-    return ops.run(self, x, self.module) if self.has_input else x
-
-  def out(self, ops, y, x):
-    if self.site.placement == 'output':
-      return ops.run(self, y, self.module)
-    if self.site.placement == 'parallel':
-      return y + ops.run(self, x, self.module)
-    return y
-
-  def delta(self, ops, y, x):
-    return ops.run(self, y if self.site.placement == 'output' else x, self.delta_module)
-
-
-@dataclasses.dataclass
-class StackOp:
-  ops: list
-
-  @property
-  def has_input(self):
-    return any(op.has_input for op in self.ops)
-
-  def inp(self, ops, x):
-    for op in self.ops:
-      x = op.inp(ops, x)
-    return x
-
-  def out(self, ops, y, x):
-    for op in self.ops:
-      y = op.out(ops, y, x)
-    return y
-
-
-@dataclasses.dataclass
-class AverageOp:
-  ops: list  # one per child, None where the child has no site here
-  weights: tuple
-
-  @property
-  def has_input(self):
-    return any(op is not None and op.has_input for op in self.ops)
-
-  def inp(self, ops, x):
-    if not self.has_input:
-      return x
-    return sum(w * (op.inp(ops, x) if op is not None else x)
-               for w, op in zip(self.weights, self.ops, strict=True))
-
-  def out(self, ops, y, x):
-    return sum(w * (op.out(ops, y, x) if op is not None else y)
-               for w, op in zip(self.weights, self.ops, strict=True))
-
-
-@dataclasses.dataclass
-class FuseOp:
-  fusion: Leaf
-  leaves: list  # the fused adapters present at this site
-
-  has_input = False
-
-  def inp(self, ops, x):
-    return x
-
-  def out(self, ops, y, x):
-    if not self.leaves:
-      return y
-    deltas = jnp.stack([leaf.delta(ops, y, x) for leaf in self.leaves], axis=-2)  # [..., K, F]
-    return ops.fuse(self.fusion, y, deltas)
-
-
-@dataclasses.dataclass
-class ChoiceOp:
-  ops: list  # one per branch, None = unchanged (base, or no site of that branch here)
-
-  @property
-  def has_input(self):
-    return any(op is not None and op.has_input for op in self.ops)
-
-  def _select(self, ops, default, values):
-    index = ops.index
-    if index.shape[0] != default.shape[0]:
-      raise CompositionError(
-          f'adapter_index has {index.shape[0]} rows but a site sees a leading axis of '
-          f'{default.shape[0]}; per-example choice needs the batch as the leading axis of every '
-          'site activation.')
-    out = default
-    for k, value in enumerate(values):
-      if value is not None:
-        row = (index == k).reshape((-1,) + (1,) * (default.ndim - 1))
-        out = jnp.where(row, value, out)
-    return out
-
-  def inp(self, ops, x):
-    if not self.has_input:
-      return x
-    return self._select(ops, x, [op.inp(ops, x) if op is not None and op.has_input else None
-                                 for op in self.ops])
-
-  def out(self, ops, y, x):
-    return self._select(ops, y, [op.out(ops, y, x) if op is not None else None for op in self.ops])
-
-
-def _skip(site, dims, skip_layers) -> bool:
-  if not skip_layers:
-    return False
-  if dims:
-    raise CompositionError(f'skip_layers (AdapterDrop) needs unscanned layers; {site.path} is '
-                           'under nn.scan. Load the model with scan_layers=False.')
-  return site.layer is not None and site.layer in skip_layers
-
-
-def compile_sites(node, spliced: Spliced, skip_layers: tuple[int, ...] = ()) -> dict[str, Any]:
-  """`{site path: program}` for a validated composition (programs: Leaf/StackOp/...)."""
-  paths: list[str] = []
-  for name in adapter_names(node):
-    for site in spliced.adapter(name).sites:
-      if site.path not in paths:
-        paths.append(site.path)
-  if isinstance(node, Fuse):
-    paths.extend(s.path for s in spliced.adapter(node.name).sites if s.path not in paths)
-  table = {}
-  for path in paths:
-    op = _build(node, path, spliced, skip_layers)
-    if op is not None:
-      table[path] = op
-  return table
-
-
-def _leaf(name, path, spliced, skip_layers, delta=False):
-  spec = spliced.adapter(name)
-  for site, dims in zip(spec.sites, spec.stack_dims, strict=True):
-    if site.path == path:
-      if _skip(site, dims, skip_layers):
-        return None
-      module = spec.method.make_module(site)
-      delta_module = module.clone(residual=False) if delta else None
-      return Leaf(spec, site, module, delta_module)
-  return None
-
-
-def _build(node, path, spliced, skip_layers):
-  if node is None:
-    return None
-  if isinstance(node, str):
-    return _leaf(node, path, spliced, skip_layers)
-  if isinstance(node, Stack):
-    ops = [op for c in node.children if (op := _build(c, path, spliced, skip_layers)) is not None]
-    return None if not ops else ops[0] if len(ops) == 1 else StackOp(ops)
-  if isinstance(node, Average):
-    ops = [_leaf(c, path, spliced, skip_layers) for c in node.children]
-    return AverageOp(ops, node.normalized_weights()) if any(o is not None for o in ops) else None
-  if isinstance(node, Fuse):
-    fusion = _leaf(node.name, path, spliced, skip_layers)
-    if fusion is None:
-      return None
-    leaves = [leaf for c in node.children
-              if (leaf := _leaf(c, path, spliced, skip_layers, delta=True)) is not None]
-    return FuseOp(fusion, leaves)
-  if isinstance(node, (PerExample, Parallel)):
-    ops = [_build(c, path, spliced, skip_layers) for c in node.children]
-    return ChoiceOp(ops) if any(o is not None for o in ops) else None
-  raise CompositionError(f'Unknown composition block {node!r}.')
-
-
-def skip_layer_set(skip_layers) -> tuple[int, ...]:
-  """`k` -> layers 0..k-1; a sequence -> those indices."""
-  if skip_layers is None:
-    return ()
-  if isinstance(skip_layers, int):
-    if skip_layers < 0:
-      raise CompositionError(f'skip_layers must be >= 0, got {skip_layers}.')
-    return tuple(range(skip_layers))
-  return tuple(int(i) for i in skip_layers)

@@ -27,13 +27,11 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax import checkpoint, splice, trainable
-from adapters_jax.adapter_set import adapter_digest
 from adapters_jax.checkpoint import CheckpointError
-from adapters_jax.methods import BottleneckConfig, method_from_dict
+from adapters_jax.methods import method_from_dict
 from adapters_jax.methods.base import SiteInfo
-from adapters_jax.methods.fusion import FusionConfig
-
-Params = dict[str, Any]
+from adapters_jax.methods.fusion import FusionConfig, fusion_attention_key
+from adapters_jax.tree import AdapterSpec, Params, adapter_digest, adapter_leaves, adapter_path, check_name
 
 
 def add_fusion(spliced: splice.Spliced, params: Params, adapters: Sequence[str], rng: jax.Array,
@@ -58,15 +56,14 @@ def add_fusion(spliced: splice.Spliced, params: Params, adapters: Sequence[str],
   if tuple(config.adapters) != adapters:
     raise ValueError(f'config.adapters={config.adapters} differs from adapters={adapters}.')
   name = name or ','.join(adapters)
-  if name in spliced.names:
-    raise ValueError(f'An adapter named {name!r} is already spliced (names: '
+  check_name(name)
+  if name in spliced.names or adapter_leaves(params, name):
+    raise ValueError(f'An adapter named {name!r} is already spliced or in the params (names: '
                      f'{list(spliced.names)}); give the fusion its own name=.')
-  if '/' in name:
-    raise ValueError(f'Fusion names contain no "/": {name!r}.')
   sites: dict[str, tuple[SiteInfo, tuple[int, ...]]] = {}
   for adapter in adapters:
     spec = spliced.adapter(adapter)
-    if not isinstance(spec.method, BottleneckConfig):
+    if not spec.method.fusable:
       raise ValueError(f'AdapterFusion fuses bottleneck adapters (houlsby, pfeiffer, parallel); '
                        f'{adapter!r} is a {spec.method.kind} adapter. Combine those with '
                        'composition.Average or Stack instead.')
@@ -83,8 +80,8 @@ def add_fusion(spliced: splice.Spliced, params: Params, adapters: Sequence[str],
     module = config.make_module(site)
     leaves = _init(module, jax.random.fold_in(rng, index), site.out_features, len(adapters), dims)
     for leaf_path, leaf in traverse_util.flatten_dict(leaves, sep='/').items():
-      new_flat[f'{path}/{splice.ADAPTERS_KEY}/{name}/{leaf_path}'] = leaf
-  spec = splice.AdapterSpec(name=name, method=config,
+      new_flat[adapter_path(path, name, leaf_path)] = leaf
+  spec = AdapterSpec(name=name, method=config,
                             sites=tuple(s for s, _ in sites.values()),
                             stack_dims=tuple(d for _, d in sites.values()))
   return (dataclasses.replace(spliced, adapters=spliced.adapters + (spec,)),
@@ -108,12 +105,12 @@ def _init(module, rng, features: int, k: int, dims) -> Params:
 def fusion_regularization(spliced: splice.Spliced, params: Params, name: str) -> jax.Array:
   """`config.regularization * sum over sites ||V - I||^2` of fusion `name` (0 when disabled)."""
   config = spliced.adapter(name).method
-  if not isinstance(config, FusionConfig):
-    raise ValueError(f'{name!r} is not a fusion layer.')
+  if not config.is_fusion:
+    raise ValueError(f'{name!r} is not a fusion layer; spliced: {list(spliced.names)}.')
   if not config.regularization or not config.value:
     return jnp.zeros((), jnp.float32)
   total = jnp.zeros((), jnp.float32)
-  for path, leaf in splice.adapter_leaves(params, name).items():
+  for path, leaf in adapter_leaves(params, name).items():
     if path.endswith('/value/kernel'):
       eye = jnp.eye(leaf.shape[-1], dtype=leaf.dtype)
       total = total + jnp.sum(jnp.square(leaf - eye))
@@ -125,7 +122,7 @@ def fusion_attentions(intermediates: Mapping[str, Any], name: str) -> dict[str, 
 
   Sites are in host call order; each array's last axis follows the fusion's adapter order.
   """
-  key = splice.fusion_attention_key(name)
+  key = fusion_attention_key(name)
   flat = traverse_util.flatten_dict(dict(intermediates), sep='/')
   out = {}
   for path, value in flat.items():
@@ -207,7 +204,7 @@ def save_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params: P
   The record names the fused adapters with their configs, sites and a digest of their weights, so
   `restore_fusion` can refuse adapters other than those the fusion was trained over.
   """
-  if not isinstance(spliced.adapter(name).method, FusionConfig):
+  if not spliced.adapter(name).method.is_fusion:
     raise ValueError(f'{name!r} is not a fusion layer; save adapters with save_adapter.')
   extra = {**dict(extra or {}), 'fusion': fusion_record(spliced, params, name)}
   return checkpoint.save_adapter(directory, spliced, params, name, mask=mask, base_name=base_name,
@@ -239,7 +236,7 @@ def restore_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params
       raise CheckpointError(
           f'Fusion checkpoint {directory} fuses {list(config.adapters)}, but adapter {adapter!r} '
           f'is not spliced into this model (spliced: {list(spliced.names)}). Restore its '
-          'checkpoint first, e.g. adapter_set.restore_adapters([...]).')
+          'checkpoint first, e.g. checkpoint.restore_adapters([...]).')
     spec = spliced.adapter(adapter)
     got = json.loads(spec.method.to_json())  # lists, as in the JSON record
     if adapter in info.get('methods', {}) and info['methods'][adapter] != got:
@@ -259,14 +256,7 @@ def restore_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params
   spliced, params = add_fusion(spliced, params, config.adapters, jax.random.key(0), config=config,
                                name=record['adapter'])
   leaves = checkpoint.load_leaves(directory)
-  flat = traverse_util.flatten_dict(params, sep='/')
-  expected = {p: v for p, v in flat.items() if splice.is_adapter_path(p, record['adapter'])}
-  expected.update({p: flat[p] for p in leaves if p in flat and not splice.is_adapter_path(p)})
-  problems = checkpoint.tree_diff(expected, leaves)
-  if problems:
-    raise CheckpointError(f'Fusion checkpoint {directory} does not fit this model:\n  '
-                          + '\n  '.join(problems))
-  return spliced, checkpoint.overwrite_leaves(params, leaves)
+  return spliced, checkpoint.fit_leaves(directory, params, leaves, record['adapter'])
 
 
 def fusion_rules(spliced: splice.Spliced, name: str, train_head: bool = True):

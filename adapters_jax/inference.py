@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax import adapter_set, checkpoint, composition, data, models
+from adapters_jax import checkpoint, composition, data, models
 from adapters_jax.train import loop
 from adapters_jax.train.experiment import Experiment, build_experiment
 
@@ -148,9 +148,9 @@ class MultiPredictor:
         config.model, head='classification', num_labels=specs[0].num_labels, dtype=config.dtype,
         config_overrides=dict(config.model_overrides))
     sample = jax.numpy.ones((2, 16), jax.numpy.int32)
-    spliced, params, restored = adapter_set.restore_adapters(
+    spliced, params, restored = checkpoint.restore_adapters(
         [os.path.join(w, loop.BEST_DIR) for w in workdirs], pretrained.model, pretrained.params,
-        sample, sample, jax.numpy.zeros_like(sample), deterministic=True)
+        sample, sample, jax.numpy.zeros_like(sample), base_name=config.model, deterministic=True)
     heads = {}
     for (name, item), spec in zip(restored.items(), specs, strict=True):
       head_params = traverse_util.unflatten_dict(

@@ -3,14 +3,15 @@
 Two halves:
   1. *Parameter-tree surgery* (`add_adapter`): run the host once abstractly to see every module call
      and its shapes, match the method's site patterns against the module paths, initialise one adapter
-     per matched site and graft its params into the host's tree under that site:
+     per matched site and graft its params into the host's tree under that site (the layout is
+     `adapters_jax.tree`'s):
 
          <site path>/adapters/<name>/...     e.g. encoder/layer_0/attention/output/adapters/sst2/up/kernel
          adapters/<name>/shared/...             params every site of <name> shares (Compacter's rule)
 
   2. *Interception* (`Spliced.apply`): while the host runs, a `flax.linen.intercept_methods`
-     interceptor finds the calls at spliced sites, reads the grafted params from the module's own
-     variables and applies the active adapters around the call.
+     interceptor (`adapters_jax.interception`) finds the calls at spliced sites, reads the grafted
+     params from the module's own variables and applies the active adapters around the call.
 
 Which adapters run is an argument of `apply` (`active=`), not a tree edit: several named adapters sit
 side by side in one tree, and `active=None` gives the base model. `active` may also be a composition
@@ -26,9 +27,7 @@ module sees inside the scan with the shapes in the tree). `nn.remat` needs nothi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,52 +36,30 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from adapters_jax import composition
+from adapters_jax import composition, interception
+from adapters_jax.interception import ModuleCall, discover_calls
 from adapters_jax.methods import MethodConfig
 from adapters_jax.methods.base import SiteInfo
 from adapters_jax.sites import layer_index, match_sites
+from adapters_jax.tree import (
+  ADAPTERS_KEY,
+  SHARED_KEY,
+  AdapterSpec,
+  Params,
+  adapter_leaves,
+  adapter_names_in,
+  adapter_path,
+  check_name,
+  find_spec,
+  is_adapter_path,
+  shared_path,
+  site_subtree,
+)
 
-ADAPTERS_KEY = 'adapters'
-SHARED_KEY = 'shared'
-
-Params = dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModuleCall:
-  """What the host model did at one module path (first `__call__` seen).
-
-  Attributes:
-    path: `/`-joined module path.
-    in_shape: shape of the first positional argument, or None if it is not an array.
-    out_shape: shape of the output, or None if it is not a single array.
-    probe_leaf: relative path and ndim of one of the module's parameters as seen inside the call
-      (None: no params); compared with the tree to find scan axes.
-  """
-
-  path: str
-  in_shape: tuple[int, ...] | None
-  out_shape: tuple[int, ...] | None
-  probe_leaf: tuple[str, int] | None
-
-
-@dataclasses.dataclass(frozen=True)
-class AdapterSpec:
-  """One named adapter spliced into a host.
-
-  Attributes:
-    name: the adapter's name (its key in the tree).
-    method: the method config it was built from.
-    sites: the matched sites, in host call order.
-    stack_dims: per site, the leading (scan) dims its grafted params carry.
-    merged: True after `merge_adapter` folded it into the base weights.
-  """
-
-  name: str
-  method: MethodConfig
-  sites: tuple[SiteInfo, ...]
-  stack_dims: tuple[tuple[int, ...], ...]
-  merged: bool = False
+__all__ = [
+    'ADAPTERS_KEY', 'SHARED_KEY', 'AdapterSpec', 'Params', 'Spliced', 'adapter_leaves', 'add_adapter',
+    'discover_calls', 'is_adapter_path', 'merge_adapter', 'remove_adapter', 'unmerge_adapter',
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +80,8 @@ class Spliced:
     return tuple(a.name for a in self.adapters)
 
   def adapter(self, name: str) -> AdapterSpec:
-    for spec in self.adapters:
-      if spec.name == name:
-        return spec
-    raise KeyError(f'No adapter named {name!r}; spliced adapters: {list(self.names)}.')
+    """The spec of adapter `name`; a KeyError lists the spliced ones."""
+    return find_spec(self.adapters, name)
 
   def apply(self, params: Params, *args, active: Any = None,
             adapter_deterministic: bool | None = None, rngs: Mapping[str, jax.Array] | None = None,
@@ -137,7 +112,7 @@ class Spliced:
     """
     if adapter_deterministic is None:
       adapter_deterministic = bool(kwargs.get('deterministic', True))
-    node = composition.validate(composition.normalize(active), self)
+    node = composition.validate(composition.normalize(active), self.adapters)
     if isinstance(node, composition.PerExample) and adapter_index is None:
       raise composition.CompositionError(
           'active=PerExample(...) needs adapter_index=, an int array [batch] naming each row\'s '
@@ -149,11 +124,12 @@ class Spliced:
     n_parallel = len(node.children) if isinstance(node, composition.Parallel) else 0
     if n_parallel:
       args, kwargs, adapter_index = _repeat_batch(args, kwargs, n_parallel)
-    table = composition.compile_sites(node, self, composition.skip_layer_set(skip_layers))
+    table = interception.compile_sites(node, self.adapters,
+                                       interception.skip_layer_set(skip_layers))
     index = None if adapter_index is None else jnp.asarray(adapter_index, jnp.int32)
-    interceptor = _SiteInterceptor(table, params, adapter_deterministic, index)
-    with nn.intercept_methods(interceptor):
-      out = self.model.apply({'params': params}, *args, rngs=rngs, method=method, **kwargs)
+    out = interception.run_host(self.model, params, table, *args,
+                                adapter_deterministic=adapter_deterministic,
+                                index=index, rngs=rngs, method=method, **kwargs)
     if n_parallel:
       if kwargs.get('mutable'):
         out, state = out
@@ -185,130 +161,12 @@ def _split_batch(out, n: int):
   return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), out)
 
 
-# While an adapter module runs inside the host, its own sub-module calls pass through untouched.
-_LOCAL = threading.local()
-
-
-@contextlib.contextmanager
-def _inside_adapter():
-  previous = getattr(_LOCAL, 'busy', False)
-  _LOCAL.busy = True
-  try:
-    yield
-  finally:
-    _LOCAL.busy = previous
-
-
-class _SiteInterceptor:
-  """The method interceptor: runs each spliced site's composition program around the call."""
-
-  def __init__(self, table, params: Params, deterministic: bool, index=None):
-    self.table = table
-    self.shared = params.get(ADAPTERS_KEY, {})
-    self.deterministic = deterministic
-    self.index = index
-
-  def __call__(self, next_fun, args, kwargs, context):
-    if context.method_name != '__call__' or getattr(_LOCAL, 'busy', False):
-      return next_fun(*args, **kwargs)
-    program = self.table.get('/'.join(context.module.path))
-    if program is None:
-      return next_fun(*args, **kwargs)
-    ops = _SiteCall(self, context.module)
-    x, rest = args[0], args[1:]
-    x = program.inp(ops, x)
-    y = next_fun(x, *rest, **kwargs)
-    return program.out(ops, y, x)
-
-
-class _SiteCall(composition.SiteOps):
-  """One call of a spliced site: runs adapters and fusion layers with the grafted params."""
-
-  def __init__(self, interceptor: _SiteInterceptor, module: nn.Module):
-    self.interceptor = interceptor
-    self.module = module
-    self.index = interceptor.index
-    self.grafted = module.variables.get('params', {}).get(ADAPTERS_KEY, {})
-
-  def _params(self, name: str):
-    if name not in self.grafted:
-      raise KeyError(f'Adapter {name!r} has no params at {"/".join(self.module.path)}; '
-                     'were these params made by add_adapter for this adapter?')
-    return self.grafted[name]
-
-  def _rngs(self):
-    if not self.interceptor.deterministic and self.module.has_rng('dropout'):
-      return {'dropout': self.module.make_rng('dropout')}
-    return None
-
-  def run(self, leaf, x, module):
-    name = leaf.spec.name
-    shared = self.interceptor.shared.get(name, {}).get(SHARED_KEY)
-    with _inside_adapter():
-      out = module.apply({'params': self._params(name)}, x, shared=shared,
-                         deterministic=self.interceptor.deterministic, rngs=self._rngs())
-    return out.astype(x.dtype)
-
-  def fuse(self, fusion, query, deltas):
-    name = fusion.spec.name
-    with _inside_adapter():
-      out, state = fusion.module.apply(
-          {'params': self._params(name)}, query, deltas,
-          deterministic=self.interceptor.deterministic, rngs=self._rngs(),
-          mutable=['intermediates'])
-    for probs in state.get('intermediates', {}).get('attention', ()):
-      # Collected only when the caller passes mutable=['intermediates'] (else a no-op).
-      self.module.sow('intermediates', fusion_attention_key(name), probs)
-    return out.astype(query.dtype)
-
-
-def fusion_attention_key(name: str) -> str:
-  """The `intermediates` entry (at each site path) holding fusion `name`'s attention weights."""
-  return f'fusion_attention[{name}]'
-
-
 # --------------------------------------------------------------------------------------------------
-# Discovery and grafting.
-
-
-def discover_calls(model: nn.Module, params: Params, *args, method: Any = None,
-                   **kwargs) -> dict[str, ModuleCall]:
-  """Runs the host abstractly (`jax.eval_shape`) and records every module `__call__`.
-
-  Returns:
-    `{path: ModuleCall}` in call order (first call of each path).
-  """
-  calls: dict[str, ModuleCall] = {}
-
-  def record(next_fun, call_args, call_kwargs, context):
-    out = next_fun(*call_args, **call_kwargs)
-    if context.method_name == '__call__' and not getattr(_LOCAL, 'busy', False):
-      path = '/'.join(context.module.path)
-      if path not in calls:
-        own = traverse_util.flatten_dict(context.module.variables.get('params', {}), sep='/')
-        own = {p: v for p, v in own.items() if not is_adapter_path(p)}
-        probe = next(((p, v.ndim) for p, v in own.items()), None)
-        calls[path] = ModuleCall(
-            path=path,
-            in_shape=_shape(call_args[0]) if call_args else None,
-            out_shape=_shape(out),
-            probe_leaf=probe)
-    return out
-
-  def run(p):
-    with nn.intercept_methods(record):
-      return model.apply({'params': p}, *args, method=method, **kwargs)
-
-  jax.eval_shape(run, params)
-  return calls
-
-
-def _shape(value) -> tuple[int, ...] | None:
-  return tuple(value.shape) if hasattr(value, 'shape') and hasattr(value, 'dtype') else None
+# Grafting.
 
 
 def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: MethodConfig,
-                rng: jax.Array, *sample_args, sample_method: Any = None,
+                rng: jax.Array, *sample_args, sample_method: Any = None, replace: bool = False,
                 **sample_kwargs) -> tuple[Spliced, Params]:
   """Initialises adapter `name` at every site `method` matches and grafts it into `params`.
 
@@ -321,19 +179,30 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
     *sample_args, **sample_kwargs: arguments of one host call, used only for their shapes (e.g. a
       batch of token ids and `deterministic=True`).
     sample_method: the host method the sample call uses (default `__call__`).
+    replace: if `params` (or the spliced model) already hold an adapter `name`, remove its leaves
+      first and initialise a new one; without it such a name is refused.
 
   Returns:
     The spliced model and the new params (the input params are not modified).
 
   Raises:
     SiteMatchError: a site pattern matched nothing (the message lists candidate paths).
-    ValueError: the name is taken, or a matched site does not map one array to one array.
+    ValueError: the name is taken (in the spliced model or in the params' tree) and `replace` is
+      False, or a matched site does not map one array to one array.
   """
   spliced = host if isinstance(host, Spliced) else Spliced(host)
-  if name in spliced.names:
-    raise ValueError(f'An adapter named {name!r} is already spliced; names: {list(spliced.names)}.')
-  if not name or '/' in name:
-    raise ValueError(f'Adapter names must be non-empty and contain no "/": {name!r}.')
+  check_name(name)
+  in_tree = name in adapter_names_in(params)
+  if in_tree or name in spliced.names:
+    if not replace:
+      where = 'the params already hold its leaves' if in_tree else 'it is already spliced'
+      raise ValueError(
+          f'An adapter named {name!r} exists: {where} (spliced: {list(spliced.names)}, in the '
+          f'params: {list(adapter_names_in(params))}). Pass replace=True to drop its leaves and '
+          'initialise a new one, or choose another name.')
+    params = _drop_leaves(params, name)
+    spliced = dataclasses.replace(spliced, adapters=tuple(a for a in spliced.adapters
+                                                          if a.name != name))
   calls = discover_calls(spliced.model, params, *sample_args, method=sample_method,
                          **sample_kwargs)
   matched = match_sites(method.site_rules(), list(calls))
@@ -346,7 +215,7 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
   if shared_module is not None:
     shared = shared_module.init(shared_key)['params']
     for leaf_path, leaf in traverse_util.flatten_dict(shared, sep='/').items():
-      new_flat[f'{ADAPTERS_KEY}/{name}/{SHARED_KEY}/{leaf_path}'] = leaf
+      new_flat[shared_path(name, leaf_path)] = leaf
 
   sites, stack_dims = [], []
   for index, (path, rule) in enumerate(matched.items()):
@@ -366,7 +235,7 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
     site_params = _init_site(method.make_module(site), jax.random.fold_in(site_key, index),
                              site, shared, dims)
     for leaf_path, leaf in traverse_util.flatten_dict(site_params, sep='/').items():
-      new_flat[f'{path}/{ADAPTERS_KEY}/{name}/{leaf_path}'] = leaf
+      new_flat[adapter_path(path, name, leaf_path)] = leaf
     sites.append(site)
     stack_dims.append(dims)
   if not sites:
@@ -404,28 +273,17 @@ def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims) 
 # Reading, removing, merging.
 
 
-def is_adapter_path(path: str, name: str | None = None) -> bool:
-  """Whether a `/`-joined leaf path belongs to adapter `name` (any adapter if None)."""
-  parts = path.split('/')
-  for i, part in enumerate(parts[:-1]):
-    if part == ADAPTERS_KEY and (name is None or parts[i + 1] == name):
-      return True
-  return False
-
-
-def adapter_leaves(params: Params, name: str) -> dict[str, jax.Array]:
-  """The leaves of adapter `name`, as `{path: array}`."""
-  flat = traverse_util.flatten_dict(params, sep='/')
-  return {p: v for p, v in flat.items() if is_adapter_path(p, name)}
-
-
 def remove_adapter(spliced: Spliced, params: Params, name: str) -> tuple[Spliced, Params]:
   """Removes adapter `name` from the spliced model and from the params."""
   spliced.adapter(name)  # raises with the valid names
+  adapters = tuple(a for a in spliced.adapters if a.name != name)
+  return dataclasses.replace(spliced, adapters=adapters), _drop_leaves(params, name)
+
+
+def _drop_leaves(params: Params, name: str) -> Params:
   flat = traverse_util.flatten_dict(params, sep='/')
   kept = {p: v for p, v in flat.items() if not is_adapter_path(p, name)}
-  adapters = tuple(a for a in spliced.adapters if a.name != name)
-  return dataclasses.replace(spliced, adapters=adapters), traverse_util.unflatten_dict(kept, sep='/')
+  return traverse_util.unflatten_dict(kept, sep='/')
 
 
 def merge_adapter(spliced: Spliced, params: Params, name: str) -> tuple[Spliced, Params]:
@@ -450,9 +308,7 @@ def _fold(spliced: Spliced, params: Params, name: str, merge: bool) -> tuple[Spl
   new_flat = dict(flat)
   for site, dims in zip(spec.sites, spec.stack_dims, strict=True):
     host = {k: flat[f'{site.path}/{k}'] for k in ('kernel', 'bias') if f'{site.path}/{k}' in flat}
-    prefix = f'{site.path}/{ADAPTERS_KEY}/{name}/'
-    adapter = traverse_util.unflatten_dict(
-        {p[len(prefix):]: v for p, v in flat.items() if p.startswith(prefix)}, sep='/')
+    adapter = site_subtree(flat, site.path, name)
     fold = spec.method.merge if merge else spec.method.unmerge
     fold_one = lambda h, a, site=site, fold=fold: fold(h, a, site)
     for _ in dims:

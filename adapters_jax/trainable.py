@@ -6,7 +6,8 @@ matches a leaf's path decides it, and a leaf that no rule covers is an error (en
 `('.*', False)` to freeze the rest on purpose).
 
 The train step differentiates only the trainable partition (`split`), so frozen leaves get no
-gradients and no optimizer state; `combine` rebuilds the full tree for the forward pass.
+gradients and no optimizer state; `combine` rebuilds the full tree for the forward pass. (Code that
+keeps one full tree instead uses `optax.partition` with labels from the mask.)
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import optax
 from flax import traverse_util
 
 from adapters_jax.sites import HEAD_PARAMS
+from adapters_jax.tree import Params, adapter_pattern
 
 Rules = Sequence[tuple[str, bool]]
-Params = dict[str, Any]
 
 
 def leaf_paths(tree: Params) -> list[str]:
@@ -72,7 +73,7 @@ def adapter_rules(adapters: Iterable[Any], train_head: bool = True,
   """
   rules = list(extra)
   for spec in adapters:
-    rules.append((rf'(.*/)?adapters/{re.escape(spec.name)}/.*', True))
+    rules.append((adapter_pattern(spec.name), True))
     rules.extend((pattern, True) for pattern in spec.method.train_also)
   if train_head:
     rules.append((HEAD_PARAMS, True))
@@ -151,14 +152,3 @@ def adamw(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 0.0,
   parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                            mask=decay_mask))
   return optax.chain(*parts)
-
-
-def partition_optimizer(tx: optax.GradientTransformation,
-                        mask: Params) -> optax.GradientTransformation:
-  """`tx` on the trainable leaves of a *full* tree, nothing (and no state) on the frozen ones.
-
-  For code that keeps one full params tree; the train step here splits instead, which also skips the
-  frozen weights' gradients. Clipping and weight decay inside `tx` see only the trainable leaves.
-  """
-  labels = jax.tree.map(lambda trainable: 'trainable' if trainable else 'frozen', mask)
-  return optax.partition({'trainable': tx, 'frozen': optax.set_to_zero()}, labels)

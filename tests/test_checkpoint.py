@@ -1,6 +1,8 @@
 """Adapter-only Orbax checkpoints: size, roundtrip, mismatches, corruption."""
 
+import json
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -14,6 +16,7 @@ from adapters_jax import (
   get_method,
   load_record,
   restore_adapter,
+  restore_adapters,
   save_adapter,
   trainable,
 )
@@ -90,7 +93,6 @@ def test_restore_with_other_method_config_lists_missing_and_unexpected(tmp_path)
   path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent')
   # Tamper with the record: claim the checkpoint is a LoRA adapter.
   record_path = os.path.join(path, 'record', 'metadata')
-  import json
   with open(record_path) as f:
     record = json.load(f)
   record['method'] = get_method('lora').to_dict()
@@ -143,3 +145,58 @@ def test_overwrite_replaces_old_checkpoint(tmp_path):
   save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', extra={'round': 2})
   assert load_record(tmp_path / 'ckpt')['extra'] == {'round': 2}
   assert os.listdir(tmp_path) == ['ckpt']
+
+
+def _edit_record(path, edit):
+  record_path = os.path.join(path, 'record', 'metadata')
+  with open(record_path) as f:
+    record = json.load(f)
+  edit(record)
+  with open(record_path, 'w') as f:
+    json.dump(record, f)
+
+
+def test_restore_onto_other_weights_warns_and_strict_refuses(tmp_path):
+  model = TinyClassifier()
+  spliced, params, _, (ids, mask) = _trained(model, get_method('houlsby', size=4))
+  path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', base_name='tiny-a')
+  assert load_record(path)['base']['weights_fingerprint']
+  # The base it was trained on: silent, although its head and layer norms (trained, restored from
+  # the checkpoint) hold other values than the trained ones.
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    restore_adapter(path, model, init_tiny(model), ids, mask, base_name='tiny-a')
+  other = init_tiny(model, seed=1)  # same shapes, other weights
+  with pytest.warns(UserWarning, match="(?s)trained on base 'tiny-a'.*'tiny-b'.*other weights.*strict=True"):
+    restored_spliced, restored = restore_adapter(path, model, other, ids, mask, base_name='tiny-b')
+  for p, v in adapter_leaves(params, 'sent').items():
+    np.testing.assert_array_equal(np.asarray(adapter_leaves(restored, 'sent')[p]), np.asarray(v))
+  with pytest.raises(CheckpointError, match="(?s)trained on base 'tiny-a'.*'tiny-b'.*other weights"):
+    restore_adapter(path, model, other, ids, mask, base_name='tiny-b', strict=True)
+  # A record written before weights were fingerprinted restores as before.
+  _edit_record(path, lambda record: record['base'].pop('weights_fingerprint'))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    restore_adapter(path, model, other, ids, mask, strict=True)
+
+
+def test_check_base_refuses_other_shapes_even_when_the_adapter_fits(tmp_path):
+  spliced, params, _, (ids, mask) = _trained(TinyClassifier(), get_method('lora'))
+  path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', base_name='tiny-64')
+  wider_vocab = TinyClassifier(vocab=80)  # other embeddings; every adapter site as before
+  base = init_tiny(wider_vocab)
+  for restore in (restore_adapter, restore_adapters):
+    with pytest.raises(CheckpointError, match="base 'tiny-64' with other parameter shapes.*check_base=False"):
+      restore(path if restore is restore_adapter else [path], wider_vocab, base, ids, mask)
+  with pytest.warns(UserWarning, match='other weights'):
+    _, restored = restore_adapter(path, wider_vocab, base, ids, mask, check_base=False)
+  for p, v in adapter_leaves(params, 'sent').items():
+    np.testing.assert_array_equal(np.asarray(adapter_leaves(restored, 'sent')[p]), np.asarray(v))
+  # Over one base, a head with another label count is not another base: restored, head returned.
+  three = TinyClassifier(num_labels=3)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    _, restored, heads = restore_adapters([path], three, init_tiny(three), ids, mask)
+  assert heads['sent'].head['classifier/kernel'].shape == (16, 2)
+  for p, v in adapter_leaves(params, 'sent').items():
+    np.testing.assert_array_equal(np.asarray(adapter_leaves(restored, 'sent')[p]), np.asarray(v))

@@ -3,14 +3,16 @@ separate splices, single-example runs, hand-written sums."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 from flax import traverse_util
 
 from adapters_jax import adapter_leaves, add_adapter, get_method
-from adapters_jax.adapter_set import average_adapter
+from adapters_jax.averaging import average_adapter
 from adapters_jax.composition import (
   Average,
   CompositionError,
@@ -53,13 +55,62 @@ def _solo(setup, name):
   return solo, traverse_util.unflatten_dict(flat, sep='/')
 
 
-def test_stack_equals_tuple_and_sequential_reference(setup):
-  _, _, spliced, params, ids, mask, _ = setup
-  stacked = spliced.apply(params, ids, mask, active=Stack('a', 'b'))
-  np.testing.assert_array_equal(stacked, spliced.apply(params, ids, mask, active=('a', 'b')))
-  # Reference: b's site modules applied by hand after a's at the FFN output (where both sit).
-  assert not np.allclose(stacked, spliced.apply(params, ids, mask, active='a'))
-  assert not np.allclose(stacked, spliced.apply(params, ids, mask, active=Stack('b', 'a')), atol=1e-4)
+def _site_params(params, path, name):
+  node = params
+  for key in path.split('/') + ['adapters', name]:
+    node = node[key]
+  return node
+
+
+def _bottleneck64(p, x, activation):
+  """x + up(act(down(x))) in float64 NumPy (scaling 1, no layer norm)."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  h = activation(x @ p['down']['kernel'] + p['down']['bias'])
+  return x + h @ p['up']['kernel'] + p['up']['bias']
+
+
+def _gelu64(x):
+  return 0.5 * x * (1.0 + scipy.special.erf(x / np.sqrt(2.0)))
+
+
+def _with_site_functions(model, base, ids, mask, functions):
+  """The base model with `functions[path](y)` (float64) replacing the output y of the module at path."""
+
+  def intercept(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    path = '/'.join(context.module.path)
+    if context.method_name == '__call__' and path in functions:
+      out = jnp.asarray(functions[path](np.asarray(out, np.float64)), out.dtype)
+    return out
+
+  with nn.intercept_methods(intercept):
+    return model.apply({'params': base}, ids, mask)
+
+
+def test_stack_equals_a_hand_written_sequential_application(setup):
+  model, base, spliced, params, ids, mask, _ = setup
+  # a: Houlsby (GELU) after the attention and FFN outputs; b: Pfeiffer (ReLU) after the FFN output.
+  activations = {'a': _gelu64, 'b': lambda v: np.maximum(v, 0.0)}
+  sites = {'a': [s.path for s in spliced.adapter('a').sites],
+           'b': [s.path for s in spliced.adapter('b').sites]}
+
+  def reference(order):
+    functions = {}
+    for path in sites['a']:
+      def apply(y, path=path):
+        for name in order:
+          if path in sites[name]:
+            y = _bottleneck64(_site_params(params, path, name), y, activations[name])
+        return y
+      functions[path] = apply
+    return _with_site_functions(model, base, ids, mask, functions)
+
+  forward, backward = reference(('a', 'b')), reference(('b', 'a'))
+  assert not np.allclose(forward, backward, atol=1e-4)  # the order matters on these weights
+  np.testing.assert_allclose(spliced.apply(params, ids, mask, active=Stack('a', 'b')), forward,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(spliced.apply(params, ids, mask, active=('b', 'a')), backward,
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_parallel_equals_each_single_run(setup):
@@ -118,6 +169,30 @@ def test_lora_parameter_average_equals_output_average(setup):
   # (IA)3 scales average exactly too; bottlenecks refuse 'exact'.
   with pytest.raises(ValueError, match="how='linear'"):
     average_adapter(spliced, params, 'ab', ['a', 'b'])
+
+
+def test_ia3_average_is_exact_and_linear_average_is_leaf_by_leaf(setup):
+  _, _, spliced, params, ids, mask, _ = setup
+  with_s2, p = add_adapter(spliced, params, 's2', get_method('ia3'), jax.random.key(7), ids, mask)
+  p = _perturb(p, 's2', seed=7)
+  averaged, p_avg = average_adapter(with_s2, p, 'savg', ['s', 's2'], weights=(1, 3))
+  # (IA)3 is linear in its scales: the averaged scales compute the average of the outputs.
+  np.testing.assert_allclose(averaged.apply(p_avg, ids, mask, active='savg'),
+                             averaged.apply(p_avg, ids, mask, active=Average('s', 's2', weights=(1, 3))),
+                             **TOL)
+  with_b2, p = add_adapter(spliced, params, 'b2', get_method('pfeiffer'), jax.random.key(8), ids, mask)
+  p = _perturb(p, 'b2', seed=8)
+  _, p_lin = average_adapter(with_b2, p, 'blin', ['b', 'b2'], weights=(0.25, 0.75), how='linear')
+  b, b2, blin = (adapter_leaves(p_lin, n) for n in ('b', 'b2', 'blin'))
+  assert len(blin) == len(b) == 8  # down/up kernel and bias at two sites
+  for path, value in blin.items():
+    want = (0.25 * np.asarray(b[path.replace('/blin/', '/b/')], np.float64)
+            + 0.75 * np.asarray(b2[path.replace('/blin/', '/b2/')], np.float64))
+    np.testing.assert_allclose(np.asarray(value), want, rtol=1e-6, atol=1e-7)
+  with_c, p = add_adapter(spliced, params, 'c', get_method('compacter', n=2, size=4), jax.random.key(9),
+                          ids, mask)
+  with pytest.raises(ValueError, match='only lora, ia3 and bottleneck'):
+    average_adapter(with_c, p, 'cavg', ['c'], how='linear')
 
 
 def test_adapter_drop_equals_leave_out(setup):

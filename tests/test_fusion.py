@@ -7,15 +7,17 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.special
 from flax import traverse_util
 
 from adapters_jax import adapter_leaves, add_adapter, checkpoint, get_method, trainable
-from adapters_jax.adapter_set import restore_adapters
+from adapters_jax.checkpoint import restore_adapters
 from adapters_jax.composition import Fuse
 from adapters_jax.fusion import (
   add_fusion,
@@ -59,6 +61,69 @@ def test_one_adapter_identity_fusion_equals_the_adapter(tiny):
   alone = spliced1.apply(params1, ids, mask, active='b')
   np.testing.assert_allclose(fused, alone, rtol=1e-4, atol=1e-4)  # up to the 1e-6 value noise
   assert fusion_regularization(spliced1, params1, 'fuse_b') < 1e-8
+
+
+def _site_params(params, path, name):
+  node = params
+  for key in path.split('/') + ['adapters', name]:
+    node = node[key]
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), node)
+
+
+def _gelu64(x):
+  return 0.5 * x * (1.0 + scipy.special.erf(x / np.sqrt(2.0)))
+
+
+def _fusion64(y, deltas, p):
+  """AdapterFusion by hand in float64: y [B, L, F], deltas [B, L, K, F] -> (output, attention)."""
+  q = y @ p['query']['kernel'] + p['query']['bias']  # [B, L, F]
+  k = deltas @ p['key']['kernel'] + p['key']['bias']  # [B, L, K, F]
+  v = deltas @ p['value']['kernel']  # [B, L, K, F]
+  scores = np.einsum('blf,blkf->blk', q, k)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)  # [B, L, K]
+  return y + np.einsum('blk,blkf->blf', probs, v), probs
+
+
+def test_two_adapter_fusion_equals_a_hand_written_reference(tiny):
+  model, spliced, params, ids, mask = tiny
+  # Distinct fusion weights, far from init, so the attention over a and b is far from uniform.
+  params = _perturb(params, 'a,b', scale=0.5, seed=11)
+  activations = {'a': _gelu64, 'b': lambda v: np.maximum(v, 0.0)}  # Houlsby, Pfeiffer
+  sites = {n: [s.path for s in spliced.adapter(n).sites] for n in ('a', 'b')}
+  attention = {}
+
+  def intercept(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    path = '/'.join(context.module.path)
+    if context.method_name != '__call__' or path not in sites['a']:
+      return out
+    y = np.asarray(out, np.float64)
+    deltas = []
+    for name in ('a', 'b'):  # the fusion's adapter order
+      if path in sites[name]:
+        p = _site_params(params, path, name)
+        h = activations[name](y @ p['down']['kernel'] + p['down']['bias'])
+        deltas.append(h @ p['up']['kernel'] + p['up']['bias'])  # the adapter without its residual
+    fused, attention[path] = _fusion64(y, np.stack(deltas, axis=-2),
+                                       _site_params(params, path, 'a,b'))
+    return jnp.asarray(fused, out.dtype)
+
+  with nn.intercept_methods(intercept):  # the host alone (it ignores the grafted leaves)
+    want = model.apply({'params': params}, ids, mask)
+  got, state = spliced.apply(params, ids, mask, active=Fuse('a', 'b'), mutable=['intermediates'])
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  weights = fusion_attentions(state['intermediates'], 'a,b')
+  assert sorted(weights) == sorted(attention)
+  for path, probs in attention.items():
+    np.testing.assert_allclose(weights[path], probs, rtol=1e-4, atol=1e-5)
+  two = np.concatenate([p.reshape(-1, 2) for path, p in attention.items() if 'ffn' in path])
+  assert np.abs(two[:, 0] - 0.5).max() > 0.05  # the reference is not the trivial uniform mix
+  # The regulariser: 0.01 (the default weight) * sum over the fusion's sites of ||V - I||^2.
+  penalty = sum(np.sum((_site_params(params, path, 'a,b')['value']['kernel'] - np.eye(16)) ** 2)
+                for path in attention)
+  np.testing.assert_allclose(float(fusion_regularization(spliced, params, 'a,b')), 0.01 * penalty,
+                             rtol=1e-5)
 
 
 def test_attention_weights_sum_to_one_and_plot(tiny, tmp_path):

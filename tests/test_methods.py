@@ -143,3 +143,21 @@ def test_adapter_drop_leaves_out_layers_and_narrows_train_also():
     assert trains(path) == (re.fullmatch(original, path) is not None and kept), path
   # The result round-trips like any method config (it is recorded beside checkpoints).
   assert methods.method_from_dict(dropped.to_dict()) == dropped
+
+
+def test_option_values_of_the_wrong_type_name_option_value_and_type():
+  with pytest.raises(ValueError, match=r"size='big' of BottleneckConfig is a str; size takes int \| None"):
+    methods.get_method('houlsby', size='big')
+  with pytest.raises(ValueError, match=r'rank=2.5 of LoRAConfig is a float; rank takes int'):
+    methods.get_method('lora', rank=2.5)
+  with pytest.raises(ValueError, match=r'layer_norm_before=1 .* takes bool'):
+    methods.get_method('houlsby', layer_norm_before=1)
+  with pytest.raises(ValueError, match=r'leave_out=\[0, .a.\] .* takes tuple\[int, \.\.\.\]'):
+    methods.get_method('pfeiffer', leave_out=[0, 'a'])
+  with pytest.raises(ValueError, match=r"sites=\('\.\*/query',\) .* takes tuple\[tuple\[str, str\]"):
+    methods.get_method('lora', sites=('.*/query',))
+  # As JSON gives them: ints for float fields, lists for tuple fields.
+  config = methods.get_method('lora', alpha=4, sites=[['.*/query', 'parallel']], leave_out=[1])
+  assert config.alpha == 4 and config.sites == (('.*/query', 'parallel'),)
+  assert config.leave_out == (1,)
+  assert methods.get_method('houlsby', size=None, reduction_factor=8).bottleneck_size(64) == 8

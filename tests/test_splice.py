@@ -166,3 +166,23 @@ def test_adapter_dropout_follows_deterministic(tiny):
   train_2 = spliced.apply(p, ids, mask, active='a', deterministic=False,
                           rngs={'dropout': jax.random.key(2)})
   assert not np.allclose(train_1, train_2)
+
+
+def test_a_name_the_params_already_hold_is_refused_or_replaced(tiny):
+  model, params, (ids, mask) = tiny
+  _, trained = add_adapter(model, params, 'a', get_method('houlsby', size=4), jax.random.key(1),
+                           ids, mask)
+  trained = _perturb(trained, 'a')
+  # A plain host (no Spliced record of 'a'), params that hold the trained 'a': the same method
+  # would silently re-initialise it, another method would mix two methods' leaves under one name.
+  for method in (get_method('houlsby', size=4), get_method('lora')):
+    with pytest.raises(ValueError, match="(?s)named 'a' exists: the params already hold.*replace=True"):
+      add_adapter(model, trained, 'a', method, jax.random.key(2), ids, mask)
+  spliced, replaced = add_adapter(model, trained, 'a', get_method('lora'), jax.random.key(2), ids,
+                                  mask, replace=True)
+  assert spliced.names == ('a',)
+  leaf_names = {path.rsplit('/', 1)[1] for path in adapter_leaves(replaced, 'a')}
+  assert leaf_names == {'lora_a', 'lora_b'}  # no bottleneck leaf left under 'a'
+  # A fresh LoRA (B = 0) on the untouched base computes the base model.
+  np.testing.assert_array_equal(np.asarray(spliced.apply(replaced, ids, mask, active='a')),
+                                np.asarray(model.apply({'params': params}, ids, mask)))

@@ -6,6 +6,10 @@ A method config (e.g. `BottleneckConfig`) is a frozen dataclass. Splicing asks i
   * `make_shared_module()`: optionally, one module whose params all sites share (Compacter's rule
     matrices); its params are passed to every site module as `shared`.
 
+Behaviour that differs by method is asked of the config too, never decided by `isinstance` elsewhere:
+`fusable` / `make_delta_module` (AdapterFusion attends over these adapters' outputs), `is_fusion`,
+`merge` / `unmerge` (fold into the base weights) and `average` (combine parameters).
+
 Site modules are called as `module.apply({'params': p}, x, shared=shared_params, deterministic=...)`:
   * placement `output`:   x is the site's output,  returns the new output;
   * placement `parallel`: x is the site's input,   returns a term added to the output;
@@ -17,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable, Iterable
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -79,6 +85,10 @@ class MethodConfig:
   """
 
   kind: ClassVar[str] = ''
+  # AdapterFusion can attend over this method's adapters (their outputs live in the site's space).
+  fusable: ClassVar[bool] = False
+  # A fusion layer over other adapters (its config names them in `adapters`).
+  is_fusion: ClassVar[bool] = False
   sites: tuple[tuple[str, str], ...] = ()
   leave_out: tuple[int, ...] = ()
   train_also: tuple[str, ...] = ()
@@ -94,6 +104,32 @@ class MethodConfig:
 
   def make_shared_module(self) -> nn.Module | None:
     return None
+
+  def make_delta_module(self, site: SiteInfo) -> nn.Module:
+    """The site module without its residual: what AdapterFusion attends over (`fusable` methods)."""
+    raise NotImplementedError(f'{type(self).__name__} adapters cannot be fused.')
+
+  def check_average(self, how: str) -> None:
+    """Raises ValueError (naming the alternative) unless `average(..., how)` is possible."""
+    raise ValueError(f'Averaging {self.kind} adapters is not supported (only lora, ia3 and '
+                     'bottleneck adapters); combine them at apply time with Average(...).')
+
+  def average(self, methods: Sequence[MethodConfig], site_params: Sequence[dict[str, Any]],
+              weights: Sequence[float], how: str) -> tuple[MethodConfig, dict[str, Any]]:
+    """One site of a new adapter combining `methods` (this config first) by parameters.
+
+    Args:
+      methods: the sources' configs (all of this config's type).
+      site_params: per source, its params at one site (nested dict).
+      weights: per source, normalised to sum 1.
+      how: `exact` (the output equals the weighted average of outputs) or `linear` (every leaf
+        the weighted average of the sources' leaves).
+
+    Returns:
+      The new adapter's config and its params at this site.
+    """
+    self.check_average(how)
+    raise NotImplementedError
 
   def merge(self, host_params: dict[str, Any], adapter_params: dict[str, Any],
             site: SiteInfo) -> dict[str, Any]:
@@ -116,16 +152,69 @@ class MethodConfig:
     return json.dumps(self.to_dict(), sort_keys=True)
 
 
+def linear_average(methods: Sequence[MethodConfig], site_params: Sequence[dict[str, Any]],
+                   weights: Sequence[float]) -> tuple[MethodConfig, dict[str, Any]]:
+  """Every leaf the weighted average of the sources' leaves; the sources' configs must be equal."""
+  if len(set(methods)) != 1:
+    raise ValueError(f"how='linear' needs identical adapter configs; got {list(methods)}.")
+
+  def combine(*leaves):
+    return sum(w * leaf for w, leaf in zip(weights, leaves, strict=True))
+
+  return methods[0], jax.tree.map(combine, *site_params)
+
+
 def replace_fields(config: MethodConfig, **overrides: Any) -> MethodConfig:
-  """`dataclasses.replace` with an error that lists the valid options."""
+  """`dataclasses.replace` with errors that list the valid options or name the type wanted.
+
+  Values come from code and from JSON (checkpoint records, experiment configs), so lists are
+  accepted for tuple fields (and stored as tuples) and ints for float fields.
+  """
   valid = [f.name for f in dataclasses.fields(config)]
   unknown = sorted(set(overrides) - set(valid))
   if unknown:
     raise ValueError(f'Unknown option(s) {unknown} for {type(config).__name__}; '
                      f'valid options: {valid}.')
+  hints = typing.get_type_hints(type(config))
+  for key, value in overrides.items():
+    if not _fits(value, hints[key]):
+      raise ValueError(f'Option {key}={value!r} of {type(config).__name__} is a '
+                       f'{type(value).__name__}; {key} takes {_type_name(hints[key])}.')
   # JSON turns tuples into lists; the configs are hashable tuples.
   fixed = {k: _to_tuple(v) for k, v in overrides.items()}
   return dataclasses.replace(config, **fixed)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+  """Whether `value` is of type `hint` (the field annotations the configs use)."""
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if hint is Any:
+    return True
+  if origin in (typing.Union, types.UnionType):
+    return any(_fits(value, arm) for arm in args)
+  if hint is type(None):
+    return value is None
+  if hint is bool:
+    return isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if origin is tuple:
+    if not isinstance(value, (tuple, list)):
+      return False
+    if len(args) == 2 and args[1] is Ellipsis:
+      return all(_fits(v, args[0]) for v in value)
+    return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+  if isinstance(hint, type):
+    return isinstance(value, hint)
+  return True
+
+
+def _type_name(hint: Any) -> str:
+  if isinstance(hint, type) and typing.get_origin(hint) is None:
+    return hint.__name__
+  return str(hint).replace('typing.', '')
 
 
 def adapter_drop(config: MethodConfig, dropped_layers: Iterable[int]) -> MethodConfig:

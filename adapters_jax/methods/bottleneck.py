@@ -11,7 +11,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from adapters_jax.methods.base import MethodConfig, SiteInfo, get_activation
+from adapters_jax.methods.base import MethodConfig, SiteInfo, get_activation, linear_average
 from adapters_jax.sites import ATTENTION_OUTPUT, FFN_BLOCK, FFN_OUTPUT, LAYER_NORM_PARAMS
 
 INITS = ('houlsby', 'zero')
@@ -68,6 +68,7 @@ class BottleneckConfig(MethodConfig):
   """
 
   kind = 'bottleneck'
+  fusable = True
   sites: tuple[tuple[str, str], ...] = ((ATTENTION_OUTPUT, 'output'), (FFN_OUTPUT, 'output'))
   size: int | None = 64
   reduction_factor: float | None = None
@@ -97,6 +98,18 @@ class BottleneckConfig(MethodConfig):
                       activation=self.activation, residual=site.placement == 'output',
                       scaling=self.scaling,
                       layer_norm_before=self.layer_norm_before, init_scheme=self.init)
+
+  def make_delta_module(self, site: SiteInfo) -> nn.Module:
+    return self.make_module(site).clone(residual=False)
+
+  def check_average(self, how):
+    if how == 'exact':
+      raise ValueError("Bottleneck adapters are nonlinear: no parameter average equals the output "
+                       "average. Use how='linear' (an interpolation) or Average(...) at apply time.")
+
+  def average(self, methods, site_params, weights, how):
+    self.check_average(how)
+    return linear_average(methods, site_params, weights)
 
 
 def houlsby() -> BottleneckConfig:

@@ -29,6 +29,11 @@ from adapters_jax.ops import Dropout
 ATTENTION = 'attention'
 
 
+def fusion_attention_key(name: str) -> str:
+  """The `intermediates` entry (at each site path) holding fusion `name`'s attention weights."""
+  return f'fusion_attention[{name}]'
+
+
 def identity_plus_noise(noise: float):
   """Initialiser of a square kernel: the identity plus N(0, noise^2) entries."""
   def init(key, shape, dtype=jnp.float32):
@@ -94,6 +99,7 @@ class FusionConfig(MethodConfig):
   """
 
   kind = 'fusion'
+  is_fusion = True
   adapters: tuple[str, ...] = ()
   query: bool = True
   key: bool = True

@@ -12,7 +12,7 @@ import dataclasses
 
 import flax.linen as nn
 
-from adapters_jax.methods.base import MethodConfig, SiteInfo
+from adapters_jax.methods.base import MethodConfig, SiteInfo, linear_average
 from adapters_jax.sites import FFN_OUTPUT, KEY, VALUE
 
 
@@ -44,6 +44,15 @@ class IA3Config(MethodConfig):
 
   def make_module(self, site: SiteInfo) -> nn.Module:
     return IA3(features=site.features)
+
+  def check_average(self, how):
+    pass  # exact and linear both exist
+
+  def average(self, methods, site_params, weights, how):
+    # The rescaling is linear in the scale: the average of scales is the average of outputs.
+    if how == 'exact':
+      return self, linear_average([self] * len(methods), site_params, weights)[1]
+    return linear_average(methods, site_params, weights)
 
   def merge(self, host_params, adapter_params, site):
     return _rescale(host_params, adapter_params['scale'], site, invert=False)

@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from adapters_jax.methods.base import MethodConfig, SiteInfo
+from adapters_jax.methods.base import MethodConfig, SiteInfo, linear_average
 from adapters_jax.ops import Dropout
 from adapters_jax.sites import QUERY, VALUE
 
@@ -77,6 +77,24 @@ class LoRAConfig(MethodConfig):
   def make_module(self, site: SiteInfo) -> nn.Module:
     return LoRA(out_features=site.out_features, rank=self.rank, alpha=self.alpha,
                 dropout=self.dropout)
+
+  def check_average(self, how):
+    pass  # exact and linear both exist
+
+  def average(self, methods, site_params, weights, how):
+    """how='exact': A = [A_1 ... A_n] (ranks concatenated), B = [c_1 B_1; ...; c_n B_n] with
+    c_i = w_i (alpha_i / r_i) and alpha = rank, so x A B = sum_i w_i LoRA_i(x) exactly.
+    how='linear': leaf by leaf (not the average of outputs: A B is bilinear)."""
+    if how != 'exact':
+      return linear_average(methods, site_params, weights)
+    rank = sum(m.rank for m in methods)
+    config = dataclasses.replace(self, rank=rank, alpha=float(rank),
+                                 dropout=max(m.dropout for m in methods))
+    lora_a = jnp.concatenate([p['lora_a'] for p in site_params], axis=-1)  # [..., in, sum r]
+    lora_b = jnp.concatenate([w * (m.alpha / m.rank) * p['lora_b']
+                              for w, m, p in zip(weights, methods, site_params, strict=True)],
+                             axis=-2)  # [..., sum r, out]
+    return config, {'lora_a': lora_a, 'lora_b': lora_b}
 
   def merge(self, host_params, adapter_params, site):
     kernel = host_params['kernel']

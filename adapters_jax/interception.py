@@ -1,0 +1,391 @@
+"""The runtime of splicing: per-site programs compiled from a composition, and the Flax interceptor
+that runs them around the host's module calls.
+
+A validated composition (`adapters_jax.composition`) becomes one small program per site path
+(`compile_sites`): an input transform and an output transform built from Leaf / StackOp / AverageOp /
+FuseOp / ChoiceOp. While the host runs under `flax.linen.intercept_methods`, `_SiteInterceptor`
+finds the calls at those paths, reads the grafted params from the module's own variables and runs
+the program. `discover_calls` uses the same interception, abstractly, to see every module call and
+its shapes before a splice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from adapters_jax.composition import (
+  Average,
+  CompositionError,
+  Fuse,
+  Parallel,
+  PerExample,
+  Stack,
+  adapter_names,
+)
+from adapters_jax.methods.fusion import fusion_attention_key
+from adapters_jax.tree import ADAPTERS_KEY, SHARED_KEY, AdapterSpec, Params, find_spec, is_adapter_path
+
+# --------------------------------------------------------------------------------------------------
+# Per-site programs: what runs at one site, as input and output transforms.
+
+
+class SiteOps:
+  """What the interceptor offers a site program for one module call."""
+
+  index: Any  # [B] int32 branch index of each row (PerExample), or None
+
+  def run(self, leaf: Leaf, x, module: nn.Module):  # the leaf's module on x
+    raise NotImplementedError
+
+  def fuse(self, fusion: Leaf, query, deltas):
+    raise NotImplementedError
+
+
+@dataclasses.dataclass
+class Leaf:
+  """One adapter at one site; `delta_module` is its module without the residual (for fusion)."""
+
+  spec: AdapterSpec
+  site: Any
+  module: nn.Module
+  delta_module: nn.Module | None = None
+
+  @property
+  def has_input(self):
+    return self.site.placement == 'input'
+
+  def inp(self, ops, x):
+    return ops.run(self, x, self.module) if self.has_input else x
+
+  def out(self, ops, y, x):
+    if self.site.placement == 'output':
+      return ops.run(self, y, self.module)
+    if self.site.placement == 'parallel':
+      return y + ops.run(self, x, self.module)
+    return y
+
+  def delta(self, ops, y, x):
+    return ops.run(self, y if self.site.placement == 'output' else x, self.delta_module)
+
+
+@dataclasses.dataclass
+class StackOp:
+  ops: list
+
+  @property
+  def has_input(self):
+    return any(op.has_input for op in self.ops)
+
+  def inp(self, ops, x):
+    for op in self.ops:
+      x = op.inp(ops, x)
+    return x
+
+  def out(self, ops, y, x):
+    for op in self.ops:
+      y = op.out(ops, y, x)
+    return y
+
+
+@dataclasses.dataclass
+class AverageOp:
+  ops: list  # one per child, None where the child has no site here
+  weights: tuple
+
+  @property
+  def has_input(self):
+    return any(op is not None and op.has_input for op in self.ops)
+
+  def inp(self, ops, x):
+    if not self.has_input:
+      return x
+    return sum(w * (op.inp(ops, x) if op is not None else x)
+               for w, op in zip(self.weights, self.ops, strict=True))
+
+  def out(self, ops, y, x):
+    return sum(w * (op.out(ops, y, x) if op is not None else y)
+               for w, op in zip(self.weights, self.ops, strict=True))
+
+
+@dataclasses.dataclass
+class FuseOp:
+  fusion: Leaf
+  leaves: list  # the fused adapters present at this site
+
+  has_input = False
+
+  def inp(self, ops, x):
+    return x
+
+  def out(self, ops, y, x):
+    if not self.leaves:
+      return y
+    deltas = jnp.stack([leaf.delta(ops, y, x) for leaf in self.leaves], axis=-2)  # [..., K, F]
+    return ops.fuse(self.fusion, y, deltas)
+
+
+@dataclasses.dataclass
+class ChoiceOp:
+  ops: list  # one per branch, None = unchanged (base, or no site of that branch here)
+
+  @property
+  def has_input(self):
+    return any(op is not None and op.has_input for op in self.ops)
+
+  def _select(self, ops, default, values):
+    index = ops.index
+    if index.shape[0] != default.shape[0]:
+      raise CompositionError(
+          f'adapter_index has {index.shape[0]} rows but a site sees a leading axis of '
+          f'{default.shape[0]}; per-example choice needs the batch as the leading axis of every '
+          'site activation.')
+    out = default
+    for k, value in enumerate(values):
+      if value is not None:
+        row = (index == k).reshape((-1,) + (1,) * (default.ndim - 1))
+        out = jnp.where(row, value, out)
+    return out
+
+  def inp(self, ops, x):
+    if not self.has_input:
+      return x
+    return self._select(ops, x, [op.inp(ops, x) if op is not None and op.has_input else None
+                                 for op in self.ops])
+
+  def out(self, ops, y, x):
+    return self._select(ops, y, [op.out(ops, y, x) if op is not None else None for op in self.ops])
+
+
+def skip_layer_set(skip_layers: int | Sequence[int] | None) -> tuple[int, ...]:
+  """`k` -> layers 0..k-1; a sequence -> those indices."""
+  if skip_layers is None:
+    return ()
+  if isinstance(skip_layers, int):
+    if skip_layers < 0:
+      raise CompositionError(f'skip_layers must be >= 0, got {skip_layers}.')
+    return tuple(range(skip_layers))
+  return tuple(int(i) for i in skip_layers)
+
+
+def _skip(site, dims, skip_layers) -> bool:
+  if not skip_layers:
+    return False
+  if dims:
+    raise CompositionError(f'skip_layers (AdapterDrop) needs unscanned layers; {site.path} is '
+                           'under nn.scan. Load the model with scan_layers=False.')
+  return site.layer is not None and site.layer in skip_layers
+
+
+def compile_sites(node, adapters: Sequence[AdapterSpec],
+                  skip_layers: tuple[int, ...] = ()) -> dict[str, Any]:
+  """`{site path: program}` for a validated composition over the spliced `adapters`."""
+  paths: list[str] = []
+  for name in adapter_names(node):
+    for site in find_spec(adapters, name).sites:
+      if site.path not in paths:
+        paths.append(site.path)
+  if isinstance(node, Fuse):
+    paths.extend(s.path for s in find_spec(adapters, node.name).sites if s.path not in paths)
+  table = {}
+  for path in paths:
+    op = _build(node, path, adapters, skip_layers)
+    if op is not None:
+      table[path] = op
+  return table
+
+
+def _leaf(name, path, adapters, skip_layers, delta=False):
+  spec = find_spec(adapters, name)
+  for site, dims in zip(spec.sites, spec.stack_dims, strict=True):
+    if site.path == path:
+      if _skip(site, dims, skip_layers):
+        return None
+      module = spec.method.make_module(site)
+      delta_module = spec.method.make_delta_module(site) if delta else None
+      return Leaf(spec, site, module, delta_module)
+  return None
+
+
+def _build(node, path, adapters, skip_layers):
+  if node is None:
+    return None
+  if isinstance(node, str):
+    return _leaf(node, path, adapters, skip_layers)
+  if isinstance(node, Stack):
+    ops = [op for c in node.children if (op := _build(c, path, adapters, skip_layers)) is not None]
+    return None if not ops else ops[0] if len(ops) == 1 else StackOp(ops)
+  if isinstance(node, Average):
+    ops = [_leaf(c, path, adapters, skip_layers) for c in node.children]
+    return AverageOp(ops, node.normalized_weights()) if any(o is not None for o in ops) else None
+  if isinstance(node, Fuse):
+    fusion = _leaf(node.name, path, adapters, skip_layers)
+    if fusion is None:
+      return None
+    leaves = [leaf for c in node.children
+              if (leaf := _leaf(c, path, adapters, skip_layers, delta=True)) is not None]
+    return FuseOp(fusion, leaves)
+  if isinstance(node, (PerExample, Parallel)):
+    ops = [_build(c, path, adapters, skip_layers) for c in node.children]
+    return ChoiceOp(ops) if any(o is not None for o in ops) else None
+  raise CompositionError(f'Unknown composition block {node!r}.')
+
+
+# --------------------------------------------------------------------------------------------------
+# The interceptor.
+
+# While an adapter module runs inside the host, its own sub-module calls pass through untouched.
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def _inside_adapter():
+  previous = getattr(_LOCAL, 'busy', False)
+  _LOCAL.busy = True
+  try:
+    yield
+  finally:
+    _LOCAL.busy = previous
+
+
+def run_host(model: nn.Module, params: Params, table: dict[str, Any], *args,
+             adapter_deterministic: bool = True, index: jax.Array | None = None, **kwargs) -> Any:
+  """`model.apply({'params': params}, *args, **kwargs)` with each site's program run around it.
+
+  Args:
+    table: `{site path: program}` from `compile_sites`.
+    adapter_deterministic: disable adapter dropout (the host's own `deterministic` is in kwargs).
+    index: [B] int32 branch of each row, for PerExample / Parallel programs.
+  """
+  interceptor = _SiteInterceptor(table, params, adapter_deterministic, index)
+  with nn.intercept_methods(interceptor):
+    return model.apply({'params': params}, *args, **kwargs)
+
+
+class _SiteInterceptor:
+  """The method interceptor: runs each spliced site's composition program around the call."""
+
+  def __init__(self, table, params: Params, deterministic: bool, index=None):
+    self.table = table
+    self.shared = params.get(ADAPTERS_KEY, {})
+    self.deterministic = deterministic
+    self.index = index
+
+  def __call__(self, next_fun, args, kwargs, context):
+    if context.method_name != '__call__' or getattr(_LOCAL, 'busy', False):
+      return next_fun(*args, **kwargs)
+    program = self.table.get('/'.join(context.module.path))
+    if program is None:
+      return next_fun(*args, **kwargs)
+    ops = _SiteCall(self, context.module)
+    x, rest = args[0], args[1:]
+    x = program.inp(ops, x)
+    y = next_fun(x, *rest, **kwargs)
+    return program.out(ops, y, x)
+
+
+class _SiteCall(SiteOps):
+  """One call of a spliced site: runs adapters and fusion layers with the grafted params."""
+
+  def __init__(self, interceptor: _SiteInterceptor, module: nn.Module):
+    self.interceptor = interceptor
+    self.module = module
+    self.index = interceptor.index
+    self.grafted = module.variables.get('params', {}).get(ADAPTERS_KEY, {})
+
+  def _params(self, name: str):
+    if name not in self.grafted:
+      raise KeyError(f'Adapter {name!r} has no params at {"/".join(self.module.path)}; '
+                     'were these params made by add_adapter for this adapter?')
+    return self.grafted[name]
+
+  def _rngs(self):
+    if not self.interceptor.deterministic and self.module.has_rng('dropout'):
+      return {'dropout': self.module.make_rng('dropout')}
+    return None
+
+  def run(self, leaf, x, module):
+    name = leaf.spec.name
+    shared = self.interceptor.shared.get(name, {}).get(SHARED_KEY)
+    with _inside_adapter():
+      out = module.apply({'params': self._params(name)}, x, shared=shared,
+                         deterministic=self.interceptor.deterministic, rngs=self._rngs())
+    return out.astype(x.dtype)
+
+  def fuse(self, fusion, query, deltas):
+    name = fusion.spec.name
+    with _inside_adapter():
+      out, state = fusion.module.apply(
+          {'params': self._params(name)}, query, deltas,
+          deterministic=self.interceptor.deterministic, rngs=self._rngs(),
+          mutable=['intermediates'])
+    for probs in state.get('intermediates', {}).get('attention', ()):
+      # Collected only when the caller passes mutable=['intermediates'] (else a no-op).
+      self.module.sow('intermediates', fusion_attention_key(name), probs)
+    return out.astype(query.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Discovery.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleCall:
+  """What the host model did at one module path (first `__call__` seen).
+
+  Attributes:
+    path: `/`-joined module path.
+    in_shape: shape of the first positional argument, or None if it is not an array.
+    out_shape: shape of the output, or None if it is not a single array.
+    probe_leaf: relative path and ndim of one of the module's parameters as seen inside the call
+      (None: no params); compared with the tree to find scan axes.
+  """
+
+  path: str
+  in_shape: tuple[int, ...] | None
+  out_shape: tuple[int, ...] | None
+  probe_leaf: tuple[str, int] | None
+
+
+def discover_calls(model: nn.Module, params: Params, *args, method: Any = None,
+                   **kwargs) -> dict[str, ModuleCall]:
+  """Runs the host abstractly (`jax.eval_shape`) and records every module `__call__`.
+
+  Returns:
+    `{path: ModuleCall}` in call order (first call of each path).
+  """
+  calls: dict[str, ModuleCall] = {}
+
+  def record(next_fun, call_args, call_kwargs, context):
+    out = next_fun(*call_args, **call_kwargs)
+    if context.method_name == '__call__' and not getattr(_LOCAL, 'busy', False):
+      path = '/'.join(context.module.path)
+      if path not in calls:
+        own = traverse_util.flatten_dict(context.module.variables.get('params', {}), sep='/')
+        own = {p: v for p, v in own.items() if not is_adapter_path(p)}
+        probe = next(((p, v.ndim) for p, v in own.items()), None)
+        calls[path] = ModuleCall(
+            path=path,
+            in_shape=_shape(call_args[0]) if call_args else None,
+            out_shape=_shape(out),
+            probe_leaf=probe)
+    return out
+
+  def run(p):
+    with nn.intercept_methods(record):
+      return model.apply({'params': p}, *args, method=method, **kwargs)
+
+  jax.eval_shape(run, params)
+  return calls
+
+
+def _shape(value) -> tuple[int, ...] | None:
+  return tuple(value.shape) if hasattr(value, 'shape') and hasattr(value, 'dtype') else None
