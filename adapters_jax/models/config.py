@@ -9,10 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
+from adapters_jax.models.config_base import DTYPES, BackboneConfig, check_choice, check_fields
 
 MODEL_TYPES = ('bert', 'roberta')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # HF `hidden_act` names we implement (see `bert.ACTIVATIONS`).
 # How attention runs (see `bert.SelfAttention`): 'auto' picks 'cpu' on the CPU backend and
 # 'accelerator' on GPU/TPU; either can be forced on any backend.
@@ -47,7 +46,7 @@ _HF_REQUIRED_VALUES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(BackboneConfig):
   """Architecture and numerics of a post-LN BERT/RoBERTa encoder.
 
   Defaults are BERT-base (HF `BertConfig` defaults). Build one from a checkpoint with
@@ -68,7 +67,7 @@ class EncoderConfig:
       with a leading `[num_layers]` axis (see `bert.stack_layer_params`).
     attention_head_groups: compute the attention heads in this many independent groups while
       training with attention dropout (same result, different speed; see
-      `bert.head_groups`). 0 picks automatically: 4 on CPU (1 for more than 12 unscanned
+      `attention_choice.head_groups`). 0 picks automatically: 4 on CPU (1 for more than 12 unscanned
       layers, to keep compile time down), 1 on accelerators. Used by the 'cpu' attention only.
     attention_impl: 'auto' (default: 'cpu' on the CPU backend, 'accelerator' on GPU/TPU),
       'cpu' (training-mode attention by `dropout_attention`: head groups, hand-written
@@ -100,10 +99,10 @@ class EncoderConfig:
   attention_impl: str = 'auto'
 
   def __post_init__(self):
-    _check_choice('model_type', self.model_type, MODEL_TYPES)
-    _check_choice('dtype', self.dtype, tuple(DTYPES))
-    _check_choice('hidden_act', self.hidden_act, HIDDEN_ACTS)
-    _check_choice('attention_impl', self.attention_impl, ATTENTION_IMPLS)
+    check_choice('model_type', self.model_type, MODEL_TYPES)
+    check_choice('dtype', self.dtype, tuple(DTYPES))
+    check_choice('hidden_act', self.hidden_act, HIDDEN_ACTS)
+    check_choice('attention_impl', self.attention_impl, ATTENTION_IMPLS)
     if self.hidden_size % self.num_heads:
       raise ValueError(
           f'hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; '
@@ -124,17 +123,8 @@ class EncoderConfig:
     return self.hidden_size // self.num_heads
 
   @property
-  def compute_dtype(self):
-    return DTYPES[self.dtype]
-
-  @property
   def head_dropout(self) -> float:
     return self.hidden_dropout if self.classifier_dropout is None else self.classifier_dropout
-
-  def replace(self, **overrides: Any) -> EncoderConfig:
-    """Returns a copy with `overrides`; an unknown field is an error listing the valid ones."""
-    _check_fields(overrides)
-    return dataclasses.replace(self, **overrides)
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> EncoderConfig:
@@ -147,7 +137,7 @@ class EncoderConfig:
     Example:
       cfg = EncoderConfig.from_hf_config(json.loads(path.read_text()), dtype='bfloat16')
     """
-    _check_fields(overrides)
+    check_fields(EncoderConfig, overrides)
     for key, allowed in _HF_REQUIRED_VALUES.items():
       if key in hf and hf[key] not in allowed:
         raise ValueError(
@@ -161,15 +151,3 @@ class EncoderConfig:
     if kwargs.get('model_type') == 'roberta' and 'position_offset' not in overrides:
       kwargs['position_offset'] = kwargs.get('pad_token_id', cls.pad_token_id) + 1
     return cls(**kwargs)
-
-
-def _check_choice(name: str, value: Any, valid: tuple) -> None:
-  if value not in valid:
-    raise ValueError(f'{name}={value!r} is not supported; valid values: {list(valid)}.')
-
-
-def _check_fields(overrides: dict[str, Any]) -> None:
-  valid = [f.name for f in dataclasses.fields(EncoderConfig)]
-  unknown = sorted(set(overrides) - set(valid))
-  if unknown:
-    raise ValueError(f'Unknown EncoderConfig field(s) {unknown}; valid fields: {valid}.')

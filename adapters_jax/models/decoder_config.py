@@ -16,12 +16,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
-
 from adapters_jax.models.bert import ACTIVATIONS
+from adapters_jax.models.config_base import DTYPES, BackboneConfig, check_choice, check_fields
 
 MODEL_TYPES = ('gpt2', 'llama', 'qwen2', 'mistral', 'gemma')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 ROPE_TYPES = ('default', 'linear', 'dynamic', 'llama3')
 NORMS = ('layer_norm', 'rms_norm')
 POSITION_EMBEDDINGS = ('learned', 'rope')
@@ -77,7 +75,7 @@ _HF_REQUIRED_VALUES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(BackboneConfig):
   """Architecture and numerics of a pre-norm decoder-only language model.
 
   Defaults are a tiny Llama. Build one from a checkpoint with `DecoderConfig.from_hf_config`.
@@ -144,7 +142,7 @@ class DecoderConfig:
                         ('hidden_act', tuple(ACTIVATIONS)), ('rope_type', ROPE_TYPES),
                         ('norm', NORMS), ('position_embedding', POSITION_EMBEDDINGS),
                         ('mlp', MLPS)):
-      _check_choice(name, getattr(self, name), valid)
+      check_choice(name, getattr(self, name), valid)
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads='
                        f'{self.num_kv_heads}; grouped-query attention needs whole groups.')
@@ -157,20 +155,11 @@ class DecoderConfig:
         raise ValueError(f'{name}={getattr(self, name)} must be in [0, 1).')
 
   @property
-  def compute_dtype(self):
-    return DTYPES[self.dtype]
-
-  @property
   def eos_token_ids(self) -> tuple[int, ...]:
     """The end-of-sequence ids as a tuple (HF allows one id or a list)."""
     if self.eos_token_id is None:
       return ()
     return (self.eos_token_id,) if isinstance(self.eos_token_id, int) else self.eos_token_id
-
-  def replace(self, **overrides: Any) -> DecoderConfig:
-    """Returns a copy with `overrides`; an unknown field is an error listing the valid ones."""
-    _check_fields(overrides)
-    return dataclasses.replace(self, **overrides)
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> DecoderConfig:
@@ -180,7 +169,7 @@ class DecoderConfig:
       hf: the parsed `config.json`; absent keys take the defaults of its transformers class.
       **overrides: DecoderConfig fields, e.g. `dtype='bfloat16', scan_layers=True`.
     """
-    _check_fields(overrides)
+    check_fields(DecoderConfig, overrides)
     model_type = hf.get('model_type')
     if model_type not in MODEL_TYPES:
       raise ValueError(f'config.json has model_type={model_type!r}; decoders implemented: '
@@ -253,15 +242,3 @@ def _rope_scaling_fields(scaling: dict[str, Any] | None, max_positions: int) -> 
     # HF's dynamic NTK scales from max_position_embeddings (see rope.inverse_frequencies).
     fields.update(rope_original_max_position_embeddings=int(max_positions))
   return fields
-
-
-def _check_choice(name: str, value: Any, valid: tuple) -> None:
-  if value not in valid:
-    raise ValueError(f'{name}={value!r} is not supported; valid values: {list(valid)}.')
-
-
-def _check_fields(overrides: dict[str, Any]) -> None:
-  valid = [f.name for f in dataclasses.fields(DecoderConfig)]
-  unknown = sorted(set(overrides) - set(valid))
-  if unknown:
-    raise ValueError(f'Unknown DecoderConfig field(s) {unknown}; valid fields: {valid}.')

@@ -16,7 +16,7 @@ times smaller; the selects fold into the one elementwise pass that forms `dS`. G
 those of the autodiff form to float32 rounding (tests/models/test_dropout_attention.py checks
 both against a float64 reference).
 
-The heads are computed in `groups` independent slices (see `bert.head_groups`): on CPU, XLA runs
+The heads are computed in `groups` independent slices (see `attention_choice.head_groups`): on CPU, XLA runs
 independent slices on different cores, which it does poorly for one batched matmul over all heads.
 The function is `jax.custom_vjp`, so it supports reverse-mode differentiation (`grad`, `vjp`) but
 not forward mode (`jvp`); the deterministic path does not use it.

@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
+from adapters_jax.models.config_base import DTYPES, BackboneConfig, check_choice, check_fields
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # HF `feed_forward_proj` values we implement: `<act>` or `gated-<act>`.
 FEED_FORWARD_PROJS = ('relu', 'gelu', 'gelu_new', 'silu', 'gated-relu', 'gated-gelu',
                       'gated-gelu_new', 'gated-silu')
@@ -44,7 +43,7 @@ _HF_REQUIRED_VALUES = {'is_encoder_decoder': (True,)}
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(BackboneConfig):
   """Architecture and numerics of a T5 encoder-decoder.
 
   Build one from a checkpoint with `T5Config.from_hf_config(json.load(open('config.json')))`.
@@ -92,9 +91,9 @@ class T5Config:
   scan_layers: bool = False
 
   def __post_init__(self):
-    _check_choice('model_type', self.model_type, ('t5',))
-    _check_choice('dtype', self.dtype, tuple(DTYPES))
-    _check_choice('feed_forward_proj', self.feed_forward_proj, FEED_FORWARD_PROJS)
+    check_choice('model_type', self.model_type, ('t5',))
+    check_choice('dtype', self.dtype, tuple(DTYPES))
+    check_choice('feed_forward_proj', self.feed_forward_proj, FEED_FORWARD_PROJS)
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'dropout_rate={self.dropout_rate} must be in [0, 1).')
     for name in ('num_layers', 'num_decoder_layers', 'num_heads', 'd_kv', 'd_model', 'd_ff'):
@@ -117,15 +116,6 @@ class T5Config:
       return 'gelu_new'
     return self.feed_forward_proj.split('-')[-1]
 
-  @property
-  def compute_dtype(self):
-    return DTYPES[self.dtype]
-
-  def replace(self, **overrides: Any) -> T5Config:
-    """Returns a copy with `overrides`; an unknown field is an error listing the valid ones."""
-    _check_fields(overrides)
-    return dataclasses.replace(self, **overrides)
-
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> T5Config:
     """Reads a Hugging Face T5 `config.json` dict, then applies `overrides`.
@@ -137,7 +127,7 @@ class T5Config:
     Example:
       cfg = T5Config.from_hf_config(json.loads(path.read_text()), dropout_rate=0.0)
     """
-    _check_fields(overrides)
+    check_fields(T5Config, overrides)
     for key, allowed in _HF_REQUIRED_VALUES.items():
       if key in hf and hf[key] not in allowed:
         raise ValueError(f'config.json has {key}={hf[key]!r}; this T5 implements only '
@@ -149,15 +139,3 @@ class T5Config:
       kwargs['decoder_start_token_id'] = kwargs.get('pad_token_id', cls.pad_token_id)
     kwargs.update(overrides)
     return cls(**kwargs)
-
-
-def _check_choice(name: str, value: Any, valid: tuple) -> None:
-  if value not in valid:
-    raise ValueError(f'{name}={value!r} is not supported; valid values: {list(valid)}.')
-
-
-def _check_fields(overrides: dict[str, Any]) -> None:
-  valid = [f.name for f in dataclasses.fields(T5Config)]
-  unknown = sorted(set(overrides) - set(valid))
-  if unknown:
-    raise ValueError(f'Unknown T5Config field(s) {unknown}; valid fields: {valid}.')

@@ -8,7 +8,6 @@ the outputs are all-gathered.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import numpy as np
@@ -16,8 +15,7 @@ import numpy as np
 from adapters_jax import data, trainable
 from adapters_jax.train import sharding
 from adapters_jax.train.tasks import EXAMPLE_MASK, TaskKind
-
-Params = dict[str, Any]
+from adapters_jax.tree import Params
 
 
 def make_eval_step(task_kind: TaskKind, forward) -> Callable:

@@ -47,13 +47,13 @@ from adapters_jax.methods import PRESETS, adapter_drop, get_method
 from adapters_jax.sites import HEAD_PARAMS
 from adapters_jax.splice import Spliced, add_adapter, is_adapter_path
 from adapters_jax.train.tasks import TaskKind, task_kind_for
+from adapters_jax.tree import Params
 
 BASELINE_METHODS = ('full', 'head')
 FUSION_METHOD = 'fusion'
 METHODS = tuple(PRESETS) + (FUSION_METHOD,) + BASELINE_METHODS
 ATTENTION_PLOT = 'fusion_attention.png'
 
-Params = dict[str, Any]
 
 
 @dataclasses.dataclass

@@ -11,7 +11,6 @@ params are passed in every step and never differentiated, updated or copied. Jit
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import flax
 import jax
@@ -19,8 +18,8 @@ import jax.numpy as jnp
 import optax
 
 from adapters_jax import trainable
+from adapters_jax.tree import Params
 
-Params = dict[str, Any]
 Batch = dict[str, jax.Array]
 
 

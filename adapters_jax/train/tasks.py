@@ -41,8 +41,8 @@ import numpy as np
 
 from adapters_jax import data
 from adapters_jax.train.step import classification_loss, regression_loss
+from adapters_jax.tree import Params
 
-Params = dict[str, Any]
 Batch = dict[str, jax.Array]
 EXAMPLE_MASK = 'example_mask'  # [batch] 1 for real examples, 0 for padding rows
 

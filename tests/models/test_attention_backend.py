@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 
 from adapters_jax import models
-from adapters_jax.models.bert import (
-  BertForSequenceClassification,
-  SelfAttention,
-  attention_implementation,
-  fused_kernel,
-)
+from adapters_jax.models.attention_choice import attention_implementation, fused_kernel
+from adapters_jax.models.bert import BertForSequenceClassification, SelfAttention
 
 CONFIG = models.EncoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
                               intermediate_size=64, max_position_embeddings=32,

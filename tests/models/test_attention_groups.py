@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from adapters_jax import models
-from adapters_jax.models.bert import SelfAttention, head_groups
+from adapters_jax.models.attention_choice import head_groups
+from adapters_jax.models.bert import SelfAttention
 
 CONFIG = models.EncoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
                               intermediate_size=64, max_position_embeddings=32,
