@@ -11,38 +11,13 @@ import pytest
 from adapters_jax import models
 from adapters_jax.models.attention_choice import attention_implementation, fused_kernel
 from adapters_jax.models.bert import BertForSequenceClassification, SelfAttention
+from tests.models.attention_reference import numpy_attention, padded_inputs
 
 CONFIG = models.EncoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
                               intermediate_size=64, max_position_embeddings=32,
                               attention_dropout=0.3, hidden_dropout=0.0)
 # Tolerances per compute dtype: float32 rounding, or bfloat16's 8-bit mantissa.
 TOLERANCE = {'float32': dict(rtol=1e-5, atol=1e-5), 'bfloat16': dict(rtol=5e-2, atol=5e-2)}
-
-
-def _inputs():
-  hidden = jax.random.normal(jax.random.key(0), (3, 7, 32))
-  valid = np.ones((3, 7), bool)
-  valid[1, 5:] = False
-  valid[2, 2:] = False
-  return hidden, jnp.asarray(valid)[:, None, None, :]  # mask [batch, 1, 1, seq]
-
-
-def _numpy_attention(params, hidden, mask, keep, rate, heads):
-  """float64 multi-head attention; `keep` None = no dropout, else keep / (1 - rate)."""
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  x = np.asarray(hidden, np.float64)
-  batch, seq, width = x.shape
-  dense = lambda name, v: v @ p[name]['kernel'] + p[name]['bias']
-  split = lambda v: v.reshape(batch, seq, heads, width // heads)
-  q, k, v = (split(dense(n, x)) for n in ('query', 'key', 'value'))
-  logits = np.einsum('btnh,bsnh->bnts', q, k) / np.sqrt(width // heads)
-  logits = np.where(np.asarray(mask), logits, -np.inf)
-  probs = np.exp(logits - logits.max(-1, keepdims=True))
-  probs /= probs.sum(-1, keepdims=True)
-  if keep is not None:
-    probs = np.where(np.asarray(keep), probs / (1 - rate), 0.0)
-  context = np.einsum('bnts,bsnh->btnh', probs, v).reshape(batch, seq, width)
-  return dense('output', context)
 
 
 def _apply_recording_keep(module, params, hidden, mask, deterministic, rngs):
@@ -63,7 +38,7 @@ def _apply_recording_keep(module, params, hidden, mask, deterministic, rngs):
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 @pytest.mark.parametrize('deterministic', [True, False], ids=['eval', 'train'])
 def test_accelerator_attention_matches_cpu_path_and_float64(dtype, deterministic):
-  hidden, mask = _inputs()
+  hidden, mask = padded_inputs()
   modules = {impl: SelfAttention(CONFIG.replace(attention_impl=impl, dtype=dtype))
              for impl in ('cpu', 'accelerator')}
   params = modules['cpu'].init(jax.random.key(1), hidden, mask, True)['params']
@@ -73,7 +48,7 @@ def test_accelerator_attention_matches_cpu_path_and_float64(dtype, deterministic
     out, masks = _apply_recording_keep(module, params, hidden, mask, deterministic, rngs)
     assert len(masks) == (0 if deterministic else 1)
     keep = None if deterministic else masks[0]
-    want = _numpy_attention(params, hidden, mask, keep, CONFIG.attention_dropout, 4)
+    want = numpy_attention(params, hidden, mask, keep, CONFIG.attention_dropout, 4)
     np.testing.assert_allclose(np.asarray(out, np.float32), want, **TOLERANCE[dtype])
     outputs[impl] = (out, keep)
   # One dropout mask, drawn alike by both paths.
@@ -106,7 +81,7 @@ def assert_close_relative_to_largest(got_tree, ref_tree, rtol, atol):
 def test_padded_keys_get_no_weight_on_the_accelerator_path():
   """Changing the hidden state at padded positions leaves the outputs of real rows unchanged."""
   module = SelfAttention(CONFIG.replace(attention_impl='accelerator'))
-  hidden, mask = _inputs()
+  hidden, mask = padded_inputs()
   params = module.init(jax.random.key(1), hidden, mask, True)['params']
   noisy = hidden.at[1, 5:].add(100.0).at[2, 2:].add(100.0)
   for deterministic in (True, False):

@@ -10,35 +10,11 @@ import pytest
 from adapters_jax import models
 from adapters_jax.models.attention_choice import head_groups
 from adapters_jax.models.bert import SelfAttention
+from tests.models.attention_reference import numpy_attention, padded_inputs
 
 CONFIG = models.EncoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
                               intermediate_size=64, max_position_embeddings=32,
                               attention_dropout=0.3)
-
-
-def _inputs():
-  hidden = jax.random.normal(jax.random.key(0), (3, 7, 32))
-  valid = np.ones((3, 7), bool)
-  valid[1, 5:] = False
-  valid[2, 2:] = False
-  return hidden, jnp.asarray(valid)[:, None, None, :]  # mask [batch, 1, 1, seq]
-
-
-def _numpy_attention(params, hidden, mask, keep, rate, heads):
-  """float64 multi-head attention, dropout = keep-mask / (1 - rate) on the probabilities."""
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  x = np.asarray(hidden, np.float64)
-  batch, seq, width = x.shape
-  dense = lambda name, v: v @ p[name]['kernel'] + p[name]['bias']
-  split = lambda v: v.reshape(batch, seq, heads, width // heads)
-  q, k, v = (split(dense(n, x)) for n in ('query', 'key', 'value'))
-  logits = np.einsum('btnh,bsnh->bnts', q, k) / np.sqrt(width // heads)
-  logits = np.where(np.asarray(mask), logits, -np.inf)
-  probs = np.exp(logits - logits.max(-1, keepdims=True))
-  probs /= probs.sum(-1, keepdims=True)
-  probs = np.where(np.asarray(keep), probs / (1 - rate), 0.0)
-  context = np.einsum('bnts,bsnh->btnh', probs, v).reshape(batch, seq, width)
-  return dense('output', context)
 
 
 @pytest.mark.parametrize('groups', [1, 2, 4])
@@ -46,7 +22,7 @@ def test_grouped_attention_with_dropout_matches_float64(groups):
   config = CONFIG.replace(attention_head_groups=groups)
   assert head_groups(config) == groups
   module = SelfAttention(config)
-  hidden, mask = _inputs()
+  hidden, mask = padded_inputs()
   params = module.init(jax.random.key(1), hidden, mask, True)['params']
   rngs = {'dropout': jax.random.key(2)}
   masks = []
@@ -59,7 +35,7 @@ def test_grouped_attention_with_dropout_matches_float64(groups):
     out = module.apply({'params': params}, hidden, mask, False, rngs=rngs)
   (keep,) = masks
   assert keep.shape == (3, 4, 7, 7) and 0.5 < float(keep.mean()) < 0.9
-  want = _numpy_attention(params, hidden, mask, keep, config.attention_dropout, 4)
+  want = numpy_attention(params, hidden, mask, keep, config.attention_dropout, 4)
   np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
 
   # Same values and gradients as one group over all heads (the mask does not depend on grouping).
