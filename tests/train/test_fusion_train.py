@@ -6,10 +6,8 @@ runs over them go through the CLI like a user's.
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +22,7 @@ from adapters_jax.train import loop
 from adapters_jax.train.experiment import build_experiment
 from adapters_jax.train.metrics_log import read_metrics
 from experiments.configs import fusion_glue, quickstart
+from tests.train.kill import kill_once_checkpointed
 from tests.train.test_loop import ROOT, _final_state_leaves
 
 TASKS = ('rotten_tomatoes', 'tweet_sentiment')
@@ -115,14 +114,7 @@ def test_fusion_sigkill_resume_equals_uninterrupted_and_predict_serves_it(
 
   killed = tmp_path / 'killed'
   proc = _fusion_cli('experiments.train', killed, tiny_bert_dir, adapter_dirs, wait=False)
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(killed / 'checkpoints' / '4'):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'the run ended before it could be killed'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_once_checkpointed(proc, killed, 4)
   assert not os.path.exists(killed / 'result.json')
   resumed = _fusion_cli('experiments.train', killed, tiny_bert_dir, adapter_dirs)
   assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -3,10 +3,8 @@
 import glob
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -19,6 +17,7 @@ from adapters_jax.train.checkpointing import TrainCheckpoints
 from adapters_jax.train.experiment import build_experiment
 from adapters_jax.train.metrics_log import read_metrics
 from experiments.configs import quickstart
+from tests.train.kill import kill_once_checkpointed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -120,15 +119,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tiny_bert_dir, tmp_pat
 
   killed = tmp_path / 'killed'
   proc = _run_cli(killed, tiny_bert_dir, wait=False)
-  deadline = time.time() + 300
-  # Kill it as soon as a checkpoint past step 2 exists: mid-run, between or during saves.
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(killed / 'checkpoints' / '4'):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'the run ended before it could be killed'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_once_checkpointed(proc, killed, 4)
   assert not os.path.exists(killed / 'result.json')
   resumed = _run_cli(killed, tiny_bert_dir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
