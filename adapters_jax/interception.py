@@ -5,8 +5,8 @@ A validated composition (`adapters_jax.composition`) becomes one small program p
 (`compile_sites`): an input transform and an output transform built from Leaf / StackOp / AverageOp /
 FuseOp / ChoiceOp. While the host runs under `flax.linen.intercept_methods`, `_SiteInterceptor`
 finds the calls at those paths, reads the grafted params from the module's own variables and runs
-the program. `discover_calls` uses the same interception, abstractly, to see every module call and
-its shapes before a splice.
+the program. (`adapters_jax.discovery` uses the same mechanism, abstractly, to see every module call
+before a splice.)
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
 
+from adapters_jax.blocks import no_blocks_message
 from adapters_jax.composition import (
   Average,
   CompositionError,
@@ -32,7 +32,7 @@ from adapters_jax.composition import (
   adapter_names,
 )
 from adapters_jax.methods.fusion import fusion_attention_key
-from adapters_jax.tree import ADAPTERS_KEY, SHARED_KEY, AdapterSpec, Params, find_spec, is_adapter_path
+from adapters_jax.tree import ADAPTERS_KEY, SHARED_KEY, AdapterSpec, Params, find_spec
 
 # --------------------------------------------------------------------------------------------------
 # Per-site programs: what runs at one site, as input and output transforms.
@@ -195,12 +195,26 @@ def compile_sites(node, adapters: Sequence[AdapterSpec],
         paths.append(site.path)
   if isinstance(node, Fuse):
     paths.extend(s.path for s in find_spec(adapters, node.name).sites if s.path not in paths)
+  if skip_layers:
+    _check_blocks(node, adapters, skip_layers)
   table = {}
   for path in paths:
     op = _build(node, path, adapters, skip_layers)
     if op is not None:
       table[path] = op
   return table
+
+
+def _check_blocks(node, adapters: Sequence[AdapterSpec], skip_layers: tuple[int, ...]) -> None:
+  """skip_layers needs sites inside blocks; never ignored silently."""
+  names = list(adapter_names(node)) + ([node.name] if isinstance(node, Fuse) else [])
+  specs = [find_spec(adapters, name) for name in names]
+  if any(any(dims) for spec in specs for dims in spec.stack_dims):
+    return  # `_skip` names nn.scan as the reason
+  sites = [site for spec in specs for site in spec.sites]
+  if sites and all(site.layer is None for site in sites):
+    raise CompositionError(no_blocks_message(f'skip_layers={skip_layers}',
+                                             list(dict.fromkeys(s.path for s in sites))))
 
 
 def _leaf(name, path, adapters, skip_layers, delta=False):
@@ -331,61 +345,3 @@ class _SiteCall(SiteOps):
       # Collected only when the caller passes mutable=['intermediates'] (else a no-op).
       self.module.sow('intermediates', fusion_attention_key(name), probs)
     return out.astype(query.dtype)
-
-
-# --------------------------------------------------------------------------------------------------
-# Discovery.
-
-
-@dataclasses.dataclass(frozen=True)
-class ModuleCall:
-  """What the host model did at one module path (first `__call__` seen).
-
-  Attributes:
-    path: `/`-joined module path.
-    in_shape: shape of the first positional argument, or None if it is not an array.
-    out_shape: shape of the output, or None if it is not a single array.
-    probe_leaf: relative path and ndim of one of the module's parameters as seen inside the call
-      (None: no params); compared with the tree to find scan axes.
-  """
-
-  path: str
-  in_shape: tuple[int, ...] | None
-  out_shape: tuple[int, ...] | None
-  probe_leaf: tuple[str, int] | None
-
-
-def discover_calls(model: nn.Module, params: Params, *args, method: Any = None,
-                   **kwargs) -> dict[str, ModuleCall]:
-  """Runs the host abstractly (`jax.eval_shape`) and records every module `__call__`.
-
-  Returns:
-    `{path: ModuleCall}` in call order (first call of each path).
-  """
-  calls: dict[str, ModuleCall] = {}
-
-  def record(next_fun, call_args, call_kwargs, context):
-    out = next_fun(*call_args, **call_kwargs)
-    if context.method_name == '__call__' and not getattr(_LOCAL, 'busy', False):
-      path = '/'.join(context.module.path)
-      if path not in calls:
-        own = traverse_util.flatten_dict(context.module.variables.get('params', {}), sep='/')
-        own = {p: v for p, v in own.items() if not is_adapter_path(p)}
-        probe = next(((p, v.ndim) for p, v in own.items()), None)
-        calls[path] = ModuleCall(
-            path=path,
-            in_shape=_shape(call_args[0]) if call_args else None,
-            out_shape=_shape(out),
-            probe_leaf=probe)
-    return out
-
-  def run(p):
-    with nn.intercept_methods(record):
-      return model.apply({'params': p}, *args, method=method, **kwargs)
-
-  jax.eval_shape(run, params)
-  return calls
-
-
-def _shape(value) -> tuple[int, ...] | None:
-  return tuple(value.shape) if hasattr(value, 'shape') and hasattr(value, 'dtype') else None

@@ -37,10 +37,12 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from adapters_jax import composition, interception
-from adapters_jax.interception import ModuleCall, discover_calls
+from adapters_jax.blocks import block_index, no_blocks_message
+from adapters_jax.discovery import ModuleCall, discover_calls
+from adapters_jax.kernel_layout import check_kernel_layouts, with_layouts
 from adapters_jax.methods import MethodConfig
 from adapters_jax.methods.base import SiteInfo
-from adapters_jax.sites import layer_index, match_sites
+from adapters_jax.sites import match_sites
 from adapters_jax.tree import (
   ADAPTERS_KEY,
   SHARED_KEY,
@@ -167,8 +169,8 @@ def _split_batch(out, n: int):
 
 def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: MethodConfig,
                 rng: jax.Array, *sample_args, sample_method: Any = None, replace: bool = False,
-                **sample_kwargs) -> tuple[Spliced, Params]:
-  """Initialises adapter `name` at every site `method` matches and grafts it into `params`.
+                block_pattern: str | None = None, **sample_kwargs) -> tuple[Spliced, Params]:
+  r"""Initialises adapter `name` at every site `method` matches and grafts it into `params`.
 
   Args:
     host: a Linen model, or a `Spliced` one to add another adapter to.
@@ -181,6 +183,9 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
     sample_method: the host method the sample call uses (default `__call__`).
     replace: if `params` (or the spliced model) already hold an adapter `name`, remove its leaves
       first and initialise a new one; without it such a name is refused.
+    block_pattern: a regex searched in each site path whose first group is the transformer block
+      index (e.g. `r'(?:^|/)h/(\d+)/'`), for `leave_out` and `skip_layers`; by default the blocks
+      are read from the host's module tree (`adapters_jax.blocks`).
 
   Returns:
     The spliced model and the new params (the input params are not modified).
@@ -188,7 +193,8 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
   Raises:
     SiteMatchError: a site pattern matched nothing (the message lists candidate paths).
     ValueError: the name is taken (in the spliced model or in the params' tree) and `replace` is
-      False, or a matched site does not map one array to one array.
+      False, a matched site does not map one array to one array, or `method.leave_out` names blocks
+      but no site is inside a block.
   """
   spliced = host if isinstance(host, Spliced) else Spliced(host)
   check_name(name)
@@ -217,21 +223,24 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
     for leaf_path, leaf in traverse_util.flatten_dict(shared, sep='/').items():
       new_flat[shared_path(name, leaf_path)] = leaf
 
+  blocks = _site_blocks(calls, matched, block_pattern)
   sites, stack_dims = [], []
   for index, (path, rule) in enumerate(matched.items()):
-    layer = layer_index(path)
-    if layer is not None and layer in method.leave_out:
-      continue
     call = calls[path]
-    if call.in_shape is None or call.out_shape is None:
-      raise ValueError(f'Site {path} does not map one array to one array (input shape '
-                       f'{call.in_shape}, output shape {call.out_shape}); choose a module that does.')
-    site = SiteInfo(path=path, placement=rule.placement, in_features=call.in_shape[-1],
-                    out_features=call.out_shape[-1], layer=layer)
     dims = _stack_dims(flat, path, call)
     if dims and method.leave_out:
       raise ValueError('leave_out needs unscanned layers: the layers at '
                        f'{path} are under nn.scan.')
+    if method.leave_out and not any(b is not None for b in blocks.values()):
+      raise ValueError(no_blocks_message(f'leave_out={tuple(method.leave_out)}', list(matched)))
+    layer = blocks[path]
+    if layer is not None and layer in method.leave_out:
+      continue
+    if call.in_shape is None or call.out_shape is None:
+      raise ValueError(f'Site {path} does not map one array to one array (input shape '
+                       f'{call.in_shape}, output shape {call.out_shape}); choose a module that does.')
+    site = SiteInfo(path=path, placement=rule.placement, in_features=call.in_shape[-1],
+                    out_features=call.out_shape[-1], layer=layer, host_call=call)
     site_params = _init_site(method.make_module(site), jax.random.fold_in(site_key, index),
                              site, shared, dims)
     for leaf_path, leaf in traverse_util.flatten_dict(site_params, sep='/').items():
@@ -245,6 +254,15 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
   spec = AdapterSpec(name=name, method=method, sites=tuple(sites), stack_dims=tuple(stack_dims))
   new_spliced = dataclasses.replace(spliced, adapters=spliced.adapters + (spec,))
   return new_spliced, traverse_util.unflatten_dict(new_flat, sep='/')
+
+
+def _site_blocks(calls: Mapping[str, ModuleCall], matched: Mapping[str, Any],
+                 block_pattern: str | None) -> dict[str, int | None]:
+  """`{site path: transformer block index or None}`, from the host's module tree or `block_pattern`."""
+  classes: dict[str, str] = {}
+  for call in calls.values():
+    classes.update(call.module_classes)
+  return {path: block_index(path, classes, block_pattern) for path in matched}
 
 
 def _stack_dims(flat: Mapping[str, Any], path: str, call: ModuleCall) -> tuple[int, ...]:
@@ -286,36 +304,61 @@ def _drop_leaves(params: Params, name: str) -> Params:
   return traverse_util.unflatten_dict(kept, sep='/')
 
 
-def merge_adapter(spliced: Spliced, params: Params, name: str) -> tuple[Spliced, Params]:
+def merge_adapter(spliced: Spliced, params: Params, name: str,
+                  kernel_layout: Mapping[str, str] | None = None) -> tuple[Spliced, Params]:
   """Folds adapter `name` into the base weights at its sites (LoRA, (IA)3).
 
-  The adapter's params stay in the tree, so `unmerge_adapter` can take it back out; while merged it
-  is part of the base model and cannot be made active.
+  The update is folded in the layout the host's module uses its kernel in (`[in, out]` as
+  `flax.linen.Dense`, `[out, in]` as GPT-2's Conv1D; see `adapters_jax.kernel_layout`). The adapter's
+  params stay in the tree, so `unmerge_adapter` can take it back out; while merged it is part of the
+  base model and cannot be made active.
+
+  Args:
+    kernel_layout: `{site regex: 'in_out' | 'out_in'}`, for sites whose layout cannot be read from
+      the module (the first whole-path match wins); by default every site's module is probed.
+
+  Raises:
+    ValueError: the method cannot merge, or a site's kernel layout is unknown (the message names
+      the sites and why).
   """
-  return _fold(spliced, params, name, merge=True)
+  return _fold(spliced, params, name, merge=True, kernel_layout=kernel_layout)
 
 
-def unmerge_adapter(spliced: Spliced, params: Params, name: str) -> tuple[Spliced, Params]:
-  """Takes a merged adapter back out of the base weights (equal up to float rounding)."""
-  return _fold(spliced, params, name, merge=False)
+def unmerge_adapter(spliced: Spliced, params: Params, name: str,
+                    kernel_layout: Mapping[str, str] | None = None) -> tuple[Spliced, Params]:
+  """Takes a merged adapter back out of the base weights (equal up to float rounding).
+
+  Uses the layouts the merge used, unless `kernel_layout` (as for `merge_adapter`) says otherwise.
+  """
+  return _fold(spliced, params, name, merge=False, kernel_layout=kernel_layout)
 
 
-def _fold(spliced: Spliced, params: Params, name: str, merge: bool) -> tuple[Spliced, Params]:
+def _fold(spliced: Spliced, params: Params, name: str, merge: bool,
+          kernel_layout: Mapping[str, str] | None) -> tuple[Spliced, Params]:
   spec = spliced.adapter(name)
   if spec.merged == merge:
     raise ValueError(f'Adapter {name!r} is {"already" if merge else "not"} merged.')
+  spec.method.check_merge()
+  if kernel_layout:
+    check_kernel_layouts(kernel_layout)
   flat = traverse_util.flatten_dict(params, sep='/')
+  sites = with_layouts(spec.name, spec.sites, flat, kernel_layout)
   new_flat = dict(flat)
-  for site, dims in zip(spec.sites, spec.stack_dims, strict=True):
+  for site, dims in zip(sites, spec.stack_dims, strict=True):
     host = {k: flat[f'{site.path}/{k}'] for k in ('kernel', 'bias') if f'{site.path}/{k}' in flat}
+    if site.kernel_layout == 'out_in':  # the methods fold into [in, out]
+      host['kernel'] = jnp.swapaxes(host['kernel'], -1, -2)
     adapter = site_subtree(flat, site.path, name)
     fold = spec.method.merge if merge else spec.method.unmerge
     fold_one = lambda h, a, site=site, fold=fold: fold(h, a, site)
     for _ in dims:
       fold_one = jax.vmap(fold_one)
-    for k, v in fold_one(host, adapter).items():
+    folded = fold_one(host, adapter)
+    if site.kernel_layout == 'out_in':
+      folded['kernel'] = jnp.swapaxes(folded['kernel'], -1, -2)
+    for k, v in folded.items():
       new_flat[f'{site.path}/{k}'] = v
-  adapters = tuple(dataclasses.replace(a, merged=merge) if a.name == name else a
+  adapters = tuple(dataclasses.replace(a, merged=merge, sites=sites) if a.name == name else a
                    for a in spliced.adapters)
   return (dataclasses.replace(spliced, adapters=adapters),
           traverse_util.unflatten_dict(new_flat, sep='/'))

@@ -42,7 +42,11 @@ class SiteInfo:
     placement: `output`, `parallel` or `input`.
     in_features: last dimension of the site's input.
     out_features: last dimension of the site's output.
-    layer: transformer block index, if the path has one.
+    layer: index of the transformer block the site is in (`adapters_jax.blocks`), None outside blocks.
+    kernel_layout: how the site's module uses its kernel (`adapters_jax.kernel_layout`: 'in_out' or
+      'out_in'), once a merge has determined it; None before.
+    host_call: what discovery recorded of the site's module call (`discovery.ModuleCall`), so a
+      merge can probe the module; None for sites not made from a host call.
   """
 
   path: str
@@ -50,6 +54,8 @@ class SiteInfo:
   in_features: int
   out_features: int
   layer: int | None = None
+  kernel_layout: str | None = dataclasses.field(default=None, compare=False)
+  host_call: Any = dataclasses.field(default=None, compare=False, repr=False)
 
   @property
   def features(self) -> int:
@@ -131,9 +137,16 @@ class MethodConfig:
     self.check_average(how)
     raise NotImplementedError
 
+  def check_merge(self) -> None:
+    """Raises NotImplementedError (naming the methods that can) unless `merge` is possible."""
+    raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights; '
+                              'only LoRA and (IA)3 can.')
+
   def merge(self, host_params: dict[str, Any], adapter_params: dict[str, Any],
             site: SiteInfo) -> dict[str, Any]:
-    """Folds the adapter into the site's own weights (`kernel`, `bias`), when the method allows."""
+    """Folds the adapter into the site's own weights (`kernel` [in, out], `bias` [out]), when the
+    method allows; the kernel comes in this layout whatever the host stores (`splice.merge_adapter`
+    transposes it)."""
     raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights; '
                               'only LoRA and (IA)3 can.')
 

@@ -54,6 +54,9 @@ class IA3Config(MethodConfig):
       return self, linear_average([self] * len(methods), site_params, weights)[1]
     return linear_average(methods, site_params, weights)
 
+  def check_merge(self):
+    pass  # folds into the kernel (and bias)
+
   def merge(self, host_params, adapter_params, site):
     return _rescale(host_params, adapter_params['scale'], site, invert=False)
 

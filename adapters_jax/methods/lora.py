@@ -96,6 +96,9 @@ class LoRAConfig(MethodConfig):
                              axis=-2)  # [..., sum r, out]
     return config, {'lora_a': lora_a, 'lora_b': lora_b}
 
+  def check_merge(self):
+    pass  # folds into the kernel (and bias)
+
   def merge(self, host_params, adapter_params, site):
     kernel = host_params['kernel']
     delta = lora_delta(adapter_params, self.alpha, self.rank)
