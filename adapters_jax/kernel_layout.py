@@ -118,12 +118,13 @@ def _probe(call, shapes, candidates) -> tuple[str | None, str]:
                 'x @ kernel.T + bias')
 
 
-def with_layouts(name: str, sites: Sequence[Any], flat: Mapping[str, Any],
-                 kernel_layout: Mapping[str, str] | None) -> tuple[Any, ...]:
+def with_layouts(name: str, sites: Sequence[Any], stack_dims: Sequence[tuple[int, ...]],
+                 flat: Mapping[str, Any], kernel_layout: Mapping[str, str] | None) -> tuple[Any, ...]:
   """Adapter `name`'s sites (`methods.base.SiteInfo`) with `kernel_layout` set: the override, the
   one recorded by an earlier merge, or a probe's.
 
   Args:
+    stack_dims: per site, the leading (nn.scan) dims its kernel has in the tree.
     flat: the host's params as `{path: array}` (the kernels' shapes are checked against the layout).
     kernel_layout: `{site regex: layout}` overrides, or None.
 
@@ -132,7 +133,7 @@ def with_layouts(name: str, sites: Sequence[Any], flat: Mapping[str, Any],
       every such site is named at once.
   """
   with_layout, problems = [], []
-  for site in sites:
+  for site, dims in zip(sites, stack_dims, strict=True):
     layout = override_layout(site.path, kernel_layout) or site.kernel_layout
     reason = ''
     if layout is None and site.host_call is not None:
@@ -140,10 +141,12 @@ def with_layouts(name: str, sites: Sequence[Any], flat: Mapping[str, Any],
     elif layout is None:
       reason = 'no module call was recorded for it'
     kernel = flat.get(f'{site.path}/kernel')
-    if layout is not None and kernel is not None:
-      expected = ((site.in_features, site.out_features) if layout == 'in_out'
-                  else (site.out_features, site.in_features))
-      if tuple(kernel.shape[-2:]) != expected or kernel.ndim < 2:
+    if layout is not None and kernel is None:
+      layout, reason = None, f'it has no `kernel` param to fold into (layout {layout!r} given)'
+    elif layout is not None:
+      expected = tuple(dims) + ((site.in_features, site.out_features) if layout == 'in_out'
+                                else (site.out_features, site.in_features))
+      if tuple(kernel.shape) != expected:
         reason = (f'layout {layout!r} needs a kernel {list(expected)} but it is '
                   f'{list(kernel.shape)}')
         layout = None

@@ -87,7 +87,11 @@ def as_site_rules(sites: Iterable[SiteRule | tuple[str, str] | str]) -> tuple[Si
 
 
 def layer_index(path: str) -> int | None:
-  """The transformer block index in a module path (`.../layer_3/...` or `.../layer/3/...`), if any."""
+  """The block index in a path named as ours or HF Flax BERT's (`.../layer_3/...`, `.../layer/3/...`).
+
+  A name guess, for parameter paths (`methods.adapter_drop` narrows `train_also` with it); the block
+  of a site comes from the host's module tree (`adapters_jax.blocks`).
+  """
   match = _LAYER_INDEX.search(path)
   return int(match.group(1)) if match else None
 

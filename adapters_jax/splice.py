@@ -16,7 +16,8 @@ Two halves:
 Which adapters run is an argument of `apply` (`active=`), not a tree edit: several named adapters sit
 side by side in one tree, and `active=None` gives the base model. `active` may also be a composition
 (`adapters_jax.composition`: Stack, Average, Fuse, PerExample with a per-row `adapter_index`,
-Parallel), and `skip_layers=k` leaves adapters out of the first k blocks (AdapterDrop). The
+Parallel), and `skip_layers=k` leaves adapters out of the first k transformer blocks (AdapterDrop;
+blocks as the host's module tree has them, `adapters_jax.blocks`). The
 composition is compiled into one small program per site (input transform, output transform) that
 the interceptor runs around the site's call.
 
@@ -105,7 +106,8 @@ class Spliced:
         (-1 = base model); see `composition.choice_index`. Traced, so jitting over it compiles once
         per shape.
       skip_layers: AdapterDrop: no adapter in the first `k` blocks (an int) or in the given block
-        indices (a sequence).
+        indices (a sequence); refused when no site is inside a block (see `add_adapter`'s
+        `block_pattern`).
       **kwargs: the host's keyword arguments (e.g. `mutable=['intermediates']` to get the fusion
         attention weights back, see `adapters_jax.fusion.fusion_attentions`).
 
@@ -342,7 +344,7 @@ def _fold(spliced: Spliced, params: Params, name: str, merge: bool,
   if kernel_layout:
     check_kernel_layouts(kernel_layout)
   flat = traverse_util.flatten_dict(params, sep='/')
-  sites = with_layouts(spec.name, spec.sites, flat, kernel_layout)
+  sites = with_layouts(spec.name, spec.sites, spec.stack_dims, flat, kernel_layout)
   new_flat = dict(flat)
   for site, dims in zip(sites, spec.stack_dims, strict=True):
     host = {k: flat[f'{site.path}/{k}'] for k in ('kernel', 'bias') if f'{site.path}/{k}' in flat}

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from flax import linen as nn
 from flax import traverse_util
-from transformers import GPT2Config
-from transformers.models.gpt2.modeling_flax_gpt2 import FlaxGPT2LMHeadModule
 
 from adapters_jax import add_adapter, get_method
 from adapters_jax.composition import CompositionError
+from tests.test_splice_external import tiny_gpt2
 from tests.tiny_model import perturb_adapter
 
 HIDDEN = 8
@@ -153,19 +152,10 @@ def test_no_block_structure_is_refused_naming_block_pattern():
   assert _sites(spliced) == {'enc1_query': 1}
 
 
-def _gpt2():
-  config = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2,
-                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-  model = FlaxGPT2LMHeadModule(config)
-  ids = jax.random.randint(jax.random.key(0), (2, 6), 0, 64)
-  args = (ids, jnp.ones_like(ids), jnp.broadcast_to(jnp.arange(6), ids.shape))
-  return model, model.init(jax.random.key(1), *args)['params'], args
-
-
 # transformers' GPT-2 names its blocks `transformer/h/0`. Bugs caught: leave_out and skip_layers
 # (AdapterDrop) ignored there; skip_layers dropping the wrong block.
 def test_leave_out_and_skip_layers_on_gpt2_h_blocks():
-  model, params, args = _gpt2()
+  model, params, args = tiny_gpt2()
   pfeiffer = get_method('pfeiffer', size=4, sites=((r'.*/attn/c_proj|.*/mlp/c_proj', 'output'),))
   spliced, p = add_adapter(model, params, 'a', pfeiffer, jax.random.key(2), *args)
   assert _sites(spliced) == {'transformer/h/0/attn/c_proj': 0, 'transformer/h/0/mlp/c_proj': 0,

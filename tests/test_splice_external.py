@@ -109,7 +109,7 @@ def test_merge_into_out_in_kernels_equals_the_unmerged_adapter(method):
 
 # Bugs caught: merging a layout that could not be read (the 3-D kernel, the module that needs a
 # second argument) instead of refusing; a refusal that names no site; an override ignored, or one
-# contradicting the kernel's shape accepted.
+# contradicting the kernel's shape accepted; unmerge forgetting the layout the merge was given.
 def test_merge_refuses_unknown_layouts_naming_each_site_and_the_override():
   model, params, x = _mixed()
   lora = lambda *paths: get_method('lora', rank=2, sites=tuple((p, 'parallel') for p in paths))
@@ -132,13 +132,17 @@ def test_merge_refuses_unknown_layouts_naming_each_site_and_the_override():
   merged_spliced, merged = merge_adapter(spliced, p, 'b', kernel_layout={'needs.*': 'in_out'})
   np.testing.assert_allclose(np.asarray(merged_spliced.apply(merged, x)),
                              np.asarray(spliced.apply(p, x, active='b')), atol=1e-5, rtol=1e-5)
+  # Unmerging uses the layout the merge was given.
+  _, back = unmerge_adapter(merged_spliced, merged, 'b')
+  np.testing.assert_allclose(back['needs_flag']['kernel'], p['needs_flag']['kernel'], atol=1e-6)
 
   spliced, p = add_adapter(model, params, 'c', lora('wide'), jax.random.key(2), x)
   with pytest.raises(ValueError, match=r"wide: layout 'in_out' needs a kernel \[8, 12\] but it is \[12, 8\]"):
     merge_adapter(spliced, p, 'c', kernel_layout={'wide': 'in_out'})
 
 
-def _gpt2():
+def tiny_gpt2():
+  """transformers' Flax GPT-2 LM from a tiny random config, its params and one call's arguments."""
   config = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2,
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
   model = FlaxGPT2LMHeadModule(config)
@@ -155,7 +159,7 @@ def _gpt2():
                             (r'.*/attn/c_proj|.*/mlp/c_proj', 'input'))),
 ], ids=['lora', 'ia3'])
 def test_merge_into_transformers_flax_gpt2_equals_the_unmerged_adapter(method):
-  model, params, args = _gpt2()
+  model, params, args = tiny_gpt2()
   method = dict(method)
   spliced, p = add_adapter(model, params, 'a', get_method(method.pop('name'), **method),
                            jax.random.key(2), *args)

@@ -240,6 +240,11 @@ def adapter_drop(config: MethodConfig, dropped_layers: Iterable[int]) -> MethodC
   ones, the backward pass ends at the lowest kept layer (a train step of 0.39 of full
   fine-tuning with the lower 3 of 6 layers dropped, docs/performance.md).
 
+  The narrowing reads block names as ours and HF Flax BERT's (`sites.layer_index`); on a host
+  whose blocks are named otherwise (GPT-2's `h/<i>/`) `leave_out` still drops whole blocks (read
+  from the module tree at `add_adapter`), but no `train_also` leaf matches the narrowed patterns:
+  give such a host its own `train_also` instead.
+
   Example: `adapter_drop(get_method('houlsby'), range(3))`; in an experiment config,
   `config.adapter_drop_layers = (0, 1, 2)`.
   """
