@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 from flax import traverse_util
+from transformers import BertConfig
+from transformers.models.bert.modeling_flax_bert import FlaxBertForSequenceClassificationModule
 
 from adapters_jax import add_adapter, get_method
 from adapters_jax.composition import CompositionError
@@ -174,3 +176,17 @@ def test_leave_out_and_skip_layers_on_gpt2_h_blocks():
                                                            sites=pfeiffer.sites),
                             jax.random.key(2), *args)
   assert _sites(left_out) == {'transformer/h/1/attn/c_proj': 1, 'transformer/h/1/mlp/c_proj': 1}
+
+
+# transformers' Flax BERT (`bert/encoder/layer/{i}`) keeps the indices its names give. Bug caught:
+# a rule that knows only `_`-joined names (`layer_3`), missing a collection's children `layer/3`.
+def test_hf_flax_bert_blocks_keep_their_indices():
+  model = FlaxBertForSequenceClassificationModule(BertConfig(
+      vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32))
+  ids = jax.random.randint(jax.random.key(0), (2, 5), 1, 64)
+  args = (ids, jnp.ones_like(ids), jnp.zeros_like(ids), jnp.broadcast_to(jnp.arange(5), ids.shape), None)
+  params = model.init(jax.random.key(1), *args)['params']
+  spliced, _ = add_adapter(model, params, 'a', get_method('pfeiffer', size=4, leave_out=(1,)),
+                           jax.random.key(2), *args)
+  assert _sites(spliced) == {'bert/encoder/layer/0/output/dense': 0,
+                             'bert/encoder/layer/2/output/dense': 2}
