@@ -6,6 +6,8 @@ T5-style `block/0/layer/1` sub-layers, a model with no blocks at all) and transf
 refuse, naming `block_pattern=`, where no block can be found.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +17,9 @@ from flax import traverse_util
 from transformers import BertConfig
 from transformers.models.bert.modeling_flax_bert import FlaxBertForSequenceClassificationModule
 
-from adapters_jax import add_adapter, get_method
+from adapters_jax import add_adapter, get_method, trainable
 from adapters_jax.composition import CompositionError
+from adapters_jax.methods import adapter_drop
 from tests.test_splice_external import tiny_gpt2
 from tests.tiny_model import perturb_adapter
 
@@ -155,7 +158,8 @@ def test_no_block_structure_is_refused_naming_block_pattern():
 
 
 # transformers' GPT-2 names its blocks `transformer/h/0`. Bugs caught: leave_out and skip_layers
-# (AdapterDrop) ignored there; skip_layers dropping the wrong block.
+# (AdapterDrop) ignored there; skip_layers dropping the wrong block; adapter_drop's train_also
+# narrowed to `layer_<i>/` names (nothing of GPT-2 trained) or not narrowed (block 0's norms trained).
 def test_leave_out_and_skip_layers_on_gpt2_h_blocks():
   model, params, args = tiny_gpt2()
   pfeiffer = get_method('pfeiffer', size=4, sites=((r'.*/attn/c_proj|.*/mlp/c_proj', 'output'),))
@@ -176,6 +180,17 @@ def test_leave_out_and_skip_layers_on_gpt2_h_blocks():
                                                            sites=pfeiffer.sites),
                             jax.random.key(2), *args)
   assert _sites(left_out) == {'transformer/h/1/attn/c_proj': 1, 'transformer/h/1/mlp/c_proj': 1}
+
+  # AdapterDrop as a config: block 0 gets no adapter and its layer norms stay frozen.
+  with_norms = dataclasses.replace(pfeiffer, train_also=(r'.*/ln_\d/.*',))
+  dropped, p = add_adapter(model, params, 'a', adapter_drop(with_norms, [0], block_prefix='h/'),
+                           jax.random.key(2), *args)
+  assert _sites(dropped) == {'transformer/h/1/attn/c_proj': 1, 'transformer/h/1/mlp/c_proj': 1}
+  mask = traverse_util.flatten_dict(
+      trainable.make_mask(p, trainable.adapter_rules([dropped.adapter('a')], train_head=False)),
+      sep='/')
+  assert {k for k, v in mask.items() if v and '/adapters/' not in k} == {
+      f'transformer/h/1/{norm}/{leaf}' for norm in ('ln_1', 'ln_2') for leaf in ('scale', 'bias')}
 
 
 # transformers' Flax BERT (`bert/encoder/layer/{i}`) keeps the indices its names give. Bug caught:

@@ -230,7 +230,8 @@ def _type_name(hint: Any) -> str:
   return str(hint).replace('typing.', '')
 
 
-def adapter_drop(config: MethodConfig, dropped_layers: Iterable[int]) -> MethodConfig:
+def adapter_drop(config: MethodConfig, dropped_layers: Iterable[int],
+                 block_prefix: str = LAYER_PREFIX) -> MethodConfig:
   """`config` with no adapter in `dropped_layers` and nothing of theirs trained (AdapterDrop).
 
   AdapterDrop (Rueckle et al. 2021) removes the adapters of the lowest layers. Besides
@@ -240,10 +241,11 @@ def adapter_drop(config: MethodConfig, dropped_layers: Iterable[int]) -> MethodC
   ones, the backward pass ends at the lowest kept layer (a train step of 0.39 of full
   fine-tuning with the lower 3 of 6 layers dropped, docs/performance.md).
 
-  The narrowing reads block names as ours and HF Flax BERT's (`sites.layer_index`); on a host
-  whose blocks are named otherwise (GPT-2's `h/<i>/`) `leave_out` still drops whole blocks (read
-  from the module tree at `add_adapter`), but no `train_also` leaf matches the narrowed patterns:
-  give such a host its own `train_also` instead.
+  Args:
+    block_prefix: a regex for what stands just before a block's index in a parameter path: by
+      default ours and HF Flax BERT's (`layer_<i>/`, `layer/<i>/`); `h/` for GPT-2
+      (`transformer/h/<i>/`), `block/` for T5 as Hugging Face names it (`block/<i>/layer/<j>/`).
+      (`leave_out` itself reads the blocks from the host's module tree at `add_adapter`.)
 
   Example: `adapter_drop(get_method('houlsby'), range(3))`; in an experiment config,
   `config.adapter_drop_layers = (0, 1, 2)`.
@@ -251,8 +253,8 @@ def adapter_drop(config: MethodConfig, dropped_layers: Iterable[int]) -> MethodC
   dropped = sorted({int(i) for i in dropped_layers})
   if not dropped:
     return config
-  # Inside a block (the paths `sites.layer_index` reads) whose index is not dropped.
-  kept_block = (f'(?=(?:.*/)?{LAYER_PREFIX}(?!(?:' + '|'.join(str(i) for i in dropped)
+  # Inside a block whose index is not dropped.
+  kept_block = (f'(?=(?:.*/)?{block_prefix}(?!(?:' + '|'.join(str(i) for i in dropped)
                 + r')/)\d+/)')
   narrowed = []
   for pattern in config.train_also:
