@@ -320,8 +320,9 @@ def merge_adapter(spliced: Spliced, params: Params, name: str,
       the module (the first whole-path match wins); by default every site's module is probed.
 
   Raises:
-    ValueError: the method cannot merge, or a site's kernel layout is unknown (the message names
-      the sites and why).
+    NotImplementedError: the method cannot merge (only LoRA and (IA)3 can).
+    ValueError: a site's kernel layout is unknown, or an override contradicts its kernel's shape
+      (the message names every such site and why).
   """
   return _fold(spliced, params, name, merge=True, kernel_layout=kernel_layout)
 
