@@ -92,15 +92,16 @@ def _probe(call, shapes, candidates) -> tuple[str | None, str]:
   rows = 4
   # [rows, 1, ..., 1, in]: the call's rank, so modules that expect [batch, seq, features] accept it.
   x_shape = (rows,) + (1,) * max(len(call.in_shape) - 2, 0) + (n_in,)
-  with jax.ensure_compile_time_eval():
-    keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    probe = {'kernel': jax.random.normal(keys[0], shapes['kernel'][0], jnp.float32)}
-    if 'bias' in shapes:
-      probe['bias'] = jax.random.normal(keys[1], shapes['bias'][0], jnp.float32)
-    x = jax.random.normal(keys[2], x_shape, jnp.float32)
-    params = {k: v.astype(shapes[k][1]) for k, v in probe.items()}
+  # numpy draws: the probe compiles nothing but the module itself.
+  draw = np.random.default_rng(0)
+  probe = {'kernel': draw.standard_normal(shapes['kernel'][0], np.float32)}
+  if 'bias' in shapes:
+    probe['bias'] = draw.standard_normal(shapes['bias'][0], np.float32)
+  x = draw.standard_normal(x_shape, np.float32)
+  with jax.ensure_compile_time_eval():  # concrete even when a merge is traced
+    params = {k: jnp.asarray(v, shapes[k][1]) for k, v in probe.items()}
     try:
-      y = call.module.apply({'params': params}, x.astype(shapes['kernel'][1]))
+      y = call.module.apply({'params': params}, jnp.asarray(x, shapes['kernel'][1]))
     except Exception as e:  # the module needs more than one input: its layout stays unknown
       return None, f'applying it alone to a probe input raised {type(e).__name__}: {e}'
     if not hasattr(y, 'shape') or y.size != rows * n_out:
