@@ -1,0 +1,147 @@
+"""The causal-LM task kind on a tiny Llama and GPT-2: the loss against a float64 numpy reference,
+perplexity, packing (no attention across examples; packed loss == unpacked loss) and generation
+inside the evaluation step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adapters_jax.data.lm_jsonl import LMExample
+from adapters_jax.data.lm_packing import pack_rows, rows_batch, single_rows
+from adapters_jax.models import DecoderConfig, DecoderLM, GenerationConfig, generate
+from adapters_jax.train.causal_lm import CausalLM, Generation, lm_loss, perplexity_metrics
+
+CONFIGS = {
+    'llama': DecoderConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4,
+                           num_kv_heads=2, head_dim=8, intermediate_size=48),
+    'gpt2': DecoderConfig.from_hf_config(dict(model_type='gpt2', vocab_size=61, n_embd=32,
+                                              n_layer=2, n_head=4, n_positions=32, n_inner=48,
+                                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
+}
+
+
+def _model(family):
+  model = DecoderLM(CONFIGS[family])
+  params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 4), jnp.int32))['params']
+  # Spread the weights so that attention across examples would change the logits visibly.
+  params = jax.tree.map(lambda x: x * 3.0 if x.ndim == 2 else x, params)
+
+  def forward(p, *args, rng=None, **kwargs):
+    return model.apply({'params': p}, *args, deterministic=True, **kwargs)
+
+  return model, params, forward
+
+
+def _examples(lengths, vocab=61, seed=0):
+  rng = np.random.default_rng(seed)
+  out = []
+  for n in lengths:
+    ids = rng.integers(3, vocab, size=n).astype(np.int32)
+    mask = np.arange(n) >= n // 2  # second half is the completion
+    out.append(LMExample(ids, mask, ids[:n // 2], ()))
+  return out
+
+
+def _reference_loss(logits, targets, weights, smoothing):
+  """Float64 numpy: log-softmax, NLL of the target, smoothing as (1-a) nll + a mean(-log p)."""
+  logits = np.asarray(logits, np.float64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+  per_token = (1 - smoothing) * nll - smoothing * log_probs.mean(-1)
+  return (per_token * weights).sum() / weights.sum()
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.1])
+def test_loss_matches_float64_reference_over_target_tokens_only(smoothing):
+  # Bug caught: mean over all positions (padding and prompt included), smoothing toward the
+  # wrong distribution, or targets not shifted.
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(2, 5, 7)).astype(np.float32) * 3
+  targets = rng.integers(0, 7, size=(2, 5)).astype(np.int32)
+  weights = np.array([[0, 1, 1, 0, 0], [1, 1, 1, 1, 0]], np.float32)
+  got = float(lm_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights), smoothing))
+  assert got == pytest.approx(_reference_loss(logits, targets, weights, smoothing), rel=1e-5)
+
+
+def test_perplexity_is_exp_of_token_mean_not_mean_of_example_perplexities():
+  # NLL sums 3 over 1 token and 3 over 3 tokens -> 6 / 4 = 1.5 per token.
+  # Bug caught: averaging per-example means ((3 + 1) / 2 = 2) or per-example perplexities.
+  metrics = perplexity_metrics(np.array([3.0, 3.0]), np.array([1.0, 3.0]))
+  assert metrics['loss'] == pytest.approx(1.5)
+  assert metrics['perplexity'] == pytest.approx(np.exp(1.5))
+  assert metrics['log_likelihood'] == pytest.approx(-1.5)
+  with pytest.raises(ValueError, match='raise max_length'):
+    perplexity_metrics(np.array([0.0]), np.array([0.0]))
+
+
+@pytest.mark.parametrize('family', sorted(CONFIGS))
+def test_packed_examples_compute_what_they_compute_alone(family):
+  # Bug caught: attention crossing from one packed example into the next (segment mask ignored),
+  # or positions continuing across examples.
+  model, params, _ = _model(family)
+  examples = _examples([5, 3, 6])
+  packed = rows_batch(examples, [[0, 1, 2]], row_length=16)
+  alone = rows_batch(examples, single_rows(3), row_length=16)  # one example per row, padded
+  apply = jax.jit(model.apply)
+  packed_logits = apply({'params': params}, packed['input_ids'], packed['attention_mask'],
+                        packed['positions'], segment_ids=packed['segment_ids'])
+  # Alone: no segments, default positions; right padding never reaches the real tokens.
+  alone_logits = apply({'params': params}, alone['input_ids'], alone['attention_mask'])
+  start = 0
+  for row, example in enumerate(examples):
+    n = len(example.input_ids)
+    np.testing.assert_allclose(packed_logits[0, start:start + n], alone_logits[row, :n],
+                               rtol=1e-5, atol=1e-5)
+    start += n
+
+
+@pytest.mark.parametrize('family', sorted(CONFIGS))
+def test_packed_loss_equals_unpacked_loss(family):
+  # Bug caught: the last token of one example trained on the first of the next, or the loss
+  # averaged per row instead of per target token.
+  _, params, forward = _model(family)
+  examples = _examples([5, 3, 6, 4, 7])
+  kind = CausalLM(label_smoothing=0.1)
+  plan = pack_rows([len(e.input_ids) for e in examples], row_length=12)
+  assert len(plan) < len(examples)
+  packed = {k: jnp.asarray(v) for k, v in rows_batch(examples, plan, 12).items()}
+  unpacked = {k: jnp.asarray(v) for k, v in
+              rows_batch(examples, single_rows(len(examples)), 12).items()}
+  loss = jax.jit(lambda p, b: kind.loss(forward, p, b, jax.random.key(0)))
+  assert float(loss(params, packed)) == pytest.approx(float(loss(params, unpacked)), rel=1e-5)
+
+
+def test_evaluation_generates_what_generate_does_and_scores_it():
+  # Bug caught: generation from the wrong prompt rows, or predictions paired with other rows'
+  # references.
+  model, params, forward = _model('llama')
+  examples = _examples([6, 8, 7])
+  batch = rows_batch(examples, single_rows(3), 16)
+  prompt_len = max(len(e.prompt_ids) for e in examples)
+  prompt_ids = np.zeros((3, prompt_len), np.int32)
+  prompt_mask = np.zeros((3, prompt_len), np.int32)
+  for i, e in enumerate(examples):
+    prompt_ids[i, prompt_len - len(e.prompt_ids):] = e.prompt_ids
+    prompt_mask[i, prompt_len - len(e.prompt_ids):] = 1
+  batch.update(prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+               example_index=np.array([2, 0, 1], np.int32))
+  gen_config = GenerationConfig(max_new_tokens=4, eos_token_ids=(), pad_token_id=0)
+  expected = np.asarray(generate(model, params, prompt_ids, prompt_mask, gen_config).tokens)
+  seen = {}
+
+  def score(predictions, references):
+    seen.update(predictions=predictions, references=references)
+    return {'exact': float(np.mean([p == r[0] for p, r in zip(predictions, references, strict=True)]))}
+
+  generation = Generation(gen_config, model.config, lambda ids: ' '.join(map(str, ids)),
+                          references=[['a'], ['b'], ['c']], score=score)
+  kind = CausalLM(generation=generation)
+  outputs = jax.jit(lambda p, b: kind.eval_outputs(forward, p, b))(
+      params, {k: jnp.asarray(v) for k, v in batch.items()})
+  np.testing.assert_array_equal(outputs['generated'], expected)
+  metrics = kind.metrics({k: np.asarray(v) for k, v in outputs.items()})
+  assert seen['predictions'] == [' '.join(map(str, row)) for row in expected]
+  assert seen['references'] == [['c'], ['a'], ['b']]
+  assert {'loss', 'perplexity', 'log_likelihood', 'exact'} <= set(metrics)
