@@ -1,11 +1,11 @@
 """The causal-LM task kind: next-token cross-entropy on completion tokens only; perplexity; and,
 for generation tasks, jit-compiled generation from the prompt scored by the task's text metrics.
 
-Batches are rows of `data.lm_packing` (`input_ids`, `attention_mask`, `positions`,
-`segment_ids`, `targets`, `weights`, each `[rows, L]`); training rows may be packed. Evaluation
-rows hold one example each, so per-row sums are per-example sums; a generation task's evaluation
-batches add the left-padded prompts (`prompt_ids`, `prompt_mask` `[rows, P]`) and each row's
-`example_index` into the split (for its references).
+Splits are `data.LMDataset`s of `LMRecord`s (`encode`): batches of rows (`input_ids`,
+`attention_mask`, `positions`, `segment_ids`, `targets`, `weights`, each `[rows, L]`), packed
+when `pack` (perplexity needs only totals, so packed evaluation rows are fine). A generation
+task's rows hold one example each and add the left-padded prompts (`prompt_ids`, `prompt_mask`
+`[rows, P]`) and each row's `example_index` (for its references).
 
   * loss: mean over real target tokens of the token cross-entropy, with optional label smoothing
     `(1 - a) * nll + a * mean_v(-log p_v)` (the LoRA paper's E2E recipe uses a = 0.1);
@@ -16,21 +16,25 @@ batches add the left-padded prompts (`prompt_ids`, `prompt_mask` `[rows, P]`) an
     metrics on the decoded generations.
 
 Example:
-  kind = CausalLM(label_smoothing=0.1)
-  loss = kind.loss(forward, params, batch, rng)                   # scalar
-  kind.metrics(outputs_of_the_whole_split)                        # {'perplexity': ..., ...}
+  kind = CausalLM.create(spec, pretrained, config)          # config.lm: smoothing, packing, ...
+  train = kind.encode(task['train'], pretrained.tokenizer, max_length=512)
+  loss = kind.loss(forward, params, batch, rng)             # scalar
+  kind.metrics(outputs_of_the_whole_split)                  # {'perplexity': ..., 'bleu': ...}
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapters_jax.data import text_metrics
+from adapters_jax.data.lm_dataset import LMDataset
+from adapters_jax.data.lm_jsonl import LMRecord, eos_id, tokenize_records
 from adapters_jax.models.generation import GenerationConfig, generate_traced
 
 Batch = dict[str, jax.Array]
@@ -73,35 +77,21 @@ def perplexity_metrics(nll_sums: np.ndarray, token_counts: np.ndarray) -> dict[s
   return {'loss': loss, 'perplexity': float(np.exp(loss)), 'log_likelihood': -loss}
 
 
-def model_inputs(batch: Batch) -> tuple[tuple[jax.Array, ...], dict[str, jax.Array]]:
-  """The decoder's call on a batch of rows: `(ids, mask, positions)`, `segment_ids=`."""
-  return ((batch['input_ids'], batch['attention_mask'], batch['positions']),
-          {'segment_ids': batch['segment_ids']})
+def sample_call() -> tuple[tuple[jax.Array, ...], dict[str, Any]]:
+  """A decoder's call `(ids, mask)` on a [2, 16] batch, for the shapes of a splice."""
+  sample = jnp.ones((2, 16), jnp.int32)  # [batch, seq]
+  return (sample, sample), {'deterministic': True}
 
 
-@dataclasses.dataclass(frozen=True)
-class Generation:
-  """How a generation task evaluates: generate from the prompt, decode, score against references.
+def model_inputs(batch: Batch) -> tuple[jax.Array, ...]:
+  """The decoder's positional arguments on a batch of rows: `(ids, mask, positions)`; the loss
+  and evaluation also pass `segment_ids=batch['segment_ids']` (packed rows)."""
+  return batch['input_ids'], batch['attention_mask'], batch['positions']
 
-  Attributes:
-    config: greedy/sampling settings, EOS and pad ids (`GenerationConfig`).
-    model_config: the decoder's `DecoderConfig` (cache shapes).
-    decode_tokens: `(token ids [n], length) -> text`, e.g. the tokenizer's decode.
-    references: per example of the split, its reference texts (`example_index` indexes it).
-    score: `(predictions, references) -> metrics`, e.g. `text_metrics.e2e_metrics`.
-  """
 
-  config: GenerationConfig
-  model_config: Any
-  decode_tokens: Callable[[np.ndarray], str]
-  references: Sequence[Sequence[str]]
-  score: Callable[[list[str], list[list[str]]], dict[str, float]]
-
-  def __hash__(self):  # a static part of jitted evaluation: identity is enough
-    return id(self)
-
-  def __eq__(self, other):
-    return self is other
+def decode_text(tokenizer, tokens: np.ndarray) -> str:
+  """Generated ids (up to and with EOS) -> text, special tokens dropped."""
+  return tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True).strip()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,30 +99,79 @@ class CausalLM:
   """The task kind (`train.tasks.TaskKind`) of decoder-only language modelling.
 
   Attributes:
+    spec: the task; generation runs when its metrics include `text_metrics.METRIC_NAMES`.
+    tokenizer: tokenises records (`encode`) and decodes generations (`metrics`).
+    model_config: the decoder's `DecoderConfig` (cache shapes for generation).
     label_smoothing: of the training loss (evaluation NLL never smooths).
-    generation: set for generation tasks (E2E): evaluation also generates and scores.
+    pack: several examples per row (`data.lm_packing`); perplexity-only tasks.
+    generation: greedy/sampling settings for generation tasks, else None.
+    references: per encoded example (all splits, `example_index` order), its reference texts;
+      filled by `encode`.
   """
 
+  spec: Any
+  tokenizer: Any
+  model_config: Any
   label_smoothing: float = 0.0
-  generation: Generation | None = None
+  pack: bool = False
+  generation: GenerationConfig | None = None
+  references: list[tuple[str, ...]] = dataclasses.field(default_factory=list, compare=False)
+
+  @classmethod
+  def load_arguments(cls, spec) -> dict[str, Any]:
+    return {'head': 'causal_lm'}
+
+  @classmethod
+  def create(cls, spec, pretrained, config) -> CausalLM:
+    """The kind for `spec` on the loaded decoder, from `config.lm` (label smoothing, packing,
+    generation length)."""
+    generates = set(text_metrics.METRIC_NAMES) <= set(spec.metric_names)
+    if generates and config.lm.pack:
+      raise ValueError(f'Task {spec.name!r} is scored on generations, which run one example per '
+                       'row; set --config.lm.pack=False.')
+    tokenizer = pretrained.tokenizer
+    generation = None
+    if generates:
+      eos = (eos_id(tokenizer),) + tuple(i for i in pretrained.config.eos_token_ids
+                                          if i != eos_id(tokenizer))
+      pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+      generation = GenerationConfig(max_new_tokens=config.lm.max_new_tokens,
+                                    eos_token_ids=eos, pad_token_id=int(pad))
+    return cls(spec=spec, tokenizer=tokenizer, model_config=pretrained.config,
+               label_smoothing=float(config.lm.label_smoothing), pack=bool(config.lm.pack),
+               generation=generation)
+
+  def sample_call(self):
+    return sample_call()
+
+  def model_inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
+    return model_inputs(batch)
+
+  def encode(self, records: Sequence[LMRecord], tokenizer, max_length: int) -> LMDataset:
+    """A split's `LMRecord`s as rows (packed when `pack`); their references are kept."""
+    examples = tokenize_records(records, tokenizer, max_length)
+    first = len(self.references)
+    self.references.extend(e.references for e in examples)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
+    return LMDataset.build(examples, max_length, pack=self.pack, pad_id=int(pad),
+                           prompts=self.generation is not None, first_index=first)
 
   def loss(self, forward, params, batch: Batch, rng: jax.Array) -> jax.Array:
-    args, kwargs = model_inputs(batch)
-    logits = forward(params, *args, rng=rng, **kwargs)  # [B, L, V]
-    return lm_loss(logits, batch['targets'], batch['weights'], self.label_smoothing)
+    logits = forward(params, *model_inputs(batch), segment_ids=batch['segment_ids'],
+                     rng=rng)  # [B, L, V]
+    weights = batch['weights'] * batch['example_mask'][:, None]
+    return lm_loss(logits, batch['targets'], weights, self.label_smoothing)
 
   def eval_outputs(self, forward, params, batch: Batch) -> dict[str, jax.Array]:
-    args, kwargs = model_inputs(batch)
-    logits = forward(params, *args, **kwargs)  # [B, L, V]
+    logits = forward(params, *model_inputs(batch), segment_ids=batch['segment_ids'])
     nll, count = row_nll(logits, batch['targets'], batch['weights'])
     outputs = {'nll_sum': nll, 'target_tokens': count}
     if self.generation is not None:
       def decode(p, ids, mask, cache):
         return forward(p, ids, mask, cache, method='decode', last_only=True)
 
-      generated = generate_traced(decode, self.generation.model_config, params,
-                                  batch['prompt_ids'], batch['prompt_mask'],
-                                  self.generation.config)
+      generated = generate_traced(decode, self.model_config, params, batch['prompt_ids'],
+                                  batch['prompt_mask'], self.generation)
       outputs.update(generated=generated.tokens, generated_length=generated.lengths,
                      example_index=batch['example_index'])
     return outputs
@@ -141,8 +180,10 @@ class CausalLM:
     metrics = perplexity_metrics(outputs['nll_sum'], outputs['target_tokens'])
     if self.generation is None:
       return metrics
-    gen = self.generation
-    predictions = [gen.decode_tokens(tokens[:length]) for tokens, length
+    predictions = [decode_text(self.tokenizer, tokens[:length]) for tokens, length
                    in zip(outputs['generated'], outputs['generated_length'], strict=True)]
-    references = [list(gen.references[i]) for i in outputs['example_index']]
-    return {**metrics, **gen.score(predictions, references)}
+    references = [list(self.references[i]) for i in outputs['example_index']]
+    if getattr(self.tokenizer, 'do_lower_case', False):
+      # An uncased vocabulary cannot write capitals: compare in lower case.
+      references = [[r.lower() for r in refs] for refs in references]
+    return {**metrics, **text_metrics.generation_metrics(predictions, references)}

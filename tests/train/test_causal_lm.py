@@ -7,10 +7,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from adapters_jax.data.batching import length_buckets
+from adapters_jax.data.lm_dataset import LMDataset
 from adapters_jax.data.lm_jsonl import LMExample
 from adapters_jax.data.lm_packing import pack_rows, rows_batch, single_rows
 from adapters_jax.models import DecoderConfig, DecoderLM, GenerationConfig, generate
-from adapters_jax.train.causal_lm import CausalLM, Generation, lm_loss, perplexity_metrics
+from adapters_jax.train.causal_lm import CausalLM, decode_text, lm_loss, perplexity_metrics
+
+
+@pytest.fixture(scope='module')
+def tokenizer():
+  from adapters_jax.data import load_tokenizer
+  from adapters_jax.models import resolve_checkpoint_dir
+
+  return load_tokenizer(str(resolve_checkpoint_dir('minilm-l6')))
+
 
 CONFIGS = {
     'llama': DecoderConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4,
@@ -103,45 +114,38 @@ def test_packed_loss_equals_unpacked_loss(family):
   # averaged per row instead of per target token.
   _, params, forward = _model(family)
   examples = _examples([5, 3, 6, 4, 7])
-  kind = CausalLM(label_smoothing=0.1)
+  kind = CausalLM(spec=None, tokenizer=None, model_config=None, label_smoothing=0.1)
   plan = pack_rows([len(e.input_ids) for e in examples], row_length=12)
   assert len(plan) < len(examples)
-  packed = {k: jnp.asarray(v) for k, v in rows_batch(examples, plan, 12).items()}
+  ones = lambda n: {'example_mask': np.ones(n, np.float32)}  # noqa: E731
+  packed = {k: jnp.asarray(v) for k, v in
+            {**rows_batch(examples, plan, 12), **ones(len(plan))}.items()}
   unpacked = {k: jnp.asarray(v) for k, v in
-              rows_batch(examples, single_rows(len(examples)), 12).items()}
+              {**rows_batch(examples, single_rows(5), 12), **ones(5)}.items()}
   loss = jax.jit(lambda p, b: kind.loss(forward, p, b, jax.random.key(0)))
   assert float(loss(params, packed)) == pytest.approx(float(loss(params, unpacked)), rel=1e-5)
 
 
-def test_evaluation_generates_what_generate_does_and_scores_it():
+def test_evaluation_generates_what_generate_does_and_scores_it(tokenizer):
   # Bug caught: generation from the wrong prompt rows, or predictions paired with other rows'
-  # references.
+  # references (BLEU is 100 only when every row meets its own reference).
   model, params, forward = _model('llama')
   examples = _examples([6, 8, 7])
-  batch = rows_batch(examples, single_rows(3), 16)
-  prompt_len = max(len(e.prompt_ids) for e in examples)
-  prompt_ids = np.zeros((3, prompt_len), np.int32)
-  prompt_mask = np.zeros((3, prompt_len), np.int32)
-  for i, e in enumerate(examples):
-    prompt_ids[i, prompt_len - len(e.prompt_ids):] = e.prompt_ids
-    prompt_mask[i, prompt_len - len(e.prompt_ids):] = 1
-  batch.update(prompt_ids=prompt_ids, prompt_mask=prompt_mask,
-               example_index=np.array([2, 0, 1], np.int32))
-  gen_config = GenerationConfig(max_new_tokens=4, eos_token_ids=(), pad_token_id=0)
-  expected = np.asarray(generate(model, params, prompt_ids, prompt_mask, gen_config).tokens)
-  seen = {}
-
-  def score(predictions, references):
-    seen.update(predictions=predictions, references=references)
-    return {'exact': float(np.mean([p == r[0] for p, r in zip(predictions, references, strict=True)]))}
-
-  generation = Generation(gen_config, model.config, lambda ids: ' '.join(map(str, ids)),
-                          references=[['a'], ['b'], ['c']], score=score)
-  kind = CausalLM(generation=generation)
+  dataset = LMDataset.build(examples, 16, pack=False, pad_id=0, prompts=True, first_index=2)
+  batch = dataset.batch(np.array([2, 0, 1]), np.arange(3), length_buckets(16))
+  np.testing.assert_array_equal(batch['example_index'], [4, 2, 3])
+  np.testing.assert_array_equal(batch['prompt_ids'][0, -3:], examples[2].prompt_ids)
+  assert batch['prompt_mask'][0].sum() == 3 and batch['prompt_mask'][0, -1] == 1  # left-padded
+  gen_config = GenerationConfig(max_new_tokens=5, eos_token_ids=(), pad_token_id=0)
+  expected = np.asarray(generate(model, params, batch['prompt_ids'], batch['prompt_mask'],
+                                 gen_config).tokens)
+  texts = [decode_text(tokenizer, row) for row in expected]
+  kind = CausalLM(spec=None, tokenizer=tokenizer, model_config=model.config,
+                  generation=gen_config,
+                  references=[(), (), (texts[1],), (texts[2],), (texts[0], 'other')])
   outputs = jax.jit(lambda p, b: kind.eval_outputs(forward, p, b))(
       params, {k: jnp.asarray(v) for k, v in batch.items()})
   np.testing.assert_array_equal(outputs['generated'], expected)
   metrics = kind.metrics({k: np.asarray(v) for k, v in outputs.items()})
-  assert seen['predictions'] == [' '.join(map(str, row)) for row in expected]
-  assert seen['references'] == [['c'], ['a'], ['b']]
-  assert {'loss', 'perplexity', 'log_likelihood', 'exact'} <= set(metrics)
+  assert metrics['bleu'] == pytest.approx(100.0)
+  assert {'loss', 'perplexity', 'log_likelihood', 'nist', 'rouge_l', 'cider'} <= set(metrics)
