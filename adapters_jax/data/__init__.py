@@ -18,6 +18,7 @@ package does not import TensorFlow.
 
 from adapters_jax.data.batching import (
     Batch,
+    BatchSource,
     DataPosition,
     TrainBatches,
     bucket_length,
@@ -39,6 +40,7 @@ from adapters_jax.data.metrics import (
     spearman,
 )
 from adapters_jax.data.rotten_tomatoes import load_rotten_tomatoes
+from adapters_jax.data.sequences import Ragged, SequenceDataset
 from adapters_jax.data.tasks import (
     GLUE_TASK_NAMES,
     NO_LABEL,
@@ -64,10 +66,13 @@ __all__ = [
     'NO_LABEL',
     'BadRowError',
     'Batch',
+    'BatchSource',
     'DataPosition',
     'EncodedDataset',
     'Example',
     'LocalTaskConfig',
+    'Ragged',
+    'SequenceDataset',
     'Task',
     'TaskSpec',
     'TrainBatches',

@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
       'test_has_labels': True,     # False: test files need no label column
   })
   config.max_length = 128
+  # Task kind: '' = from the model's family (BERT/RoBERTa: classification or regression, T5:
+  # seq2seq); or one of `adapters_jax.train.kinds.KINDS`.
+  config.task_kind = ''
   config.max_train_examples = -1    # > 0: a fixed subset (the same for every seed)
   config.max_eval_examples = -1
 
