@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Task: a GLUE name (`rte`, `glue/mnli`, ...), `rotten_tomatoes`, `tweet_sentiment`, or `local`.
   config.task = 'rotten_tomatoes'
-  config.data_dir = ''              # tfds data_dir for GLUE ('' = tfds default)
+  config.data_dir = ''              # tfds data_dir for GLUE ('' = tfds default); e2e_nlg/lm_jsonl files
   config.local_task = ml_collections.ConfigDict({
       'name': 'local',
       'paths': ml_collections.ConfigDict(),  # split -> file, e.g. {'train': 'train.csv', ...}
@@ -39,6 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Task kind: '' = from the model's family (BERT/RoBERTa: classification or regression, T5:
   # seq2seq); or one of `adapters_jax.train.kinds.KINDS`.
   config.task_kind = ''
+  # Causal-LM kind (decoders): label smoothing of the training loss; several examples per row
+  # (perplexity-only tasks); tokens generated per prompt (generation tasks, greedy).
+  config.lm = ml_collections.ConfigDict({'label_smoothing': 0.0, 'pack': False,
+                                         'max_new_tokens': 64})
   config.max_train_examples = -1    # > 0: a fixed subset (the same for every seed)
   config.max_eval_examples = -1
 
