@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from adapters_jax import config_args, sweeps
-from experiments.configs import houlsby_glue, lora_glue, mini_rotten_tomatoes
+from experiments.configs import houlsby_glue, lora_e2e, lora_glue, mini_rotten_tomatoes
 from experiments.configs.common import OPEN_FIELDS
 from tests.train.conftest import write_tiny_bert
 
@@ -50,6 +50,7 @@ def test_grid_counts():
   assert len(sweeps.expand_grid(houlsby_glue.sweep())) == 8 * 5 * (3 + 3 * 3 * 2)  # 840
   assert len(sweeps.expand_grid(lora_glue.sweep())) == 8 * 5 * (1 + 3 * 2)          # 280
   assert len(sweeps.expand_grid(mini_rotten_tomatoes.sweep())) == 10 * 2 * 3         # 60
+  assert len(sweeps.expand_grid(lora_e2e.sweep())) == 2 * 3                          # GPT-2 M, L
   rte = sweeps.expand_grid(houlsby_glue.sweep(), {'task': 'rte', 'method': 'houlsby',
                                                   'method_options.size': 64})
   assert len(rte) == 3 * 2 * 5
