@@ -105,3 +105,21 @@ def test_cider_by_hand():
 def test_metrics_refuse_mismatched_lengths():
   with pytest.raises(ValueError, match='2 predictions but 1 reference lists'):
     text_metrics.generation_metrics(['a', 'b'], [['a']])
+
+
+def test_load_task_reads_the_challenge_files_from_data_dir(tmp_path):
+  # Bug caught: validation scored per (MR, reference) row instead of per MR with all references,
+  # or training on one reference per MR only.
+  from adapters_jax.data import load_task
+
+  for name in ('trainset.csv', 'devset.csv', 'testset_w_refs.csv'):
+    _write_csv(tmp_path / name, ROWS)
+  task = load_task('e2e_nlg', data_dir=str(tmp_path))
+  assert len(task['train']) == 3 and len(task['validation']) == len(task['test']) == 2
+  assert task['validation'][0].references == ('The Vaults pub is near Café Adriatic.',
+                                              'Near Café Adriatic is The Vaults.')
+  (tmp_path / 'devset.csv').unlink()
+  with pytest.raises(ValueError, match=r'devset\.csv not found'):
+    load_task('e2e_nlg', data_dir=str(tmp_path))
+  with pytest.raises(ValueError, match='set --config.data_dir'):
+    load_task('e2e_nlg')

@@ -149,3 +149,26 @@ def test_evaluation_generates_what_generate_does_and_scores_it(tokenizer):
   metrics = kind.metrics({k: np.asarray(v) for k, v in outputs.items()})
   assert metrics['bleu'] == pytest.approx(100.0)
   assert {'loss', 'perplexity', 'log_likelihood', 'nist', 'rouge_l', 'cider'} <= set(metrics)
+
+
+def test_decoders_train_the_causal_lm_kind_and_refuse_others():
+  # Bug caught: a decoder sent to the classification kind (a head it does not have).
+  from adapters_jax.data import get_task
+  from adapters_jax.train.kinds import kind_name
+
+  assert kind_name(get_task('e2e_nlg'), 'llama') == 'causal_lm'
+  assert kind_name(get_task('lm_jsonl'), 'gpt2', 'causal_lm') == 'causal_lm'
+  with pytest.raises(ValueError, match=r"cannot run on a 'llama' model: it runs \['causal_lm'\]"):
+    kind_name(get_task('lm_jsonl'), 'llama', 'classification')
+
+
+def test_generation_tasks_refuse_packing():
+  # Bug caught: packed rows silently generating from the first example's prompt only.
+  import ml_collections
+
+  from adapters_jax.data import get_task
+
+  config = ml_collections.ConfigDict({'lm': {'label_smoothing': 0.0, 'pack': True,
+                                             'max_new_tokens': 8}})
+  with pytest.raises(ValueError, match='set --config.lm.pack=False'):
+    CausalLM.create(get_task('e2e_nlg'), pretrained=None, config=config)
