@@ -219,20 +219,29 @@ def _template_pieces(messages, tokenizer) -> list[tuple[list[int], bool]]:
 
 
 def tokenize_record(record: LMRecord, tokenizer, max_length: int) -> LMExample:
-  """Token ids and target mask of `record`, cut to the first `max_length` tokens.
+  """Token ids and target mask of `record`, at most `max_length` tokens.
 
-  The prompt ids are everything before the last target piece (for chat: before the last
-  assistant turn's content), cut to `max_length - 1` tokens from the left so a generation always
-  has room.
+  Too long a prompt/completion record loses the beginning of its prompt first (its last tokens
+  are kept; the prompt keeps at least half the row, or all of itself if shorter), then the end of
+  its completion, so a long input still trains on its completion. A chat record is cut at the
+  end. The prompt ids (what generation starts from) are everything before the last target piece
+  (for chat: before the last assistant turn's content), at most `max_length - 1` tokens (the last
+  ones).
   """
   pieces = _pieces(record, tokenizer)
+  if not record.is_chat:
+    (prompt, _), (completion, _) = pieces
+    if len(prompt) + len(completion) > max_length:
+      keep = max(max_length - len(completion), min(len(prompt), max_length // 2))
+      prompt = prompt[len(prompt) - keep:]
+      pieces = [(prompt, False), (completion[:max_length - len(prompt)], True)]
   ids = [i for piece, _ in pieces for i in piece]
   mask = [target for piece, target in pieces for _ in piece]
   last = max(k for k, (_, target) in enumerate(pieces) if target)
-  prompt = [i for piece, _ in pieces[:last] for i in piece][-(max_length - 1):]
+  prompt_ids = [i for piece, _ in pieces[:last] for i in piece][-(max_length - 1):]
   return LMExample(input_ids=np.asarray(ids[:max_length], np.int32),
                    target_mask=np.asarray(mask[:max_length], bool),
-                   prompt_ids=np.asarray(prompt, np.int32), references=record.references)
+                   prompt_ids=np.asarray(prompt_ids, np.int32), references=record.references)
 
 
 def tokenize_records(records: Sequence[LMRecord], tokenizer, max_length: int) -> list[LMExample]:

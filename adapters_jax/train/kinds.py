@@ -26,6 +26,8 @@ KINDS: dict[str, TaskKindFactory] = {
     'regression': Regression,
     'causal_lm': CausalLM,
 }
+# Task sources whose examples are `data.lm_jsonl.LMRecord`s: only the causal-LM kind trains them.
+LM_SOURCES = ('e2e', 'lm_jsonl')
 # Model type -> the kinds its model call supports, the default first.
 FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     **{t: ('classification', 'regression') for t in ENCODER_MODEL_TYPES},
@@ -64,6 +66,14 @@ def kind_name(spec: data.TaskSpec, model_type: str | None, requested: str = '') 
     raise ValueError(f'task_kind={name!r} cannot run on a {model_type!r} model: it runs '
                      f'{list(family)}. Set --config.task_kind to one of those (or \'\'), or pick a '
                      'model of another family.')
+  if spec.source in LM_SOURCES and name != 'causal_lm':
+    raise ValueError(f'Task {spec.name!r} is language modelling, which task_kind={name!r} does '
+                     'not train: train it on a decoder (GPT-2, Llama, ...; for a sweep dry run '
+                     '--dry_run_model=<a decoder directory>, e.g. from '
+                     'experiments.make_random_decoder).')
+  if name == 'causal_lm' and spec.source not in LM_SOURCES:
+    raise ValueError(f'task_kind=\'causal_lm\' trains language-modelling tasks (e2e_nlg, '
+                     f'lm_jsonl), not {spec.name!r}: train it on an encoder or T5.')
   if name in ('classification', 'regression') and name != encoder_kind:
     raise ValueError(f'task_kind={name!r} does not fit task {spec.name!r}, which is '
                      f'{encoder_kind}; set --config.task_kind={encoder_kind!r} (or \'\').')

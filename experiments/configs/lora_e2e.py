@@ -9,6 +9,10 @@ Commands:
   python -m experiments.sweep --config=experiments/configs/lora_e2e.py --sweep_dir=sweeps/lora_e2e \
       --launcher=slurm --config.data_dir=e2e-dataset          # or local / print
   python -m experiments.report --sweep_dir=sweeps/lora_e2e --config=experiments/configs/lora_e2e.py
+A dry run (every run built and stepped once on a tiny random Llama and the miniature E2E files):
+  python -m experiments.make_random_decoder --out_dir=workdirs/tiny_llama
+  python -m experiments.sweep --config=experiments/configs/lora_e2e.py --sweep_dir=sweeps/lora_e2e_dry \
+      --dry_run --dry_run_model=workdirs/tiny_llama --config.data_dir=experiments/data/mini_e2e
 One run by hand (GPT-2 M, seed 0):
   python -m experiments.train --config=experiments/configs/lora_e2e.py --workdir=workdirs/e2e_m \
       --config.data_dir=e2e-dataset --config.seed=0

@@ -90,13 +90,17 @@ def test_bad_record_names_file_and_line(tmp_path, line, message):
     read_lm_jsonl(path)
 
 
-def test_max_length_cuts_the_sequence_and_keeps_room_for_generation(tmp_path, tokenizer):
-  # Bug caught: an over-long example kept whole (rows overflow) or a prompt filling max_length.
-  path = _write(tmp_path, [{'prompt': 'one two three four five six', 'completion': ' seven'}])
-  example = tokenize_records(read_lm_jsonl(path), tokenizer, max_length=4)[0]
-  assert len(example.input_ids) == len(example.target_mask) == 4
-  assert not example.target_mask.any()
-  assert _words(tokenizer, example.prompt_ids) == ['four', 'five', 'six']
+def test_max_length_cuts_the_prompt_first_so_the_completion_still_trains(tmp_path, tokenizer):
+  # Bug caught: an over-long example kept whole (rows overflow), or a long prompt leaving no
+  # completion token to learn (a split without targets has no perplexity).
+  path = _write(tmp_path, [{'prompt': 'one two three four five six', 'completion': ' seven'},
+                           {'prompt': 'one', 'completion': ' two three four five six seven'}])
+  cut_prompt, cut_completion = tokenize_records(read_lm_jsonl(path), tokenizer, max_length=4)
+  assert _words(tokenizer, cut_prompt.input_ids) == ['five', 'six', 'seven', '[SEP]']
+  assert cut_prompt.target_mask.tolist() == [False, False, True, True]
+  assert _words(tokenizer, cut_prompt.prompt_ids) == ['five', 'six']
+  assert _words(tokenizer, cut_completion.input_ids) == ['one', 'two', 'three', 'four']
+  assert cut_completion.target_mask.tolist() == [False, True, True, True]
 
 
 def test_packing_first_fit_and_row_arrays():

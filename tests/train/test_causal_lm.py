@@ -172,3 +172,15 @@ def test_generation_tasks_refuse_packing():
                                              'max_new_tokens': 8}})
   with pytest.raises(ValueError, match='set --config.lm.pack=False'):
     CausalLM.create(get_task('e2e_nlg'), pretrained=None, config=config)
+
+
+def test_language_modelling_tasks_and_other_kinds_do_not_mix():
+  # Bug caught: an encoder "regressing" on E2E records (its label_names are None), or a decoder
+  # fed GLUE examples it cannot tokenise; both crash deep in encoding without this check.
+  from adapters_jax.data import get_task
+  from adapters_jax.train.kinds import kind_name
+
+  with pytest.raises(ValueError, match=r"'e2e_nlg' is language modelling, .*--dry_run_model="):
+    kind_name(get_task('e2e_nlg'), 'bert')
+  with pytest.raises(ValueError, match=r"causal_lm' trains language-modelling tasks .*not 'rte'"):
+    kind_name(get_task('rte'), 'llama')
