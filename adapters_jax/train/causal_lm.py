@@ -1,5 +1,6 @@
 """The causal-LM task kind: next-token cross-entropy on completion tokens only; perplexity; and,
-for generation tasks, jit-compiled generation from the prompt scored by the task's text metrics.
+for generation tasks, jit-compiled generation from the prompt (greedy or beam search) scored by the
+task's text metrics.
 
 Splits are `data.LMDataset`s of `LMRecord`s (`encode`): batches of rows (`input_ids`,
 `attention_mask`, `positions`, `segment_ids`, `targets`, `weights`, each `[rows, L]`), packed
@@ -35,6 +36,7 @@ import numpy as np
 from adapters_jax.data import text_metrics
 from adapters_jax.data.lm_dataset import LMDataset
 from adapters_jax.data.lm_jsonl import LMRecord, eos_id, tokenize_records
+from adapters_jax.models.beam_search import BeamSearchConfig, beam_search_traced
 from adapters_jax.models.generation import GenerationConfig, generate_traced
 
 Batch = dict[str, jax.Array]
@@ -104,7 +106,8 @@ class CausalLM:
     model_config: the decoder's `DecoderConfig` (cache shapes for generation).
     label_smoothing: of the training loss (evaluation NLL never smooths).
     pack: several examples per row (`data.lm_packing`); perplexity-only tasks.
-    generation: greedy/sampling settings for generation tasks, else None.
+    generation: for generation tasks, greedy settings (`GenerationConfig`) or beam search
+      (`BeamSearchConfig`, `config.lm.num_beams` > 1); None otherwise.
     references: per encoded example (all splits, `example_index` order), its reference texts;
       filled by `encode`.
   """
@@ -114,7 +117,7 @@ class CausalLM:
   model_config: Any
   label_smoothing: float = 0.0
   pack: bool = False
-  generation: GenerationConfig | None = None
+  generation: GenerationConfig | BeamSearchConfig | None = None
   references: list[tuple[str, ...]] = dataclasses.field(default_factory=list, compare=False)
 
   @classmethod
@@ -124,7 +127,7 @@ class CausalLM:
   @classmethod
   def create(cls, spec, pretrained, config) -> CausalLM:
     """The kind for `spec` on the loaded decoder, from `config.lm` (label smoothing, packing,
-    generation length)."""
+    generation: length, beams, length penalty, no-repeat n-grams)."""
     generates = set(text_metrics.METRIC_NAMES) <= set(spec.metric_names)
     if generates and config.lm.pack:
       raise ValueError(f'Task {spec.name!r} is scored on generations, which run one example per '
@@ -135,8 +138,18 @@ class CausalLM:
       eos = (eos_id(tokenizer),) + tuple(i for i in pretrained.config.eos_token_ids
                                           if i != eos_id(tokenizer))
       pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-      generation = GenerationConfig(max_new_tokens=config.lm.max_new_tokens,
-                                    eos_token_ids=eos, pad_token_id=int(pad))
+      lm = config.lm
+      if lm.num_beams > 1:
+        generation = BeamSearchConfig(
+            num_beams=lm.num_beams, max_new_tokens=lm.max_new_tokens,
+            length_penalty=float(lm.length_penalty), no_repeat_ngram_size=lm.no_repeat_ngram_size,
+            eos_token_ids=eos, pad_token_id=int(pad))
+      else:
+        if lm.length_penalty != 1.0 or lm.no_repeat_ngram_size:
+          raise ValueError('lm.length_penalty and lm.no_repeat_ngram_size shape beam search; '
+                           'set --config.lm.num_beams > 1, or leave them at 1.0 and 0.')
+        generation = GenerationConfig(max_new_tokens=lm.max_new_tokens, eos_token_ids=eos,
+                                      pad_token_id=int(pad))
     return cls(spec=spec, tokenizer=tokenizer, model_config=pretrained.config,
                label_smoothing=float(config.lm.label_smoothing), pack=bool(config.lm.pack),
                generation=generation)
@@ -170,8 +183,10 @@ class CausalLM:
       def decode(p, ids, mask, cache):
         return forward(p, ids, mask, cache, method='decode', last_only=True)
 
-      generated = generate_traced(decode, self.model_config, params, batch['prompt_ids'],
-                                  batch['prompt_mask'], self.generation)
+      search = (beam_search_traced if isinstance(self.generation, BeamSearchConfig)
+                else generate_traced)
+      generated = search(decode, self.model_config, params, batch['prompt_ids'],
+                         batch['prompt_mask'], self.generation)
       outputs.update(generated=generated.tokens, generated_length=generated.lengths,
                      example_index=batch['example_index'])
     return outputs

@@ -40,9 +40,11 @@ def base_config() -> ml_collections.ConfigDict:
   # seq2seq); or one of `adapters_jax.train.kinds.KINDS`.
   config.task_kind = ''
   # Causal-LM kind (decoders): label smoothing of the training loss; several examples per row
-  # (perplexity-only tasks); tokens generated per prompt (generation tasks, greedy).
+  # (perplexity-only tasks); generation tasks: tokens per prompt, greedy (num_beams 1) or beam
+  # search with HF's length penalty and no-repeat n-gram size.
   config.lm = ml_collections.ConfigDict({'label_smoothing': 0.0, 'pack': False,
-                                         'max_new_tokens': 64})
+                                         'max_new_tokens': 64, 'num_beams': 1,
+                                         'length_penalty': 1.0, 'no_repeat_ngram_size': 0})
   config.max_train_examples = -1    # > 0: a fixed subset (the same for every seed)
   config.max_eval_examples = -1
 

@@ -43,7 +43,7 @@ def get_config(arg: str = ''):
   config.data_dir = 'experiments/data/mini_e2e'
   config.method = 'lora'
   config.method_options = {'rank': 4, 'alpha': 32.0}
-  config.lm = {'label_smoothing': 0.1, 'pack': False, 'max_new_tokens': 40}
+  config.lm.update({'label_smoothing': 0.1, 'pack': False, 'max_new_tokens': 40})
   config.max_length = 96
   config.batch_size = 8
   config.eval_batch_size = 40

@@ -162,16 +162,29 @@ def test_decoders_train_the_causal_lm_kind_and_refuse_others():
     kind_name(get_task('lm_jsonl'), 'llama', 'classification')
 
 
-def test_generation_tasks_refuse_packing():
-  # Bug caught: packed rows silently generating from the first example's prompt only.
-  import ml_collections
+def test_generation_settings_from_the_config(tokenizer):
+  # Bugs caught: beams asked for but greedy decoding run, beam options silently ignored without
+  # beams, or packed rows generating from the first example's prompt only.
+  import types
 
   from adapters_jax.data import get_task
+  from adapters_jax.models.beam_search import BeamSearchConfig
+  from experiments.configs.common import base_config
 
-  config = ml_collections.ConfigDict({'lm': {'label_smoothing': 0.0, 'pack': True,
-                                             'max_new_tokens': 8}})
+  pretrained = types.SimpleNamespace(tokenizer=tokenizer, config=CONFIGS['llama'])
+  config = base_config()
+  config.lm.update({'num_beams': 10, 'length_penalty': 0.8, 'no_repeat_ngram_size': 4})
+  kind = CausalLM.create(get_task('e2e_nlg'), pretrained, config)
+  assert kind.generation == BeamSearchConfig(
+      num_beams=10, max_new_tokens=64, length_penalty=0.8, no_repeat_ngram_size=4,
+      eos_token_ids=(102, 2), pad_token_id=0)  # [SEP] ends completions; the model's EOS too
+  config.lm.num_beams = 1
+  with pytest.raises(ValueError, match='set --config.lm.num_beams > 1'):
+    CausalLM.create(get_task('e2e_nlg'), pretrained, config)
+  config.lm.update({'length_penalty': 1.0, 'no_repeat_ngram_size': 0, 'pack': True})
   with pytest.raises(ValueError, match='set --config.lm.pack=False'):
-    CausalLM.create(get_task('e2e_nlg'), pretrained=None, config=config)
+    CausalLM.create(get_task('e2e_nlg'), pretrained, config)
+  assert CausalLM.create(get_task('lm_jsonl'), pretrained, config).generation is None
 
 
 def test_language_modelling_tasks_and_other_kinds_do_not_mix():
