@@ -29,8 +29,8 @@ from adapters_jax.sweeps.plan import Run
 # Fields that change what is built (the model, its head, the adapter, the data); two runs equal on
 # these build the same program.
 PROGRAM_FIELDS = ('model', 'model_overrides', 'dtype', 'remat', 'scan_layers', 'task', 'task_kind',
-                  'local_task', 'data_dir', 'method', 'method_options', 'adapter_drop_layers',
-                  'adapter_name', 'train_head')
+                  'local_task', 'split_scheme', 'data_dir', 'method', 'method_options',
+                  'adapter_drop_layers', 'adapter_name', 'train_head')
 
 _MESSAGE_CHARS = 600  # of an error in the log line
 

@@ -16,15 +16,18 @@ import json
 from adapters_jax import data
 from adapters_jax.models import registry
 from adapters_jax.models.config import MODEL_TYPES as ENCODER_MODEL_TYPES
+from adapters_jax.train.seq2seq import Seq2Seq
 from adapters_jax.train.tasks import Classification, Regression, TaskKindFactory
 
 KINDS: dict[str, TaskKindFactory] = {
     'classification': Classification,
     'regression': Regression,
+    'seq2seq': Seq2Seq,
 }
 # Model type -> the kinds its model call supports, the default first.
 FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     **{t: ('classification', 'regression') for t in ENCODER_MODEL_TYPES},
+    't5': ('seq2seq',),
 }
 
 
