@@ -3,6 +3,11 @@ packaged MiniLM tokenizer): text-to-text encoding and per-key padding, the teach
 against float64 numpy, greedy evaluation against a recompute-every-token reference, label words
 parsed back (unparseable ones counted), and the choice of kind from the model's family."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -16,6 +21,7 @@ from adapters_jax.train.kinds import kind_factory, kind_name
 from adapters_jax.train.seq2seq import UNPARSEABLE, Seq2Seq
 from tests.tiny_model import perturb_adapter
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_T5 = dict(d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
                relative_attention_num_buckets=8, relative_attention_max_distance=20,
                dropout_rate=0.0, feed_forward_proj='gated-gelu', tie_word_embeddings=False)
@@ -181,3 +187,28 @@ def test_seq2seq_on_an_encoder_is_a_clear_error(tiny_bert_dir):
   bert = load_pretrained(tiny_bert_dir, head=None)
   with pytest.raises(ValueError, match='needs an encoder-decoder'):
     Seq2Seq.create(data.get_task('rte'), bert)
+
+
+def test_cli_trains_a_t5_adapter_and_reports_generation_metrics(tmp_path):
+  """`experiments.train` on the miniature seq2seq config (smoke size) with a tiny T5 v1.0."""
+  model = write_random_t5(tmp_path / 't5', tokenizer_dir=resolve_checkpoint_dir('minilm-l6'),
+                          **{**TINY_T5, 'feed_forward_proj': 'relu', 'tie_word_embeddings': True})
+  workdir = tmp_path / 'run'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  run = subprocess.run(
+      [sys.executable, '-m', 'experiments.train',
+       '--config=experiments/configs/mini_t5_rotten_tomatoes.py:smoke', f'--workdir={workdir}',
+       f'--config.model={model}', '--config.num_train_steps=12', '--config.eval_every_steps=12',
+       '--config.checkpoint_every_steps=12', '--config.learning_rate=0.01'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  result = json.loads((workdir / 'result.json').read_text())
+  assert result['config']['task_kind'] == 'seq2seq' and result['train_steps'] == 12
+  for metrics in (result['validation_metrics']['validation'], result['test_metrics']['test']):
+    assert set(metrics) == {'accuracy', 'f1', UNPARSEABLE}
+    assert 0 <= metrics[UNPARSEABLE] <= 32 and 0 <= metrics['accuracy'] <= 1
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  losses = [r['loss'] for r in records if r['split'] == 'train']
+  assert len(losses) == 12
+  # From random logits (about log(30522) = 10.3) the adapter learns to answer with label words.
+  assert losses[0] > 9 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 2, losses
