@@ -212,3 +212,17 @@ def test_cli_trains_a_t5_adapter_and_reports_generation_metrics(tmp_path):
   assert len(losses) == 12
   # From random logits (about log(30522) = 10.3) the adapter learns to answer with label words.
   assert losses[0] > 9 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 2, losses
+
+
+def test_make_random_t5_script_writes_a_loadable_t5_with_the_packaged_tokenizer(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  run = subprocess.run([sys.executable, 'scripts/make_random_t5.py', f'--out={tmp_path}',
+                        '--d_model=32', '--num_layers=1', '--d_ff=64'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  pre = load_pretrained(str(tmp_path))
+  assert (pre.config.d_model, pre.config.d_kv, pre.config.num_decoder_layers) == (32, 8, 1)
+  assert pre.config.tie_word_embeddings and pre.config.feed_forward_proj == 'relu'
+  # MiniLM's word pieces: [PAD] = 0 is pad and decoder start, [SEP] = 102 ends an answer.
+  assert (pre.config.vocab_size, pre.config.pad_token_id, pre.config.eos_token_id) == (30522, 0, 102)
+  assert pre.tokenizer.convert_ids_to_tokens([0, 102]) == ['[PAD]', '[SEP]']
