@@ -39,6 +39,7 @@ from adapters_jax.data.metrics import (
     pearson,
     spearman,
 )
+from adapters_jax.data.resplit import resplit
 from adapters_jax.data.rotten_tomatoes import load_rotten_tomatoes
 from adapters_jax.data.sequences import Ragged, SequenceDataset
 from adapters_jax.data.tasks import (
@@ -95,6 +96,7 @@ __all__ = [
     'num_eval_batches',
     'pad_batch',
     'pearson',
+    'resplit',
     'spearman',
     'task_names',
 ]

@@ -19,11 +19,13 @@ from adapters_jax.models import registry
 from adapters_jax.models.config import MODEL_TYPES as ENCODER_MODEL_TYPES
 from adapters_jax.models.decoder_config import MODEL_TYPES as DECODER_MODEL_TYPES
 from adapters_jax.train.causal_lm import CausalLM
+from adapters_jax.train.seq2seq import Seq2Seq
 from adapters_jax.train.tasks import Classification, Regression, TaskKindFactory
 
 KINDS: dict[str, TaskKindFactory] = {
     'classification': Classification,
     'regression': Regression,
+    'seq2seq': Seq2Seq,
     'causal_lm': CausalLM,
 }
 # Task sources whose examples are `data.lm_jsonl.LMRecord`s: only the causal-LM kind trains them.
@@ -31,6 +33,7 @@ LM_SOURCES = ('e2e', 'lm_jsonl')
 # Model type -> the kinds its model call supports, the default first.
 FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     **{t: ('classification', 'regression') for t in ENCODER_MODEL_TYPES},
+    't5': ('seq2seq',),
     **{t: ('causal_lm',) for t in DECODER_MODEL_TYPES},
 }
 

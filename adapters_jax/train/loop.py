@@ -136,7 +136,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _say(f'{workdir} holds a finished run; its result is unchanged.')
     return finished
 
-  task = data.load_task(task_source(config), data_dir=config.data_dir or None)
+  task = data.resplit(data.load_task(task_source(config), data_dir=config.data_dir or None),
+                     config.split_scheme)
   _check_splits(config, task)
   experiment = build_experiment(config, task.spec)
   spec = experiment.spec

@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
       'format': '',                # csv, tsv or jsonl; '' = from each file's extension
       'test_has_labels': True,     # False: test files need no label column
   })
+  # '' = the task's own splits; 'validation_as_test' = the original validation split as test and
+  # a new validation split (adapters_jax.data.resplit; Compacter's scheme).
+  config.split_scheme = ''
   config.max_length = 128
   # Task kind: '' = from the model's family (BERT/RoBERTa: classification or regression, T5:
   # seq2seq); or one of `adapters_jax.train.kinds.KINDS`.
