@@ -47,7 +47,8 @@ flags.DEFINE_multi_string('sbatch', ['--gres=gpu:1', '--cpus-per-task=8', '--tim
 flags.DEFINE_string('python', sys.executable, 'Python interpreter of the runs.')
 flags.DEFINE_bool('dry_run', False, 'Launch nothing: build every run on a stand-in model and take '
                   'one training step per distinct program.')
-flags.DEFINE_string('dry_run_model', DRY_RUN['model'], 'The stand-in model of --dry_run.')
+flags.DEFINE_string('dry_run_model', DRY_RUN['model'], 'The stand-in model of --dry_run; '
+                    f'{sweeps.STAND_IN_T5!r}: a small random T5 (for tables of T5 runs).')
 flags.mark_flags_as_required(['config', 'sweep_dir'])
 FLAGS = flags.FLAGS
 
@@ -60,9 +61,10 @@ def dry_run(config_path: str, only) -> int:
 
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  last = [(k, sweeps.flag_text(v)) for k, v in {**DRY_RUN, 'model': FLAGS.dry_run_model}.items()]
   root = tempfile.mkdtemp(prefix='dry_run_')
   try:
+    model = sweeps.stand_in_model(FLAGS.dry_run_model, os.path.join(root, 'stand_in_model'))
+    last = [(k, sweeps.flag_text(v)) for k, v in {**DRY_RUN, 'model': model}.items()]
     runs = sweeps.plan(config_path, root, overrides=FLAGS['config'].overrides, only=only,
                        open_fields=OPEN_FIELDS, last=last, python=FLAGS.python)
     outcome = sweeps.dry_run(config_path, runs, train_and_evaluate, open_fields=OPEN_FIELDS,

@@ -2,6 +2,7 @@
 step through `train_and_evaluate` (what experiments.train runs), once per distinct program; for
 each paper config on a slice of its grid (GLUE from `tfds.testing.mock_data`)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +107,16 @@ def test_dry_run_cli_on_the_packaged_task(tiny_model, tmp_path):
   assert 'dry run: 6 runs, 1 distinct programs; 1 to build.' in run.stdout
   assert 'dry run: 1 programs ok (6 runs), 0 failed, 0 blocked.' in run.stdout
   assert not (tmp_path / 'sweep').exists()  # nothing launched, nothing left in the sweep dir
+
+
+def test_dry_run_builds_a_compacter_run_on_a_stand_in_t5(tmp_path):
+  model = sweeps.stand_in_model(sweeps.STAND_IN_T5, str(tmp_path / 'stand_in'))
+  only = {'task': 'rte', 'method': 'compacter', 'method_options.reduction_factor': 32}
+  runs, outcome, lines = _dry_run('compacter_glue.py', only, model, tmp_path / 'runs')
+  assert len(runs) == 1 and outcome.failed == {} and outcome.blocked == {}, lines
+  with open(os.path.join(runs[0].workdir, sweeps.RESULT_FILE)) as f:
+    result = json.load(f)
+  assert result['train_steps'] == 1 and result['config']['task_kind'] == 'seq2seq'
+  # RTE's mock validation split halved into validation and test (Compacter's scheme).
+  assert set(result['test_metrics']) == {'test'}
+  assert set(result['test_metrics']['test']) == {'accuracy', 'unparseable'}

@@ -14,7 +14,13 @@ import sys
 import pytest
 
 from adapters_jax import config_args, sweeps
-from experiments.configs import houlsby_glue, lora_glue, mini_rotten_tomatoes
+from experiments.configs import (
+    compacter_glue,
+    houlsby_glue,
+    lora_e2e,
+    lora_glue,
+    mini_rotten_tomatoes,
+)
 from experiments.configs.common import OPEN_FIELDS
 from tests.train.conftest import write_tiny_bert
 
@@ -50,6 +56,8 @@ def test_grid_counts():
   assert len(sweeps.expand_grid(houlsby_glue.sweep())) == 8 * 5 * (3 + 3 * 3 * 2)  # 840
   assert len(sweeps.expand_grid(lora_glue.sweep())) == 8 * 5 * (1 + 3 * 2)          # 280
   assert len(sweeps.expand_grid(mini_rotten_tomatoes.sweep())) == 10 * 2 * 3         # 60
+  assert len(sweeps.expand_grid(compacter_glue.sweep())) == 8 * (1 + 4 * 3)          # 104
+  assert len(sweeps.expand_grid(lora_e2e.sweep())) == 2 * 3                          # GPT-2 M, L
   rte = sweeps.expand_grid(houlsby_glue.sweep(), {'task': 'rte', 'method': 'houlsby',
                                                   'method_options.size': 64})
   assert len(rte) == 3 * 2 * 5
@@ -341,3 +349,27 @@ def test_a_run_that_reads_a_failed_run_is_not_started(tmp_path):
   assert sorted(outcome.failed.values()) == [3, 3]
   assert outcome.blocked == {fusion.name: fusion.after[0]}
   assert not os.path.exists(fusion.workdir)  # never started
+
+
+def test_compacter_grid_has_the_authors_settings(tmp_path):
+  from experiments.config_flag import check_method_options
+
+  runs = _plan('compacter_glue.py', tmp_path, check=check_method_options)
+  configs = {(r.config['task'], r.config['method'],
+              r.config['method_options'].get('reduction_factor')): r.config for r in runs}
+  assert len(configs) == len(runs) == 104
+  # Written out from the authors' configs and scripts: MRPC is a 20-epoch task, 3,668 examples
+  # in batches of 100 -> 36 steps per epoch, 720 steps, 500 of them warmup.
+  mrpc = configs[('mrpc', 'houlsby', 16)]
+  assert (mrpc['learning_rate'], mrpc['num_epochs'], mrpc['batch_size']) == (3e-4, 20, 100)
+  assert mrpc['warmup_ratio'] == pytest.approx(500 / 720) and mrpc['eval_every_steps'] == 36
+  assert mrpc['method_options'] == {'activation': 'gelu_tanh', 'size': None, 'reduction_factor': 16}
+  # RTE is not among the scripts' 20-epoch tasks: 3 epochs of 24 steps, warmup all of them.
+  rte = configs[('rte', 'compacter', 8)]
+  assert (rte['learning_rate'], rte['num_epochs'], rte['warmup_ratio']) == (3e-3, 3, 1.0)
+  mnli = configs[('mnli', 'compacter++', 32)]
+  assert mnli['warmup_ratio'] == pytest.approx(500 / (3 * 3917))
+  for config in configs.values():
+    assert config['task_kind'] == 'seq2seq' and config['split_scheme'] == 'validation_as_test'
+    assert config['model'] == 'google-t5/t5-base' and config['max_length'] == 128
+  assert {m for _, m, _ in configs} == {'full', 'houlsby', 'pfeiffer', 'compacter', 'compacter++'}

@@ -18,6 +18,7 @@ package does not import TensorFlow.
 
 from adapters_jax.data.batching import (
     Batch,
+    BatchSource,
     DataPosition,
     TrainBatches,
     bucket_length,
@@ -38,7 +39,9 @@ from adapters_jax.data.metrics import (
     pearson,
     spearman,
 )
+from adapters_jax.data.resplit import resplit
 from adapters_jax.data.rotten_tomatoes import load_rotten_tomatoes
+from adapters_jax.data.sequences import Ragged, SequenceDataset
 from adapters_jax.data.tasks import (
     GLUE_TASK_NAMES,
     NO_LABEL,
@@ -64,10 +67,13 @@ __all__ = [
     'NO_LABEL',
     'BadRowError',
     'Batch',
+    'BatchSource',
     'DataPosition',
     'EncodedDataset',
     'Example',
     'LocalTaskConfig',
+    'Ragged',
+    'SequenceDataset',
     'Task',
     'TaskSpec',
     'TrainBatches',
@@ -90,6 +96,7 @@ __all__ = [
     'num_eval_batches',
     'pad_batch',
     'pearson',
+    'resplit',
     'spearman',
     'task_names',
 ]

@@ -1,11 +1,15 @@
 """Fixed-shape numpy batches for a jitted loop: length buckets, deterministic resumable training
 order, multi-host shards, and padded evaluation passes.
 
-Every batch is a dict of numpy arrays (B = per-host batch size, L = the batch's length bucket):
+Batching works on any `BatchSource`: a dataset that knows its examples' lengths and pads a batch
+of them (`EncodedDataset` for classification and regression, `SequenceDataset` for token
+sequences of any task kind). Every batch is a dict of numpy arrays whose keys are the dataset's
+(B = per-host batch size, L = the batch's length bucket); `EncodedDataset` gives
   input_ids       int32 [B, L]   padded with the tokenizer's pad id
   attention_mask  int32 [B, L]   1 on real tokens
   token_type_ids  int32 [B, L]   0 on padding
   labels          int32 [B] (float32 [B] for regression)
+and every dataset gives
   example_mask    float32 [B]    1 for real examples, 0 for eval padding rows
 
 Shapes: L is the smallest bucket >= the longest example of the *global* batch, so all hosts pad
@@ -30,38 +34,34 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from adapters_jax.data.encoding import EncodedDataset
+from adapters_jax.data.buckets import bucket_length, length_buckets  # noqa: F401 (public names)
+from adapters_jax.data.encoding import pad_batch  # noqa: F401 (public name)
 
 Batch = dict[str, np.ndarray]
-_Step = tuple[Batch, 'DataPosition']
 
 
-def length_buckets(max_length: int, min_length: int = 16) -> tuple[int, ...]:
-  """Powers of two from `min_length` below `max_length`, then `max_length` itself.
+class BatchSource(Protocol):
+  """A dataset batching can shuffle, sort by length and pad.
 
-  E.g. length_buckets(128) == (16, 32, 64, 128); length_buckets(100) == (16, 32, 64, 100).
+  Attributes:
+    lengths: int [N], what length sorting and the buckets go by (e.g. the input's tokens).
+    max_length: no example's `lengths` entry is longer.
   """
-  if max_length < 1:
-    raise ValueError(f'max_length must be positive, got {max_length}.')
-  buckets = []
-  size = min_length
-  while size < max_length:
-    buckets.append(size)
-    size *= 2
-  buckets.append(max_length)
-  return tuple(buckets)
 
+  lengths: np.ndarray
+  max_length: int
 
-def bucket_length(length: int, buckets: Sequence[int]) -> int:
-  """The smallest bucket >= length."""
-  for size in buckets:
-    if size >= length:
-      return int(size)
-  raise ValueError(f'Length {length} exceeds the largest bucket {max(buckets)}; encode with '
-                   'max_length <= the largest bucket.')
+  def __len__(self) -> int: ...
+
+  def batch(self, indices: np.ndarray, shape_indices: np.ndarray, buckets: Sequence[int],
+            example_mask: np.ndarray | None = None) -> Batch:
+    """Rows `indices` padded to the buckets of the longest of `shape_indices` (the global batch)."""
+    ...
+_Step = tuple[Batch, 'DataPosition']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,40 +80,6 @@ class DataPosition:
     return cls(epoch=int(d['epoch']), batch=int(d['batch']))
 
 
-def pad_batch(data: EncodedDataset, indices: np.ndarray, seq_len: int,
-              example_mask: np.ndarray | None = None) -> Batch:
-  """Gathers `indices` from `data` into one batch padded to `seq_len`.
-
-  Args:
-    data: the encoded dataset.
-    indices: int [B] example indices.
-    seq_len: L, at least the longest selected example.
-    example_mask: float32 [B]; None means all ones.
-
-  Returns:
-    The batch dict described in the module docstring.
-  """
-  indices = np.asarray(indices, np.int64)
-  lengths = data.lengths[indices]  # [B]
-  if len(indices) and lengths.max() > seq_len:
-    raise ValueError(f'An example has {lengths.max()} tokens, more than seq_len={seq_len}.')
-  positions = np.arange(seq_len)[None, :]  # [1, L]
-  valid = positions < lengths[:, None]  # [B, L]
-  flat = data.offsets[indices][:, None] + positions  # [B, L]
-  flat = np.minimum(flat, max(len(data.token_ids) - 1, 0))
-  input_ids = np.where(valid, data.token_ids[flat], data.pad_id).astype(np.int32)
-  token_type_ids = np.where(valid, data.type_ids[flat], 0).astype(np.int32)
-  if example_mask is None:
-    example_mask = np.ones(len(indices), np.float32)
-  return {
-      'input_ids': input_ids,
-      'attention_mask': valid.astype(np.int32),
-      'token_type_ids': token_type_ids,
-      'labels': data.labels[indices],
-      'example_mask': np.asarray(example_mask, np.float32),
-  }
-
-
 def _host_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} must lie in [0, process_count='
@@ -125,7 +91,7 @@ def _host_slice(global_batch_size: int, process_index: int, process_count: int) 
   return slice(process_index * per_host, (process_index + 1) * per_host)
 
 
-def _check_buckets(data: EncodedDataset, buckets: Sequence[int] | None) -> tuple[int, ...]:
+def _check_buckets(data: BatchSource, buckets: Sequence[int] | None) -> tuple[int, ...]:
   if buckets is None:
     return length_buckets(data.max_length)
   buckets = tuple(sorted(int(b) for b in buckets))
@@ -145,11 +111,11 @@ class TrainBatches:
     buckets: the sequence lengths batches are padded to.
   """
 
-  def __init__(self, data: EncodedDataset, global_batch_size: int, seed: int, *,
+  def __init__(self, data: BatchSource, global_batch_size: int, seed: int, *,
                buckets: Sequence[int] | None = None, process_index: int = 0,
                process_count: int = 1, sort_window: int = 0):
     """Args:
-      data: the encoded training split.
+      data: the encoded training split (a `BatchSource`).
       global_batch_size: examples per step across all hosts.
       seed: shuffle seed; the order of epoch e depends only on (seed, e).
       buckets: allowed padded lengths; None: `length_buckets(data.max_length)`.
@@ -194,8 +160,7 @@ class TrainBatches:
     return table
 
   def _make(self, global_indices: np.ndarray) -> Batch:
-    seq_len = bucket_length(int(self._lengths[global_indices].max()), self.buckets)
-    return pad_batch(self.data, global_indices[self._slice], seq_len)
+    return self.data.batch(global_indices[self._slice], global_indices, self.buckets)
 
   def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
     """This host's batches of `epoch`, from batch index `start` (same as skipping `start`)."""
@@ -225,7 +190,7 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
   return -(-num_examples // global_batch_size)
 
 
-def eval_batches(data: EncodedDataset, global_batch_size: int, *,
+def eval_batches(data: BatchSource, global_batch_size: int, *,
                  buckets: Sequence[int] | None = None, process_index: int = 0,
                  process_count: int = 1) -> Iterator[Batch]:
   """One pass over `data` in order, every example exactly once, all batches full-size.
@@ -247,11 +212,9 @@ def eval_batches(data: EncodedDataset, global_batch_size: int, *,
   buckets = _check_buckets(data, buckets)
   host = _host_slice(global_batch_size, process_index, process_count)
   n = len(data)
-  lengths = data.lengths
   for start in range(0, n, global_batch_size):
     real = np.arange(start, min(start + global_batch_size, n))
     pad = global_batch_size - len(real)
     indices = np.concatenate([real, np.full(pad, n - 1, np.int64)])
     mask = np.concatenate([np.ones(len(real), np.float32), np.zeros(pad, np.float32)])
-    seq_len = bucket_length(int(lengths[real].max()), buckets)
-    yield pad_batch(data, indices[host], seq_len, mask[host])
+    yield data.batch(indices[host], real, buckets, mask[host])

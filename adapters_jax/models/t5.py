@@ -259,10 +259,14 @@ class T5ForConditionalGeneration(nn.Module):
                              decoder_attention_mask, deterministic)
     return self._logits(hidden)
 
-  def decode_step(self, token_ids, position, cache, encoder_hidden, attention_mask):
+  def decode_step(self, token_ids, position, cache, encoder_hidden, attention_mask,
+                  deterministic: bool = True):
     """One cached step: `token_ids` [batch, q_len] at positions `position ..` -> `(logits [batch,
     q_len, vocab] float32, cache)`. The first step (cache without `CROSS_CACHE`) also computes
-    and returns the cross-attention keys/values of `encoder_hidden`."""
+    and returns the cross-attention keys/values of `encoder_hidden`. Decoding is inference:
+    `deterministic` (taken so every method has the same calling convention) must be True."""
+    if not deterministic:
+      raise ValueError('decode_step runs without dropout; call it with deterministic=True.')
     token_ids = jnp.asarray(token_ids, jnp.int32)
     position = jnp.asarray(position, jnp.int32)
     hidden, cache = self.decoder(self.shared(token_ids), encoder_hidden, attention_mask, None,

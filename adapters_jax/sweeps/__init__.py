@@ -19,7 +19,14 @@ Example:
   print_commands(runs)
 """
 
-from adapters_jax.sweeps.dry_run import PROGRAM_FIELDS, DryRunOutcome, dry_run, representatives
+from adapters_jax.sweeps.dry_run import (
+  PROGRAM_FIELDS,
+  STAND_IN_T5,
+  DryRunOutcome,
+  dry_run,
+  representatives,
+  stand_in_model,
+)
 from adapters_jax.sweeps.grid import (
   SWEEP_DIR,
   expand_grid,
@@ -54,8 +61,8 @@ from adapters_jax.sweeps.plan import (
 
 __all__ = [
     'CONFIG_FILE', 'Devices', 'DryRunOutcome', 'LOG_FILE', 'LocalOutcome', 'PROGRAM_FIELDS',
-    'RESULT_FILE', 'RUNS_FILE', 'Run', 'SWEEP_DIR', 'count_gpus', 'detect_devices', 'dry_run',
+    'RESULT_FILE', 'RUNS_FILE', 'Run', 'STAND_IN_T5', 'SWEEP_DIR', 'count_gpus', 'detect_devices', 'dry_run',
     'expand_grid', 'flag_text', 'matches', 'plan', 'print_commands', 'product', 'references',
     'representatives', 'resolved_config', 'run_dir', 'run_local', 'run_name', 'slots',
-    'slurm_script', 'sweep_values', 'train_command', 'waves', 'write_plan',
+    'slurm_script', 'stand_in_model', 'sweep_values', 'train_command', 'waves', 'write_plan',
 ]

@@ -6,7 +6,9 @@ in learning rate, seed, epochs, batch size or schedule) share one dry run. Each 
 shrinking it (`experiments.configs.common.DRY_RUN`: a stand-in model, one step, a few examples),
 so a wrong option name, a task that does not load or a method that does not splice shows up in
 seconds instead of hours into a cluster job. Runs that read other runs (fusion) go after them and
-read their dry-run checkpoints.
+read their dry-run checkpoints. Tables of T5 runs need a T5 stand-in:
+`stand_in_model(STAND_IN_T5, directory)` writes a small random one (`models.t5_random`) with the
+packaged MiniLM tokenizer, wide enough for Compacter's reduction factors 8-32 with n = 4.
 
 Example:
   runs = plan(config_path, '/tmp/dry', last=[('model', 'minilm-l6'), ('num_train_steps', '1')])
@@ -28,11 +30,17 @@ from adapters_jax.sweeps.plan import Run
 
 # Fields that change what is built (the model, its head, the adapter, the data); two runs equal on
 # these build the same program.
-PROGRAM_FIELDS = ('model', 'model_overrides', 'dtype', 'remat', 'scan_layers', 'task',
-                  'local_task', 'data_dir', 'method', 'method_options', 'adapter_drop_layers',
-                  'adapter_name', 'train_head')
+PROGRAM_FIELDS = ('model', 'model_overrides', 'dtype', 'remat', 'scan_layers', 'task', 'task_kind',
+                  'local_task', 'split_scheme', 'data_dir', 'method', 'method_options',
+                  'adapter_drop_layers', 'adapter_name', 'train_head')
 
 _MESSAGE_CHARS = 600  # of an error in the log line
+
+STAND_IN_T5 = 'random-t5'  # the name that asks `stand_in_model` for a random T5
+# d_model 128: 128 / 32 = 4 is still a multiple of Compacter's n = 4.
+STAND_IN_T5_FIELDS = dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2,
+                          num_heads=4, dropout_rate=0.0, feed_forward_proj='relu',
+                          tie_word_embeddings=True)
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
 
@@ -45,6 +53,18 @@ class DryRunOutcome:
   passed: dict[str, int] = dataclasses.field(default_factory=dict)
   failed: dict[str, str] = dataclasses.field(default_factory=dict)
   blocked: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def stand_in_model(name: str, directory: str) -> str:
+  """The dry run's model: `name` itself, or for `STAND_IN_T5` a random T5 written to `directory`."""
+  if name != STAND_IN_T5:
+    return name
+  # Lazily: planning a sweep does not load JAX.
+  from adapters_jax.models import resolve_checkpoint_dir
+  from adapters_jax.models.t5_random import write_random_t5
+
+  return str(write_random_t5(directory, tokenizer_dir=resolve_checkpoint_dir('minilm-l6'),
+                             **STAND_IN_T5_FIELDS))
 
 
 def program_key(run: Run) -> str:

@@ -31,7 +31,7 @@ def make_eval_step(task_kind: TaskKind, forward) -> Callable:
 
 
 def evaluate(task_kind: TaskKind, eval_step: Callable, train_params: Params, frozen: Params,
-             dataset: data.EncodedDataset, batch_size: int, mesh,
+             dataset: data.BatchSource, batch_size: int, mesh,
              on_batch: Callable[[int], None] = lambda n: None) -> dict[str, float]:
   """The task kind's metrics of the model on one encoded split.
 

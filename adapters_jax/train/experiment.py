@@ -1,4 +1,8 @@
-"""From a config to a model ready to train or predict: base model, task head, spliced adapter, mask.
+"""From a config to a model ready to train or predict: task kind, base model, spliced adapter, mask.
+
+The run's task kind (`train.kinds`: from the model's family or `config.task_kind`) says how the
+base model loads (with a classification head, or with its LM head) and which call discovers the
+splice sites; the rest is the same for every kind.
 
 Shared by the training loop and the prediction entry point, so both build exactly the same tree.
 
@@ -22,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
@@ -46,7 +49,8 @@ from adapters_jax.fusion import (
 from adapters_jax.methods import PRESETS, adapter_drop, get_method
 from adapters_jax.sites import HEAD_PARAMS
 from adapters_jax.splice import Spliced, add_adapter, is_adapter_path
-from adapters_jax.train.tasks import TaskKind, task_kind_for
+from adapters_jax.train.kinds import kind_factory, model_type_of
+from adapters_jax.train.tasks import TaskKind
 from adapters_jax.tree import Params
 
 BASELINE_METHODS = ('full', 'head')
@@ -85,7 +89,7 @@ class Experiment:
   adapter_name: str | None
   regularizer: Callable[[Params], jax.Array] | None = None
   result_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
-  report: Callable[[Params, data.EncodedDataset, str], dict[str, Any]] | None = None
+  report: Callable[[Params, data.BatchSource, str], dict[str, Any]] | None = None
 
   def forward(self, params: Params, *args: Any, rng: jax.Array | None = None, **kwargs: Any) -> Any:
     """The spliced model with the run's adapter active; dropout on when `rng` is a key."""
@@ -100,9 +104,10 @@ class Experiment:
 
   def logits(self, params: Params, batch: dict[str, jax.Array], *, deterministic: bool,
              rng: jax.Array | None = None) -> jax.Array:
-    """Classification/regression head output for a batch: [B, num_labels] ([B, 1] regression)."""
-    return self.forward(params, batch['input_ids'], batch['attention_mask'],
-                        batch['token_type_ids'], rng=None if deterministic else rng)
+    """The model's output on a batch (classification/regression: the head's [B, num_labels],
+    [B, 1] for regression)."""
+    return self.forward(params, *self.task_kind.model_inputs(batch),
+                        rng=None if deterministic else rng)
 
   def save_best(self, directory: str, params: Params, extra: dict[str, Any]) -> str:
     """Writes the trained leaves of `params` as an adapter-only checkpoint."""
@@ -135,12 +140,6 @@ def trainable_rules(config: ml_collections.ConfigDict, spliced: Spliced,
   return trainable.adapter_rules([spliced.adapter(adapter_name)], train_head=config.train_head)
 
 
-def _sample_call() -> tuple[tuple[jax.Array, ...], dict[str, Any]]:
-  """One host call's arguments, for the shapes of a splice."""
-  sample = jnp.ones((2, 16), jnp.int32)  # [batch, seq]
-  return (sample, sample, jnp.zeros_like(sample)), {'deterministic': True}
-
-
 def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> Experiment:
   """Loads the base model with a head for `spec` and splices the configured adapter into it."""
   if config.method not in METHODS:
@@ -151,12 +150,14 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
   if config.init_adapter_from and config.method in BASELINE_METHODS + (FUSION_METHOD,):
     raise ValueError(f'init_adapter_from={config.init_adapter_from!r} initialises an adapter; '
                      f'method {config.method!r} has none to initialise.')
+  factory = kind_factory(spec, model_type_of(config.model), config.task_kind)
   pretrained = models.load_pretrained(
-      config.model, head='classification', num_labels=spec.num_labels, dtype=config.dtype,
-      remat=config.remat, scan_layers=config.scan_layers, seed=config.seed,
+      config.model, **factory.load_arguments(spec), dtype=config.dtype, remat=config.remat,
+      scan_layers=config.scan_layers, seed=config.seed,
       config_overrides=dict(config.model_overrides))
+  task_kind = factory.create(spec, pretrained, config)
   if config.method == FUSION_METHOD:
-    return _build_fusion(config, spec, pretrained)
+    return _build_fusion(config, spec, pretrained, task_kind)
   params = pretrained.params
   spliced = Spliced(pretrained.model)
   adapter_name = None
@@ -164,13 +165,13 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
     adapter_name = config.adapter_name or spec.name
     method = adapter_drop(get_method(config.method, **dict(config.method_options)),
                           config.adapter_drop_layers)
-    args, kwargs = _sample_call()
+    args, kwargs = task_kind.sample_call()
     spliced, params = add_adapter(spliced, params, adapter_name, method,
                                   jax.random.PRNGKey(config.seed + 1), *args, **kwargs)
     if config.init_adapter_from:
       params = init_adapter_from(config.init_adapter_from, spliced, params, adapter_name)
   mask = trainable.make_mask(params, trainable_rules(config, spliced, adapter_name))
-  return Experiment(config=config, pretrained=pretrained, spec=spec, task_kind=task_kind_for(spec),
+  return Experiment(config=config, pretrained=pretrained, spec=spec, task_kind=task_kind,
                     spliced=spliced, params=params, mask=mask, adapter_name=adapter_name)
 
 
@@ -220,7 +221,7 @@ def _rename_adapter(path: str, old: str, new: str) -> str:
 
 
 def _build_fusion(config: ml_collections.ConfigDict, spec: data.TaskSpec,
-                  pretrained: models.Pretrained) -> Experiment:
+                  pretrained: models.Pretrained, task_kind: TaskKind) -> Experiment:
   """The frozen adapters of `method_options.adapter_dirs` (heads dropped), a new fusion over them
   and the base's fresh head; the fusion layers and the head train."""
   options = config.method_options
@@ -235,7 +236,7 @@ def _build_fusion(config: ml_collections.ConfigDict, spec: data.TaskSpec,
   if missing:
     raise ValueError(f'config.method_options.adapter_dirs: no checkpoint at {missing}; train those '
                      'adapters first (experiments.train) or fix the paths.')
-  args, kwargs = _sample_call()
+  args, kwargs = task_kind.sample_call()
   spliced, params, restored = restore_adapters(list(options.adapter_dirs), pretrained.model,
                                                pretrained.params, *args, **kwargs)
   names = tuple(restored)
@@ -251,7 +252,7 @@ def _build_fusion(config: ml_collections.ConfigDict, spec: data.TaskSpec,
     return fusion_regularization(spliced, full_params, name)
 
   experiment = Experiment(config=config, pretrained=pretrained, spec=spec,
-                          task_kind=task_kind_for(spec), spliced=spliced, params=params, mask=mask,
+                          task_kind=task_kind, spliced=spliced, params=params, mask=mask,
                           adapter_name=name, regularizer=regularizer,
                           result_fields={'fused_adapters': list(names)})
   experiment.report = lambda best, dataset, workdir: _attention_report(experiment, best, dataset,
@@ -259,14 +260,14 @@ def _build_fusion(config: ml_collections.ConfigDict, spec: data.TaskSpec,
   return experiment
 
 
-def _attention_report(experiment: Experiment, params: Params, dataset: data.EncodedDataset,
+def _attention_report(experiment: Experiment, params: Params, dataset: data.BatchSource,
                       workdir: str, max_examples: int = 64) -> dict[str, Any]:
   """Mean fusion attention per site over up to `max_examples` validation examples, as a PNG."""
   batch = next(iter(data.eval_batches(dataset.subset(range(min(len(dataset), max_examples))),
                                       max_examples)))
   _, state = experiment.spliced.apply(
-      params, batch['input_ids'], batch['attention_mask'], batch['token_type_ids'],
-      deterministic=True, active=experiment.adapter_name, mutable=['intermediates'])
+      params, *experiment.task_kind.model_inputs(batch), deterministic=True,
+      active=experiment.adapter_name, mutable=['intermediates'])
   attentions = fusion_attentions(state['intermediates'], experiment.adapter_name)
   mask = batch['attention_mask'] * batch['example_mask'][:, None]  # [B, L]
   path = plot_fusion_attention(attentions, os.path.join(workdir, ATTENTION_PLOT),

@@ -41,6 +41,7 @@ from adapters_jax.train.metrics_log import MetricsLog
 from adapters_jax.train.progress import Progress
 from adapters_jax.train.run_files import CONFIG_FILE, RESULT_FILE  # noqa: F401 (public names)
 from adapters_jax.train.step import create_train_state, train_step
+from adapters_jax.train.tasks import TaskKind
 
 BEST_DIR = 'best'
 CHECKPOINT_DIR = 'checkpoints'
@@ -59,9 +60,10 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.
   ], [max(warmup, 1)])
 
 
-def encode_splits(config: ml_collections.ConfigDict, task: data.Task,
-                  tokenizer) -> dict[str, data.EncodedDataset]:
-  """Tokenises every split; `max_train_examples`/`max_eval_examples` > 0 take fixed subsets."""
+def encode_splits(config: ml_collections.ConfigDict, task: data.Task, tokenizer,
+                  task_kind: TaskKind) -> dict[str, data.BatchSource]:
+  """Every split as the task kind's dataset; `max_train_examples`/`max_eval_examples` > 0 take
+  fixed subsets."""
   encoded = {}
   for split in task.spec.splits:
     if split not in task.splits:
@@ -72,7 +74,7 @@ def encode_splits(config: ml_collections.ConfigDict, task: data.Task,
       # The same subset for every seed and method: a fixed permutation, independent of config.seed.
       keep = np.sort(np.random.default_rng(1234).permutation(len(examples))[:limit])
       examples = [examples[i] for i in keep]
-    encoded[split] = data.encode(examples, tokenizer, config.max_length)
+    encoded[split] = task_kind.encode(examples, tokenizer, config.max_length)
   return encoded
 
 
@@ -134,11 +136,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _say(f'{workdir} holds a finished run; its result is unchanged.')
     return finished
 
-  task = data.load_task(task_source(config), data_dir=config.data_dir or None)
+  task = data.resplit(data.load_task(task_source(config), data_dir=config.data_dir or None),
+                     config.split_scheme)
   _check_splits(config, task)
   experiment = build_experiment(config, task.spec)
   spec = experiment.spec
-  encoded = encode_splits(config, task, experiment.pretrained.tokenizer)
+  encoded = encode_splits(config, task, experiment.pretrained.tokenizer, experiment.task_kind)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh)
@@ -260,7 +263,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return result
 
 
-def _final_splits(spec: data.TaskSpec, encoded: dict[str, data.EncodedDataset]) -> list[str]:
+def _final_splits(spec: data.TaskSpec, encoded: dict[str, data.BatchSource]) -> list[str]:
   """The splits evaluated with the best params after training: validation, and labelled test."""
   splits = [s for s in spec.validation_splits if s in encoded]
   if spec.test_has_labels:

@@ -1,31 +1,51 @@
-"""Task kinds: what the training loop needs from a (task, model) pair, behind one interface.
+"""Task kinds: everything task-specific the training loop needs, behind one interface.
 
-The loop shards batches, steps, evaluates, logs and checkpoints; it never looks inside a batch or a
-model output. Everything that depends on what is being learnt lives in a `TaskKind`:
+The loop loads, shards, steps, evaluates, logs, checkpoints and resumes; it never looks inside a
+batch or a model output. Everything that depends on what is being learnt lives in a task kind, in
+two steps:
 
-  * `loss(forward, params, batch, rng)`: the training loss of a batch, model forward included
-    (jitted inside the train step; differentiated with respect to the trainable leaves of `params`);
+Before the model exists, the kind's class (a `TaskKindFactory`) says how to load it:
+  * `load_arguments(spec)`: the keyword arguments of `models.load_pretrained` that give the model
+    call the kind needs (`{'head': 'classification', 'num_labels': 3}`; a sequence-to-sequence or
+    causal-LM kind: `{'head': None}`, the model's own LM head);
+  * `create(spec, pretrained, config)`: the kind, bound to the loaded model (its tokenizer, its
+    config: start/EOS/pad ids, vocabulary) and the run's config.
+
+The kind then owns:
+  * `sample_call()`: `(args, kwargs)` of one host call, whose shapes discover the splice sites
+    (an encoder: `(ids, mask, type_ids)`; T5: `(ids, mask, decoder_ids)`; a decoder: `(ids, mask)`);
+  * `model_inputs(batch)`: the positional arguments of the model call on a batch (what a report
+    that inspects the model, such as AdapterFusion's attention plot, runs);
+  * `encode(examples, tokenizer, max_length)`: a split's `data.Example`s as a dataset that
+    batching can pad (`data.BatchSource`: `data.EncodedDataset` for classification and
+    regression; the generic `data.SequenceDataset` of named token sequences, padded per key to
+    their own length buckets, for generative kinds). Its batch keys are the kind's business, plus
+    `example_mask` (float32 [B], 0 on evaluation padding rows), which every batch has;
+  * `loss(forward, params, batch, rng)`: the scalar training loss of a batch, model forward
+    included (jitted inside the train step; differentiated w.r.t. the trainable leaves);
   * `eval_outputs(forward, params, batch)`: what evaluation keeps of a batch (jitted; every value
-    has a leading batch axis, e.g. logits, generated token ids, per-example summed NLL and token
-    counts); padding rows are dropped later through the batch's `example_mask`, which the loop
-    passes along;
-  * `metrics(outputs)`: the metrics of a whole split on the host, from the concatenated outputs
-    of all its batches (numpy, padding rows already removed).
+    has a leading batch axis: logits, generated token ids, per-example summed NLL and token
+    counts); padding rows are dropped later through `example_mask`;
+  * `metrics(outputs)`: the metrics of a whole split on the host, from the concatenated outputs of
+    all its batches (numpy, padding rows removed); generative kinds decode token ids to strings
+    here (host code, so any tokenizer and any metric library may run).
 
-Batch keys are the task kind's business: the data pipeline that feeds a kind and the kind agree on
-them (classification and regression read `input_ids`, `attention_mask`, `token_type_ids`, `labels`,
-`example_mask`). `forward(params, *args, rng=None, **kwargs)` is the spliced model with the run's
-adapter active: training mode with dropout when `rng` is a key, deterministic when it is None;
-positional and keyword arguments go to the model unchanged (a sequence-to-sequence kind passes
-decoder inputs, a generating kind a `method=`).
+`forward(params, *args, rng=None, **kwargs)` is the spliced model with the run's adapter active:
+training mode with dropout when `rng` is a key, deterministic when it is None; positional and
+keyword arguments go to the model unchanged (`method='encode'` calls another method of the model,
+which is how a generating kind drives a cached decoding loop inside `eval_outputs`).
 
-A sequence-to-sequence kind (teacher-forced cross-entropy; greedy decoding in `eval_outputs`;
-decoded strings mapped back to labels in `metrics`) or a causal-LM kind (prompt masked from the
-loss; perplexity from summed NLL and token counts) implements these three methods and is returned
-by `task_kind_for`; the loop does not change.
+Kinds: `Classification` and `Regression` (here; encoder with a task head), `Seq2Seq`
+(`train.seq2seq`: text-to-text, teacher-forced cross-entropy, greedy decoding, label words parsed
+back). A causal-LM kind (prompt-masked labels in a `SequenceDataset` with a loss-mask sequence;
+generation or summed NLL in `eval_outputs`) is one more factory; `train.kinds` chooses the kind
+of a run from the model's family or `config.task_kind`.
 
 Example:
-  kind = task_kind_for(spec)
+  factory = kinds.kind_factory(spec, model_type='bert', requested='')   # Classification
+  pretrained = models.load_pretrained(path, **factory.load_arguments(spec))
+  kind = factory.create(spec, pretrained, config)
+  train = kind.encode(task['train'], pretrained.tokenizer, max_length=128)
   loss = kind.loss(experiment.forward, params, batch, rng)            # scalar
   outputs = kind.eval_outputs(experiment.forward, params, batch)      # {'logits': [B, K], ...}
   kind.metrics(outputs_of_the_whole_split)                            # {'accuracy': ..., ...}
@@ -34,9 +54,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from adapters_jax import data
@@ -45,6 +68,7 @@ from adapters_jax.tree import Params
 
 Batch = dict[str, jax.Array]
 EXAMPLE_MASK = 'example_mask'  # [batch] 1 for real examples, 0 for padding rows
+SampleCall = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 class Forward(Protocol):
@@ -57,8 +81,21 @@ class Forward(Protocol):
 class TaskKind(Protocol):
   """What the loop needs from a task; see the module docstring."""
 
+  def sample_call(self) -> SampleCall:
+    """`(args, kwargs)` of one host call, for the shapes of a splice."""
+    ...
+
+  def model_inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
+    """Positional arguments of the model call on `batch`."""
+    ...
+
+  def encode(self, examples: Sequence[data.Example], tokenizer, max_length: int
+             ) -> data.BatchSource:
+    """A split's examples as a dataset that batching pads into this kind's batches."""
+    ...
+
   def loss(self, forward: Forward, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
-    """Scalar training loss of `batch` (mean over its real examples)."""
+    """Scalar training loss of `batch` (mean over its real examples or tokens)."""
     ...
 
   def eval_outputs(self, forward: Forward, params: Params, batch: Batch) -> dict[str, jax.Array]:
@@ -70,22 +107,61 @@ class TaskKind(Protocol):
     ...
 
 
-def _encoder_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
-  return batch['input_ids'], batch['attention_mask'], batch['token_type_ids']  # each [B, L]
+class TaskKindFactory(Protocol):
+  """A task kind before the model is loaded; see the module docstring."""
+
+  def load_arguments(self, spec: data.TaskSpec) -> dict[str, Any]:
+    """Keyword arguments of `models.load_pretrained` (`head`, `num_labels`)."""
+    ...
+
+  def create(self, spec: data.TaskSpec, pretrained, config: ml_collections.ConfigDict
+             ) -> TaskKind:
+    """The kind bound to the loaded model (`models.Pretrained`) and the run's config."""
+    ...
+
+
+def encoder_sample_call() -> SampleCall:
+  """An encoder's call `(ids, mask, type_ids)` on a [2, 16] batch."""
+  sample = jnp.ones((2, 16), jnp.int32)  # [batch, seq]
+  return (sample, sample, jnp.zeros_like(sample)), {'deterministic': True}
 
 
 @dataclasses.dataclass(frozen=True)
-class Classification:
-  """Single-label classification: softmax cross-entropy on the head's logits; GLUE-style metrics."""
+class _EncoderKind:
+  """An encoder with a task head on `data.encode`'s batches: `input_ids`, `attention_mask`,
+  `token_type_ids` [B, L], `labels` [B], `example_mask` [B]."""
 
   spec: data.TaskSpec
 
+  @classmethod
+  def load_arguments(cls, spec: data.TaskSpec) -> dict[str, Any]:
+    return {'head': 'classification', 'num_labels': spec.num_labels}
+
+  @classmethod
+  def create(cls, spec: data.TaskSpec, pretrained=None, config=None) -> _EncoderKind:
+    return cls(spec)
+
+  def sample_call(self) -> SampleCall:
+    return encoder_sample_call()
+
+  def model_inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
+    return batch['input_ids'], batch['attention_mask'], batch['token_type_ids']  # each [B, L]
+
+  def encode(self, examples: Sequence[data.Example], tokenizer, max_length: int
+             ) -> data.EncodedDataset:
+    return data.encode(examples, tokenizer, max_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification(_EncoderKind):
+  """Single-label classification: softmax cross-entropy on the head's logits; GLUE-style metrics."""
+
   def loss(self, forward: Forward, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
-    logits = forward(params, *_encoder_inputs(batch), rng=rng)  # [B, num_labels]
+    logits = forward(params, *self.model_inputs(batch), rng=rng)  # [B, num_labels]
     return classification_loss(logits, batch['labels'], batch[EXAMPLE_MASK])
 
   def eval_outputs(self, forward: Forward, params: Params, batch: Batch) -> dict[str, jax.Array]:
-    logits = forward(params, *_encoder_inputs(batch))  # [B, num_labels]
+    logits = forward(params, *self.model_inputs(batch))  # [B, num_labels]
     return {'logits': logits.astype(np.float32), 'labels': batch['labels']}
 
   def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
@@ -93,17 +169,15 @@ class Classification:
 
 
 @dataclasses.dataclass(frozen=True)
-class Regression:
+class Regression(_EncoderKind):
   """Scalar regression (STS-B): squared error on the head's single output; correlations."""
 
-  spec: data.TaskSpec
-
   def loss(self, forward: Forward, params: Params, batch: Batch, rng: jax.Array) -> jax.Array:
-    scores = forward(params, *_encoder_inputs(batch), rng=rng)  # [B, 1]
+    scores = forward(params, *self.model_inputs(batch), rng=rng)  # [B, 1]
     return regression_loss(scores, batch['labels'], batch[EXAMPLE_MASK])
 
   def eval_outputs(self, forward: Forward, params: Params, batch: Batch) -> dict[str, jax.Array]:
-    scores = forward(params, *_encoder_inputs(batch))  # [B, 1]
+    scores = forward(params, *self.model_inputs(batch))  # [B, 1]
     return {'scores': scores[:, 0].astype(np.float32), 'labels': batch['labels']}
 
   def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
@@ -111,5 +185,5 @@ class Regression:
 
 
 def task_kind_for(spec: data.TaskSpec) -> TaskKind:
-  """The task kind that trains and evaluates `spec`."""
+  """The encoder kind (with a task head) that trains and evaluates `spec`."""
   return Regression(spec) if spec.is_regression else Classification(spec)

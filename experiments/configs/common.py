@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Task: a GLUE name (`rte`, `glue/mnli`, ...), `rotten_tomatoes`, `tweet_sentiment`, or `local`.
   config.task = 'rotten_tomatoes'
-  config.data_dir = ''              # tfds data_dir for GLUE ('' = tfds default)
+  config.data_dir = ''              # tfds data_dir for GLUE ('' = tfds default); e2e_nlg/lm_jsonl files
   config.local_task = ml_collections.ConfigDict({
       'name': 'local',
       'paths': ml_collections.ConfigDict(),  # split -> file, e.g. {'train': 'train.csv', ...}
@@ -35,7 +35,19 @@ def base_config() -> ml_collections.ConfigDict:
       'format': '',                # csv, tsv or jsonl; '' = from each file's extension
       'test_has_labels': True,     # False: test files need no label column
   })
+  # '' = the task's own splits; 'validation_as_test' = the original validation split as test and
+  # a new validation split (adapters_jax.data.resplit; Compacter's scheme).
+  config.split_scheme = ''
   config.max_length = 128
+  # Task kind: '' = from the model's family (BERT/RoBERTa: classification or regression, T5:
+  # seq2seq); or one of `adapters_jax.train.kinds.KINDS`.
+  config.task_kind = ''
+  # Causal-LM kind (decoders): label smoothing of the training loss; several examples per row
+  # (perplexity-only tasks); generation tasks: tokens per prompt, greedy (num_beams 1) or beam
+  # search with HF's length penalty and no-repeat n-gram size.
+  config.lm = ml_collections.ConfigDict({'label_smoothing': 0.0, 'pack': False,
+                                         'max_new_tokens': 64, 'num_beams': 1,
+                                         'length_penalty': 1.0, 'no_repeat_ngram_size': 0})
   config.max_train_examples = -1    # > 0: a fixed subset (the same for every seed)
   config.max_eval_examples = -1
 

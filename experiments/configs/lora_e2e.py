@@ -1,0 +1,84 @@
+r"""Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", Table 3, the LoRA rows:
+GPT-2 Medium and Large fine-tuned with LoRA on the E2E NLG challenge, scored on its test set.
+
+Data: the challenge's files (`trainset.csv`, `devset.csv`, `testset_w_refs.csv`, from
+github.com/tuetschek/e2e-dataset) in `--config.data_dir`. Models: the hub's GPT-2 checkpoints
+(`openai-community/gpt2-medium`, `openai-community/gpt2-large`), downloaded on first use.
+
+Commands:
+  python -m experiments.sweep --config=experiments/configs/lora_e2e.py --sweep_dir=sweeps/lora_e2e \
+      --launcher=slurm --config.data_dir=e2e-dataset          # or local / print
+  python -m experiments.report --sweep_dir=sweeps/lora_e2e --config=experiments/configs/lora_e2e.py
+A dry run (every run built and stepped once on a tiny random Llama and the miniature E2E files):
+  python -m experiments.make_random_decoder --out_dir=workdirs/tiny_llama
+  python -m experiments.sweep --config=experiments/configs/lora_e2e.py --sweep_dir=sweeps/lora_e2e_dry \
+      --dry_run --dry_run_model=workdirs/tiny_llama --config.data_dir=experiments/data/mini_e2e
+One run by hand (GPT-2 M, seed 0):
+  python -m experiments.train --config=experiments/configs/lora_e2e.py --workdir=workdirs/e2e_m \
+      --config.data_dir=e2e-dataset --config.seed=0
+
+Recipe, checked against the authors' `examples/NLG/README.md` command lines in
+github.com/microsoft/LoRA: LoRA r=4 on the attention query and value projections, alpha 32, LoRA
+dropout 0.1; AdamW (weight decay 0.01, beta2 0.999), learning rate 2e-4, linear schedule with 500
+warmup steps (0.019 of the 26,289 steps, as `warmup_ratio`), no gradient clipping (`--clip 0.0`);
+batch 8, 5 epochs, label smoothing 0.1, sequence length 512; at inference at most 64 new tokens
+(`--eval_len 64`). Prompt: the MR as `name : X | Type : pub | ...` then ` ||` (the authors'
+data files), completion the reference then the tokenizer's EOS.
+Decoding as the authors' command: beam search with 10 beams, length penalty 0.8, no repeated
+4-gram (`models.beam_search`, equal to transformers' `generate(num_beams=...)`); the paper's
+appendix table gives length penalty 0.9 for E2E, not checked here. Differences: METEOR is not
+computed (no offline METEOR, see `data.text_metrics`), and ROUGE-L comes from rouge-score (the
+challenge's script uses COCO's ROUGE-L), so that column moves slightly. The best checkpoint is
+chosen on validation BLEU, evaluated once per epoch (the authors take the last).
+
+Hardware and time: a GPU; not measured here (no GPU and no network on the machine this was
+written on; the dry run above builds and steps every run on a tiny stand-in). A run is 26,289
+steps of 8 x <=512 tokens plus beam-search decoding (10 beams) of the 547 validation MRs per
+epoch and the 630 test MRs at the end.
+
+Paper numbers (Table 3, E2E test, the paper's +- omitted; BLEU, NIST, METEOR, ROUGE-L, CIDEr):
+  GPT-2 M (LoRA, 0.35M): 70.4, 8.85, 46.8, 71.8, 2.53
+  GPT-2 L (LoRA, 0.77M): 70.4, 8.89, 46.8, 72.0, 2.47
+"""
+
+from adapters_jax.report import Column
+from experiments.configs._glue_table import every, table_config
+
+CONFIG_ARGS = ('', 'smoke', 'model=openai-community/gpt2-large')
+
+MODELS = {'openai-community/gpt2-medium': 'GPT-2 M (LoRA)',
+          'openai-community/gpt2-large': 'GPT-2 L (LoRA)'}
+SEEDS = (0, 1, 2)
+STEPS_PER_EPOCH = 5258  # 42,061 training pairs / 8
+
+TITLE = 'Hu et al. 2021 (LoRA), Table 3, GPT-2 on E2E NLG (test)'
+COLUMNS = (Column('BLEU', 'e2e_nlg', 'bleu'), Column('NIST', 'e2e_nlg', 'nist'),
+           Column('ROUGE-L', 'e2e_nlg', 'rouge_l'), Column('CIDEr', 'e2e_nlg', 'cider'))
+_PAPER_ROWS = {'GPT-2 M (LoRA)': (70.4, 8.85, 71.8, 2.53), 'GPT-2 L (LoRA)': (70.4, 8.89, 72.0, 2.47)}
+PAPER = {(column.name, label): score for label, row in _PAPER_ROWS.items()
+         for column, score in zip(COLUMNS, row, strict=True)}
+PAPER_METEOR = {'GPT-2 M (LoRA)': 46.8, 'GPT-2 L (LoRA)': 46.8}  # not computed here
+PAPER_PARAMS = {'GPT-2 M (LoRA)': '0.35M', 'GPT-2 L (LoRA)': '0.77M'}
+LABELS = tuple(MODELS.values())
+REPORT_NOTES = ('METEOR (paper: 46.8 for both models) is not computed offline; ROUGE-L comes from '
+                'rouge-score, not the challenge\'s COCO script.')
+
+
+def get_config(arg: str = ''):
+  return table_config(
+      arg, model='openai-community/gpt2-medium', task='e2e_nlg', data_dir='e2e-dataset',
+      method='lora', method_options={'rank': 4, 'alpha': 32.0, 'dropout': 0.1},
+      lm={'label_smoothing': 0.1, 'pack': False, 'max_new_tokens': 64, 'num_beams': 10,
+          'length_penalty': 0.8, 'no_repeat_ngram_size': 4},
+      max_length=512, batch_size=8, eval_batch_size=16, learning_rate=2e-4, num_epochs=5.0,
+      warmup_ratio=500 / (5 * STEPS_PER_EPOCH), weight_decay=0.01, clip_norm=0.0,
+      select_metric='bleu', **every(STEPS_PER_EPOCH))
+
+
+def method_label(config: dict) -> str:
+  return MODELS.get(config['model'], config['model'])
+
+
+def sweep():
+  """2 models x 3 seeds."""
+  return [{'model': model, 'seed': seed} for model in MODELS for seed in SEEDS]
