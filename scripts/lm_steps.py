@@ -26,7 +26,7 @@ from adapters_jax import splice, trainable
 from adapters_jax.methods import get_method
 from adapters_jax.models import DecoderConfig, DecoderLM, T5Config, T5ForConditionalGeneration
 from adapters_jax.models.t5 import shift_right
-from adapters_jax.train import partitioning
+from adapters_jax.train import partitioning, sharding
 from adapters_jax.train.step import create_train_state, train_step
 
 ADAPTER_NAME = 'bench'
@@ -114,11 +114,9 @@ def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank
   else:
     state_sh = partitioning.state_shardings(state, rules, mesh)
     frozen_sh = partitioning.tree_shardings(frozen, rules, mesh)
-    batch_sh = {k: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
-        partitioning.DATA_AXIS)) for k in host_batch}
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sh = {k: sharding.batch_sharding(mesh) for k in host_batch}
     step = jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh),
-                   out_shardings=(state_sh, replicated), donate_argnums=(0,))
+                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     state = jax.device_put(state, state_sh)
     if abstract:
       frozen = partitioning.abstract(frozen, frozen_sh)

@@ -17,6 +17,7 @@ import optax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 
+from adapters_jax import trainable
 from adapters_jax.train import partitioning, sharding
 from adapters_jax.train.step import create_train_state
 
@@ -134,6 +135,20 @@ def test_largest_divisible_dim_or_replicated():
   assert partitioning.leaf_spec('w', (32, 6), rules, MESH) == PartitionSpec('data', None)
   assert partitioning.leaf_spec('w', (6, 3), rules, MESH) == PartitionSpec()  # 4 divides none
   assert partitioning.leaf_spec('count', (), rules, MESH) == PartitionSpec()
+
+
+def test_optimizer_moments_follow_their_param_and_counters_are_replicated():
+  state = create_train_state({'a': {'kernel': jnp.zeros((8, 4)), 'bias': jnp.zeros(4)}},
+                             trainable.adamw(1e-3), jax.random.key(0))
+  rules = [(r'.*/kernel', PartitionSpec('data', None)), (r'.*', PartitionSpec())]
+  specs = {partitioning.path_of(k): s.spec for k, s in
+           jax.tree_util.tree_leaves_with_path(partitioning.state_shardings(state, rules, MESH))}
+  assert specs['params/a/kernel'] == PartitionSpec('data', None)
+  moments = {p: s for p, s in specs.items() if p.endswith('/a/kernel') and 'opt_state' in p}
+  assert len(moments) == 2  # AdamW's mu and nu
+  assert all(s == PartitionSpec('data', None) for s in moments.values())
+  assert all(s == PartitionSpec() for p, s in specs.items() if p.endswith('count'))
+  assert specs['step'] == specs['rng'] == PartitionSpec()
 
 
 def test_a_dim_the_axis_does_not_divide_names_the_leaf_and_the_fix():
