@@ -169,6 +169,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     resume_step = int(jax.device_get(state.step))
     _say(f'Resuming from step {resume_step} in {checkpoints.directory}')
   step_fn, eval_step = make_step_fns(experiment, tx)
+  step_fn = placement.pin_train_step(step_fn, state, frozen)
 
   select_metric = config.select_metric or spec.primary_metric
   validation_split = spec.validation_splits[0]

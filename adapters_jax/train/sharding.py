@@ -10,6 +10,7 @@ The training loop places everything through one `Placement`:
 
     placement = Placement.from_config(config)
     state, frozen = placement.place(state, frozen)
+    step = placement.pin_train_step(step, state, frozen)
     state, metrics = step(state, frozen, shard_batch(batch, placement.mesh))
 """
 
@@ -94,6 +95,17 @@ class Placement:
     frozen = partitioning.cast_floating(frozen, self.frozen_dtype)
     state = jax.device_put(state, partitioning.state_shardings(state, self.rules, self.mesh))
     return state, jax.device_put(frozen, self.param_shardings(frozen))
+
+  def pin_train_step(self, step_fn: Any, state: Any, frozen: Any) -> Any:
+    """`step_fn(state, frozen, batch) -> (state, metrics)` jitted with the placed `state`'s and
+    `frozen`'s shardings on its inputs and outputs, the batch split over `data`, metrics
+    replicated, the state donated. Left free, XLA picks other output shardings (e.g. splits
+    replicated optimizer moments) and the second step compiles again."""
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+    return jax.jit(step_fn, donate_argnums=(0,),
+                   in_shardings=(state_shardings, frozen_shardings, batch_sharding(self.mesh)),
+                   out_shardings=(state_shardings, replicated(self.mesh)))
 
   def param_shardings(self, params: Any) -> Any:
     return partitioning.tree_shardings(params, self.rules, self.mesh)

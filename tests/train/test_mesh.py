@@ -34,12 +34,13 @@ for n, strategy in ((1, 'data'), (8, 'data'), ('8_fsdp', 'fsdp')):
   train_params, frozen = trainable.split(experiment.params, experiment.mask)
   state = create_train_state(train_params, tx, jax.random.PRNGKey(0))
   state, frozen = placement.place(state, frozen)
-  step_fn, _ = loop.make_step_fns(experiment, tx)
+  step_fn = placement.pin_train_step(loop.make_step_fns(experiment, tx)[0], state, frozen)
   out = []
   for batch in batches:
     state, metrics = step_fn(state, frozen, sharding.shard_batch(batch, mesh))
     out.append(float(metrics['loss']))
   losses[n] = out
+  losses[f'{n}_compiles'] = step_fn._cache_size()
   leaf = jax.tree.leaves(state.params)[0]
   losses[f'{n}_devices'] = len(leaf.sharding.device_set)
   kernel = next(v for k, v in traverse_util.flatten_dict(frozen, sep='/').items()
@@ -58,6 +59,8 @@ def test_eight_devices_give_the_same_loss_as_one(tiny_bert_dir):
   losses = json.loads(proc.stdout.strip().splitlines()[-1])
   assert losses['1_devices'] == 1 and losses['8_devices'] == 8
   assert losses['8_fsdp_devices'] == 8
+  # The state keeps its placement step after step: one compile per run.
+  assert [losses[f'{n}_compiles'] for n in ('1', '8', '8_fsdp')] == [1, 1, 1]
   # FFN kernel [hidden 32, intermediate 64]: whole under data parallelism, 1/8 of its largest
   # dim per device under FSDP.
   full = losses['1_kernel_shard']
