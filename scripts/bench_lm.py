@@ -135,9 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     worker = [sys.executable, os.path.abspath(__file__), '--worker', model, '--batch',
               str(args.batch), '--seq', str(args.seq), '--target_seq', str(args.target_seq),
               '--steps', str(args.steps), '--warmup', str(args.warmup)]
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
       rounds.append(bench._run_json(worker))
       anchors.append(run_anchor(model, methods, args))
+      print(json.dumps({'model': model, 'round': i, 'ours': rounds[-1], 'anchor': anchors[-1]}),
+            file=sys.stderr, flush=True)  # progress: each round as it ends
     table = bench.summarise(rounds, anchors, args.batch, {})
     for method, row in table.items():
       row['anchor_trainable_params'] = anchors[0][method]['trainable']
