@@ -1,4 +1,4 @@
-"""PyTorch anchors: train-step throughput of the PyTorch adapter libraries on the same shapes as ours.
+r"""PyTorch anchors: train-step throughput of the PyTorch adapter libraries on the same shapes as ours.
 
 Measures examples/s of one optimizer step (forward + backward + AdamW) of a BERT encoder with a
 classification head, random init, fixed shapes, for: full fine-tuning; Houlsby adapters
@@ -7,10 +7,22 @@ google-research/adapter-bert); Pfeiffer (`seq_bn`: after the FFN, reduction 16, 
 alpha=16 on query/value (`peft`, head trained). Prints one line per method, then the results as
 one JSON line (what `scripts/bench.py --anchors` reads).
 
+`--model t5-small` times the same on transformers' `T5ForConditionalGeneration` of t5-small's
+shape (seq2seq teacher forcing: `labels` of `--target_seq` tokens): Houlsby (`double_seq_bn`
+with `cross_adapter=True`, the papers' placement our preset uses: after self-attention,
+cross-attention and the FFN; layer norms trained), Pfeiffer, LoRA on q/v (self- and
+cross-attention), no head. `--model llama-small` times `peft` LoRA (r=8, alpha=16, q_proj/v_proj)
+on `LlamaForCausalLM` (hidden 512, 8 layers, 8 heads, 2 key/value heads, FFN 1408, vocab 32000),
+next-token loss on the input. Weights random, dropout as the configs (T5 0.1, Llama none).
+
 Runs in its own virtual environment (torch, adapters, peft), built by `scripts/setup_anchor.sh`;
 the test suite does not need it.
 
     .anchor-venv/bin/python scripts/anchor_torch.py --model minilm --batch 8 --seq 128 --steps 10
+    .anchor-venv/bin/python scripts/anchor_torch.py --model t5-small --batch 8 --seq 128 \
+        --target_seq 32 --methods houlsby,pfeiffer,lora
+    .anchor-venv/bin/python scripts/anchor_torch.py --model llama-small --batch 8 --seq 128 \
+        --methods lora
 """
 
 import argparse
@@ -18,7 +30,14 @@ import json
 import time
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import (
+  BertConfig,
+  BertForSequenceClassification,
+  LlamaConfig,
+  LlamaForCausalLM,
+  T5Config,
+  T5ForConditionalGeneration,
+)
 
 DIMS = {
     'minilm': dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -26,6 +45,47 @@ DIMS = {
     'base': dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072),
 }
+# Language models: the architectures of scripts/lm_steps.py's `t5-small` and `llama-small`.
+LANGUAGE_MODELS = {
+    't5-small': lambda: T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6,
+                                 num_decoder_layers=6, num_heads=8, dropout_rate=0.1,
+                                 feed_forward_proj='relu', tie_word_embeddings=True,
+                                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
+    'llama-small': lambda: LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1408,
+                                       num_hidden_layers=8, num_attention_heads=8,
+                                       num_key_value_heads=2, head_dim=64,
+                                       tie_word_embeddings=False, attention_dropout=0.0),
+}
+
+
+def build_language_model(method: str, name: str):
+  """t5-small (houlsby, pfeiffer, lora) or llama-small (lora), requires_grad on what trains."""
+  torch.manual_seed(0)
+  config = LANGUAGE_MODELS[name]()
+  model = (T5ForConditionalGeneration(config) if name.startswith('t5')
+           else LlamaForCausalLM(config))
+  if method in ('houlsby', 'pfeiffer') and name.startswith('t5'):
+    import adapters
+    from adapters import DoubleSeqBnConfig, SeqBnConfig
+
+    adapters.init(model)
+    adapter_config = (DoubleSeqBnConfig(reduction_factor=config.d_model / 64,
+                                        non_linearity='gelu', cross_adapter=True)
+                      if method == 'houlsby' else SeqBnConfig())
+    model.add_adapter('t', config=adapter_config)
+    model.train_adapter('t')
+    if method == 'houlsby':
+      for param_name, param in model.named_parameters():
+        if 'layer_norm' in param_name:
+          param.requires_grad = True
+    return model
+  if method == 'lora':
+    from peft import LoraConfig, get_peft_model
+
+    targets = ['q', 'v'] if name.startswith('t5') else ['q_proj', 'v_proj']
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+  raise ValueError(f'unknown method {method!r} for {name}; valid: '
+                   f'{"houlsby, pfeiffer, lora" if name.startswith("t5") else "lora"}')
 
 
 def build(method: str, config: BertConfig):
@@ -56,19 +116,35 @@ def build(method: str, config: BertConfig):
   raise ValueError(f'unknown method {method!r}; valid: full, houlsby, pfeiffer, lora')
 
 
-def time_method(method: str, config: BertConfig, batch: int, seq: int, steps: int) -> dict:
+def _inputs(model_name: str, vocab_size: int, batch: int, seq: int, target_seq: int) -> dict:
+  """Random token ids, no padding; labels: the class (BERT), target tokens (T5), the input
+  (Llama: the model shifts them)."""
+  ids = torch.randint(2, vocab_size, (batch, seq))
+  inputs = {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+  if model_name in DIMS:
+    inputs['labels'] = torch.randint(0, 2, (batch,))
+  elif model_name.startswith('t5'):
+    inputs['labels'] = torch.randint(2, vocab_size, (batch, target_seq))
+  else:
+    inputs['labels'] = ids
+  return inputs
+
+
+def time_method(method: str, model_name: str, batch: int, seq: int, steps: int,
+                target_seq: int = 32) -> dict:
   """Median step time after two warm-up steps, and parameter counts."""
-  model = build(method, config)
+  if model_name in DIMS:
+    model = build(method, BertConfig(vocab_size=30522, num_labels=2, **DIMS[model_name]))
+  else:
+    model = build_language_model(method, model_name)
   model.train()
   params = [p for p in model.parameters() if p.requires_grad]
   optimizer = torch.optim.AdamW(params, lr=1e-4)
-  ids = torch.randint(0, config.vocab_size, (batch, seq))
-  mask = torch.ones_like(ids)
-  labels = torch.randint(0, 2, (batch,))
+  inputs = _inputs(model_name, model.config.vocab_size, batch, seq, target_seq)
 
   def step():
     optimizer.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    out = model(**inputs)
     out.loss.backward()
     optimizer.step()
 
@@ -86,18 +162,19 @@ def time_method(method: str, config: BertConfig, batch: int, seq: int, steps: in
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--model', default='minilm', choices=sorted(DIMS))
+  parser.add_argument('--model', default='minilm', choices=sorted(DIMS) + sorted(LANGUAGE_MODELS))
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--seq', type=int, default=128)
+  parser.add_argument('--target_seq', type=int, default=32, help='T5: label tokens per example')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--threads', type=int, default=2)
   parser.add_argument('--methods', default='full,houlsby,pfeiffer,lora')
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
-  config = BertConfig(vocab_size=30522, num_labels=2, **DIMS[args.model])
   results = {}
   for method in args.methods.split(','):
-    r = results[method] = time_method(method, config, args.batch, args.seq, args.steps)
+    r = results[method] = time_method(method, args.model, args.batch, args.seq, args.steps,
+                                      args.target_seq)
     print(f'{method:9s} median step {r["step_s"] * 1000:8.1f} ms  {r["ex_per_s"]:7.1f} ex/s  '
           f'trainable {r["trainable"]:,} / {r["total"]:,}', flush=True)
   print(json.dumps(results))

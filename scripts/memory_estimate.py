@@ -9,6 +9,17 @@ backward pass plus scratch: what remat and scan change), `argument_bytes` (param
 batch) and `output_bytes`. On CPU this is XLA:CPU's assignment, an estimate of what a GPU needs
 (GPU fusions differ); on a GPU it is the GPU's own. Nothing is executed, so BERT-large at the papers'
 batch sizes fits in a CPU's memory.
+
+`--model llama-7b` (or `llama-small`, `llama-tiny`) estimates a LoRA step (rank `--rank` on
+query/value, next-token loss; `scripts/lm_steps.py`) of a Llama-shaped decoder instead, sharded
+over a mesh by `--sharding` (`adapters_jax.train.partitioning`: data, fsdp, tp, fsdp+tp) with
+the frozen base stored in `--frozen_dtype`. Its params are `jax.ShapeDtypeStruct`s carrying
+their shardings, so no weight is materialised; `--fake_devices N` gives the CPU N devices (the
+XLA flag `--xla_force_host_platform_device_count`). The numbers are then per device
+(`per_device_bytes` = arguments + temp + outputs - aliased):
+
+    python scripts/memory_estimate.py --model llama-7b --fake_devices 8 --sharding fsdp \
+        --batch 8 --length 2048 --options scan+remat
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import argparse
 import gc
 import importlib.util
 import json
+import os
 import pathlib
 import time
 
@@ -25,11 +37,27 @@ OPTIONS = {'plain': (False, False), 'scan': (True, False), 'remat': (False, True
            'scan+remat': (True, True)}
 
 
-def _bench():
-  spec = importlib.util.spec_from_file_location('bench_script', _SCRIPTS / 'bench.py')
+LLAMA_MODELS = ('llama-7b', 'llama-small', 'llama-tiny')
+
+
+def _script(name: str):
+  spec = importlib.util.spec_from_file_location(f'{name}_script', _SCRIPTS / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def _bench():
+  return _script('bench')
+
+
+def _memory(compiled) -> dict:
+  analysis = compiled.memory_analysis()
+  out = {}
+  for name in ('temp', 'argument', 'output', 'alias'):
+    value = getattr(analysis, f'{name}_size_in_bytes', None) if analysis is not None else None
+    out[f'{name}_bytes'] = None if value is None else int(value)
+  return out
 
 
 def estimate(model: str, batch: int, length: int, option: str, dtype: str) -> dict:
@@ -41,32 +69,70 @@ def estimate(model: str, batch: int, length: int, option: str, dtype: str) -> di
   start = time.perf_counter()
   compiled = built['step'].lower(built['state'], built['frozen'], built['batch']).compile()
   compile_s = time.perf_counter() - start
-  analysis = compiled.memory_analysis()
+  return {'option': option, 'model': model, 'batch': batch, 'length': length, 'dtype': dtype,
+          'compile_s': round(compile_s, 1), **_memory(compiled)}
+
+
+def estimate_llama(model: str, batch: int, length: int, option: str, dtype: str,
+                   frozen_dtype: str, sharding: str, model_parallelism: int, rank: int) -> dict:
+  """Compiles a Llama LoRA step from abstract sharded arrays; per-device memory in bytes."""
+  import jax
+
+  from adapters_jax.train import partitioning
+  scan_layers, remat = OPTIONS[option]
+  mesh = partitioning.make_mesh(jax.devices(), model_parallelism)
+  start = time.perf_counter()
+  built = _script('lm_steps').llama_lora_step(
+      model, batch, length, rank=rank, mesh=mesh, rules=partitioning.strategy_rules(sharding),
+      frozen_dtype=partitioning.FROZEN_DTYPES[frozen_dtype], abstract=True, dtype=dtype,
+      scan_layers=scan_layers, remat=remat)
+  compiled = built['step'].lower(built['state'], built['frozen'], built['batch']).compile()
   out = {'option': option, 'model': model, 'batch': batch, 'length': length, 'dtype': dtype,
-         'compile_s': round(compile_s, 1)}
-  for name in ('temp', 'argument', 'output', 'alias'):
-    value = getattr(analysis, f'{name}_size_in_bytes', None) if analysis is not None else None
-    out[f'{name}_bytes'] = None if value is None else int(value)
+         'frozen_dtype': frozen_dtype, 'sharding': sharding, 'mesh': dict(mesh.shape),
+         'trainable_params': built['counts'].trainable, 'total_params': built['counts'].total,
+         'compile_s': round(time.perf_counter() - start, 1), **_memory(compiled)}
+  if None not in (out['argument_bytes'], out['temp_bytes'], out['output_bytes'],
+                  out['alias_bytes']):
+    out['per_device_bytes'] = (out['argument_bytes'] + out['temp_bytes'] + out['output_bytes']
+                               - out['alias_bytes'])
   return out
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--model', default='large', choices=['tiny', 'minilm', 'large'])
+  parser.add_argument('--model', default='large',
+                      choices=['tiny', 'minilm', 'large', *LLAMA_MODELS])
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--length', type=int, default=128)
   parser.add_argument('--dtype', default='bfloat16', choices=['float32', 'bfloat16'])
   parser.add_argument('--options', default=','.join(OPTIONS),
                       help=f'Comma-separated, from {", ".join(OPTIONS)}.')
   parser.add_argument('--out', default='', help='Also write the rows as JSON here.')
+  llama = parser.add_argument_group('Llama LoRA steps (--model llama-*)')
+  llama.add_argument('--sharding', default='fsdp', choices=['data', 'fsdp', 'tp', 'fsdp+tp'])
+  llama.add_argument('--model_parallelism', type=int, default=1,
+                     help='size of the mesh\'s model axis (tp, fsdp+tp)')
+  llama.add_argument('--frozen_dtype', default='bfloat16', choices=['float32', 'bfloat16'])
+  llama.add_argument('--rank', type=int, default=8, help='LoRA rank')
+  llama.add_argument('--fake_devices', type=int, default=0,
+                     help='give the CPU this many devices (0: the devices at hand)')
   args = parser.parse_args()
+  if args.fake_devices:  # before JAX starts
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' '
+                               f'--xla_force_host_platform_device_count={args.fake_devices}')
+    os.environ['JAX_PLATFORMS'] = 'cpu'
   options = args.options.split(',')
   unknown = sorted(set(options) - set(OPTIONS))
   if unknown:
     parser.error(f'unknown option(s) {unknown}; valid: {", ".join(OPTIONS)}.')
   rows = []
   for option in options:
-    rows.append(estimate(args.model, args.batch, args.length, option, args.dtype))
+    if args.model in LLAMA_MODELS:
+      rows.append(estimate_llama(args.model, args.batch, args.length, option, args.dtype,
+                                 args.frozen_dtype, args.sharding, args.model_parallelism,
+                                 args.rank))
+    else:
+      rows.append(estimate(args.model, args.batch, args.length, option, args.dtype))
     gc.collect()
     print(json.dumps(rows[-1]), flush=True)
   if args.out:

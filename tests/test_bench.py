@@ -116,3 +116,47 @@ def test_missing_anchor_environment_names_the_setup_command(tmp_path):
                             anchor_host_memory='default')
   with pytest.raises(FileNotFoundError, match='bash scripts/setup_anchor.sh'):
     bench.run_anchor(['lora'], (1, 8), args)
+
+
+_LM_PATH = pathlib.Path(__file__).resolve().parents[1] / 'scripts' / 'bench_lm.py'
+_LM_SPEC = importlib.util.spec_from_file_location('bench_lm_script', _LM_PATH)
+bench_lm = importlib.util.module_from_spec(_LM_SPEC)
+_LM_SPEC.loader.exec_module(bench_lm)
+
+
+@pytest.mark.parametrize('model', ['t5', 'llama'])
+def test_lm_bench_steps_our_adapters_on_tiny_shapes(model):
+  out = bench_lm.time_ours(model, ['lora'], bench_lm.TINY[model], batch=2, seq=8, target_seq=4,
+                           steps=2, warmup=1)
+  lora = out['lora']
+  assert len(lora['step_s']) == 2 and lora['compile_s'] > 0
+  # LoRA r=8 on query and value only. T5 tiny (d_model 32, 4 x 8 heads): self-attention in 2
+  # encoder and 2 decoder blocks, cross-attention in the 2 decoder blocks; Llama tiny (hidden 32,
+  # value width 2 key/value heads x 8): 2 layers.
+  per_site = 32 * 8 + 8 * 32
+  expected = 6 * 2 * per_site if model == 't5' else 2 * (per_site + 32 * 8 + 8 * 16)
+  assert lora['trainable_params'] == expected
+  assert lora['optimizer_state_bytes'] >= 8 * expected  # two float32 moments per scalar
+
+
+def test_lm_anchors_run_through_bench_lm_on_our_shapes():
+  """PyTorch T5 (peft LoRA) and Llama (peft LoRA) of the benchmark's shapes: the same trainable
+  and total parameter counts as ours (here in the test environment's Python)."""
+  import sys
+
+  args = argparse.Namespace(anchor_python=sys.executable, anchor_script=bench.ANCHOR_SCRIPT,
+                            batch=1, seq=8, target_seq=4, steps=1)
+  llama = bench_lm.run_anchor('llama', ['lora'], args)['lora']
+  ours = bench_lm._script('lm_steps').llama_lora_step('llama-small', 1, 8, abstract=True)['counts']
+  assert (llama['trainable'], llama['total']) == (ours.trainable, ours.total)
+  t5 = bench_lm.run_anchor('t5', ['lora'], args)['lora']
+  # t5-small: query and value (512 -> 512) of 6 encoder self-, 6 decoder self- and 6 cross-
+  # attentions, rank 8.
+  assert t5['trainable'] == 18 * 2 * (512 * 8 + 8 * 512)
+  assert t5['ex_per_s'] == pytest.approx(1 / t5['step_s'])
+
+
+def test_lm_bench_rejects_an_unknown_model(capsys):
+  with pytest.raises(SystemExit):
+    bench_lm.main(['--models', 't5,gpt9'])
+  assert "unknown models ['gpt9']; valid: ['llama', 't5']" in capsys.readouterr().err

@@ -142,7 +142,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   experiment = build_experiment(config, task.spec)
   spec = experiment.spec
   encoded = encode_splits(config, task, experiment.pretrained.tokenizer, experiment.task_kind)
-  mesh = sharding.make_mesh()
+  placement = sharding.Placement.from_config(config)
+  mesh = placement.mesh
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh)
   batches = data.TrainBatches(encoded[spec.train_split], config.batch_size, config.seed,
@@ -158,7 +159,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tx = trainable.adamw(schedule, weight_decay=config.weight_decay, clip_norm=config.clip_norm)
   train_params, frozen = trainable.split(experiment.params, experiment.mask)
   state = create_train_state(train_params, tx, jax.random.PRNGKey(config.seed))
-  state, frozen = sharding.replicate((state, frozen), mesh)
+  state, frozen = placement.place(state, frozen)
 
   os.makedirs(workdir, exist_ok=True)
   checkpoints = TrainCheckpoints(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints)
@@ -171,6 +172,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     resume_step = int(jax.device_get(state.step))
     _say(f'Resuming from step {resume_step} in {checkpoints.directory}')
   step_fn, eval_step = make_step_fns(experiment, tx)
+  step_fn = placement.pin_train_step(step_fn, state, frozen)
 
   select_metric = config.select_metric or spec.primary_metric
   validation_split = spec.validation_splits[0]
@@ -231,7 +233,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     cleanup.callback(log.close)
 
   best_params, _ = trainable.split(load_best(experiment, workdir), experiment.mask)
-  best_params = sharding.replicate(best_params, mesh)
+  best_params = placement.params(best_params)
   evaluations = {s: run_eval(best_params, s) for s in final_splits}
   test = {s: m for s, m in evaluations.items() if s in spec.test_splits}
   for split, metrics in test.items():

@@ -79,6 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.select_metric = ''         # '' = the task's primary metric
   config.tensorboard = True
   config.distributed = False        # call jax.distributed.initialize() (multi-host)
+
+  # Placement on the device mesh [data, model] (train/partitioning.py).
+  config.sharding = 'data'          # data (params replicated), fsdp, tp or fsdp+tp
+  config.model_parallelism = 1      # size of the mesh's model axis (tp, fsdp+tp); data = the rest
+  config.frozen_dtype = 'float32'   # storage of the frozen base: float32 or bfloat16
   return config
 
 

@@ -1,0 +1,174 @@
+"""Adapter train steps of our language-model backbones, built the way the training loop builds them.
+
+* `llama_lora_step`: LoRA on a Llama-shaped `DecoderLM`, next-token cross-entropy; concrete
+  (random weights, for timing) or abstract (`jax.ShapeDtypeStruct`s carrying shardings, for
+  `lower().compile()` of a 7B step without materialising a weight); placed on a mesh by the
+  rules of `adapters_jax.train.partitioning`.
+* `t5_adapter_step`: a preset (Houlsby, Pfeiffer, LoRA) on a T5 of t5-small's shape, teacher
+  forcing (decoder inputs = labels shifted right), token cross-entropy.
+
+Both go through `splice.add_adapter` -> `trainable.adapter_rules` / `split` -> `trainable.adamw`
+-> `train.step.train_step`, jitted with the state donated. `scripts/memory_estimate.py` and
+`scripts/bench_lm.py` use them; the tests load this file by path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adapters_jax import splice, trainable
+from adapters_jax.methods import get_method
+from adapters_jax.models import DecoderConfig, DecoderLM, T5Config, T5ForConditionalGeneration
+from adapters_jax.models.t5 import shift_right
+from adapters_jax.train import partitioning, sharding
+from adapters_jax.train.step import create_train_state, train_step
+
+ADAPTER_NAME = 'bench'
+# Llama shapes: 7B (Llama-2 7B), a small GQA one for CPU benchmarks, a tiny one for tests.
+LLAMA = {
+    'llama-7b': dict(vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
+                     num_kv_heads=32, head_dim=128, intermediate_size=11008),
+    'llama-small': dict(vocab_size=32000, hidden_size=512, num_layers=8, num_heads=8,
+                        num_kv_heads=2, head_dim=64, intermediate_size=1408),
+    'llama-tiny': dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                       head_dim=8, intermediate_size=64),
+}
+# T5 shapes: t5-small (T5Config's defaults) and a tiny one for tests.
+T5 = {
+    't5-small': {},
+    't5-tiny': dict(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                    num_decoder_layers=2, num_heads=4),
+}
+
+
+def token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+  """Mean cross-entropy of `logits` [batch, len, vocab] at `targets` [batch, len] over the
+  positions with `weights` 1."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  weights = weights.astype(jnp.float32)
+  return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def causal_lm_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+  """Next-token loss: position t predicts `input_ids[:, t + 1]`."""
+  return token_loss(logits[:, :-1], batch['input_ids'][:, 1:], batch['attention_mask'][:, 1:])
+
+
+def llama_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return {'input_ids': rng.integers(0, vocab, (batch, length)).astype(np.int32),
+          'attention_mask': np.ones((batch, length), np.int32)}
+
+
+def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank: int = 8,
+                    mesh=None, rules: partitioning.Rules | None = None,
+                    frozen_dtype=jnp.float32, abstract: bool = False,
+                    **config_overrides: Any) -> dict[str, Any]:
+  """LoRA (rank `rank`, query/value) on a Llama of `shape` (a `LLAMA` key or a config).
+
+  Args:
+    mesh, rules: place state, frozen params and batch (rows over `data`) by `rules` on `mesh`,
+      with `in_shardings`/`out_shardings` on the jit; None: one device, no placement.
+    frozen_dtype: storage dtype of the frozen base (the trained LoRA leaves stay float32).
+    abstract: frozen params and batch as ShapeDtypeStructs (nothing materialised but the LoRA
+      leaves); only `step.lower(state, frozen, batch)` is meaningful then.
+    **config_overrides: DecoderConfig fields (dtype, remat, scan_layers, dropouts).
+
+  Returns:
+    `step` (jitted, state donated), `state`, `frozen`, `batch`, `config`, `counts`.
+  """
+  config = shape if isinstance(shape, DecoderConfig) else DecoderConfig(**LLAMA[shape])
+  config = config.replace(**config_overrides)
+  model = DecoderLM(config)
+  sample = jnp.ones((1, 8), jnp.int32)
+  init = functools.partial(model.init, jax.random.key(0), sample)
+  params = jax.eval_shape(init)['params'] if abstract else jax.jit(init)()['params']
+  spliced, params = splice.add_adapter(model, params, ADAPTER_NAME,
+                                       get_method('lora', rank=rank), jax.random.key(1), sample)
+  mask = trainable.make_mask(params, trainable.adapter_rules([spliced.adapter(ADAPTER_NAME)],
+                                                             train_head=False))
+  counts = trainable.count(params, mask)
+  train_params, frozen = trainable.split(params, mask)
+  frozen = partitioning.cast_floating(frozen, frozen_dtype)
+  if abstract:
+    frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), frozen)
+  tx = trainable.adamw(1e-4, weight_decay=0.0)
+  state = create_train_state(train_params, tx, jax.random.key(2))
+  host_batch = llama_batch(batch, length, config.vocab_size)
+
+  def apply_fn(p, b, rng):
+    return spliced.apply(p, b['input_ids'], b['attention_mask'], deterministic=False,
+                         active=ADAPTER_NAME, rngs={'dropout': rng})
+
+  fn = functools.partial(train_step, apply_fn=apply_fn, loss_fn=causal_lm_loss, tx=tx)
+  if mesh is None:
+    step = jax.jit(fn, donate_argnums=(0,))
+    batch_arrays = ({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+                    if abstract else jax.tree.map(jnp.asarray, host_batch))
+  else:
+    state_sh = partitioning.state_shardings(state, rules, mesh)
+    frozen_sh = partitioning.tree_shardings(frozen, rules, mesh)
+    batch_sh = {k: sharding.batch_sharding(mesh) for k in host_batch}
+    step = jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh),
+                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+    state = jax.device_put(state, state_sh)
+    if abstract:
+      frozen = partitioning.abstract(frozen, frozen_sh)
+      batch_arrays = partitioning.abstract(host_batch, batch_sh)
+    else:
+      frozen = jax.device_put(frozen, frozen_sh)
+      batch_arrays = jax.device_put(host_batch, batch_sh)
+  return {'step': step, 'state': state, 'frozen': frozen, 'batch': batch_arrays,
+          'config': config, 'counts': counts}
+
+
+def t5_batch(batch: int, length: int, target_length: int, config: T5Config,
+             seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(2, config.vocab_size, (batch, target_length)).astype(np.int32)
+  return {'input_ids': rng.integers(2, config.vocab_size, (batch, length)).astype(np.int32),
+          'attention_mask': np.ones((batch, length), np.int32),
+          'decoder_input_ids': np.asarray(shift_right(labels, config)),
+          'labels': labels}
+
+
+def t5_adapter_step(method: str, shape: str, batch: int, length: int, target_length: int,
+                    **config_overrides: Any) -> dict[str, Any]:
+  """`method` (a preset: houlsby, pfeiffer, lora; or `full`) on a T5 of `shape` (a `T5` key),
+  random weights, teacher forcing. Returns `step`, `state`, `frozen`, `batch`, `counts`."""
+  config = T5Config(**T5[shape]).replace(**config_overrides)
+  model = T5ForConditionalGeneration(config)
+  src, tgt = jnp.ones((1, 8), jnp.int32), jnp.ones((1, 4), jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), src, None, tgt)['params']
+  spliced, name = splice.Spliced(model), None
+  if method == 'full':
+    rules = [(r'.*', True)]
+  else:
+    name = ADAPTER_NAME
+    spliced, params = splice.add_adapter(spliced, params, name, get_method(method),
+                                         jax.random.key(1), src, None, tgt)
+    rules = trainable.adapter_rules([spliced.adapter(name)], train_head=False)
+  mask = trainable.make_mask(params, rules)
+  train_params, frozen = trainable.split(params, mask)
+  tx = trainable.adamw(1e-4, weight_decay=0.0)
+  state = create_train_state(train_params, tx, jax.random.key(2))
+
+  def apply_fn(p, b, rng):
+    return spliced.apply(p, b['input_ids'], b['attention_mask'], b['decoder_input_ids'],
+                         deterministic=False, active=name, rngs={'dropout': rng})
+
+  def loss_fn(logits, b):
+    return token_loss(logits, b['labels'], jnp.ones_like(b['labels']))
+
+  step = jax.jit(functools.partial(train_step, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx),
+                 donate_argnums=(0,))
+  host_batch = t5_batch(batch, length, target_length, config)
+  return {'step': step, 'state': state, 'frozen': frozen,
+          'batch': jax.tree.map(jnp.asarray, host_batch), 'config': config,
+          'counts': trainable.count(params, mask)}
