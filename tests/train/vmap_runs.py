@@ -80,14 +80,26 @@ def assert_same_run(vmapped, separate, rtol=2e-5) -> None:
   assert_same_leaves(best_leaves(vmapped), best_leaves(separate))
 
 
-def latest_state(workdir) -> tuple[int, dict[str, np.ndarray]]:
-  """The newest training checkpoint's step and its state leaves by path."""
+def latest_state(workdir, like_workdir=None) -> tuple[int, dict[str, np.ndarray]]:
+  """The newest training checkpoint's step and its state leaves by path. A checkpoint saved over
+  other devices (several processes) restores onto this process's device in the structure of
+  `like_workdir`'s newest checkpoint."""
+  abstract = None
+  if like_workdir is not None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            _restore(like_workdir)[1])
+  step, state = _restore(workdir, abstract)
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  return step, {jax.tree_util.keystr(path): np.asarray(v) for path, v in flat}
+
+
+def _restore(workdir, abstract=None):
   checkpoints = TrainCheckpoints(os.path.join(workdir, 'checkpoints'))
   try:
     step = checkpoints.latest_step()
     restored = checkpoints.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   finally:
     checkpoints.close()
-  flat = jax.tree_util.tree_flatten_with_path(restored['state'])[0]
-  return step, {jax.tree_util.keystr(path): np.asarray(v) for path, v in flat}
+  return step, restored['state']
