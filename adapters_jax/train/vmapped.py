@@ -245,6 +245,7 @@ def _train_members(configs, workdirs, cleanup: contextlib.ExitStack) -> list[dic
                       len(encoded[validation_split]), sum(len(encoded[s]) for s in final_splits))
   results: list[dict[str, Any] | None] = [None] * members
   stopped: dict[int, dict[str, Any]] = {}
+  evaluated_at: list[set[int]] = [set() for _ in range(members)]
 
   def run_eval(stacked_params, split):
     count = jax.tree.leaves(stacked_params)[0].shape[0]
@@ -315,14 +316,16 @@ def _train_members(configs, workdirs, cleanup: contextlib.ExitStack) -> list[dic
                                         or [math.nan])))
     for m in newly_stopped:
       _say(f'Member {workdirs[m]}: {stopped[m]["stop_reason"]}.')
-      val = run_eval(state.params, validation_split)[m]
       at_step = stopped[m]['stopped_at_step']
-      logs[m].write(at_step, validation_split, val)
-      consider_best(m, at_step, val)
+      if at_step not in evaluated_at[m]:  # not evaluated at this step yet
+        val = run_eval(state.params, validation_split)[m]
+        logs[m].write(at_step, validation_split, val)
+        consider_best(m, at_step, val)
       finish(m, at_step)
     if do_eval and alive.any():
       vals = run_eval(state.params, validation_split)
       for m in np.flatnonzero(alive):
+        evaluated_at[m].add(step)
         logs[m].write(step, validation_split, vals[m])
         consider_best(m, step, vals[m])
     if do_save:
