@@ -74,8 +74,13 @@ def main(argv):
   grouped = vmapped.train_group(configs, [os.path.join(root, f'vmap_{i}') for i in range(len(configs))])
   vmap_seconds = time.perf_counter() - start
   start = time.perf_counter()
-  alone = [loop.train_and_evaluate(c, os.path.join(root, f'alone_{i}'))
-           for i, c in enumerate(configs)]
+  print(f'vmapped row of {len(configs)}: {vmap_seconds:.1f} s', flush=True)
+  alone, run_seconds = [], []
+  for i, config in enumerate(configs):
+    run_start = time.perf_counter()
+    alone.append(loop.train_and_evaluate(config, os.path.join(root, f'alone_{i}')))
+    run_seconds.append(time.perf_counter() - run_start)
+    print(f'separate run {i}: {run_seconds[-1]:.1f} s', flush=True)
   sequential_seconds = time.perf_counter() - start
 
   member_examples = len(configs) * FLAGS.steps * FLAGS.batch_size
@@ -84,6 +89,7 @@ def main(argv):
       'length': FLAGS.length, 'device': str(jax.devices()[0].device_kind),
       'vmapped_row_seconds': round(vmap_seconds, 1),
       'sequential_row_seconds': round(sequential_seconds, 1),
+      'separate_run_seconds': [round(t, 1) for t in run_seconds],
       'vmapped_member_examples_per_second': round(member_examples / vmap_seconds, 1),
       'sequential_member_examples_per_second': round(member_examples / sequential_seconds, 1),
       'row_speedup': round(sequential_seconds / vmap_seconds, 2),
