@@ -195,7 +195,13 @@ def _atomic_write(directory: str, tree: Params, record: dict[str, Any]) -> None:
   tag = uuid.uuid4().hex[:8]
   tmp = os.path.join(parent, f'.{base}.tmp-{tag}')
   old = os.path.join(parent, f'.{base}.old-{tag}')
-  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  # Written by the calling process alone (in a multi-process run, process 0): no barrier with
+  # processes that do not save.
+  alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                             active_processes={jax.process_index()})
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(
+      composite_options=ocp.CompositeOptions(multiprocessing_options=alone)),
+      multiprocessing_options=alone)
   try:
     checkpointer.save(tmp, ocp.args.Composite(params=ocp.args.StandardSave(tree),
                                               record=ocp.args.JsonSave(record)))

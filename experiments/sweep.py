@@ -8,12 +8,17 @@ r"""Expands a config's grid (`sweep()`) into runs and launches them.
       --launcher=print > commands.sh
   python -m experiments.sweep --config=experiments/configs/houlsby_glue.py --sweep_dir=sweeps/houlsby \
       --dry_run          # every run built on a stand-in model, one step per distinct program
+  python -m experiments.sweep --config=experiments/configs/mini_rotten_tomatoes.py \
+      --sweep_dir=workdirs/mini_rotten_tomatoes --launcher=vmap   # learning rates x seeds as one program
 
 Each run gets its own workdir under --sweep_dir, named from its overrides plus a short hash.
 `--config.KEY=VALUE` flags apply to every run (before the grid's own values).
 Launchers: `local` runs `experiments.train` subprocesses, one per GPU at a time, each seeing only
 its GPU (without GPUs: --parallel at a time, default 1; on a TPU host one at a time); `slurm`
-writes sbatch array scripts and their runs tables; `print` prints one command per unfinished run.
+writes sbatch array scripts and their runs tables; `print` prints one command per unfinished run;
+`vmap` trains, in this process, the runs that differ only in learning rate and seed as one vmapped
+program per group (`adapters_jax.train.vmapped`; at most --vmap_members per program), each run
+writing its own workdir as `experiments.train` would.
 Runs that read other runs (fusion over the sweep's adapters) start after them. Rerunning skips
 finished runs (result.json) and resumes interrupted ones; a failed run is reported and the others
 go on (exit status 1 at the end).
@@ -38,9 +43,10 @@ from experiments.configs.common import DRY_RUN, OPEN_FIELDS
 config_flag.define_config_flag(help_string='Sweepable config file, with an optional :arg; '
                                '--config.KEY=VALUE applies to every run.')
 flags.DEFINE_string('sweep_dir', None, 'Directory that holds one workdir per run.')
-flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'print'], 'How to run the grid.')
+flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'print', 'vmap'], 'How to run the grid.')
 flags.DEFINE_integer('parallel', 0, 'local: runs at a time (0: one per GPU, or 1; at most one '
                      'per GPU); slurm: the array throttle (0: no limit).')
+flags.DEFINE_integer('vmap_members', 0, 'vmap: most runs in one program (0: a whole group).')
 flags.DEFINE_string('only', '', 'Keep the grid points with these overrides: key=value,...')
 flags.DEFINE_multi_string('sbatch', ['--gres=gpu:1', '--cpus-per-task=8', '--time=24:00:00'],
                           'slurm: #SBATCH options (repeat the flag).')
@@ -76,6 +82,28 @@ def dry_run(config_path: str, only) -> int:
   return 1 if outcome.failed or outcome.blocked else 0
 
 
+def vmap(config_path: str, runs) -> int:
+  """`--launcher=vmap`: see the module docstring; returns the exit status."""
+  from adapters_jax.host_memory import reuse_freed_host_memory
+
+  reuse_freed_host_memory()  # before JAX or TensorFlow start their threads
+  from adapters_jax.train.vmapped import VMAP_FIELDS, train_group  # late: keeps --help fast
+
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
+  outcome = sweeps.run_vmapped(config_path, runs, train_group, fields=VMAP_FIELDS,
+                               open_fields=OPEN_FIELDS, max_members=FLAGS.vmap_members,
+                               log=lambda line: print(line, flush=True))
+  print(f'{len(outcome.succeeded)} runs done, {len(outcome.stopped)} stopped on a non-finite '
+        f'loss, {len(outcome.skipped)} were already finished, {len(outcome.failed)} failed.',
+        flush=True)
+  if outcome.stale:
+    print(f'{len(outcome.stale)} stale runs were not run (see STALE above).')
+  if outcome.blocked:
+    print(f'{len(outcome.blocked)} runs were not run: they read runs that did not finish.')
+  return 1 if outcome.failed or outcome.stale or outcome.blocked else 0
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -106,6 +134,8 @@ def main(argv):
     print(f'{len(runs)} runs ({finished} finished) in {table}.\nSubmit with:\n  {submit}\n'
           'Resubmitting later skips finished runs and resumes interrupted ones.')
     return 0
+  if FLAGS.launcher == 'vmap':
+    return vmap(config_path, runs)
   try:
     outcome = sweeps.run_local(runs, FLAGS.parallel, cwd=ROOT,
                                log=lambda line: print(line, flush=True))

@@ -12,6 +12,7 @@ is `python -m experiments.train --config=<file>[:<arg>] --workdir=<sweep_dir>/<n
 - `launchers`: `print` and `slurm` (waves for runs that read other runs).
 - `local`: subprocesses on this host, one per device.
 - `dry_run`: every run built on a stand-in model, one step per distinct program.
+- `vmap`: the runs of a group (equal but for learning rate and seed) as one vmapped program.
 
 Example:
   runs = plan('experiments/configs/mini_rotten_tomatoes.py', '/tmp/sweep',
@@ -58,11 +59,13 @@ from adapters_jax.sweeps.plan import (
   train_command,
   write_plan,
 )
+from adapters_jax.sweeps.vmap import VmapOutcome, group_runs, run_vmapped
 
 __all__ = [
     'CONFIG_FILE', 'Devices', 'DryRunOutcome', 'LOG_FILE', 'LocalOutcome', 'PROGRAM_FIELDS',
-    'RESULT_FILE', 'RUNS_FILE', 'Run', 'STAND_IN_T5', 'SWEEP_DIR', 'count_gpus', 'detect_devices', 'dry_run',
-    'expand_grid', 'flag_text', 'matches', 'plan', 'print_commands', 'product', 'references',
-    'representatives', 'resolved_config', 'run_dir', 'run_local', 'run_name', 'slots',
-    'slurm_script', 'stand_in_model', 'sweep_values', 'train_command', 'waves', 'write_plan',
+    'RESULT_FILE', 'RUNS_FILE', 'Run', 'STAND_IN_T5', 'SWEEP_DIR', 'VmapOutcome', 'count_gpus',
+    'detect_devices', 'dry_run', 'expand_grid', 'flag_text', 'group_runs', 'matches', 'plan',
+    'print_commands', 'product', 'references', 'representatives', 'resolved_config', 'run_dir',
+    'run_local', 'run_name', 'run_vmapped', 'slots', 'slurm_script', 'stand_in_model',
+    'sweep_values', 'train_command', 'waves', 'write_plan',
 ]

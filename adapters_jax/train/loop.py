@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from adapters_jax import checkpoint, data, trainable
-from adapters_jax.train import run_files, sharding
+from adapters_jax.train import distributed, run_files, sharding
 from adapters_jax.train.checkpointing import TrainCheckpoints
 from adapters_jax.train.evaluation import evaluate, make_eval_step
 from adapters_jax.train.experiment import Experiment, build_experiment, task_source
@@ -129,7 +129,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         cleanup: contextlib.ExitStack) -> dict[str, Any]:
   wall_start = time.time()
   if config.distributed:
-    jax.distributed.initialize()
+    distributed.initialize()
   workdir = os.path.abspath(workdir)
   finished = run_files.finished_result(config, workdir)
   if finished is not None:

@@ -1,0 +1,59 @@
+"""Two processes on this machine train one run data-parallel through `experiments.train`
+(`--config.distributed=True`, the coordinator and process ids in the environment) and end as one
+process trained on the same global batches."""
+
+import os
+import socket
+import subprocess
+import sys
+
+from adapters_jax.train import loop
+from adapters_jax.train.metrics_log import read_metrics
+from experiments.configs import quickstart
+from tests.train import vmap_runs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_as_one(tiny_bert_dir, tmp_path):
+  # Fails if each process feeds the whole global batch (or the same half) instead of its own rows,
+  # if evaluation counts only one process's rows, or if process 1 writes records and checkpoints.
+  two = tmp_path / 'two_processes'
+  flags = [f'--config.model={tiny_bert_dir}', '--config.tensorboard=False']
+  port = _free_port()
+  procs = []
+  for process_id in (0, 1):
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3',
+           'JAX_COORDINATOR_ADDRESS': f'localhost:{port}', 'JAX_NUM_PROCESSES': '2',
+           'JAX_PROCESS_ID': str(process_id)}
+    cmd = [sys.executable, '-m', 'experiments.train',
+           '--config=experiments/configs/quickstart.py:smoke', f'--workdir={two}',
+           '--config.distributed=True', *flags]
+    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  assert '16 on 2 device(s)' in outputs[0][1]  # one global batch over both processes
+
+  one = tmp_path / 'one_process'
+  config = quickstart.get_config('smoke')
+  config.model, config.tensorboard = tiny_bert_dir, False
+  loop.train_and_evaluate(config, str(one))
+
+  vmap_runs.assert_same_run(two, one)
+  step, state = vmap_runs.latest_state(two, like_workdir=one)
+  step_one, state_one = vmap_runs.latest_state(one)
+  assert step == step_one == 6
+  vmap_runs.assert_same_leaves(state, state_one)
+  # Written once (process 0): one record per step and split, checkpoints of steps 3 and 6.
+  records = [(r['step'], r['split']) for r in read_metrics(str(two))]
+  assert len(records) == len(set(records))
+  assert sorted(os.listdir(two / 'checkpoints')) == ['3', '6']
+  assert vmap_runs.result(two)['config']['distributed'] is True
