@@ -61,7 +61,7 @@ from adapters_jax.train.member_batches import stack_member_batches
 from adapters_jax.train.metrics_log import MetricsLog
 from adapters_jax.train.progress import Progress
 from adapters_jax.train.step import TrainState, create_train_state, train_step
-from adapters_jax.train.tasks import EXAMPLE_MASK
+from adapters_jax.train.tasks import EXAMPLE_MASK, Classification, Regression
 
 VMAP_FIELDS = ('learning_rate', 'seed')
 
@@ -123,7 +123,7 @@ def make_group_step(experiment: Experiment, config: ml_collections.ConfigDict, t
 
 
 def evaluate_members(experiment: Experiment, eval_step, stacked_params, frozen,
-                     dataset: data.EncodedDataset, batch_size: int) -> list[dict[str, float]]:
+                     dataset: data.BatchSource, batch_size: int) -> list[dict[str, float]]:
   """The task kind's metrics of every member on one split (one vmapped pass over the batches)."""
   gathered = []
   for batch in data.eval_batches(dataset, batch_size):
@@ -199,7 +199,10 @@ def _train_members(configs, workdirs, cleanup: contextlib.ExitStack) -> list[dic
   _check_splits(config, task)
   experiments, train_parts, frozen = _build_members(configs, task.spec)
   experiment, spec = experiments[0], experiments[0].spec
-  encoded = encode_splits(config, task, experiment.pretrained.tokenizer)
+  if not isinstance(experiment.task_kind, Classification | Regression):
+    raise ValueError(f'A vmapped group trains classification or regression runs; {spec.name!r} '
+                     f'is a {type(experiment.task_kind).__name__} task: use --launcher=local.')
+  encoded = encode_splits(config, task, experiment.pretrained.tokenizer, experiment.task_kind)
   train_data = encoded[spec.train_split]
   streams = [data.TrainBatches(train_data, c.batch_size, c.seed, sort_window=c.sort_window)
              for c in configs]
