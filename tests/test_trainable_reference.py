@@ -71,6 +71,8 @@ def test_counts_bytes_and_share_by_hand():
   assert counts.percent == pytest.approx(100 * 12 / 27)
   assert str(counts) == '12 trainable of 27 (44.444%)'
   assert trainable.tree_bytes(params) == 15 * 4 + 5 * 4 + 7 * 2
+  # A Python scalar leaf (no .nbytes) counts as the NumPy scalar it becomes: a bool is 1 byte.
+  assert trainable.tree_bytes({'flag': True, 'x': np.zeros(3, np.float32)}) == 1 + 12
   assert trainable.count_params({}) == 0
   assert trainable.decay_mask(params) == {'a': {'kernel': True, 'bias': False}, 'b': {'scale': False}}
 
