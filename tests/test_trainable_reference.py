@@ -74,6 +74,8 @@ def test_counts_bytes_and_share_by_hand():
   # A Python scalar leaf (no .nbytes) counts as the NumPy scalar it becomes: a bool is 1 byte.
   assert trainable.tree_bytes({'flag': True, 'x': np.zeros(3, np.float32)}) == 1 + 12
   assert trainable.count_params({}) == 0
+  # Paths in insertion order (not sorted), '/'-joined.
+  assert trainable.leaf_paths({'b': {'y': 1, 'x': 2}, 'a': 3}) == ['b/y', 'b/x', 'a']
   assert trainable.decay_mask(params) == {'a': {'kernel': True, 'bias': False}, 'b': {'scale': False}}
 
 
