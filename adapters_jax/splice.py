@@ -295,7 +295,9 @@ def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims) 
 
 def remove_adapter(spliced: Spliced, params: Params, name: str) -> tuple[Spliced, Params]:
   """Removes adapter `name` from the spliced model and from the params."""
-  spliced.adapter(name)  # raises with the valid names
+  if spliced.adapter(name).merged:  # raises with the valid names
+    raise ValueError(f'Adapter {name!r} is merged into the base weights; unmerge_adapter it before '
+                     'removing it (its update would stay in the base).')
   adapters = tuple(a for a in spliced.adapters if a.name != name)
   return dataclasses.replace(spliced, adapters=adapters), _drop_leaves(params, name)
 

@@ -1,11 +1,12 @@
 r"""GLUE's own download files with a few synthetic rows, prepared offline by tfds's real GLUE builder.
 
 `write_glue_files(directory)` writes what tfds's `glue` builder downloads -- the archives
-(`RTE.zip` holding `RTE/train.tsv`, `dev.tsv`, `test.tsv`, ...; `QNLIv2.zip` holding `QNLI/...`)
-and MRPC's three text files -- under the file names tfds records for those URLs, in GLUE's
-column layouts (CoLA's header-less train/dev files, MRPC's byte-order mark, MNLI's matched and
-mismatched files, test files without labels). Every text names its task, split, row and field
-(`'rte dev 2 sentence2'`), so a reader that swaps fields or rows shows it.
+(`RTE.zip` holding `RTE/train.tsv`, `dev.tsv`, `test.tsv`, ...; `QNLIv2.zip` holding `QNLI/...`),
+MRPC's three text files and the diagnostic set's one TSV -- under the file names tfds records
+for those URLs, in GLUE's column layouts (CoLA's header-less train/dev files, MRPC's byte-order
+mark, MNLI's matched and mismatched files, test files without labels). Every text names its
+task, split, row and field (`'rte dev 2 sentence2'`), so a reader that swaps fields or rows
+shows it.
 
 `prepare_glue(config, files_dir, data_dir)` runs tfds's `Glue` builder on those files: its
 download manager finds them in the manual directory (no network), checks them against their
@@ -14,6 +15,11 @@ checksums, extracts the archives and the builder's own `_split_generators` /
 `tfds.load('glue/<config>', data_dir=data_dir)` (and so `adapters_jax.data.load_glue`) reads
 it. The only difference from a download: the checksums tfds checks are those of these files
 (`GlueFromFiles.url_infos`), not those of the real GLUE archives.
+
+Besides the nine tasks `adapters_jax.data` reads, tfds's `mnli_matched` and `mnli_mismatched`
+(MNLI's matched or mismatched dev and test files as `validation` and `test`, from the same
+`MNLI.zip`) and `ax` (the diagnostic set: one unlabelled `test` split, premise and hypothesis)
+are prepared the same way (`EXTRA_CONFIGS`).
 
     python scripts/glue_files.py --files_dir=/tmp/glue_files --data_dir=/tmp/tfds --configs=rte,stsb
 
@@ -31,10 +37,14 @@ import zipfile
 
 # The nine GLUE configs `adapters_jax.data` reads.
 CONFIGS = ('cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli', 'rte', 'wnli')
+# tfds's other GLUE configs: MNLI's matched / mismatched halves and the diagnostic set.
+EXTRA_CONFIGS = ('mnli_matched', 'mnli_mismatched', 'ax')
 # config -> (archive file name, folder inside it); MRPC is three plain files instead.
 ARCHIVES = {'cola': ('CoLA.zip', 'CoLA'), 'sst2': ('SST-2.zip', 'SST-2'), 'qqp': ('QQP.zip', 'QQP'),
             'stsb': ('STS-B.zip', 'STS-B'), 'mnli': ('MNLI.zip', 'MNLI'),
-            'qnli': ('QNLIv2.zip', 'QNLI'), 'rte': ('RTE.zip', 'RTE'), 'wnli': ('WNLI.zip', 'WNLI')}
+            'qnli': ('QNLIv2.zip', 'QNLI'), 'rte': ('RTE.zip', 'RTE'), 'wnli': ('WNLI.zip', 'WNLI'),
+            'mnli_matched': ('MNLI.zip', 'MNLI'), 'mnli_mismatched': ('MNLI.zip', 'MNLI')}
+AX_FILE = 'tsvsWithoutLabels_AX.tsv'  # the diagnostic set: one TSV, no archive
 MRPC_FILES = {'train': 'msr_paraphrase_train.txt', 'test': 'msr_paraphrase_test.txt',
               'dev_ids': 'data_mrpc_dev_ids.tsv'}
 # Label strings as GLUE's files write them, in tfds's class order.
@@ -117,6 +127,13 @@ def _split_files(config: str) -> dict[str, str]:
   return files
 
 
+def _ax_file() -> str:
+  """The diagnostic set as GLUE serves it: index, sentence1 (premise), sentence2 (hypothesis)."""
+  return _tsv([['index', 'sentence1', 'sentence2']] + [
+      [str(i), text('ax', 'test', i, 'premise'), text('ax', 'test', i, 'hypothesis')]
+      for i in range(ROWS)])
+
+
 def _mrpc_files() -> dict[str, bytes]:
   """MRPC's three files: train (with a UTF-8 byte-order mark, as served), test, dev ids.
 
@@ -146,9 +163,13 @@ def write_glue_files(directory: str | os.PathLike, configs=CONFIGS) -> pathlib.P
       for name, data in _mrpc_files().items():
         (directory / name).write_bytes(data)
       continue
+    if config == 'ax':
+      (directory / AX_FILE).write_text(_ax_file())
+      continue
     archive, folder = ARCHIVES[config]
+    files = _split_files('mnli' if config.startswith('mnli') else config)  # one MNLI.zip for three
     with zipfile.ZipFile(directory / archive, 'w') as z:
-      for name, content in _split_files(config).items():
+      for name, content in files.items():
         z.writestr(f'{folder}/{name}', content)
   return directory
 
@@ -196,9 +217,9 @@ def main() -> None:
   parser.add_argument('--configs', default=','.join(CONFIGS), help='Comma-separated GLUE configs.')
   args = parser.parse_args()
   configs = [c for c in args.configs.split(',') if c]
-  unknown = sorted(set(configs) - set(CONFIGS))
+  unknown = sorted(set(configs) - set(CONFIGS + EXTRA_CONFIGS))
   if unknown:
-    parser.error(f'unknown GLUE config(s) {unknown}; valid: {", ".join(CONFIGS)}.')
+    parser.error(f'unknown GLUE config(s) {unknown}; valid: {", ".join(CONFIGS + EXTRA_CONFIGS)}.')
   write_glue_files(args.files_dir, configs)
   for config in configs:
     prepare_glue(config, args.files_dir, args.data_dir)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from adapters_jax import methods, sites
+from adapters_jax import methods
 from adapters_jax.methods.base import SiteInfo
 
 jax.config.update('jax_enable_x64', False)
@@ -130,17 +130,25 @@ def test_adapter_drop_leaves_out_layers_and_narrows_train_also():
   assert dropped.leave_out == (0, 1)
   assert methods.adapter_drop(houlsby, []) == houlsby
   (pattern,) = dropped.train_also
-  trains = lambda path: re.fullmatch(pattern, path) is not None
-  (original,) = houlsby.train_also
-  for path in ('encoder/layer_0/attention_layer_norm/scale', 'encoder/layer_1/ffn_layer_norm/bias',
-               'embeddings/layer_norm/scale', 'encoder/layer_2/ffn_layer_norm/bias',
-               'encoder/layer_10/attention_layer_norm/scale', 'encoder/layer_3/ffn/output/kernel',
-               'encoder/layer/1/output/LayerNorm/scale', 'encoder/layer/2/output/LayerNorm/scale'):
-    # Trained when the original pattern matches and the leaf is in a kept layer; layer numbers
-    # are matched whole (dropping layer 1 keeps layer 10).
-    layer = sites.layer_index(path)
-    kept = layer is not None and layer not in (0, 1)
-    assert trains(path) == (re.fullmatch(original, path) is not None and kept), path
+  # Written out by hand: Houlsby trains every layer norm; with layers 0 and 1 dropped only the
+  # layer norms of layers 2, 3, ... train (layer 10 too: indices are whole numbers), never the
+  # embeddings' layer norm, nor a kernel, in either path layout (ours: layer_<i>/, HF: layer/<i>/).
+  expected = {
+      'encoder/layer_0/attention_layer_norm/scale': False,
+      'encoder/layer_1/ffn_layer_norm/bias': False,
+      'embeddings/layer_norm/scale': False,
+      'encoder/layer_2/ffn_layer_norm/bias': True,
+      'encoder/layer_10/attention_layer_norm/scale': True,
+      'encoder/layer_11/ffn_layer_norm/scale': True,
+      'encoder/layer_3/ffn/output/kernel': False,
+      'encoder/layer/1/output/LayerNorm/scale': False,
+      'encoder/layer/0/attention/output/LayerNorm/bias': False,
+      'encoder/layer/2/output/LayerNorm/scale': True,
+      'encoder/layer/12/output/LayerNorm/scale': True,
+      'bert/encoder/layer/3/attention/output/LayerNorm/bias': True,
+  }
+  got = {path: re.fullmatch(pattern, path) is not None for path in expected}
+  assert got == expected
   # The result round-trips like any method config (it is recorded beside checkpoints).
   assert methods.method_from_dict(dropped.to_dict()) == dropped
 

@@ -36,3 +36,37 @@ def test_glue_split_selection_and_errors():
     load_glue('mnli', 'validation')
   with pytest.raises(KeyError, match='valid: cola'):
     load_glue('sst5', 'train')
+
+
+# tfds's GLUE feature names of each task's texts, in model order (segment A, then B), written out
+# from tfds's `glue` builder; our loader must read these fields in this order.
+TFDS_TEXT_FIELDS = {'cola': ('sentence',), 'sst2': ('sentence',), 'mrpc': ('sentence1', 'sentence2'),
+                    'qqp': ('question1', 'question2'), 'stsb': ('sentence1', 'sentence2'),
+                    'mnli': ('premise', 'hypothesis'), 'qnli': ('question', 'sentence'),
+                    'rte': ('sentence1', 'sentence2'), 'wnli': ('sentence1', 'sentence2')}
+
+
+@pytest.mark.parametrize('name', GLUE_TASK_NAMES)
+def test_glue_rows_map_each_field_label_and_index(name):
+  """Mock rows whose every text names its own field: a loader that swaps the two texts of a pair
+  task, reads the wrong field, drops the label or the index fails here."""
+  import numpy as np
+  import tensorflow as tf
+
+  def as_dataset(self, split, **kwargs):
+    def rows():
+      for i in range(3):
+        row = {field: f'{field} {split} {i}'.encode() for field in TFDS_TEXT_FIELDS[name]}
+        row['label'] = np.float32(0.5 + i) if name == 'stsb' else np.int64(i % 2)
+        row['idx'] = np.int32(100 + i)
+        yield row
+    return tf.data.Dataset.from_generator(rows, output_signature={
+        k: tf.TensorSpec(shape=(), dtype=v) for k, v in self.info.features.dtype.items()})
+
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    examples = load_glue(name, 'validation_matched' if name == 'mnli' else 'validation')
+  split = 'validation_matched' if name == 'mnli' else 'validation'
+  fields = TFDS_TEXT_FIELDS[name]
+  got = [(e.text_a, e.text_b, e.label, e.idx) for e in examples]
+  assert got == [(f'{fields[0]} {split} {i}', f'{fields[1]} {split} {i}' if len(fields) == 2 else None,
+                  0.5 + i if name == 'stsb' else i % 2, 100 + i) for i in range(3)]

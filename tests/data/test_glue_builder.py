@@ -116,3 +116,44 @@ def _env():
   env = dict(os.environ)
   env.setdefault('JAX_PLATFORMS', 'cpu')
   return env
+
+
+@pytest.fixture(scope='module')
+def extra_glue_dir(tmp_path_factory):
+  """tfds's `mnli_matched`, `mnli_mismatched` and `ax` configs, prepared by its builder."""
+  files_dir = glue_files.write_glue_files(tmp_path_factory.mktemp('glue_extra_files'),
+                                          glue_files.EXTRA_CONFIGS)
+  data_dir = tmp_path_factory.mktemp('tfds_extra')
+  for config in glue_files.EXTRA_CONFIGS:
+    glue_files.prepare_glue(config, files_dir, data_dir)
+  return str(data_dir)
+
+
+def _tfds_rows(config: str, split: str, data_dir: str) -> dict[int, tuple]:
+  import tensorflow_datasets as tfds
+
+  dataset = tfds.load(f'glue/{config}', split=split, data_dir=data_dir, shuffle_files=False)
+  return {int(r['idx']): (r['premise'].decode(), r['hypothesis'].decode(), int(r['label']))
+          for r in tfds.as_numpy(dataset)}
+
+
+@pytest.mark.parametrize('config, half', [('mnli_matched', 'matched'), ('mnli_mismatched', 'mismatched')])
+def test_mnli_halves_hold_mnlis_dev_and_test_files_as_our_mnli_splits_do(config, half, extra_glue_dir,
+                                                                         glue_data_dir):
+  import tensorflow_datasets as tfds
+
+  assert set(tfds.builder(f'glue/{config}', data_dir=extra_glue_dir).info.splits) == {'validation', 'test'}
+  for split, ours in (('validation', f'validation_{half}'), ('test', f'test_{half}')):
+    got = _tfds_rows(config, split, extra_glue_dir)
+    assert got == expected_rows('mnli', ours), (config, split)
+    # Our loader's split of the same name in `glue/mnli` holds the same rows.
+    loaded = {e.idx: (e.text_a, e.text_b, e.label) for e in load_glue('mnli', ours, data_dir=glue_data_dir)}
+    assert loaded == got, (config, split)
+
+
+def test_ax_is_one_unlabelled_test_split_of_premise_hypothesis_pairs(extra_glue_dir):
+  import tensorflow_datasets as tfds
+
+  assert list(tfds.builder('glue/ax', data_dir=extra_glue_dir).info.splits) == ['test']
+  assert _tfds_rows('ax', 'test', extra_glue_dir) == {
+      i: (f'ax test {i} premise', f'ax test {i} hypothesis', -1) for i in range(ROWS)}

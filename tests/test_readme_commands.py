@@ -1,0 +1,337 @@
+"""Every shell command in README.md runs in a test, the way a user runs it.
+
+Each command of README.md's shell blocks must have an entry in COMMANDS (keyed by the command's
+text): run here in a subprocess, in a fresh directory, shortened where it would train long or needs
+the network (a `:smoke` config, a tiny local model, GLUE files prepared offline by tfds's builder);
+or named as run by another test (which must exist). A README command without an entry fails
+`test_every_readme_command_has_an_entry` with what to add. The commands that need a trained run
+share one: quickstart -> predict/export, the GLUE LoRA run -> PEFT export -> import.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.readme_commands import (
+    ROOT,
+    Command,
+    Covered,
+    MakeTarget,
+    Run,
+    Sandbox,
+    extract_commands,
+    join,
+    make_recipe,
+    set_flag,
+    smoke_config,
+    source_of_test,
+    tokens,
+    unknown_command_message,
+)
+
+PY = '.venv/bin/python'
+QUICKSTART = (f'{PY} -m experiments.train --config=experiments/configs/quickstart.py '
+              '--workdir=workdirs/quickstart')
+GLUE_LORA = (f'{PY} -m experiments.train --config=experiments/configs/glue.py:rte --workdir=workdirs/rte '
+             '--config.method=lora --config.learning_rate=5e-4 --config.model=bert-base-uncased')
+LOCAL = (f'{PY} -m experiments.train --config=experiments/configs/glue.py:local --workdir=workdirs/mine '
+         '--config.local_task.paths.train=train.csv --config.local_task.paths.validation=dev.csv '
+         '--config.local_task.encoding=latin-1 --config.local_task.label_names=\'("neg","pos")\' '
+         '--config.method_options.size=8')
+PREDICT = f'echo "A quiet, devastating film." | {PY} -m experiments.predict --workdir=workdirs/quickstart'
+EXPORT_ADAPTERS = (f'{PY} -m experiments.export --workdir=workdirs/quickstart --format=adapters '
+                   '--out=exports/rt')
+EXPORT_PEFT = f'{PY} -m experiments.export --workdir=workdirs/lora_run --format=peft --out=exports/lora'
+IMPORT_PEFT = (f'{PY} -m experiments.import_adapter --from=exports/lora --format=peft --model=roberta-base '
+               '--out=imported/lora')
+SWEEP = (f'{PY} -m experiments.sweep --config=experiments/configs/houlsby_glue.py --sweep_dir=sweeps/houlsby '
+         '--launcher=slurm')
+
+
+def _result(sandbox, workdir):
+  return json.loads((sandbox.dir / workdir / 'result.json').read_text())
+
+
+def _tiny_bert(sandbox) -> str:
+  if 'tiny_bert' not in sandbox.files:
+    from tests.train.conftest import write_tiny_bert
+    sandbox.files['tiny_bert'] = str(write_tiny_bert(sandbox.dir / 'tiny_bert'))
+  return sandbox.files['tiny_bert']
+
+
+def _glue_rte(sandbox) -> str:
+  """GLUE RTE prepared offline by tfds's builder from GLUE-layout files (scripts/glue_files.py)."""
+  if 'glue' not in sandbox.files:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('glue_files', ROOT / 'scripts' / 'glue_files.py')
+    glue_files = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(glue_files)
+    files = glue_files.write_glue_files(sandbox.dir / 'glue_files', ['rte'])
+    glue_files.prepare_glue('rte', files, sandbox.dir / 'tfds')
+    sandbox.files['glue'] = str(sandbox.dir / 'tfds')
+  return sandbox.files['glue']
+
+
+def _local_files(sandbox) -> None:
+  """train.csv / dev.csv in latin-1 (an 'é' that is not UTF-8), as the command's flags say."""
+  rows = ['text,label'] + [f'{"un film épatant" if i % 2 else "a dull film"} {i},{i % 2}' for i in range(24)]
+  for name in ('train.csv', 'dev.csv'):
+    (sandbox.dir / name).write_bytes('\n'.join(rows).encode('latin-1'))
+
+
+def _shorten_glue(words, sandbox):
+  words = smoke_config(words)
+  words = set_flag(words, '--config.model', _tiny_bert(sandbox))  # bert-base-uncased needs the hub
+  words = set_flag(words, '--config.batch_size', '4')  # the prepared files hold 6 rows per split
+  return set_flag(words, '--config.data_dir', _glue_rte(sandbox))  # GLUE needs a download
+
+
+def _shorten_local(words, sandbox):
+  _local_files(sandbox)
+  return smoke_config(words)
+
+
+def _check_quickstart(proc, sandbox):
+  result = _result(sandbox, 'workdirs/quickstart')
+  assert (result['task'], result['method'], result['model']) == ('rotten_tomatoes', 'houlsby', 'minilm-l6')
+  assert (sandbox.dir / 'workdirs/quickstart/best').is_dir()
+
+
+def _check_glue(proc, sandbox):
+  result = _result(sandbox, 'workdirs/rte')
+  assert (result['task'], result['method']) == ('rte', 'lora')
+
+
+def _check_local(proc, sandbox):
+  result = _result(sandbox, 'workdirs/mine')
+  assert result['task'] == 'local' and result['config']['method_options'] == {'size': 8}
+
+
+def _check_predict(proc, sandbox):
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+  assert len(rows) == 1, proc.stdout
+  assert rows[0]['label'] in rows[0]['probabilities']
+  assert sum(rows[0]['probabilities'].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def _check_files(*paths):
+  def check(proc, sandbox):
+    missing = [p for p in paths if not (sandbox.dir / p).exists()]
+    assert not missing, f'not written: {missing}; stdout: {proc.stdout[-2000:]}'
+  return check
+
+
+def _shorten_bench(words, sandbox):
+  anchors = '--anchors' in words
+  words = set_flag(words, '--shapes', '1x8' if anchors else '2x16')
+  if _flag_value(words, '--steps') == '0':  # compile time and memory only: a tiny model, one method
+    return set_flag(set_flag(words, '--model', 'tiny'), '--methods', 'houlsby')
+  words = set_flag(words, '--steps', '1')
+  words = set_flag(words, '--warmup', '0')
+  words = set_flag(words, '--rounds', '1')
+  if anchors:  # the anchors exist for MiniLM only; the test's Python has torch, adapters, peft
+    words = set_flag(words, '--methods', 'lora')
+    words = set_flag(words, '--anchor_python', sys.executable)
+    return words if '--no-memory' in words else words + ['--no-memory']
+  words = set_flag(words, '--model', 'tiny')
+  if (_flag_value(words, '--methods') or 'all') == 'all':
+    words = set_flag(words, '--methods', 'full,houlsby')
+  return words if '--no-memory' in words else words + ['--no-memory']
+
+
+def _flag_value(words, flag):
+  """The value of `flag` in `words` (`--f=v` or `--f v`), None when absent."""
+  for i, word in enumerate(words):
+    if word.startswith(flag + '='):
+      return word.split('=', 1)[1]
+    if word == flag and i + 1 < len(words):
+      return words[i + 1]
+  return None
+
+
+def _mini_fusion_adapters(sandbox) -> None:
+  """The two Pfeiffer adapter runs the fusion and the composition benchmark read by default
+  (`workdirs/mini_fusion/adapter-<task>`, mini_fusion.py's first stage), on the tiny BERT."""
+  if 'mini_fusion' in sandbox.files:
+    return
+  for task in ('rotten_tomatoes', 'tweet_sentiment'):
+    proc = sandbox.run(join([PY, '-m', 'experiments.train',
+                             f'--config=experiments/configs/mini_fusion.py:adapter-{task},smoke',
+                             f'--workdir=workdirs/mini_fusion/adapter-{task}',
+                             f'--config.model={_tiny_bert(sandbox)}']), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2500:]
+  sandbox.files['mini_fusion'] = 'workdirs/mini_fusion'
+
+
+def _shorten_fusion(words, sandbox):
+  _mini_fusion_adapters(sandbox)
+  return set_flag(smoke_config(words), '--config.model', _tiny_bert(sandbox))
+
+
+def _shorten_composition(words, sandbox):
+  """The README's command on its default adapters (the mini_fusion adapter runs), small sizes."""
+  _mini_fusion_adapters(sandbox)
+  for flag, value in (('--batch_size', '4'), ('--length', '16'), ('--repeats', '1'),
+                      ('--eval_examples', '8')):
+    words = set_flag(words, flag, value)
+  return words
+
+
+BENCH = f'{PY} scripts/bench.py'
+COMMANDS = {
+    'make demo': MakeTarget('demo'),
+    'make test': MakeTarget('test'),
+    QUICKSTART: Run(shorten=lambda w, s: smoke_config(w), check=_check_quickstart),
+    GLUE_LORA: Run(shorten=_shorten_glue, check=_check_glue),
+    LOCAL: Run(shorten=_shorten_local, check=_check_local),
+    PREDICT: Run(needs=(QUICKSTART,), check=_check_predict),
+    f'{PY} -m experiments.train --config=experiments/configs/mini_fusion.py:fusion-rotten_tomatoes '
+    '--workdir=workdirs/mini_fusion/fusion-rotten_tomatoes': Run(
+        shorten=_shorten_fusion, check=lambda proc, sandbox: _assert_glob(
+            sandbox, 'workdirs/mini_fusion/fusion-rotten_tomatoes/result.json')),
+    f'{PY} -m experiments.predict --workdir=workdirs/rt,workdirs/tweets --adapter_column --input=rows.tsv':
+        Covered('tests/test_fusion.py::test_multi_predictor_per_row_column_and_cli',
+                ('experiments.predict', '--adapter_column'),
+                'needs two runs on two tasks; that test trains them and reads stdin instead of --input'),
+    EXPORT_ADAPTERS: Run(needs=(QUICKSTART,), check=_check_files(
+        'exports/rt/adapter_config.json', 'exports/rt/head_config.json')),
+    EXPORT_PEFT: Run(needs=(GLUE_LORA,), shorten=lambda w, s: set_flag(w, '--workdir', 'workdirs/rte'),
+                     check=_check_files('exports/lora/adapter_config.json',
+                                        'exports/lora/adapter_model.safetensors')),
+    IMPORT_PEFT: Run(needs=(EXPORT_PEFT,), shorten=lambda w, s: set_flag(w, '--model', _tiny_bert(s)),
+                     check=_check_files('imported/lora')),
+    SWEEP: Run(check=lambda proc, sandbox: _assert_glob(sandbox, 'sweeps/houlsby/**/*.sbatch')),
+    f'{PY} -m experiments.report --sweep_dir=sweeps/houlsby --config=experiments/configs/houlsby_glue.py':
+        Covered('tests/data/test_glue_builder.py::test_train_and_report_on_builder_prepared_glue',
+                ('experiments.report', '--sweep_dir', 'houlsby_glue.py'),
+                'needs finished runs; that test trains one on builder-prepared GLUE RTE and reports it'),
+    f'{BENCH} --shapes 8x128,32x64 --out bench.json': Run(shorten=_shorten_bench,
+                                                         check=_check_files('bench.json')),
+    'bash scripts/setup_anchor.sh': Covered(
+        'tests/test_bench.py::test_missing_anchor_environment_names_the_setup_command',
+        ('bash scripts/setup_anchor.sh',),
+        'pip-installs torch into .anchor-venv; the tests run the anchors in their own Python'),
+    f'{BENCH} --shapes 8x128 --anchors --rounds 3': Run(shorten=_shorten_bench),
+    f'{BENCH} --model large --methods houlsby --scan_layers --steps 0': Run(shorten=_shorten_bench),
+    f'{BENCH} --methods houlsby,houlsby@all_positions --no-memory': Run(shorten=_shorten_bench),
+    f'{BENCH} --methods full,houlsby,houlsby@adapterdrop --no-memory': Run(shorten=_shorten_bench),
+    f'{PY} scripts/bench_composition.py': Run(shorten=_shorten_composition),
+    f'{PY} scripts/memory_estimate.py --model large --batch 32 --length 128': Run(
+        shorten=lambda w, s: set_flag(set_flag(set_flag(w, '--model', 'tiny'), '--batch', '2'),
+                                      '--length', '16')),
+    'bash scripts/accelerator_check.sh results.json': Covered(
+        'tests/test_accelerator_check.py::test_tiny_accelerator_check_writes_throughput_flops_and_glue_json',
+        ('scripts/accelerator_check.sh', '--tiny'),
+        'BERT-large on a GPU; that test runs the same script in its --tiny form on the CPU'),
+}
+
+
+def _assert_glob(sandbox, pattern):
+  assert list(sandbox.dir.glob(pattern)), f'nothing matches {pattern}'
+
+
+def readme() -> list[Command]:
+  return extract_commands((ROOT / 'README.md').read_text())
+
+
+def test_extraction_joins_continuations_drops_comments_and_reads_only_shell_blocks():
+  markdown = '\n'.join([
+      'text `python -m not.this`', '```python', 'x = 1  # python', '```',
+      '```bash', '# a comment line', 'echo "a # not a comment" | cat  # a comment', 'python -m a \\',
+      '    --flag=1 \\', '    --other   2', '```', '```console', '$ make demo', 'output line', '```'])
+  assert extract_commands(markdown) == [
+      Command(7, 'echo "a # not a comment" | cat'), Command(8, 'python -m a --flag=1 --other 2'),
+      Command(13, 'make demo')]
+  with pytest.raises(ValueError, match='not closed'):
+    extract_commands('```bash\nmake demo\n')
+
+
+def test_shortening_helpers_set_flags_in_either_form():
+  assert set_flag(['p', '--model', 'large', '--x'], '--model', 'tiny') == ['p', '--model=tiny', '--x']
+  assert set_flag(['p', '--model=large'], '--model', None) == ['p']
+  assert set_flag(['p'], '--steps', '1') == ['p', '--steps=1']
+  assert smoke_config(['--config=a.py', '--config=b.py:rte']) == ['--config=a.py:smoke',
+                                                                    '--config=b.py:rte,smoke']
+  assert join(tokens('echo "a b" | x --y=1')) == "echo 'a b' | x --y=1"
+  words = tokens('.venv/bin/python scripts/bench.py --methods houlsby,houlsby@all_positions --no-memory')
+  assert _shorten_bench(words, None) == [
+      '.venv/bin/python', 'scripts/bench.py', '--methods', 'houlsby,houlsby@all_positions', '--no-memory',
+      '--shapes=2x16', '--steps=1', '--warmup=0', '--rounds=1', '--model=tiny']
+
+
+def test_unknown_command_message_names_the_line_and_what_to_add():
+  message = unknown_command_message(Command(42, 'python -m experiments.new_thing'))
+  assert 'README.md line 42' in message and 'COMMANDS in tests/test_readme_commands.py' in message
+  assert ':smoke' in message and 'Covered(' in message
+
+
+def test_every_readme_command_has_an_entry_and_every_entry_is_in_the_readme():
+  commands = readme()
+  assert len(commands) >= 15
+  unknown = [unknown_command_message(c) for c in commands if c.text not in COMMANDS]
+  assert not unknown, '\n'.join(unknown)
+  stale = sorted(set(COMMANDS) - {c.text for c in commands})
+  assert not stale, f'COMMANDS entries no longer in README.md (remove or update them): {stale}'
+
+
+def test_covered_commands_name_existing_tests_that_run_them():
+  for text, entry in COMMANDS.items():
+    if isinstance(entry, Covered):
+      source_of_test(entry.test)  # raises if the file or function does not exist
+      source = (ROOT / entry.test.partition('::')[0]).read_text()
+      missing = [f for f in entry.contains if f not in source]
+      assert not missing, f'{entry.test} does not run `{text}`: it lacks {missing}'
+
+
+def test_make_targets_run_a_readme_command_or_this_suite():
+  assert make_recipe('demo') == [QUICKSTART]
+  recipe = make_recipe('test')
+  assert len(recipe) == 1 and recipe[0].startswith(f'{PY} -m pytest') and recipe[0].endswith(' tests')
+
+
+def test_readme_commands_run(tmp_path):
+  """Each Run command, shortened, in one sandbox; commands that read a run's files run after it."""
+  sandbox = Sandbox(tmp_path)
+  known = {c.text for c in readme()}
+  failures = []
+
+  def run(text):
+    if text in sandbox.done:
+      return sandbox.done[text]
+    entry = COMMANDS[text]
+    for need in entry.needs:
+      if run(need).returncode != 0:
+        failures.append(f'`{text}`: skipped, `{need}` failed')
+        sandbox.done[text] = subprocess.CompletedProcess(text, 1)
+        return sandbox.done[text]
+    words = entry.shorten(tokens(text), sandbox)
+    start = time.perf_counter()
+    proc = sandbox.run(join(words), entry.timeout)
+    print(f'{time.perf_counter() - start:6.1f} s  rc {proc.returncode}  {join(words)}', flush=True)
+    sandbox.done[text] = proc
+    if proc.returncode != 0:
+      failures.append(f'`{join(words)}` exited {proc.returncode}:\n{proc.stderr[-2500:]}')
+      return proc
+    try:
+      entry.check(proc, sandbox)
+    except AssertionError as error:
+      failures.append(f'`{join(words)}`: {error}')
+    return proc
+
+  for text, entry in COMMANDS.items():
+    if isinstance(entry, Run) and text in known:
+      run(text)
+  assert not failures, '\n\n'.join(failures)
+
+
+def test_the_readme_names_paths_that_exist():
+  """Scripts and configs named by README commands exist in the checkout."""
+  for command in readme():
+    for word in tokens(command.text):
+      path = word.split('=', 1)[-1].split(':', 1)[0]
+      if path.startswith(('scripts/', 'experiments/configs/')):
+        assert pathlib.Path(ROOT / path).exists(), f'README.md line {command.line}: no file {path}'
