@@ -223,6 +223,30 @@ COMMANDS = {
     f'{PY} scripts/memory_estimate.py --model large --batch 32 --length 128': Run(
         shorten=lambda w, s: set_flag(set_flag(set_flag(w, '--model', 'tiny'), '--batch', '2'),
                                       '--length', '16')),
+    f'{PY} scripts/make_random_t5.py --out=workdirs/random_t5': Covered(
+        'tests/train/test_seq2seq.py::test_make_random_t5_script_writes_a_loadable_t5_with_the_packaged_tokenizer',
+        ('scripts/make_random_t5.py', '--out='),
+        'that test runs the script into its own directory and loads what it wrote'),
+    (f'{PY} -m experiments.train --config=experiments/configs/mini_t5_rotten_tomatoes.py '
+     '--workdir=workdirs/mini_t5'):
+        Covered('tests/train/test_seq2seq.py::test_cli_trains_a_t5_adapter_and_reports_generation_metrics',
+                ('experiments.train', 'mini_t5_rotten_tomatoes.py:smoke'),
+                'trains minutes on a CPU; that test runs the config in its smoke form on a random T5'),
+    f'{PY} -m experiments.make_random_decoder --out_dir=workdirs/tiny_llama': Run(
+        check=_check_files('workdirs/tiny_llama/config.json', 'workdirs/tiny_llama/model.safetensors')),
+    f'{PY} -m experiments.train --config=experiments/configs/mini_lora_lm.py --workdir=workdirs/mini_lm':
+        Covered('tests/train/test_causal_lm_cli.py::test_lora_on_a_tiny_llama_trains_through_the_cli',
+                ('experiments.train', 'mini_lora_lm.py:smoke'),
+                'trains minutes on a CPU; that test runs the config in its smoke form on a tiny Llama'),
+    f'{PY} scripts/bench_lm.py --models t5,llama --rounds 3 --steps 5 --out bench_lm.json': Covered(
+        'tests/test_bench.py::test_lm_anchors_run_through_bench_lm_on_our_shapes',
+        ('bench_lm', 'run_anchor'),
+        'needs the PyTorch anchor environment; that test runs both sides through bench_lm on small shapes'),
+    (f'{PY} scripts/memory_estimate.py --model llama-7b --fake_devices 8 --sharding fsdp --batch 8 '
+     '--length 2048 --options scan+remat --dtype bfloat16 --frozen_dtype bfloat16'): Covered(
+        'tests/models/test_llama_7b_lowering.py::test_llama_7b_lora_step_fits_an_80gb_device_with_8_way_fsdp',
+        ('scripts/memory_estimate.py', 'llama-7b', '--fake_devices', '--sharding', 'fsdp'),
+        'that test runs the same command and checks the estimate against an 80 GB device'),
     'bash scripts/accelerator_check.sh results.json': Covered(
         'tests/test_accelerator_check.py::test_tiny_accelerator_check_writes_throughput_flops_and_glue_json',
         ('scripts/accelerator_check.sh', '--tiny'),
