@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from adapters_jax.sweeps.plan import LOG_FILE, Run
+from adapters_jax.sweeps.plan import LOG_FILE, Run, unfinished_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,17 +116,7 @@ def run_local(runs: Sequence[Run], parallel: int = 0, *, devices: Devices | None
   if note:
     log(note)
   outcome = LocalOutcome()
-  todo = []
-  for run in runs:
-    stale = run.stale_fields()
-    if stale:
-      outcome.stale[run.name] = stale
-      log(f'STALE {run.name}: its workdir holds a run whose {", ".join(stale)} differ from the '
-          'config now; not run. Delete the workdir to rerun it, or use another --sweep_dir.')
-    elif run.finished:
-      outcome.skipped.append(run.name)
-    else:
-      todo.append(run)
+  todo = unfinished_runs(runs, outcome.skipped, outcome.stale, log)
   log(f'{len(runs)} runs: {len(outcome.skipped)} finished, {len(outcome.stale)} stale, '
       f'{len(todo)} to run, {len(free)} at a time'
       f'{" (one per GPU)" if devices.kind == "gpu" else ""}.')

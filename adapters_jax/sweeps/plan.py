@@ -74,6 +74,24 @@ class Run:
     return sorted(k for k in set(saved) & set(self.config) if saved[k] != self.config[k])
 
 
+
+def unfinished_runs(runs: Sequence[Run], skipped: list[str], stale: dict[str, list[str]],
+                    log: Callable[[str], None]) -> list[Run]:
+  """The runs still to train; appends finished ones to `skipped` and records (and logs) in `stale`
+  those whose workdir holds a run of another config."""
+  todo = []
+  for run in runs:
+    fields = run.stale_fields()
+    if fields:
+      stale[run.name] = fields
+      log(f'STALE {run.name}: its workdir holds a run whose {", ".join(fields)} differ from the '
+          'config now; not run. Delete the workdir to rerun it, or use another --sweep_dir.')
+    elif run.finished:
+      skipped.append(run.name)
+    else:
+      todo.append(run)
+  return todo
+
 def flag_text(value: Any) -> str:
   """A grid value as `--config.k=` text that `config_args.set_field` reads back as `value`."""
   text = config_args.format_value(value)

@@ -27,7 +27,7 @@ import ml_collections
 
 from adapters_jax import config_args
 from adapters_jax.sweeps.launchers import waves
-from adapters_jax.sweeps.plan import Run
+from adapters_jax.sweeps.plan import Run, unfinished_runs
 
 TrainGroup = Callable[[list[ml_collections.ConfigDict], list[str]], list[dict[str, Any]]]
 
@@ -67,17 +67,7 @@ def run_vmapped(config_path: str, runs: Sequence[Run], train_group: TrainGroup, 
   module = config_args.load_config_module(config_path)
   _, arg = config_args.split_config_path(config_path)
   outcome = VmapOutcome()
-  todo = []
-  for run in runs:
-    stale = run.stale_fields()
-    if stale:
-      outcome.stale[run.name] = stale
-      log(f'STALE {run.name}: its workdir holds a run whose {", ".join(stale)} differ from the '
-          'config now; not run. Delete the workdir to rerun it, or use another --sweep_dir.')
-    elif run.finished:
-      outcome.skipped.append(run.name)
-    else:
-      todo.append(run)
+  todo = unfinished_runs(runs, outcome.skipped, outcome.stale, log)
   bad = set(outcome.stale)
   plans = [group_runs([r for r in wave if r in todo], fields, max_members) for wave in waves(runs)]
   log(f'{len(runs)} runs: {len(outcome.skipped)} finished, {len(outcome.stale)} stale, '
