@@ -78,7 +78,8 @@ def encode_splits(config: ml_collections.ConfigDict, task: data.Task, tokenizer,
   return encoded
 
 
-def _the_loss(loss: jax.Array, batch) -> jax.Array:
+def plain_loss(loss: jax.Array, batch) -> jax.Array:
+  """The loss as the model computed it (`train_step`'s `loss_fn` for runs without a regularizer)."""
   return loss
 
 
@@ -90,7 +91,7 @@ def make_step_fns(experiment: Experiment, tx: optax.GradientTransformation):
     `eval(trainable, frozen, batch) -> {task kind's outputs, example_mask}`.
   """
   train = jax.jit(functools.partial(train_step, apply_fn=experiment.training_loss,
-                                    loss_fn=_the_loss, tx=tx), donate_argnums=(0,))
+                                    loss_fn=plain_loss, tx=tx), donate_argnums=(0,))
   return train, make_eval_step(experiment.task_kind, experiment.forward)
 
 
@@ -102,7 +103,7 @@ def _check_finite(loss: float, step: int, checkpoints: TrainCheckpoints) -> None
         'or check the data before resuming.')
 
 
-def _check_splits(config: ml_collections.ConfigDict, task: data.Task) -> None:
+def check_splits(config: ml_collections.ConfigDict, task: data.Task) -> None:
   """A run needs a training split and a validation split (model selection) with examples."""
   fix = ('add one to the task: for local files --config.local_task.paths.validation=dev.csv '
          '(a file with the same columns)' if config.task == 'local' else
@@ -138,7 +139,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   task = data.resplit(data.load_task(task_source(config), data_dir=config.data_dir or None),
                      config.split_scheme)
-  _check_splits(config, task)
+  check_splits(config, task)
   experiment = build_experiment(config, task.spec)
   spec = experiment.spec
   encoded = encode_splits(config, task, experiment.pretrained.tokenizer, experiment.task_kind)
@@ -176,7 +177,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   select_metric = config.select_metric or spec.primary_metric
   validation_split = spec.validation_splits[0]
-  final_splits = _final_splits(spec, encoded)
+  final_splits = final_splits_of(spec, encoded)
   step = int(jax.device_get(state.step))
   progress = Progress(total_steps, step, config.batch_size, config.eval_every_steps,
                       len(encoded[validation_split]), sum(len(encoded[s]) for s in final_splits))
@@ -222,7 +223,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if best is None or val[select_metric] > best['value']:
         best = {'step': step, 'metric': select_metric, 'value': val[select_metric], 'metrics': val}
         with progress.paused():
-          _save_best(experiment, state.params, frozen, workdir, best)
+          save_best(experiment, state.params, frozen, workdir, best)
     if do_save:
       with progress.paused():
         checkpoints.save(state, {'data_position': position.to_dict(), 'best': best})
@@ -265,7 +266,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return result
 
 
-def _final_splits(spec: data.TaskSpec, encoded: dict[str, data.BatchSource]) -> list[str]:
+def final_splits_of(spec: data.TaskSpec, encoded: dict[str, data.BatchSource]) -> list[str]:
   """The splits evaluated with the best params after training: validation, and labelled test."""
   splits = [s for s in spec.validation_splits if s in encoded]
   if spec.test_has_labels:
@@ -278,7 +279,7 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _save_best(experiment: Experiment, train_params, frozen, workdir: str, best: dict) -> None:
+def save_best(experiment: Experiment, train_params, frozen, workdir: str, best: dict) -> None:
   if jax.process_index() != 0:
     return
   params = trainable.combine(jax.device_get(train_params), jax.device_get(frozen))

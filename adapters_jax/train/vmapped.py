@@ -28,6 +28,7 @@ Single process; the group runs on the default device.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -49,13 +50,13 @@ from adapters_jax.train.experiment import Experiment, build_experiment, task_sou
 from adapters_jax.train.loop import (
   BEST_DIR,
   CHECKPOINT_DIR,
-  _check_splits,
-  _final_splits,
-  _save_best,
-  _the_loss,
+  check_splits,
   encode_splits,
+  final_splits_of,
   load_best,
   make_schedule,
+  plain_loss,
+  save_best,
 )
 from adapters_jax.train.member_batches import stack_member_batches
 from adapters_jax.train.metrics_log import MetricsLog
@@ -114,7 +115,7 @@ def make_group_step(experiment: Experiment, config: ml_collections.ConfigDict, t
     tx = trainable.adamw(lambda count: learning_rate * unit(count),
                          weight_decay=config.weight_decay, clip_norm=config.clip_norm)
     new_state, metrics = train_step(state, frozen, batch, apply_fn=experiment.training_loss,
-                                    loss_fn=_the_loss, tx=tx)
+                                    loss_fn=plain_loss, tx=tx)
     ok = alive & jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
     state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
     return state, ok, metrics
@@ -161,10 +162,14 @@ def train_group(configs: Sequence[ml_collections.ConfigDict],
 
 
 def _build_members(configs, spec):
-  """Each member's experiment; their trainable params; the one frozen tree they share."""
-  experiments, train_parts, frozen = [], [], None
+  """Each member's experiment (built once per seed: members of one seed differ only in learning
+  rate); their trainable params; the one frozen tree they share."""
+  experiments, train_parts, frozen, by_seed = [], [], None, {}
   for config in configs:
-    experiment = build_experiment(config, spec)
+    if config.seed in by_seed:
+      experiment = dataclasses.replace(by_seed[config.seed], config=config)
+    else:
+      experiment = by_seed[config.seed] = build_experiment(config, spec)
     train_params, member_frozen = trainable.split(experiment.params, experiment.mask)
     if frozen is None:
       frozen = member_frozen
@@ -196,7 +201,7 @@ def _train_members(configs, workdirs, cleanup: contextlib.ExitStack) -> list[dic
   config = configs[0]
   members = len(configs)
   task = data.load_task(task_source(config), data_dir=config.data_dir or None)
-  _check_splits(config, task)
+  check_splits(config, task)
   experiments, train_parts, frozen = _build_members(configs, task.spec)
   experiment, spec = experiments[0], experiments[0].spec
   if not isinstance(experiment.task_kind, Classification | Regression):
@@ -242,7 +247,7 @@ def _train_members(configs, workdirs, cleanup: contextlib.ExitStack) -> list[dic
 
   select_metric = config.select_metric or spec.primary_metric
   validation_split = spec.validation_splits[0]
-  final_splits = _final_splits(spec, encoded)
+  final_splits = final_splits_of(spec, encoded)
   step = int(jax.device_get(state.step[0]))
   progress = Progress(total_steps, step, config.batch_size, config.eval_every_steps,
                       len(encoded[validation_split]), sum(len(encoded[s]) for s in final_splits))
@@ -261,15 +266,22 @@ def _train_members(configs, workdirs, cleanup: contextlib.ExitStack) -> list[dic
       bests[m] = {'step': at_step, 'metric': select_metric, 'value': metrics[select_metric],
                   'metrics': metrics}
       with progress.paused():
-        _save_best(experiment, _member(state.params, m), frozen, workdirs[m], bests[m])
+        save_best(experiment, _member(state.params, m), frozen, workdirs[m], bests[m])
 
-  def finish(m, at_step):
-    results[m] = _final_result(experiments[m], workdirs[m], logs[m], at_step, frozen, encoded,
-                               final_splits, bests[m], total_steps, wall_start, progress,
-                               run_eval, members)
-    if m in stopped:
-      results[m].update(stopped[m])
-    run_files.write_result(results[m], workdirs[m])
+  def finish(finished, at_step):
+    """Evaluates the best params of members `finished` on the final splits in one vmapped pass
+    (padded to all members' rows, so that the eval step is not compiled again), writes results."""
+    best_params = [trainable.split(load_best(experiments[m], workdirs[m]), experiments[m].mask)[0]
+                   for m in finished]
+    stacked = _stack(best_params + [best_params[0]] * (members - len(finished)))
+    evaluations = {s: run_eval(stacked, s) for s in final_splits}
+    for i, m in enumerate(finished):
+      results[m] = _final_result(experiments[m], workdirs[m], logs[m], at_step, best_params[i],
+                                 frozen, encoded, {s: e[i] for s, e in evaluations.items()},
+                                 bests[m], total_steps, wall_start, progress, members)
+      if m in stopped:
+        results[m].update(stopped[m])
+      run_files.write_result(results[m], workdirs[m])
 
   logs: list[MetricsLog | None] = [None] * members
   iterators = [s.iterate(p) for s, p in zip(streams, positions, strict=True)]
@@ -324,7 +336,7 @@ def _train_members(configs, workdirs, cleanup: contextlib.ExitStack) -> list[dic
         val = run_eval(state.params, validation_split)[m]
         logs[m].write(at_step, validation_split, val)
         consider_best(m, at_step, val)
-      finish(m, at_step)
+      finish([m], at_step)
     if do_eval and alive.any():
       vals = run_eval(state.params, validation_split)
       for m in np.flatnonzero(alive):
@@ -336,26 +348,24 @@ def _train_members(configs, workdirs, cleanup: contextlib.ExitStack) -> list[dic
         for m in np.flatnonzero(alive):
           checkpoints[m].save(_member(state, m), {'data_position': positions[m].to_dict(),
                                                   'best': bests[m]})
+  unfinished = [m for m in range(members) if results[m] is None]
   for m in range(members):
     checkpoints[m].close()
-    if results[m] is None:
-      if logs[m] is None:  # resumed at the last step: only the final evaluation was missing
-        run_files.write_config(configs[m], workdirs[m])
-        logs[m] = MetricsLog(workdirs[m], resume_step=resume_step, tensorboard=config.tensorboard)
-        cleanup.callback(logs[m].close)
-      finish(m, step)
+    if results[m] is None and logs[m] is None:  # resumed at the last step: only the final
+      run_files.write_config(configs[m], workdirs[m])  # evaluation was missing
+      logs[m] = MetricsLog(workdirs[m], resume_step=resume_step, tensorboard=config.tensorboard)
+      cleanup.callback(logs[m].close)
+  if unfinished:
+    finish(unfinished, step)
   return results
 
 
-def _final_result(experiment: Experiment, workdir: str, log: MetricsLog, step: int, frozen,
-                  encoded, final_splits, best, total_steps, wall_start, progress, run_eval,
-                  members) -> dict[str, Any]:
-  """A member's result record (the fields a separate run's result.json has), after evaluating
-  its best checkpoint on the final splits."""
+def _final_result(experiment: Experiment, workdir: str, log: MetricsLog, step: int, best_params,
+                  frozen, encoded, evaluations: dict[str, dict[str, float]], best, total_steps,
+                  wall_start, progress, members) -> dict[str, Any]:
+  """A member's result record (the fields a separate run's result.json has), from its best
+  checkpoint's `evaluations` on the final splits."""
   config, spec = experiment.config, experiment.spec
-  best_params, _ = trainable.split(load_best(experiment, workdir), experiment.mask)
-  stacked = jax.tree.map(lambda leaf: leaf[None], best_params)
-  evaluations = {s: run_eval(stacked, s)[0] for s in final_splits}
   test = {s: m for s, m in evaluations.items() if s in spec.test_splits}
   for split, metrics in test.items():
     log.write(step, split, metrics)
