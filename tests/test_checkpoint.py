@@ -200,3 +200,45 @@ def test_check_base_refuses_other_shapes_even_when_the_adapter_fits(tmp_path):
   assert heads['sent'].head['classifier/kernel'].shape == (16, 2)
   for p, v in adapter_leaves(params, 'sent').items():
     np.testing.assert_array_equal(np.asarray(adapter_leaves(restored, 'sent')[p]), np.asarray(v))
+
+
+def test_save_trained_writes_the_masked_leaves_and_a_record_restore_adapter_refuses(tmp_path):
+  """A head-only run's checkpoint: exactly the head's leaves with their values, a record with no
+  adapter and the base's fingerprints; `restore_adapter` names the way to load it."""
+  from adapters_jax.checkpoint import (
+    FORMAT,
+    base_fingerprint,
+    load_leaves,
+    overwrite_leaves,
+    save_trained,
+    weights_fingerprint,
+  )
+  from adapters_jax.version import __version__
+
+  model = TinyClassifier()
+  params = init_tiny(model)
+  flat = traverse_util.flatten_dict(params, sep='/')
+  head = sorted(p for p in flat if p.startswith('classifier/'))
+  assert head and len(head) < len(flat)
+  mask = traverse_util.unflatten_dict({p: p in head for p in flat}, sep='/')
+  path = save_trained(os.fspath(tmp_path / 'head'), params, mask, base_name='tiny-64',
+                      extra={'task': 'sst2', 'best': {'step': 3}})
+  assert path == os.fspath(tmp_path / 'head')
+  record = load_record(path)
+  assert (record['format'], record['library_version']) == (FORMAT, __version__)
+  assert (record['adapter'], record['method'], record['sites']) == (None, None, [])
+  assert record['trained_paths'] == head
+  assert record['extra'] == {'task': 'sst2', 'best': {'step': 3}}
+  assert record['base'] == {'name': 'tiny-64', 'fingerprint': base_fingerprint(params),
+                            'weights_fingerprint': weights_fingerprint(params, skip=head)}
+  leaves = load_leaves(path)
+  assert sorted(leaves) == head
+  for p in head:
+    np.testing.assert_array_equal(leaves[p], np.asarray(flat[p]))
+  other = init_tiny(model, seed=5)
+  restored = traverse_util.flatten_dict(overwrite_leaves(other, leaves), sep='/')
+  other_flat = traverse_util.flatten_dict(other, sep='/')
+  for p in flat:
+    np.testing.assert_array_equal(restored[p], flat[p] if p in head else other_flat[p])
+  with pytest.raises(CheckpointError, match='holds no adapter .*load it with load_leaves'):
+    restore_adapter(path, model, other, *tiny_batch(vocab=model.vocab))

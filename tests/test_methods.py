@@ -169,3 +169,30 @@ def test_option_values_of_the_wrong_type_name_option_value_and_type():
   assert config.alpha == 4 and config.sites == (('.*/query', 'parallel'),)
   assert config.leave_out == (1,)
   assert methods.get_method('houlsby', size=None, reduction_factor=8).bottleneck_size(64) == 8
+
+
+@pytest.mark.parametrize('preset, config_class', [('houlsby', 'BottleneckConfig'),
+                                                  ('compacter', 'CompacterConfig')])
+def test_methods_that_cannot_merge_say_which_and_name_the_ones_that_can(preset, config_class):
+  method = methods.get_method(preset)
+  assert type(method).__name__ == config_class
+  for call in (method.check_merge, lambda: method.merge({}, {}, None),
+               lambda: method.unmerge({}, {}, None)):
+    with pytest.raises(NotImplementedError, match=f'^{config_class} cannot be merged'):
+      call()
+  with pytest.raises(NotImplementedError, match='only LoRA and \\(IA\\)3 can'):
+    method.merge({}, {}, None)
+
+
+def test_adapter_drop_narrows_a_verbose_pattern_written_over_several_lines():
+  """A `(?x)` train_also pattern may span lines (comments included); AdapterDrop keeps its flag
+  in front and all of its lines."""
+  import re
+  verbose = '(?x) .*layer_norm   # the layer norms\n  /(scale|bias)   # both leaves\n'
+  houlsby = methods.get_method('houlsby', train_also=(verbose,))
+  (pattern,) = methods.adapter_drop(houlsby, [0]).train_also
+  assert pattern.startswith('(?x)')
+  expected = {'encoder/layer_1/ffn_layer_norm/scale': True, 'encoder/layer_2/ffn_layer_norm/bias': True,
+              'encoder/layer_0/ffn_layer_norm/scale': False, 'embeddings/layer_norm/scale': False,
+              'encoder/layer_1/ffn/output/kernel': False}
+  assert {path: re.fullmatch(pattern, path) is not None for path in expected} == expected

@@ -110,3 +110,34 @@ def test_fusion_inside_a_stack_feeds_the_fused_output_to_the_next_adapter(base):
   # The other order is another model: c first, then the fusion of a and b over c's output.
   other = np.asarray(spliced.apply(params, ids, mask, active=Stack('c', Fuse('a', 'b'))))
   assert np.abs(other - got).max() > 1e-3
+
+
+def test_two_fusions_of_the_same_adapters_are_picked_by_name(base):
+  """Two fusion layers over (a, b) with different weights: Fuse(..., name=) runs the named one
+  (their outputs differ), the unnamed Fuse is ambiguous, and a wrong name or order is refused."""
+  from adapters_jax.composition import CompositionError
+
+  _, _, (ids, mask), _, _ = base
+  bottleneck = get_method('houlsby', sites=(('classifier', 'output'),), size=3)
+  spliced, params = _splice(base, 'a', bottleneck, seed=1)
+  spliced, params = _splice(base, 'b', bottleneck, seed=2, spliced=spliced, params=params)
+  spliced, params = add_fusion(spliced, params, ('a', 'b'), jax.random.key(4), name='f1')
+  spliced, params = add_fusion(spliced, params, ('a', 'b'), jax.random.key(5), name='f2')
+  for seed, name in enumerate(('a', 'b', 'f1', 'f2')):
+    params = perturb_adapter(params, name, scale=0.5, seed=10 + seed)
+  one = np.asarray(spliced.apply(params, ids, mask, active=Fuse('a', 'b', name='f1')))
+  two = np.asarray(spliced.apply(params, ids, mask, active=Fuse('a', 'b', name='f2')))
+  assert np.abs(one - two).max() > 1e-3
+  # f1 alone in a model without f2 gives f1's output: the name picked f1's weights.
+  only, only_params = _splice(base, 'a', bottleneck, seed=1)
+  only, only_params = _splice(base, 'b', bottleneck, seed=2, spliced=only, params=only_params)
+  only, only_params = add_fusion(only, only_params, ('a', 'b'), jax.random.key(4), name='f1')
+  for seed, name in enumerate(('a', 'b', 'f1')):
+    only_params = perturb_adapter(only_params, name, scale=0.5, seed=10 + seed)
+  np.testing.assert_allclose(np.asarray(only.apply(only_params, ids, mask, active=Fuse('a', 'b'))),
+                             one, rtol=1e-6, atol=1e-6)
+  for active, message in ((Fuse('a', 'b'), "Several fusion layers fuse \\['a', 'b'\\]: \\['f1', 'f2'\\]"),
+                          (Fuse('b', 'a', name='f1'), "fuses \\['a', 'b'\\], not \\['b', 'a'\\]"),
+                          (Fuse('a', 'b', name='a'), "'a' is not a fusion layer")):
+    with pytest.raises(CompositionError, match=message):
+      spliced.apply(params, ids, mask, active=active)

@@ -14,6 +14,7 @@ from adapters_jax.data import (
     eval_batches,
     length_buckets,
     num_eval_batches,
+    pad_batch,
 )
 
 KEYS = {'input_ids', 'attention_mask', 'token_type_ids', 'labels', 'example_mask'}
@@ -149,3 +150,22 @@ def test_errors_name_the_fix(data):
     TrainBatches(data, 1000, seed=0)
   with pytest.raises(ValueError, match='do not cover'):
     TrainBatches(data, 8, seed=0, buckets=(16, 32))
+
+
+def test_pad_batch_of_pairs_equals_the_tokenizers_own_encoding_padded(tokenizer):
+  """Each row of a padded pair batch is the tokenizer's own ids and segment ids for that pair,
+  then pad ids with segment 0 and attention 0 (segment ids are those of the second text too)."""
+  examples = _examples(6, pair=True, seed=4)
+  data = encode(examples, tokenizer, max_length=64)
+  rows = np.array([4, 0, 2])
+  batch = pad_batch(data, rows, seq_len=80)
+  for b, i in enumerate(rows):
+    ref = tokenizer(examples[i].text_a, examples[i].text_b, truncation=True, max_length=64)
+    n = len(ref['input_ids'])
+    assert 1 in ref['token_type_ids']  # the second text's segment is there to be checked
+    np.testing.assert_array_equal(batch['input_ids'][b, :n], ref['input_ids'])
+    np.testing.assert_array_equal(batch['token_type_ids'][b, :n], ref['token_type_ids'])
+    np.testing.assert_array_equal(batch['attention_mask'][b], np.arange(80) < n)
+    assert (batch['input_ids'][b, n:] == tokenizer.pad_token_id).all()
+    assert (batch['token_type_ids'][b, n:] == 0).all()
+  np.testing.assert_array_equal(batch['labels'], [examples[i].label for i in rows])

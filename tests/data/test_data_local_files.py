@@ -1,6 +1,7 @@
 """Local CSV/TSV/JSONL tasks: formats, label parsing, bad rows with file and line, columns."""
 
 import json
+import logging
 
 import pytest
 
@@ -138,3 +139,42 @@ def test_experiment_config_fields_reach_the_task(tmp_path):
   local.format = ''
   with pytest.raises(ValueError, match=r'--config.local_task.format=csv'):
     load_task(local_task_config(local))
+
+
+def test_blank_lines_inside_files_are_skipped_not_the_end(tmp_path):
+  """A blank line between rows (JSONL, CSV) is skipped and the rows after it still load; line
+  numbers count it (a bad row after it is reported on its own line)."""
+  jsonl = _write(tmp_path / 'train.jsonl', '\n'.join([
+      json.dumps({'text': 'a', 'label': 'pos'}), '', '  ',
+      json.dumps({'text': 'b', 'label': 'neg'}), json.dumps({'text': 'c', 'label': 'meh'})]) + '\n')
+  csv_path = _write(tmp_path / 'train.csv', 'text,label\na,pos\n\nb,neg\n')
+  for path, texts in ((jsonl, ['a', 'b']), (csv_path, ['a', 'b'])):
+    config = LocalTaskConfig(name='t', paths={'train': path}, text_columns=('text',),
+                             label_names=('neg', 'pos'), drop_bad_rows=True)
+    task = load_task(config)
+    assert [e.text_a for e in task['train']] == texts
+  with pytest.raises(BadRowError, match="train.jsonl, line 5: .*unknown label 'meh'"):
+    load_task(LocalTaskConfig(name='t', paths={'train': jsonl}, text_columns=('text',),
+                              label_names=('neg', 'pos')))
+
+
+@pytest.mark.parametrize('suffix', ['csv', 'tsv'])
+def test_an_empty_file_names_its_format_and_the_missing_header(tmp_path, suffix):
+  path = _write(tmp_path / f'train.{suffix}', '')
+  config = LocalTaskConfig(name='t', paths={'train': path}, text_columns=('text',),
+                           label_names=('neg', 'pos'))
+  with pytest.raises(ValueError, match=f'train.{suffix} is empty; a {suffix.upper()} file needs a '
+                                       'header line'):
+    load_task(config)
+
+
+def test_each_dropped_row_is_logged_with_its_file_and_line(tmp_path, caplog):
+  path = _write(tmp_path / 'train.csv', 'text,label\nok,pos\nbad,meh\n,neg\n')
+  config = LocalTaskConfig(name='t', paths={'train': path}, text_columns=('text',),
+                           label_names=('neg', 'pos'), drop_bad_rows=True)
+  with caplog.at_level(logging.DEBUG):
+    task = load_task(config)
+  assert [e.text_a for e in task['train']] == ['ok'] and task.dropped == {'train': 2}
+  messages = [r.getMessage() for r in caplog.records if 'Dropping bad row' in r.getMessage()]
+  assert len(messages) == 2
+  assert "train.csv, line 3: unknown label 'meh'" in messages[0] and 'train.csv, line 4' in messages[1]
