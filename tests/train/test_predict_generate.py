@@ -54,6 +54,8 @@ def t5_run(tmp_path_factory):
                           **TINY_T5)
   config = mini_t5_rotten_tomatoes.get_config('smoke')
   config.model = str(model)
+  config.max_eval_examples = 8
+  config.eval_batch_size = 8
   loop.train_and_evaluate(config, str(tmp / 'run'))
   return tmp / 'run'
 
@@ -187,23 +189,30 @@ def test_decoder_run_continues_e2e_prompts_greedily_and_stops_at_eos(lm_run, tmp
 def test_decoder_run_uses_its_beam_settings(lm_run, tmp_path):
   # Bugs caught: the run's beam count, length penalty or no-repeat n-gram size ignored (greedy
   # instead, or HF's defaults), the config's max_new_tokens not used when the flag is absent.
-  beams = dict(num_beams=3, length_penalty=0.8, no_repeat_ngram_size=2)
+  # No-repeat size 1: no token of the prompt or of the answer twice, which a random model's answer
+  # would otherwise do within 7 tokens.
+  beams = dict(num_beams=3, length_penalty=0.8, no_repeat_ngram_size=1)
   run = _with_config(lm_run, tmp_path, lambda c: c['lm'].update(beams, max_new_tokens=7))
   predictions = Predictor.from_workdir(str(run)).predict(MRS)
 
   sample = jnp.ones((1, 8), jnp.int32)
   tokenizer, spliced, params = _restored(lm_run, sample, sample)
   forward = _lm_forward(spliced)
-  searched, greedy = [], []
-  for prompt in E2E_PROMPTS:
-    ids = jnp.asarray([tokenizer(prompt, add_special_tokens=False)['input_ids']])
+  def search(ids, **settings):
     out = beam_search(spliced, params, ids, jnp.ones_like(ids),
                       BeamSearchConfig(max_new_tokens=7, eos_token_ids=(SEP,), pad_token_id=PAD,
-                                       **beams), active='e2e_nlg')
-    searched.append(_decode(tokenizer, np.asarray(out.tokens[0, :int(out.lengths[0])])))
+                                       **settings), active='e2e_nlg')
+    return _decode(tokenizer, np.asarray(out.tokens[0, :int(out.lengths[0])]))
+
+  searched, repeating, greedy = [], [], []
+  for prompt in E2E_PROMPTS:
+    ids = jnp.asarray([tokenizer(prompt, add_special_tokens=False)['input_ids']])
+    searched.append(search(ids, **beams))
+    repeating.append(search(ids, **{**beams, 'no_repeat_ngram_size': 0}))
     greedy.append(_decode(tokenizer, _greedy_recompute(forward, params, ids[0].tolist(), 7, {SEP})))
   assert [p['generated'] for p in predictions] == searched
-  assert searched != greedy, 'the beam settings should change the output'
+  # Each setting changes the answers here, so ignoring it would show.
+  assert searched != greedy and searched != repeating
 
 
 def test_several_workdirs_refuse_a_t5_or_decoder_run(t5_run, lm_run):
