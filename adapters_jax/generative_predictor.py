@@ -115,7 +115,7 @@ def prompt_record(text: str, task_name: str, where: str = '') -> LMRecord:
       turn is the assistant's.
   """
   if task_name == 'e2e_nlg':
-    return LMRecord(prompt=e2e.prompt_of(e2e.E2EItem(text, ())),
+    return LMRecord(prompt=e2e.render_mr(text, where) + e2e.PROMPT_END,  # as `e2e.prompt_of`
                     completion=PLACEHOLDER_COMPLETION)
   if not text.lstrip().startswith('{'):
     return LMRecord(prompt=text, completion=PLACEHOLDER_COMPLETION)

@@ -13,8 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers
 
 from adapters_jax import checkpoint
+from adapters_jax.data import e2e
+from adapters_jax.data.lm_jsonl import parse_record, tokenize_record
+from adapters_jax.generative_predictor import prompt_record
 from adapters_jax.inference import MultiPredictor, Predictor
 from adapters_jax.models import load_pretrained, resolve_checkpoint_dir
 from adapters_jax.models.beam_search import BeamSearchConfig, beam_search
@@ -220,3 +224,43 @@ def test_several_workdirs_refuse_a_t5_or_decoder_run(t5_run, lm_run):
   for run, kind in ((t5_run, 'seq2seq'), (lm_run, 'causal_lm')):
     with pytest.raises(ValueError, match=f'is a {kind} run .*--workdir='):
       MultiPredictor.from_workdirs([str(run), str(run)])
+
+
+@pytest.fixture(scope='module')
+def minilm_tokenizer():
+  return transformers.AutoTokenizer.from_pretrained(str(resolve_checkpoint_dir('minilm-l6')))
+
+
+def test_prompts_are_tokenised_as_the_data_modules_tokenise_training_prompts(minilm_tokenizer):
+  # Bugs caught: an MR not rendered (or rendered without ' ||'), a chat's assistant header left
+  # out of the prompt, a JSON line taken as plain text, the placeholder completion leaking into
+  # the prompt.
+  def prompt_ids(record):
+    return tokenize_record(record, minilm_tokenizer, max_length=64).prompt_ids.tolist()
+
+  def trained(obj):  # how training reads the same example from a JSONL line
+    return prompt_ids(parse_record(obj, 'train.jsonl:1'))
+
+  e2e_record = e2e.evaluation_records([e2e.E2EItem(MRS[0], ('The Eagle serves French food.',))])[0]
+  assert prompt_ids(prompt_record(MRS[0], 'e2e_nlg')) == prompt_ids(e2e_record)
+  assert prompt_ids(prompt_record(MRS[0], 'e2e_nlg')) == minilm_tokenizer(
+      E2E_PROMPTS[0], add_special_tokens=False)['input_ids']
+  chat = [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Sky colour?'}]
+  assert prompt_ids(prompt_record(json.dumps({'messages': chat}), 'lm_jsonl')) == trained(
+      {'messages': chat + [{'role': 'assistant', 'content': 'Blue.'}]})
+  assert prompt_ids(prompt_record('the sky is red ||', 'lm_jsonl')) == trained(
+      {'prompt': 'the sky is red ||', 'completion': ' it is red'})
+  assert prompt_ids(prompt_record('{"prompt": "the sky is"}', 'lm_jsonl')) == trained(
+      {'prompt': 'the sky is', 'completion': ' blue'})
+
+
+@pytest.mark.parametrize('task, text, message', [
+    ('e2e_nlg', 'name[Oops', r'Input 2: MR .* attribute\[value\]'),
+    ('lm_jsonl', '{"prompt": 1', r'Input 2: starts with "\{" but is not valid JSON'),
+    ('lm_jsonl', '{"messages": [{"role": "assistant", "content": "Hi"}]}',
+     'Input 2: the chat ends with an assistant turn'),
+    ('lm_jsonl', '{"text": "Hi"}', r'Input 2: a JSON input is \{"prompt"'),
+])
+def test_unreadable_prompts_name_the_input_and_the_fix(task, text, message):
+  with pytest.raises(ValueError, match=message):
+    prompt_record(text, task, where='Input 2: ')
