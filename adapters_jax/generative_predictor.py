@@ -83,15 +83,17 @@ class Seq2SeqPredictor:
     for batch in data.eval_batches(encoded, self.batch_size):
       outputs = self._generate(self.params, batch)
       tokens.append(np.asarray(outputs['tokens'])[batch['example_mask'] > 0])  # [b, T]
-    results = []
-    for answer in kind.decode(np.concatenate(tokens)):
-      parsed = text_to_text.parse_label(spec, answer)
-      if parsed is None:
-        results.append({'generated': answer, 'label': None, 'unparseable': True})
-      else:
-        label = float(parsed) if spec.is_regression else spec.label_names[parsed]
-        results.append({'generated': answer, 'label': label})
-    return results
+    return [answer_fields(spec, answer) for answer in kind.decode(np.concatenate(tokens))]
+
+
+def answer_fields(spec: data.TaskSpec, answer: str) -> dict[str, Any]:
+  """A T5 answer as output: `generated`, and `label` parsed back as evaluation parses it (the
+  label's name; regression: the score); None, with `unparseable` True, when it names none."""
+  parsed = text_to_text.parse_label(spec, answer)
+  if parsed is None:
+    return {'generated': answer, 'label': None, 'unparseable': True}
+  return {'generated': answer,
+          'label': float(parsed) if spec.is_regression else spec.label_names[parsed]}
 
 
 def _pairs(texts, spec) -> list[tuple[str, str | None]]:

@@ -16,9 +16,9 @@ import pytest
 import transformers
 
 from adapters_jax import checkpoint
-from adapters_jax.data import e2e
+from adapters_jax.data import e2e, get_task
 from adapters_jax.data.lm_jsonl import parse_record, tokenize_record
-from adapters_jax.generative_predictor import prompt_record
+from adapters_jax.generative_predictor import answer_fields, prompt_record
 from adapters_jax.inference import MultiPredictor, Predictor
 from adapters_jax.models import load_pretrained, resolve_checkpoint_dir
 from adapters_jax.models.beam_search import BeamSearchConfig, beam_search
@@ -264,3 +264,19 @@ def test_prompts_are_tokenised_as_the_data_modules_tokenise_training_prompts(min
 def test_unreadable_prompts_name_the_input_and_the_fix(task, text, message):
   with pytest.raises(ValueError, match=message):
     prompt_record(text, task, where='Input 2: ')
+
+
+@pytest.mark.parametrize('task, answer, label', [
+    ('rotten_tomatoes', 'fresh', 'fresh'),
+    ('rotten_tomatoes', 'rotten', 'rotten'),
+    ('rte', 'not _ entailment', 'not_entailment'),  # a word-piece tokenizer's spacing
+    ('stsb', '3. 8', 3.8),
+    ('rotten_tomatoes', 'fresh rotten', None),
+    ('stsb', 'high', None),
+])
+def test_t5_answers_map_back_to_labels_or_unparseable(task, answer, label):
+  # Bugs caught: the class id output instead of its name, names indexed off by one, a score kept
+  # as text, an answer naming no label given a label (or no `unparseable` flag).
+  fields = answer_fields(get_task(task), answer)
+  assert fields['generated'] == answer and fields['label'] == label
+  assert fields.get('unparseable', False) is (label is None)
