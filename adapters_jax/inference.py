@@ -4,6 +4,13 @@
     predictor.predict(['A triumph.', 'Two hours I will never get back.'])
     # [{'label': 'fresh', 'probabilities': {...}}, {'label': 'rotten', ...}]
 
+A T5 or decoder run gets the predictor of its kind (`generative_predictor`):
+
+    Predictor.from_workdir('workdirs/mini_t5').predict(['A triumph.'])
+    # [{'generated': 'fresh', 'label': 'fresh'}]
+    Predictor.from_workdir('workdirs/mini_lm', max_new_tokens=20).predict(['name[The Eagle]'])
+    # [{'generated': 'The Eagle is ...'}]
+
     several = MultiPredictor.from_workdirs(['workdirs/rt', 'workdirs/tweets'])
     several.predict(texts, adapters=['rotten_tomatoes', 'tweet_sentiment', ...])  # one per text
 """
@@ -22,8 +29,19 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax import checkpoint, composition, data, models
+from adapters_jax.generative_predictor import CausalLMPredictor, Seq2SeqPredictor
 from adapters_jax.train import loop
+from adapters_jax.train.causal_lm import CausalLM
 from adapters_jax.train.experiment import Experiment, build_experiment
+from adapters_jax.train.kinds import kind_name, model_type_of
+from adapters_jax.train.seq2seq import Seq2Seq
+
+ENCODER_KINDS = ('classification', 'regression')  # the kinds MultiPredictor runs
+
+
+def _load_config(workdir: str) -> ml_collections.ConfigDict:
+  with open(os.path.join(workdir, loop.CONFIG_FILE)) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def spec_from_record(config: ml_collections.ConfigDict, record: dict[str, Any]) -> data.TaskSpec:
@@ -51,12 +69,28 @@ class Predictor:
         lambda params, batch: self.experiment.logits(params, batch, deterministic=True))
 
   @classmethod
-  def from_workdir(cls, workdir: str, batch_size: int = 64) -> Predictor:
-    with open(os.path.join(workdir, loop.CONFIG_FILE)) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+  def from_workdir(cls, workdir: str, batch_size: int = 64, max_new_tokens: int | None = None
+                   ) -> Predictor | Seq2SeqPredictor | CausalLMPredictor:
+    """The predictor of the run in `workdir`, by its task kind (chosen as training chose it,
+    `train.kinds`): a `Predictor` for encoder runs (classification, regression), a
+    `Seq2SeqPredictor` for T5 runs, a `CausalLMPredictor` for decoder runs.
+
+    Args:
+      max_new_tokens: decoder runs: tokens generated per prompt at most (None: the run's
+        `config.lm.max_new_tokens`).
+    """
+    config = _load_config(workdir)
     record = checkpoint.load_record(os.path.join(workdir, loop.BEST_DIR))
     experiment = build_experiment(config, spec_from_record(config, record))
     params = loop.load_best(experiment, workdir)
+    if isinstance(experiment.task_kind, CausalLM):
+      return CausalLMPredictor(experiment, params, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens)
+    if max_new_tokens is not None:
+      raise ValueError(f'max_new_tokens applies to decoder (causal LM) runs; {workdir} is a '
+                       f'{type(experiment.task_kind).__name__} run.')
+    if isinstance(experiment.task_kind, Seq2Seq):
+      return Seq2SeqPredictor(experiment, params, batch_size=batch_size)
     return cls(experiment=experiment, params=params, batch_size=batch_size)
 
   def predict(self, texts: Sequence[str | tuple[str, str]]) -> list[dict[str, Any]]:
@@ -135,9 +169,14 @@ class MultiPredictor:
       raise ValueError('MultiPredictor needs at least one workdir.')
     configs, records = [], []
     for workdir in workdirs:
-      with open(os.path.join(workdir, loop.CONFIG_FILE)) as f:
-        configs.append(ml_collections.ConfigDict(json.load(f)))
+      configs.append(_load_config(workdir))
       records.append(checkpoint.load_record(os.path.join(workdir, loop.BEST_DIR)))
+      spec = spec_from_record(configs[-1], records[-1])
+      kind = kind_name(spec, model_type_of(configs[-1].model), configs[-1].task_kind)
+      if kind not in ENCODER_KINDS:
+        raise ValueError(f'{workdir} is a {kind} run (task {spec.name!r}); several workdirs '
+                         'share one encoder base and label texts with classification or regression '
+                         f'adapters only. Predict with {workdir} alone (--workdir={workdir}).')
     models_used = sorted({c.model for c in configs})
     if len(models_used) > 1:
       raise ValueError(f'The workdirs use different base models {models_used}; adapters share '

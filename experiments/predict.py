@@ -9,10 +9,27 @@ Several adapters over one base (comma-separated workdirs; the base is loaded onc
   printf 'rotten_tomatoes\tA triumph.\ntweet_sentiment\tWaymo rocks\n' | \
       python -m experiments.predict --workdir=workdirs/rt,workdirs/tweets --adapter_column
 
+A T5 (seq2seq) run answers in its label words; a decoder (causal LM) run continues prompts with
+its own decoding settings (greedy, or beam search as its config's `lm` block says):
+
+  echo "A quiet, devastating film." | python -m experiments.predict --workdir=workdirs/mini_t5
+  echo "name[The Eagle], food[French]" | python -m experiments.predict --workdir=workdirs/mini_lm \
+      --max_new_tokens=20
+
 Input: one text per line; for pair tasks two texts separated by a tab. With --adapter_column each
-line starts with the adapter's name and a tab (mixed rows run in one batch). Output: one JSON object
-per line with the text, the label and the class probabilities (or the score for regression), and
-the adapter when several workdirs are given.
+line starts with the adapter's name and a tab (mixed rows run in one batch). A T5 run writes each
+line as training wrote the task's inputs (its prefix and field names). A decoder run takes a
+prompt per line: an E2E run an MR (`name[X], eatType[pub]`), rendered as its training prompts;
+other runs the prompt text, or a JSON object `{"prompt": ...}` or `{"messages": [...]}` (a chat the
+model answers, through the tokenizer's chat template).
+
+Output: one JSON object per line with the text and
+  * encoder runs: the label and the class probabilities (or the score for regression), and the
+    adapter when several workdirs are given;
+  * T5 runs: `generated` (the decoded answer) and `label` (the label it names, or the score for
+    STS-B); `label` null and `unparseable` true when the answer names no label;
+  * decoder runs: `generated`, the text generated up to EOS (at most --max_new_tokens tokens).
+Several workdirs must all be encoder runs.
 """
 
 import contextlib
@@ -30,6 +47,8 @@ flags.DEFINE_string('input', '-', 'Text file, one example per line ("-" = stdin)
 flags.DEFINE_string('output', '-', 'JSONL output file ("-" = stdout).')
 flags.DEFINE_integer('batch_size', 64, 'Examples per forward pass.')
 flags.DEFINE_string('adapter', None, 'With several workdirs: the adapter that labels every line.')
+flags.DEFINE_integer('max_new_tokens', None, 'Decoder runs: tokens generated per prompt at most '
+                     '(default: the run\'s config.lm.max_new_tokens).')
 flags.DEFINE_bool('adapter_column', False, 'With several workdirs: each line is '
                   '"<adapter name>\\t<text>" and runs with its own adapter.')
 flags.mark_flags_as_required(['workdir'])
@@ -70,27 +89,40 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from adapters_jax.host_memory import reuse_freed_host_memory
   reuse_freed_host_memory()  # first: before TensorFlow or JAX start their threads
-  from adapters_jax.inference import MultiPredictor, Predictor
 
   workdirs = [w for w in FLAGS.workdir.split(',') if w]
   several = len(workdirs) > 1 or FLAGS.adapter or FLAGS.adapter_column
   if FLAGS.adapter and FLAGS.adapter_column:
     raise app.UsageError('Give --adapter or --adapter_column, not both.')
+  if several and FLAGS.max_new_tokens is not None:
+    raise app.UsageError('--max_new_tokens is for one decoder run; several workdirs are encoder '
+                         'runs.')
   texts, names = read_inputs(FLAGS.input, FLAGS.adapter_column)
-  if not several:
-    predictions = Predictor.from_workdir(workdirs[0], batch_size=FLAGS.batch_size).predict(texts)
-  else:
-    predictor = MultiPredictor.from_workdirs(workdirs, batch_size=FLAGS.batch_size)
-    if not FLAGS.adapter and not FLAGS.adapter_column:
-      if len(predictor.names) > 1:
-        raise app.UsageError(f'Several adapters {list(predictor.names)}: choose one with '
-                             '--adapter=NAME or name one per line with --adapter_column.')
-      names = None
-    predictions = predictor.predict(texts, adapter=None if names else
-                                    (FLAGS.adapter or predictor.names[0]), adapters=names)
+  try:
+    predictions = _predict(workdirs, several, texts, names)
+  except ValueError as e:  # a run that cannot do this, or an input it cannot read
+    sys.exit(f'Cannot predict with {FLAGS.workdir} on '
+             f'{"stdin" if FLAGS.input == "-" else FLAGS.input}: {e}')
   with _open(FLAGS.output, 'w') as out:
     for text, prediction in zip(texts, predictions, strict=True):
       out.write(json.dumps({'text': text, **prediction}) + '\n')
+
+
+def _predict(workdirs: list[str], several: bool, texts: list, names: list | None) -> list[dict]:
+  from adapters_jax.inference import MultiPredictor, Predictor
+
+  if not several:
+    predictor = Predictor.from_workdir(workdirs[0], batch_size=FLAGS.batch_size,
+                                       max_new_tokens=FLAGS.max_new_tokens)
+    return predictor.predict(texts)
+  predictor = MultiPredictor.from_workdirs(workdirs, batch_size=FLAGS.batch_size)
+  if not FLAGS.adapter and not FLAGS.adapter_column:
+    if len(predictor.names) > 1:
+      raise app.UsageError(f'Several adapters {list(predictor.names)}: choose one with '
+                           '--adapter=NAME or name one per line with --adapter_column.')
+    names = None
+  return predictor.predict(texts, adapter=None if names else
+                           (FLAGS.adapter or predictor.names[0]), adapters=names)
 
 
 if __name__ == '__main__':

@@ -238,6 +238,17 @@ COMMANDS = {
         Covered('tests/train/test_causal_lm_cli.py::test_lora_on_a_tiny_llama_trains_through_the_cli',
                 ('experiments.train', 'mini_lora_lm.py:smoke'),
                 'trains minutes on a CPU; that test runs the config in its smoke form on a tiny Llama'),
+    f'echo "A quiet, devastating film." | {PY} -m experiments.predict --workdir=workdirs/mini_t5':
+        Covered('tests/train/test_predict_generate.py::'
+                'test_t5_run_answers_like_a_recomputed_greedy_decode_of_the_prefixed_input',
+                ('experiments.predict', '--workdir=', 'A quiet, devastating film.'),
+                'that test predicts through the CLI with a T5 run it trains in two steps'),
+    (f'echo "name[The Eagle], food[French]" | {PY} -m experiments.predict --workdir=workdirs/mini_lm '
+     '--max_new_tokens=20'):
+        Covered('tests/train/test_predict_generate.py::'
+                'test_decoder_run_continues_e2e_prompts_greedily_and_stops_at_eos',
+                ('experiments.predict', '--max_new_tokens=', 'name[The Eagle], food[French]'),
+                'that test predicts through the CLI with a decoder run it trains in two steps'),
     f'{PY} scripts/bench_lm.py --models t5,llama --rounds 3 --steps 5 --out bench_lm.json': Covered(
         'tests/test_bench.py::test_lm_anchors_run_through_bench_lm_on_our_shapes',
         ('bench_lm', 'run_anchor'),

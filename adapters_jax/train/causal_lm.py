@@ -37,7 +37,7 @@ from adapters_jax.data import text_metrics
 from adapters_jax.data.lm_dataset import LMDataset
 from adapters_jax.data.lm_jsonl import LMRecord, eos_id, tokenize_records
 from adapters_jax.models.beam_search import BeamSearchConfig, beam_search_traced
-from adapters_jax.models.generation import GenerationConfig, generate_traced
+from adapters_jax.models.generation import GenerationConfig, GenerationOutput, generate_traced
 
 Batch = dict[str, jax.Array]
 
@@ -96,6 +96,49 @@ def decode_text(tokenizer, tokens: np.ndarray) -> str:
   return tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True).strip()
 
 
+def generation_settings(lm, tokenizer, model_config) -> GenerationConfig | BeamSearchConfig:
+  """How a run generates, from its `config.lm`: beam search when `lm.num_beams` > 1 (with its
+  length penalty and no-repeat n-gram size), else greedy; `lm.max_new_tokens` tokens at most;
+  stops at the tokenizer's end token (`eos_id`) or any of the model's EOS ids.
+
+  Raises:
+    ValueError: a length penalty or no-repeat size without beams (they only shape beam search).
+  """
+  eos = (eos_id(tokenizer),) + tuple(i for i in model_config.eos_token_ids
+                                     if i != eos_id(tokenizer))
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+  if lm.num_beams > 1:
+    return BeamSearchConfig(
+        num_beams=lm.num_beams, max_new_tokens=lm.max_new_tokens,
+        length_penalty=float(lm.length_penalty), no_repeat_ngram_size=lm.no_repeat_ngram_size,
+        eos_token_ids=eos, pad_token_id=int(pad))
+  if lm.length_penalty != 1.0 or lm.no_repeat_ngram_size:
+    raise ValueError('lm.length_penalty and lm.no_repeat_ngram_size shape beam search; '
+                     'set --config.lm.num_beams > 1, or leave them at 1.0 and 0.')
+  return GenerationConfig(max_new_tokens=lm.max_new_tokens, eos_token_ids=eos,
+                          pad_token_id=int(pad))
+
+
+def generate_from_prompts(forward, model_config, params, prompt_ids: jax.Array,
+                          prompt_mask: jax.Array,
+                          generation: GenerationConfig | BeamSearchConfig) -> GenerationOutput:
+  """Greedy or beam-search generation (per `generation`) after left-padded prompts, with the
+  cached `decode` of the model `forward` runs (adapters active); call it inside a jit.
+
+  Args:
+    forward: `(params, *args, method=..., **kwargs) -> outputs`, the spliced model's call.
+    prompt_ids, prompt_mask: `[B, P]` int32, left-padded.
+
+  Returns:
+    GenerationOutput(tokens [B, max_new_tokens], lengths [B]).
+  """
+  def decode(p, ids, mask, cache):
+    return forward(p, ids, mask, cache, method='decode', last_only=True)
+
+  search = beam_search_traced if isinstance(generation, BeamSearchConfig) else generate_traced
+  return search(decode, model_config, params, prompt_ids, prompt_mask, generation)
+
+
 @dataclasses.dataclass(frozen=True)
 class CausalLM:
   """The task kind (`train.tasks.TaskKind`) of decoder-only language modelling.
@@ -133,23 +176,7 @@ class CausalLM:
       raise ValueError(f'Task {spec.name!r} is scored on generations, which run one example per '
                        'row; set --config.lm.pack=False.')
     tokenizer = pretrained.tokenizer
-    generation = None
-    if generates:
-      eos = (eos_id(tokenizer),) + tuple(i for i in pretrained.config.eos_token_ids
-                                          if i != eos_id(tokenizer))
-      pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-      lm = config.lm
-      if lm.num_beams > 1:
-        generation = BeamSearchConfig(
-            num_beams=lm.num_beams, max_new_tokens=lm.max_new_tokens,
-            length_penalty=float(lm.length_penalty), no_repeat_ngram_size=lm.no_repeat_ngram_size,
-            eos_token_ids=eos, pad_token_id=int(pad))
-      else:
-        if lm.length_penalty != 1.0 or lm.no_repeat_ngram_size:
-          raise ValueError('lm.length_penalty and lm.no_repeat_ngram_size shape beam search; '
-                           'set --config.lm.num_beams > 1, or leave them at 1.0 and 0.')
-        generation = GenerationConfig(max_new_tokens=lm.max_new_tokens, eos_token_ids=eos,
-                                      pad_token_id=int(pad))
+    generation = generation_settings(config.lm, tokenizer, pretrained.config) if generates else None
     return cls(spec=spec, tokenizer=tokenizer, model_config=pretrained.config,
                label_smoothing=float(config.lm.label_smoothing), pack=bool(config.lm.pack),
                generation=generation)
@@ -180,13 +207,8 @@ class CausalLM:
     nll, count = row_nll(logits, batch['targets'], batch['weights'])
     outputs = {'nll_sum': nll, 'target_tokens': count}
     if self.generation is not None:
-      def decode(p, ids, mask, cache):
-        return forward(p, ids, mask, cache, method='decode', last_only=True)
-
-      search = (beam_search_traced if isinstance(self.generation, BeamSearchConfig)
-                else generate_traced)
-      generated = search(decode, self.model_config, params, batch['prompt_ids'],
-                         batch['prompt_mask'], self.generation)
+      generated = generate_from_prompts(forward, self.model_config, params, batch['prompt_ids'],
+                                        batch['prompt_mask'], self.generation)
       outputs.update(generated=generated.tokens, generated_length=generated.lengths,
                      example_index=batch['example_index'])
     return outputs
