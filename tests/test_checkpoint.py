@@ -242,3 +242,19 @@ def test_save_trained_writes_the_masked_leaves_and_a_record_restore_adapter_refu
     np.testing.assert_array_equal(restored[p], flat[p] if p in head else other_flat[p])
   with pytest.raises(CheckpointError, match='holds no adapter .*load it with load_leaves'):
     restore_adapter(path, model, other, *tiny_batch(vocab=model.vocab))
+
+
+def test_an_adapter_of_another_width_names_its_checkpoint_and_the_misshaped_leaves(tmp_path):
+  import re
+
+  spliced, params, _, (ids, mask) = _trained(TinyClassifier(), get_method('lora'))
+  path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', base_name='tiny-64')
+  wider = TinyClassifier(hidden=24, intermediate=48)
+  for restore in (restore_adapter, restore_adapters):
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')  # the base check is off: its warning is not under test
+      with pytest.raises(CheckpointError, match=f'Checkpoint {re.escape(path)} does not fit this model'
+                         '(.|\n)*shape: +encoder/layer_0/attention/query/adapters/sent/lora_a '
+                         'expected \\(24, 8\\), checkpoint has \\(16, 8\\)'):
+        restore(path if restore is restore_adapter else [path], wider, init_tiny(wider), ids, mask,
+                check_base=False)

@@ -210,7 +210,8 @@ def test_adapter_drop_equals_leave_out(setup):
 
 
 @pytest.mark.parametrize('active, error, fix', [
-    (Fuse('l1', 'l2'), CompositionError, 'Average'),
+    (Fuse('l1', 'l2'), CompositionError, "'l1' is a lora adapter. Combine lora adapters with "
+     'Average\\(...\\) or Stack\\(...\\), or fuse bottleneck adapters trained for the tasks'),
     (Fuse('a', 'b'), CompositionError, 'add_fusion'),
     (Stack('a', PerExample('b')), CompositionError, 'outermost'),
     (Average(Stack('a', 'b')), CompositionError, 'adapter names'),

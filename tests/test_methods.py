@@ -196,3 +196,14 @@ def test_adapter_drop_narrows_a_verbose_pattern_written_over_several_lines():
               'encoder/layer_0/ffn_layer_norm/scale': False, 'embeddings/layer_norm/scale': False,
               'encoder/layer_1/ffn/output/kernel': False}
   assert {path: re.fullmatch(pattern, path) is not None for path in expected} == expected
+
+
+def test_fusion_options_out_of_range_name_the_option_and_the_fix():
+  fusion = methods.FusionConfig
+  for options, message in (({'temperature': 0.0}, 'The fusion temperature must be > 0, got 0.0'),
+                           ({'regularization': -0.5}, 'regularization must be >= 0, got -0.5'),
+                           ({'value': False, 'regularization': 0.01},
+                            'with value=False there is none: set regularization=0.0'),
+                           ({'adapters': ('a', 'a')}, "Fused adapter names repeat: \\('a', 'a'\\)")):
+    with pytest.raises(ValueError, match=message):
+      fusion(**{'adapters': ('a', 'b'), **options})
