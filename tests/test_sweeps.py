@@ -56,7 +56,7 @@ def test_grid_counts():
   assert len(sweeps.expand_grid(houlsby_glue.sweep())) == 8 * 5 * (3 + 3 * 3 * 2)  # 840
   assert len(sweeps.expand_grid(lora_glue.sweep())) == 8 * 5 * (1 + 3 * 2)          # 280
   assert len(sweeps.expand_grid(mini_rotten_tomatoes.sweep())) == 10 * 2 * 3         # 60
-  assert len(sweeps.expand_grid(compacter_glue.sweep())) == 8 * (1 + 4 * 3)          # 104
+  assert len(sweeps.expand_grid(compacter_glue.sweep())) == 8 * (1 + 5 * 3)          # 128
   assert len(sweeps.expand_grid(lora_e2e.sweep())) == 2 * 3                          # GPT-2 M, L
   rte = sweeps.expand_grid(houlsby_glue.sweep(), {'task': 'rte', 'method': 'houlsby',
                                                   'method_options.size': 64})
@@ -357,7 +357,7 @@ def test_compacter_grid_has_the_authors_settings(tmp_path):
   runs = _plan('compacter_glue.py', tmp_path, check=check_method_options)
   configs = {(r.config['task'], r.config['method'],
               r.config['method_options'].get('reduction_factor')): r.config for r in runs}
-  assert len(configs) == len(runs) == 104
+  assert len(configs) == len(runs) == 128
   # Written out from the authors' configs and scripts: MRPC is a 20-epoch task, 3,668 examples
   # in batches of 100 -> 36 steps per epoch, 720 steps, 500 of them warmup.
   mrpc = configs[('mrpc', 'houlsby', 16)]
@@ -372,4 +372,9 @@ def test_compacter_grid_has_the_authors_settings(tmp_path):
   for config in configs.values():
     assert config['task_kind'] == 'seq2seq' and config['split_scheme'] == 'validation_as_test'
     assert config['model'] == 'google-t5/t5-base' and config['max_length'] == 128
-  assert {m for _, m, _ in configs} == {'full', 'houlsby', 'pfeiffer', 'compacter', 'compacter++'}
+  # PHM-Adapter (phm_adapters.json): n = 12 (`hypercomplex_division`), learning rate 3e-3.
+  phm = configs[('cola', 'phm_adapter', 16)]
+  assert phm['learning_rate'] == 3e-3 and phm['num_epochs'] == 20
+  assert phm['method_options'] == {'activation': 'gelu_tanh', 'size': None, 'reduction_factor': 16, 'n': 12}
+  assert {m for _, m, _ in configs} == {'full', 'houlsby', 'pfeiffer', 'phm_adapter', 'compacter',
+                                        'compacter++'}

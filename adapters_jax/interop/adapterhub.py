@@ -13,6 +13,8 @@ What maps exactly (checked against `adapters` 1.3.0 on transformers' PyTorch BER
   bottleneck, `parallel` to the ffn block           `output_adapter`, `is_parallel`
   compacter (same sites)                            the same with `phm_layer` (factorized W, one
                                                     shared rule: `shared_parameters.<name>.phm_rule`)
+  compacter rank=None / shared_rule=False           `factorized_phm_W=False` (`W`) / per-layer
+    (phm_adapter: both)                             `shared_phm_rule=False` (`<projection>.phm_rule`)
   lora at query/key/value/ffn intermediate/output   `loras.<name>.lora_A [r, in]`, `lora_B [out, r]`
   ia3 `output` at the same sites                    composition_mode `scale`, `lora_B [out, 1]`
 
@@ -163,13 +165,18 @@ def _export_bottleneck(adapter: PortableAdapter) -> tuple[dict, dict[str, np.nda
     size = leaves['down/bias'].shape[0]
     for ours, theirs in (('down', 'adapter_down.0'), ('up', 'adapter_up')):
       if compacter:
-        tensors[f'{stem}{theirs}.W_left'] = leaves[f'{ours}/s']
-        tensors[f'{stem}{theirs}.W_right'] = leaves[f'{ours}/t']
+        if method.rank is None:
+          tensors[f'{stem}{theirs}.W'] = leaves[f'{ours}/factors']  # [n, in/n, out/n]
+        else:
+          tensors[f'{stem}{theirs}.W_left'] = leaves[f'{ours}/s']
+          tensors[f'{stem}{theirs}.W_right'] = leaves[f'{ours}/t']
+        if not method.shared_rule:
+          tensors[f'{stem}{theirs}.phm_rule'] = leaves[f'{ours}/rule']  # [n, n, n]
         tensors[f'{stem}{theirs}.b'] = leaves[f'{ours}/bias']
       else:
         tensors[f'{stem}{theirs}.weight'] = torch_linear(leaves[f'{ours}/kernel'])
         tensors[f'{stem}{theirs}.bias'] = leaves[f'{ours}/bias']
-  if compacter:
+  if compacter and method.shared_rule:
     tensors[f'shared_parameters.{name}.phm_rule'] = adapter.leaves[f'adapters/{name}/shared/rule']
   config = {
       'mh_adapter': 'mh' in positions, 'output_adapter': 'output' in positions,
@@ -181,10 +188,12 @@ def _export_bottleneck(adapter: PortableAdapter) -> tuple[dict, dict[str, np.nda
       'use_gating': False, 'residual_before_ln': True, 'adapter_residual_before_ln': False,
       'inv_adapter': None, 'inv_adapter_reduction_factor': None, 'cross_adapter': False,
       'leave_out': leave_out, 'dropout': 0.0, 'phm_layer': compacter,
-      'phm_dim': method.n if compacter else 4, 'factorized_phm_W': True, 'shared_W_phm': False,
-      'shared_phm_rule': True, 'factorized_phm_rule': False, 'phm_c_init': 'normal',
-      'phm_init_range': 0.0001, 'learn_phm': True, 'hypercomplex_nonlinearity': 'glorot-uniform',
-      'phm_rank': method.rank if compacter else 1, 'phm_bias': True, 'stochastic_depth': 0.0,
+      'phm_dim': method.n if compacter else 4,
+      'factorized_phm_W': not compacter or method.rank is not None, 'shared_W_phm': False,
+      'shared_phm_rule': not compacter or method.shared_rule, 'factorized_phm_rule': False,
+      'phm_c_init': 'normal', 'phm_init_range': 0.0001, 'learn_phm': True,
+      'hypercomplex_nonlinearity': 'glorot-uniform',
+      'phm_rank': (method.rank or 1) if compacter else 1, 'phm_bias': True, 'stochastic_depth': 0.0,
   }
   return config, tensors
 
@@ -226,7 +235,7 @@ def _hidden_size(adapter: PortableAdapter) -> int:
   for path, value in adapter.leaves.items():
     if path.endswith(('/down/kernel', '/lora_a')):
       return int(value.shape[0])
-    if path.endswith('/down/s'):
+    if path.endswith(('/down/s', '/down/factors')):  # [n, in/n, ...]
       return int(value.shape[0] * value.shape[1])
     if path.endswith('/scale') and '/attention/' in path:
       return int(value.shape[0])

@@ -79,7 +79,6 @@ def _import_bottleneck(config: dict, name: str, tensors: dict) -> tuple:
       'ln_before': (False, 'no LayerNorm inside our adapters with their epsilon'),
       'ln_after': (False, 'no LayerNorm after our adapters'), 'use_gating': (False, 'no gating'),
       'inv_adapter': (None, 'no invertible adapters'), 'shared_W_phm': (False, 'per-site W only'),
-      'factorized_phm_W': (True, 'W = W_left @ W_right'), 'shared_phm_rule': (True, 'one shared rule'),
       'factorized_phm_rule': (False, 'the rule is one [n, n, n] tensor'),
       'phm_bias': (True, 'PHM layers have a bias')}, what)
   if not isinstance(config['scaling'], (int, float)):
@@ -89,9 +88,10 @@ def _import_bottleneck(config: dict, name: str, tensors: dict) -> tuple:
                        'here; only output_adapter=True maps for parallel adapters.')
   pattern = re.compile(rf'^(?:(?:bert|roberta)\.)?encoder\.layer\.(\d+)\.(attention\.output|output)'
                        rf'\.adapters\.{re.escape(name)}\.(adapter_down\.0|adapter_up)'
-                       r'\.(weight|bias|W_left|W_right|b)$')
+                       r'\.(weight|bias|W_left|W_right|W|phm_rule|b)$')
   parallel, compacter = config['is_parallel'], config['phm_layer']
-  rename = {'weight': 'kernel', 'bias': 'bias', 'W_left': 's', 'W_right': 't', 'b': 'bias'}
+  rename = {'weight': 'kernel', 'bias': 'bias', 'W_left': 's', 'W_right': 't', 'W': 'factors',
+            'phm_rule': 'rule', 'b': 'bias'}
   leaves, rest = {}, {}
   for key, value in tensors.items():
     match = pattern.match(key)
@@ -128,7 +128,10 @@ def _import_bottleneck(config: dict, name: str, tensors: dict) -> tuple:
   if compacter:
     if float(config['scaling']) != 1.0:
       raise InteropError(f'{what}: scaling={config["scaling"]} on a Compacter; ours is unscaled (1.0).')
-    method = CompacterConfig(n=int(config['phm_dim']), rank=int(config['phm_rank']), **common)
+    # factorized_phm_W=False: full W (our rank=None); shared_phm_rule=False: a rule per PHM layer.
+    rank = int(config['phm_rank']) if config['factorized_phm_W'] else None
+    method = CompacterConfig(n=int(config['phm_dim']), rank=rank,
+                             shared_rule=bool(config['shared_phm_rule']), **common)
   else:
     method = BottleneckConfig(reduction_factor=None, scaling=float(config['scaling']),
                               init='zero' if parallel else 'houlsby', **common)

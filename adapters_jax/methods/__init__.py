@@ -28,6 +28,7 @@ from adapters_jax.methods.compacter import (
   compacter,
   compacter_pp,
   kron_sum,
+  phm_adapter,
 )
 from adapters_jax.methods.fusion import AdapterFusion, FusionConfig, fusion
 from adapters_jax.methods.ia3 import IA3, IA3Config, ia3
@@ -41,6 +42,7 @@ PRESETS: dict[str, Callable[[], MethodConfig]] = {
     'ia3': ia3,
     'compacter': compacter,
     'compacter++': compacter_pp,
+    'phm_adapter': phm_adapter,
 }
 
 CONFIG_KINDS: dict[str, type[MethodConfig]] = {
@@ -78,5 +80,5 @@ __all__ = [
     'CompacterConfig', 'FusionConfig', 'IA3', 'IA3Config', 'LoRA', 'LoRAConfig', 'MethodConfig', 'PHMDense',
     'PHMRule', 'PRESETS', 'SiteInfo', 'adapter_drop', 'compacter', 'compacter_pp', 'fusion',
     'get_activation', 'get_method', 'houlsby', 'ia3', 'kron_sum', 'lora', 'method_from_dict', 'parallel',
-    'pfeiffer', 'replace_fields',
+    'pfeiffer', 'phm_adapter', 'replace_fields',
 ]

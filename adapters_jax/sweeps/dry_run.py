@@ -8,7 +8,8 @@ so a wrong option name, a task that does not load or a method that does not spli
 seconds instead of hours into a cluster job. Runs that read other runs (fusion) go after them and
 read their dry-run checkpoints. Tables of T5 runs need a T5 stand-in:
 `stand_in_model(STAND_IN_T5, directory)` writes a small random one (`models.t5_random`) with the
-packaged MiniLM tokenizer, wide enough for Compacter's reduction factors 8-32 with n = 4.
+packaged MiniLM tokenizer, wide enough for reduction factors 8-32 with Compacter's n = 4 and
+PHM-Adapter's n = 12.
 
 Example:
   runs = plan(config_path, '/tmp/dry', last=[('model', 'minilm-l6'), ('num_train_steps', '1')])
@@ -37,8 +38,8 @@ PROGRAM_FIELDS = ('model', 'model_overrides', 'dtype', 'remat', 'scan_layers', '
 _MESSAGE_CHARS = 600  # of an error in the log line
 
 STAND_IN_T5 = 'random-t5'  # the name that asks `stand_in_model` for a random T5
-# d_model 128: 128 / 32 = 4 is still a multiple of Compacter's n = 4.
-STAND_IN_T5_FIELDS = dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2,
+# d_model 384: 384 / 32 = 12 is still a multiple of PHM-Adapter's n = 12 (and Compacter's n = 4).
+STAND_IN_T5_FIELDS = dict(d_model=384, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2,
                           num_heads=4, dropout_rate=0.0, feed_forward_proj='relu',
                           tie_word_embeddings=True)
 

@@ -7,7 +7,7 @@ splice sites; the rest is the same for every kind.
 Shared by the training loop and the prediction entry point, so both build exactly the same tree.
 
 Methods: any adapter preset (`houlsby`, `pfeiffer`, `parallel`, `lora`, `ia3`, `compacter`,
-`compacter++`); `fusion` (AdapterFusion over the frozen adapters of earlier runs,
+`compacter++`, `phm_adapter`); `fusion` (AdapterFusion over the frozen adapters of earlier runs,
 `config.method_options.adapter_dirs`; its loss adds `fusion_regularization`); and two baselines
 without adapters: `full` (full fine-tuning) and `head` (only the task head trains).
 

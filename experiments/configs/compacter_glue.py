@@ -1,6 +1,6 @@
 r"""Karimi Mahabadi et al. 2021, "Compacter: Efficient Low-Rank Hypercomplex Adapter Layers"
 (NeurIPS 2021), Table 1: GLUE with T5-base as text-to-text, full fine-tuning vs Adapter,
-Pfeiffer-Adapter, Compacter and Compacter++.
+Pfeiffer-Adapter, PHM-Adapter, Compacter and Compacter++.
 
 Commands:
   python -m experiments.sweep --config=experiments/configs/compacter_glue.py \
@@ -30,19 +30,19 @@ Setting, and where each value comes from:
     `combined_score` for MRPC, QQP, STS-B), learning rate 3e-3 for Compacter, Compacter++ (and
     PHM-Adapter), 3e-4 for Adapter, Pfeiffer-Adapter and full fine-tuning; adapters with
     reduction factor 32, GELU-tanh (`gelu_new`), layer norms trained, LM head frozen; Compacter
-    n = 4 (`hypercomplex_division`), rank-1 factors, one shared rule for all layers.
+    n = 4 (`hypercomplex_division`), rank-1 factors, one shared rule for all layers; PHM-Adapter
+    (`phm_adapters.json`) n = 12, full factors, a rule of its own in every PHM layer.
   * From the authors' scripts (seq2seq/scripts/*.sh): 20 epochs for MRPC, CoLA and STS-B, 3 for
     the other tasks (RTE is not in their list of small tasks, so it gets 3 here); reduction
     factors 32, 16 and 8 tried per task and method, the best on validation reported.
 Not verified (we could not read the paper's tables here): the seeds (we run one, seed 0), the
 per-cell numbers of Table 1 (`PAPER` is empty until they are copied in from the paper), and
-which MNLI split the paper tests on (we show matched). Not in our grid: PHM-Adapter (our
-Compacter always shares its rule matrices and factorises them; PHM-Adapter has per-layer,
-full-rank ones), AdapterDrop, Adapter-LowRank, Prompt Tuning, Intrinsic-SAID and BitFit.
+which MNLI split the paper tests on (we show matched). Not in our grid: AdapterDrop,
+Adapter-LowRank, Prompt Tuning, Intrinsic-SAID and BitFit.
 
 Hardware and time: GPU. T5-base at batch 100 x 128 tokens: very roughly 150-300 examples/s on one
 A100 in float32; one RTE run is minutes, MNLI and QQP (3 epochs of ~390k/360k) a few hours each;
-the 8 tasks x (1 + 4 x 3) runs some 150-250 GPU hours. Start with --only=task=rte.
+the 8 tasks x (1 + 5 x 3) runs some 190-310 GPU hours. Start with --only=task=rte.
 GLUE is downloaded by tensorflow-datasets on first use (set --config.data_dir to share a copy).
 """
 
@@ -59,12 +59,13 @@ WARMUP_STEPS = 500
 SMALL_TASKS = ('mrpc', 'cola', 'stsb')   # 20 epochs in the authors' scripts; others 3
 REDUCTION_FACTORS = (32, 16, 8)
 ADAPTER_OPTIONS = {'activation': 'gelu_tanh', 'size': None}
-# Method -> (preset, learning rate).
+# Method -> (preset, learning rate, method options of its own).
 METHODS = {
-    'Adapter': ('houlsby', 3e-4),
-    'Pfeiffer-Adapter': ('pfeiffer', 3e-4),
-    'Compacter': ('compacter', 3e-3),
-    'Compacter++': ('compacter++', 3e-3),
+    'Adapter': ('houlsby', 3e-4, {}),
+    'Pfeiffer-Adapter': ('pfeiffer', 3e-4, {}),
+    'PHM-Adapter': ('phm_adapter', 3e-3, {'n': 12}),
+    'Compacter': ('compacter', 3e-3, {}),
+    'Compacter++': ('compacter++', 3e-3, {}),
 }
 FT = 'T5-base (fine-tuning)'
 FT_RATE = 3e-4
@@ -113,7 +114,7 @@ def get_config(arg: str = ''):
 def method_label(config: dict) -> str:
   if config['method'] == 'full':
     return FT
-  return next(label for label, (preset, _) in METHODS.items() if preset == config['method'])
+  return next(label for label, (preset, _, _) in METHODS.items() if preset == config['method'])
 
 
 def sweep():
@@ -123,8 +124,9 @@ def sweep():
                 **every(steps_per_epoch(task))}
     for seed in SEEDS:
       grid.append({**schedule, 'method': 'full', 'learning_rate': FT_RATE, 'seed': seed})
-      for preset, rate in METHODS.values():
+      for preset, rate, options in METHODS.values():
+        own = {f'method_options.{key}': value for key, value in options.items()}
         for factor in REDUCTION_FACTORS:
-          grid.append({**schedule, 'method': preset, 'method_options.reduction_factor': factor,
+          grid.append({**schedule, 'method': preset, **own, 'method_options.reduction_factor': factor,
                        'learning_rate': rate, 'seed': seed})
   return grid

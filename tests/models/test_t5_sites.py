@@ -17,7 +17,7 @@ CONFIG = T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_
                   dropout_rate=0.0, feed_forward_proj='gated-gelu', tie_word_embeddings=False)
 BLOCKS = {'encoder': ('attention',), 'decoder': ('attention', 'cross_attention')}
 # Compacter's default reduction (32) leaves a bottleneck of 1 at d_model=32; n=4 needs 4 | m.
-OVERRIDES = {'compacter': {'size': 8}, 'compacter++': {'size': 8}}
+OVERRIDES = {'compacter': {'size': 8}, 'compacter++': {'size': 8}, 'phm_adapter': {'size': 8, 'n': 4}}
 
 
 def _sites(per_attention=(), per_block=(), layers=(0, 1)):
@@ -35,6 +35,7 @@ EXPECTED = {
     'compacter': _sites(('output',), ('ffn/output',)),
     'pfeiffer': _sites((), ('ffn/output',)),
     'compacter++': _sites((), ('ffn/output',)),
+    'phm_adapter': _sites(('output',), ('ffn/output',)),
     'parallel': _sites((), ('ffn',)),
     'lora': _sites(('query', 'value')),
     'ia3': _sites(('key', 'value'), ('ffn/output',)),
@@ -69,7 +70,7 @@ def test_preset_sites_on_t5(base, preset):
 
 # Each preset with the init that makes its spliced model exactly the base model.
 ZERO_INIT = {'houlsby': {'init': 'zero'}, 'compacter': {'size': 8}, 'compacter++': {'size': 8},
-             'pfeiffer': {}, 'parallel': {}, 'lora': {}, 'ia3': {}}
+             'phm_adapter': {'size': 8, 'n': 4}, 'pfeiffer': {}, 'parallel': {}, 'lora': {}, 'ia3': {}}
 
 
 @pytest.mark.parametrize('preset', sorted(ZERO_INIT))
