@@ -233,3 +233,19 @@ def test_per_example_needs_index(setup):
     spliced.apply(params, ids, mask, active='a', adapter_index=jnp.zeros(4, jnp.int32))
   with pytest.raises(CompositionError, match='not a branch'):
     choice_index(PerExample('a'), ['b'])
+
+
+def test_choice_index_takes_branch_indices_from_minus_one_to_the_last():
+  """Indices given as ints: -1 (base) up to the last branch pass through; one beyond either end
+  is refused with the valid range; the result is int32 [B]."""
+  node = PerExample('a', 'l1', Stack('s', 'b'))
+  index = choice_index(node, [0, -1, 2, np.int64(1), 'l1', None])
+  assert index.dtype == np.int32
+  np.testing.assert_array_equal(index, [0, -1, 2, 1, 1, -1])
+  for bad in (3, -2):
+    with pytest.raises(CompositionError, match=f'Row 1: branch index {bad} is out of range; valid: -1 '
+                                               '\\(base\\) to 2'):
+      choice_index(node, [0, bad])
+  # A bool is not an index: True is read as a composition and refused.
+  with pytest.raises(CompositionError, match='active=True is not a composition'):
+    choice_index(node, [True])

@@ -35,7 +35,8 @@ def merged():
 def test_removing_a_merged_adapter_is_refused(merged):
   """Removing it would drop the only record of the update that is still inside the base weights."""
   model, _, spliced, merged_params, _ = merged
-  with pytest.raises(ValueError, match=r"'a' is merged.*unmerge"):
+  with pytest.raises(ValueError, match=r"'a' is merged into the base weights; unmerge_adapter it "
+                                       r"before removing it \(its update would stay in the base\)"):
     remove_adapter(spliced, merged_params, 'a')
   unmerged_spliced, unmerged = unmerge_adapter(spliced, merged_params, 'a')
   removed_spliced, removed = remove_adapter(unmerged_spliced, unmerged, 'a')
@@ -76,3 +77,11 @@ def test_a_lora_adapter_cannot_be_fused(merged):
   _, _, spliced, merged_params, _ = merged
   with pytest.raises(ValueError, match='fuses bottleneck adapters'):
     add_fusion(spliced, merged_params, ('a', 'b'), jax.random.key(3))
+
+
+def test_merging_twice_or_unmerging_an_unmerged_adapter_is_refused(merged):
+  _, (plain, params), spliced, merged_params, _ = merged
+  with pytest.raises(ValueError, match="^Adapter 'a' is already merged.$"):
+    merge_adapter(spliced, merged_params, 'a')
+  with pytest.raises(ValueError, match="^Adapter 'a' is not merged.$"):
+    unmerge_adapter(plain, params, 'a')
