@@ -171,7 +171,10 @@ def test_restore_onto_other_weights_warns_and_strict_refuses(tmp_path):
     restored_spliced, restored = restore_adapter(path, model, other, ids, mask, base_name='tiny-b')
   for p, v in adapter_leaves(params, 'sent').items():
     np.testing.assert_array_equal(np.asarray(adapter_leaves(restored, 'sent')[p]), np.asarray(v))
-  with pytest.raises(CheckpointError, match="(?s)trained on base 'tiny-a'.*'tiny-b'.*other weights"):
+  with pytest.raises(CheckpointError, match="(?s)trained on base 'tiny-a'; the base it is restored onto "
+                     "\\('tiny-b'\\) has the same shapes but other weights "
+                     "\\(weights fingerprint differs\\), so the adapter will not compute what it "
+                     "was trained to. Load the base it was trained on.$"):
     restore_adapter(path, model, other, ids, mask, base_name='tiny-b', strict=True)
   # A record written before weights were fingerprinted restores as before.
   _edit_record(path, lambda record: record['base'].pop('weights_fingerprint'))
@@ -258,3 +261,30 @@ def test_an_adapter_of_another_width_names_its_checkpoint_and_the_misshaped_leav
                          'expected \\(24, 8\\), checkpoint has \\(16, 8\\)'):
         restore(path if restore is restore_adapter else [path], wider, init_tiny(wider), ids, mask,
                 check_base=False)
+
+
+def test_a_record_whose_method_no_longer_fits_its_leaves_is_refused_on_the_same_base(tmp_path):
+  """Same base, but the record says rank 4 while the leaves are rank 8 (an edited or mixed-up
+  checkpoint): the diff names each leaf, with nothing about another base before it."""
+  import re
+
+  spliced, params, _, (ids, mask) = _trained(TinyClassifier(), get_method('lora'))
+  path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', base_name='tiny-64')
+  assert load_record(path)['method']['rank'] == 8
+  _edit_record(path, lambda record: record['method'].update(rank=4))
+  model = TinyClassifier()
+  with pytest.raises(CheckpointError, match=f'^Checkpoint {re.escape(path)} does not fit this model.\n'
+                     '  shape: +encoder/layer_0/attention/query/adapters/sent/lora_a expected '
+                     '\\(16, 4\\), checkpoint has \\(16, 8\\)'):
+    restore_adapter(path, model, init_tiny(model), ids, mask)
+
+
+def test_overwritten_leaves_keep_the_dtype_of_the_params_they_replace():
+  """A float32 checkpoint restored into a bfloat16 base keeps bfloat16 (frozen_dtype runs)."""
+  from adapters_jax.checkpoint import overwrite_leaves
+
+  params = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16), init_tiny(TinyClassifier()))
+  leaves = {'classifier/kernel': np.full((16, 2), 0.5, np.float32)}
+  out = traverse_util.flatten_dict(overwrite_leaves(params, leaves), sep='/')
+  assert out['classifier/kernel'].dtype == jax.numpy.bfloat16
+  np.testing.assert_array_equal(np.asarray(out['classifier/kernel'], np.float32), leaves['classifier/kernel'])

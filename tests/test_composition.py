@@ -249,3 +249,10 @@ def test_choice_index_takes_branch_indices_from_minus_one_to_the_last():
   # A bool is not an index: True is read as a composition and refused.
   with pytest.raises(CompositionError, match='active=True is not a composition'):
     choice_index(node, [True])
+
+
+def test_nested_tuples_inside_compositions_become_stacks():
+  assert Stack('a', ('l1', 's')).children == ('a', Stack('l1', 's'))
+  assert Parallel(('a', 'b'), None).children == (Stack('a', 'b'), None)
+  assert PerExample('a', ['l1', ('s', 'b')]).children == ('a', Stack('l1', Stack('s', 'b')))
+  assert Average('a', 'b').children == ('a', 'b')

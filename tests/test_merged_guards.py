@@ -9,6 +9,7 @@ from flax import traverse_util
 from adapters_jax import (
     Average,
     Stack,
+    adapter_leaves,
     add_adapter,
     add_fusion,
     get_method,
@@ -41,6 +42,10 @@ def test_removing_a_merged_adapter_is_refused(merged):
   unmerged_spliced, unmerged = unmerge_adapter(spliced, merged_params, 'a')
   removed_spliced, removed = remove_adapter(unmerged_spliced, unmerged, 'a')
   assert removed_spliced.names == ('b',)
+  # b's leaves stay, value for value; no leaf of a is left.
+  for path, value in adapter_leaves(unmerged, 'b').items():
+    np.testing.assert_array_equal(np.asarray(adapter_leaves(removed, 'b')[path]), np.asarray(value))
+  assert not [p for p in traverse_util.flatten_dict(removed, sep='/') if '/adapters/a/' in p]
   # What stays is the base model's own weights (up to the merge/unmerge rounding) and adapter b.
   base = traverse_util.flatten_dict(init_tiny(model), sep='/')
   kept = traverse_util.flatten_dict(removed, sep='/')

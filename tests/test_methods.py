@@ -207,3 +207,12 @@ def test_fusion_options_out_of_range_name_the_option_and_the_fix():
                            ({'adapters': ('a', 'a')}, "Fused adapter names repeat: \\('a', 'a'\\)")):
     with pytest.raises(ValueError, match=message):
       fusion(**{'adapters': ('a', 'b'), **options})
+
+
+def test_compacter_whose_n_does_not_divide_names_n_width_site_and_bottleneck():
+  site = SiteInfo(path='encoder/layer_0/ffn/output', placement='output', in_features=64,
+                  out_features=30)
+  with pytest.raises(ValueError, match=r'^Compacter needs n=4 to divide the width \(30 at '
+                                       r'encoder/layer_0/ffn/output\) and the bottleneck \(8\); '
+                                       r'choose another n or size.$'):
+    methods.get_method('compacter', size=8).make_module(site)
