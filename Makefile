@@ -17,7 +17,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-assets.txt pyprojec
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest -n 2 -q --durations=25 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check adapters_jax experiments scripts tests
