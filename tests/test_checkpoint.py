@@ -288,3 +288,12 @@ def test_overwritten_leaves_keep_the_dtype_of_the_params_they_replace():
   out = traverse_util.flatten_dict(overwrite_leaves(params, leaves), sep='/')
   assert out['classifier/kernel'].dtype == jax.numpy.bfloat16
   np.testing.assert_array_equal(np.asarray(out['classifier/kernel'], np.float32), leaves['classifier/kernel'])
+
+
+def test_the_record_lists_the_adapters_sites_and_its_method(tmp_path):
+  spliced, params, _, _ = _trained(TinyClassifier(), get_method('lora'))
+  path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent', base_name='tiny-64')
+  record = load_record(path)
+  # LoRA's default sites on the tiny model, written out: query and value of both layers.
+  assert record['sites'] == [f'encoder/layer_{i}/attention/{m}' for i in (0, 1) for m in ('query', 'value')]
+  assert record['adapter'] == 'sent' and record['method']['kind'] == 'lora'

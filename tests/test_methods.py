@@ -216,3 +216,8 @@ def test_compacter_whose_n_does_not_divide_names_n_width_site_and_bottleneck():
                                        r'encoder/layer_0/ffn/output\) and the bottleneck \(8\); '
                                        r'choose another n or size.$'):
     methods.get_method('compacter', size=8).make_module(site)
+
+
+def test_lora_at_another_placement_is_refused_naming_parallel():
+  with pytest.raises(ValueError, match="^LoRA sites must use placement 'parallel'.$"):
+    methods.get_method('lora', sites=(('attention/query', 'output'),))

@@ -7,6 +7,7 @@ import pytest
 from flax import traverse_util
 
 from adapters_jax import (
+  CompositionError,
   SiteMatchError,
   adapter_leaves,
   add_adapter,
@@ -186,3 +187,31 @@ def test_a_name_the_params_already_hold_is_refused_or_replaced(tiny):
   # A fresh LoRA (B = 0) on the untouched base computes the base model.
   np.testing.assert_array_equal(np.asarray(spliced.apply(replaced, ids, mask, active='a')),
                                 np.asarray(model.apply({'params': params}, ids, mask)))
+
+
+def test_lora_dropout_is_the_adapters_own_and_zero_rate_has_none(tiny):
+  """With the same dropout key the host's own dropout masks are the same, so a LoRA adapter with
+  dropout 0.5 and one with dropout 0.0 (equal weights) differ in training only by the adapter's
+  dropout, and not at all in evaluation."""
+  model, params, (ids, mask) = tiny
+  outputs = {}
+  for rate in (0.0, 0.5):
+    spliced, p = add_adapter(model, params, 'a', get_method('lora', dropout=rate), jax.random.key(1),
+                             ids, mask)
+    p = _perturb(p, 'a')
+    outputs[rate] = [np.asarray(spliced.apply(p, ids, mask, active='a', deterministic=d,
+                                              rngs=None if d else {'dropout': jax.random.key(3)}))
+                     for d in (True, False)]
+  np.testing.assert_array_equal(outputs[0.0][0], outputs[0.5][0])
+  assert np.abs(outputs[0.0][1] - outputs[0.5][1]).max() > 1e-4
+
+
+def test_adapter_drop_on_a_scanned_model_names_the_fix():
+  model = TinyClassifier(scan=True)
+  params = init_tiny(model)
+  ids, mask = tiny_batch(vocab=model.vocab)
+  spliced, p = add_adapter(model, params, 'a', get_method('houlsby'), jax.random.key(1), ids, mask)
+  with pytest.raises(CompositionError, match='skip_layers \\(AdapterDrop\\) needs unscanned layers; '
+                                      'encoder/layers/.* is under nn.scan. Load the model with '
+                                      'scan_layers=False.'):
+    spliced.apply(p, ids, mask, active='a', skip_layers=1)
