@@ -218,6 +218,8 @@ def test_adapter_drop_equals_leave_out(setup):
     (Stack('a', 'a'), CompositionError, 'remove the repeat'),
     (Average('a', 'b', weights=(1.0,)), CompositionError, 'one weight per adapter'),
     ('nope', KeyError, 'spliced adapters'),
+    (Stack('a', None), CompositionError,
+     '^None \\(the base model\\) is only a branch of PerExample or Parallel.$'),
 ])
 def test_invalid_combinations_name_the_fix(setup, active, error, fix):
   _, _, spliced, params, ids, mask, _ = setup
