@@ -245,6 +245,9 @@ def test_save_trained_writes_the_masked_leaves_and_a_record_restore_adapter_refu
     np.testing.assert_array_equal(restored[p], flat[p] if p in head else other_flat[p])
   with pytest.raises(CheckpointError, match='holds no adapter .*load it with load_leaves'):
     restore_adapter(path, model, other, *tiny_batch(vocab=model.vocab))
+  # Without a base name or extra facts: an empty name and no extras.
+  bare = load_record(save_trained(tmp_path / 'bare', params, mask))
+  assert bare['base']['name'] == '' and bare['extra'] == {}
 
 
 def test_an_adapter_of_another_width_names_its_checkpoint_and_the_misshaped_leaves(tmp_path):
