@@ -220,6 +220,7 @@ def test_adapter_drop_equals_leave_out(setup):
     ('nope', KeyError, 'spliced adapters'),
     (Stack('a', None), CompositionError,
      '^None \\(the base model\\) is only a branch of PerExample or Parallel.$'),
+    (Stack(), CompositionError, '^Stack needs at least one child.$'),
 ])
 def test_invalid_combinations_name_the_fix(setup, active, error, fix):
   _, _, spliced, params, ids, mask, _ = setup

@@ -128,6 +128,8 @@ def test_two_fusions_of_the_same_adapters_are_picked_by_name(base):
   one = np.asarray(spliced.apply(params, ids, mask, active=Fuse('a', 'b', name='f1')))
   two = np.asarray(spliced.apply(params, ids, mask, active=Fuse('a', 'b', name='f2')))
   assert np.abs(one - two).max() > 1e-3
+  # A fusion's name alone runs that fusion.
+  np.testing.assert_array_equal(np.asarray(spliced.apply(params, ids, mask, active='f2')), two)
   # f1 alone in a model without f2 gives f1's output: the name picked f1's weights.
   only, only_params = _splice(base, 'a', bottleneck, seed=1)
   only, only_params = _splice(base, 'b', bottleneck, seed=2, spliced=only, params=only_params)
