@@ -75,7 +75,7 @@ class Seq2SeqPredictor:
     """
     spec, kind = self.experiment.spec, self.experiment.task_kind
     examples = [data.Example(text_a=a, text_b=b, label=data.NO_LABEL, idx=i)
-                for i, (a, b) in enumerate(_pairs(texts, spec))]
+                for i, (a, b) in enumerate(input_pairs(texts, spec))]
     if not examples:
       return []
     encoded = kind.encode(examples, kind.tokenizer, self.experiment.config.max_length)
@@ -96,7 +96,13 @@ def answer_fields(spec: data.TaskSpec, answer: str) -> dict[str, Any]:
           'label': float(parsed) if spec.is_regression else spec.label_names[parsed]}
 
 
-def _pairs(texts, spec) -> list[tuple[str, str | None]]:
+def input_pairs(texts: Sequence[str | tuple[str, str]],
+                spec: data.TaskSpec) -> list[tuple[str, str | None]]:
+  """Each input as `(text_a, text_b)` (`text_b` None for one-text tasks), checked against `spec`.
+
+  Raises:
+    ValueError: an input of the other arity, naming its number and what the task takes.
+  """
   pairs = []
   for i, text in enumerate(texts):
     pair = (text, None) if isinstance(text, str) else tuple(text)

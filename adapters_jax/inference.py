@@ -29,7 +29,7 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax import checkpoint, composition, data, models
-from adapters_jax.generative_predictor import CausalLMPredictor, Seq2SeqPredictor
+from adapters_jax.generative_predictor import CausalLMPredictor, Seq2SeqPredictor, input_pairs
 from adapters_jax.train import loop
 from adapters_jax.train.causal_lm import CausalLM
 from adapters_jax.train.experiment import Experiment, build_experiment
@@ -100,13 +100,8 @@ class Predictor:
       Per input: `label` and `probabilities` (classification) or `score` (regression).
     """
     spec = self.experiment.spec
-    examples = []
-    for i, text in enumerate(texts):
-      pair = (text, None) if isinstance(text, str) else tuple(text)
-      if (pair[1] is not None) != spec.is_pair:
-        raise ValueError(f'Input {i + 1}: task {spec.name!r} takes '
-                         f'{"text pairs (two tab-separated texts)" if spec.is_pair else "one text"}.')
-      examples.append(data.Example(text_a=pair[0], text_b=pair[1], label=0, idx=i))
+    examples = [data.Example(text_a=a, text_b=b, label=0, idx=i)
+                for i, (a, b) in enumerate(input_pairs(texts, spec))]
     if not examples:
       return []
     encoded = data.encode(examples, self.experiment.pretrained.tokenizer,
