@@ -109,14 +109,19 @@ def test_dry_run_cli_on_the_packaged_task(tiny_model, tmp_path):
   assert not (tmp_path / 'sweep').exists()  # nothing launched, nothing left in the sweep dir
 
 
-def test_dry_run_builds_a_compacter_run_on_a_stand_in_t5(tmp_path):
+@pytest.mark.parametrize('method, extra_options', [('compacter', {}), ('phm_adapter', {'n': 12})])
+def test_dry_run_builds_a_compacter_table_run_on_a_stand_in_t5(tmp_path, method, extra_options):
+  # The table's own runs (PHM-Adapter: n = 12, a rule per layer) through `train_and_evaluate`, with
+  # adapters at the encoder's and the decoder's attention, cross-attention and FFN outputs.
   model = sweeps.stand_in_model(sweeps.STAND_IN_T5, str(tmp_path / 'stand_in'))
-  only = {'task': 'rte', 'method': 'compacter', 'method_options.reduction_factor': 32}
+  only = {'task': 'rte', 'method': method, 'method_options.reduction_factor': 32}
   runs, outcome, lines = _dry_run('compacter_glue.py', only, model, tmp_path / 'runs')
   assert len(runs) == 1 and outcome.failed == {} and outcome.blocked == {}, lines
   with open(os.path.join(runs[0].workdir, sweeps.RESULT_FILE)) as f:
     result = json.load(f)
   assert result['train_steps'] == 1 and result['config']['task_kind'] == 'seq2seq'
+  assert result['config']['method_options'] == {'activation': 'gelu_tanh', 'size': None,
+                                                'reduction_factor': 32, **extra_options}
   # RTE's mock validation split halved into validation and test (Compacter's scheme).
   assert set(result['test_metrics']) == {'test'}
   assert set(result['test_metrics']['test']) == {'accuracy', 'unparseable'}

@@ -1,12 +1,10 @@
 """PHM-Adapter (the Compacter paper's row): full B_i and a rule of its own in every PHM layer.
 
 Checked against float64 NumPy (explicit `np.kron`), a hand count of its parameters, AdapterHub
-`adapters` 1.3.0's own PHM layer (export to it, import from it) on a tiny PyTorch BERT, and the
-Compacter table's PHM-Adapter run trained one step on the dry run's random T5.
+`adapters` 1.3.0's own PHM layer (export to it, import from it) on a tiny PyTorch BERT. The
+Compacter table's PHM-Adapter run is trained one step on the dry run's random T5 in
+`tests/test_dry_run.py`.
 """
-
-import json
-import os
 
 import adapters
 import jax
@@ -16,7 +14,7 @@ import pytest
 from flax import traverse_util
 from scipy.special import erf
 
-from adapters_jax import adapter_leaves, add_adapter, get_method, method_from_dict, sweeps
+from adapters_jax import adapter_leaves, add_adapter, get_method, method_from_dict
 from adapters_jax.interop import export_checkpoint, import_checkpoint
 from adapters_jax.methods import SiteInfo
 from tests.interop.conftest import (  # noqa: F401 (base_dir is a fixture)
@@ -27,7 +25,6 @@ from tests.interop.conftest import (  # noqa: F401 (base_dir is a fixture)
 )
 from tests.interop.test_adapterhub_export import load_in_adapters
 from tests.interop.test_adapterhub_import import restore, save_in_adapters
-from tests.test_dry_run import _dry_run as dry_run_slice
 from tests.tiny_model import TinyClassifier, init_tiny, perturb_adapter, tiny_batch
 
 
@@ -168,16 +165,3 @@ def test_import_from_adapters_per_layer_full_phm(tmp_path, base_dir):  # noqa: F
                                                       train_also=spliced.adapter('task').method.train_also)
   assert_close(our_logits(spliced, params, 'bert', 'task'), theirs, base)
 
-
-def test_the_grids_phm_adapter_run_trains_a_step_on_a_stand_in_t5(tmp_path):
-  # The table's own run (n = 12, reduction factor 32) through `train_and_evaluate`: per-layer rules
-  # at the encoder's and the decoder's attention, cross-attention and FFN outputs of a random T5.
-  model = sweeps.stand_in_model(sweeps.STAND_IN_T5, str(tmp_path / 'stand_in'))
-  only = {'task': 'rte', 'method': 'phm_adapter', 'method_options.reduction_factor': 32}
-  runs, outcome, lines = dry_run_slice('compacter_glue.py', only, model, tmp_path / 'runs')
-  assert len(runs) == 1 and outcome.failed == {} and outcome.blocked == {}, lines
-  with open(os.path.join(runs[0].workdir, sweeps.RESULT_FILE)) as f:
-    result = json.load(f)
-  assert result['train_steps'] == 1
-  assert result['config']['method_options'] == {'activation': 'gelu_tanh', 'size': None,
-                                                'reduction_factor': 32, 'n': 12}
