@@ -9,18 +9,13 @@ import pytest
 from flax import traverse_util
 
 from adapters_jax import add_adapter, get_method, trainable
-from adapters_jax.models import DecoderConfig, DecoderLM, GenerationConfig, generate
+from adapters_jax.models import DecoderLM, GenerationConfig, generate
 from adapters_jax.models.decoder import stack_layer_params
 from adapters_jax.sites import FFN_GATE, SiteMatchError
 from tests.models import decoder_checkpoints as dc
+from tests.models.tiny_decoders import TINY_DECODERS
 
-CONFIGS = {
-    'llama': DecoderConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4,
-                           num_kv_heads=2, head_dim=8, intermediate_size=48),
-    'gpt2': DecoderConfig.from_hf_config(dict(model_type='gpt2', vocab_size=61, n_embd=32,
-                                              n_layer=2, n_head=4, n_positions=32, n_inner=48,
-                                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
-}
+CONFIGS = TINY_DECODERS
 EXPECTED_SITES = {  # per layer
     'lora': ['attention/query', 'attention/value'],
     'ia3': ['attention/key', 'attention/value', 'ffn/output'],

@@ -11,8 +11,9 @@ from adapters_jax.data.batching import length_buckets
 from adapters_jax.data.lm_dataset import LMDataset
 from adapters_jax.data.lm_jsonl import LMExample
 from adapters_jax.data.lm_packing import pack_rows, rows_batch, single_rows
-from adapters_jax.models import DecoderConfig, DecoderLM, GenerationConfig, generate
+from adapters_jax.models import DecoderLM, GenerationConfig, generate
 from adapters_jax.train.causal_lm import CausalLM, decode_text, lm_loss, perplexity_metrics
+from tests.models.tiny_decoders import TINY_DECODERS
 
 
 @pytest.fixture(scope='module')
@@ -23,13 +24,7 @@ def tokenizer():
   return load_tokenizer(str(resolve_checkpoint_dir('minilm-l6')))
 
 
-CONFIGS = {
-    'llama': DecoderConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4,
-                           num_kv_heads=2, head_dim=8, intermediate_size=48),
-    'gpt2': DecoderConfig.from_hf_config(dict(model_type='gpt2', vocab_size=61, n_embd=32,
-                                              n_layer=2, n_head=4, n_positions=32, n_inner=48,
-                                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
-}
+CONFIGS = TINY_DECODERS
 
 
 def _model(family):
