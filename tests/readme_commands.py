@@ -137,6 +137,7 @@ class Run:
   needs: tuple[str, ...] = ()
   check: Callable[[subprocess.CompletedProcess, Sandbox], None] = lambda proc, sandbox: None
   timeout: int = 300
+  sandbox: str = ''  # commands naming the same sandbox share one (and the inputs made there)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,15 +1,18 @@
 """Every shell command in README.md runs in a test, the way a user runs it.
 
 Each command of README.md's shell blocks must have an entry in COMMANDS (keyed by the command's
-text): run here in a subprocess, in a fresh directory, shortened where it would train long or needs
+text): run here in a subprocess, in a fresh directory (one per group of commands, so that groups
+run in parallel), shortened where it would train long or needs
 the network (a `:smoke` config, a tiny local model, GLUE files prepared offline by tfds's builder);
 or named as run by another test (which must exist). A README command without an entry fails
 `test_every_readme_command_has_an_entry` with what to add. The commands that need a trained run
-share one: quickstart -> predict/export, the GLUE LoRA run -> PEFT export -> import.
+share its directory: quickstart -> predict/export, the GLUE LoRA run -> PEFT export -> import; the
+fusion run and the composition benchmark share the two adapter runs they read.
 """
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -191,7 +194,7 @@ COMMANDS = {
     PREDICT: Run(needs=(QUICKSTART,), check=_check_predict),
     f'{PY} -m experiments.train --config=experiments/configs/mini_fusion.py:fusion-rotten_tomatoes '
     '--workdir=workdirs/mini_fusion/fusion-rotten_tomatoes': Run(
-        shorten=_shorten_fusion, check=lambda proc, sandbox: _assert_glob(
+        shorten=_shorten_fusion, sandbox='mini_fusion', check=lambda proc, sandbox: _assert_glob(
             sandbox, 'workdirs/mini_fusion/fusion-rotten_tomatoes/result.json')),
     f'{PY} -m experiments.predict --workdir=workdirs/rt,workdirs/tweets --adapter_column --input=rows.tsv':
         Covered('tests/test_fusion.py::test_multi_predictor_per_row_column_and_cli',
@@ -219,7 +222,7 @@ COMMANDS = {
     f'{BENCH} --model large --methods houlsby --scan_layers --steps 0': Run(shorten=_shorten_bench),
     f'{BENCH} --methods houlsby,houlsby@all_positions --no-memory': Run(shorten=_shorten_bench),
     f'{BENCH} --methods full,houlsby,houlsby@adapterdrop --no-memory': Run(shorten=_shorten_bench),
-    f'{PY} scripts/bench_composition.py': Run(shorten=_shorten_composition),
+    f'{PY} scripts/bench_composition.py': Run(shorten=_shorten_composition, sandbox='mini_fusion'),
     f'{PY} scripts/memory_estimate.py --model large --batch 32 --length 128': Run(
         shorten=lambda w, s: set_flag(set_flag(set_flag(w, '--model', 'tiny'), '--batch', '2'),
                                       '--length', '16')),
@@ -328,10 +331,44 @@ def test_make_targets_run_a_readme_command_or_this_suite():
   assert len(recipe) == 1 and recipe[0].startswith(f'{PY} -m pytest') and recipe[0].endswith(' tests')
 
 
-def test_readme_commands_run(tmp_path):
-  """Each Run command, shortened, in one sandbox; commands that read a run's files run after it."""
+def _root(text: str) -> str:
+  """The command whose sandbox `text` runs in: its own group's name, or the first command it needs."""
+  entry = COMMANDS[text]
+  return entry.sandbox or (_root(entry.needs[0]) if entry.needs else text)
+
+
+def sandbox_groups() -> dict[str, list[str]]:
+  """README commands to run, grouped by sandbox, each group in README order."""
+  groups: dict[str, list[str]] = {}
+  for command in readme():
+    entry = COMMANDS.get(command.text)
+    if isinstance(entry, Run):
+      groups.setdefault(_root(command.text), []).append(command.text)
+  return groups
+
+
+def _group_id(root: str) -> str:
+  """A short test id: `-m-experiments.train-quickstart.py-workdir-workdirs-quickstart` and such."""
+  text = root.replace(PY, '').replace('--config=experiments/configs/', '').replace('--', '')
+  return re.sub(r'[^A-Za-z0-9_.@]+', '-', text).strip('-')[:60]
+
+
+def test_sandbox_groups_hold_each_run_command_once_after_what_it_needs():
+  groups = sandbox_groups()
+  runs = [text for text, entry in COMMANDS.items() if isinstance(entry, Run)]
+  assert sorted(text for texts in groups.values() for text in texts) == sorted(runs)
+  for texts in groups.values():
+    for text in texts:
+      assert all(need in texts for need in COMMANDS[text].needs), text
+  assert len(groups) > 1 and _root(PREDICT) == _root(EXPORT_ADAPTERS) == QUICKSTART
+  assert _root(IMPORT_PEFT) == GLUE_LORA and _root(f'{PY} scripts/bench_composition.py') == 'mini_fusion'
+
+
+@pytest.mark.parametrize('root', sorted(sandbox_groups()), ids=_group_id)
+def test_readme_commands_run(root, tmp_path):
+  """The Run commands of one sandbox group, shortened; a command that reads a run's files runs
+  after it."""
   sandbox = Sandbox(tmp_path)
-  known = {c.text for c in readme()}
   failures = []
 
   def run(text):
@@ -357,9 +394,8 @@ def test_readme_commands_run(tmp_path):
       failures.append(f'`{join(words)}`: {error}')
     return proc
 
-  for text, entry in COMMANDS.items():
-    if isinstance(entry, Run) and text in known:
-      run(text)
+  for text in sandbox_groups()[root]:
+    run(text)
   assert not failures, '\n\n'.join(failures)
 
 
