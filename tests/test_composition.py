@@ -123,6 +123,24 @@ def test_parallel_equals_each_single_run(setup):
   np.testing.assert_allclose(out[2], spliced.apply(params, ids, mask, active=('l1', 's')), **TOL)
 
 
+def test_parallel_with_mutable_collections_splits_the_output_and_returns_the_state(setup):
+  # Bug caught: with `mutable=`, the (output, state) pair not unpacked before the split.
+  _, _, spliced, params, ids, mask, _ = setup
+  out, state = spliced.apply(params, ids, mask, active=Parallel('a', 'l1'), mutable=['intermediates'])
+  assert isinstance(state, dict)
+  np.testing.assert_allclose(out[0], spliced.apply(params, ids, mask, active='a'), **TOL)
+  np.testing.assert_allclose(out[1], spliced.apply(params, ids, mask, active='l1'), **TOL)
+
+
+def test_apply_calls_the_method_it_is_given_with_the_adapters_active(setup):
+  # Bug caught: `method=` not passed on to the host (its __call__ runs instead).
+  _, _, spliced, params, ids, mask, _ = setup
+  logits = np.asarray(spliced.apply(params, ids, mask, active='a'), np.float64)
+  probabilities = spliced.apply(params, ids, mask, active='a',
+                                method=lambda module, i, m: jax.nn.softmax(module(i, m)))
+  np.testing.assert_allclose(probabilities, scipy.special.softmax(logits, axis=-1), **TOL)
+
+
 def test_per_example_equals_each_example_alone_and_compiles_once(setup):
   _, _, spliced, params, ids, mask, _ = setup
   branches = PerExample('a', 'l1', Stack('s', 'b'))

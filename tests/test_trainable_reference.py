@@ -50,6 +50,22 @@ def test_adamw_steps_equal_the_hand_written_update(clip_norm):
     np.testing.assert_allclose(np.asarray(got[k]), expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def test_adamw_uses_the_moment_decays_and_eps_it_is_given():
+  # Bug caught: b1, b2 or eps not passed on to optax (its defaults equal ours, so only other
+  # values tell).
+  rng = np.random.default_rng(2)
+  params = {'kernel': rng.normal(size=(2, 3)).astype(np.float32)}
+  steps = [{'kernel': (0.2 * (i + 1)) * rng.normal(size=(2, 3)).astype(np.float32)} for i in range(3)]
+  tx = trainable.adamw(1e-1, clip_norm=None, b1=0.5, b2=0.8, eps=0.3)
+  got = {'kernel': jnp.asarray(params['kernel'])}
+  state = tx.init(got)
+  for grads in steps:
+    updates, state = tx.update({'kernel': jnp.asarray(grads['kernel'])}, state, got)
+    got = {'kernel': got['kernel'] + updates['kernel']}
+  expected = _adamw_reference(params, steps, 1e-1, 0.0, None, b1=0.5, b2=0.8, eps=0.3)
+  np.testing.assert_allclose(np.asarray(got['kernel']), expected['kernel'], rtol=1e-5, atol=1e-6)
+
+
 def test_default_clip_norm_is_one():
   rng = np.random.default_rng(1)
   params = {'kernel': rng.normal(size=(2, 2)).astype(np.float32)}
@@ -96,5 +112,12 @@ def test_split_of_a_mask_for_other_params_names_both_sides():
   params = {'x': np.zeros(1), 'y': np.zeros(1)}
   with pytest.raises(ValueError, match=r"not in mask \['y'\], not in params \['z'\]"):
     trainable.split(params, {'x': True, 'z': False})
+  # Many differing leaves: the first five of each side, sorted, then the message stops.
+  params = {f'p{i}': np.zeros(1) for i in range(7)}
+  mask = {f'm{i}': True for i in range(7)}
+  with pytest.raises(ValueError) as error:
+    trainable.split(params, mask)
+  assert str(error.value) == ("Mask and params differ: not in mask ['p0', 'p1', 'p2', 'p3', 'p4'], "
+                              "not in params ['m0', 'm1', 'm2', 'm3', 'm4'].")
   with pytest.raises(ValueError, match='Leaf x is in more than one part'):
     trainable.combine({'x': 1}, {'x': 2})

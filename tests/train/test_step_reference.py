@@ -77,6 +77,27 @@ def test_train_step_is_one_sgd_update_of_the_trainable_leaves_only():
   assert set(state.params) == {'w'}  # the frozen bias is never part of the state
 
 
+def test_train_step_carries_the_optimizer_state_from_step_to_step():
+  # Bug caught: the step returning the old optimizer state (plain SGD has none to lose).
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(4, 2)).astype(np.float32)
+  y = rng.normal(size=4).astype(np.float32)
+  w0 = rng.normal(size=2).astype(np.float32)
+  lr, momentum = 0.05, 0.9
+  tx = optax.sgd(lr, momentum=momentum)
+  apply_fn = lambda params, batch, dropout_rng: batch['x'] @ params['w']  # [B]
+  loss_fn = lambda out, batch: jnp.mean((out - batch['y']) ** 2)
+  step = jax.jit(functools.partial(train_step, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx))
+  state = create_train_state({'w': jnp.asarray(w0)}, tx, jax.random.key(0))
+  w, velocity = w0.astype(np.float64), np.zeros(2)
+  x64, y64 = x.astype(np.float64), y.astype(np.float64)
+  for _ in range(3):
+    state, _ = step(state, {}, {'x': jnp.asarray(x), 'y': jnp.asarray(y)})
+    velocity = 2.0 / 4 * x64.T @ (x64 @ w - y64) + momentum * velocity  # optax.trace: g + m v
+    w = w - lr * velocity
+    np.testing.assert_allclose(np.asarray(state.params['w']), w, rtol=1e-5, atol=1e-6)
+
+
 def test_create_train_state_copies_the_params_it_is_given():
   params = {'w': jnp.ones(3)}
   state = create_train_state(params, optax.sgd(0.1), jax.random.key(0))
