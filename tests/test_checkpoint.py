@@ -300,3 +300,40 @@ def test_the_record_lists_the_adapters_sites_and_its_method(tmp_path):
   # LoRA's default sites on the tiny model, written out: query and value of both layers.
   assert record['sites'] == [f'encoder/layer_{i}/attention/{m}' for i in (0, 1) for m in ('query', 'value')]
   assert record['adapter'] == 'sent' and record['method']['kind'] == 'lora'
+
+
+def test_restore_adapters_refusals_word_for_word(tmp_path):
+  """Over one base: a checkpoint without an adapter, two adapters of one name, and an adapter that
+  trained base weights (Houlsby's layer norms) are refused, each naming the checkpoint and the fix."""
+  import re
+
+  from adapters_jax.checkpoint import save_trained
+
+  model = TinyClassifier()
+  base = init_tiny(model)
+  ids, mask = tiny_batch(vocab=model.vocab)
+  flat = traverse_util.flatten_dict(base, sep='/')
+  head_mask = traverse_util.unflatten_dict({p: p.startswith('classifier/') for p in flat}, sep='/')
+  head_only = save_trained(os.fspath(tmp_path / 'head'), base, head_mask, base_name='tiny-64')
+  with pytest.raises(CheckpointError) as error:
+    restore_adapters([head_only], model, base, ids, mask)
+  assert str(error.value) == (f'{head_only} holds no adapter (a full fine-tuning or head-only run); '
+                              'only adapter checkpoints share a base.')
+
+  spliced, params, _, _ = _trained(model, get_method('lora'))
+  first = save_adapter(tmp_path / 'first', spliced, params, 'sent', base_name='tiny-64')
+  second = save_adapter(tmp_path / 'second', spliced, params, 'sent', base_name='tiny-64')
+  with pytest.raises(CheckpointError) as error:
+    restore_adapters([first, second], model, base, ids, mask)
+  assert str(error.value) == (f"Two adapters are named 'sent' ({second}); pass rename=[...] to give "
+                              'each checkpoint its own name.')
+
+  spliced, params, _, _ = _trained(model, get_method('houlsby', size=4))
+  houlsby = save_adapter(tmp_path / 'houlsby', spliced, params, 'sent', base_name='tiny-64')
+  norm = r"'encoder/layer_\d/\w+_layer_norm/(?:scale|bias)'"
+  with pytest.raises(CheckpointError, match=(
+      f'^Checkpoint {re.escape(houlsby)} also trained base weights \\[(?:{norm}, ){{3}}{norm}\\]; '
+      'several adapters over one base cannot each change them. Train the adapter with '
+      "train_also=\\(\\) \\(e.g. --config.method_options.train_also='\\(\\)'\\) or use pfeiffer / "
+      'lora.$')):
+    restore_adapters([houlsby], model, base, ids, mask)
