@@ -150,7 +150,8 @@ def test_no_block_structure_is_refused_naming_block_pattern():
     _splice(FlatHost(), _lora(r'enc\d_query', leave_out=(0,)))
   spliced, p, x = _splice(FlatHost(), _lora(r'enc\d_query'))
   assert _sites(spliced) == {'enc0_query': None, 'enc1_query': None}
-  with pytest.raises(CompositionError, match=r'(?s)skip_layers=\(0,\) .*block_pattern='):
+  with pytest.raises(CompositionError, match=r'(?s)skip_layers=\(0,\) .*Sites:\n  enc0_query\n  '
+                                            r'enc1_query\nPass .*block_pattern='):
     spliced.apply(p, x, active='a', skip_layers=1)
   spliced, _, _ = _splice(FlatHost(), _lora(r'enc\d_query', leave_out=(0,)),
                           block_pattern=r'enc(\d+)_')

@@ -198,6 +198,14 @@ def test_ia3_average_is_exact_and_linear_average_is_leaf_by_leaf(setup):
   np.testing.assert_allclose(averaged.apply(p_avg, ids, mask, active='savg'),
                              averaged.apply(p_avg, ids, mask, active=Average('s', 's2', weights=(1, 3))),
                              **TOL)
+  # how='linear' averages the scales leaf by leaf: the same scales as 'exact' for (IA)3.
+  _, p_slin = average_adapter(with_s2, p, 'slin', ['s', 's2'], weights=(0.25, 0.75), how='linear')
+  s, s2, slin = (adapter_leaves(p_slin, n) for n in ('s', 's2', 'slin'))
+  assert len(slin) == len(s) == 6  # key, value and FFN scales in two layers
+  for path, value in slin.items():
+    want = (0.25 * np.asarray(s[path.replace('/slin/', '/s/')], np.float64)
+            + 0.75 * np.asarray(s2[path.replace('/slin/', '/s2/')], np.float64))
+    np.testing.assert_allclose(np.asarray(value), want, rtol=1e-6, atol=1e-7)
   with_b2, p = add_adapter(spliced, params, 'b2', get_method('pfeiffer'), jax.random.key(8), ids, mask)
   p = _perturb(p, 'b2', seed=8)
   _, p_lin = average_adapter(with_b2, p, 'blin', ['b', 'b2'], weights=(0.25, 0.75), how='linear')

@@ -93,6 +93,30 @@ def test_compacter_site_module_starts_as_identity():
   np.testing.assert_array_equal(np.asarray(module.apply(params, x, shared=shared)), np.asarray(x))
 
 
+def test_compacter_bottleneck_is_width_over_reduction_factor_unless_a_size_is_given():
+  # The paper's rule: m = d / reduction_factor (BERT-base, d = 768, factor 32: m = 24).
+  compacter = methods.get_method('compacter')
+  assert compacter.size is None and compacter.reduction_factor == 32
+  assert compacter.bottleneck_size(768) == 24
+  assert methods.get_method('compacter', reduction_factor=16).bottleneck_size(768) == 48
+  assert methods.get_method('compacter', size=8).bottleneck_size(768) == 8
+  assert compacter.bottleneck_size(16) == 1  # never an empty bottleneck
+
+
+def test_fusion_value_kernel_init_is_the_identity_plus_noise_in_the_dtype_asked():
+  # Bug caught: the identity or the noise made in float32 whatever the params' dtype.
+  from adapters_jax.methods.fusion import identity_plus_noise
+
+  init = identity_plus_noise(1e-2)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    kernel = init(jax.random.key(0), (4, 4), dtype)
+    assert kernel.dtype == dtype
+    np.testing.assert_allclose(np.asarray(kernel, np.float64), np.eye(4), atol=0.06)
+    assert np.abs(np.asarray(kernel, np.float64) - np.eye(4)).max() > 1e-4
+  with pytest.raises(ValueError, match=r'must be square, got shape \(4, 3\)'):
+    init(jax.random.key(0), (4, 3))
+
+
 def test_ia3_scales_elementwise():
   module = methods.IA3(features=4)
   x = jnp.arange(8.0).reshape(2, 4)

@@ -143,3 +143,19 @@ def test_two_fusions_of_the_same_adapters_are_picked_by_name(base):
                           (Fuse('a', 'b', name='a'), "'a' is not a fusion layer")):
     with pytest.raises(CompositionError, match=message):
       spliced.apply(params, ids, mask, active=active)
+  # Word for word: a fusion over adapters no fusion layer fuses (with and without fusions spliced),
+  # and a fusion given where Fuse takes adapters.
+  unfused, unfused_params = _splice(base, 'a', bottleneck, seed=1)
+  unfused, unfused_params = _splice(base, 'b', bottleneck, seed=2, spliced=unfused,
+                                    params=unfused_params)
+  for host, host_params, have in ((unfused, unfused_params, 'none'),
+                                  (only, only_params, "{'f1': ['a', 'b']}")):
+    with pytest.raises(CompositionError) as error:
+      host.apply(host_params, ids, mask, active=Fuse('b', 'a'))
+    assert str(error.value) == (
+        "No fusion layer fuses ['b', 'a'] (in that order); splice one with "
+        "adapters_jax.fusion.add_fusion(spliced, params, ['b', 'a'], rng) or restore a fusion "
+        f'checkpoint. Spliced fusions: {have}.')
+  with pytest.raises(CompositionError) as error:
+    spliced.apply(params, ids, mask, active=Fuse('a', 'f1'))
+  assert str(error.value) == "Fuse cannot take the fusion 'f1'; stack it instead: Stack('f1', ...)."
