@@ -117,6 +117,18 @@ def test_fusion_value_kernel_init_is_the_identity_plus_noise_in_the_dtype_asked(
     init(jax.random.key(0), (4, 3))
 
 
+def test_averaging_refuses_a_weight_count_other_than_the_adapter_count():
+  # Bug caught: zip truncating to the shorter list, silently dropping an adapter from the average.
+  lora = methods.get_method('lora', rank=2)
+  site = {'lora_a': jnp.ones((4, 2)), 'lora_b': jnp.ones((2, 4))}
+  for how in ('exact', 'linear'):
+    with pytest.raises(ValueError, match='zip'):
+      lora.average([lora, lora], [site, site], [1.0], how)
+  with pytest.raises(ValueError, match='zip'):
+    methods.get_method('ia3').average([methods.get_method('ia3')] * 2, [{'scale': jnp.ones(4)}] * 2,
+                                      [0.5], 'exact')
+
+
 def test_ia3_scales_elementwise():
   module = methods.IA3(features=4)
   x = jnp.arange(8.0).reshape(2, 4)
