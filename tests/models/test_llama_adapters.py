@@ -15,7 +15,6 @@ from adapters_jax.sites import FFN_GATE, SiteMatchError
 from tests.models import decoder_checkpoints as dc
 from tests.models.tiny_decoders import TINY_DECODERS
 
-CONFIGS = TINY_DECODERS
 EXPECTED_SITES = {  # per layer
     'lora': ['attention/query', 'attention/value'],
     'ia3': ['attention/key', 'attention/value', 'ffn/output'],
@@ -25,7 +24,7 @@ EXPECTED_SITES = {  # per layer
 
 
 def _model(family, **overrides):
-  config = CONFIGS[family].replace(**overrides)
+  config = TINY_DECODERS[family].replace(**overrides)
   model = DecoderLM(config)
   ids, mask = dc.left_padded([7, 4], 7, config.vocab_size)
   params = jax.jit(model.init)(jax.random.key(0), ids, mask)['params']
@@ -62,7 +61,7 @@ def test_houlsby_trains_the_decoder_norms():
   assert not any(p.endswith('attention/query/kernel') for p in trained)
 
 
-@pytest.mark.parametrize('family', sorted(CONFIGS))
+@pytest.mark.parametrize('family', sorted(TINY_DECODERS))
 def test_generation_runs_the_active_adapter(family):
   model, params, ids, mask = _model(family)
   spliced, params = add_adapter(model, params, 'a', get_method('lora', rank=4),
@@ -89,7 +88,7 @@ def test_generation_runs_the_active_adapter(family):
     seq[:, prompt + step], seq_mask[:, prompt + step] = token, 1
 
 
-@pytest.mark.parametrize('family', sorted(CONFIGS))
+@pytest.mark.parametrize('family', sorted(TINY_DECODERS))
 def test_scan_and_remat_equal_plain_layers(family):
   model, params, ids, mask = _model(family)
   scanned = DecoderLM(model.config.replace(scan_layers=True, remat=True))

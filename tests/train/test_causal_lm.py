@@ -24,11 +24,8 @@ def tokenizer():
   return load_tokenizer(str(resolve_checkpoint_dir('minilm-l6')))
 
 
-CONFIGS = TINY_DECODERS
-
-
 def _model(family):
-  model = DecoderLM(CONFIGS[family])
+  model = DecoderLM(TINY_DECODERS[family])
   params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 4), jnp.int32))['params']
   # Spread the weights so that attention across examples would change the logits visibly.
   params = jax.tree.map(lambda x: x * 3.0 if x.ndim == 2 else x, params)
@@ -82,7 +79,7 @@ def test_perplexity_is_exp_of_token_mean_not_mean_of_example_perplexities():
     perplexity_metrics(np.array([0.0]), np.array([0.0]))
 
 
-@pytest.mark.parametrize('family', sorted(CONFIGS))
+@pytest.mark.parametrize('family', sorted(TINY_DECODERS))
 def test_packed_examples_compute_what_they_compute_alone(family):
   # Bug caught: attention crossing from one packed example into the next (segment mask ignored),
   # or positions continuing across examples.
@@ -103,7 +100,7 @@ def test_packed_examples_compute_what_they_compute_alone(family):
     start += n
 
 
-@pytest.mark.parametrize('family', sorted(CONFIGS))
+@pytest.mark.parametrize('family', sorted(TINY_DECODERS))
 def test_packed_loss_equals_unpacked_loss(family):
   # Bug caught: the last token of one example trained on the first of the next, or the loss
   # averaged per row instead of per target token.
@@ -166,7 +163,7 @@ def test_generation_settings_from_the_config(tokenizer):
   from adapters_jax.models.beam_search import BeamSearchConfig
   from experiments.configs.common import base_config
 
-  pretrained = types.SimpleNamespace(tokenizer=tokenizer, config=CONFIGS['llama'])
+  pretrained = types.SimpleNamespace(tokenizer=tokenizer, config=TINY_DECODERS['llama'])
   config = base_config()
   config.lm.update({'num_beams': 10, 'length_penalty': 0.8, 'no_repeat_ngram_size': 4})
   kind = CausalLM.create(get_task('e2e_nlg'), pretrained, config)
