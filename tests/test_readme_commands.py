@@ -2,8 +2,8 @@
 
 Each command of README.md's shell blocks must have an entry in COMMANDS (keyed by the command's
 text): run here in a subprocess, in a fresh directory (one per group of commands, so that groups
-run in parallel), shortened where it would train long or needs
-the network (a `:smoke` config, a tiny local model, GLUE files prepared offline by tfds's builder);
+run in parallel), shortened where it would train long or needs the network (a `:smoke` config, a
+tiny local model, GLUE files prepared offline by tfds's builder);
 or named as run by another test (which must exist). A README command without an entry fails
 `test_every_readme_command_has_an_entry` with what to add. The commands that need a trained run
 share its directory: quickstart -> predict/export, the GLUE LoRA run -> PEFT export -> import; the
