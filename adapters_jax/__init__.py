@@ -5,9 +5,8 @@
     logits = spliced.apply(params, input_ids, active='sst2')
 """
 
-from adapters_jax import methods, sites, trainable
-from adapters_jax.averaging import average_adapter
-from adapters_jax.checkpoint import (
+from adapters_jax import methods
+from adapters_jax.checkpoint.restore import (
     CheckpointError,
     RestoredAdapter,
     base_fingerprint,
@@ -16,7 +15,10 @@ from adapters_jax.checkpoint import (
     restore_adapters,
     save_adapter,
 )
-from adapters_jax.composition import (
+from adapters_jax.methods import PRESETS, get_method, method_from_dict
+from adapters_jax.splicing import sites, trainable
+from adapters_jax.splicing.averaging import average_adapter
+from adapters_jax.splicing.composition import (
     Average,
     CompositionError,
     Fuse,
@@ -25,11 +27,21 @@ from adapters_jax.composition import (
     Stack,
     choice_index,
 )
-from adapters_jax.fusion import add_fusion, fusion_attentions, restore_fusion, save_fusion
-from adapters_jax.methods import PRESETS, get_method, method_from_dict
-from adapters_jax.sites import SiteMatchError, SiteRule
-from adapters_jax.splice import Spliced, add_adapter, merge_adapter, remove_adapter, unmerge_adapter
-from adapters_jax.tree import AdapterSpec, adapter_leaves
+from adapters_jax.splicing.fusion_layers import (
+    add_fusion,
+    fusion_attentions,
+    restore_fusion,
+    save_fusion,
+)
+from adapters_jax.splicing.sites import SiteMatchError, SiteRule
+from adapters_jax.splicing.splice import (
+    Spliced,
+    add_adapter,
+    merge_adapter,
+    remove_adapter,
+    unmerge_adapter,
+)
+from adapters_jax.splicing.tree import AdapterSpec, adapter_leaves
 from adapters_jax.version import __version__
 
 __all__ = [

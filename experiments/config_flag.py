@@ -5,7 +5,7 @@ r"""The `--config` flag of every experiment script: a config file plus `--config
       --config.method_options.train_also='()' --config.model_overrides.hidden_dropout=0.0
 
 `--config=path[:arg]` loads `get_config(arg)` and locks it; each `--config.KEY=VALUE` then sets one
-field, in command-line order (parsing as `adapters_jax.config_args.set_field` describes: typed by
+field, in command-line order (parsing as `adapters_jax.config.overrides.set_field` describes: typed by
 the field, free keys inside `OPEN_FIELDS`). Every mistake is one line before anything starts:
 an unknown field names the closest valid ones, a wrong type names the field and the type, an
 unknown method option lists the method's options. Boolean fields also take `--config.x` /
@@ -25,7 +25,7 @@ import ml_collections
 from absl import flags
 from absl.flags import _validators_classes
 
-from adapters_jax import config_args
+from adapters_jax.config import overrides as config_args
 from experiments.configs.common import OPEN_FIELDS
 
 Check = Callable[[ml_collections.ConfigDict], None]

@@ -109,7 +109,7 @@ def main(argv):
 
 
 def _predict(workdirs: list[str], several: bool, texts: list, names: list | None) -> list[dict]:
-  from adapters_jax.inference import MultiPredictor, Predictor
+  from adapters_jax.predict.predictor import MultiPredictor, Predictor
 
   if not several:
     predictor = Predictor.from_workdir(workdirs[0], batch_size=FLAGS.batch_size,

@@ -21,7 +21,9 @@ import sys
 
 from absl import app, flags
 
-from adapters_jax import config_args, report, sweeps
+from adapters_jax import sweeps
+from adapters_jax.config import overrides as config_args
+from adapters_jax.sweeps import report
 
 flags.DEFINE_string('sweep_dir', None, 'The sweep directory (one workdir per run).')
 flags.DEFINE_string('config', '', 'The sweep\'s config file (default: from runs.json).')

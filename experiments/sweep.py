@@ -36,7 +36,8 @@ import tempfile
 
 from absl import app, flags, logging
 
-from adapters_jax import config_args, sweeps
+from adapters_jax import sweeps
+from adapters_jax.config import overrides as config_args
 from experiments import config_flag
 from experiments.configs.common import DRY_RUN, OPEN_FIELDS
 

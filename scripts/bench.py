@@ -130,8 +130,9 @@ def build_method(method: str, model: str = 'minilm', batch: int = 8, length: int
   import jax
   import jax.numpy as jnp
 
-  from adapters_jax import models, splice, trainable
+  from adapters_jax import models
   from adapters_jax.methods import adapter_drop, get_method
+  from adapters_jax.splicing import splice, trainable
   from adapters_jax.train.step import classification_loss, create_train_state, train_step
 
   method, _, variant = method.partition('@')
@@ -193,7 +194,7 @@ def run_step(built: dict[str, Any]) -> float:
 
 
 def optimizer_state_bytes(built: dict[str, Any]) -> int:
-  from adapters_jax import trainable
+  from adapters_jax.splicing import trainable
   return trainable.tree_bytes(built['state'].opt_state)
 
 
@@ -201,15 +202,16 @@ def checkpoint_bytes(built: dict[str, Any]) -> int:
   """Bytes on disk of the checkpoint `train/loop.py` would write for this method."""
   import jax
 
-  from adapters_jax import checkpoint, trainable
+  from adapters_jax.checkpoint import restore
+  from adapters_jax.splicing import trainable
   params = trainable.combine(jax.device_get(built['state'].params),
                              jax.device_get(built['frozen']))
   with tempfile.TemporaryDirectory() as tmp:
     directory = os.path.join(tmp, 'ckpt')
     if built['name'] is None:
-      checkpoint.save_trained(directory, params, built['mask'], base_name='bench')
+      restore.save_trained(directory, params, built['mask'], base_name='bench')
     else:
-      checkpoint.save_adapter(directory, built['spliced'], params, built['name'],
+      restore.save_adapter(directory, built['spliced'], params, built['name'],
                               mask=built['mask'], base_name='bench')
     return sum(os.path.getsize(os.path.join(root, f))
                for root, _, files in os.walk(directory) for f in files)

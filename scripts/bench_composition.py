@@ -52,8 +52,8 @@ def main(argv):
   import numpy as np
 
   from adapters_jax import data
-  from adapters_jax.composition import Parallel, PerExample
-  from adapters_jax.inference import MultiPredictor
+  from adapters_jax.predict.predictor import MultiPredictor
+  from adapters_jax.splicing.composition import Parallel, PerExample
 
   predictor = MultiPredictor.from_workdirs(FLAGS.adapters.split(','), batch_size=FLAGS.batch_size)
   spliced, params, names = predictor.spliced, predictor.params, predictor.names
@@ -120,7 +120,7 @@ def main(argv):
 
 
 def _features(module, input_ids, attention_mask, token_type_ids):
-  from adapters_jax.inference import _features as features
+  from adapters_jax.predict.predictor import _features as features
 
   return features(module, input_ids, attention_mask, token_type_ids)
 

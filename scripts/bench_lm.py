@@ -62,7 +62,7 @@ def time_ours(model: str, methods: list[str], shape: str, batch: int, seq: int, 
   """Builds and compiles every method, then steps them in turn; per method the step times."""
   import jax
 
-  from adapters_jax import trainable
+  from adapters_jax.splicing import trainable
   built = {}
   for method in methods:
     b = built[method] = build(model, method, shape, batch, seq, target_seq)

@@ -3,7 +3,7 @@
 * `llama_lora_step`: LoRA on a Llama-shaped `DecoderLM`, next-token cross-entropy; concrete
   (random weights, for timing) or abstract (`jax.ShapeDtypeStruct`s carrying shardings, for
   `lower().compile()` of a 7B step without materialising a weight); placed on a mesh by the
-  rules of `adapters_jax.train.partitioning`.
+  rules of `adapters_jax.train.sharding_rules`.
 * `t5_adapter_step`: a preset (Houlsby, Pfeiffer, LoRA) on a T5 of t5-small's shape, teacher
   forcing (decoder inputs = labels shifted right), token cross-entropy.
 
@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adapters_jax import splice, trainable
 from adapters_jax.methods import get_method
 from adapters_jax.models import DecoderConfig, DecoderLM, T5Config, T5ForConditionalGeneration
 from adapters_jax.models.t5 import shift_right
-from adapters_jax.train import partitioning, sharding
+from adapters_jax.splicing import splice, trainable
+from adapters_jax.train import placement, sharding_rules
 from adapters_jax.train.step import create_train_state, train_step
 
 ADAPTER_NAME = 'bench'
@@ -67,7 +67,7 @@ def llama_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str,
 
 
 def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank: int = 8,
-                    mesh=None, rules: partitioning.Rules | None = None,
+                    mesh=None, rules: sharding_rules.Rules | None = None,
                     frozen_dtype=jnp.float32, abstract: bool = False,
                     **config_overrides: Any) -> dict[str, Any]:
   """LoRA (rank `rank`, query/value) on a Llama of `shape` (a `LLAMA` key or a config).
@@ -95,7 +95,7 @@ def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank
                                                              train_head=False))
   counts = trainable.count(params, mask)
   train_params, frozen = trainable.split(params, mask)
-  frozen = partitioning.cast_floating(frozen, frozen_dtype)
+  frozen = sharding_rules.cast_floating(frozen, frozen_dtype)
   if abstract:
     frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), frozen)
   tx = trainable.adamw(1e-4, weight_decay=0.0)
@@ -112,15 +112,15 @@ def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank
     batch_arrays = ({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
                     if abstract else jax.tree.map(jnp.asarray, host_batch))
   else:
-    state_sh = partitioning.state_shardings(state, rules, mesh)
-    frozen_sh = partitioning.tree_shardings(frozen, rules, mesh)
-    batch_sh = {k: sharding.batch_sharding(mesh) for k in host_batch}
+    state_sh = sharding_rules.state_shardings(state, rules, mesh)
+    frozen_sh = sharding_rules.tree_shardings(frozen, rules, mesh)
+    batch_sh = {k: placement.batch_sharding(mesh) for k in host_batch}
     step = jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh),
-                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+                   out_shardings=(state_sh, placement.replicated(mesh)), donate_argnums=(0,))
     state = jax.device_put(state, state_sh)
     if abstract:
-      frozen = partitioning.abstract(frozen, frozen_sh)
-      batch_arrays = partitioning.abstract(host_batch, batch_sh)
+      frozen = sharding_rules.abstract(frozen, frozen_sh)
+      batch_arrays = sharding_rules.abstract(host_batch, batch_sh)
     else:
       frozen = jax.device_put(frozen, frozen_sh)
       batch_arrays = jax.device_put(host_batch, batch_sh)

@@ -12,7 +12,7 @@ batch sizes fits in a CPU's memory.
 
 `--model llama-7b` (or `llama-small`, `llama-tiny`) estimates a LoRA step (rank `--rank` on
 query/value, next-token loss; `scripts/lm_steps.py`) of a Llama-shaped decoder instead, sharded
-over a mesh by `--sharding` (`adapters_jax.train.partitioning`: data, fsdp, tp, fsdp+tp) with
+over a mesh by `--sharding` (`adapters_jax.train.sharding_rules`: data, fsdp, tp, fsdp+tp) with
 the frozen base stored in `--frozen_dtype`. Its params are `jax.ShapeDtypeStruct`s carrying
 their shardings, so no weight is materialised; `--fake_devices N` gives the CPU N devices (the
 XLA flag `--xla_force_host_platform_device_count`). The numbers are then per device
@@ -78,13 +78,13 @@ def estimate_llama(model: str, batch: int, length: int, option: str, dtype: str,
   """Compiles a Llama LoRA step from abstract sharded arrays; per-device memory in bytes."""
   import jax
 
-  from adapters_jax.train import partitioning
+  from adapters_jax.train import sharding_rules
   scan_layers, remat = OPTIONS[option]
-  mesh = partitioning.make_mesh(jax.devices(), model_parallelism)
+  mesh = sharding_rules.make_mesh(jax.devices(), model_parallelism)
   start = time.perf_counter()
   built = _script('lm_steps').llama_lora_step(
-      model, batch, length, rank=rank, mesh=mesh, rules=partitioning.strategy_rules(sharding),
-      frozen_dtype=partitioning.FROZEN_DTYPES[frozen_dtype], abstract=True, dtype=dtype,
+      model, batch, length, rank=rank, mesh=mesh, rules=sharding_rules.strategy_rules(sharding),
+      frozen_dtype=sharding_rules.FROZEN_DTYPES[frozen_dtype], abstract=True, dtype=dtype,
       scan_layers=scan_layers, remat=remat)
   compiled = built['step'].lower(built['state'], built['frozen'], built['batch']).compile()
   out = {'option': option, 'model': model, 'batch': batch, 'length': length, 'dtype': dtype,

@@ -3,7 +3,7 @@ r"""Picks a seeded random sample of mutmut's mutants per module, and tallies a r
 A full mutation run of the core is a few thousand mutants at 5-15 s each on two cores; a sample per
 module gives each module's kill rate with a known sampling error in a fraction of that time:
 
-  .venv/bin/mutmut run --max-children 1 "adapters_jax.trainable*"   # once: generates all mutants
+  .venv/bin/mutmut run --max-children 1 "adapters_jax.splicing.trainable*"   # once: generates all mutants
   nice -n 19 .venv/bin/mutmut run --max-children 2 \
       $(.venv/bin/python scripts/mutation_sample.py pick --per_module=40 --seed=0)
   .venv/bin/python scripts/mutation_sample.py tally --per_module=40 --seed=0
@@ -30,7 +30,8 @@ PENDING = {'not checked'}
 
 
 def group_of(mutant: str) -> str:
-  """`adapters_jax.splice.x_add_adapter__mutmut_3` -> `adapters_jax.splice`, or the group name."""
+  """`adapters_jax.splicing.splice.x_add_adapter__mutmut_3` -> `adapters_jax.splicing.splice`, or the group
+  name."""
   module = re.split(r'\.x_|\.x\u01c1', mutant, maxsplit=1)[0]
   for prefix, name in GROUPS:
     if module == prefix or module.startswith(prefix + '.'):

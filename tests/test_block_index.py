@@ -17,9 +17,10 @@ from flax import traverse_util
 from transformers import BertConfig
 from transformers.models.bert.modeling_flax_bert import FlaxBertForSequenceClassificationModule
 
-from adapters_jax import add_adapter, get_method, trainable
-from adapters_jax.composition import CompositionError
+from adapters_jax import add_adapter, get_method
 from adapters_jax.methods import adapter_drop
+from adapters_jax.splicing import trainable
+from adapters_jax.splicing.composition import CompositionError
 from tests.test_splice_external import tiny_gpt2
 from tests.tiny_model import perturb_adapter
 

@@ -12,15 +12,15 @@ import scipy.special
 from flax import traverse_util
 
 from adapters_jax import adapter_leaves, add_adapter, get_method
-from adapters_jax.averaging import average_adapter
-from adapters_jax.composition import (
-  Average,
-  CompositionError,
-  Fuse,
-  Parallel,
-  PerExample,
-  Stack,
-  choice_index,
+from adapters_jax.splicing.averaging import average_adapter
+from adapters_jax.splicing.composition import (
+    Average,
+    CompositionError,
+    Fuse,
+    Parallel,
+    PerExample,
+    Stack,
+    choice_index,
 )
 from tests.tiny_model import TinyClassifier, init_tiny, perturb_adapter, tiny_batch
 

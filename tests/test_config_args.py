@@ -10,7 +10,7 @@ import sys
 import ml_collections
 import pytest
 
-from adapters_jax import config_args
+from adapters_jax.config import overrides as config_args
 from experiments.configs.common import OPEN_FIELDS, base_config
 from tests.train.conftest import write_tiny_bert
 

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from adapters_jax import config_args
+from adapters_jax.config import overrides as config_args
 from experiments.config_flag import check_method_options
 from experiments.configs.common import OPEN_FIELDS, base_config
 

@@ -16,10 +16,14 @@ import pytest
 import scipy.special
 from flax import traverse_util
 
-from adapters_jax import adapter_leaves, add_adapter, checkpoint, get_method, trainable
-from adapters_jax.checkpoint import restore_adapters
-from adapters_jax.composition import Fuse
-from adapters_jax.fusion import (
+from adapters_jax import adapter_leaves, add_adapter, get_method
+from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint.restore import restore_adapters
+from adapters_jax.methods import FusionConfig
+from adapters_jax.predict.predictor import MultiPredictor
+from adapters_jax.splicing import trainable
+from adapters_jax.splicing.composition import Fuse
+from adapters_jax.splicing.fusion_layers import (
   add_fusion,
   fusion_attentions,
   fusion_regularization,
@@ -28,8 +32,6 @@ from adapters_jax.fusion import (
   restore_fusion,
   save_fusion,
 )
-from adapters_jax.inference import MultiPredictor
-from adapters_jax.methods import FusionConfig
 from adapters_jax.train import loop
 from adapters_jax.train.step import classification_loss, create_train_state, train_step
 from tests.tiny_model import TinyClassifier, init_tiny, perturb_adapter, tiny_batch
@@ -181,7 +183,7 @@ def test_fusion_checkpoint_roundtrip_and_adapter_errors(tiny, tmp_path):
   params = _perturb(params, 'a,b', scale=0.05, seed=11)
   expected = spliced.apply(params, ids, mask, active=Fuse('a', 'b'))
   directory = save_fusion(tmp_path / 'fusion', spliced, params, 'a,b', base_name='tiny')
-  record = checkpoint.load_record(directory)
+  record = restore.load_record(directory)
   assert record['method']['adapters'] == ['a', 'b'] and record['extra']['fusion']['adapters'] == [
       'a', 'b']
 
@@ -203,12 +205,12 @@ def test_fusion_checkpoint_roundtrip_and_adapter_errors(tiny, tmp_path):
   s, p = restore_fusion(directory, s, p)
   np.testing.assert_allclose(s.apply(p, ids, mask, active=Fuse('a', 'b')), expected, rtol=1e-6,
                              atol=1e-6)
-  with pytest.raises(checkpoint.CheckpointError, match="adapter 'b' is not spliced.*Restore"):
+  with pytest.raises(restore.CheckpointError, match="adapter 'b' is not spliced.*Restore"):
     restore_fusion(directory, *with_adapters(['a']))
-  with pytest.raises(checkpoint.CheckpointError, match="config differs in \\['reduction_factor"):
+  with pytest.raises(restore.CheckpointError, match="config differs in \\['reduction_factor"):
     restore_fusion(directory, *with_adapters(['a', 'b'], b_method=get_method('pfeiffer',
                                                                              reduction_factor=4)))
-  with pytest.raises(checkpoint.CheckpointError, match='other weights.*check_adapters=False'):
+  with pytest.raises(restore.CheckpointError, match='other weights.*check_adapters=False'):
     restore_fusion(directory, *with_adapters(['a', 'b'], b_scale=0.1))
   restore_fusion(directory, *with_adapters(['a', 'b'], b_scale=0.1), check_adapters=False)
 
@@ -270,7 +272,7 @@ def test_multi_predictor_per_row_column_and_cli(adapter_workdirs, tmp_path):
                                   num_labels=2 if name == 'rotten_tomatoes' else 3)
     tokens = base.tokenizer([texts[i] for i in rows], padding=True, return_tensors='np')
     ids, m, t = (jnp.asarray(tokens[k]) for k in ('input_ids', 'attention_mask', 'token_type_ids'))
-    spliced, params = checkpoint.restore_adapter(os.path.join(workdir, 'best'), base.model,
+    spliced, params = restore.restore_adapter(os.path.join(workdir, 'best'), base.model,
                                                  base.params, ids, m, t, deterministic=True)
     probs = np.asarray(jax.nn.softmax(spliced.apply(params, ids, m, t, active=name)))
     for row, p in zip(rows, probs, strict=True):
@@ -281,7 +283,7 @@ def test_multi_predictor_per_row_column_and_cli(adapter_workdirs, tmp_path):
   assert [p['adapter'] for p in chosen] == ['tweet_sentiment'] * 2
   with pytest.raises(ValueError, match='loaded adapters'):
     predictor.predict(texts[:1], adapters=['nope'])
-  with pytest.raises(checkpoint.CheckpointError, match='rename='):
+  with pytest.raises(restore.CheckpointError, match='rename='):
     restore_adapters([os.path.join(rt, 'best')], *_host_with_clashing_name())
 
   lines = [f'{n}\t{t}' for n, t in zip(names, texts, strict=True)]

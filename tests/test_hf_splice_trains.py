@@ -14,8 +14,9 @@ from flax import traverse_util
 from transformers import BertConfig
 from transformers.models.bert.modeling_flax_bert import FlaxBertForSequenceClassificationModule
 
-from adapters_jax import add_adapter, get_method, trainable
-from adapters_jax.train import classification_loss, create_train_state, train_step
+from adapters_jax import add_adapter, get_method
+from adapters_jax.splicing import trainable
+from adapters_jax.train.step import classification_loss, create_train_state, train_step
 
 RANK, ALPHA = 4, 8.0
 

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from adapters_jax import report, sweeps
+from adapters_jax import sweeps
+from adapters_jax.sweeps import report
 from experiments.configs import houlsby_glue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -115,7 +115,7 @@ def test_fusion_inside_a_stack_feeds_the_fused_output_to_the_next_adapter(base):
 def test_two_fusions_of_the_same_adapters_are_picked_by_name(base):
   """Two fusion layers over (a, b) with different weights: Fuse(..., name=) runs the named one
   (their outputs differ), the unnamed Fuse is ambiguous, and a wrong name or order is refused."""
-  from adapters_jax.composition import CompositionError
+  from adapters_jax.splicing.composition import CompositionError
 
   _, _, (ids, mask), _, _ = base
   bottleneck = get_method('houlsby', sites=(('classifier', 'output'),), size=3)
@@ -154,7 +154,7 @@ def test_two_fusions_of_the_same_adapters_are_picked_by_name(base):
       host.apply(host_params, ids, mask, active=Fuse('b', 'a'))
     assert str(error.value) == (
         "No fusion layer fuses ['b', 'a'] (in that order); splice one with "
-        "adapters_jax.fusion.add_fusion(spliced, params, ['b', 'a'], rng) or restore a fusion "
+        "adapters_jax.add_fusion(spliced, params, ['b', 'a'], rng) or restore a fusion "
         f'checkpoint. Spliced fusions: {have}.')
   with pytest.raises(CompositionError) as error:
     spliced.apply(params, ids, mask, active=Fuse('a', 'f1'))

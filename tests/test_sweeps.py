@@ -13,13 +13,14 @@ import sys
 
 import pytest
 
-from adapters_jax import config_args, sweeps
+from adapters_jax import sweeps
+from adapters_jax.config import overrides as config_args
 from experiments.configs import (
-    compacter_glue,
-    houlsby_glue,
-    lora_e2e,
-    lora_glue,
-    mini_rotten_tomatoes,
+  compacter_glue,
+  houlsby_glue,
+  lora_e2e,
+  lora_glue,
+  mini_rotten_tomatoes,
 )
 from experiments.configs.common import OPEN_FIELDS
 from tests.train.conftest import write_tiny_bert
@@ -219,7 +220,7 @@ def test_runs_whose_workdir_holds_another_config_are_stale_and_not_run(tmp_path)
 
 
 TINY_SWEEP = '''"""Tiny sweep for tests: python -m experiments.sweep --config=this.py."""
-from adapters_jax import config_args
+from adapters_jax.config import overrides as config_args
 from experiments.configs import quickstart
 from experiments.configs.common import OPEN_FIELDS
 

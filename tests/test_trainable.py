@@ -9,8 +9,9 @@ import optax
 import pytest
 from flax import traverse_util
 
-from adapters_jax import add_adapter, get_method, trainable
-from adapters_jax.train import classification_loss, create_train_state, train_step
+from adapters_jax import add_adapter, get_method
+from adapters_jax.splicing import trainable
+from adapters_jax.train.step import classification_loss, create_train_state, train_step
 from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adapters_jax import trainable
+from adapters_jax.splicing import trainable
 
 
 def _adamw_reference(params, grads_per_step, lr, weight_decay, clip_norm, b1=0.9, b2=0.999, eps=1e-8):

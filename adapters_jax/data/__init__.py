@@ -42,7 +42,7 @@ from adapters_jax.data.metrics import (
 from adapters_jax.data.resplit import resplit
 from adapters_jax.data.rotten_tomatoes import load_rotten_tomatoes
 from adapters_jax.data.sequences import Ragged, SequenceDataset
-from adapters_jax.data.tasks import (
+from adapters_jax.data.task_registry import (
     GLUE_TASK_NAMES,
     NO_LABEL,
     Example,

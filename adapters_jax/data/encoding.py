@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from adapters_jax.data.buckets import bucket_length
-from adapters_jax.data.tasks import Example
+from adapters_jax.data.task_registry import Example
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from absl import logging
 
-from adapters_jax.data.tasks import GLUE_TASK_NAMES, Example, TaskSpec, get_task
+from adapters_jax.data.task_registry import GLUE_TASK_NAMES, Example, TaskSpec, get_task
 
 _GPUS_HIDDEN = False
 

@@ -16,7 +16,7 @@ import os
 
 from adapters_jax.data import e2e
 from adapters_jax.data.lm_jsonl import read_lm_jsonl
-from adapters_jax.data.tasks import Task, TaskSpec
+from adapters_jax.data.task_registry import Task, TaskSpec
 
 E2E_FILES = {'train': 'trainset.csv', 'validation': 'devset.csv', 'test': 'testset_w_refs.csv'}
 JSONL_FILES = {'train': 'train.jsonl', 'validation': 'validation.jsonl', 'test': 'test.jsonl'}

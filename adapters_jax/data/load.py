@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from adapters_jax.data.local_files import LocalTaskConfig, load_local_task
-from adapters_jax.data.tasks import Task, get_task
+from adapters_jax.data.task_registry import Task, get_task
 
 
 def load_task(name_or_config: str | LocalTaskConfig, data_dir: str | None = None,

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 
 from absl import logging
 
-from adapters_jax.data.tasks import NO_LABEL, Example, Task, TaskSpec
+from adapters_jax.data.task_registry import NO_LABEL, Example, Task, TaskSpec
 
 FORMATS = ('csv', 'tsv', 'jsonl')
 _EXTENSIONS = {'.csv': 'csv', '.tsv': 'tsv', '.jsonl': 'jsonl', '.json': 'jsonl'}

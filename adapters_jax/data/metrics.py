@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters_jax.data.tasks import TaskSpec
+from adapters_jax.data.task_registry import TaskSpec
 
 
 def accuracy(predictions, labels) -> float:

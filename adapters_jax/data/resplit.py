@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from adapters_jax.data.tasks import Task
+from adapters_jax.data.task_registry import Task
 
 SCHEMES = ('', 'validation_as_test')
 SMALL_TASK = 10_000

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 
-from adapters_jax.data.tasks import NO_LABEL, Example, TaskSpec
+from adapters_jax.data.task_registry import NO_LABEL, Example, TaskSpec
 
 # Field order in the input where T5 differs from the spec's (model) order.
 FIELD_ORDER = {'mnli': ('hypothesis', 'premise')}

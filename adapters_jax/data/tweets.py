@@ -35,7 +35,7 @@ import os
 from absl import logging
 
 from adapters_jax.data.splits import assign_split, normalize_text
-from adapters_jax.data.tasks import Example, Task, get_task
+from adapters_jax.data.task_registry import Example, Task, get_task
 from adapters_jax.packaged import packaged_path
 
 TASK_NAME = 'tweet_sentiment'

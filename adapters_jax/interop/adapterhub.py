@@ -45,13 +45,7 @@ from adapters_jax.interop.naming import (
   write_safetensors,
 )
 from adapters_jax.interop.portable import PortableAdapter, base_metadata
-from adapters_jax.sites import (
-  FFN_INTERMEDIATE,
-  FFN_OUTPUT,
-  KEY,
-  QUERY,
-  VALUE,
-)
+from adapters_jax.splicing.sites import FFN_INTERMEDIATE, FFN_OUTPUT, KEY, QUERY, VALUE
 
 FORMAT_VERSION = 'adapters.1.3.0'
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter.safetensors'

@@ -28,7 +28,7 @@ from adapters_jax.interop.naming import (
 )
 from adapters_jax.interop.portable import PortableAdapter, base_from_metadata
 from adapters_jax.methods import BottleneckConfig, CompacterConfig, IA3Config, LoRAConfig
-from adapters_jax.sites import ATTENTION_OUTPUT, FFN_BLOCK, FFN_OUTPUT, LAYER_NORM_PARAMS
+from adapters_jax.splicing.sites import ATTENTION_OUTPUT, FFN_BLOCK, FFN_OUTPUT, LAYER_NORM_PARAMS
 
 log = logging.getLogger(__name__)
 

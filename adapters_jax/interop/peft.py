@@ -41,7 +41,7 @@ from adapters_jax.interop.naming import (
 )
 from adapters_jax.interop.portable import PortableAdapter, base_from_metadata, base_metadata
 from adapters_jax.methods import IA3Config, LoRAConfig
-from adapters_jax.sites import LAYER_NORM_PARAMS
+from adapters_jax.splicing.sites import LAYER_NORM_PARAMS
 
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
 log = logging.getLogger(__name__)

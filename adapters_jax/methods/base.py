@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 
-from adapters_jax.ops import gelu_exact
-from adapters_jax.sites import LAYER_PREFIX, SiteRule, as_site_rules
+from adapters_jax.nn.ops import gelu_exact
+from adapters_jax.splicing.sites import LAYER_PREFIX, SiteRule, as_site_rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +42,9 @@ class SiteInfo:
     placement: `output`, `parallel` or `input`.
     in_features: last dimension of the site's input.
     out_features: last dimension of the site's output.
-    layer: index of the transformer block the site is in (`adapters_jax.blocks`), None outside blocks.
-    kernel_layout: how the site's module uses its kernel (`adapters_jax.kernel_layout`: 'in_out' or
+    layer: index of the transformer block the site is in (`splicing.transformer_blocks`), None outside
+      blocks.
+    kernel_layout: how the site's module uses its kernel (`adapters_jax.splicing.kernel_layouts`: 'in_out' or
       'out_in'), once a merge has determined it; None before.
     host_call: what discovery recorded of the site's module call (`discovery.ModuleCall`), so a
       merge can probe the module; None for sites not made from a host call.
@@ -85,7 +86,7 @@ class MethodConfig:
   """Fields shared by every adapter method.
 
   Attributes:
-    sites: `(pattern, placement)` pairs naming where adapters go (see `adapters_jax.sites`).
+    sites: `(pattern, placement)` pairs naming where adapters go (see `adapters_jax.splicing.sites`).
     leave_out: transformer block indices that get no adapter.
     train_also: whole-name regexes of host parameters trained with the adapter (e.g. layer norms).
   """

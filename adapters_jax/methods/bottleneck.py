@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo, get_activation, linear_average
-from adapters_jax.sites import ATTENTION_OUTPUT, FFN_BLOCK, FFN_OUTPUT, LAYER_NORM_PARAMS
+from adapters_jax.splicing.sites import ATTENTION_OUTPUT, FFN_BLOCK, FFN_OUTPUT, LAYER_NORM_PARAMS
 
 INITS = ('houlsby', 'zero')
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo, get_activation
-from adapters_jax.sites import ATTENTION_OUTPUT, FFN_OUTPUT
+from adapters_jax.splicing.sites import ATTENTION_OUTPUT, FFN_OUTPUT
 
 
 def kron_sum(rule: jax.Array, factors: jax.Array) -> jax.Array:

@@ -8,8 +8,8 @@ At every site the fused adapters share, with `y` the site's output (before any a
 
 V starts at the identity (plus tiny noise), so with one adapter the fusion starts equal to it.
 Training usually pulls V towards the identity with `regularization * ||V - I||^2`
-(`adapters_jax.fusion.fusion_regularization`). The attention weights `a` [..., K] are sown into
-the `intermediates` collection (`attention`).
+(`adapters_jax.splicing.fusion_layers.fusion_regularization`). The attention weights `a` [..., K]
+are sown into the `intermediates` collection (`attention`).
 
 Like adapter-hub, fusion combines bottleneck adapters (Houlsby, Pfeiffer, parallel) only: their
 outputs live in the site's output space, so attention over them is meaningful.
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
-from adapters_jax.ops import Dropout
+from adapters_jax.nn.ops import Dropout
 
 ATTENTION = 'attention'
 
@@ -83,7 +83,7 @@ class AdapterFusion(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class FusionConfig(MethodConfig):
-  """AdapterFusion over named adapters; splice with `adapters_jax.fusion.add_fusion`.
+  """AdapterFusion over named adapters; splice with `adapters_jax.splicing.fusion_layers.add_fusion`.
 
   Its sites are those of the fused adapters (no patterns of its own). Defaults follow adapter-hub's
   `DynamicAdapterFusionConfig` (query, key, value learned; value initialised to the identity;

@@ -13,7 +13,7 @@ import dataclasses
 import flax.linen as nn
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo, linear_average
-from adapters_jax.sites import FFN_OUTPUT, KEY, VALUE
+from adapters_jax.splicing.sites import FFN_OUTPUT, KEY, VALUE
 
 
 class IA3(nn.Module):

@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo, linear_average
-from adapters_jax.ops import Dropout
-from adapters_jax.sites import QUERY, VALUE
+from adapters_jax.nn.ops import Dropout
+from adapters_jax.splicing.sites import QUERY, VALUE
 
 
 class LoRA(nn.Module):

@@ -18,13 +18,7 @@ from adapters_jax.models.bert import (
     stack_layer_params,
     unstack_layer_params,
 )
-from adapters_jax.models.config import EncoderConfig
-from adapters_jax.models.decoder import DecoderLM
-from adapters_jax.models.decoder_config import DecoderConfig
-from adapters_jax.models.decoder_import import load_decoder
-from adapters_jax.models.generation import GenerationConfig, GenerationOutput, generate
-from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
-from adapters_jax.models.hf_import import (
+from adapters_jax.models.bert_import import (
     HF_TO_OURS,
     BaseModelIdentity,
     CheckpointMismatchError,
@@ -37,6 +31,12 @@ from adapters_jax.models.hf_import import (
     merge_hf_tensors,
     read_safetensors,
 )
+from adapters_jax.models.decoder import DecoderLM
+from adapters_jax.models.decoder_config import DecoderConfig
+from adapters_jax.models.decoder_import import load_decoder
+from adapters_jax.models.encoder_config import EncoderConfig
+from adapters_jax.models.generation import GenerationConfig, GenerationOutput, generate
+from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
 from adapters_jax.models.kv_cache import KVCache
 from adapters_jax.models.pretrained import MODEL_TYPES, load_pretrained
 from adapters_jax.models.registry import SHORT_NAMES, resolve_checkpoint_dir

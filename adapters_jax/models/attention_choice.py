@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from adapters_jax.models.config import EncoderConfig
+from adapters_jax.models.encoder_config import EncoderConfig
 
 
 def attention_implementation(config: EncoderConfig) -> str:

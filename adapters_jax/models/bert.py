@@ -46,10 +46,10 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.models.attention_choice import attention_implementation, fused_kernel, head_groups
-from adapters_jax.models.config import EncoderConfig
 from adapters_jax.models.dropout_attention import dropout_attention, einsum_dropout_attention
+from adapters_jax.models.encoder_config import EncoderConfig
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
-from adapters_jax.ops import Dropout, gelu_exact
+from adapters_jax.nn.ops import Dropout, gelu_exact
 
 ACTIVATIONS = {
     'gelu': gelu_exact,  # HF 'gelu' is the exact erf GELU

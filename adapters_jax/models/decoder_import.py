@@ -29,8 +29,7 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax.models import decoder
-from adapters_jax.models.decoder_config import DecoderConfig
-from adapters_jax.models.hf_import import (
+from adapters_jax.models.bert_import import (
   BaseModelIdentity,
   LoadReport,
   Pretrained,
@@ -38,6 +37,7 @@ from adapters_jax.models.hf_import import (
   read_safetensors,
   weights_sha256,
 )
+from adapters_jax.models.decoder_config import DecoderConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """One pre-norm decoder block (attention with RoPE/GQA/KV cache, plain or gated MLP) and norms.
 
-Module paths inside a block (adapter site patterns in `adapters_jax.sites` read them):
+Module paths inside a block (adapter site patterns in `adapters_jax.splicing.sites` read them):
 
     attention_layer_norm                     LayerNorm (GPT-2) or RMSNorm (Llama), before attention
     attention/{query,key,value,output}       nn.Dense; key/value have num_kv_heads * head_dim
@@ -25,7 +25,7 @@ from adapters_jax.models.decoder_config import DecoderConfig
 from adapters_jax.models.dropout_attention import dropout_attention
 from adapters_jax.models.kv_cache import write_slots
 from adapters_jax.models.rope import apply_rotary
-from adapters_jax.ops import Dropout
+from adapters_jax.nn.ops import Dropout
 
 
 def dense(config: DecoderConfig, features: int, use_bias: bool, name: str) -> nn.Dense:

@@ -1,6 +1,6 @@
 """T5 (v1.0 and v1.1) encoder-decoder in Flax Linen, named so adapters splice in by module path.
 
-Param/module paths (`/`-joined; the site patterns of `adapters_jax.sites` depend on them):
+Param/module paths (`/`-joined; the site patterns of `adapters_jax.splicing.sites` depend on them):
 
     shared/embedding                                       [vocab, d_model], both stacks' input
     {encoder,decoder}/relative_attention_bias/embedding    [buckets, heads] (HF: block 0's)
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from adapters_jax.models.t5_config import T5Config
 from adapters_jax.models.t5_layers import Attention, FeedForward, RelativePositionBias, T5LayerNorm
-from adapters_jax.ops import Dropout
+from adapters_jax.nn.ops import Dropout
 
 # Keys of the decoding cache; each value has a leading `[num_decoder_layers]` axis.
 SELF_CACHE = ('self_key', 'self_value')      # [layers, batch, max_length, heads, d_kv]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from adapters_jax.models.config_base import DTYPES, BackboneConfig, check_choice, check_fields
+from adapters_jax.models.backbone_config import DTYPES, BackboneConfig, check_choice, check_fields
 
 # HF `feed_forward_proj` values we implement: `<act>` or `gated-<act>`.
 FEED_FORWARD_PROJS = ('relu', 'gelu', 'gelu_new', 'silu', 'gated-relu', 'gated-gelu',

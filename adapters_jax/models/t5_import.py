@@ -1,8 +1,8 @@
 """Hugging Face T5 checkpoints (v1.0 `t5-small`, `google-t5/t5-base`; v1.1 `google/t5-v1_1-base`)
 -> our param tree, by an explicit name-mapping table.
 
-Reads safetensors through `hf_import.read_safetensors` (never a pickle) and merges through
-`hf_import.convert_hf_tensors`, so a mismatch reports the full diff (missing, unexpected, shape
+Reads safetensors through `bert_import.read_safetensors` (never a pickle) and merges through
+`bert_import.convert_hf_tensors`, so a mismatch reports the full diff (missing, unexpected, shape
 mismatch) in one error.
 
 Example:
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax.models import hf_import, t5
+from adapters_jax.models import bert_import, t5
 from adapters_jax.models.registry import resolve_checkpoint_dir
 from adapters_jax.models.t5_config import T5Config
 
@@ -87,18 +87,18 @@ def _dummy_inputs():
 
 
 def merge_t5_tensors(model: t5.T5ForConditionalGeneration, tensors: Mapping[str, np.ndarray]
-                     ) -> tuple[dict[str, Any], hf_import.LoadReport]:
+                     ) -> tuple[dict[str, Any], bert_import.LoadReport]:
   """Params for `model` from HF T5 tensors (stacked when `config.scan_layers`), plus a report.
 
   Raises:
-    hf_import.CheckpointMismatchError: listing every missing, unexpected and mis-shaped name.
+    bert_import.CheckpointMismatchError: listing every missing, unexpected and mis-shaped name.
   """
   config = model.config
   plain = model.clone(config=config.replace(scan_layers=False, remat=False))
   init = lambda key: plain.init(key, *_dummy_inputs())['params']
   reference = traverse_util.flatten_dict(jax.eval_shape(init, jax.random.key(0)), sep='/')
   ignored = IGNORED_T5_KEYS + (IGNORED_TIED_KEYS if config.tie_word_embeddings else ())
-  flat, report = hf_import.convert_hf_tensors(
+  flat, report = bert_import.convert_hf_tensors(
       tensors, reference, name_to_ours=t5_name_to_ours, ignored_keys=ignored,
       optional_prefixes=(), hint=_HINT)
   if report.ignored:
@@ -111,13 +111,13 @@ def merge_t5_tensors(model: t5.T5ForConditionalGeneration, tensors: Mapping[str,
 
 
 def t5_identity(name: str, params: Mapping[str, Any], config: T5Config,
-                weights_sha256: str | None = None) -> hf_import.BaseModelIdentity:
-  """`hf_import.base_model_identity` over the whole T5 (embedding, both stacks, untied LM head),
+                weights_sha256: str | None = None) -> bert_import.BaseModelIdentity:
+  """`bert_import.base_model_identity` over the whole T5 (embedding, both stacks, untied LM head),
   in the plain (unscanned) layout, so scan/remat do not change it."""
   params = dict(params)
   if config.scan_layers:
     params = jax.eval_shape(t5.unstack_t5_params, params)
-  return hf_import.base_model_identity(name, params, weights_sha256,
+  return bert_import.base_model_identity(name, params, weights_sha256,
                                        base_keys=('shared', 'encoder', 'decoder', 'lm_head'))
 
 
@@ -125,7 +125,7 @@ def load_t5_pretrained(
     name_or_path: str, *, head: str | None = None, dtype: str = 'float32', remat: bool = False,
     scan_layers: bool = False, config_overrides: Mapping[str, Any] | None = None,
     revision: str | None = None, load_tokenizer: bool = True,
-) -> hf_import.Pretrained:
+) -> bert_import.Pretrained:
   """Loads a T5 checkpoint (directory or hub id) as `T5ForConditionalGeneration`.
 
   Args:
@@ -137,7 +137,7 @@ def load_t5_pretrained(
     load_tokenizer: load `AutoTokenizer` from the directory (never trust_remote_code).
 
   Returns:
-    hf_import.Pretrained(model, params, tokenizer, config, identity, directory, report).
+    bert_import.Pretrained(model, params, tokenizer, config, identity, directory, report).
   """
   if head is not None:
     raise ValueError(f'head={head!r}: a T5 checkpoint loads as T5ForConditionalGeneration '
@@ -149,12 +149,12 @@ def load_t5_pretrained(
   config = T5Config.from_hf_config(json.loads(config_path.read_text()), dtype=dtype, remat=remat,
                                    scan_layers=scan_layers, **(config_overrides or {}))
   model = t5.T5ForConditionalGeneration(config)
-  params, report = merge_t5_tensors(model, hf_import.read_safetensors(directory))
+  params, report = merge_t5_tensors(model, bert_import.read_safetensors(directory))
   tokenizer = None
   if load_tokenizer:
     import transformers  # lazily: heavy import
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
-  identity = t5_identity(name_or_path, params, config, hf_import.weights_sha256(directory))
-  return hf_import.Pretrained(model=model, params=params, tokenizer=tokenizer, config=config,
+  identity = t5_identity(name_or_path, params, config, bert_import.weights_sha256(directory))
+  return bert_import.Pretrained(model=model, params=params, tokenizer=tokenizer, config=config,
                               identity=identity, directory=pathlib.Path(directory), report=report)

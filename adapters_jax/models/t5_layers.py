@@ -1,6 +1,6 @@
 """The building blocks of T5: RMS layer norm, relative position buckets, attention, feed-forward.
 
-Module names inside a block are those the adapter site patterns of `adapters_jax.sites` read
+Module names inside a block are those the adapter site patterns of `adapters_jax.splicing.sites` read
 (`attention/{query,key,value,output}`, `cross_attention/...`, `ffn/{intermediate,output}`), so a
 preset means the same place on T5 as on BERT. Every projection is its own `nn.Dense` called
 through `__call__`, without bias (as T5), so an interceptor can rescale or add to any of them.
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapters_jax.models.t5_config import T5Config
-from adapters_jax.ops import Dropout, apply_keep_mask, gelu_exact
+from adapters_jax.nn.ops import Dropout, apply_keep_mask, gelu_exact
 
 ACTIVATIONS = {
     'relu': jax.nn.relu,

@@ -5,7 +5,7 @@ A sweepable config file (`experiments/configs/<table>.py`) defines `get_config(a
 and `sweep()`, the grid: a list of dicts of config overrides, dotted keys allowed, e.g.
 `{'task': 'rte', 'method': 'houlsby', 'method_options.size': 64, 'learning_rate': 3e-4}`. Each run
 is `python -m experiments.train --config=<file>[:<arg>] --workdir=<sweep_dir>/<name> --config.k=v
-...` (config arguments are parsed by `adapters_jax.config_args`).
+...` (config arguments are parsed by `adapters_jax.config.overrides`).
 
 - `grid`: run names, filters, products, references between runs (`run_dir`).
 - `plan`: `Run`s with their commands and resolved configs; `runs.json`.
@@ -59,7 +59,7 @@ from adapters_jax.sweeps.plan import (
   train_command,
   write_plan,
 )
-from adapters_jax.sweeps.vmap import VmapOutcome, group_runs, run_vmapped
+from adapters_jax.sweeps.vmap_launcher import VmapOutcome, group_runs, run_vmapped
 
 __all__ = [
     'CONFIG_FILE', 'Devices', 'DryRunOutcome', 'LOG_FILE', 'LocalOutcome', 'PROGRAM_FIELDS',

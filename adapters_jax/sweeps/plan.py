@@ -2,7 +2,7 @@ r"""Runs of a sweep: each grid point's name, workdir, resolved config and `exper
 
 A run is `python -m experiments.train --config=<file>[:<arg>] --workdir=<sweep_dir>/<name>
 --config.k=v ...`: the sweep's own overrides (from its command line) first, then the point's, every
-one a `--config.k=v` flag parsed by `adapters_jax.config_args` (open fields such as
+one a `--config.k=v` flag parsed by `adapters_jax.config.overrides` (open fields such as
 `method_options` take new keys). Planning resolves every run's config from exactly that text, so a
 grid key the config does not have fails here, naming the closest fields, before anything runs.
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import ml_collections
 
-from adapters_jax import config_args
+from adapters_jax.config import overrides as config_args
 from adapters_jax.sweeps import grid
 
 RESULT_FILE = 'result.json'   # written by `train_and_evaluate` when a run is complete

@@ -12,10 +12,11 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from adapters_jax import data, trainable
-from adapters_jax.train import sharding
-from adapters_jax.train.tasks import EXAMPLE_MASK, TaskKind
-from adapters_jax.tree import Params
+from adapters_jax import data
+from adapters_jax.splicing import trainable
+from adapters_jax.splicing.tree import Params
+from adapters_jax.task_kinds.protocol import EXAMPLE_MASK, TaskKind
+from adapters_jax.train import placement
 
 
 def make_eval_step(task_kind: TaskKind, forward) -> Callable:
@@ -41,8 +42,8 @@ def evaluate(task_kind: TaskKind, eval_step: Callable, train_params: Params, fro
   gathered = []
   for batch in data.eval_batches(dataset, batch_size, process_index=jax.process_index(),
                                  process_count=jax.process_count()):
-    outputs = eval_step(train_params, frozen, sharding.shard_batch(batch, mesh))
-    gathered.append(sharding.gather(outputs))
+    outputs = eval_step(train_params, frozen, placement.shard_batch(batch, mesh))
+    gathered.append(placement.gather(outputs))
     on_batch(int(np.sum(batch[EXAMPLE_MASK])) * jax.process_count())
   merged = {k: np.concatenate([np.asarray(g[k]) for g in gathered]) for k in gathered[0]}
   keep = merged.pop(EXAMPLE_MASK).astype(bool)

@@ -29,8 +29,8 @@ import jax
 import ml_collections
 from flax import traverse_util
 
-from adapters_jax import data, method_from_dict, models, restore_adapters, trainable
-from adapters_jax.checkpoint import (
+from adapters_jax import data, method_from_dict, models, restore_adapters
+from adapters_jax.checkpoint.restore import (
   CheckpointError,
   load_leaves,
   load_record,
@@ -38,7 +38,9 @@ from adapters_jax.checkpoint import (
   save_adapter,
   save_trained,
 )
-from adapters_jax.fusion import (
+from adapters_jax.methods import PRESETS, adapter_drop, get_method
+from adapters_jax.splicing import trainable
+from adapters_jax.splicing.fusion_layers import (
   add_fusion,
   fusion_attentions,
   fusion_regularization,
@@ -46,12 +48,11 @@ from adapters_jax.fusion import (
   plot_fusion_attention,
   save_fusion,
 )
-from adapters_jax.methods import PRESETS, adapter_drop, get_method
-from adapters_jax.sites import HEAD_PARAMS
-from adapters_jax.splice import Spliced, add_adapter, is_adapter_path
-from adapters_jax.train.kinds import kind_factory, model_type_of
-from adapters_jax.train.tasks import TaskKind
-from adapters_jax.tree import Params
+from adapters_jax.splicing.sites import HEAD_PARAMS
+from adapters_jax.splicing.splice import Spliced, add_adapter, is_adapter_path
+from adapters_jax.splicing.tree import Params
+from adapters_jax.task_kinds.choice import kind_factory, model_type_of
+from adapters_jax.task_kinds.protocol import TaskKind
 
 BASELINE_METHODS = ('full', 'head')
 FUSION_METHOD = 'fusion'

@@ -32,16 +32,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from adapters_jax import checkpoint, data, trainable
-from adapters_jax.train import distributed, run_files, sharding
-from adapters_jax.train.checkpointing import TrainCheckpoints
+from adapters_jax import data
+from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint.training import TrainCheckpoints
+from adapters_jax.splicing import trainable
+from adapters_jax.task_kinds.protocol import TaskKind
+from adapters_jax.train import distributed, placement, run_files
 from adapters_jax.train.evaluation import evaluate, make_eval_step
 from adapters_jax.train.experiment import Experiment, build_experiment, task_source
 from adapters_jax.train.metrics_log import MetricsLog
 from adapters_jax.train.progress import Progress
 from adapters_jax.train.run_files import CONFIG_FILE, RESULT_FILE  # noqa: F401 (public names)
 from adapters_jax.train.step import create_train_state, train_step
-from adapters_jax.train.tasks import TaskKind
 
 BEST_DIR = 'best'
 CHECKPOINT_DIR = 'checkpoints'
@@ -143,10 +145,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   experiment = build_experiment(config, task.spec)
   spec = experiment.spec
   encoded = encode_splits(config, task, experiment.pretrained.tokenizer, experiment.task_kind)
-  placement = sharding.Placement.from_config(config)
-  mesh = placement.mesh
-  sharding.check_batch_size(config.batch_size, mesh)
-  sharding.check_batch_size(config.eval_batch_size, mesh)
+  arrays = placement.Placement.from_config(config)
+  mesh = arrays.mesh
+  placement.check_batch_size(config.batch_size, mesh)
+  placement.check_batch_size(config.eval_batch_size, mesh)
   batches = data.TrainBatches(encoded[spec.train_split], config.batch_size, config.seed,
                               process_index=jax.process_index(),
                               process_count=jax.process_count(), sort_window=config.sort_window)
@@ -160,7 +162,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tx = trainable.adamw(schedule, weight_decay=config.weight_decay, clip_norm=config.clip_norm)
   train_params, frozen = trainable.split(experiment.params, experiment.mask)
   state = create_train_state(train_params, tx, jax.random.PRNGKey(config.seed))
-  state, frozen = placement.place(state, frozen)
+  state, frozen = arrays.place(state, frozen)
 
   os.makedirs(workdir, exist_ok=True)
   checkpoints = TrainCheckpoints(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints)
@@ -173,7 +175,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     resume_step = int(jax.device_get(state.step))
     _say(f'Resuming from step {resume_step} in {checkpoints.directory}')
   step_fn, eval_step = make_step_fns(experiment, tx)
-  step_fn = placement.pin_train_step(step_fn, state, frozen)
+  step_fn = arrays.pin_train_step(step_fn, state, frozen)
 
   select_metric = config.select_metric or spec.primary_metric
   validation_split = spec.validation_splits[0]
@@ -192,7 +194,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   pending: list[dict[str, jax.Array]] = []
   while step < total_steps:
     batch, position = next(stream)
-    state, metrics = step_fn(state, frozen, sharding.shard_batch(batch, mesh))
+    state, metrics = step_fn(state, frozen, placement.shard_batch(batch, mesh))
     step += 1
     pending.append(metrics)
     if log is None:  # The first step ran: from here on the workdir holds this run.
@@ -234,7 +236,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     cleanup.callback(log.close)
 
   best_params, _ = trainable.split(load_best(experiment, workdir), experiment.mask)
-  best_params = placement.params(best_params)
+  best_params = arrays.params(best_params)
   evaluations = {s: run_eval(best_params, s) for s in final_splits}
   test = {s: m for s, m in evaluations.items() if s in spec.test_splits}
   for split, metrics in test.items():
@@ -290,5 +292,5 @@ def save_best(experiment: Experiment, train_params, frozen, workdir: str, best: 
 
 def load_best(experiment: Experiment, workdir: str) -> dict[str, Any]:
   """The full params with the best trained leaves of `workdir` written in."""
-  leaves = checkpoint.load_leaves(os.path.join(workdir, BEST_DIR))
-  return checkpoint.overwrite_leaves(experiment.params, leaves, what='best checkpoint')
+  leaves = restore.load_leaves(os.path.join(workdir, BEST_DIR))
+  return restore.overwrite_leaves(experiment.params, leaves, what='best checkpoint')

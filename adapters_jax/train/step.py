@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adapters_jax import trainable
-from adapters_jax.tree import Params
+from adapters_jax.splicing import trainable
+from adapters_jax.splicing.tree import Params
 
 Batch = dict[str, jax.Array]
 

@@ -42,9 +42,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from adapters_jax import data, trainable
+from adapters_jax import data
+from adapters_jax.checkpoint.training import TrainCheckpoints
+from adapters_jax.splicing import trainable
+from adapters_jax.task_kinds.protocol import EXAMPLE_MASK, Classification, Regression
 from adapters_jax.train import run_files
-from adapters_jax.train.checkpointing import TrainCheckpoints
 from adapters_jax.train.evaluation import make_eval_step
 from adapters_jax.train.experiment import Experiment, build_experiment, task_source
 from adapters_jax.train.loop import (
@@ -62,7 +64,6 @@ from adapters_jax.train.member_batches import stack_member_batches
 from adapters_jax.train.metrics_log import MetricsLog
 from adapters_jax.train.progress import Progress
 from adapters_jax.train.step import TrainState, create_train_state, train_step
-from adapters_jax.train.tasks import EXAMPLE_MASK, Classification, Regression
 
 VMAP_FIELDS = ('learning_rate', 'seed')
 

@@ -5,8 +5,8 @@ from collections.abc import Mapping, Sequence
 
 import ml_collections
 
-from adapters_jax import config_args
-from adapters_jax.report import Column
+from adapters_jax.config import overrides as config_args
+from adapters_jax.sweeps.report import Column
 from experiments.configs.common import OPEN_FIELDS, base_config, smoke, split_arg
 
 

@@ -6,7 +6,7 @@ file): `--config.method_options.size=8` adds a key there; every other field must
 
 import ml_collections
 
-from adapters_jax import config_args
+from adapters_jax.config import overrides as config_args
 
 OPEN_FIELDS = ('model_overrides', 'method_options', 'local_task.paths')
 
@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.split_scheme = ''
   config.max_length = 128
   # Task kind: '' = from the model's family (BERT/RoBERTa: classification or regression, T5:
-  # seq2seq); or one of `adapters_jax.train.kinds.KINDS`.
+  # seq2seq); or one of `adapters_jax.task_kinds.choice.KINDS`.
   config.task_kind = ''
   # Causal-LM kind (decoders): label smoothing of the training loss; several examples per row
   # (perplexity-only tasks); generation tasks: tokens per prompt, greedy (num_beams 1) or beam

@@ -46,7 +46,7 @@ the 8 tasks x (1 + 5 x 3) runs some 190-310 GPU hours. Start with --only=task=rt
 GLUE is downloaded by tensorflow-datasets on first use (set --config.data_dir to share a copy).
 """
 
-from adapters_jax.report import Column
+from adapters_jax.sweeps.report import Column
 from experiments.configs._glue_table import every, table_config
 
 CONFIG_ARGS = ('', 'smoke', 'task=mrpc')

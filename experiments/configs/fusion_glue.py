@@ -24,7 +24,8 @@ tests run it on `tfds.testing.mock_data` with a tiny BERT (`:smoke`).
 Arguments: `adapter-<task>` or `fusion-<task>`, optionally with `,smoke` (a few steps).
 """
 
-from adapters_jax import config_args, sweeps
+from adapters_jax import sweeps
+from adapters_jax.config import overrides as config_args
 from experiments.configs.common import OPEN_FIELDS, base_config, smoke
 
 TASKS = ('mnli', 'qqp', 'sst2', 'cola', 'mrpc', 'stsb', 'rte', 'qnli')

@@ -35,7 +35,7 @@ The paper's "total" is the GLUE server score (it also counts WNLI and AX), not t
 nine columns; the report shows both.
 """
 
-from adapters_jax.report import Column
+from adapters_jax.sweeps.report import Column
 from experiments.configs._glue_table import every, paper_numbers, table_config
 
 CONFIG_ARGS = ('', 'smoke', 'task=mrpc')

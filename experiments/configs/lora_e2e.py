@@ -41,7 +41,7 @@ Paper numbers (Table 3, E2E test, the paper's +- omitted; BLEU, NIST, METEOR, RO
   GPT-2 L (LoRA, 0.77M): 70.4, 8.89, 46.8, 72.0, 2.47
 """
 
-from adapters_jax.report import Column
+from adapters_jax.sweeps.report import Column
 from experiments.configs._glue_table import every, table_config
 
 CONFIG_ARGS = ('', 'smoke', 'model=openai-community/gpt2-large')

@@ -36,7 +36,7 @@ Paper numbers (Table 2, validation; CoLA Matthews, STS-B Pearson, accuracy elsew
 (each average is the mean of its eight columns.)
 """
 
-from adapters_jax.report import Column
+from adapters_jax.sweeps.report import Column
 from experiments.configs._glue_table import every, paper_numbers, table_config
 
 CONFIG_ARGS = ('', 'smoke', 'task=stsb')

@@ -25,7 +25,8 @@ Hardware: 2 shared CPU cores. Run time: about 40-60 minutes for all six stages. 
 accuracy, trained parameters): docs/results/fusion_mini.md.
 """
 
-from adapters_jax import config_args, sweeps
+from adapters_jax import sweeps
+from adapters_jax.config import overrides as config_args
 from experiments.configs.common import OPEN_FIELDS, base_config, smoke
 
 TASKS = ('rotten_tomatoes', 'tweet_sentiment')

@@ -29,7 +29,7 @@ test perplexity 1009.9, BLEU 1.74, NIST 0.81, ROUGE-L 17.9, CIDEr 0.006.
 Arguments: '' or `smoke` (tests: a few steps), plus `key=value` items.
 """
 
-from adapters_jax import config_args
+from adapters_jax.config import overrides as config_args
 from experiments.configs.common import OPEN_FIELDS, base_config, smoke, split_arg
 
 CONFIG_ARGS = ('', 'smoke')

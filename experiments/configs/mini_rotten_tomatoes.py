@@ -43,7 +43,7 @@ Arguments: '' (miniature), `full_size`, `smoke` (tests: a few steps), plus `key=
 (e.g. `:smoke,method_options.size=8`); any field is also `--config.<field>=<value>`.
 """
 
-from adapters_jax import config_args
+from adapters_jax.config import overrides as config_args
 from experiments.configs.common import OPEN_FIELDS, base_config, smoke, split_arg
 
 CONFIG_ARGS = ('', 'smoke', 'full_size', 'method_options.size=8')

@@ -30,7 +30,7 @@ Arguments: '' (miniature), `smoke` (tests: a few steps), plus `key=value` items;
 also `--config.<field>=<value>`.
 """
 
-from adapters_jax import config_args
+from adapters_jax.config import overrides as config_args
 from experiments.configs.common import OPEN_FIELDS, base_config, smoke, split_arg
 
 CONFIG_ARGS = ('', 'smoke')

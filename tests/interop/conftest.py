@@ -9,7 +9,8 @@ import torch
 import transformers
 from flax import traverse_util
 
-from adapters_jax import add_adapter, get_method, models, save_adapter, trainable
+from adapters_jax import add_adapter, get_method, models, save_adapter
+from adapters_jax.splicing import trainable
 
 NUM_LABELS = 3
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -4,7 +4,7 @@ import adapters
 import pytest
 
 from adapters_jax.interop import InteropError, export_checkpoint
-from adapters_jax.sites import FFN_INTERMEDIATE, KEY, QUERY, VALUE
+from adapters_jax.splicing.sites import FFN_INTERMEDIATE, KEY, QUERY, VALUE
 from tests.interop.conftest import assert_close, our_logits, save_trained, torch_base, torch_logits
 
 CASES = [

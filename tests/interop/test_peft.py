@@ -5,7 +5,7 @@ import pytest
 
 from adapters_jax import restore_adapter
 from adapters_jax.interop import InteropError, export_checkpoint, import_checkpoint
-from adapters_jax.sites import ATTENTION_OUTPUT, FFN_OUTPUT, LAYER_NORM_PARAMS, QUERY
+from adapters_jax.splicing.sites import ATTENTION_OUTPUT, FFN_OUTPUT, LAYER_NORM_PARAMS, QUERY
 from tests.interop.conftest import (
   assert_close,
   inputs,

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adapters_jax import add_adapter, get_method, models, trainable
+from adapters_jax import add_adapter, get_method, models
+from adapters_jax.splicing import trainable
 from tests.tiny_model import perturb_adapter
 
 CONFIG = models.EncoderConfig(vocab_size=64, hidden_size=32, num_layers=3, num_heads=4,

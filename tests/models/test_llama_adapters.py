@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from adapters_jax import add_adapter, get_method, trainable
+from adapters_jax import add_adapter, get_method
 from adapters_jax.models import DecoderLM, GenerationConfig, generate
 from adapters_jax.models.decoder import stack_layer_params
-from adapters_jax.sites import FFN_GATE, SiteMatchError
+from adapters_jax.splicing import trainable
+from adapters_jax.splicing.sites import FFN_GATE, SiteMatchError
 from tests.models import decoder_checkpoints as dc
 from tests.models.tiny_decoders import TINY_DECODERS
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adapters_jax import adapter_leaves, add_adapter, get_method, models, trainable
+from adapters_jax import adapter_leaves, add_adapter, get_method, models
+from adapters_jax.splicing import trainable
 
 CONFIG = models.EncoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
                               intermediate_size=64, max_position_embeddings=32)

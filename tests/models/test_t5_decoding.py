@@ -10,7 +10,7 @@ import pytest
 
 from adapters_jax.methods import get_method
 from adapters_jax.models import init_decode_cache, load_pretrained, make_greedy_generate, plain_apply
-from adapters_jax.splice import add_adapter
+from adapters_jax.splicing.splice import add_adapter
 from tests.models.t5_reference import TINY_T5, encoder_batch, save, torch_greedy, torch_t5
 
 MAX_NEW = 8

@@ -10,7 +10,7 @@ from flax import traverse_util
 
 from adapters_jax.methods import PRESETS, get_method
 from adapters_jax.models import T5Config, T5ForConditionalGeneration
-from adapters_jax.splice import add_adapter
+from adapters_jax.splicing.splice import add_adapter
 
 CONFIG = T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
                   num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,

@@ -16,7 +16,7 @@ from adapters_jax.models import (
     stack_t5_params,
     unstack_t5_params,
 )
-from adapters_jax.splice import add_adapter
+from adapters_jax.splicing.splice import add_adapter
 
 CONFIG = T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_decoder_layers=2,
                   num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,

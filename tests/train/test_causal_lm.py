@@ -12,7 +12,7 @@ from adapters_jax.data.lm_dataset import LMDataset
 from adapters_jax.data.lm_jsonl import LMExample
 from adapters_jax.data.lm_packing import pack_rows, rows_batch, single_rows
 from adapters_jax.models import DecoderLM, GenerationConfig, generate
-from adapters_jax.train.causal_lm import CausalLM, decode_text, lm_loss, perplexity_metrics
+from adapters_jax.task_kinds.causal_lm import CausalLM, decode_text, lm_loss, perplexity_metrics
 from tests.models.tiny_decoders import TINY_DECODERS
 
 
@@ -146,7 +146,7 @@ def test_evaluation_generates_what_generate_does_and_scores_it(tokenizer):
 def test_decoders_train_the_causal_lm_kind_and_refuse_others():
   # Bug caught: a decoder sent to the classification kind (a head it does not have).
   from adapters_jax.data import get_task
-  from adapters_jax.train.kinds import kind_name
+  from adapters_jax.task_kinds.choice import kind_name
 
   assert kind_name(get_task('e2e_nlg'), 'llama') == 'causal_lm'
   assert kind_name(get_task('lm_jsonl'), 'gpt2', 'causal_lm') == 'causal_lm'
@@ -183,7 +183,7 @@ def test_language_modelling_tasks_and_other_kinds_do_not_mix():
   # Bug caught: an encoder "regressing" on E2E records (its label_names are None), or a decoder
   # fed GLUE examples it cannot tokenise; both crash deep in encoding without this check.
   from adapters_jax.data import get_task
-  from adapters_jax.train.kinds import kind_name
+  from adapters_jax.task_kinds.choice import kind_name
 
   with pytest.raises(ValueError, match=r"'e2e_nlg' is language modelling, .*--dry_run_model="):
     kind_name(get_task('e2e_nlg'), 'bert')

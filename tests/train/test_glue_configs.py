@@ -11,7 +11,9 @@ import json
 import pytest
 import tensorflow_datasets as tfds
 
-from adapters_jax import config_args, report, sweeps
+from adapters_jax import sweeps
+from adapters_jax.config import overrides as config_args
+from adapters_jax.sweeps import report
 from adapters_jax.train import loop
 from experiments.configs import houlsby_glue, lora_glue
 from experiments.configs.common import OPEN_FIELDS

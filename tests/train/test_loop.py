@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from adapters_jax import checkpoint, data, trainable
+from adapters_jax import data
+from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint.training import TrainCheckpoints
+from adapters_jax.splicing import trainable
 from adapters_jax.train import loop, run_files
-from adapters_jax.train.checkpointing import TrainCheckpoints
 from adapters_jax.train.experiment import build_experiment
 from adapters_jax.train.metrics_log import read_metrics
 from experiments.configs import quickstart
@@ -51,7 +53,7 @@ def test_train_and_evaluate_writes_everything(tiny_bert_dir, tmp_path):
   best_logged = max(r['accuracy'] for r in records if r['split'] == 'validation')
   assert saved['validation_metrics']['validation']['accuracy'] == pytest.approx(best_logged)
   assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
-  record = checkpoint.load_record(tmp_path / 'best')
+  record = restore.load_record(tmp_path / 'best')
   assert record['adapter'] == 'rotten_tomatoes' and record['extra']['label_names'] == ['rotten',
                                                                                         'fresh']
   # Checkpoints hold the trainable state only.
@@ -129,8 +131,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tiny_bert_dir, tmp_pat
   assert step_a == step_b == 12
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
     np.testing.assert_array_equal(a, b)
-  best_a = checkpoint.load_leaves(straight / 'best')
-  best_b = checkpoint.load_leaves(killed / 'best')
+  best_a = restore.load_leaves(straight / 'best')
+  best_b = restore.load_leaves(killed / 'best')
   assert best_a.keys() == best_b.keys()
   for path in best_a:
     np.testing.assert_array_equal(best_a[path], best_b[path])

@@ -12,8 +12,9 @@ SCRIPT = r'''
 import json, sys
 import jax, numpy as np
 from flax import traverse_util
-from adapters_jax import data, trainable
-from adapters_jax.train import loop, sharding
+from adapters_jax import data
+from adapters_jax.splicing import trainable
+from adapters_jax.train import loop, placement
 from adapters_jax.train.experiment import build_experiment
 from adapters_jax.train.step import create_train_state
 from experiments.configs import quickstart
@@ -28,16 +29,16 @@ batches = list(data.TrainBatches(encoded, 16, seed=0).batches(0))[:4]
 losses = {}
 for n, strategy in ((1, 'data'), (8, 'data'), ('8_fsdp', 'fsdp')):
   config.sharding = strategy
-  placement = sharding.Placement.from_config(config, jax.devices()[:1 if n == 1 else 8])
-  mesh = placement.mesh
+  arrays = placement.Placement.from_config(config, jax.devices()[:1 if n == 1 else 8])
+  mesh = arrays.mesh
   tx = trainable.adamw(1e-3)
   train_params, frozen = trainable.split(experiment.params, experiment.mask)
   state = create_train_state(train_params, tx, jax.random.PRNGKey(0))
-  state, frozen = placement.place(state, frozen)
-  step_fn = placement.pin_train_step(loop.make_step_fns(experiment, tx)[0], state, frozen)
+  state, frozen = arrays.place(state, frozen)
+  step_fn = arrays.pin_train_step(loop.make_step_fns(experiment, tx)[0], state, frozen)
   out = []
   for batch in batches:
-    state, metrics = step_fn(state, frozen, sharding.shard_batch(batch, mesh))
+    state, metrics = step_fn(state, frozen, placement.shard_batch(batch, mesh))
     out.append(float(metrics['loss']))
   losses[n] = out
   losses[f'{n}_compiles'] = step_fn._cache_size()

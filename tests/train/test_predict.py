@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters_jax import checkpoint, models
-from adapters_jax.inference import Predictor
+from adapters_jax import models
+from adapters_jax.checkpoint import restore
+from adapters_jax.predict.predictor import Predictor
 from adapters_jax.train import loop
 from tests.train.test_loop import ROOT, smoke_config
 
@@ -29,7 +30,7 @@ def test_predictor_matches_manual_restore_and_cli(tiny_bert_dir, tmp_path):
   ids = jnp.asarray(tokens['input_ids'])
   mask = jnp.asarray(tokens['attention_mask'])
   types = jnp.asarray(tokens['token_type_ids'])
-  spliced, params = checkpoint.restore_adapter(tmp_path / 'best', base.model, base.params, ids, mask,
+  spliced, params = restore.restore_adapter(tmp_path / 'best', base.model, base.params, ids, mask,
                                                types, deterministic=True)
   logits = spliced.apply(params, ids, mask, types, active='rotten_tomatoes', deterministic=True)
   probabilities = np.asarray(jax.nn.softmax(logits, -1))

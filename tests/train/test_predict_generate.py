@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import transformers
 
-from adapters_jax import checkpoint
+from adapters_jax.checkpoint import restore
 from adapters_jax.data import e2e, get_task
 from adapters_jax.data.lm_jsonl import parse_record, tokenize_record
-from adapters_jax.generative_predictor import answer_fields, prompt_record
-from adapters_jax.inference import MultiPredictor, Predictor
 from adapters_jax.models import load_pretrained, resolve_checkpoint_dir
 from adapters_jax.models.beam_search import BeamSearchConfig, beam_search
 from adapters_jax.models.decoder_export import random_decoder_checkpoint
 from adapters_jax.models.t5_random import write_random_t5
+from adapters_jax.predict.generative import answer_fields, prompt_record
+from adapters_jax.predict.predictor import MultiPredictor, Predictor
 from adapters_jax.train import loop
 from experiments.configs import mini_lora_lm, mini_t5_rotten_tomatoes
 from experiments.make_random_decoder import TINY_LLAMA
@@ -83,7 +83,7 @@ def _restored(workdir, *sample_args):
   """The run's base loaded afresh with its best adapter restored onto it."""
   config = json.loads((workdir / loop.CONFIG_FILE).read_text())
   base = load_pretrained(config['model'])
-  spliced, params = checkpoint.restore_adapter(workdir / 'best', base.model, base.params,
+  spliced, params = restore.restore_adapter(workdir / 'best', base.model, base.params,
                                                *sample_args, deterministic=True)
   return base.tokenizer, spliced, params
 

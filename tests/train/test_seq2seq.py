@@ -16,9 +16,9 @@ from adapters_jax import data
 from adapters_jax.methods import get_method
 from adapters_jax.models import load_pretrained, resolve_checkpoint_dir
 from adapters_jax.models.t5_random import write_random_t5
-from adapters_jax.splice import Spliced, add_adapter
-from adapters_jax.train.kinds import kind_factory, kind_name
-from adapters_jax.train.seq2seq import UNPARSEABLE, Seq2Seq
+from adapters_jax.splicing.splice import Spliced, add_adapter
+from adapters_jax.task_kinds.choice import kind_factory, kind_name
+from adapters_jax.task_kinds.seq2seq import UNPARSEABLE, Seq2Seq
 from tests.tiny_model import perturb_adapter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,4 +1,4 @@
-"""Sharding rules (train/partitioning.py): a LoRA step of a tiny Llama under FSDP, tensor
+"""Sharding rules (train/sharding_rules.py): a LoRA step of a tiny Llama under FSDP, tensor
 parallelism and both on 8 (forced host) devices equals the one-device step, with the weights and
 the batch really split; rule errors name the leaf and the fix."""
 
@@ -17,8 +17,8 @@ import optax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from adapters_jax import trainable
-from adapters_jax.train import partitioning, sharding
+from adapters_jax.splicing import trainable
+from adapters_jax.train import placement, sharding_rules
 from adapters_jax.train.step import create_train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ MESH = AbstractMesh((4, 2), ('data', 'model'))
 SCRIPT = r'''
 import importlib.util, json
 import jax, numpy as np
-from adapters_jax.train import partitioning
+from adapters_jax.train import sharding_rules
 
 spec = importlib.util.spec_from_file_location('lm_steps', 'scripts/lm_steps.py')
 lm = importlib.util.module_from_spec(spec)
@@ -35,7 +35,7 @@ spec.loader.exec_module(lm)
 assert jax.device_count() == 8, jax.devices()
 
 def run(mesh=None, strategy=None):
-  rules = None if mesh is None else partitioning.strategy_rules(strategy)
+  rules = None if mesh is None else sharding_rules.strategy_rules(strategy)
   built = lm.llama_lora_step('llama-tiny', 8, 16, mesh=mesh, rules=rules)
   state, losses = built['state'], []
   facts = {}
@@ -64,7 +64,7 @@ def run(mesh=None, strategy=None):
 devices = jax.devices()
 out = {'one': run()}
 for strategy, model_parallelism in (('fsdp', 1), ('tp', 4), ('fsdp+tp', 2)):
-  out[strategy] = run(partitioning.make_mesh(devices, model_parallelism), strategy)
+  out[strategy] = run(sharding_rules.make_mesh(devices, model_parallelism), strategy)
 print(json.dumps(out))
 '''
 
@@ -121,28 +121,28 @@ def test_weights_and_batch_are_split_not_replicated(eight_devices, strategy):
 def test_first_matching_rule_wins_and_specs_name_trailing_dims():
   rules = [(r'.*/adapters/.*', PartitionSpec()), (r'.*/kernel', PartitionSpec(None, 'model')),
            (r'.*', PartitionSpec())]
-  assert partitioning.leaf_spec('a/adapters/x/kernel', (8, 8), rules, MESH) == PartitionSpec(
+  assert sharding_rules.leaf_spec('a/adapters/x/kernel', (8, 8), rules, MESH) == PartitionSpec(
       None, None)
-  assert partitioning.leaf_spec('a/kernel', (8, 6), rules, MESH) == PartitionSpec(None, 'model')
+  assert sharding_rules.leaf_spec('a/kernel', (8, 6), rules, MESH) == PartitionSpec(None, 'model')
   # A scanned stack's leading [layers] axis stays whole.
-  assert partitioning.leaf_spec('layers/q/kernel', (3, 8, 6), rules, MESH) == PartitionSpec(
+  assert sharding_rules.leaf_spec('layers/q/kernel', (3, 8, 6), rules, MESH) == PartitionSpec(
       None, None, 'model')
 
 
 def test_largest_divisible_dim_or_replicated():
-  rules = [(r'.*', partitioning.Largest('data'))]
-  assert partitioning.leaf_spec('w', (12, 32), rules, MESH) == PartitionSpec(None, 'data')
-  assert partitioning.leaf_spec('w', (32, 6), rules, MESH) == PartitionSpec('data', None)
-  assert partitioning.leaf_spec('w', (6, 3), rules, MESH) == PartitionSpec()  # 4 divides none
-  assert partitioning.leaf_spec('count', (), rules, MESH) == PartitionSpec()
+  rules = [(r'.*', sharding_rules.Largest('data'))]
+  assert sharding_rules.leaf_spec('w', (12, 32), rules, MESH) == PartitionSpec(None, 'data')
+  assert sharding_rules.leaf_spec('w', (32, 6), rules, MESH) == PartitionSpec('data', None)
+  assert sharding_rules.leaf_spec('w', (6, 3), rules, MESH) == PartitionSpec()  # 4 divides none
+  assert sharding_rules.leaf_spec('count', (), rules, MESH) == PartitionSpec()
 
 
 def test_optimizer_moments_follow_their_param_and_counters_are_replicated():
   state = create_train_state({'a': {'kernel': jnp.zeros((8, 4)), 'bias': jnp.zeros(4)}},
                              trainable.adamw(1e-3), jax.random.key(0))
   rules = [(r'.*/kernel', PartitionSpec('data', None)), (r'.*', PartitionSpec())]
-  specs = {partitioning.path_of(k): s.spec for k, s in
-           jax.tree_util.tree_leaves_with_path(partitioning.state_shardings(state, rules, MESH))}
+  specs = {sharding_rules.path_of(k): s.spec for k, s in
+           jax.tree_util.tree_leaves_with_path(sharding_rules.state_shardings(state, rules, MESH))}
   assert specs['params/a/kernel'] == PartitionSpec('data', None)
   moments = {p: s for p, s in specs.items() if p.endswith('/a/kernel') and 'opt_state' in p}
   assert len(moments) == 2  # AdamW's mu and nu
@@ -152,33 +152,33 @@ def test_optimizer_moments_follow_their_param_and_counters_are_replicated():
 
 
 def test_a_dim_the_axis_does_not_divide_names_the_leaf_and_the_fix():
-  rules = partitioning.strategy_rules('fsdp+tp')
+  rules = sharding_rules.strategy_rules('fsdp+tp')
   with pytest.raises(ValueError, match=r"'decoder/layer_0/attention/key/kernel' \(32, 7\): dim 7 "
                                        r"is not divisible by mesh axis 'model' of size 2.*"
                                        r'model_parallelism'):
-    partitioning.leaf_spec('decoder/layer_0/attention/key/kernel', (32, 7), rules, MESH)
+    sharding_rules.leaf_spec('decoder/layer_0/attention/key/kernel', (32, 7), rules, MESH)
   with pytest.raises(ValueError, match="No sharding rule matches 'x/y'"):
-    partitioning.leaf_spec('x/y', (4,), [(r'a/.*', PartitionSpec())], MESH)
+    sharding_rules.leaf_spec('x/y', (4,), [(r'a/.*', PartitionSpec())], MESH)
   with pytest.raises(ValueError, match=r"Unknown sharding strategy 'zero3'.*'fsdp\+tp'"):
-    partitioning.strategy_rules('zero3')
+    sharding_rules.strategy_rules('zero3')
 
 
 def test_placement_from_config_stores_the_frozen_base_in_bfloat16():
   config = ml_collections.ConfigDict({'sharding': 'fsdp', 'model_parallelism': 1,
                                       'frozen_dtype': 'bfloat16'})
-  placement = sharding.Placement.from_config(config, jax.devices()[:1])
+  arrays = placement.Placement.from_config(config, jax.devices()[:1])
   frozen = {'embeddings': {'word_embeddings': {'embedding': jnp.full((4, 2), 1 / 3)}},
             'ids': jnp.arange(3)}
   state = create_train_state({'lora_b': jnp.full((2, 2), 1 / 3)}, optax.adam(1e-3),
                              jax.random.key(0))
-  placed_state, placed_frozen = placement.place(state, frozen)
+  placed_state, placed_frozen = arrays.place(state, frozen)
   assert placed_frozen['embeddings']['word_embeddings']['embedding'].dtype == jnp.bfloat16
   assert placed_frozen['ids'].dtype == jnp.int32  # integers untouched
   assert placed_state.params['lora_b'].dtype == jnp.float32  # float32 master weights
   assert placed_state.opt_state[0].mu['lora_b'].dtype == jnp.float32
   with pytest.raises(ValueError, match="sharding='data' has no model axis: set "
                                        'model_parallelism=1'):
-    sharding.Placement.from_config(ml_collections.ConfigDict(
+    placement.Placement.from_config(ml_collections.ConfigDict(
         {'sharding': 'data', 'model_parallelism': 2, 'frozen_dtype': 'float32'}))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from adapters_jax.train import classification_loss, create_train_state, regression_loss, train_step
+from adapters_jax.train.step import classification_loss, create_train_state, regression_loss, train_step
 
 
 def _log_softmax64(logits):

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from adapters_jax import checkpoint, config_args
-from adapters_jax.train.checkpointing import TrainCheckpoints
+from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint.training import TrainCheckpoints
+from adapters_jax.config import overrides as config_args
 from adapters_jax.train.metrics_log import read_metrics
 
 # One length bucket (max_length 16 = the only bucket) keeps every batch the same shape, so members
@@ -49,7 +50,7 @@ def result(workdir) -> dict:
 
 
 def best_leaves(workdir) -> dict[str, np.ndarray]:
-  return checkpoint.load_leaves(os.path.join(workdir, 'best'))
+  return restore.load_leaves(os.path.join(workdir, 'best'))
 
 
 def assert_same_leaves(a: dict, b: dict, rtol=2e-5, atol=2e-6) -> None:
@@ -83,7 +84,7 @@ def assert_same_run(vmapped, separate, rtol=2e-5) -> None:
 def latest_state(workdir, like_workdir=None) -> tuple[int, dict[str, np.ndarray]]:
   """The newest training checkpoint's step and its state leaves by path. A checkpoint saved over
   other devices (several processes) restores onto this process's device in the structure of
-  `like_workdir`'s newest checkpoint."""
+  `like_workdir`'s newest restore."""
   abstract = None
   if like_workdir is not None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

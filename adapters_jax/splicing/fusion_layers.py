@@ -26,12 +26,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax import checkpoint, splice, trainable
-from adapters_jax.checkpoint import CheckpointError
+from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint.restore import CheckpointError
 from adapters_jax.methods import method_from_dict
 from adapters_jax.methods.base import SiteInfo
 from adapters_jax.methods.fusion import FusionConfig, fusion_attention_key
-from adapters_jax.tree import AdapterSpec, Params, adapter_digest, adapter_leaves, adapter_path, check_name
+from adapters_jax.splicing import splice, trainable
+from adapters_jax.splicing.tree import (
+  AdapterSpec,
+  Params,
+  adapter_digest,
+  adapter_leaves,
+  adapter_path,
+  check_name,
+)
 
 
 def add_fusion(spliced: splice.Spliced, params: Params, adapters: Sequence[str], rng: jax.Array,
@@ -207,7 +215,7 @@ def save_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params: P
   if not spliced.adapter(name).method.is_fusion:
     raise ValueError(f'{name!r} is not a fusion layer; save adapters with save_adapter.')
   extra = {**dict(extra or {}), 'fusion': fusion_record(spliced, params, name)}
-  return checkpoint.save_adapter(directory, spliced, params, name, mask=mask, base_name=base_name,
+  return restore.save_adapter(directory, spliced, params, name, mask=mask, base_name=base_name,
                                  extra=extra)
 
 
@@ -225,7 +233,7 @@ def restore_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params
     CheckpointError: not a fusion checkpoint, a fused adapter that is missing, has another config,
       other sites or other weights, or leaves that do not fit (full diff).
   """
-  record = checkpoint.load_record(directory)
+  record = restore.load_record(directory)
   if (record.get('method') or {}).get('kind') != 'fusion':
     raise CheckpointError(f'{directory} is not a fusion checkpoint (method '
                           f'{(record.get("method") or {}).get("kind")!r}); use restore_adapter.')
@@ -236,7 +244,7 @@ def restore_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params
       raise CheckpointError(
           f'Fusion checkpoint {directory} fuses {list(config.adapters)}, but adapter {adapter!r} '
           f'is not spliced into this model (spliced: {list(spliced.names)}). Restore its '
-          'checkpoint first, e.g. checkpoint.restore_adapters([...]).')
+          'checkpoint first, e.g. restore.restore_adapters([...]).')
     spec = spliced.adapter(adapter)
     got = json.loads(spec.method.to_json())  # lists, as in the JSON record
     if adapter in info.get('methods', {}) and info['methods'][adapter] != got:
@@ -255,8 +263,8 @@ def restore_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params
           'check_adapters=False to fuse these weights anyway.')
   spliced, params = add_fusion(spliced, params, config.adapters, jax.random.key(0), config=config,
                                name=record['adapter'])
-  leaves = checkpoint.load_leaves(directory)
-  return spliced, checkpoint.fit_leaves(directory, params, leaves, record['adapter'])
+  leaves = restore.load_leaves(directory)
+  return spliced, restore.fit_leaves(directory, params, leaves, record['adapter'])
 
 
 def fusion_rules(spliced: splice.Spliced, name: str, train_head: bool = True):

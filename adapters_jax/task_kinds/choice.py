@@ -16,11 +16,11 @@ import json
 
 from adapters_jax import data
 from adapters_jax.models import registry
-from adapters_jax.models.config import MODEL_TYPES as ENCODER_MODEL_TYPES
 from adapters_jax.models.decoder_config import MODEL_TYPES as DECODER_MODEL_TYPES
-from adapters_jax.train.causal_lm import CausalLM
-from adapters_jax.train.seq2seq import Seq2Seq
-from adapters_jax.train.tasks import Classification, Regression, TaskKindFactory
+from adapters_jax.models.encoder_config import MODEL_TYPES as ENCODER_MODEL_TYPES
+from adapters_jax.task_kinds.causal_lm import CausalLM
+from adapters_jax.task_kinds.protocol import Classification, Regression, TaskKindFactory
+from adapters_jax.task_kinds.seq2seq import Seq2Seq
 
 KINDS: dict[str, TaskKindFactory] = {
     'classification': Classification,

@@ -28,8 +28,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax import splice
-from adapters_jax.checkpoint_io import (
+from adapters_jax.checkpoint.save import (
   FORMAT,
   CheckpointError,
   base_fingerprint,
@@ -44,8 +43,9 @@ from adapters_jax.checkpoint_io import (
   weights_fingerprint,
 )
 from adapters_jax.methods import method_from_dict
-from adapters_jax.sites import HEAD_PARAMS
-from adapters_jax.tree import Params, adapter_leaves, is_adapter_path, rename_path
+from adapters_jax.splicing import splice
+from adapters_jax.splicing.sites import HEAD_PARAMS
+from adapters_jax.splicing.tree import Params, adapter_leaves, is_adapter_path, rename_path
 
 __all__ = [
     'FORMAT', 'CheckpointError', 'RestoredAdapter', 'base_fingerprint', 'base_record', 'check_base_of',

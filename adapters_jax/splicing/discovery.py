@@ -2,8 +2,8 @@
 
 For each module path the first `__call__` gives what splicing needs to know of the host without
 reading its code: the shapes in and out (an adapter's feature sizes, scan axes), the classes of the
-module and its ancestors (which transformer block it is in: `adapters_jax.blocks`) and the module
-itself, unbound, with the shapes of its params (how it uses its kernel: `adapters_jax.kernel_layout`).
+module and its ancestors (which transformer block it is in: `splicing.transformer_blocks`) and the
+module itself, unbound, with the shapes of its params (how it uses its kernel: `splicing.kernel_layouts`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 from flax import traverse_util
 
-from adapters_jax.tree import Params, is_adapter_path
+from adapters_jax.splicing.tree import Params, is_adapter_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +29,11 @@ class ModuleCall:
     probe_leaf: relative path and ndim of one of the module's parameters as seen inside the call
       (None: no params); compared with the tree to find scan axes.
     lineage: class names of the module's ancestors and itself, outermost first, one per component
-      of `path` (where the transformer blocks are: `adapters_jax.blocks`).
+      of `path` (where the transformer blocks are: `adapters_jax.splicing.transformer_blocks`).
     param_shapes: `{relative path: (shape, dtype name)}` of the module's own params as seen inside
       the call (without a scan axis).
     module: the module, unbound (no parent, no variables): applied alone to probe how it uses its
-      kernel (`adapters_jax.kernel_layout`).
+      kernel (`adapters_jax.splicing.kernel_layouts`).
   """
 
   path: str

@@ -1,11 +1,11 @@
 """The runtime of splicing: per-site programs compiled from a composition, and the Flax interceptor
 that runs them around the host's module calls.
 
-A validated composition (`adapters_jax.composition`) becomes one small program per site path
+A validated composition (`adapters_jax.splicing.composition`) becomes one small program per site path
 (`compile_sites`): an input transform and an output transform built from Leaf / StackOp / AverageOp /
 FuseOp / ChoiceOp. While the host runs under `flax.linen.intercept_methods`, `_SiteInterceptor`
 finds the calls at those paths, reads the grafted params from the module's own variables and runs
-the program. (`adapters_jax.discovery` uses the same mechanism, abstractly, to see every module call
+the program. (`adapters_jax.splicing.discovery` uses the same mechanism, abstractly, to see every module call
 before a splice.)
 """
 
@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adapters_jax.blocks import no_blocks_message
-from adapters_jax.composition import (
+from adapters_jax.methods.fusion import fusion_attention_key
+from adapters_jax.splicing.composition import (
   Average,
   CompositionError,
   Fuse,
@@ -31,8 +31,8 @@ from adapters_jax.composition import (
   Stack,
   adapter_names,
 )
-from adapters_jax.methods.fusion import fusion_attention_key
-from adapters_jax.tree import ADAPTERS_KEY, SHARED_KEY, AdapterSpec, Params, find_spec
+from adapters_jax.splicing.transformer_blocks import no_blocks_message
+from adapters_jax.splicing.tree import ADAPTERS_KEY, SHARED_KEY, AdapterSpec, Params, find_spec
 
 # --------------------------------------------------------------------------------------------------
 # Per-site programs: what runs at one site, as input and output transforms.

@@ -24,13 +24,13 @@ import ml_collections
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from adapters_jax.train import partitioning
-from adapters_jax.train.partitioning import DATA_AXIS, MODEL_AXIS  # noqa: F401 (public names)
+from adapters_jax.train import sharding_rules
+from adapters_jax.train.sharding_rules import DATA_AXIS, MODEL_AXIS  # noqa: F401 (public names)
 
 
 def make_mesh(devices: list | None = None, model_parallelism: int = 1) -> Mesh:
   """A `[data, model]` mesh over all devices (or `devices`); `model` has `model_parallelism`."""
-  return partitioning.make_mesh(devices, model_parallelism)
+  return sharding_rules.make_mesh(devices, model_parallelism)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -72,7 +72,7 @@ class Placement:
   """The mesh, the param rules and the frozen base's storage dtype of a run."""
 
   mesh: Mesh
-  rules: partitioning.Rules
+  rules: sharding_rules.Rules
   frozen_dtype: Any
 
   @classmethod
@@ -80,20 +80,20 @@ class Placement:
                   devices: list | None = None) -> Placement:
     """From `config.sharding`, `config.model_parallelism` and `config.frozen_dtype`."""
     strategy, parallelism = config.sharding, config.model_parallelism
-    rules = partitioning.strategy_rules(strategy)
+    rules = sharding_rules.strategy_rules(strategy)
     if strategy in ('data', 'fsdp') and parallelism != 1:
       raise ValueError(f'sharding={strategy!r} has no model axis: set model_parallelism=1, or '
                        f'sharding=\'tp\' / \'fsdp+tp\' to use model_parallelism={parallelism}.')
-    if config.frozen_dtype not in partitioning.FROZEN_DTYPES:
+    if config.frozen_dtype not in sharding_rules.FROZEN_DTYPES:
       raise ValueError(f'frozen_dtype={config.frozen_dtype!r} is not supported; valid: '
-                       f'{list(partitioning.FROZEN_DTYPES)}.')
+                       f'{list(sharding_rules.FROZEN_DTYPES)}.')
     return cls(make_mesh(devices, parallelism), rules,
-               partitioning.FROZEN_DTYPES[config.frozen_dtype])
+               sharding_rules.FROZEN_DTYPES[config.frozen_dtype])
 
   def place(self, state: Any, frozen: Any) -> tuple[Any, Any]:
     """The train state and the frozen params (cast to the storage dtype) on the mesh."""
-    frozen = partitioning.cast_floating(frozen, self.frozen_dtype)
-    state = jax.device_put(state, partitioning.state_shardings(state, self.rules, self.mesh))
+    frozen = sharding_rules.cast_floating(frozen, self.frozen_dtype)
+    state = jax.device_put(state, sharding_rules.state_shardings(state, self.rules, self.mesh))
     return state, jax.device_put(frozen, self.param_shardings(frozen))
 
   def pin_train_step(self, step_fn: Any, state: Any, frozen: Any) -> Any:
@@ -108,7 +108,7 @@ class Placement:
                    out_shardings=(state_shardings, replicated(self.mesh)))
 
   def param_shardings(self, params: Any) -> Any:
-    return partitioning.tree_shardings(params, self.rules, self.mesh)
+    return sharding_rules.tree_shardings(params, self.rules, self.mesh)
 
   def params(self, params: Any) -> Any:
     """A (trainable) param tree placed by the rules, e.g. the best checkpoint's leaves."""

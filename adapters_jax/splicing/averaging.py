@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from flax import traverse_util
 
-from adapters_jax.splice import Spliced
-from adapters_jax.tree import Params, adapter_path, check_name, site_subtree
+from adapters_jax.splicing.splice import Spliced
+from adapters_jax.splicing.tree import Params, adapter_path, check_name, site_subtree
 
 
 def average_adapter(spliced: Spliced, params: Params, name: str, sources: Sequence[str],

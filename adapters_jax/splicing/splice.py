@@ -4,20 +4,20 @@ Two halves:
   1. *Parameter-tree surgery* (`add_adapter`): run the host once abstractly to see every module call
      and its shapes, match the method's site patterns against the module paths, initialise one adapter
      per matched site and graft its params into the host's tree under that site (the layout is
-     `adapters_jax.tree`'s):
+     `adapters_jax.splicing.tree`'s):
 
          <site path>/adapters/<name>/...     e.g. encoder/layer_0/attention/output/adapters/sst2/up/kernel
          adapters/<name>/shared/...             params every site of <name> shares (Compacter's rule)
 
   2. *Interception* (`Spliced.apply`): while the host runs, a `flax.linen.intercept_methods`
-     interceptor (`adapters_jax.interception`) finds the calls at spliced sites, reads the grafted
+     interceptor (`adapters_jax.splicing.interception`) finds the calls at spliced sites, reads the grafted
      params from the module's own variables and applies the active adapters around the call.
 
 Which adapters run is an argument of `apply` (`active=`), not a tree edit: several named adapters sit
 side by side in one tree, and `active=None` gives the base model. `active` may also be a composition
-(`adapters_jax.composition`: Stack, Average, Fuse, PerExample with a per-row `adapter_index`,
+(`adapters_jax.splicing.composition`: Stack, Average, Fuse, PerExample with a per-row `adapter_index`,
 Parallel), and `skip_layers=k` leaves adapters out of the first k transformer blocks (AdapterDrop;
-blocks as the host's module tree has them, `adapters_jax.blocks`). The
+blocks as the host's module tree has them, `adapters_jax.splicing.transformer_blocks`). The
 composition is compiled into one small program per site (input transform, output transform) that
 the interceptor runs around the site's call.
 
@@ -37,14 +37,14 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from adapters_jax import composition, interception
-from adapters_jax.blocks import block_index, no_blocks_message
-from adapters_jax.discovery import ModuleCall, discover_calls
-from adapters_jax.kernel_layout import check_kernel_layouts, with_layouts
 from adapters_jax.methods import MethodConfig
 from adapters_jax.methods.base import SiteInfo
-from adapters_jax.sites import match_sites
-from adapters_jax.tree import (
+from adapters_jax.splicing import composition, interception
+from adapters_jax.splicing.discovery import ModuleCall, discover_calls
+from adapters_jax.splicing.kernel_layouts import check_kernel_layouts, with_layouts
+from adapters_jax.splicing.sites import match_sites
+from adapters_jax.splicing.transformer_blocks import block_index, no_blocks_message
+from adapters_jax.splicing.tree import (
   ADAPTERS_KEY,
   SHARED_KEY,
   AdapterSpec,
@@ -96,7 +96,7 @@ class Spliced:
       params: the host's params with adapters grafted in.
       *args: the host's positional arguments.
       active: an adapter name, a sequence of names (stacked in that order at shared sites), a
-        composition from `adapters_jax.composition` (Stack, Average, Fuse, PerExample, Parallel),
+        composition from `adapters_jax.splicing.composition` (Stack, Average, Fuse, PerExample, Parallel),
         or None for the base model.
       adapter_deterministic: disable adapter dropout; defaults to the host's `deterministic` kwarg
         (or True when the host takes none).
@@ -109,7 +109,7 @@ class Spliced:
         indices (a sequence); refused when no site is inside a block (see `add_adapter`'s
         `block_pattern`).
       **kwargs: the host's keyword arguments (e.g. `mutable=['intermediates']` to get the fusion
-        attention weights back, see `adapters_jax.fusion.fusion_attentions`).
+        attention weights back, see `adapters_jax.splicing.fusion_layers.fusion_attentions`).
 
     Returns:
       The host's output; with `Parallel`, every output leaf gets a leading axis [n_branches].
@@ -187,7 +187,7 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
       first and initialise a new one; without it such a name is refused.
     block_pattern: a regex searched in each site path whose first group is the transformer block
       index (e.g. `r'(?:^|/)h/(\d+)/'`), for `leave_out` and `skip_layers`; by default the blocks
-      are read from the host's module tree (`adapters_jax.blocks`).
+      are read from the host's module tree (`adapters_jax.splicing.transformer_blocks`).
 
   Returns:
     The spliced model and the new params (the input params are not modified).
@@ -313,7 +313,7 @@ def merge_adapter(spliced: Spliced, params: Params, name: str,
   """Folds adapter `name` into the base weights at its sites (LoRA, (IA)3).
 
   The update is folded in the layout the host's module uses its kernel in (`[in, out]` as
-  `flax.linen.Dense`, `[out, in]` as GPT-2's Conv1D; see `adapters_jax.kernel_layout`). The adapter's
+  `flax.linen.Dense`, `[out, in]` as GPT-2's Conv1D; see `splicing.kernel_layouts`). The adapter's
   params stay in the tree, so `unmerge_adapter` can take it back out; while merged it is part of the
   base model and cannot be made active.
 

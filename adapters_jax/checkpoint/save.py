@@ -7,7 +7,7 @@ A checkpoint directory holds two Orbax items:
     fingerprint of its parameter shapes and one of a fixed sample of its weights) and the library
     version.
 
-Restoring (splicing, then writing the leaves in) is `adapters_jax.checkpoint`'s, one floor up.
+Restoring (splicing, then writing the leaves in) is `adapters_jax.checkpoint.restore`'s, one floor up.
 
 Saving writes to a temporary sibling directory and swaps it in with renames, so a failed save never
 replaces a good checkpoint.
@@ -29,9 +29,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from adapters_jax import trainable
-from adapters_jax.splice import Spliced
-from adapters_jax.tree import Params, is_adapter_path
+from adapters_jax.splicing import trainable
+from adapters_jax.splicing.splice import Spliced
+from adapters_jax.splicing.tree import Params, is_adapter_path
 from adapters_jax.version import __version__
 
 FORMAT = 'adapters_jax.adapter/1'

@@ -28,7 +28,7 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax.models import bert
-from adapters_jax.models.config import EncoderConfig
+from adapters_jax.models.encoder_config import EncoderConfig
 from adapters_jax.models.registry import resolve_checkpoint_dir
 from adapters_jax.models.t5_config import T5Config
 

@@ -28,13 +28,15 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax import checkpoint, composition, data, models
-from adapters_jax.generative_predictor import CausalLMPredictor, Seq2SeqPredictor, input_pairs
+from adapters_jax import data, models
+from adapters_jax.checkpoint import restore
+from adapters_jax.predict.generative import CausalLMPredictor, Seq2SeqPredictor, input_pairs
+from adapters_jax.splicing import composition
+from adapters_jax.task_kinds.causal_lm import CausalLM
+from adapters_jax.task_kinds.choice import kind_name, model_type_of
+from adapters_jax.task_kinds.seq2seq import Seq2Seq
 from adapters_jax.train import loop
-from adapters_jax.train.causal_lm import CausalLM
 from adapters_jax.train.experiment import Experiment, build_experiment
-from adapters_jax.train.kinds import kind_name, model_type_of
-from adapters_jax.train.seq2seq import Seq2Seq
 
 ENCODER_KINDS = ('classification', 'regression')  # the kinds MultiPredictor runs
 
@@ -80,7 +82,7 @@ class Predictor:
         `config.lm.max_new_tokens`).
     """
     config = _load_config(workdir)
-    record = checkpoint.load_record(os.path.join(workdir, loop.BEST_DIR))
+    record = restore.load_record(os.path.join(workdir, loop.BEST_DIR))
     experiment = build_experiment(config, spec_from_record(config, record))
     params = loop.load_best(experiment, workdir)
     if isinstance(experiment.task_kind, CausalLM):
@@ -165,7 +167,7 @@ class MultiPredictor:
     configs, records = [], []
     for workdir in workdirs:
       configs.append(_load_config(workdir))
-      records.append(checkpoint.load_record(os.path.join(workdir, loop.BEST_DIR)))
+      records.append(restore.load_record(os.path.join(workdir, loop.BEST_DIR)))
       spec = spec_from_record(configs[-1], records[-1])
       kind = kind_name(spec, model_type_of(configs[-1].model), configs[-1].task_kind)
       if kind not in ENCODER_KINDS:
@@ -182,7 +184,7 @@ class MultiPredictor:
         config.model, head='classification', num_labels=specs[0].num_labels, dtype=config.dtype,
         config_overrides=dict(config.model_overrides))
     sample = jax.numpy.ones((2, 16), jax.numpy.int32)
-    spliced, params, restored = checkpoint.restore_adapters(
+    spliced, params, restored = restore.restore_adapters(
         [os.path.join(w, loop.BEST_DIR) for w in workdirs], pretrained.model, pretrained.params,
         sample, sample, jax.numpy.zeros_like(sample), base_name=config.model, deterministic=True)
     heads = {}

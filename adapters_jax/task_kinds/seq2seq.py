@@ -38,8 +38,8 @@ from adapters_jax import data
 from adapters_jax.data import text_to_text
 from adapters_jax.models import greedy_generate, shift_right
 from adapters_jax.models.t5_config import T5Config
-from adapters_jax.train.tasks import EXAMPLE_MASK, Batch, Forward, SampleCall
-from adapters_jax.tree import Params
+from adapters_jax.splicing.tree import Params
+from adapters_jax.task_kinds.protocol import EXAMPLE_MASK, Batch, Forward, SampleCall
 
 UNPARSEABLE = 'unparseable'  # metric: how many generated outputs named no label
 REGRESSION_UNPARSEABLE = -1.0  # the score of an unparseable STS-B output (T5: string_to_float)

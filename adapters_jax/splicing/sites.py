@@ -90,7 +90,7 @@ def layer_index(path: str) -> int | None:
   """The block index in a path named as ours or HF Flax BERT's (`.../layer_3/...`, `.../layer/3/...`).
 
   A name guess, for parameter paths (`methods.adapter_drop` narrows `train_also` with it); the block
-  of a site comes from the host's module tree (`adapters_jax.blocks`).
+  of a site comes from the host's module tree (`adapters_jax.splicing.transformer_blocks`).
   """
   match = _LAYER_INDEX.search(path)
   return int(match.group(1)) if match else None

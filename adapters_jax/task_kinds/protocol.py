@@ -63,8 +63,8 @@ import ml_collections
 import numpy as np
 
 from adapters_jax import data
+from adapters_jax.splicing.tree import Params
 from adapters_jax.train.step import classification_loss, regression_loss
-from adapters_jax.tree import Params
 
 Batch = dict[str, jax.Array]
 EXAMPLE_MASK = 'example_mask'  # [batch] 1 for real examples, 0 for padding rows

@@ -9,7 +9,7 @@
                               a weighted average (weights normalised to sum 1) of the adapted site:
                               output placement y <- sum_i w_i a_i(y), parallel y <- y + sum_i w_i a_i(x)
     Fuse('a', 'b')            AdapterFusion over bottleneck adapters (needs a fusion layer spliced
-                              by `adapters_jax.fusion.add_fusion`); a fusion's name works too
+                              by `adapters_jax.splicing.fusion_layers.add_fusion`); a fusion's name works too
     PerExample('a', None, Stack('a', 'b'))
                               one branch per example: pass `adapter_index=` an int array [B]; row i
                               runs branch adapter_index[i]; -1 (or None as a branch) is the base model
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters_jax.tree import AdapterSpec, find_spec
+from adapters_jax.splicing.tree import AdapterSpec, find_spec
 
 
 class CompositionError(ValueError):
@@ -66,7 +66,7 @@ class Average:
   """Weighted average of adapters' adapted sites; `weights` (default equal) are normalised.
 
   For the average of *parameters* (LoRA: exact; (IA)3: exact; bottleneck: linear interpolation),
-  make a new adapter with `adapters_jax.averaging.average_adapter`.
+  make a new adapter with `adapters_jax.splicing.averaging.average_adapter`.
   """
 
   children: tuple
@@ -131,7 +131,7 @@ def normalize(active) -> Composition | None:
     return Stack(*active)
   raise CompositionError(f'active={active!r} is not a composition; use an adapter name, a tuple of '
                          'names, or Stack/Average/Fuse/PerExample/Parallel from '
-                         'adapters_jax.composition.')
+                         'adapters_jax.splicing.composition.')
 
 
 def adapter_names(node) -> tuple[str, ...]:
@@ -284,8 +284,8 @@ def find_fusion(adapters: Sequence[AdapterSpec], node: Fuse) -> str:
     have = {s.name: list(s.method.adapters) for s in fusions}
     raise CompositionError(
         f'No fusion layer fuses {list(node.children)} (in that order); splice one with '
-        f'adapters_jax.fusion.add_fusion(spliced, params, {list(node.children)}, rng) or restore '
-        f'a fusion checkpoint. Spliced fusions: {have or "none"}.')
+        f'adapters_jax.add_fusion(spliced, params, {list(node.children)}, rng) or restore a fusion '
+        f'checkpoint. Spliced fusions: {have or "none"}.')
   if len(hits) > 1:
     raise CompositionError(f'Several fusion layers fuse {list(node.children)}: {hits}; pick one '
                            'with Fuse(..., name=...).')

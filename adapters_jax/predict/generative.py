@@ -40,7 +40,11 @@ from adapters_jax import data
 from adapters_jax.data import e2e, text_to_text
 from adapters_jax.data.lm_dataset import LMDataset
 from adapters_jax.data.lm_jsonl import LMExample, LMRecord, eos_id, parse_record, tokenize_record
-from adapters_jax.train.causal_lm import decode_text, generate_from_prompts, generation_settings
+from adapters_jax.task_kinds.causal_lm import (
+    decode_text,
+    generate_from_prompts,
+    generation_settings,
+)
 
 # The completion a prompt is tokenised with: it only marks where the prompt ends (never generated
 # from, never shown to the model).

@@ -22,8 +22,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from adapters_jax.sites import HEAD_PARAMS
-from adapters_jax.tree import Params, adapter_pattern
+from adapters_jax.splicing.sites import HEAD_PARAMS
+from adapters_jax.splicing.tree import Params, adapter_pattern
 
 Rules = Sequence[tuple[str, bool]]
 

@@ -41,7 +41,7 @@ def block_index(path: str, classes: Mapping[str, str], block_pattern: str | None
   Args:
     path: `/`-joined module path of a site.
     classes: `{module path: class name}` of the host's modules (every ancestor of `path` included),
-      as recorded when the host ran (`adapters_jax.discovery.discover_calls`).
+      as recorded when the host ran (`adapters_jax.splicing.discovery.discover_calls`).
     block_pattern: a regex searched in `path` whose first group is the block index; overrides the
       tree structure.
   """

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from adapters_jax.models.config_base import DTYPES, BackboneConfig, check_choice, check_fields
+from adapters_jax.models.backbone_config import DTYPES, BackboneConfig, check_choice, check_fields
 
 MODEL_TYPES = ('bert', 'roberta')
 # HF `hidden_act` names we implement (see `bert.ACTIVATIONS`).
