@@ -1,8 +1,12 @@
 """Model ids as people type them: legacy hub ids without an owner reach the hub; a local directory
 wins; a typo of a short name or a path-like string is refused. `huggingface_hub.snapshot_download`
-is replaced by a recorder (the hub is not reachable from tests)."""
+is replaced by a recorder (the hub is not reachable from tests), or the hub is a local server that
+accepts connections and never answers."""
 
 import pathlib
+import socket
+import threading
+import time
 
 import huggingface_hub
 import pytest
@@ -43,7 +47,8 @@ def test_a_local_directory_wins_over_the_hub(downloads, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('name, message', [
     ('minilm-l7', "did you mean 'minilm-l6'"),      # a typo of a short name
-    ('./no_such_dir', 'not an existing directory'),  # a path, not an id
+    ('./no_such_dir', "No directory './no_such_dir'"),  # a path, not an id
+    ('workdirs/tiny_llama', "No directory 'workdirs/tiny_llama'"),  # where runs write checkpoints
     ('a/b/c', 'not an existing directory'),
     ('has space', 'not an existing directory'),
 ])
@@ -53,3 +58,77 @@ def test_implausible_ids_are_refused_without_download(downloads, name, message, 
   with pytest.raises(ValueError, match=message):
     registry.resolve_checkpoint_dir(name)
   assert downloads == []
+
+
+def test_a_path_whose_first_part_is_a_local_directory_is_a_missing_directory(downloads, tmp_path,
+                                                                            monkeypatch):
+  (tmp_path / 'checkpoints').mkdir()
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(registry.ModelNotFoundError, match=f"No directory 'checkpoints/llama'.*{tmp_path}"):
+    registry.resolve_checkpoint_dir('checkpoints/llama')
+  assert downloads == []
+
+
+def test_the_packaged_minilm_is_named_by_its_hub_id_and_a_directory_by_its_absolute_path(
+    tmp_path, monkeypatch):
+  (tmp_path / 'base').mkdir()
+  monkeypatch.chdir(tmp_path)
+  assert registry.portable_name('minilm-l6') == 'sentence-transformers/all-MiniLM-L6-v2'
+  assert registry.portable_name('base') == str(tmp_path / 'base')
+  assert registry.portable_name('google-bert/bert-base-uncased') == 'google-bert/bert-base-uncased'
+
+
+@pytest.fixture
+def silent_hub(monkeypatch, tmp_path):
+  """HF_ENDPOINT -> a server on 127.0.0.1 that accepts connections and never answers."""
+  server = socket.create_server(('127.0.0.1', 0))
+  accepted = []
+
+  def accept():
+    while True:
+      try:
+        accepted.append(server.accept()[0])
+      except OSError:  # closed
+        return
+
+  threading.Thread(target=accept, daemon=True).start()
+  endpoint = f'http://127.0.0.1:{server.getsockname()[1]}'
+  yield endpoint
+  server.close()
+  for connection in accepted:
+    connection.close()
+
+
+def test_a_hub_that_never_answers_fails_within_the_timeout(silent_hub, monkeypatch, tmp_path):
+  from huggingface_hub import constants
+
+  monkeypatch.setattr(constants, 'ENDPOINT', silent_hub)
+  monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.setenv(registry.HUB_TIMEOUT_ENV, '0.5')
+  raised = []
+
+  def resolve():
+    try:
+      registry.resolve_checkpoint_dir('owner/model')
+    except Exception as e:  # checked below
+      raised.append(e)
+
+  # In a thread, so the test itself ends even if the download waits forever (as it did).
+  worker = threading.Thread(target=resolve, daemon=True)
+  start = time.monotonic()
+  worker.start()
+  worker.join(timeout=20)
+  assert not worker.is_alive(), 'the download still waits after 20 s'
+  assert time.monotonic() - start < 10
+  assert len(raised) == 1 and isinstance(raised[0], registry.HubDownloadError), raised
+  message = str(raised[0])
+  assert '\n' not in message
+  for part in ("'owner/model'", silent_hub, 'no answer within 0.5 s', 'HF_HUB_OFFLINE=1', 'minilm-l6'):
+    assert part in message
+
+
+@pytest.mark.parametrize('value', ['soon', '0', '-3'])
+def test_a_timeout_that_is_not_a_positive_number_is_refused(monkeypatch, value):
+  monkeypatch.setenv(registry.HUB_TIMEOUT_ENV, value)
+  with pytest.raises(ValueError, match=f'{registry.HUB_TIMEOUT_ENV}=.{value}. is not a number'):
+    registry.hub_timeout_s()
