@@ -3,8 +3,11 @@ wins; a typo of a short name or a path-like string is refused. `huggingface_hub.
 is replaced by a recorder (the hub is not reachable from tests), or the hub is a local server that
 accepts connections and never answers."""
 
+import os
 import pathlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -132,3 +135,16 @@ def test_a_timeout_that_is_not_a_positive_number_is_refused(monkeypatch, value):
   monkeypatch.setenv(registry.HUB_TIMEOUT_ENV, value)
   with pytest.raises(ValueError, match=f'{registry.HUB_TIMEOUT_ENV}=.{value}. is not a number'):
     registry.hub_timeout_s()
+
+
+def test_training_on_a_missing_relative_model_path_says_so_in_one_line(tmp_path):
+  root = pathlib.Path(__file__).resolve().parents[2]
+  args = [sys.executable, '-m', 'experiments.train', '--config=experiments/configs/quickstart.py:smoke',
+          f'--workdir={tmp_path / "run"}', '--config.model=workdirs/never_written']
+  result = subprocess.run(args, cwd=root, env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'HF_HUB_OFFLINE': '1'},
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines() == [
+      f"Cannot train {tmp_path / 'run'}: No directory 'workdirs/never_written' (relative paths start at "
+      f"{root}); check the path, or pass a short name {sorted(registry.SHORT_NAMES)} or a hub id "
+      "('owner/name')."], result.stderr
