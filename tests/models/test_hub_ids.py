@@ -3,6 +3,7 @@ wins; a typo of a short name or a path-like string is refused. `huggingface_hub.
 is replaced by a recorder (the hub is not reachable from tests), or the hub is a local server that
 accepts connections and never answers."""
 
+import http.server
 import os
 import pathlib
 import socket
@@ -148,3 +149,42 @@ def test_training_on_a_missing_relative_model_path_says_so_in_one_line(tmp_path)
       f"Cannot train {tmp_path / 'run'}: No directory 'workdirs/never_written' (relative paths start at "
       f"{root}); check the path, or pass a short name {sorted(registry.SHORT_NAMES)} or a hub id "
       "('owner/name')."], result.stderr
+
+
+@pytest.fixture
+def hub_without_repositories():
+  """HF_ENDPOINT for a server that answers every request as the hub does for an unknown repository."""
+
+  class NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+      body = b'{"error": "Repository not found"}'
+      self.send_response(404)
+      self.send_header('X-Error-Code', 'RepoNotFound')
+      self.send_header('Content-Type', 'application/json')
+      self.send_header('Content-Length', str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    def do_HEAD(self):  # noqa: N802
+      self.do_GET()
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), NotFound)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  yield f'http://127.0.0.1:{server.server_address[1]}'
+  server.shutdown()
+  server.server_close()
+
+
+def test_an_owner_name_path_that_is_neither_here_nor_on_the_hub_is_a_missing_directory(
+    hub_without_repositories, monkeypatch, tmp_path):
+  from huggingface_hub import constants
+
+  monkeypatch.setattr(constants, 'ENDPOINT', hub_without_repositories)
+  monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(registry.ModelNotFoundError,
+                     match="No directory 'runs/tiny_llama'.*no repository of that name either"):
+    registry.resolve_checkpoint_dir('runs/tiny_llama')
