@@ -7,7 +7,8 @@ Then, in PyTorch: `adapters.init(model); model.load_adapter('exports/rte', set_a
 use_safetensors=True)`, or `peft.PeftModel.from_pretrained(model, 'exports/rte-lora')`, with `model`
 the same base as the run's (`transformers.AutoModelForSequenceClassification`). The files carry the
 base's identity, so `experiments.import_adapter` refuses them on another base. Which methods map to
-which format: `adapters_jax/interop/adapterhub.py` and `peft.py`.
+which format: `adapters_jax/interop/adapterhub.py` and `peft.py`. `--out` must be absent or empty;
+`--overwrite` replaces it whole (the files of an earlier export never stay beside the new ones).
 """
 
 import os
@@ -23,6 +24,7 @@ flags.DEFINE_string('out', None, 'Directory to write.')
 flags.DEFINE_enum('model_type', None, ['bert', 'roberta'], 'The base\'s transformers model type; '
                   'default: from the trained head, else from the base\'s config.json.')
 flags.mark_flags_as_required(['workdir', 'format', 'out'])
+flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out directory whole (otherwise refused).')
 FLAGS = flags.FLAGS
 
 
@@ -33,11 +35,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from adapters_jax.checkpoint.restore import CheckpointError
   from adapters_jax.interop import InteropError, export_checkpoint
+  from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
 
   best = os.path.join(FLAGS.workdir, 'best')
   try:
-    out = export_checkpoint(best, FLAGS.format, FLAGS.out, model_type=FLAGS.model_type)
-  except (InteropError, CheckpointError) as e:
+    out = export_checkpoint(best, FLAGS.format, FLAGS.out, model_type=FLAGS.model_type,
+                            overwrite=FLAGS.overwrite)
+  except (InteropError, CheckpointError, ModelNotFoundError, HubDownloadError) as e:
     sys.exit(f'Cannot export {best}: {e}')
   print(out)
 

@@ -9,6 +9,8 @@ r"""Imports an AdapterHub `adapters` or PEFT adapter (safetensors) as one of our
 what `save_adapter` writes: restore it with `restore_adapter`, or start training from it. What
 cannot be represented exactly here is refused with the option that prevents it; files exported by
 `experiments.export` from another base are refused too (`--allow_other_base` loads them anyway).
+`--out` must be absent or empty; `--overwrite` replaces it whole. A hub download that gets no
+answer fails after `$ADAPTERS_JAX_HUB_TIMEOUT` seconds (default 30).
 """
 
 import os
@@ -26,6 +28,7 @@ flags.DEFINE_string('name', None, 'Adapter name; default: the saved name (Adapte
                     '(PEFT).')
 flags.DEFINE_bool('allow_other_base', False, 'Import even when the files name another base model.')
 flags.mark_flags_as_required(['from', 'format', 'model', 'out'])
+flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out directory whole (otherwise refused).')
 FLAGS = flags.FLAGS
 
 
@@ -36,12 +39,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from adapters_jax.checkpoint.restore import CheckpointError
   from adapters_jax.interop import InteropError, import_checkpoint
+  from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
 
   source = FLAGS['from'].value
   try:
     out = import_checkpoint(source, FLAGS.format, FLAGS.model, FLAGS.out, name=FLAGS.name,
-                            allow_other_base=FLAGS.allow_other_base)
-  except (InteropError, CheckpointError) as e:
+                            allow_other_base=FLAGS.allow_other_base, overwrite=FLAGS.overwrite)
+  except (InteropError, CheckpointError, ModelNotFoundError, HubDownloadError) as e:
     sys.exit(f'Cannot import {source}: {e}')
   print(out)
 

@@ -5,6 +5,7 @@ TensorFlow start threads), then trains and prints the result summary as JSON on 
 """
 
 import json
+import sys
 
 from absl import flags, logging
 
@@ -18,11 +19,16 @@ def run(config, workdir: str) -> dict:
   from adapters_jax.host_memory import reuse_freed_host_memory
 
   reuse_freed_host_memory()  # first: before TensorFlow or JAX start their threads
+  from adapters_jax.data.local_files import LocalFileError
+  from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
   from adapters_jax.train.loop import train_and_evaluate  # after flags: keeps --help fast
 
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
-  result = train_and_evaluate(config, workdir)
+  try:
+    result = train_and_evaluate(config, workdir)
+  except (LocalFileError, ModelNotFoundError, HubDownloadError) as e:
+    sys.exit(f'Cannot train {workdir}: {e}')  # the user's data or model: one line, no traceback
   summary = {k: result[k] for k in SUMMARY_KEYS if k in result}
   summary['trainable_percent'] = round(summary['trainable_percent'], 3)
   summary['train_examples_per_second'] = round(summary['train_examples_per_second'], 1)

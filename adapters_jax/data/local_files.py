@@ -8,7 +8,8 @@ two text columns and a label column. Split names: 'train', then any names starti
 Bad rows (missing or empty text, unknown label, unparseable or non-finite float, wrong number of
 CSV fields, invalid JSON) raise an error naming the file and the line (1-based, the header being
 line 1, as a text editor counts). With `drop_bad_rows=True` they are skipped instead; the count per
-split is logged and reported in `Task.dropped`.
+split is logged and reported in `Task.dropped`. A file that cannot be used at all (missing, not
+decodable, no header, a header that lacks a column or names one twice) raises `LocalFileError`.
 
 Formats: '.csv' uses the csv module's default dialect (quotes may wrap commas and newlines);
 '.tsv' splits on tabs with no quote handling (as GLUE's TSV files need: their quotes are literal);
@@ -130,7 +131,12 @@ class LocalTaskConfig:
     )
 
 
-class BadRowError(ValueError):
+class LocalFileError(ValueError):
+  """A local task file that cannot be used as it is (format, encoding, header, rows); the message
+  names the file (and line) and the fix, in one line."""
+
+
+class BadRowError(LocalFileError):
   """A row of a local file cannot be used; the message names the file and line."""
 
 
@@ -140,7 +146,7 @@ def infer_format(path: str, fmt: str | None = None) -> str:
     return fmt
   ext = os.path.splitext(path)[1].lower()
   if ext not in _EXTENSIONS:
-    raise ValueError(f'Cannot infer the format of {path!r} from its extension {ext!r}; '
+    raise LocalFileError(f'Cannot infer the format of {path!r} from its extension {ext!r}; '
                      f'known: {", ".join(sorted(_EXTENSIONS))}. Set the format: '
                      f'--config.local_task.format=csv (one of {", ".join(FORMATS)}; '
                      'LocalTaskConfig.format in code).')
@@ -162,7 +168,7 @@ def local_task_config(local: Mapping) -> LocalTaskConfig:
       test_has_labels=local['test_has_labels'])
 
 
-def _decode_error(path: str, encoding: str, error: UnicodeDecodeError) -> ValueError:
+def _decode_error(path: str, encoding: str, error: UnicodeDecodeError) -> LocalFileError:
   """Where in `path` the first undecodable byte is: line and byte offset."""
   offset, where = 0, f'byte {error.start} of a block'
   with open(path, 'rb') as f:
@@ -173,19 +179,22 @@ def _decode_error(path: str, encoding: str, error: UnicodeDecodeError) -> ValueE
         where = f'line {line_number} (byte offset {offset + e.start}, byte {raw[e.start]:#04x})'
         break
       offset += len(raw)
-  return ValueError(f'{path}, {where}: not valid {encoding}. Set the file\'s encoding: '
+  return LocalFileError(f'{path}, {where}: not valid {encoding}. Set the file\'s encoding: '
                     '--config.local_task.encoding=latin-1 (or cp1252, utf-16, ...; '
                     'LocalTaskConfig.encoding in code).')
 
 
 def _read_rows(path: str, fmt: str, encoding: str,
                required: list[str]) -> Iterator[tuple[int, dict | None, str]]:
-  """`_parse_rows` of one file; a byte the encoding cannot decode raises a ValueError naming the
-  file, the line and the byte offset."""
+  """`_parse_rows` of one file; a byte the encoding cannot decode raises a `LocalFileError` naming
+  the file, the line and the byte offset."""
   try:
     yield from _parse_rows(path, fmt, encoding, required)
   except UnicodeDecodeError as e:
     raise _decode_error(path, encoding, e) from None
+  except (FileNotFoundError, IsADirectoryError) as e:
+    raise LocalFileError(f'{path}: no such file ({e.strerror}); fix the path in '
+                         '--config.local_task.paths (LocalTaskConfig.paths in code).') from None
 
 
 def _parse_rows(path: str, fmt: str, encoding: str,
@@ -194,7 +203,8 @@ def _parse_rows(path: str, fmt: str, encoding: str,
 
   Line numbers are 1-based with the header on line 1. A row that cannot even be split into
   fields comes back as (line, None, problem). The header (CSV/TSV) or the first JSON object must
-  have every `required` column; otherwise a ValueError lists the columns the file has.
+  have every `required` column, each named once; otherwise a `LocalFileError` lists the columns
+  the file has (or the repeated one and its positions).
   """
   if codecs.lookup(encoding).name == 'utf-8':
     encoding = 'utf-8-sig'  # also reads UTF-8 with a byte-order mark (Excel's "CSV UTF-8")
@@ -224,7 +234,8 @@ def _parse_rows(path: str, fmt: str, encoding: str,
     reader = csv.reader(f, **dialect)
     header = next(reader, None)
     if header is None:
-      raise ValueError(f'{path} is empty; a {fmt.upper()} file needs a header line.')
+      raise LocalFileError(f'{path} is empty; a {fmt.upper()} file needs a header line.')
+    _check_unique_columns(path, header)
     _check_columns(path, header, required)
     previous_end = reader.line_num
     for fields in reader:
@@ -250,7 +261,8 @@ def load_local_split(config: LocalTaskConfig, split: str) -> tuple[list[Example]
 
   Raises:
     BadRowError: for a bad row when `config.drop_bad_rows` is False.
-    ValueError: for a missing column; the message lists the file's columns.
+    LocalFileError: for a missing or repeated column (the message lists the file's columns), a
+      file that is missing, empty or not decodable.
   """
   if split not in config.paths:
     raise KeyError(f'Task {config.name!r} has no split {split!r}; valid: {list(config.paths)}.')
@@ -279,7 +291,7 @@ def load_local_split(config: LocalTaskConfig, split: str) -> tuple[list[Example]
   if dropped:
     logging.warning('%s: dropped %d bad rows (drop_bad_rows=True).', path, dropped)
   if not examples:
-    raise ValueError(f'{path}: no usable rows.')
+    raise LocalFileError(f'{path}: no usable rows.')
   return examples, dropped
 
 
@@ -291,10 +303,22 @@ def load_local_task(config: LocalTaskConfig) -> Task:
   return Task(spec=config.spec(), splits=splits, dropped={k: v for k, v in dropped.items() if v})
 
 
+def _check_unique_columns(path: str, header: list[str]) -> None:
+  """Refuses a header naming a column twice: a row would keep only the last one's value."""
+  positions: dict[str, list[int]] = {}
+  for position, column in enumerate(header, start=1):
+    positions.setdefault(column, []).append(position)
+  repeated = {column: where for column, where in positions.items() if len(where) > 1}
+  if repeated:
+    column, where = next(iter(repeated.items()))
+    raise LocalFileError(f'{path}: the header names column {column!r} {len(where)} times (columns '
+                     f'{", ".join(map(str, where))}, counted from 1); rename or remove the repeats.')
+
+
 def _check_columns(path: str, columns: list[str], required: list[str]) -> None:
   missing = [c for c in required if c not in columns]
   if missing:
-    raise ValueError(f'{path}: no column(s) {missing}; the file has columns {list(columns)}. '
+    raise LocalFileError(f'{path}: no column(s) {missing}; the file has columns {list(columns)}. '
                      'Fix text_columns / label_column in LocalTaskConfig.')
 
 

@@ -77,7 +77,9 @@ OUR_LORA_SITES = {'q': QUERY, 'k': KEY, 'v': VALUE, 'intermediate_lora': FFN_INT
 def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type: str) -> pathlib.Path:
   """Writes `adapter` as an AdapterHub directory for a transformers `model_type` (bert/roberta) model.
 
-  Load it with `model.load_adapter(out, set_active=True)` (`with_head=True` loads the head too).
+  `out` is an existing empty directory: `convert.export_checkpoint` stages it, so files of another
+  export never remain beside these. Load it with `model.load_adapter(out, set_active=True)`
+  (`with_head=True` loads the head too).
   """
   out = pathlib.Path(out)
   kind = adapter.method.kind
@@ -98,7 +100,6 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
   model_class = model_type.capitalize() + ('ForSequenceClassification' if head else 'Model')
   meta = {'hidden_size': hidden, 'model_class': model_class, 'model_name': adapter.base.get('name', ''),
           'model_type': model_type, 'version': FORMAT_VERSION}
-  out.mkdir(parents=True, exist_ok=True)
   _write_json(out / CONFIG_FILE, {'config': config, 'name': adapter.name, **meta})
   write_safetensors(out / WEIGHTS_FILE, tensors, base_metadata(adapter))
   if head:

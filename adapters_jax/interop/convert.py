@@ -15,6 +15,7 @@ import pathlib
 
 from adapters_jax.interop import adapterhub, adapterhub_import, peft
 from adapters_jax.interop.naming import InteropError, model_type_from_leaves
+from adapters_jax.interop.output_directory import refuse_to_mix, staged_directory
 from adapters_jax.interop.portable import read_checkpoint, write_checkpoint
 from adapters_jax.models import SHORT_NAMES, resolve_checkpoint_dir
 
@@ -46,34 +47,41 @@ def _model_type(leaves, base_name: str, model_type: str | None) -> str:
 
 
 def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.PathLike,
-                      model_type: str | None = None) -> pathlib.Path:
+                      model_type: str | None = None, overwrite: bool = False) -> pathlib.Path:
   """Exports the adapter checkpoint `directory` (`save_adapter` format) to `out` in format `fmt`.
 
   Args:
     directory: an adapter checkpoint (e.g. a training run's `best/`).
     fmt: `adapters` (AdapterHub) or `peft`.
-    out: the directory to write.
+    out: the directory to write: absent or empty, unless `overwrite`.
     model_type: `bert` or `roberta`; default: from the trained head or the base's config.json.
+    overwrite: replace a non-empty `out` whole (see `output_directory.staged_directory`).
   """
   export, _ = _format(fmt)
+  refuse_to_mix(out, overwrite=overwrite)
   adapter = read_checkpoint(directory)
-  return export(adapter, out, _model_type(adapter.leaves, adapter.base.get('name', ''),
-                                                         model_type))
+  model_type = _model_type(adapter.leaves, adapter.base.get('name', ''), model_type)
+  with staged_directory(out, overwrite=overwrite) as staging:
+    export(adapter, staging, model_type)
+  return pathlib.Path(out)
 
 
 def import_checkpoint(directory: str | os.PathLike, fmt: str, model: str, out: str | os.PathLike,
-                      name: str | None = None, allow_other_base: bool = False) -> str:
+                      name: str | None = None, allow_other_base: bool = False,
+                      overwrite: bool = False) -> str:
   """Imports an AdapterHub or PEFT directory as one of our adapter checkpoints on base `model`.
 
   Args:
     directory: the directory `save_adapter` (AdapterHub) or `save_pretrained` (PEFT) wrote.
     fmt: `adapters` or `peft`.
     model: our base model (short name, directory or hub id) the adapter belongs to.
-    out: the adapter checkpoint directory to write.
+    out: the adapter checkpoint directory to write: absent or empty, unless `overwrite`.
     name: the adapter's name (default: AdapterHub's saved name; for PEFT, the folder's name).
     allow_other_base: load even when the files say they were made on another base.
+    overwrite: replace a non-empty `out` whole.
   """
   _, read = _format(fmt)
+  refuse_to_mix(out, overwrite=overwrite)
   if fmt == 'peft':  # PEFT files do not name the adapter
     adapter = read(directory, name or pathlib.Path(directory).resolve().name)
   else:
@@ -81,7 +89,9 @@ def import_checkpoint(directory: str | os.PathLike, fmt: str, model: str, out: s
     if name:
       adapter = _renamed(adapter, name)
   source = {'format': fmt, 'path': os.path.abspath(os.fspath(directory))}
-  return write_checkpoint(adapter, model, out, source=source, allow_other_base=allow_other_base)
+  with staged_directory(out, overwrite=overwrite) as staging:
+    write_checkpoint(adapter, model, staging, source=source, allow_other_base=allow_other_base)
+  return os.path.abspath(os.fspath(out))
 
 
 def _renamed(adapter, name: str):

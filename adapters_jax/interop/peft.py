@@ -41,6 +41,8 @@ from adapters_jax.interop.naming import (
 )
 from adapters_jax.interop.portable import PortableAdapter, base_from_metadata, base_metadata
 from adapters_jax.methods import IA3Config, LoRAConfig
+from adapters_jax.models.decoder_config import MODEL_TYPES as DECODER_MODEL_TYPES
+from adapters_jax.models.registry import portable_name
 from adapters_jax.splicing.sites import LAYER_NORM_PARAMS
 
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
@@ -55,7 +57,10 @@ PEFT_PREFIX = 'base_model.model.'
 def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type: str) -> pathlib.Path:
   """Writes `adapter` (LoRA or (IA)3) as a PEFT directory for a transformers `model_type` model.
 
-  Load it with `peft.PeftModel.from_pretrained(<transformers model>, out)`.
+  `out` is an existing empty directory (`convert.export_checkpoint` stages it). Load it with
+  `peft.PeftModel.from_pretrained(<transformers model>, out)`, or with the class its `task_type`
+  names (`peft.AutoPeftModelForSequenceClassification.from_pretrained(out)`), which loads the base
+  from `base_model_name_or_path`: the hub id of a packaged base, or a local base's absolute path.
   """
   method = adapter.method
   if method.kind not in ('lora', 'ia3'):
@@ -83,8 +88,10 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
     modules_to_save.add(module.removeprefix(MODEL_PREFIXES[model_type]))
     tensors[PEFT_PREFIX + name] = base_leaf_value_to_hf(path, value)
   config = {
-      'peft_type': 'LORA' if method.kind == 'lora' else 'IA3', 'task_type': None,
-      'base_model_name_or_path': adapter.base.get('name') or None,
+      'peft_type': 'LORA' if method.kind == 'lora' else 'IA3',
+      'task_type': peft_task_type(model_type, has_head=any(m.startswith('classifier')
+                                                          for m in modules_to_save)),
+      'base_model_name_or_path': portable_name(adapter.base['name']) if adapter.base.get('name') else None,
       'revision': adapter.base.get('revision') or None,
       'inference_mode': True, 'target_modules': targets, 'fan_in_fan_out': False,
       'modules_to_save': sorted(modules_to_save) or None,
@@ -96,10 +103,20 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
   else:
     config.update({'feedforward_modules': feedforward, 'init_ia3_weights': True})
   out = pathlib.Path(out)
-  out.mkdir(parents=True, exist_ok=True)
   (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + '\n')
   write_safetensors(out / WEIGHTS_FILE, tensors, base_metadata(adapter))
   return out
+
+
+def peft_task_type(model_type: str, *, has_head: bool) -> str:
+  """PEFT's `task_type` (which `AutoPeftModelFor...` class opens the export) for a base family:
+  encoders with a classification/regression head -> SEQ_CLS, without -> FEATURE_EXTRACTION;
+  T5 -> SEQ_2_SEQ_LM; decoders -> CAUSAL_LM (the task kinds of `task_kinds.choice`)."""
+  if model_type == 't5':
+    return 'SEQ_2_SEQ_LM'
+  if model_type in DECODER_MODEL_TYPES:
+    return 'CAUSAL_LM'
+  return 'SEQ_CLS' if has_head else 'FEATURE_EXTRACTION'
 
 
 # ------------------------------------------------------------------------------------------------

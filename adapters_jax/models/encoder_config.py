@@ -38,6 +38,19 @@ _HF_KEYS = {
     'initializer_range': 'initializer_range',
     'model_type': 'model_type',
 }
+# Defaults of the transformers 4.57 config classes (`BertConfig`, `RobertaConfig`) for the keys we
+# read: a `config.json` may leave out every value equal to them. RoBERTa differs in its vocabulary
+# (50265) and its pad id (1), which also sets where its position ids start (`position_offset`).
+_BERT_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+    intermediate_size=3072, hidden_act='gelu', max_position_embeddings=512, type_vocab_size=2,
+    layer_norm_eps=1e-12, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+    classifier_dropout=None, pad_token_id=0, initializer_range=0.02,
+    position_embedding_type='absolute', is_decoder=False, add_cross_attention=False)
+HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    'bert': _BERT_DEFAULTS,
+    'roberta': {**_BERT_DEFAULTS, 'vocab_size': 50265, 'pad_token_id': 1},
+}
 _HF_REQUIRED_VALUES = {
     'position_embedding_type': ('absolute',),
     'is_decoder': (False,),
@@ -131,7 +144,8 @@ class EncoderConfig(BackboneConfig):
     """Reads a Hugging Face `config.json` dict (BERT or RoBERTa), then applies `overrides`.
 
     Args:
-      hf: the parsed `config.json`. Keys absent from it take HF's BERT defaults.
+      hf: the parsed `config.json`. Keys absent from it take the defaults of its transformers
+        class (`HF_DEFAULTS`: RoBERTa's pad id is 1, so its positions start at 2).
       **overrides: EncoderConfig fields, e.g. `dtype='bfloat16', scan_layers=True`.
 
     Example:
@@ -143,11 +157,14 @@ class EncoderConfig(BackboneConfig):
         raise ValueError(
             f'config.json has {key}={hf[key]!r}; this encoder implements only '
             f'{key} in {allowed}.')
-    if 'model_type' not in hf and 'model_type' not in overrides:
+    model_type = overrides.get('model_type', hf.get('model_type'))
+    if model_type is None:
       raise ValueError(
           f"config.json has no 'model_type'; pass model_type= one of {MODEL_TYPES}.")
-    kwargs = {field: hf[key] for key, field in _HF_KEYS.items() if key in hf}
+    check_choice('model_type', model_type, MODEL_TYPES)
+    full = {**HF_DEFAULTS[model_type], **hf, 'model_type': model_type}
+    kwargs = {field: full[key] for key, field in _HF_KEYS.items()}
     kwargs.update(overrides)
-    if kwargs.get('model_type') == 'roberta' and 'position_offset' not in overrides:
-      kwargs['position_offset'] = kwargs.get('pad_token_id', cls.pad_token_id) + 1
+    if model_type == 'roberta' and 'position_offset' not in overrides:
+      kwargs['position_offset'] = kwargs['pad_token_id'] + 1
     return cls(**kwargs)

@@ -39,6 +39,15 @@ _HF_KEYS = {
     'decoder_start_token_id': 'decoder_start_token_id',
     'model_type': 'model_type',
 }
+# Defaults of transformers 4.57's `T5Config` for the keys we read: a `config.json` from
+# `save_pretrained` leaves out every value equal to them. None (`num_decoder_layers`,
+# `decoder_start_token_id`) means: as deep as the encoder; start decoding with the pad id.
+HF_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=None,
+    num_heads=8, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+    dropout_rate=0.1, layer_norm_epsilon=1e-6, initializer_factor=1.0, feed_forward_proj='relu',
+    tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, decoder_start_token_id=None,
+    model_type='t5', is_encoder_decoder=True)
 _HF_REQUIRED_VALUES = {'is_encoder_decoder': (True,)}
 
 
@@ -121,7 +130,7 @@ class T5Config(BackboneConfig):
     """Reads a Hugging Face T5 `config.json` dict, then applies `overrides`.
 
     Args:
-      hf: the parsed `config.json`; keys absent from it take HF's T5 defaults.
+      hf: the parsed `config.json`; keys absent from it (or None) take `HF_DEFAULTS`.
       **overrides: T5Config fields, e.g. `dtype='bfloat16', scan_layers=True`.
 
     Example:
@@ -132,10 +141,11 @@ class T5Config(BackboneConfig):
       if key in hf and hf[key] not in allowed:
         raise ValueError(f'config.json has {key}={hf[key]!r}; this T5 implements only '
                          f'{key} in {allowed}.')
-    kwargs = {field: hf[key] for key, field in _HF_KEYS.items() if hf.get(key) is not None}
-    if 'num_decoder_layers' not in kwargs:  # HF: None means as deep as the encoder
-      kwargs['num_decoder_layers'] = kwargs.get('num_layers', cls.num_layers)
-    if 'decoder_start_token_id' not in kwargs:  # T5 starts decoding with the pad token
-      kwargs['decoder_start_token_id'] = kwargs.get('pad_token_id', cls.pad_token_id)
+    full = {**HF_DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
+    kwargs = {field: full[key] for key, field in _HF_KEYS.items()}
+    if kwargs['num_decoder_layers'] is None:  # HF: None means as deep as the encoder
+      kwargs['num_decoder_layers'] = kwargs['num_layers']
+    if kwargs['decoder_start_token_id'] is None:  # T5 starts decoding with the pad token
+      kwargs['decoder_start_token_id'] = kwargs['pad_token_id']
     kwargs.update(overrides)
     return cls(**kwargs)

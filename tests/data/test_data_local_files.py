@@ -2,10 +2,17 @@
 
 import json
 import logging
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from adapters_jax.data import BadRowError, LocalTaskConfig, load_task, local_task_config
+from adapters_jax.data.local_files import LocalFileError
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _write(path, text):
@@ -178,3 +185,40 @@ def test_each_dropped_row_is_logged_with_its_file_and_line(tmp_path, caplog):
   messages = [r.getMessage() for r in caplog.records if 'Dropping bad row' in r.getMessage()]
   assert len(messages) == 2
   assert "train.csv, line 3: unknown label 'meh'" in messages[0] and 'train.csv, line 4' in messages[1]
+
+
+@pytest.mark.parametrize('suffix,sep', [('.csv', ','), ('.tsv', '\t')])
+def test_a_header_naming_a_column_twice_is_refused_with_its_positions(tmp_path, suffix, sep):
+  # Before: each row kept the last `text` (here empty) and the error blamed line 2's text, or the
+  # run trained on the wrong column without a word.
+  path = _write(tmp_path / f'train{suffix}', sep.join(['text', 'label', 'text']) + '\n'
+                + sep.join(['good', 'pos', '']) + '\n')
+  config = LocalTaskConfig(name='t', paths={'train': path}, text_columns=('text',),
+                           label_names=('neg', 'pos'))
+  with pytest.raises(LocalFileError) as raised:
+    load_task(config)
+  assert str(raised.value) == (f"{path}: the header names column 'text' 2 times (columns 1, 3, "
+                               'counted from 1); rename or remove the repeats.')
+
+
+def test_a_missing_file_is_named(tmp_path):
+  config = LocalTaskConfig(name='t', paths={'train': str(tmp_path / 'nope.csv')}, text_columns=('text',),
+                           label_names=('neg', 'pos'))
+  with pytest.raises(LocalFileError, match=f'{tmp_path / "nope.csv"}: no such file'):
+    load_task(config)
+
+
+def test_a_repeated_column_stops_the_training_cli_in_one_line(tmp_path):
+  for name in ('train.csv', 'dev.csv'):
+    _write(tmp_path / name, 'text,label,text\na good film,pos,\na bad film,neg,\n')
+  args = [sys.executable, '-m', 'experiments.train', '--config=experiments/configs/glue.py:local,smoke',
+          f'--workdir={tmp_path / "run"}', f'--config.local_task.paths.train={tmp_path / "train.csv"}',
+          f'--config.local_task.paths.validation={tmp_path / "dev.csv"}',
+          '--config.local_task.label_names=("neg","pos")']
+  result = subprocess.run(args, cwd=ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
+  assert lines[0].endswith(f"{tmp_path / 'train.csv'}: the header names column 'text' 2 times (columns "
+                           '1, 3, counted from 1); rename or remove the repeats.')

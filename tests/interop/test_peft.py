@@ -1,10 +1,14 @@
 """LoRA and (IA)3 between us and PEFT 0.21.2 (on transformers' PyTorch BERT/RoBERTa), both ways."""
 
+import dataclasses
+import json
+
 import peft
 import pytest
 
 from adapters_jax import restore_adapter
-from adapters_jax.interop import InteropError, export_checkpoint, import_checkpoint
+from adapters_jax.interop import InteropError, export_checkpoint, import_checkpoint, read_checkpoint
+from adapters_jax.interop.peft import export_adapter as export_checkpoint_files
 from adapters_jax.splicing.sites import ATTENTION_OUTPUT, FFN_OUTPUT, LAYER_NORM_PARAMS, QUERY
 from tests.interop.conftest import (
   assert_close,
@@ -78,3 +82,28 @@ def test_export_refuses_bottleneck_adapters(tmp_path, base_dir):
   _, _, checkpoint = save_trained(tmp_path, base_dir('bert'), 'bert', 'task', 'houlsby', size=4)
   with pytest.raises(InteropError, match='--format=adapters'):
     export_checkpoint(checkpoint, 'peft', tmp_path / 'peft')
+
+
+def test_export_opens_with_peft_auto_class_from_its_config_alone(tmp_path, base_dir):
+  # Before: task_type None, so no AutoPeftModelFor... class could open the directory.
+  base = base_dir('bert')
+  spliced, params, checkpoint = save_trained(tmp_path, base, 'bert', 'task', 'lora', rank=4, alpha=8.0)
+  exported = export_checkpoint(checkpoint, 'peft', tmp_path / 'peft')
+  config = json.loads((exported / 'adapter_config.json').read_text())
+  assert config['task_type'] == 'SEQ_CLS'
+  assert config['base_model_name_or_path'] == str(base.resolve())
+  model = peft.AutoPeftModelForSequenceClassification.from_pretrained(str(exported)).eval()
+  assert_close(our_logits(spliced, params, 'bert', 'task'), torch_logits(model, 'bert'),
+               torch_logits(torch_base(base), 'bert'))
+
+
+def test_a_packaged_base_is_named_by_its_hub_id_and_a_headless_adapter_extracts_features(
+    tmp_path, base_dir):
+  _, _, checkpoint = save_trained(tmp_path, base_dir('bert'), 'bert', 'task', 'lora', rank=4)
+  adapter = read_checkpoint(checkpoint)
+  headless = dataclasses.replace(adapter, base={'name': 'minilm-l6'}, leaves=adapter.adapter_leaves())
+  (tmp_path / 'peft').mkdir()
+  exported = export_checkpoint_files(headless, tmp_path / 'peft', 'bert')
+  config = json.loads((exported / 'adapter_config.json').read_text())
+  assert config['base_model_name_or_path'] == 'sentence-transformers/all-MiniLM-L6-v2'
+  assert config['task_type'] == 'FEATURE_EXTRACTION' and config['modules_to_save'] is None
