@@ -119,7 +119,8 @@ def test_dry_run_builds_a_compacter_table_run_on_a_stand_in_t5(tmp_path, method,
   assert len(runs) == 1 and outcome.failed == {} and outcome.blocked == {}, lines
   with open(os.path.join(runs[0].workdir, sweeps.RESULT_FILE)) as f:
     result = json.load(f)
-  assert result['train_steps'] == 1 and result['config']['task_kind'] == 'seq2seq'
+  assert result['train_steps'] == SMOKE['num_train_steps']
+  assert result['config']['task_kind'] == 'seq2seq'
   assert result['config']['method_options'] == {'activation': 'gelu_tanh', 'size': None,
                                                 'reduction_factor': 32, **extra_options}
   # RTE's mock validation split halved into validation and test (Compacter's scheme).
