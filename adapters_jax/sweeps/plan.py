@@ -26,7 +26,7 @@ from typing import Any
 import ml_collections
 
 from adapters_jax.config import loading
-from adapters_jax.config.compare import differing_fields
+from adapters_jax.config.saved_configs import differing_fields
 from adapters_jax.sweeps import grid
 
 RESULT_FILE = 'result.json'   # written by `train_and_evaluate` when a run is complete
@@ -66,7 +66,7 @@ class Run:
     The name hashes only the overrides, so after the config file's base values change, an old
     run would otherwise be skipped as finished (or fail to resume) under the new run's name.
     A field missing from the saved config (added to the schema since) counts as its schema
-    default, as `train.run_files.check_config` counts it (`config.compare.differing_fields`).
+    default, as `train.run_files.check_config` counts it (`config.saved_configs.differing_fields`).
     """
     path = os.path.join(self.workdir, CONFIG_FILE)
     if not self.config or not os.path.exists(path):

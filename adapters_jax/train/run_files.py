@@ -3,7 +3,7 @@
 `config.json` is written once the run has taken its first step, so a run that fails before that (a
 wrong column, a typo in the model name) leaves the workdir free for the corrected command. A rerun
 on a workdir must use the same config; a field missing from the saved `config.json` (added to
-`config.schema` since) counts as its schema default (`config.compare`). `result.json` is written
+`config.schema` since) counts as its schema default (`config.saved_configs`). `result.json` is written
 last and atomically: a workdir that has it holds a finished run, which a rerun reports without
 touching any file.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from adapters_jax.config.compare import differing_fields
+from adapters_jax.config.saved_configs import differing_fields
 
 CONFIG_FILE = 'config.json'
 RESULT_FILE = 'result.json'

@@ -1,4 +1,5 @@
-"""Whether a workdir's saved config is the config of a run now: the fields that differ.
+"""A workdir's saved config against the schema: the fields that differ from a run's config now
+(`differing_fields`), and the saved config with the fields added since (`with_defaults`).
 
 A workdir records its run's config as JSON (`config.json`). A field added to `schema.run_config()`
 since is missing there; the run it holds ran with that field's default behaviour, so a missing field
@@ -9,6 +10,7 @@ have no defaults.
 Example:
   differing_fields({'seed': 0}, {'seed': 0, 'lm': {'pack': False}})  # [] (`lm.pack`'s default)
   differing_fields({'seed': 0}, {'seed': 0, 'lm': {'pack': True}})   # ['lm.pack']
+  ml_collections.ConfigDict(with_defaults(saved))  # every field a reader reads `config.x`
 """
 
 from __future__ import annotations
@@ -49,3 +51,21 @@ def differing_fields(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
     if was != current_flat.get(name, _MISSING):
       differ.append(name)
   return differ
+
+
+def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+  """A saved config (JSON) with every schema field it lacks at its default, nested as saved; its own
+  values, open-field entries and fields the schema no longer has are kept."""
+  defaults = json.loads(schema.run_config().to_json_best_effort())
+
+  def fill(default: Mapping[str, Any], have: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    merged = dict(have)
+    for key, value in default.items():
+      if key not in have:
+        merged[key] = value
+      elif (isinstance(value, Mapping) and isinstance(have[key], Mapping)
+            and prefix + key not in schema.OPEN_FIELDS):
+        merged[key] = fill(value, have[key], prefix + key + '.')
+    return merged
+
+  return fill(defaults, saved, '')

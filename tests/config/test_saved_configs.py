@@ -1,6 +1,6 @@
 """A saved config against the config of a run now: missing fields count as their schema default."""
 
-from adapters_jax.config.compare import differing_fields, flatten
+from adapters_jax.config.saved_configs import differing_fields, flatten, with_defaults
 from adapters_jax.config.schema import run_config
 from adapters_jax.train.run_files import as_json
 
@@ -42,3 +42,13 @@ def test_open_fields_compare_whole():
   assert differing_fields(_without(current, 'method_options'), current) == ['method_options']
   assert flatten(current)['method_options'] == {'size': 8}
   assert differing_fields(dict(current, method_options={'size': 8}), current) == []
+
+
+def test_with_defaults_fills_only_what_is_missing():
+  current = _current(max_length=64, method_options={'size': 8})
+  saved = _without(current, 'sort_window', 'lm.num_beams')
+  filled = with_defaults(dict(saved, field_the_schema_dropped=3))
+  assert filled['sort_window'] == 50 and filled['lm']['num_beams'] == 1   # the schema's defaults
+  assert filled['max_length'] == 64 and filled['method_options'] == {'size': 8}
+  assert filled['field_the_schema_dropped'] == 3
+  assert differing_fields(saved, filled) == ['field_the_schema_dropped']
