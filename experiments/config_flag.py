@@ -5,8 +5,8 @@ r"""The `--config` flag of every experiment script: a config file plus `--config
       --config.method_options.train_also='()' --config.model_overrides.hidden_dropout=0.0
 
 `--config=path[:arg]` loads `get_config(arg)` and locks it; each `--config.KEY=VALUE` then sets one
-field, in command-line order (parsing as `adapters_jax.config.overrides.set_field` describes: typed by
-the field, free keys inside `OPEN_FIELDS`). Every mistake is one line before anything starts:
+field, in command-line order (parsing as `adapters_jax.config.loading.set_field` describes: typed by
+the field, free keys inside `schema.OPEN_FIELDS`). Every mistake is one line before anything starts:
 an unknown field names the closest valid ones, a wrong type names the field and the type, an
 unknown method option lists the method's options. Boolean fields also take `--config.x` /
 `--noconfig.x`.
@@ -25,8 +25,7 @@ import ml_collections
 from absl import flags
 from absl.flags import _validators_classes
 
-from adapters_jax.config import overrides as config_args
-from experiments.configs.common import OPEN_FIELDS
+from adapters_jax.config import loading, schema
 
 Check = Callable[[ml_collections.ConfigDict], None]
 
@@ -50,8 +49,8 @@ class _OverrideFlag(flags.Flag):
   def _parse(self, argument):
     text = str(argument).lower() if isinstance(argument, bool) else argument
     try:
-      config_args.set_field(self._owner.value, self._key, text, self._owner.open_fields)
-    except config_args.ConfigArgError as e:
+      loading.set_field(self._owner.value, self._key, text, self._owner.open_fields)
+    except loading.ConfigArgError as e:
       raise flags.IllegalFlagValueError(f'--{self.name}={text}: {e}') from None
     self._owner.overrides.append((self._key, text))
     return text
@@ -83,7 +82,7 @@ class _ConfigFileFlag(flags.Flag):
     if isinstance(argument, ml_collections.ConfigDict):
       return argument
     try:
-      config = config_args.load_config(argument)
+      config = loading.load_config(argument)
     except (ValueError, KeyError) as e:  # a bad :arg, a missing file: the config file says why
       raise flags.IllegalFlagValueError(f'--{self.name}={argument}: {e}') from None
     config.lock()
@@ -92,7 +91,7 @@ class _ConfigFileFlag(flags.Flag):
       name = f'{self.name}.{key}'
       if name in self._flag_values:
         continue
-      boolean = config_args.has_field(config, key) and isinstance(_get(config, key), bool)
+      boolean = loading.has_field(config, key) and isinstance(_get(config, key), bool)
       flags.DEFINE_flag(_OverrideFlag(self, key, boolean), self._flag_values)
     return config
 
@@ -108,7 +107,7 @@ def _get(config: ml_collections.ConfigDict, key: str):
 
 def define_config_flag(name: str = 'config', help_string: str = 'Config file (Python), with an '
                        'optional :arg; override fields with --config.KEY=VALUE.', *,
-                       open_fields=OPEN_FIELDS, check: Check | None = check_method_options,
+                       open_fields=schema.OPEN_FIELDS, check: Check | None = check_method_options,
                        argv: list[str] | None = None,
                        flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
   """Defines `--NAME` (see the module docstring); `check(config)` runs once all flags are parsed.

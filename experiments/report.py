@@ -22,7 +22,7 @@ import sys
 from absl import app, flags
 
 from adapters_jax import sweeps
-from adapters_jax.config import overrides as config_args
+from adapters_jax.config import loading
 from adapters_jax.sweeps import report
 
 flags.DEFINE_string('sweep_dir', None, 'The sweep directory (one workdir per run).')
@@ -50,7 +50,7 @@ def main(argv):
   if not results:
     raise app.UsageError(f'No {sweeps.RESULT_FILE} under {FLAGS.sweep_dir}.')
   config_path = _config_path(FLAGS.sweep_dir)
-  module = config_args.load_config_module(config_path) if config_path else None
+  module = loading.load_config_module(config_path) if config_path else None
   label_fn = getattr(module, 'method_label', report.default_label)
   columns = getattr(module, 'COLUMNS', None)
   paper = getattr(module, 'PAPER', {})

@@ -7,7 +7,7 @@ r"""Expands a config's grid (`sweep()`) into runs and launches them.
   python -m experiments.sweep --config=experiments/configs/lora_glue.py --sweep_dir=sweeps/lora \
       --launcher=print > commands.sh
   python -m experiments.sweep --config=experiments/configs/houlsby_glue.py --sweep_dir=sweeps/houlsby \
-      --dry_run          # every run built on a stand-in model, one step per distinct program
+      --dry_run          # every run built on a stand-in model, a smoke run per distinct program
   python -m experiments.sweep --config=experiments/configs/mini_rotten_tomatoes.py \
       --sweep_dir=workdirs/mini_rotten_tomatoes --launcher=vmap   # learning rates x seeds as one program
 
@@ -24,9 +24,10 @@ finished runs (result.json) and resumes interrupted ones; a failed run is report
 go on (exit status 1 at the end).
 
 `--dry_run` launches nothing: it builds every run on a small stand-in model (`--dry_run_model`) and
-takes one training step through `train_and_evaluate` (what experiments.train
-runs), once per distinct program (runs differing only in learning rate, seed or schedule share
-one), in a temporary directory. It needs the runs' data (GLUE downloads on first use).
+trains it as the `smoke` config argument shrinks a run (two steps on a few examples) through
+`train_and_evaluate` (what experiments.train runs), once per distinct program (runs differing
+only in learning rate, seed or schedule share one), in a temporary directory. It needs the runs'
+data (GLUE downloads on first use).
 """
 
 import os
@@ -37,9 +38,8 @@ import tempfile
 from absl import app, flags, logging
 
 from adapters_jax import sweeps
-from adapters_jax.config import overrides as config_args
+from adapters_jax.config import arguments, schema
 from experiments import config_flag
-from experiments.configs.common import DRY_RUN, OPEN_FIELDS
 
 config_flag.define_config_flag(help_string='Sweepable config file, with an optional :arg; '
                                '--config.KEY=VALUE applies to every run.')
@@ -52,9 +52,9 @@ flags.DEFINE_string('only', '', 'Keep the grid points with these overrides: key=
 flags.DEFINE_multi_string('sbatch', ['--gres=gpu:1', '--cpus-per-task=8', '--time=24:00:00'],
                           'slurm: #SBATCH options (repeat the flag).')
 flags.DEFINE_string('python', sys.executable, 'Python interpreter of the runs.')
-flags.DEFINE_bool('dry_run', False, 'Launch nothing: build every run on a stand-in model and take '
-                  'one training step per distinct program.')
-flags.DEFINE_string('dry_run_model', DRY_RUN['model'], 'The stand-in model of --dry_run; '
+flags.DEFINE_bool('dry_run', False, 'Launch nothing: build every run on a stand-in model and train '
+                  'it for the two steps of a smoke run, once per distinct program.')
+flags.DEFINE_string('dry_run_model', sweeps.STAND_IN_MODEL, 'The stand-in model of --dry_run; '
                     f'{sweeps.STAND_IN_T5!r}: a small random T5 (for tables of T5 runs).')
 flags.mark_flags_as_required(['config', 'sweep_dir'])
 FLAGS = flags.FLAGS
@@ -71,10 +71,11 @@ def dry_run(config_path: str, only) -> int:
   root = tempfile.mkdtemp(prefix='dry_run_')
   try:
     model = sweeps.stand_in_model(FLAGS.dry_run_model, os.path.join(root, 'stand_in_model'))
-    last = [(k, sweeps.flag_text(v)) for k, v in {**DRY_RUN, 'model': model}.items()]
+    last = sweeps.dry_run_overrides(model)
     runs = sweeps.plan(config_path, root, overrides=FLAGS['config'].overrides, only=only,
-                       open_fields=OPEN_FIELDS, last=last, python=FLAGS.python)
-    outcome = sweeps.dry_run(config_path, runs, train_and_evaluate, open_fields=OPEN_FIELDS,
+                       open_fields=schema.OPEN_FIELDS, last=last, python=FLAGS.python)
+    outcome = sweeps.dry_run(config_path, runs, train_and_evaluate,
+                             open_fields=schema.OPEN_FIELDS,
                              log=lambda line: print(line, flush=True))
   finally:
     shutil.rmtree(root, ignore_errors=True)
@@ -93,7 +94,7 @@ def vmap(config_path: str, runs) -> int:
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
   outcome = sweeps.run_vmapped(config_path, runs, train_group, fields=VMAP_FIELDS,
-                               open_fields=OPEN_FIELDS, max_members=FLAGS.vmap_members,
+                               open_fields=schema.OPEN_FIELDS, max_members=FLAGS.vmap_members,
                                log=lambda line: print(line, flush=True))
   print(f'{len(outcome.succeeded)} runs done, {len(outcome.stopped)} stopped on a non-finite '
         f'loss, {len(outcome.skipped)} were already finished, {len(outcome.failed)} failed.',
@@ -109,12 +110,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config_path = FLAGS['config'].config_path
-  only = config_args.parse_arg(FLAGS.only) if FLAGS.only else None
+  only = arguments.parse_items(FLAGS.only) if FLAGS.only else None
   if FLAGS.dry_run:
     return dry_run(config_path, only)
   try:
     runs = sweeps.plan(config_path, FLAGS.sweep_dir, overrides=FLAGS['config'].overrides,
-                       only=only, open_fields=OPEN_FIELDS, check=config_flag.check_method_options,
+                       only=only, open_fields=schema.OPEN_FIELDS,
+                       check=config_flag.check_method_options,
                        python=FLAGS.python)
   except (AttributeError, TypeError, ValueError) as e:  # no sweep(), a bad grid point or key
     raise app.UsageError(str(e)) from None

@@ -10,8 +10,8 @@ import sys
 import ml_collections
 import pytest
 
-from adapters_jax.config import overrides as config_args
-from experiments.configs.common import OPEN_FIELDS, base_config
+from adapters_jax.config import loading
+from adapters_jax.config.schema import OPEN_FIELDS, run_config
 from tests.train.conftest import write_tiny_bert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ def _run(*args, timeout=600):
 
 
 def _locked_config():
-  config = base_config()
+  config = run_config()
   config.lock()
   return config
 
@@ -39,7 +39,7 @@ def test_fields_are_typed_by_the_field_and_open_fields_take_literals():
                     ('method_options.activation', 'relu'),
                     ('model_overrides.hidden_dropout', '0.0'),
                     ('local_task.paths.train', 'data/train.csv'), ('model', '12')]:
-    config_args.set_field(config, key, text, OPEN_FIELDS)
+    loading.set_field(config, key, text, OPEN_FIELDS)
   assert config.learning_rate == 0.0003 and config.batch_size == 8 and config.tensorboard is False
   assert config.local_task.text_columns == ('premise', 'hypothesis')
   assert config.method_options.to_dict() == {'size': 8, 'train_also': (), 'activation': 'relu'}
@@ -47,13 +47,13 @@ def test_fields_are_typed_by_the_field_and_open_fields_take_literals():
   assert config.local_task.paths.train == 'data/train.csv'
   assert config.model == '12'  # a string field keeps the text
   # A whole dict, then one more entry; an open entry may change type.
-  config_args.set_field(config, 'local_task.paths', "{'train': 'a.csv'}", OPEN_FIELDS)
-  config_args.set_field(config, 'local_task.paths.validation', 'b.csv', OPEN_FIELDS)
+  loading.set_field(config, 'local_task.paths', "{'train': 'a.csv'}", OPEN_FIELDS)
+  loading.set_field(config, 'local_task.paths.validation', 'b.csv', OPEN_FIELDS)
   assert config.local_task.paths.to_dict() == {'train': 'a.csv', 'validation': 'b.csv'}
-  config_args.set_field(config, 'method_options.size', 'None', OPEN_FIELDS)
+  loading.set_field(config, 'method_options.size', 'None', OPEN_FIELDS)
   assert config.method_options.size is None
   # Typed grid values: an int for a float field becomes a float.
-  config_args.apply_overrides(config, {'learning_rate': 1, 'seed': 3}, OPEN_FIELDS)
+  loading.apply_overrides(config, {'learning_rate': 1, 'seed': 3}, OPEN_FIELDS)
   assert isinstance(config.learning_rate, float) and config.seed == 3
   with pytest.raises(AttributeError):  # still locked: fixed fields get no new keys
     config.new_field = 1
@@ -71,9 +71,9 @@ def test_fields_are_typed_by_the_field_and_open_fields_take_literals():
     ('learning_rate.x', '1', "'learning_rate' holds a float"),
 ])
 def test_mistakes_name_the_field_and_the_fix(key, value, message):
-  with pytest.raises(config_args.ConfigArgError, match=message.replace('(', r'\(').replace(
+  with pytest.raises(loading.ConfigArgError, match=message.replace('(', r'\(').replace(
       '?', r'\?')):
-    config_args.set_field(_locked_config(), key, value, OPEN_FIELDS)
+    loading.set_field(_locked_config(), key, value, OPEN_FIELDS)
 
 
 @pytest.mark.parametrize('args, message', [
@@ -129,11 +129,11 @@ def test_config_values_survive_the_flag_round_trip():
   config = ml_collections.ConfigDict({'rate': 0.1, 'names': ('a', 'b'), 'opts': {}})
   config.lock()
   for key, value in [('rate', 3e-05), ('names', ('x,y', "it's")), ('opts.d', {'k': [1, 2]})]:
-    config_args.set_field(config, key, config_args.format_value(value), ('opts',))
+    loading.set_field(config, key, loading.format_value(value), ('opts',))
   assert config.rate == 3e-05 and config.names == ('x,y', "it's")
   assert config.opts.d.to_dict() == {'k': [1, 2]}
 
 
 def test_a_field_named_at_the_wrong_level_points_to_its_place():
-  with pytest.raises(config_args.ConfigArgError, match="Did you mean 'local_task.encoding'"):
-    config_args.set_field(_locked_config(), 'encoding', 'latin-1', OPEN_FIELDS)
+  with pytest.raises(loading.ConfigArgError, match="Did you mean 'local_task.encoding'"):
+    loading.set_field(_locked_config(), 'encoding', 'latin-1', OPEN_FIELDS)

@@ -7,14 +7,13 @@ import shlex
 
 import pytest
 
-from adapters_jax.config import overrides as config_args
+from adapters_jax.config import loading
+from adapters_jax.config.schema import OPEN_FIELDS, run_config
 from experiments.config_flag import check_method_options
-from experiments.configs.common import OPEN_FIELDS, base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, 'experiments', 'configs', '*.py'))
-                      if not os.path.basename(p).startswith('_') and
-                      os.path.basename(p) != 'common.py')
+                      if not os.path.basename(p).startswith('_'))
 
 
 def _module(path):
@@ -30,7 +29,7 @@ def test_there_are_config_files():
 def test_config_loads_and_has_only_known_fields(path):
   module = _module(path)
   args = getattr(module, 'CONFIG_ARGS', ('',))
-  known = set(base_config().keys())
+  known = set(run_config().keys())
   for arg in args:
     config = module.get_config(arg)
     assert set(config.keys()) <= known, set(config.keys()) - known
@@ -38,7 +37,7 @@ def test_config_loads_and_has_only_known_fields(path):
 
 
 def test_locked_config_names_valid_fields_on_typo():
-  config = base_config()
+  config = run_config()
   config.lock()
   with pytest.raises(AttributeError, match='Did you mean "learning_rate"'):
     config.learning_rat = 1.0
@@ -62,8 +61,8 @@ def test_docstring_commands_set_only_fields_the_config_has(path):
       continue  # e.g. experiments.report
     file_path, _, arg = config_path.partition(':')
     assert os.path.basename(file_path) == os.path.basename(path), argv
-    config = config_args.get_config(_module(path), arg)
+    config = loading.get_config(_module(path), arg)
     config.lock()
     overrides = [a[len('--config.'):].split('=', 1) for a in argv if a.startswith('--config.')]
-    config_args.apply_overrides(config, overrides, OPEN_FIELDS)
+    loading.apply_overrides(config, overrides, OPEN_FIELDS)
     check_method_options(config)

@@ -11,8 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from adapters_jax import sweeps
+from adapters_jax.config.schema import OPEN_FIELDS, SMOKE
 from adapters_jax.train.loop import train_and_evaluate
-from experiments.configs.common import DRY_RUN, OPEN_FIELDS
 from tests.train.conftest import write_tiny_bert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ def tiny_model(tmp_path_factory):
 
 def _dry_run(name, only, model, root):
   path = os.path.join(CONFIGS, name)
-  last = [(k, sweeps.flag_text(v)) for k, v in {**DRY_RUN, 'model': model}.items()]
+  last = sweeps.dry_run_overrides(model)
   runs = sweeps.plan(path, str(root), only=only, open_fields=OPEN_FIELDS, last=last)
   lines = []
   with tfds.testing.mock_data(num_examples=8):
@@ -70,7 +70,7 @@ def test_dry_run_builds_and_steps_each_paper_config(name, only, planned, program
   assert len(outcome.passed) == programs and sum(outcome.passed.values()) == planned
   for name_ in outcome.passed:
     run = next(r for r in runs if r.name == name_)
-    assert run.config['model'] == tiny_model and run.config['num_train_steps'] == 1
+    assert run.config['model'] == tiny_model and run.config['num_train_steps'] == SMOKE['num_train_steps']
     assert os.path.exists(os.path.join(run.workdir, sweeps.RESULT_FILE))
 
 
@@ -84,7 +84,7 @@ def test_dry_run_trains_fusion_over_the_dry_run_adapters(name, only, tiny_model,
 
 def test_a_failing_run_is_reported_in_one_line_and_its_readers_are_blocked(tiny_model, tmp_path):
   path = os.path.join(CONFIGS, 'mini_fusion.py')
-  last = [(k, sweeps.flag_text(v)) for k, v in {**DRY_RUN, 'model': tiny_model}.items()]
+  last = sweeps.dry_run_overrides(tiny_model)
   last.append(('method_options.reduction_factr', '4'))  # a typo: pfeiffer has no such option
   runs = sweeps.plan(path, str(tmp_path), only={'method': 'fusion', 'task': 'tweet_sentiment'},
                      open_fields=OPEN_FIELDS, last=last)
@@ -119,7 +119,8 @@ def test_dry_run_builds_a_compacter_table_run_on_a_stand_in_t5(tmp_path, method,
   assert len(runs) == 1 and outcome.failed == {} and outcome.blocked == {}, lines
   with open(os.path.join(runs[0].workdir, sweeps.RESULT_FILE)) as f:
     result = json.load(f)
-  assert result['train_steps'] == 1 and result['config']['task_kind'] == 'seq2seq'
+  assert result['train_steps'] == SMOKE['num_train_steps']
+  assert result['config']['task_kind'] == 'seq2seq'
   assert result['config']['method_options'] == {'activation': 'gelu_tanh', 'size': None,
                                                 'reduction_factor': 32, **extra_options}
   # RTE's mock validation split halved into validation and test (Compacter's scheme).

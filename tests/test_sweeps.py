@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from adapters_jax import sweeps
-from adapters_jax.config import overrides as config_args
+from adapters_jax.config import arguments, loading
+from adapters_jax.config.schema import OPEN_FIELDS
 from experiments.configs import (
   compacter_glue,
   houlsby_glue,
@@ -22,7 +23,6 @@ from experiments.configs import (
   lora_glue,
   mini_rotten_tomatoes,
 )
-from experiments.configs.common import OPEN_FIELDS
 from tests.train.conftest import write_tiny_bert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,9 +46,9 @@ def test_config_arguments_with_key_value_items():
   config = mini_rotten_tomatoes.get_config('smoke,method_options.size=8,learning_rate=1')
   assert config.method_options.size == 8 and config.num_train_steps == 2
   assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
-  with pytest.raises(config_args.ConfigArgError, match="Did you mean 'learning_rate'"):
+  with pytest.raises(loading.ConfigArgError, match="Did you mean 'learning_rate'"):
     mini_rotten_tomatoes.get_config('learning_rat=1')
-  with pytest.raises(ValueError, match='Unknown config argument'):
+  with pytest.raises(ValueError, match="'smoky' is not understood; valid parts"):
     mini_rotten_tomatoes.get_config('smoky')
   assert houlsby_glue.get_config('task=mrpc').task == 'mrpc'
 
@@ -63,7 +63,7 @@ def test_grid_counts():
                                                   'method_options.size': 64})
   assert len(rte) == 3 * 2 * 5
   # Numbers match by value: 3e-4 is 0.0003.
-  assert len(sweeps.expand_grid(houlsby_glue.sweep(), config_args.parse_arg('learning_rate=0.0003'))) \
+  assert len(sweeps.expand_grid(houlsby_glue.sweep(), arguments.parse_items('learning_rate=0.0003'))) \
       == 8 * 5 * 3 * 2
 
 
@@ -117,7 +117,7 @@ def test_a_grid_key_the_config_lacks_fails_at_planning(tmp_path):
   path = tmp_path / 'bad_grid.py'
   path.write_text('from experiments.configs.quickstart import get_config\n'
                   "def sweep():\n  return [{'learning_rat': 1e-3}]\n")
-  with pytest.raises(config_args.ConfigArgError, match="Did you mean 'learning_rate'"):
+  with pytest.raises(loading.ConfigArgError, match="Did you mean 'learning_rate'"):
     sweeps.plan(str(path), str(tmp_path / 'sweep'), open_fields=OPEN_FIELDS)
   path.write_text('from experiments.configs.quickstart import get_config\n'
                   "def sweep():\n  return ['adapter-rte']\n")
@@ -204,25 +204,31 @@ def test_slurm_launcher_writes_array_script_and_table(tmp_path):
 
 
 def test_runs_whose_workdir_holds_another_config_are_stale_and_not_run(tmp_path):
+  """A field missing from the saved config (added since) counts as its schema default: missing
+  `sort_window` (the config keeps the default 50) is no change, missing `keep_checkpoints` (the
+  config sets 1, the default is 2) is."""
   runs = _plan('mini_rotten_tomatoes.py', tmp_path, only={'method': 'head', 'seed': 0})
   fresh, changed = runs
   assert fresh.config['method'] == 'head' and fresh.config['max_length'] == 48
-  for run, max_length in ((fresh, 48), (changed, 64)):
+  assert fresh.config['sort_window'] == 50 and fresh.config['keep_checkpoints'] == 1
+  for run, max_length, added_since in ((fresh, 48, 'sort_window'), (changed, 64, 'keep_checkpoints')):
     os.makedirs(run.workdir)
-    saved = dict(run.config, max_length=max_length, field_added_later=1)
+    saved = {k: v for k, v in run.config.items() if k != added_since}
+    saved.update(max_length=max_length)
     pathlib.Path(run.workdir, sweeps.CONFIG_FILE).write_text(json.dumps(saved))
     pathlib.Path(run.workdir, sweeps.RESULT_FILE).write_text('{}')
-  assert fresh.stale_fields() == [] and changed.stale_fields() == ['max_length']
+  assert fresh.stale_fields() == []
+  assert changed.stale_fields() == ['keep_checkpoints', 'max_length']
   lines = []
   outcome = sweeps.run_local(runs, 1, devices=sweeps.Devices('cpu'), log=lines.append)
-  assert outcome.skipped == [fresh.name] and outcome.stale == {changed.name: ['max_length']}
+  assert outcome.skipped == [fresh.name]
+  assert outcome.stale == {changed.name: ['keep_checkpoints', 'max_length']}
   assert any(line.startswith(f'STALE {changed.name}') for line in lines)
 
 
 TINY_SWEEP = '''"""Tiny sweep for tests: python -m experiments.sweep --config=this.py."""
-from adapters_jax.config import overrides as config_args
+from adapters_jax.config.arguments import parse_config_arg
 from experiments.configs import quickstart
-from experiments.configs.common import OPEN_FIELDS
 
 CONFIG_ARGS = ('',)
 
@@ -236,7 +242,7 @@ def get_config(arg=''):
   config.max_train_examples = 64
   config.max_eval_examples = 32
   config.tensorboard = False
-  return config_args.apply_overrides(config, config_args.parse_arg(arg), OPEN_FIELDS)
+  return parse_config_arg(arg).apply(config)
 
 
 def sweep():

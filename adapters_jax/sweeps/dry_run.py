@@ -1,9 +1,10 @@
-"""A sweep's dry run: every run's config built on a small stand-in model, one training step each.
+"""A sweep's dry run: every run's config built on a small stand-in model, a smoke run each.
 
 Runs that build the same program (same task, method, method options, model fields; differing only
 in learning rate, seed, epochs, batch size or schedule) share one dry run. Each runs through
 `train_and_evaluate`, the function `experiments.train` calls, with the plan's `last` overrides
-shrinking it (`experiments.configs.common.DRY_RUN`: a stand-in model, one step, a few examples),
+shrinking it (`dry_run_overrides`: a stand-in model, and `config.schema.SMOKE`, the shrink of the
+`smoke` config argument: two steps on a few examples),
 so a wrong option name, a task that does not load or a method that does not splice shows up in
 seconds instead of hours into a cluster job. Runs that read other runs (fusion) go after them and
 read their dry-run checkpoints. Tables of T5 runs need a T5 stand-in:
@@ -12,8 +13,8 @@ packaged MiniLM tokenizer, wide enough for reduction factors 8-32 with Compacter
 PHM-Adapter's n = 12.
 
 Example:
-  runs = plan(config_path, '/tmp/dry', last=[('model', 'minilm-l6'), ('num_train_steps', '1')])
-  outcome = dry_run(config_path, runs, train_and_evaluate, open_fields=OPEN_FIELDS)
+  runs = plan(config_path, '/tmp/dry', last=dry_run_overrides('minilm-l6'))
+  outcome = dry_run(config_path, runs, train_and_evaluate, open_fields=schema.OPEN_FIELDS)
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any
 
 import ml_collections
 
-from adapters_jax.config import overrides as config_args
+from adapters_jax.config import loading, schema
 from adapters_jax.sweeps.launchers import waves
-from adapters_jax.sweeps.plan import Run
+from adapters_jax.sweeps.plan import Run, flag_text
 
 # Fields that change what is built (the model, its head, the adapter, the data); two runs equal on
 # these build the same program.
@@ -37,6 +38,7 @@ PROGRAM_FIELDS = ('model', 'model_overrides', 'dtype', 'remat', 'scan_layers', '
 
 _MESSAGE_CHARS = 600  # of an error in the log line
 
+STAND_IN_MODEL = 'minilm-l6'  # the default stand-in: small, packaged
 STAND_IN_T5 = 'random-t5'  # the name that asks `stand_in_model` for a random T5
 # d_model 384: 384 / 32 = 12 is still a multiple of PHM-Adapter's n = 12 (and Compacter's n = 4).
 STAND_IN_T5_FIELDS = dict(d_model=384, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2,
@@ -66,6 +68,11 @@ def stand_in_model(name: str, directory: str) -> str:
 
   return str(write_random_t5(directory, tokenizer_dir=resolve_checkpoint_dir('minilm-l6'),
                              **STAND_IN_T5_FIELDS))
+
+
+def dry_run_overrides(model: str) -> list[tuple[str, str]]:
+  """The (key, text) flags a dry run sets after each run's own: `schema.SMOKE` on `model`."""
+  return [(k, flag_text(v)) for k, v in {**schema.SMOKE, 'model': model}.items()]
 
 
 def program_key(run: Run) -> str:
@@ -98,8 +105,8 @@ def dry_run(config_path: str, runs: Sequence[Run], train_fn: TrainFn, *,
 
   `runs` come from `plan(..., last=<dry-run overrides>)` with a sweep directory of their own.
   """
-  module = config_args.load_config_module(config_path)
-  _, arg = config_args.split_config_path(config_path)
+  module = loading.load_config_module(config_path)
+  _, arg = loading.split_config_path(config_path)
   chosen, count = representatives(runs)
   log(f'dry run: {len(runs)} runs, {len(count)} distinct programs; {len(chosen)} to build.')
   outcome = DryRunOutcome()
@@ -111,9 +118,9 @@ def dry_run(config_path: str, runs: Sequence[Run], train_fn: TrainFn, *,
         log(f'BLOCKED {run.name}: it reads {bad}, which failed.')
         continue
       try:
-        config = config_args.get_config(module, arg)
+        config = loading.get_config(module, arg)
         config.lock()
-        config_args.apply_overrides(config, run.flags, open_fields)
+        loading.apply_overrides(config, run.flags, open_fields)
         train_fn(config, run.workdir)
       except Exception as e:  # noqa: BLE001 every failure is reported and the others go on
         message = ' '.join(f'{type(e).__name__}: {e}'.split())

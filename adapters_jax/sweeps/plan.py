@@ -2,7 +2,7 @@ r"""Runs of a sweep: each grid point's name, workdir, resolved config and `exper
 
 A run is `python -m experiments.train --config=<file>[:<arg>] --workdir=<sweep_dir>/<name>
 --config.k=v ...`: the sweep's own overrides (from its command line) first, then the point's, every
-one a `--config.k=v` flag parsed by `adapters_jax.config.overrides` (open fields such as
+one a `--config.k=v` flag parsed by `adapters_jax.config.loading` (open fields such as
 `method_options` take new keys). Planning resolves every run's config from exactly that text, so a
 grid key the config does not have fails here, naming the closest fields, before anything runs.
 
@@ -25,7 +25,8 @@ from typing import Any
 
 import ml_collections
 
-from adapters_jax.config import overrides as config_args
+from adapters_jax.config import loading
+from adapters_jax.config.saved_configs import differing_fields
 from adapters_jax.sweeps import grid
 
 RESULT_FILE = 'result.json'   # written by `train_and_evaluate` when a run is complete
@@ -64,15 +65,15 @@ class Run:
 
     The name hashes only the overrides, so after the config file's base values change, an old
     run would otherwise be skipped as finished (or fail to resume) under the new run's name.
-    Fields present on one side only (a field added to the code since) are not compared.
+    A field missing from the saved config (added to the schema since) counts as its schema
+    default, as `train.run_files.check_config` counts it (`config.saved_configs.differing_fields`).
     """
     path = os.path.join(self.workdir, CONFIG_FILE)
     if not self.config or not os.path.exists(path):
       return []
     with open(path) as f:
       saved = json.load(f)
-    return sorted(k for k in set(saved) & set(self.config) if saved[k] != self.config[k])
-
+    return differing_fields(saved, self.config)
 
 
 def unfinished_runs(runs: Sequence[Run], skipped: list[str], stale: dict[str, list[str]],
@@ -92,10 +93,11 @@ def unfinished_runs(runs: Sequence[Run], skipped: list[str], stale: dict[str, li
       todo.append(run)
   return todo
 
+
 def flag_text(value: Any) -> str:
-  """A grid value as `--config.k=` text that `config_args.set_field` reads back as `value`."""
-  text = config_args.format_value(value)
-  if isinstance(value, str) and config_args.parse_value(text) != value:
+  """A grid value as `--config.k=` text that `loading.set_field` reads back as `value`."""
+  text = loading.format_value(value)
+  if isinstance(value, str) and loading.parse_value(text) != value:
     return repr(value)  # '8' stays a string in an open field
   return text
 
@@ -116,9 +118,9 @@ def resolved_config(module, arg: str, overrides: Sequence[tuple[str, str]],
   Raises:
     ConfigArgError: an override names no field or does not fit it.
   """
-  config = config_args.get_config(module, arg)
+  config = loading.get_config(module, arg)
   config.lock()
-  config_args.apply_overrides(config, overrides, open_fields)
+  loading.apply_overrides(config, overrides, open_fields)
   if check is not None:
     check(config)
   return json.loads(config.to_json_best_effort())
@@ -135,7 +137,7 @@ def plan(config_path: str, sweep_dir: str, *, overrides: Sequence[tuple[str, str
     sweep_dir: the runs' parent directory.
     overrides: (key, text) set on every run before the point's own, e.g. from the command line.
     only: keep the points with these values (see `grid.matches`); runs they refer to are kept too.
-    open_fields: config fields whose keys are free (see `config_args`).
+    open_fields: config fields whose keys are free (see `config.loading`).
     last: (key, text) set after the point's own (e.g. a dry run's tiny sizes).
     check: raises ValueError/TypeError for a run's config that cannot train (e.g. method options
       the method does not have); the error names the run.
@@ -145,11 +147,11 @@ def plan(config_path: str, sweep_dir: str, *, overrides: Sequence[tuple[str, str
     AttributeError: the config file has no `sweep()`.
     ConfigArgError: a grid key the config does not have.
   """
-  module = config_args.load_config_module(config_path)
+  module = loading.load_config_module(config_path)
   if not hasattr(module, 'sweep'):
     raise AttributeError(f'{config_path} defines no sweep(); sweepable configs return their grid '
                          '(a list of dicts of config overrides) from sweep().')
-  _, arg = config_args.split_config_path(config_path)
+  _, arg = loading.split_config_path(config_path)
   sweep_dir = os.path.abspath(sweep_dir)
   points = grid.expand_grid(module.sweep())
   names = [grid.run_name(point) for point in points]
@@ -173,7 +175,7 @@ def plan(config_path: str, sweep_dir: str, *, overrides: Sequence[tuple[str, str
               *last)
     try:
       config = resolved_config(module, arg, filled, open_fields, check)
-    except config_args.ConfigArgError:
+    except loading.ConfigArgError:
       raise
     except (ValueError, TypeError) as e:
       raise ValueError(f'Run {name} ({point}): {e}') from None

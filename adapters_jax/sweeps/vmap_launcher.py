@@ -25,7 +25,7 @@ from typing import Any
 
 import ml_collections
 
-from adapters_jax.config import overrides as config_args
+from adapters_jax.config import loading as config_args
 from adapters_jax.sweeps.launchers import waves
 from adapters_jax.sweeps.plan import Run, unfinished_runs
 

@@ -2,8 +2,10 @@
 
 `config.json` is written once the run has taken its first step, so a run that fails before that (a
 wrong column, a typo in the model name) leaves the workdir free for the corrected command. A rerun
-on a workdir must use the same config. `result.json` is written last and atomically: a workdir that
-has it holds a finished run, which a rerun reports without touching any file.
+on a workdir must use the same config; a field missing from the saved `config.json` (added to
+`config.schema` since) counts as its schema default (`config.saved_configs`). `result.json` is written
+last and atomically: a workdir that has it holds a finished run, which a rerun reports without
+touching any file.
 """
 
 from __future__ import annotations
@@ -15,27 +17,30 @@ from typing import Any
 import jax
 import ml_collections
 
+from adapters_jax.config.saved_configs import differing_fields
+
 CONFIG_FILE = 'config.json'
 RESULT_FILE = 'result.json'
 
 
-def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as the JSON `config.json` holds (tuples as lists)."""
   return json.loads(config.to_json_best_effort())
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
-  """Whether `workdir` already holds this config's run.
+  """Whether `workdir` already holds this config's run (fields missing from its saved config at
+  their schema default count as equal).
 
   Raises:
-    ValueError: the workdir holds a run with another config (the differing fields).
+    ValueError: the workdir holds a run with another config (naming the differing fields).
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return False
   with open(path) as f:
     saved = json.load(f)
-  current = _as_json(config)
-  differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+  differ = differing_fields(saved, as_json(config))
   if differ:
     raise ValueError(f'{workdir} holds a run with another config (fields {differ} differ); '
                      'use a new --workdir, or the same config to resume.')
@@ -45,7 +50,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Records the run's config (process 0; atomic)."""
   if jax.process_index() == 0 and not check_config(config, workdir):
-    _atomic_json(os.path.join(workdir, CONFIG_FILE), _as_json(config))
+    _atomic_json(os.path.join(workdir, CONFIG_FILE), as_json(config))
 
 
 def finished_result(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:

@@ -76,9 +76,9 @@ def group_key(config: dict[str, Any]) -> str:
 
 def check_group(configs: Sequence[ml_collections.ConfigDict]) -> None:
   """Raises ValueError unless the configs differ only in `VMAP_FIELDS` (names the others)."""
-  first = run_files._as_json(configs[0])
+  first = run_files.as_json(configs[0])
   for config in configs[1:]:
-    other = run_files._as_json(config)
+    other = run_files.as_json(config)
     differ = sorted(k for k in set(first) | set(other)
                     if k not in VMAP_FIELDS and first.get(k) != other.get(k))
     if differ:
@@ -374,7 +374,7 @@ def _final_result(experiment: Experiment, workdir: str, log: MetricsLog, step: i
   counts = experiment.counts()
   result = {
       'task': spec.name, 'method': config.method, 'model': config.model,
-      'config': run_files._as_json(config),
+      'config': run_files.as_json(config),
       'trainable_params': counts.trainable, 'total_params': counts.total,
       'trainable_percent': counts.percent, 'train_steps': total_steps,
       'best_step': best['step'], 'select_metric': best['metric'],

@@ -46,8 +46,10 @@ the 8 tasks x (1 + 5 x 3) runs some 190-310 GPU hours. Start with --only=task=rt
 GLUE is downloaded by tensorflow-datasets on first use (set --config.data_dir to share a copy).
 """
 
+from adapters_jax.config.arguments import parse_config_arg
+from adapters_jax.config.schema import run_config
 from adapters_jax.sweeps.report import Column
-from experiments.configs._glue_table import every, table_config
+from experiments.configs._glue_table import every
 
 CONFIG_ARGS = ('', 'smoke', 'task=mrpc')
 
@@ -103,12 +105,15 @@ def warmup_ratio(task: str) -> float:
 
 
 def get_config(arg: str = ''):
-  return table_config(arg, model=MODEL, task='cola', task_kind='seq2seq',
-                      split_scheme='validation_as_test', method='compacter',
-                      method_options={**ADAPTER_OPTIONS, 'reduction_factor': 32}, train_head=False,
-                      max_length=128, batch_size=BATCH, eval_batch_size=BATCH, learning_rate=3e-3,
-                      num_epochs=20.0, warmup_ratio=warmup_ratio('cola'),
-                      **every(steps_per_epoch('cola')))
+  """The base run (the schema's length 128 is the authors'); `arg`: see
+  `adapters_jax.config.arguments`."""
+  config = run_config()
+  config.update(model=MODEL, task='cola', task_kind='seq2seq', split_scheme='validation_as_test',
+                method='compacter', method_options={**ADAPTER_OPTIONS, 'reduction_factor': 32},
+                train_head=False, batch_size=BATCH, eval_batch_size=BATCH, learning_rate=3e-3,
+                num_epochs=20.0, warmup_ratio=warmup_ratio('cola'),
+                **every(steps_per_epoch('cola')))
+  return parse_config_arg(arg).apply(config)
 
 
 def method_label(config: dict) -> str:

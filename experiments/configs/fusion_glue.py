@@ -21,18 +21,20 @@ MiniLM-L6 runs anywhere. Expected (paper, BERT-base): fusion >= single-task adap
 tasks (RTE, MRPC, STS-B), about equal on the large ones. Not run here (no GLUE files offline); the
 tests run it on `tfds.testing.mock_data` with a tiny BERT (`:smoke`).
 
-Arguments: `adapter-<task>` or `fusion-<task>`, optionally with `,smoke` (a few steps).
+Arguments: a row `adapter-<task>` or `fusion-<task>`, optionally with `,smoke` (a few steps) and
+`key=value` items.
 """
 
 from adapters_jax import sweeps
-from adapters_jax.config import overrides as config_args
-from experiments.configs.common import OPEN_FIELDS, base_config, smoke
+from adapters_jax.config import loading, schema
+from adapters_jax.config.arguments import parse_config_arg
+from adapters_jax.config.schema import run_config
 
 TASKS = ('mnli', 'qqp', 'sst2', 'cola', 'mrpc', 'stsb', 'rte', 'qnli')
 SMALL_TASKS = ('rte', 'mrpc', 'stsb', 'cola')  # 10 epochs; 3 on the others
 ROOT = 'workdirs/fusion_glue'
-CONFIG_ARGS = tuple(f'{kind}-{task}' for kind in ('adapter', 'fusion') for task in TASKS) + (
-    'fusion-rte,smoke',)
+ROWS = tuple(f'{kind}-{task}' for kind in ('adapter', 'fusion') for task in TASKS)
+CONFIG_ARGS = (*ROWS, 'fusion-rte,smoke')
 FUSION_OPTIONS = {'temperature': 1.0, 'dropout': 0.1, 'regularization': 0.01}
 
 
@@ -54,21 +56,15 @@ def sweep() -> list[dict]:
 
 
 def get_config(arg: str = 'adapter-mnli'):
-  name, _, option = (arg or 'adapter-mnli').partition(',')
-  kind, _, task = name.partition('-')
-  if kind not in ('adapter', 'fusion') or task not in TASKS or option not in ('', 'smoke'):
-    raise ValueError(f'Unknown fusion_glue argument {arg!r}; valid: adapter-<task> or '
-                     f'fusion-<task> (optionally ",smoke") with task in {TASKS}.')
-  config = base_config()
-  config.model = 'minilm-l6'
-  config.max_length = 128
-  config.batch_size = 32
+  """The row's stage on the schema's run (minilm-l6, length 128, batch 32)."""
+  args = parse_config_arg(arg, ROWS, default_row='adapter-mnli')
+  kind, _, task = args.row.partition('-')
+  config = run_config()
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 1000
   adapter_dirs = [f'{ROOT}/adapter-{t}/best' for t in TASKS]
-  config_args.apply_overrides(config, stage(kind, task, adapter_dirs), OPEN_FIELDS)
-  if option == 'smoke':
-    smoke(config, max_train_examples=32, max_eval_examples=16, eval_batch_size=8,
-          num_train_steps=4)
+  loading.apply_overrides(config, stage(kind, task, adapter_dirs), schema.OPEN_FIELDS)
+  if args.smoke:
     config.learning_rate = 1e-3
-  return config
+  return args.apply(config, max_train_examples=32, max_eval_examples=16, eval_batch_size=8,
+                    num_train_steps=4)

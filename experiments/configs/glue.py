@@ -7,8 +7,9 @@ r"""General GLUE / local-file config: any task, any method, any model.
       --config.local_task.paths.train=train.csv --config.local_task.paths.validation=dev.csv \
       --config.local_task.text_columns='("sentence",)' --config.local_task.label_names='("neg","pos")'
 
-The argument is the task (a GLUE name, `rotten_tomatoes`, `tweet_sentiment` or `local`), optionally
-with `,smoke` (a few steps, for tests). Local files: `--config.local_task.encoding=latin-1` for
+The argument is the task (a row: a GLUE name, `rotten_tomatoes`, `tweet_sentiment` or `local`;
+other tasks as `task=e2e_nlg`), optionally with `,smoke` (a few steps, for tests) and `key=value`
+items. Local files: `--config.local_task.encoding=latin-1` for
 non-UTF-8 files, `--config.local_task.format=tsv` when the extension does not say,
 `--config.local_task.test_has_labels=False` for unlabelled test files. GLUE data
 comes from tensorflow-datasets (it downloads GLUE on first use; set --config.data_dir to reuse a
@@ -16,23 +17,18 @@ copy). Hardware: one GPU or TPU host for BERT-base/large; the packaged `minilm-l
 Defaults follow Houlsby et al. 2019: batch 32, length 128, 3 epochs, best on validation.
 """
 
-from experiments.configs.common import base_config, smoke
+from adapters_jax.config.arguments import parse_config_arg
+from adapters_jax.config.schema import run_config
 
-CONFIG_ARGS = ('rte', 'mnli', 'stsb', 'rotten_tomatoes', 'local', 'rte,smoke')
+ROWS = ('cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli', 'rte', 'wnli', 'rotten_tomatoes',
+        'tweet_sentiment', 'local')
+CONFIG_ARGS = ('rte', 'mnli', 'stsb', 'rotten_tomatoes', 'local', 'rte,smoke', 'smoke,task=e2e_nlg')
 
 
 def get_config(arg: str = 'rte'):
-  task, _, option = (arg or 'rte').partition(',')
-  if option not in ('', 'smoke'):
-    raise ValueError(f'Unknown glue.py argument {arg!r}; valid: <task> or <task>,smoke.')
-  config = base_config()
-  config.task = task or 'rte'
-  config.model = 'minilm-l6'
-  config.method = 'houlsby'
+  """The schema's run (minilm-l6, houlsby, batch 32, length 128, 3 epochs) on the row's task."""
+  args = parse_config_arg(arg, ROWS, default_row='rte')
+  config = run_config()
+  config.task = args.row
   config.learning_rate = 3e-4
-  config.batch_size = 32
-  config.max_length = 128
-  config.num_epochs = 3.0
-  if option == 'smoke':
-    smoke(config)
-  return config
+  return args.apply(config)

@@ -36,8 +36,10 @@ Paper numbers (Table 2, validation; CoLA Matthews, STS-B Pearson, accuracy elsew
 (each average is the mean of its eight columns.)
 """
 
+from adapters_jax.config.arguments import parse_config_arg
+from adapters_jax.config.schema import run_config
 from adapters_jax.sweeps.report import Column
-from experiments.configs._glue_table import every, paper_numbers, table_config
+from experiments.configs._glue_table import every, paper_numbers
 
 CONFIG_ARGS = ('', 'smoke', 'task=stsb')
 
@@ -77,10 +79,12 @@ REPORT_NOTES = ('Both sides are GLUE validation scores. The paper reports the me
 
 
 def get_config(arg: str = ''):
-  return table_config(arg, model=MODEL, task='mnli', method='lora',
-                      method_options={'rank': 8, 'alpha': 16.0}, max_length=512, batch_size=16,
-                      eval_batch_size=64, learning_rate=5e-4, num_epochs=30.0, warmup_ratio=0.06,
-                      weight_decay=0.1, **every(2000))
+  """The base run; `arg`: see `adapters_jax.config.arguments`."""
+  config = run_config()
+  config.update(model=MODEL, task='mnli', method='lora', method_options={'rank': 8, 'alpha': 16.0},
+                max_length=512, batch_size=16, learning_rate=5e-4, num_epochs=30.0,
+                warmup_ratio=0.06, weight_decay=0.1, **every(2000))
+  return parse_config_arg(arg).apply(config)
 
 
 def method_label(config: dict) -> str:

@@ -26,14 +26,15 @@ accuracy, trained parameters): docs/results/fusion_mini.md.
 """
 
 from adapters_jax import sweeps
-from adapters_jax.config import overrides as config_args
-from experiments.configs.common import OPEN_FIELDS, base_config, smoke
+from adapters_jax.config import loading, schema
+from adapters_jax.config.arguments import parse_config_arg
+from adapters_jax.config.schema import run_config
 
 TASKS = ('rotten_tomatoes', 'tweet_sentiment')
 ROOT = 'workdirs/mini_fusion'
 KINDS = ('adapter', 'full', 'fusion')
-CONFIG_ARGS = tuple(f'{kind}-{task}' for kind in KINDS for task in TASKS) + (
-    'fusion-rotten_tomatoes,smoke',)
+ROWS = tuple(f'{kind}-{task}' for kind in KINDS for task in TASKS)
+CONFIG_ARGS = (*ROWS, 'fusion-rotten_tomatoes,smoke')
 FUSION_OPTIONS = {'temperature': 1.0, 'dropout': 0.1, 'regularization': 0.01}
 
 
@@ -57,23 +58,18 @@ def sweep() -> list[dict]:
 
 
 def get_config(arg: str = 'adapter-rotten_tomatoes'):
-  name, _, option = (arg or 'adapter-rotten_tomatoes').partition(',')
-  kind, _, task = name.partition('-')
-  if kind not in KINDS or task not in TASKS or option not in ('', 'smoke'):
-    raise ValueError(f'Unknown mini_fusion stage {arg!r}; valid stages: <kind>-<task> with kind '
-                     f'in {KINDS}, task in {TASKS}, optionally ",smoke".')
-  config = base_config()
-  config.model = 'minilm-l6'
+  """The row's stage (`<kind>-<task>`), optionally `,smoke` and `key=value` items."""
+  args = parse_config_arg(arg, ROWS, default_row='adapter-rotten_tomatoes')
+  kind, _, task = args.row.partition('-')
+  config = run_config()
   config.max_length = 64
   config.max_train_examples = 3000
   config.max_eval_examples = 1000
-  config.batch_size = 32
   config.num_epochs = 2.0
   config.eval_every_steps = 94
   config.checkpoint_every_steps = 94
   config.log_every_steps = 20
   config.tensorboard = False
-  if option == 'smoke':
-    smoke(config)
   adapter_dirs = [f'{ROOT}/adapter-{t}/best' for t in TASKS]
-  return config_args.apply_overrides(config, stage(kind, task, adapter_dirs), OPEN_FIELDS)
+  loading.apply_overrides(config, stage(kind, task, adapter_dirs), schema.OPEN_FIELDS)
+  return args.apply(config)

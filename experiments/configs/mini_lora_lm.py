@@ -29,34 +29,31 @@ test perplexity 1009.9, BLEU 1.74, NIST 0.81, ROUGE-L 17.9, CIDEr 0.006.
 Arguments: '' or `smoke` (tests: a few steps), plus `key=value` items.
 """
 
-from adapters_jax.config import overrides as config_args
-from experiments.configs.common import OPEN_FIELDS, base_config, smoke, split_arg
+from adapters_jax.config.arguments import parse_config_arg
+from adapters_jax.config.schema import run_config
 
 CONFIG_ARGS = ('', 'smoke')
 
 
 def get_config(arg: str = ''):
-  names, items = split_arg(arg, ('smoke',))
-  config = base_config()
+  args = parse_config_arg(arg)
+  config = run_config()
   config.model = 'workdirs/tiny_llama'
   config.task = 'e2e_nlg'
   config.data_dir = 'experiments/data/mini_e2e'
   config.method = 'lora'
   config.method_options = {'rank': 4, 'alpha': 32.0}
-  config.lm.update({'label_smoothing': 0.1, 'pack': False, 'max_new_tokens': 40})
+  config.lm.update({'label_smoothing': 0.1, 'max_new_tokens': 40})
   config.max_length = 96
   config.batch_size = 8
   config.eval_batch_size = 40
   config.num_epochs = 5.0
   config.learning_rate = 2e-2  # a random frozen base moves slowly: 100x the paper's 2e-4
   config.warmup_ratio = 0.06
-  config.weight_decay = 0.01
   config.select_metric = 'log_likelihood'
   config.eval_every_steps = 50
   config.checkpoint_every_steps = 50
   config.keep_checkpoints = 1
   config.log_every_steps = 10
   config.tensorboard = False
-  if 'smoke' in names:
-    smoke(config, max_length=96, batch_size=8, eval_batch_size=8)
-  return config_args.apply_overrides(config, items, OPEN_FIELDS)
+  return args.apply(config, max_length=96, batch_size=8, eval_batch_size=8)

@@ -39,14 +39,15 @@ Full size (all 10,313 training snippets, the whole validation and test splits, 3
   python -m experiments.sweep --config=experiments/configs/mini_rotten_tomatoes.py:full_size \
       --sweep_dir=workdirs/rotten_tomatoes_full --launcher=local
 
-Arguments: '' (miniature), `full_size`, `smoke` (tests: a few steps), plus `key=value` items
+Arguments: '' (miniature) or the row `full_size`, `smoke` (tests: a few steps), plus `key=value` items
 (e.g. `:smoke,method_options.size=8`); any field is also `--config.<field>=<value>`.
 """
 
-from adapters_jax.config import overrides as config_args
-from experiments.configs.common import OPEN_FIELDS, base_config, smoke, split_arg
+from adapters_jax.config.arguments import parse_config_arg
+from adapters_jax.config.schema import run_config
 
-CONFIG_ARGS = ('', 'smoke', 'full_size', 'method_options.size=8')
+ROWS = ('full_size',)
+CONFIG_ARGS = ('', 'smoke', 'full_size', 'method_options.size=8', 'full_size,smoke')
 
 MINI_TRAIN_EXAMPLES = 3200
 SEEDS = (0, 1, 2)
@@ -73,33 +74,24 @@ TITLE = 'Miniature adapter table: MiniLM-L6 on Rotten Tomatoes (CPU)'
 
 
 def get_config(arg: str = ''):
-  names, items = split_arg(arg, ('smoke', 'full_size'))
-  config = base_config()
-  config.model = 'minilm-l6'
-  config.task = 'rotten_tomatoes'
-  config.method = 'houlsby'
+  args = parse_config_arg(arg, ROWS)
+  config = run_config()
   config.max_length = 48
   config.batch_size = 16
   config.eval_batch_size = 100
   config.num_epochs = 1.0
-  config.learning_rate = 1e-3
   config.max_train_examples = MINI_TRAIN_EXAMPLES
-  config.max_eval_examples = -1      # the whole validation and test splits
   config.eval_every_steps = 200       # 200 steps: one evaluation, at the end
   config.checkpoint_every_steps = 100
   config.keep_checkpoints = 1
   config.log_every_steps = 10
   config.tensorboard = False
-  if 'full_size' in names:
+  if args.row == 'full_size':
     config.max_length = 64
     config.num_epochs = 3.0
     config.max_train_examples = -1
-    config.max_eval_examples = -1
-    config.eval_every_steps = 200
     config.checkpoint_every_steps = 200
-  if 'smoke' in names:
-    smoke(config, max_length=48, batch_size=16, eval_batch_size=32)
-  return config_args.apply_overrides(config, items, OPEN_FIELDS)
+  return args.apply(config, max_length=48, batch_size=16, eval_batch_size=32)
 
 
 def method_label(config: dict) -> str:

@@ -30,8 +30,8 @@ Arguments: '' (miniature), `smoke` (tests: a few steps), plus `key=value` items;
 also `--config.<field>=<value>`.
 """
 
-from adapters_jax.config import overrides as config_args
-from experiments.configs.common import OPEN_FIELDS, base_config, smoke, split_arg
+from adapters_jax.config.arguments import parse_config_arg
+from adapters_jax.config.schema import run_config
 
 CONFIG_ARGS = ('', 'smoke')
 
@@ -50,12 +50,10 @@ TITLE = 'Miniature seq2seq: random T5 on Rotten Tomatoes as text-to-text (CPU)'
 
 
 def get_config(arg: str = ''):
-  names, items = split_arg(arg, ('smoke',))
-  config = base_config()
+  args = parse_config_arg(arg)
+  config = run_config()
   config.model = MODEL_DIR
-  config.task = 'rotten_tomatoes'
   config.task_kind = 'seq2seq'
-  config.method = 'houlsby'
   config.method_options = {'size': 16}
   config.train_head = False         # T5's LM head is part of the frozen base
   config.max_length = 48
@@ -70,9 +68,7 @@ def get_config(arg: str = ''):
   config.keep_checkpoints = 1
   config.log_every_steps = 10
   config.tensorboard = False
-  if 'smoke' in names:
-    smoke(config, max_length=48, batch_size=8, eval_batch_size=16)
-  return config_args.apply_overrides(config, items, OPEN_FIELDS)
+  return args.apply(config, max_length=48, batch_size=8, eval_batch_size=16)
 
 
 def sweep():

@@ -130,11 +130,11 @@ def test_utf8_with_a_byte_order_mark_and_an_unknown_encoding(tmp_path):
 
 
 def test_experiment_config_fields_reach_the_task(tmp_path):
-  from experiments.configs.common import base_config
+  from adapters_jax.config.schema import run_config
 
   train = _write(tmp_path / 'train.txt', 'text\tlabel\na, b\tpos\n')
   test = _write(tmp_path / 'test.txt', 'text\nunlabelled\n')
-  local = base_config().local_task
+  local = run_config().local_task
   assert local.encoding == 'utf-8' and local.format == '' and local.test_has_labels
   local.paths = {'train': train, 'test': test}
   local.label_names = ('neg', 'pos')

@@ -159,12 +159,12 @@ def test_generation_settings_from_the_config(tokenizer):
   # beams, or packed rows generating from the first example's prompt only.
   import types
 
+  from adapters_jax.config.schema import run_config
   from adapters_jax.data import get_task
   from adapters_jax.models.beam_search import BeamSearchConfig
-  from experiments.configs.common import base_config
 
   pretrained = types.SimpleNamespace(tokenizer=tokenizer, config=TINY_DECODERS['llama'])
-  config = base_config()
+  config = run_config()
   config.lm.update({'num_beams': 10, 'length_penalty': 0.8, 'no_repeat_ngram_size': 4})
   kind = CausalLM.create(get_task('e2e_nlg'), pretrained, config)
   assert kind.generation == BeamSearchConfig(

@@ -12,11 +12,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from adapters_jax import sweeps
-from adapters_jax.config import overrides as config_args
+from adapters_jax.config import loading
+from adapters_jax.config.schema import OPEN_FIELDS
 from adapters_jax.sweeps import report
 from adapters_jax.train import loop
 from experiments.configs import houlsby_glue, lora_glue
-from experiments.configs.common import OPEN_FIELDS
 
 # (config, task, method of the grid point: None = the task's first point, column to check)
 CASES = [
@@ -32,7 +32,7 @@ def first_point_config(module, task, method, model_dir):
   point = next(p for p in module.sweep()
                if p['task'] == task and method in (None, p['method']))
   config = module.get_config('smoke')
-  config_args.apply_overrides(config, [(k, sweeps.flag_text(v)) for k, v in point.items()],
+  loading.apply_overrides(config, [(k, sweeps.flag_text(v)) for k, v in point.items()],
                               OPEN_FIELDS)
   # Tiny: the grid's step counts and epochs would be hours; keep the point's method and rates.
   config.model = model_dir

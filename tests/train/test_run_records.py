@@ -19,11 +19,11 @@ from adapters_jax.train.metrics_log import read_metrics
 from tests.train.test_loop import ROOT, _final_state_leaves
 
 CONFIG = '''
-from experiments.configs.common import base_config
+from adapters_jax.config.schema import run_config
 
 
 def get_config():
-  config = base_config()
+  config = run_config()
   config.task = 'local'
   config.local_task.name = 'reviews'
   config.local_task.paths = {paths!r}

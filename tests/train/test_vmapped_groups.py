@@ -6,9 +6,9 @@ import os
 import pytest
 
 from adapters_jax import sweeps
+from adapters_jax.config.schema import OPEN_FIELDS
 from adapters_jax.train import vmapped
 from experiments.configs import quickstart
-from experiments.configs.common import OPEN_FIELDS
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                        'experiments', 'configs')

@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 
 from adapters_jax.checkpoint import restore
 from adapters_jax.checkpoint.training import TrainCheckpoints
-from adapters_jax.config import overrides as config_args
+from adapters_jax.config import loading
 from adapters_jax.train.metrics_log import read_metrics
 
 # One length bucket (max_length 16 = the only bucket) keeps every batch the same shape, so members
@@ -38,7 +38,7 @@ def write_sweep_config(directory: pathlib.Path, model_dir: str, grid: list[dict]
 
 
 def member_config(config_path: str, **overrides):
-  config = config_args.get_config(config_args.load_config_module(config_path))
+  config = loading.get_config(loading.load_config_module(config_path))
   for key, value in overrides.items():
     setattr(config, key, value)
   return config

@@ -1,17 +1,18 @@
-r"""Config arguments: loading a config file and setting its fields from `key=value` text.
+r"""Loading a config: a config file's `get_config(arg)`, then fields set from `key=value` text.
 
-One parser for every place a config field is set from text: the `--config.a.b=v` flags of the
-experiment scripts, the `--only` filter of sweeps, and sweep grids (whose values are already typed).
+One way to set a config field from text, wherever it comes from: the `--config.a.b=v` flags of the
+experiment scripts, the `key=value` items of a config argument (`config.arguments`), the `--only`
+filter of sweeps, and sweep grids (whose values are already typed).
 
 Fields come in two kinds:
 - fixed fields (`learning_rate`, `local_task.encoding`): the value is converted to the field's
   present type (int, float, bool, str, tuple, dict); a value that does not convert names the field
   and the type it wants. An unknown field names the closest valid ones.
-- entries of open fields (`method_options`, `model_overrides`, `local_task.paths`): ConfigDicts
-  whose keys are free (a method's options, a split's file). A new key is created; its value is a
-  Python literal (`8`, `0.1`, `()`, `'a'`), or the text itself when it is not one
-  (`--config.local_task.paths.train=train.csv`). Option names are checked by whoever reads them
-  (`get_method` for method options).
+- entries of open fields (`schema.OPEN_FIELDS`: `method_options`, `model_overrides`,
+  `local_task.paths`): ConfigDicts whose keys are free (a method's options, a split's file). A new
+  key is created; its value is a Python literal (`8`, `0.1`, `()`, `'a'`), or the text itself when
+  it is not one (`--config.local_task.paths.train=train.csv`). Option names are checked by whoever
+  reads them (`get_method` for method options).
 
 Imports only the standard library and ml_collections, so config files can use it.
 
@@ -45,20 +46,6 @@ def parse_value(text: str) -> Any:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
     return text
-
-
-def parse_arg(arg: str) -> dict[str, Any]:
-  """Parses `name,key=value,...` (a config argument or a sweep's --only) into {name: True, key: value}.
-
-  Example:
-    >>> parse_arg('smoke,task=rte,learning_rate=3e-4')
-    {'smoke': True, 'task': 'rte', 'learning_rate': 0.0003}
-  """
-  parsed: dict[str, Any] = {}
-  for item in filter(None, (part.strip() for part in (arg or '').split(','))):
-    key, sep, value = item.partition('=')
-    parsed[key.strip()] = parse_value(value.strip()) if sep else True
-  return parsed
 
 
 def format_value(value: Any) -> str:
