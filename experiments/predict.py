@@ -32,7 +32,6 @@ Output: one JSON object per line with the text and
 Several workdirs must all be encoder runs.
 """
 
-import contextlib
 import json
 import os
 import sys
@@ -55,33 +54,6 @@ flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
 
-def _open(path: str, mode: str):
-  if path == '-':
-    return contextlib.nullcontext(sys.stdin if mode == 'r' else sys.stdout)
-  return open(path, mode, encoding='utf-8')
-
-
-def _parse(line: str):
-  return tuple(line.split('\t', 1)) if '\t' in line else line
-
-
-def read_inputs(path: str, adapter_column: bool = False) -> tuple[list, list | None]:
-  """Texts (or pairs), and with `adapter_column` the adapter name of each line."""
-  with _open(path, 'r') as stream:
-    lines = [line.rstrip('\n') for line in stream if line.strip()]
-  if not adapter_column:
-    return [_parse(line) for line in lines], None
-  names, texts = [], []
-  for number, line in enumerate(lines, 1):
-    name, tab, rest = line.partition('\t')
-    if not tab:
-      raise app.UsageError(f'{path} line {number}: expected "<adapter>\\t<text>" with '
-                           '--adapter_column.')
-    names.append(name)
-    texts.append(_parse(rest))
-  return texts, names
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -97,32 +69,39 @@ def main(argv):
   if several and FLAGS.max_new_tokens is not None:
     raise app.UsageError('--max_new_tokens is for one decoder run; several workdirs are encoder '
                          'runs.')
-  texts, names = read_inputs(FLAGS.input, FLAGS.adapter_column)
+  from adapters_jax.predict.inputs import open_stream, read_inputs
+
+  try:
+    texts, names = read_inputs(FLAGS.input, FLAGS.adapter_column)
+  except ValueError as e:  # a line without its adapter column
+    raise app.UsageError(str(e)) from None
   try:
     predictions = _predict(workdirs, several, texts, names)
-  except ValueError as e:  # a run that cannot do this, or an input it cannot read
+  except (ValueError, FileNotFoundError) as e:  # no run there, a run that cannot do this, or an
+    # input it cannot read
     sys.exit(f'Cannot predict with {FLAGS.workdir} on '
              f'{"stdin" if FLAGS.input == "-" else FLAGS.input}: {e}')
-  with _open(FLAGS.output, 'w') as out:
+  with open_stream(FLAGS.output, 'w') as out:
     for text, prediction in zip(texts, predictions, strict=True):
       out.write(json.dumps({'text': text, **prediction}) + '\n')
 
 
 def _predict(workdirs: list[str], several: bool, texts: list, names: list | None) -> list[dict]:
-  from adapters_jax.predict.predictor import MultiPredictor, Predictor
+  from adapters_jax.predict.predictor import load_predictor
+  from adapters_jax.predict.serving import load_adapter_server
 
   if not several:
-    predictor = Predictor.from_workdir(workdirs[0], batch_size=FLAGS.batch_size,
-                                       max_new_tokens=FLAGS.max_new_tokens)
+    predictor = load_predictor(workdirs[0], batch_size=FLAGS.batch_size,
+                               max_new_tokens=FLAGS.max_new_tokens)
     return predictor.predict(texts)
-  predictor = MultiPredictor.from_workdirs(workdirs, batch_size=FLAGS.batch_size)
+  server = load_adapter_server(workdirs, batch_size=FLAGS.batch_size)
   if not FLAGS.adapter and not FLAGS.adapter_column:
-    if len(predictor.names) > 1:
-      raise app.UsageError(f'Several adapters {list(predictor.names)}: choose one with '
+    if len(server.names) > 1:
+      raise app.UsageError(f'Several adapters {list(server.names)}: choose one with '
                            '--adapter=NAME or name one per line with --adapter_column.')
     names = None
-  return predictor.predict(texts, adapter=None if names else
-                           (FLAGS.adapter or predictor.names[0]), adapters=names)
+  return server.predict(texts, adapter=None if names else (FLAGS.adapter or server.names[0]),
+                        adapters=names)
 
 
 if __name__ == '__main__':

@@ -52,11 +52,11 @@ def main(argv):
   import numpy as np
 
   from adapters_jax import data
-  from adapters_jax.predict.predictor import MultiPredictor
+  from adapters_jax.predict.serving import head_features, load_adapter_server
   from adapters_jax.splicing.composition import Parallel, PerExample
 
-  predictor = MultiPredictor.from_workdirs(FLAGS.adapters.split(','), batch_size=FLAGS.batch_size)
-  spliced, params, names = predictor.spliced, predictor.params, predictor.names
+  server = load_adapter_server(FLAGS.adapters.split(','), batch_size=FLAGS.batch_size)
+  spliced, params, names = server.spliced, server.params, server.names
   a, b = names[:2]
   batch, length = FLAGS.batch_size, FLAGS.length
   rng = np.random.default_rng(0)
@@ -89,40 +89,32 @@ def main(argv):
   results['mixed_over_separate'] = t_mixed / t_sep
 
   # AdapterDrop: speed and accuracy on the first adapter's task.
-  spec = predictor.specs[a]
+  spec = server.heads[a].kind.spec
   task = data.load_task(spec.name)
   examples = task[spec.validation_splits[0]][:FLAGS.eval_examples]
-  encoded = data.encode(examples, predictor.tokenizer, predictor.max_lengths[a])
-  head_module, head_params = predictor.heads[a]
+  encoded = data.encode(examples, server.tokenizer, server.heads[a].max_length)
   drop = {}
   for k in (0, 1, 2, 3, 4, 5, 6):
     fn = jax.jit(lambda p, i, m, t, k=k: spliced.apply(p, i, m, t, active=a, skip_layers=k,
-                                                       method=_features))
+                                                       method=head_features))
     seconds = _time(fn, params, ids, mask, types, repeats=r)
     correct = 0
     for eval_batch in data.eval_batches(encoded, batch):
       feats = fn(params, eval_batch['input_ids'], eval_batch['attention_mask'],
                  eval_batch['token_type_ids'])
-      logits = predictor._logits(a, np.asarray(feats))
+      logits = server.head_logits(a, np.asarray(feats))
       keep = eval_batch['example_mask'] > 0
       correct += int((logits.argmax(-1)[keep] == eval_batch['labels'][keep]).sum())
     drop[k] = {'seconds': seconds, 'speedup': None, 'accuracy': correct / len(encoded)}
   for k in drop:
     drop[k]['speedup'] = drop[0]['seconds'] / drop[k]['seconds']
   results['adapter_drop'] = {'task': spec.name, 'examples': len(encoded), 'by_k': drop}
-  del head_module, head_params
   text = json.dumps(results, indent=2)
   print(text)
   if FLAGS.out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out, 'w') as f:
       f.write(text + '\n')
-
-
-def _features(module, input_ids, attention_mask, token_type_ids):
-  from adapters_jax.predict.predictor import _features as features
-
-  return features(module, input_ids, attention_mask, token_type_ids)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,7 @@ from adapters_jax import adapter_leaves, add_adapter, get_method
 from adapters_jax.checkpoint import restore
 from adapters_jax.checkpoint.restore import restore_adapters
 from adapters_jax.methods import FusionConfig
-from adapters_jax.predict.predictor import MultiPredictor
+from adapters_jax.predict.serving import load_adapter_server
 from adapters_jax.splicing import trainable
 from adapters_jax.splicing.composition import Fuse
 from adapters_jax.splicing.fusion_layers import (
@@ -255,7 +255,7 @@ def adapter_workdirs(tiny_bert, tmp_path_factory):
 
 def test_multi_predictor_per_row_column_and_cli(adapter_workdirs, tmp_path):
   rt, tw = adapter_workdirs['rotten_tomatoes'], adapter_workdirs['tweet_sentiment']
-  predictor = MultiPredictor.from_workdirs([rt, tw], batch_size=4)
+  predictor = load_adapter_server([rt, tw], batch_size=4)
   texts = ['A triumph of acting.', 'Waymo cars are great', 'A dull mess.', 'I hate traffic',
            'It is a movie.']
   names = ['rotten_tomatoes', 'tweet_sentiment', 'rotten_tomatoes', 'tweet_sentiment',

@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from adapters_jax.data import text_metrics
@@ -38,6 +39,7 @@ from adapters_jax.data.lm_dataset import LMDataset
 from adapters_jax.data.lm_jsonl import LMRecord, eos_id, tokenize_records
 from adapters_jax.models.beam_search import BeamSearchConfig, beam_search_traced
 from adapters_jax.models.generation import GenerationConfig, GenerationOutput, generate_traced
+from adapters_jax.task_kinds.inputs import Text, prompt_records
 
 Batch = dict[str, jax.Array]
 
@@ -224,3 +226,32 @@ class CausalLM:
       # An uncased vocabulary cannot write capitals: compare in lower case.
       references = [[r.lower() for r in refs] for refs in references]
     return {**metrics, **text_metrics.generation_metrics(predictions, references)}
+
+  def for_prediction(self, config: ml_collections.ConfigDict,
+                     max_new_tokens: int | None) -> CausalLM:
+    """The kind generating as the run's `config.lm` says (any task, perplexity-only ones too);
+    `max_new_tokens` (None: `config.lm.max_new_tokens`) caps the generated tokens."""
+    settings = generation_settings(config.lm, self.tokenizer, self.model_config)
+    if max_new_tokens is not None:
+      settings = dataclasses.replace(settings, max_new_tokens=int(max_new_tokens))
+    return dataclasses.replace(self, generation=settings, references=[])
+
+  def prediction_inputs(self, texts: Sequence[Text], tokenizer, max_length: int) -> LMDataset:
+    """Prompts (`task_kinds.inputs.prompt_record`) tokenised as training tokenised them, one per
+    row, left-padded as evaluation pads them (`prompt_ids`, `prompt_mask` [B, P])."""
+    examples = tokenize_records(prompt_records(texts, self.spec.name), tokenizer, max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
+    return LMDataset.build(examples, max_length, pack=False, pad_id=int(pad), prompts=True)
+
+  def prediction_outputs(self, forward, params, batch: Batch) -> dict[str, jax.Array]:
+    """`generated` [B, max_new_tokens] token ids and `generated_length` [B] (EOS included)."""
+    if self.generation is None:
+      raise ValueError('This causal-LM kind has no generation settings; call for_prediction().')
+    generated = generate_from_prompts(forward, self.model_config, params, batch['prompt_ids'],
+                                      batch['prompt_mask'], self.generation)
+    return {'generated': generated.tokens, 'generated_length': generated.lengths}
+
+  def present(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Per example: `generated`, the text generated up to EOS (special tokens dropped)."""
+    return [{'generated': decode_text(self.tokenizer, tokens[:length])} for tokens, length
+            in zip(outputs['generated'], outputs['generated_length'], strict=True)]

@@ -30,16 +30,26 @@ The kind then owns:
     all its batches (numpy, padding rows removed); generative kinds decode token ids to strings
     here (host code, so any tokenizer and any metric library may run).
 
+Prediction (`predict.Predictor`) asks three more things of a kind (`PredictingKind`):
+  * `for_prediction(config, max_new_tokens)`: the kind set up to predict (a causal-LM kind takes
+    the run's generation settings, `max_new_tokens` overriding theirs; the others refuse
+    `max_new_tokens`);
+  * `prediction_inputs(texts, tokenizer, max_length)`: the user's inputs (`task_kinds.inputs`) as a
+    dataset that `data.eval_batches` pads;
+  * `prediction_outputs(forward, params, batch)`: what is kept of a batch (jitted; leading [batch]
+    axis), and `present(outputs)`: one JSON-ready dict per input (a label and its probabilities,
+    a score, a parsed answer, generated text).
+
 `forward(params, *args, rng=None, **kwargs)` is the spliced model with the run's adapter active:
 training mode with dropout when `rng` is a key, deterministic when it is None; positional and
 keyword arguments go to the model unchanged (`method='encode'` calls another method of the model,
 which is how a generating kind drives a cached decoding loop inside `eval_outputs`).
 
 Kinds: `Classification` and `Regression` (here; encoder with a task head), `Seq2Seq`
-(`train.seq2seq`: text-to-text, teacher-forced cross-entropy, greedy decoding, label words parsed
-back). A causal-LM kind (prompt-masked labels in a `SequenceDataset` with a loss-mask sequence;
-generation or summed NLL in `eval_outputs`) is one more factory; `train.kinds` chooses the kind
-of a run from the model's family or `config.task_kind`.
+(`task_kinds.seq2seq`: text-to-text, teacher-forced cross-entropy, greedy decoding, label words
+parsed back) and `CausalLM` (`task_kinds.causal_lm`: completion-token cross-entropy, perplexity,
+generation); `task_kinds.choice` chooses the kind of a run from the model's family or
+`config.task_kind`.
 
 Example:
   factory = kinds.kind_factory(spec, model_type='bert', requested='')   # Classification
@@ -64,6 +74,7 @@ import numpy as np
 
 from adapters_jax import data
 from adapters_jax.splicing.tree import Params
+from adapters_jax.task_kinds.inputs import Text, unlabelled_examples
 from adapters_jax.train.step import classification_loss, regression_loss
 
 Batch = dict[str, jax.Array]
@@ -105,6 +116,44 @@ class TaskKind(Protocol):
   def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
     """Metrics of a whole split from its gathered outputs (padding rows removed)."""
     ...
+
+
+class PredictingKind(Protocol):
+  """What a predictor needs from a task kind; see the module docstring."""
+
+  def for_prediction(self, config: ml_collections.ConfigDict,
+                     max_new_tokens: int | None) -> PredictingKind:
+    """The kind set up to predict with the run's `config`.
+
+    Raises:
+      ValueError: `max_new_tokens` given to a kind that generates no free text.
+    """
+    ...
+
+  def prediction_inputs(self, texts: Sequence[Text], tokenizer, max_length: int
+                        ) -> data.BatchSource:
+    """The inputs (texts, pairs or prompts) as a dataset of this kind's batches.
+
+    Raises:
+      ValueError: an input the kind cannot read, naming its number and the fix.
+    """
+    ...
+
+  def prediction_outputs(self, forward: Forward, params: Params, batch: Batch
+                         ) -> dict[str, jax.Array]:
+    """Per-example prediction outputs of `batch`, each with a leading [batch] axis (jitted)."""
+    ...
+
+  def present(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """One JSON-ready dict per example from the gathered outputs (padding rows removed)."""
+    ...
+
+
+def refuse_max_new_tokens(kind: Any, max_new_tokens: int | None) -> None:
+  """Raises ValueError when `max_new_tokens` is given to `kind`, which generates no free text."""
+  if max_new_tokens is not None:
+    raise ValueError(f'max_new_tokens applies to decoder (causal LM) runs; this is a '
+                     f'{type(kind).__name__} run.')
 
 
 class TaskKindFactory(Protocol):
@@ -151,6 +200,19 @@ class _EncoderKind:
              ) -> data.EncodedDataset:
     return data.encode(examples, tokenizer, max_length)
 
+  def for_prediction(self, config: ml_collections.ConfigDict,
+                     max_new_tokens: int | None) -> _EncoderKind:
+    refuse_max_new_tokens(self, max_new_tokens)
+    return self
+
+  def prediction_inputs(self, texts: Sequence[Text], tokenizer, max_length: int
+                        ) -> data.EncodedDataset:
+    return data.encode(unlabelled_examples(texts, self.spec), tokenizer, max_length)
+
+  def prediction_outputs(self, forward: Forward, params: Params, batch: Batch
+                         ) -> dict[str, jax.Array]:
+    return self.eval_outputs(forward, params, batch)
+
 
 @dataclasses.dataclass(frozen=True)
 class Classification(_EncoderKind):
@@ -166,6 +228,15 @@ class Classification(_EncoderKind):
 
   def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
     return data.compute_metrics(self.spec, outputs['logits'], outputs['labels'])
+
+  def present(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Per example: `label` (the most probable) and `probabilities` (label name -> softmax of
+    the logits [N, num_labels])."""
+    names = self.spec.label_names
+    probabilities = np.asarray(jax.nn.softmax(np.asarray(outputs['logits'], np.float32), axis=-1))
+    return [{'label': names[int(np.argmax(p))],
+             'probabilities': {name: float(v) for name, v in zip(names, p, strict=True)}}
+            for p in probabilities]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +254,6 @@ class Regression(_EncoderKind):
   def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
     return data.compute_metrics(self.spec, outputs['scores'], outputs['labels'])
 
-
-def task_kind_for(spec: data.TaskSpec) -> TaskKind:
-  """The encoder kind (with a task head) that trains and evaluates `spec`."""
-  return Regression(spec) if spec.is_regression else Classification(spec)
+  def present(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Per example: `score`, the head's output (`scores` [N])."""
+    return [{'score': float(score)} for score in outputs['scores']]

@@ -39,7 +39,14 @@ from adapters_jax.data import text_to_text
 from adapters_jax.models import greedy_generate, shift_right
 from adapters_jax.models.t5_config import T5Config
 from adapters_jax.splicing.tree import Params
-from adapters_jax.task_kinds.protocol import EXAMPLE_MASK, Batch, Forward, SampleCall
+from adapters_jax.task_kinds.inputs import Text, unlabelled_examples
+from adapters_jax.task_kinds.protocol import (
+  EXAMPLE_MASK,
+  Batch,
+  Forward,
+  SampleCall,
+  refuse_max_new_tokens,
+)
 
 UNPARSEABLE = 'unparseable'  # metric: how many generated outputs named no label
 REGRESSION_UNPARSEABLE = -1.0  # the score of an unparseable STS-B output (T5: string_to_float)
@@ -172,6 +179,34 @@ class Seq2Seq:
     predictions, bad = self.predictions(self.decode(outputs['tokens']), outputs['labels'])
     return {**data.compute_metrics(self.spec, predictions, outputs['labels']),
             UNPARSEABLE: float(bad)}
+
+  def for_prediction(self, config: ml_collections.ConfigDict,
+                     max_new_tokens: int | None) -> Seq2Seq:
+    refuse_max_new_tokens(self, max_new_tokens)
+    return self
+
+  def prediction_inputs(self, texts: Sequence[Text], tokenizer, max_length: int
+                        ) -> data.SequenceDataset:
+    """Texts (pairs for pair tasks) written as training wrote the task's inputs, unlabelled."""
+    return self.encode(unlabelled_examples(texts, self.spec), tokenizer, max_length)
+
+  def prediction_outputs(self, forward: Forward, params: Params, batch: Batch
+                         ) -> dict[str, jax.Array]:
+    return self.eval_outputs(forward, params, batch)
+
+  def present(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Per example `answer_fields` of its decoded answer (`tokens` [N, T])."""
+    return [answer_fields(self.spec, answer) for answer in self.decode(outputs['tokens'])]
+
+
+def answer_fields(spec: data.TaskSpec, answer: str) -> dict[str, Any]:
+  """A T5 answer as output: `generated`, and `label` parsed back as evaluation parses it (the
+  label's name; regression: the score); None, with `unparseable` True, when it names none."""
+  parsed = text_to_text.parse_label(spec, answer)
+  if parsed is None:
+    return {'generated': answer, 'label': None, UNPARSEABLE: True}
+  return {'generated': answer,
+          'label': float(parsed) if spec.is_regression else spec.label_names[parsed]}
 
 
 def _target_ids(tokenizer, text: str | None, eos_token_id: int) -> list[int]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from adapters_jax import models
 from adapters_jax.checkpoint import restore
-from adapters_jax.predict.predictor import Predictor
+from adapters_jax.predict.predictor import load_predictor
 from adapters_jax.train import loop
 from tests.train.test_loop import ROOT, smoke_config
 
@@ -20,7 +20,7 @@ TEXTS = ['A triumph of acting and heart.', 'A dull, lifeless mess.', 'It is a mo
 
 def test_predictor_matches_manual_restore_and_cli(tiny_bert_dir, tmp_path):
   loop.train_and_evaluate(smoke_config(tiny_bert_dir), str(tmp_path))
-  predictor = Predictor.from_workdir(str(tmp_path))
+  predictor = load_predictor(str(tmp_path))
   predictions = predictor.predict(TEXTS)
   assert [sorted(p['probabilities']) for p in predictions] == [['fresh', 'rotten']] * 3
 

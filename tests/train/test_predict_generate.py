@@ -22,8 +22,10 @@ from adapters_jax.models import load_pretrained, resolve_checkpoint_dir
 from adapters_jax.models.beam_search import BeamSearchConfig, beam_search
 from adapters_jax.models.decoder_export import random_decoder_checkpoint
 from adapters_jax.models.t5_random import write_random_t5
-from adapters_jax.predict.generative import answer_fields, prompt_record
-from adapters_jax.predict.predictor import MultiPredictor, Predictor
+from adapters_jax.predict.predictor import load_predictor
+from adapters_jax.predict.serving import load_adapter_server
+from adapters_jax.task_kinds.inputs import prompt_record
+from adapters_jax.task_kinds.seq2seq import answer_fields
 from adapters_jax.train import loop
 from experiments.configs import mini_lora_lm, mini_t5_rotten_tomatoes
 from experiments.make_random_decoder import TINY_LLAMA
@@ -197,7 +199,7 @@ def test_decoder_run_uses_its_beam_settings(lm_run, tmp_path):
   # would otherwise do within 7 tokens.
   beams = dict(num_beams=3, length_penalty=0.8, no_repeat_ngram_size=1)
   run = _with_config(lm_run, tmp_path, lambda c: c['lm'].update(beams, max_new_tokens=7))
-  predictions = Predictor.from_workdir(str(run)).predict(MRS)
+  predictions = load_predictor(str(run)).predict(MRS)
 
   sample = jnp.ones((1, 8), jnp.int32)
   tokenizer, spliced, params = _restored(lm_run, sample, sample)
@@ -223,7 +225,7 @@ def test_several_workdirs_refuse_a_t5_or_decoder_run(t5_run, lm_run):
   # Bug caught: a generative run loaded as a classification adapter (a head it does not have).
   for run, kind in ((t5_run, 'seq2seq'), (lm_run, 'causal_lm')):
     with pytest.raises(ValueError, match=f'is a {kind} run .*--workdir='):
-      MultiPredictor.from_workdirs([str(run), str(run)])
+      load_adapter_server([str(run), str(run)])
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,81 @@
+"""A trained run as prediction reads it from its workdir: the config, the best checkpoint's record
+and the task spec, without the training files.
+
+Example:
+  run = read_run('workdirs/quickstart')
+  run.config.model, run.spec.label_names, run.best_dir
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from adapters_jax import data
+from adapters_jax.checkpoint import restore
+from adapters_jax.splicing.tree import Params
+from adapters_jax.train.experiment import Experiment
+from adapters_jax.train.loop import BEST_DIR
+from adapters_jax.train.run_files import CONFIG_FILE
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """One workdir's run.
+
+  Attributes:
+    workdir: the run's folder.
+    config: its config (`CONFIG_FILE`).
+    record: the JSON record of its best checkpoint (method, base, extra facts such as labels).
+    spec: its task.
+  """
+
+  workdir: str
+  config: ml_collections.ConfigDict
+  record: dict[str, Any]
+  spec: data.TaskSpec
+
+  @property
+  def best_dir(self) -> str:
+    """The best checkpoint's folder (adapter-only, `checkpoint.save`)."""
+    return os.path.join(self.workdir, BEST_DIR)
+
+
+def read_run(workdir: str) -> TrainedRun:
+  """The run in `workdir`.
+
+  Raises:
+    FileNotFoundError: no config (not a workdir of `experiments.train`, or a run that never took
+      a step).
+    checkpoint.CheckpointError: no best checkpoint (the run has not evaluated yet).
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} not found: --workdir must be a folder written by '
+                            'experiments.train (after its first step).')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  record = restore.load_record(os.path.join(workdir, BEST_DIR))
+  return TrainedRun(workdir, config, record, spec_from_record(config, record))
+
+
+def spec_from_record(config: ml_collections.ConfigDict, record: dict[str, Any]) -> data.TaskSpec:
+  """The task spec of a run: the registered one, or rebuilt from the checkpoint record (local files,
+  so that predicting does not need the training files)."""
+  if config.task != 'local':
+    return data.get_task(config.task)
+  label_names = record['extra'].get('label_names')
+  metric = 'pearson' if label_names is None else 'accuracy'
+  return data.TaskSpec(name=config.local_task.name, text_fields=tuple(config.local_task.text_columns),
+                       label_names=tuple(label_names) if label_names else None,
+                       metric_names=(metric,), primary_metric=metric, source='local')
+
+
+def best_params(experiment: Experiment, run: TrainedRun) -> Params:
+  """The experiment's full params with the run's best trained leaves written in."""
+  leaves = restore.load_leaves(run.best_dir)
+  return restore.overwrite_leaves(experiment.params, leaves, what='best checkpoint')
