@@ -17,6 +17,7 @@ import ml_collections
 
 from adapters_jax import data
 from adapters_jax.checkpoint import restore
+from adapters_jax.config import saved_configs
 from adapters_jax.splicing.tree import Params
 from adapters_jax.train.experiment import Experiment
 from adapters_jax.train.loop import BEST_DIR
@@ -58,7 +59,7 @@ def read_run(workdir: str) -> TrainedRun:
     raise FileNotFoundError(f'{path} not found: --workdir must be a folder written by '
                             'experiments.train (after its first step).')
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(saved_configs.with_defaults(json.load(f)))
   record = restore.load_record(os.path.join(workdir, BEST_DIR))
   return TrainedRun(workdir, config, record, spec_from_record(config, record))
 
