@@ -6,15 +6,9 @@
 """
 
 from adapters_jax import methods
-from adapters_jax.checkpoint.restore import (
-    CheckpointError,
-    RestoredAdapter,
-    base_fingerprint,
-    load_record,
-    restore_adapter,
-    restore_adapters,
-    save_adapter,
-)
+from adapters_jax.checkpoint.fusion_checkpoint import restore_fusion, save_fusion
+from adapters_jax.checkpoint.restore import RestoredAdapter, restore_adapter, restore_adapters
+from adapters_jax.checkpoint.save import CheckpointError, base_fingerprint, load_record, save_adapter
 from adapters_jax.methods import PRESETS, get_method, method_from_dict
 from adapters_jax.splicing import sites, trainable
 from adapters_jax.splicing.averaging import average_adapter
@@ -27,12 +21,7 @@ from adapters_jax.splicing.composition import (
     Stack,
     choice_index,
 )
-from adapters_jax.splicing.fusion_layers import (
-    add_fusion,
-    fusion_attentions,
-    restore_fusion,
-    save_fusion,
-)
+from adapters_jax.splicing.fusion_layers import add_fusion, fusion_attentions
 from adapters_jax.splicing.sites import SiteMatchError, SiteRule
 from adapters_jax.splicing.splice import (
     Spliced,

@@ -31,7 +31,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  from adapters_jax.checkpoint.restore import CheckpointError
+  from adapters_jax.checkpoint.save import CheckpointError
   from adapters_jax.interop import InteropError, export_checkpoint
 
   best = os.path.join(FLAGS.workdir, 'best')

@@ -29,7 +29,7 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax import data, models
-from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint import restore, save
 from adapters_jax.predict.generative import CausalLMPredictor, Seq2SeqPredictor, input_pairs
 from adapters_jax.splicing import composition
 from adapters_jax.task_kinds.causal_lm import CausalLM
@@ -82,7 +82,7 @@ class Predictor:
         `config.lm.max_new_tokens`).
     """
     config = _load_config(workdir)
-    record = restore.load_record(os.path.join(workdir, loop.BEST_DIR))
+    record = save.load_record(os.path.join(workdir, loop.BEST_DIR))
     experiment = build_experiment(config, spec_from_record(config, record))
     params = loop.load_best(experiment, workdir)
     if isinstance(experiment.task_kind, CausalLM):
@@ -167,7 +167,7 @@ class MultiPredictor:
     configs, records = [], []
     for workdir in workdirs:
       configs.append(_load_config(workdir))
-      records.append(restore.load_record(os.path.join(workdir, loop.BEST_DIR)))
+      records.append(save.load_record(os.path.join(workdir, loop.BEST_DIR)))
       spec = spec_from_record(configs[-1], records[-1])
       kind = kind_name(spec, model_type_of(configs[-1].model), configs[-1].task_kind)
       if kind not in ENCODER_KINDS:

@@ -30,7 +30,8 @@ import ml_collections
 from flax import traverse_util
 
 from adapters_jax import data, method_from_dict, models, restore_adapters
-from adapters_jax.checkpoint.restore import (
+from adapters_jax.checkpoint.fusion_checkpoint import save_fusion
+from adapters_jax.checkpoint.save import (
   CheckpointError,
   load_leaves,
   load_record,
@@ -46,11 +47,10 @@ from adapters_jax.splicing.fusion_layers import (
   fusion_regularization,
   fusion_rules,
   plot_fusion_attention,
-  save_fusion,
 )
 from adapters_jax.splicing.sites import HEAD_PARAMS
-from adapters_jax.splicing.splice import Spliced, add_adapter, is_adapter_path
-from adapters_jax.splicing.tree import Params
+from adapters_jax.splicing.splice import Spliced, add_adapter
+from adapters_jax.splicing.tree import Params, is_adapter_path
 from adapters_jax.task_kinds.choice import kind_factory, model_type_of
 from adapters_jax.task_kinds.protocol import TaskKind
 
