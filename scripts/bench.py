@@ -133,6 +133,7 @@ def build_method(method: str, model: str = 'minilm', batch: int = 8, length: int
   from adapters_jax import models
   from adapters_jax.methods import adapter_drop, get_method
   from adapters_jax.splicing import splice, trainable
+  from adapters_jax.splicing.discovery import sample_ids
   from adapters_jax.train import optimizer
   from adapters_jax.train.step import classification_loss, create_train_state, train_step
 
@@ -141,7 +142,7 @@ def build_method(method: str, model: str = 'minilm', batch: int = 8, length: int
   config = models.EncoderConfig(**MODELS[model], scan_layers=scan_layers, remat=remat,
                                 **(config_overrides or {}))
   host = models.build_model(config, head='classification', num_labels=NUM_LABELS)
-  sample = jnp.ones((2, 16), jnp.int32)
+  sample = sample_ids()
   params = jax.jit(host.init)(jax.random.key(0), sample)['params']
   spliced, name = splice.Spliced(host), None
   if method == 'full':

@@ -32,6 +32,7 @@ from adapters_jax import data, models
 from adapters_jax.checkpoint import restore, save
 from adapters_jax.predict.generative import CausalLMPredictor, Seq2SeqPredictor, input_pairs
 from adapters_jax.splicing import composition
+from adapters_jax.splicing.discovery import sample_ids
 from adapters_jax.task_kinds.causal_lm import CausalLM
 from adapters_jax.task_kinds.choice import kind_name, model_type_of
 from adapters_jax.task_kinds.seq2seq import Seq2Seq
@@ -183,7 +184,7 @@ class MultiPredictor:
     pretrained = models.load_pretrained(
         config.model, head='classification', num_labels=specs[0].num_labels, dtype=config.dtype,
         config_overrides=dict(config.model_overrides))
-    sample = jax.numpy.ones((2, 16), jax.numpy.int32)
+    sample = sample_ids()
     spliced, params, restored = restore.restore_adapters(
         [os.path.join(w, loop.BEST_DIR) for w in workdirs], pretrained.model, pretrained.params,
         sample, sample, jax.numpy.zeros_like(sample), base_name=config.model, deterministic=True)
