@@ -2,7 +2,6 @@
 Hugging Face checkpoint import and cached generation."""
 
 from adapters_jax.models.bert import (
-    ACTIVATIONS,
     BertEncoderModel,
     BertForSequenceClassification,
     Embeddings,
@@ -52,7 +51,7 @@ from adapters_jax.models.t5_decoding import greedy_generate, make_greedy_generat
 from adapters_jax.models.t5_import import T5_TO_OURS, load_t5_pretrained, merge_t5_tensors
 
 __all__ = [
-    'ACTIVATIONS', 'HF_TO_OURS', 'SHORT_NAMES', 'BaseModelIdentity', 'BertClassificationHead',
+    'HF_TO_OURS', 'SHORT_NAMES', 'BaseModelIdentity', 'BertClassificationHead',
     'BertEncoderModel', 'BertForSequenceClassification', 'CheckpointMismatchError', 'Embeddings',
     'Encoder', 'EncoderConfig', 'EncoderLayer', 'EncoderOutput', 'FeedForward', 'LoadReport',
     'Pooler', 'Pretrained', 'RobertaClassificationHead', 'SelfAttention', 'base_model_identity',

@@ -49,18 +49,9 @@ from adapters_jax.models.attention_choice import attention_implementation, fused
 from adapters_jax.models.dropout_attention import dropout_attention, einsum_dropout_attention
 from adapters_jax.models.encoder_config import EncoderConfig
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
-from adapters_jax.nn.ops import Dropout, gelu_exact
+from adapters_jax.nn.activations import get_activation
+from adapters_jax.nn.dropout import Dropout
 
-ACTIVATIONS = {
-    'gelu': gelu_exact,  # HF 'gelu' is the exact erf GELU
-    'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
-    'gelu_pytorch_tanh': functools.partial(jax.nn.gelu, approximate=True),
-    'gelu_fast': functools.partial(jax.nn.gelu, approximate=True),
-    'relu': jax.nn.relu,
-    'silu': jax.nn.silu,
-    'swish': jax.nn.silu,
-    'tanh': jnp.tanh,
-}
 HEADS = ('bert', 'roberta')
 
 
@@ -166,7 +157,7 @@ class FeedForward(nn.Module):
   def __call__(self, hidden, deterministic: bool):
     cfg = self.config
     inner = _dense(cfg, cfg.intermediate_size, 'intermediate')(hidden)  # [b, s, inter]
-    inner = ACTIVATIONS[cfg.hidden_act](inner)
+    inner = get_activation(cfg.hidden_act)(inner)
     return _dense(cfg, cfg.hidden_size, 'output')(inner)
 
 

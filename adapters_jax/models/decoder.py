@@ -39,7 +39,7 @@ from adapters_jax.models.decoder_config import DecoderConfig
 from adapters_jax.models.decoder_layers import DecoderLayer, norm
 from adapters_jax.models.kv_cache import KVCache, slot_mask
 from adapters_jax.models.rope import rotary_cos_sin
-from adapters_jax.nn.ops import Dropout
+from adapters_jax.nn.dropout import Dropout
 
 
 def default_positions(attention_mask_: jax.Array, already_valid: jax.Array | None = None):

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from adapters_jax.models.t5_config import T5Config
 from adapters_jax.models.t5_layers import Attention, FeedForward, RelativePositionBias, T5LayerNorm
-from adapters_jax.nn.ops import Dropout
+from adapters_jax.nn.dropout import Dropout
 
 # Keys of the decoding cache; each value has a leading `[num_decoder_layers]` axis.
 SELF_CACHE = ('self_key', 'self_value')      # [layers, batch, max_length, heads, d_kv]
