@@ -12,10 +12,7 @@ from adapters_jax.models.bert import (
     Pooler,
     SelfAttention,
     classification_model,
-    is_scanned,
     position_ids_for,
-    stack_layer_params,
-    unstack_layer_params,
 )
 from adapters_jax.models.bert_import import (
     HF_TO_OURS,
@@ -43,8 +40,6 @@ from adapters_jax.models.t5 import (
     T5ForConditionalGeneration,
     init_decode_cache,
     shift_right,
-    stack_t5_params,
-    unstack_t5_params,
 )
 from adapters_jax.models.t5_config import T5Config
 from adapters_jax.models.t5_decoding import greedy_generate, make_greedy_generate, plain_apply
@@ -56,12 +51,12 @@ __all__ = [
     'Encoder', 'EncoderConfig', 'EncoderLayer', 'EncoderOutput', 'FeedForward', 'LoadReport',
     'Pooler', 'Pretrained', 'RobertaClassificationHead', 'SelfAttention', 'base_model_identity',
     'build_model', 'classification_model', 'convert_hf_tensors', 'hf_name_to_ours',
-    'is_scanned', 'load_pretrained', 'merge_hf_tensors', 'position_ids_for', 'read_safetensors',
-    'resolve_checkpoint_dir', 'stack_layer_params', 'unstack_layer_params',
+    'load_pretrained', 'merge_hf_tensors', 'position_ids_for', 'read_safetensors',
+    'resolve_checkpoint_dir',
     # T5
     'MODEL_TYPES', 'T5_TO_OURS', 'T5Config', 'T5ForConditionalGeneration', 'greedy_generate',
     'init_decode_cache', 'load_t5_pretrained', 'make_greedy_generate', 'merge_t5_tensors',
-    'plain_apply', 'shift_right', 'stack_t5_params', 'unstack_t5_params',
+    'plain_apply', 'shift_right',
     # decoders
     'DecoderConfig', 'DecoderLM', 'GenerationConfig', 'GenerationOutput', 'KVCache', 'generate',
     'load_decoder',

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -324,34 +322,3 @@ def classification_model(config: EncoderConfig, num_labels: int) -> BertForSeque
   head = 'roberta' if config.model_type == 'roberta' else 'bert'
   return BertForSequenceClassification(config, add_pooler=head == 'bert',
                                        num_labels=num_labels, head=head)
-
-
-_LAYER_RE = re.compile(r'^layer_(\d+)$')
-
-
-def stack_layer_params(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
-  """`encoder/layer_{i}/...` -> `encoder/layers/...` with a leading `[num_layers]` axis.
-
-  Converts a plain param tree into the `scan_layers=True` layout; pure, returns a new tree.
-  """
-  encoder = dict(params['encoder'])
-  names = [f'layer_{i}' for i in range(num_layers)]
-  if sorted(encoder) != sorted(names):
-    raise ValueError(f'Expected encoder layers {names}; got {sorted(encoder)}.')
-  layers = [encoder[n] for n in names]
-  stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
-  return {**params, 'encoder': {'layers': stacked}}
-
-
-def unstack_layer_params(params: dict[str, Any]) -> dict[str, Any]:
-  """Inverse of `stack_layer_params`: `encoder/layers/...` -> `encoder/layer_{i}/...`."""
-  stacked = params['encoder']['layers']
-  num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-  layers = {f'layer_{i}': jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
-            for i in range(num_layers)}
-  return {**params, 'encoder': layers}
-
-
-def is_scanned(params: dict[str, Any]) -> bool:
-  """Whether `params` uses the `scan_layers=True` layout."""
-  return 'layers' in params.get('encoder', {})

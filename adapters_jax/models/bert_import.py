@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax.models import bert
+from adapters_jax.models import bert, scan_layout
 from adapters_jax.models.encoder_config import EncoderConfig
 from adapters_jax.models.registry import resolve_checkpoint_dir
 from adapters_jax.models.t5_config import T5Config
@@ -255,7 +255,7 @@ def merge_hf_tensors(model: bert.BertEncoderModel, tensors: Mapping[str, np.ndar
   params = traverse_util.unflatten_dict(
       {p: jnp.asarray(v, jnp.float32) for p, v in flat.items()}, sep='/')
   if model.config.scan_layers:
-    params = bert.stack_layer_params(params, model.config.num_layers)
+    params = scan_layout.stack_layers(params, {'encoder': model.config.num_layers})
   return params, report
 
 
@@ -268,8 +268,8 @@ def base_model_identity(name: str, params: Mapping[str, Any],
   another family passes its own, in the plain layout).
   """
   params = dict(params)
-  if bert.is_scanned(params):
-    params = jax.eval_shape(bert.unstack_layer_params, params)
+  if scan_layout.is_scanned(params):
+    params = jax.eval_shape(scan_layout.unstack_layers, params)
   base = {k: params[k] for k in base_keys if k in params}
   flat = traverse_util.flatten_dict(base, sep='/')
   rows = sorted((p, tuple(int(d) for d in v.shape), str(jnp.dtype(v.dtype)))

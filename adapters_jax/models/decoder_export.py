@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax.models import decoder
+from adapters_jax.models import decoder, scan_layout
 from adapters_jax.models.decoder_config import DecoderConfig
 
 # Our '/'-path suffix of a block -> Llama's name inside `model.layers.{i}.`; kernels transpose.
@@ -54,8 +54,8 @@ def llama_tensors(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   Raises:
     ValueError: a param with no Llama name (biases, GPT-2's learned positions, adapters).
   """
-  if decoder.is_scanned(dict(params)):
-    params = decoder.unstack_layer_params(dict(params))
+  if scan_layout.is_scanned(dict(params)):
+    params = scan_layout.unstack_layers(dict(params))
   tensors, unnamed = {}, []
   for path, value in traverse_util.flatten_dict(dict(params), sep='/').items():
     value = np.asarray(value, np.float32)

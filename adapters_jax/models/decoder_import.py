@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax.models import decoder
+from adapters_jax.models import decoder, scan_layout
 from adapters_jax.models.bert_import import (
   BaseModelIdentity,
   LoadReport,
@@ -150,7 +150,7 @@ def merge_decoder_tensors(model: decoder.DecoderLM, tensors: Mapping[str, np.nda
   params = traverse_util.unflatten_dict(
       {p: jnp.asarray(v, jnp.float32) for p, v in flat.items()}, sep='/')
   if cfg.scan_layers:
-    params = decoder.stack_layer_params(params, cfg.num_layers)
+    params = scan_layout.stack_layers(params, {'decoder': cfg.num_layers})
   return params, report
 
 
@@ -158,8 +158,8 @@ def decoder_identity(name: str, params: Mapping[str, Any],
                      weights_sha256: str | None = None) -> BaseModelIdentity:
   """`name` + sha256 of sorted (path, shape, dtype) of the base params (plain layout)."""
   params = dict(params)
-  if decoder.is_scanned(params):
-    params = jax.eval_shape(decoder.unstack_layer_params, params)
+  if scan_layout.is_scanned(params):
+    params = jax.eval_shape(scan_layout.unstack_layers, params)
   flat = traverse_util.flatten_dict(params, sep='/')
   rows = sorted((p, tuple(int(d) for d in v.shape), str(jnp.dtype(v.dtype)))
                 for p, v in flat.items() if '/adapters/' not in f'/{p}')

@@ -65,7 +65,7 @@ class EncoderConfig(BackboneConfig):
       activation memory; best with `scan_layers` (BERT-large Houlsby at 32 x 128 in bfloat16:
       0.9 instead of 9 GiB of temporaries; docs/performance.md).
     scan_layers: run the layers with `nn.scan`; params then live under `encoder/layers/...`
-      with a leading `[num_layers]` axis (see `bert.stack_layer_params`).
+      with a leading `[num_layers]` axis (see `scan_layout.stack_layers`).
     attention_head_groups: compute the attention heads in this many independent groups while
       training with attention dropout (same result, different speed; see
       `attention_choice.head_groups`). 0 picks automatically: 4 on CPU (1 for more than 12 unscanned

@@ -65,7 +65,7 @@ class T5Config(BackboneConfig):
       norms, softmax, the residual stream and logits are float32.
     remat: rematerialise each block in the backward pass (`nn.remat`).
     scan_layers: run each stack with `nn.scan`; params then live under `encoder/layers/...` and
-      `decoder/layers/...` with a leading `[num_layers]` axis (see `t5.stack_t5_params`).
+      `decoder/layers/...` with a leading `[num_layers]` axis (see `scan_layout.stack_layers`).
   """
 
   vocab_size: int = 32128

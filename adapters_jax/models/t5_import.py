@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax.models import bert_import, t5
+from adapters_jax.models import bert_import, scan_layout, t5
 from adapters_jax.models.registry import resolve_checkpoint_dir
 from adapters_jax.models.t5_config import T5Config
 
@@ -106,7 +106,8 @@ def merge_t5_tensors(model: t5.T5ForConditionalGeneration, tensors: Mapping[str,
   params = traverse_util.unflatten_dict(
       {p: jnp.asarray(v, jnp.float32) for p, v in flat.items()}, sep='/')
   if config.scan_layers:
-    params = t5.stack_t5_params(params, config)
+    params = scan_layout.stack_layers(
+        params, {'encoder': config.num_layers, 'decoder': config.num_decoder_layers})
   return params, report
 
 
@@ -116,7 +117,7 @@ def t5_identity(name: str, params: Mapping[str, Any], config: T5Config,
   in the plain (unscanned) layout, so scan/remat do not change it."""
   params = dict(params)
   if config.scan_layers:
-    params = jax.eval_shape(t5.unstack_t5_params, params)
+    params = jax.eval_shape(scan_layout.unstack_layers, params)
   return bert_import.base_model_identity(name, params, weights_sha256,
                                        base_keys=('shared', 'encoder', 'decoder', 'lm_head'))
 
