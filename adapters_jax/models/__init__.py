@@ -14,25 +14,15 @@ from adapters_jax.models.bert import (
     classification_model,
     position_ids_for,
 )
-from adapters_jax.models.bert_import import (
-    HF_TO_OURS,
-    BaseModelIdentity,
-    CheckpointMismatchError,
-    LoadReport,
-    Pretrained,
-    base_model_identity,
-    build_model,
-    convert_hf_tensors,
-    hf_name_to_ours,
-    merge_hf_tensors,
-    read_safetensors,
-)
+from adapters_jax.models.bert_import import HF_TO_OURS, build_model, hf_name_to_ours, merge_hf_tensors
 from adapters_jax.models.decoder import DecoderLM
 from adapters_jax.models.decoder_config import DecoderConfig
 from adapters_jax.models.decoder_import import load_decoder
 from adapters_jax.models.encoder_config import EncoderConfig
 from adapters_jax.models.generation import GenerationConfig, GenerationOutput, generate
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
+from adapters_jax.models.hf_convert import CheckpointMismatchError, LoadReport, convert_hf_tensors
+from adapters_jax.models.hf_files import BaseModelIdentity, Pretrained, base_model_identity, read_safetensors
 from adapters_jax.models.kv_cache import KVCache
 from adapters_jax.models.pretrained import MODEL_TYPES, load_pretrained
 from adapters_jax.models.registry import SHORT_NAMES, resolve_checkpoint_dir

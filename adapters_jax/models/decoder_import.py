@@ -1,8 +1,8 @@
 """Hugging Face GPT-2 / Llama / Qwen2 / Mistral / Gemma checkpoints -> `DecoderLM` params.
 
-Explicit name-mapping tables (one per family), applied by `hf_import.convert_hf_tensors`, which
+Explicit name-mapping tables (one per family), applied by `hf_convert.convert_hf_tensors`, which
 reports every missing, unexpected and mis-shaped name at once; tensors are read by
-`hf_import.read_safetensors` (single file or sharded `model.safetensors.index.json`; never
+`hf_files.read_safetensors` (single file or sharded `model.safetensors.index.json`; never
 pickles). GPT-2's fused `c_attn` (a Conv1D, weight `[in, 3 * hidden]`) is split into our
 `query`/`key`/`value` before mapping, so adapter sites see three projections, as in the LoRA
 paper's GPT-2 experiments. A tied head (`tie_word_embeddings`) reads the token embeddings; a
@@ -15,8 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import pathlib
 import re
@@ -28,16 +26,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax.models import decoder, scan_layout
-from adapters_jax.models.bert_import import (
+from adapters_jax.models import decoder, hf_files, scan_layout
+from adapters_jax.models.decoder_config import DecoderConfig
+from adapters_jax.models.hf_convert import LoadReport, convert_hf_tensors
+from adapters_jax.models.hf_files import (
   BaseModelIdentity,
-  LoadReport,
   Pretrained,
-  convert_hf_tensors,
+  base_model_identity,
+  read_hf_config,
   read_safetensors,
   weights_sha256,
 )
-from adapters_jax.models.decoder_config import DecoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +155,8 @@ def merge_decoder_tensors(model: decoder.DecoderLM, tensors: Mapping[str, np.nda
 
 def decoder_identity(name: str, params: Mapping[str, Any],
                      weights_sha256: str | None = None) -> BaseModelIdentity:
-  """`name` + sha256 of sorted (path, shape, dtype) of the base params (plain layout)."""
-  params = dict(params)
-  if scan_layout.is_scanned(params):
-    params = jax.eval_shape(scan_layout.unstack_layers, params)
-  flat = traverse_util.flatten_dict(params, sep='/')
-  rows = sorted((p, tuple(int(d) for d in v.shape), str(jnp.dtype(v.dtype)))
-                for p, v in flat.items() if '/adapters/' not in f'/{p}')
-  digest = hashlib.sha256(repr(rows).encode()).hexdigest()
-  return BaseModelIdentity(name=name, fingerprint=digest, weights_sha256=weights_sha256)
+  """`name` + sha256 of sorted (path, shape, dtype) of all the base params (plain layout)."""
+  return base_model_identity(name, params, weights_sha256, base_keys=None)
 
 
 def load_decoder(directory: str | pathlib.Path, *, name: str | None = None,
@@ -188,20 +180,14 @@ def load_decoder(directory: str | pathlib.Path, *, name: str | None = None,
   if head not in HEADS:
     raise ValueError(f'head={head!r} is not supported for decoders; valid heads: {list(HEADS)}.')
   directory = pathlib.Path(directory)
-  config_path = directory / 'config.json'
-  if not config_path.is_file():
-    raise FileNotFoundError(f'{config_path} not found: a HF checkpoint directory needs it.')
   config = DecoderConfig.from_hf_config(
-      json.loads(config_path.read_text()), dtype=dtype, remat=remat, scan_layers=scan_layers,
+      read_hf_config(directory), dtype=dtype, remat=remat, scan_layers=scan_layers,
       **(config_overrides or {}))
   model = decoder.DecoderLM(config)
   params, report = merge_decoder_tensors(model, read_safetensors(directory))
   tokenizer = None
   if load_tokenizer:
-    import transformers  # lazily: heavy import
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        str(directory), trust_remote_code=False, padding_side='left')
+    tokenizer = hf_files.load_tokenizer(directory, padding_side='left')
     if tokenizer.pad_token is None:
       tokenizer.pad_token = tokenizer.eos_token
   identity = decoder_identity(name or str(directory), params, weights_sha256(directory))
