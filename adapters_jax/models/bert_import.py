@@ -12,19 +12,16 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from adapters_jax.models import bert, hf_files, scan_layout
+from adapters_jax.models import bert, hf_files
 from adapters_jax.models.encoder_config import EncoderConfig
-from adapters_jax.models.hf_convert import LoadReport, convert_hf_tensors
+from adapters_jax.models.hf_convert import LoadReport, merge_into_model
 from adapters_jax.models.hf_files import (
   Pretrained,
   base_model_identity,
@@ -33,8 +30,6 @@ from adapters_jax.models.hf_files import (
   weights_sha256,
 )
 from adapters_jax.models.registry import resolve_checkpoint_dir
-
-log = logging.getLogger(__name__)
 
 _T = lambda w: np.ascontiguousarray(w.T)  # torch Linear weight [out, in] -> kernel [in, out]
 _ID = lambda w: w
@@ -103,33 +98,14 @@ def build_model(config: EncoderConfig, head: str | None = None,
   return bert.classification_model(config, num_labels)
 
 
-def _dummy_inputs():
-  return jnp.zeros((1, 2), jnp.int32)
-
-
 def merge_hf_tensors(model: bert.BertEncoderModel, tensors: Mapping[str, np.ndarray], *,
                      seed: int = 0) -> tuple[dict[str, Any], LoadReport]:
-  """Params for `model` from HF tensors (stacked when `config.scan_layers`), plus a report."""
-  plain = model.clone(config=model.config.replace(scan_layers=False, remat=False))
-  init = lambda key: plain.init(key, _dummy_inputs())['params']
-  key = jax.random.key(seed)
-  reference = traverse_util.flatten_dict(jax.eval_shape(init, key), sep='/')
-  flat, report = convert_hf_tensors(tensors, reference, name_to_ours=hf_name_to_ours,
-                                    ignored_keys=IGNORED_HF_KEYS,
-                                    optional_prefixes=OPTIONAL_PREFIXES, hint=_HEAD_HINT)
-  if report.fresh:
-    log.info('Initialising fresh (absent from the checkpoint): %s', list(report.fresh))
-    fresh = traverse_util.flatten_dict(jax.jit(init)(key), sep='/')
-    flat.update({p: fresh[p] for p in report.fresh})
-  if report.skipped:
-    log.info('Not used by this model (skipped): %s', list(report.skipped))
-  if report.ignored:
-    log.info('Ignored buffers/pre-training heads: %s', list(report.ignored))
-  params = traverse_util.unflatten_dict(
-      {p: jnp.asarray(v, jnp.float32) for p, v in flat.items()}, sep='/')
-  if model.config.scan_layers:
-    params = scan_layout.stack_layers(params, {'encoder': model.config.num_layers})
-  return params, report
+  """Params for `model` from HF tensors (stacked when `config.scan_layers`), plus a report;
+  the pooler and classifier, when absent from the file, are initialised from `seed`."""
+  return merge_into_model(model, (jnp.zeros((1, 2), jnp.int32),), tensors,
+                          {'encoder': model.config.num_layers}, seed=seed,
+                          name_to_ours=hf_name_to_ours, ignored_keys=IGNORED_HF_KEYS,
+                          optional_prefixes=OPTIONAL_PREFIXES, hint=_HEAD_HINT)
 
 
 def load_pretrained(

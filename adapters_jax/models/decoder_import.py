@@ -15,20 +15,17 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import pathlib
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from adapters_jax.models import decoder, hf_files, scan_layout
+from adapters_jax.models import decoder, hf_files
 from adapters_jax.models.decoder_config import DecoderConfig
-from adapters_jax.models.hf_convert import LoadReport, convert_hf_tensors
+from adapters_jax.models.hf_convert import LoadReport, merge_into_model
 from adapters_jax.models.hf_files import (
   BaseModelIdentity,
   Pretrained,
@@ -37,8 +34,6 @@ from adapters_jax.models.hf_files import (
   read_safetensors,
   weights_sha256,
 )
-
-log = logging.getLogger(__name__)
 
 HEADS = ('causal_lm',)
 _T = lambda w: np.ascontiguousarray(w.T)  # torch Linear weight [out, in] -> kernel [in, out]
@@ -135,22 +130,12 @@ def merge_decoder_tensors(model: decoder.DecoderLM, tensors: Mapping[str, np.nda
     CheckpointMismatchError: listing every missing, unexpected and mis-shaped name.
   """
   cfg = model.config
-  plain = model.clone(config=cfg.replace(scan_layers=False, remat=False))
-  sample = jnp.zeros((1, 2), jnp.int32)
-  shapes = jax.eval_shape(lambda k: plain.init(k, sample)['params'], jax.random.key(0))
-  reference = traverse_util.flatten_dict(shapes, sep='/')
   if cfg.model_type == 'gpt2':
     tensors = split_fused_qkv(tensors)
   ignored = IGNORED_HF_KEYS + ((_TIED_HEAD,) if cfg.tie_word_embeddings else ())
-  flat, report = convert_hf_tensors(tensors, reference, name_to_ours=_table(cfg.model_type),
-                                    ignored_keys=ignored, optional_prefixes=(), hint=_HINT)
-  if report.ignored:
-    log.info('Ignored buffers / tied head copies: %s', list(report.ignored))
-  params = traverse_util.unflatten_dict(
-      {p: jnp.asarray(v, jnp.float32) for p, v in flat.items()}, sep='/')
-  if cfg.scan_layers:
-    params = scan_layout.stack_layers(params, {'decoder': cfg.num_layers})
-  return params, report
+  return merge_into_model(model, (jnp.zeros((1, 2), jnp.int32),), tensors,
+                          {'decoder': cfg.num_layers}, name_to_ours=_table(cfg.model_type),
+                          ignored_keys=ignored, optional_prefixes=(), hint=_HINT)
 
 
 def decoder_identity(name: str, params: Mapping[str, Any],

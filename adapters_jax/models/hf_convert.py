@@ -3,17 +3,27 @@
 Family-independent: BERT/RoBERTa (`bert_import`), T5 (`t5_import`) and the decoders
 (`decoder_import`) each pass their table, the names they drop on purpose and the parts that may be
 absent. A checkpoint that does not fit is reported in full (missing, unexpected, mis-shaped) in one
-`CheckpointMismatchError`.
+`CheckpointMismatchError`. `merge_into_model` does the whole merge for a model: the reference
+shapes from its plain layout, the conversion, fresh init of optional parts, the scan layout.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+
+from adapters_jax.models import scan_layout
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -84,3 +94,39 @@ def convert_hf_tensors(
     lines.append(hint)
     raise CheckpointMismatchError('\n'.join(lines))
   return out, LoadReport(tuple(sorted(out)), fresh, tuple(skipped), tuple(ignored))
+
+
+def merge_into_model(model: nn.Module, sample_args: Sequence[Any], tensors: Mapping[str, np.ndarray],
+                     depths: Mapping[str, int], *, seed: int = 0, **table: Any
+                     ) -> tuple[dict[str, Any], LoadReport]:
+  """Float32 params for `model` from HF `tensors` (stacked when its config has `scan_layers`).
+
+  Args:
+    model: a backbone whose `config` has `scan_layers` and `remat`.
+    sample_args: positional arguments of one `model.init` call (only their shapes matter).
+    tensors: HF name -> array.
+    depths: `{stack: number of layers}` for `scan_layout.stack_layers`.
+    seed: initialises the optional parts absent from the file.
+    **table: `convert_hf_tensors`'s keyword arguments (the family's name mapping and rules).
+
+  Raises:
+    CheckpointMismatchError: listing every missing, unexpected and mis-shaped name.
+  """
+  plain = model.clone(config=model.config.replace(scan_layers=False, remat=False))
+  init = lambda key: plain.init(key, *sample_args)['params']
+  key = jax.random.key(seed)
+  reference = traverse_util.flatten_dict(jax.eval_shape(init, key), sep='/')
+  flat, report = convert_hf_tensors(tensors, reference, **table)
+  if report.fresh:
+    log.info('Initialising fresh (absent from the checkpoint): %s', list(report.fresh))
+    fresh = traverse_util.flatten_dict(jax.jit(init)(key), sep='/')
+    flat.update({p: fresh[p] for p in report.fresh})
+  if report.skipped:
+    log.info('Not used by this model (skipped): %s', list(report.skipped))
+  if report.ignored:
+    log.info('Ignored (buffers, pre-training heads, tied copies): %s', list(report.ignored))
+  params = traverse_util.unflatten_dict(
+      {p: jnp.asarray(v, jnp.float32) for p, v in flat.items()}, sep='/')
+  if model.config.scan_layers:
+    params = scan_layout.stack_layers(params, depths)
+  return params, report

@@ -12,24 +12,19 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import pathlib
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from adapters_jax.models import hf_files, scan_layout, t5
-from adapters_jax.models.hf_convert import LoadReport, convert_hf_tensors
+from adapters_jax.models import hf_files, t5
+from adapters_jax.models.hf_convert import LoadReport, merge_into_model
 from adapters_jax.models.hf_files import BaseModelIdentity, Pretrained
 from adapters_jax.models.registry import resolve_checkpoint_dir
 from adapters_jax.models.t5_config import T5Config
-
-log = logging.getLogger(__name__)
 
 _T = lambda w: np.ascontiguousarray(w.T)  # torch Linear weight [out, in] -> kernel [in, out]
 _ID = lambda w: w
@@ -82,11 +77,6 @@ def t5_name_to_ours(name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]
   return None
 
 
-def _dummy_inputs():
-  ids = jnp.zeros((1, 2), jnp.int32)
-  return ids, jnp.ones_like(ids), ids
-
-
 def merge_t5_tensors(model: t5.T5ForConditionalGeneration, tensors: Mapping[str, np.ndarray]
                      ) -> tuple[dict[str, Any], LoadReport]:
   """Params for `model` from HF T5 tensors (stacked when `config.scan_layers`), plus a report.
@@ -95,21 +85,12 @@ def merge_t5_tensors(model: t5.T5ForConditionalGeneration, tensors: Mapping[str,
     CheckpointMismatchError: listing every missing, unexpected and mis-shaped name.
   """
   config = model.config
-  plain = model.clone(config=config.replace(scan_layers=False, remat=False))
-  init = lambda key: plain.init(key, *_dummy_inputs())['params']
-  reference = traverse_util.flatten_dict(jax.eval_shape(init, jax.random.key(0)), sep='/')
+  ids = jnp.zeros((1, 2), jnp.int32)
   ignored = IGNORED_T5_KEYS + (IGNORED_TIED_KEYS if config.tie_word_embeddings else ())
-  flat, report = convert_hf_tensors(
-      tensors, reference, name_to_ours=t5_name_to_ours, ignored_keys=ignored,
-      optional_prefixes=(), hint=_HINT)
-  if report.ignored:
-    log.info('Ignored copies of the shared embedding: %s', list(report.ignored))
-  params = traverse_util.unflatten_dict(
-      {p: jnp.asarray(v, jnp.float32) for p, v in flat.items()}, sep='/')
-  if config.scan_layers:
-    params = scan_layout.stack_layers(
-        params, {'encoder': config.num_layers, 'decoder': config.num_decoder_layers})
-  return params, report
+  return merge_into_model(
+      model, (ids, jnp.ones_like(ids), ids), tensors,
+      {'encoder': config.num_layers, 'decoder': config.num_decoder_layers},
+      name_to_ours=t5_name_to_ours, ignored_keys=ignored, optional_prefixes=(), hint=_HINT)
 
 
 def t5_identity(name: str, params: Mapping[str, Any], config: T5Config,
