@@ -6,7 +6,7 @@ torch through `hf_files`; `pytorch_model.bin` is refused (no pickle, ever). Merg
 Pooler/classifier absent from the file are initialised fresh and logged.
 
 Example:
-  pre = load_pretrained('minilm-l6', head='classification', num_labels=2)
+  pre = load_bert_pretrained('minilm-l6', head='classification', num_labels=2)
   logits = pre.model.apply({'params': pre.params}, ids, mask)
 """
 
@@ -108,7 +108,7 @@ def merge_hf_tensors(model: bert.BertEncoderModel, tensors: Mapping[str, np.ndar
                           optional_prefixes=OPTIONAL_PREFIXES, hint=_HEAD_HINT)
 
 
-def load_pretrained(
+def load_bert_pretrained(
     name_or_path: str, *, head: str | None = None, num_labels: int | None = None,
     dtype: str = 'float32', remat: bool = False, scan_layers: bool = False, seed: int = 0,
     config_overrides: Mapping[str, Any] | None = None, revision: str | None = None,

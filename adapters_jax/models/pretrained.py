@@ -1,7 +1,7 @@
 """`load_pretrained`: any supported checkpoint, its family chosen by `config.json`'s `model_type`.
 
-BERT/RoBERTa go to `bert_import.load_pretrained`, T5 to `t5_import.load_t5_pretrained`, decoders
-(GPT-2, Llama, Qwen2, Mistral, Gemma) to `decoder_import.load_decoder`. The name is resolved once
+BERT/RoBERTa go to `bert_import.load_bert_pretrained`, T5 to `t5_import.load_t5_pretrained`,
+decoders (GPT-2, Llama, Qwen2, Mistral, Gemma) to `decoder_import.load_decoder`. The name is resolved once
 (short name, directory or hub id) and recorded as given in the returned identity.
 
 Example:
@@ -37,8 +37,8 @@ def load_pretrained(
       hub id 'owner/name'.
     head: BERT/RoBERTa: None or 'classification'. T5: None (the model includes its LM head).
       Decoders: None or 'causal_lm' (both give the LM head).
-    num_labels: BERT/RoBERTa head size (see `bert_import.load_pretrained`); T5 and decoders take
-      none.
+    num_labels: BERT/RoBERTa head size (see `bert_import.load_bert_pretrained`); T5 and decoders
+      take none.
     dtype, remat, scan_layers: compute dtype and layer options of either family's config.
     seed: BERT/RoBERTa: initialises parts absent from the file (pooler, classifier).
     config_overrides: other fields of the family's config (`EncoderConfig`, `T5Config` or
@@ -67,7 +67,7 @@ def load_pretrained(
         scan_layers=scan_layers, config_overrides=config_overrides,
         load_tokenizer=load_tokenizer)
   elif model_type is None or model_type in ENCODER_MODEL_TYPES:  # None: its error names the fix
-    pre = bert_import.load_pretrained(
+    pre = bert_import.load_bert_pretrained(
         str(directory), head=head, num_labels=num_labels, dtype=dtype, remat=remat,
         scan_layers=scan_layers, seed=seed, config_overrides=config_overrides,
         load_tokenizer=load_tokenizer)
