@@ -31,6 +31,7 @@ from adapters_jax.splicing.splice import (
     unmerge_adapter,
 )
 from adapters_jax.splicing.tree import AdapterSpec, adapter_leaves
+from adapters_jax.train import optimizer
 from adapters_jax.version import __version__
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
     'PRESETS', 'Parallel', 'PerExample', 'RestoredAdapter', 'SiteMatchError', 'SiteRule', 'Spliced', 'Stack',
     '__version__', 'adapter_leaves', 'add_adapter', 'add_fusion', 'average_adapter',
     'base_fingerprint', 'choice_index', 'fusion_attentions', 'get_method', 'load_record',
-    'merge_adapter', 'method_from_dict', 'methods', 'remove_adapter', 'restore_adapter',
+    'merge_adapter', 'method_from_dict', 'methods', 'optimizer', 'remove_adapter', 'restore_adapter',
     'restore_adapters', 'restore_fusion', 'save_adapter', 'save_fusion', 'sites', 'trainable',
     'unmerge_adapter',
 ]
