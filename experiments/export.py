@@ -33,7 +33,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  from adapters_jax.checkpoint.restore import CheckpointError
+  from adapters_jax.checkpoint.save import CheckpointError
   from adapters_jax.interop import InteropError, export_checkpoint
   from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
 

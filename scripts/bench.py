@@ -5,7 +5,7 @@ leaf trains, then every preset in `adapters_jax.methods.PRESETS`): train-step th
 (examples/s, median of the timed steps after warm-up), compile time, peak host RSS and device
 memory, trainable parameters, optimizer-state bytes and adapter-checkpoint bytes. The step is the
 library's real path: `models.build_model`, `splice.add_adapter`, `trainable.make_mask` /
-`adapter_rules` / `split`, `trainable.adamw`, `train.step.train_step` jitted with the state donated
+`adapter_rules` / `split`, `optimizer.adamw`, `train.step.train_step` jitted with the state donated
 (as `train/loop.py` does), dropout on (`deterministic=False`) with the model's own dropout rates.
 
 Our methods run in one worker process per round, stepping in turn (method A one step, method B one
@@ -133,6 +133,8 @@ def build_method(method: str, model: str = 'minilm', batch: int = 8, length: int
   from adapters_jax import models
   from adapters_jax.methods import adapter_drop, get_method
   from adapters_jax.splicing import splice, trainable
+  from adapters_jax.splicing.discovery import sample_ids
+  from adapters_jax.train import optimizer
   from adapters_jax.train.step import classification_loss, create_train_state, train_step
 
   method, _, variant = method.partition('@')
@@ -140,7 +142,7 @@ def build_method(method: str, model: str = 'minilm', batch: int = 8, length: int
   config = models.EncoderConfig(**MODELS[model], scan_layers=scan_layers, remat=remat,
                                 **(config_overrides or {}))
   host = models.build_model(config, head='classification', num_labels=NUM_LABELS)
-  sample = jnp.ones((2, 16), jnp.int32)
+  sample = sample_ids()
   params = jax.jit(host.init)(jax.random.key(0), sample)['params']
   spliced, name = splice.Spliced(host), None
   if method == 'full':
@@ -156,7 +158,7 @@ def build_method(method: str, model: str = 'minilm', batch: int = 8, length: int
     rules = trainable.adapter_rules([spliced.adapter(name)], train_head=True)
   mask = trainable.make_mask(params, rules)
   train_params, frozen = trainable.split(params, mask)
-  tx = trainable.adamw(1e-4, weight_decay=0.01)
+  tx = optimizer.adamw(1e-4, weight_decay=0.01)
   state = create_train_state(train_params, tx, jax.random.key(2))
 
   def apply_fn(p, b, rng):
@@ -202,16 +204,16 @@ def checkpoint_bytes(built: dict[str, Any]) -> int:
   """Bytes on disk of the checkpoint `train/loop.py` would write for this method."""
   import jax
 
-  from adapters_jax.checkpoint import restore
+  from adapters_jax.checkpoint import save
   from adapters_jax.splicing import trainable
   params = trainable.combine(jax.device_get(built['state'].params),
                              jax.device_get(built['frozen']))
   with tempfile.TemporaryDirectory() as tmp:
     directory = os.path.join(tmp, 'ckpt')
     if built['name'] is None:
-      restore.save_trained(directory, params, built['mask'], base_name='bench')
+      save.save_trained(directory, params, built['mask'], base_name='bench')
     else:
-      restore.save_adapter(directory, built['spliced'], params, built['name'],
+      save.save_adapter(directory, built['spliced'], params, built['name'],
                               mask=built['mask'], base_name='bench')
     return sum(os.path.getsize(os.path.join(root, f))
                for root, _, files in os.walk(directory) for f in files)

@@ -7,7 +7,7 @@
 * `t5_adapter_step`: a preset (Houlsby, Pfeiffer, LoRA) on a T5 of t5-small's shape, teacher
   forcing (decoder inputs = labels shifted right), token cross-entropy.
 
-Both go through `splice.add_adapter` -> `trainable.adapter_rules` / `split` -> `trainable.adamw`
+Both go through `splice.add_adapter` -> `trainable.adapter_rules` / `split` -> `optimizer.adamw`
 -> `train.step.train_step`, jitted with the state donated. `scripts/memory_estimate.py` and
 `scripts/bench_lm.py` use them; the tests load this file by path.
 """
@@ -26,7 +26,7 @@ from adapters_jax.methods import get_method
 from adapters_jax.models import DecoderConfig, DecoderLM, T5Config, T5ForConditionalGeneration
 from adapters_jax.models.t5 import shift_right
 from adapters_jax.splicing import splice, trainable
-from adapters_jax.train import placement, sharding_rules
+from adapters_jax.train import optimizer, placement, sharding_rules
 from adapters_jax.train.step import create_train_state, train_step
 
 ADAPTER_NAME = 'bench'
@@ -98,7 +98,7 @@ def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank
   frozen = sharding_rules.cast_floating(frozen, frozen_dtype)
   if abstract:
     frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), frozen)
-  tx = trainable.adamw(1e-4, weight_decay=0.0)
+  tx = optimizer.adamw(1e-4, weight_decay=0.0)
   state = create_train_state(train_params, tx, jax.random.key(2))
   host_batch = llama_batch(batch, length, config.vocab_size)
 
@@ -156,7 +156,7 @@ def t5_adapter_step(method: str, shape: str, batch: int, length: int, target_len
     rules = trainable.adapter_rules([spliced.adapter(name)], train_head=False)
   mask = trainable.make_mask(params, rules)
   train_params, frozen = trainable.split(params, mask)
-  tx = trainable.adamw(1e-4, weight_decay=0.0)
+  tx = optimizer.adamw(1e-4, weight_decay=0.0)
   state = create_train_state(train_params, tx, jax.random.key(2))
 
   def apply_fn(p, b, rng):

@@ -208,13 +208,13 @@ def test_check_base_refuses_other_shapes_even_when_the_adapter_fits(tmp_path):
 def test_save_trained_writes_the_masked_leaves_and_a_record_restore_adapter_refuses(tmp_path):
   """A head-only run's checkpoint: exactly the head's leaves with their values, a record with no
   adapter and the base's fingerprints; `restore_adapter` names the way to load it."""
-  from adapters_jax.checkpoint.restore import (
-      FORMAT,
-      base_fingerprint,
-      load_leaves,
-      overwrite_leaves,
-      save_trained,
-      weights_fingerprint,
+  from adapters_jax.checkpoint.save import (
+    FORMAT,
+    base_fingerprint,
+    load_leaves,
+    overwrite_leaves,
+    save_trained,
+    weights_fingerprint,
   )
   from adapters_jax.version import __version__
 
@@ -284,7 +284,7 @@ def test_a_record_whose_method_no_longer_fits_its_leaves_is_refused_on_the_same_
 
 def test_overwritten_leaves_keep_the_dtype_of_the_params_they_replace():
   """A float32 checkpoint restored into a bfloat16 base keeps bfloat16 (frozen_dtype runs)."""
-  from adapters_jax.checkpoint.restore import overwrite_leaves
+  from adapters_jax.checkpoint.save import overwrite_leaves
 
   params = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16), init_tiny(TinyClassifier()))
   leaves = {'classifier/kernel': np.full((16, 2), 0.5, np.float32)}
@@ -307,7 +307,7 @@ def test_restore_adapters_refusals_word_for_word(tmp_path):
   trained base weights (Houlsby's layer norms) are refused, each naming the checkpoint and the fix."""
   import re
 
-  from adapters_jax.checkpoint.restore import save_trained
+  from adapters_jax.checkpoint.save import save_trained
 
   model = TinyClassifier()
   base = init_tiny(model)

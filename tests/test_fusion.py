@@ -17,7 +17,8 @@ import scipy.special
 from flax import traverse_util
 
 from adapters_jax import adapter_leaves, add_adapter, get_method
-from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint import restore, save
+from adapters_jax.checkpoint.fusion_checkpoint import restore_fusion, save_fusion
 from adapters_jax.checkpoint.restore import restore_adapters
 from adapters_jax.methods import FusionConfig
 from adapters_jax.predict.serving import load_adapter_server
@@ -29,8 +30,6 @@ from adapters_jax.splicing.fusion_layers import (
   fusion_regularization,
   fusion_rules,
   plot_fusion_attention,
-  restore_fusion,
-  save_fusion,
 )
 from adapters_jax.train import loop
 from adapters_jax.train.step import classification_loss, create_train_state, train_step
@@ -183,7 +182,7 @@ def test_fusion_checkpoint_roundtrip_and_adapter_errors(tiny, tmp_path):
   params = _perturb(params, 'a,b', scale=0.05, seed=11)
   expected = spliced.apply(params, ids, mask, active=Fuse('a', 'b'))
   directory = save_fusion(tmp_path / 'fusion', spliced, params, 'a,b', base_name='tiny')
-  record = restore.load_record(directory)
+  record = save.load_record(directory)
   assert record['method']['adapters'] == ['a', 'b'] and record['extra']['fusion']['adapters'] == [
       'a', 'b']
 
@@ -205,12 +204,12 @@ def test_fusion_checkpoint_roundtrip_and_adapter_errors(tiny, tmp_path):
   s, p = restore_fusion(directory, s, p)
   np.testing.assert_allclose(s.apply(p, ids, mask, active=Fuse('a', 'b')), expected, rtol=1e-6,
                              atol=1e-6)
-  with pytest.raises(restore.CheckpointError, match="adapter 'b' is not spliced.*Restore"):
+  with pytest.raises(save.CheckpointError, match="adapter 'b' is not spliced.*Restore"):
     restore_fusion(directory, *with_adapters(['a']))
-  with pytest.raises(restore.CheckpointError, match="config differs in \\['reduction_factor"):
+  with pytest.raises(save.CheckpointError, match="config differs in \\['reduction_factor"):
     restore_fusion(directory, *with_adapters(['a', 'b'], b_method=get_method('pfeiffer',
                                                                              reduction_factor=4)))
-  with pytest.raises(restore.CheckpointError, match='other weights.*check_adapters=False'):
+  with pytest.raises(save.CheckpointError, match='other weights.*check_adapters=False'):
     restore_fusion(directory, *with_adapters(['a', 'b'], b_scale=0.1))
   restore_fusion(directory, *with_adapters(['a', 'b'], b_scale=0.1), check_adapters=False)
 
@@ -283,7 +282,7 @@ def test_multi_predictor_per_row_column_and_cli(adapter_workdirs, tmp_path):
   assert [p['adapter'] for p in chosen] == ['tweet_sentiment'] * 2
   with pytest.raises(ValueError, match='loaded adapters'):
     predictor.predict(texts[:1], adapters=['nope'])
-  with pytest.raises(restore.CheckpointError, match='rename='):
+  with pytest.raises(save.CheckpointError, match='rename='):
     restore_adapters([os.path.join(rt, 'best')], *_host_with_clashing_name())
 
   lines = [f'{n}\t{t}' for n, t in zip(names, texts, strict=True)]

@@ -16,6 +16,7 @@ from transformers.models.bert.modeling_flax_bert import FlaxBertForSequenceClass
 
 from adapters_jax import add_adapter, get_method
 from adapters_jax.splicing import trainable
+from adapters_jax.train import optimizer
 from adapters_jax.train.step import classification_loss, create_train_state, train_step
 
 
@@ -59,7 +60,7 @@ def test_houlsby_and_lora_splice_into_hf_bert_and_train(preset, n_sites):
   if preset == 'houlsby':
     assert any('LayerNorm' in p for p in trained_paths)
   assert any(p.startswith('classifier/') for p in trained_paths)
-  tx = trainable.adamw(1e-2)
+  tx = optimizer.adamw(1e-2)
   state = create_train_state(train_part, tx, jax.random.key(2))
   labels = jnp.array([0, 1, 0, 1])
 

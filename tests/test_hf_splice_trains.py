@@ -16,6 +16,7 @@ from transformers.models.bert.modeling_flax_bert import FlaxBertForSequenceClass
 
 from adapters_jax import add_adapter, get_method
 from adapters_jax.splicing import trainable
+from adapters_jax.train import optimizer
 from adapters_jax.train.step import classification_loss, create_train_state, train_step
 
 RANK, ALPHA = 4, 8.0
@@ -73,7 +74,7 @@ def test_training_the_adapter_alone_moves_the_hf_logits_and_lowers_the_loss():
   mask = trainable.make_mask(params, trainable.adapter_rules([spliced.adapter('task')], train_head=False))
   train_part, frozen = trainable.split(params, mask)
   assert all('/adapters/task/' in p for p in trainable.leaf_paths(train_part))
-  tx = trainable.adamw(3e-2)
+  tx = optimizer.adamw(3e-2)
   state = create_train_state(train_part, tx, jax.random.key(2))
   batch = {'labels': jnp.array([0, 1, 1, 0])}
   apply_fn = lambda p, batch, rng: spliced.apply(p, *args, active='task', deterministic=False,

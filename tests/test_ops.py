@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import erf
 
-from adapters_jax.nn.ops import Dropout, dropout_keep_mask, gelu_exact
+from adapters_jax.nn.activations import gelu_exact
+from adapters_jax.nn.dropout import Dropout, dropout_keep_mask
 
 
 def test_gelu_exact_and_its_derivative_match_float64():

@@ -11,6 +11,7 @@ from flax import traverse_util
 
 from adapters_jax import add_adapter, get_method
 from adapters_jax.splicing import trainable
+from adapters_jax.train import optimizer
 from adapters_jax.train.step import classification_loss, create_train_state, train_step
 from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
 
@@ -81,7 +82,7 @@ def test_train_step_updates_only_trainable_and_state_is_small(method):
   rules = trainable.adapter_rules([spliced.adapter('a')])
   train_mask = trainable.make_mask(params, rules)
   train_part, frozen = trainable.split(params, train_mask)
-  tx = trainable.adamw(1e-2, weight_decay=0.01)
+  tx = optimizer.adamw(1e-2, weight_decay=0.01)
   state = create_train_state(train_part, tx, jax.random.key(0))
   labels = jnp.array([0, 1, 1])
 
@@ -116,7 +117,7 @@ def test_optax_partition_on_full_tree_keeps_no_frozen_state():
   spliced, params, ids, mask = _spliced('lora')
   train_mask = trainable.make_mask(params, trainable.adapter_rules([spliced.adapter('a')]))
   labels = jax.tree.map(lambda train: 'trainable' if train else 'frozen', train_mask)
-  tx = optax.partition({'trainable': trainable.adamw(1e-2), 'frozen': optax.set_to_zero()}, labels)
+  tx = optax.partition({'trainable': optimizer.adamw(1e-2), 'frozen': optax.set_to_zero()}, labels)
   opt_state = tx.init(params)
   n_trainable = trainable.count(params, train_mask).trainable
   assert _float_numbers(opt_state) == 2 * n_trainable
@@ -130,9 +131,9 @@ def test_optax_partition_on_full_tree_keeps_no_frozen_state():
 
 def test_weight_decay_skips_biases_and_vectors():
   tree = {'kernel': jnp.full((2, 2), 3.0), 'bias': jnp.full(2, 3.0), 'scale': jnp.full(2, 3.0)}
-  assert trainable.decay_mask(tree) == {'kernel': True, 'bias': False, 'scale': False}
+  assert optimizer.decay_mask(tree) == {'kernel': True, 'bias': False, 'scale': False}
   lr, decay = 0.1, 0.5
-  tx = trainable.adamw(lr, weight_decay=decay, clip_norm=None)
+  tx = optimizer.adamw(lr, weight_decay=decay, clip_norm=None)
   state = tx.init(tree)
   zero = jax.tree.map(jnp.zeros_like, tree)
   updates, _ = tx.update(zero, state, tree)

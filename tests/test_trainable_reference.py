@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from adapters_jax.splicing import trainable
+from adapters_jax.train import optimizer
 
 
 def _adamw_reference(params, grads_per_step, lr, weight_decay, clip_norm, b1=0.9, b2=0.999, eps=1e-8):
@@ -39,7 +40,7 @@ def test_adamw_steps_equal_the_hand_written_update(clip_norm):
   # Gradients large enough that clipping to 0.5 matters, and of different sizes per step.
   steps = [{k: (3.0 / (i + 1)) * rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
            for i in range(3)]
-  tx = trainable.adamw(1e-2, weight_decay=0.1, clip_norm=clip_norm)
+  tx = optimizer.adamw(1e-2, weight_decay=0.1, clip_norm=clip_norm)
   state = tx.init({k: jnp.asarray(v) for k, v in params.items()})
   got = {k: jnp.asarray(v) for k, v in params.items()}
   for grads in steps:
@@ -56,7 +57,7 @@ def test_adamw_uses_the_moment_decays_and_eps_it_is_given():
   rng = np.random.default_rng(2)
   params = {'kernel': rng.normal(size=(2, 3)).astype(np.float32)}
   steps = [{'kernel': (0.2 * (i + 1)) * rng.normal(size=(2, 3)).astype(np.float32)} for i in range(3)]
-  tx = trainable.adamw(1e-1, clip_norm=None, b1=0.5, b2=0.8, eps=0.3)
+  tx = optimizer.adamw(1e-1, clip_norm=None, b1=0.5, b2=0.8, eps=0.3)
   got = {'kernel': jnp.asarray(params['kernel'])}
   state = tx.init(got)
   for grads in steps:
@@ -70,7 +71,7 @@ def test_default_clip_norm_is_one():
   rng = np.random.default_rng(1)
   params = {'kernel': rng.normal(size=(2, 2)).astype(np.float32)}
   grads = [{'kernel': np.full((2, 2), 5.0, np.float32)}]
-  tx = trainable.adamw(1e-1)
+  tx = optimizer.adamw(1e-1)
   state = tx.init({'kernel': jnp.asarray(params['kernel'])})
   updates, _ = tx.update({'kernel': jnp.asarray(grads[0]['kernel'])}, state,
                          {'kernel': jnp.asarray(params['kernel'])})
@@ -92,7 +93,7 @@ def test_counts_bytes_and_share_by_hand():
   assert trainable.count_params({}) == 0
   # Paths in insertion order (not sorted), '/'-joined.
   assert trainable.leaf_paths({'b': {'y': 1, 'x': 2}, 'a': 3}) == ['b/y', 'b/x', 'a']
-  assert trainable.decay_mask(params) == {'a': {'kernel': True, 'bias': False}, 'b': {'scale': False}}
+  assert optimizer.decay_mask(params) == {'a': {'kernel': True, 'bias': False}, 'b': {'scale': False}}
 
 
 def test_uncovered_leaves_are_all_counted_and_the_first_twenty_listed():

@@ -1,4 +1,4 @@
-"""Adapter-only Orbax checkpoints: save (see `checkpoint_io`) and restore onto a base model.
+"""Adapter-only Orbax checkpoints restored onto a base model (`checkpoint.save` writes them).
 
 Restoring loads the base model, splices the adapter from the recorded config, then overwrites the
 adapter leaves (`fit_leaves`); any difference between the checkpoint and the spliced tree is
@@ -29,16 +29,11 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax.checkpoint.save import (
-  FORMAT,
   CheckpointError,
   base_fingerprint,
-  base_record,
   load_leaves,
   load_record,
-  make_record,
   overwrite_leaves,
-  save_adapter,
-  save_trained,
   tree_diff,
   weights_fingerprint,
 )
@@ -46,12 +41,6 @@ from adapters_jax.methods import method_from_dict
 from adapters_jax.splicing import splice
 from adapters_jax.splicing.sites import HEAD_PARAMS
 from adapters_jax.splicing.tree import Params, adapter_leaves, is_adapter_path, rename_path
-
-__all__ = [
-    'FORMAT', 'CheckpointError', 'RestoredAdapter', 'base_fingerprint', 'base_record', 'check_base_of',
-    'fit_leaves', 'load_leaves', 'load_record', 'make_record', 'overwrite_leaves', 'restore_adapter',
-    'restore_adapters', 'save_adapter', 'save_trained', 'tree_diff', 'weights_fingerprint',
-]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from adapters_jax.checkpoint.restore import CheckpointError
+from adapters_jax.checkpoint.save import CheckpointError
 from adapters_jax.train.step import TrainState
 
 DIGEST_FILE = 'files.sha256.json'

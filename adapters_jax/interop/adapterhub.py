@@ -42,9 +42,9 @@ from adapters_jax.interop.naming import (
   base_leaf_value_to_hf,
   split_site,
   torch_linear,
-  write_safetensors,
 )
 from adapters_jax.interop.portable import PortableAdapter, base_metadata
+from adapters_jax.models.hf_files import write_safetensors
 from adapters_jax.splicing.sites import FFN_INTERMEDIATE, FFN_OUTPUT, KEY, QUERY, VALUE
 
 FORMAT_VERSION = 'adapters.1.3.0'

@@ -22,8 +22,8 @@ from adapters_jax.interop.adapterhub import (
 from adapters_jax.interop.naming import (
   InteropError,
   hf_to_base_leaf,
+  read_adapter_weights,
   read_json,
-  read_safetensors_file,
   torch_linear,
 )
 from adapters_jax.interop.portable import PortableAdapter, base_from_metadata
@@ -41,7 +41,7 @@ def import_adapter(directory: str | pathlib.Path) -> PortableAdapter:
                        f'loaded; re-save it with `model.save_adapter(dir, name, use_safetensors=True)`.')
   saved = read_json(directory / CONFIG_FILE)
   config, name = saved['config'], saved['name']
-  tensors, metadata = read_safetensors_file(directory / WEIGHTS_FILE)
+  tensors, metadata = read_adapter_weights(directory / WEIGHTS_FILE)
   # Bottleneck configs (BnConfig and its presets) are saved without an `architecture` key.
   architecture = config.get('architecture') or 'bottleneck'  # a foreign file, not our config
   if architecture == 'bottleneck':
@@ -53,7 +53,7 @@ def import_adapter(directory: str | pathlib.Path) -> PortableAdapter:
                        "here; importable: bottleneck adapters (no `architecture`), 'lora' (LoRA, (IA)3).")
   label_names = None
   if (directory / HEAD_WEIGHTS_FILE).is_file():
-    head, _ = read_safetensors_file(directory / HEAD_WEIGHTS_FILE)
+    head, _ = read_adapter_weights(directory / HEAD_WEIGHTS_FILE)
     leaves.update(_base_leaves(head, directory / HEAD_WEIGHTS_FILE))
     label2id = read_json(directory / HEAD_CONFIG_FILE)['label2id']
     if label2id:

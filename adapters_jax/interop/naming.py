@@ -6,7 +6,7 @@ BERT/RoBERTa (`encoder.layer.<i>.attention.self.query`, ..., `encoder.layer.<i>.
 Our kernels are `[in, out]`; a torch Linear weight is `[out, in]`.
 
 Also here: the task head and layer-norm leaves (trained with some methods) under their Hugging
-Face tensor names, and the safetensors files both formats use (numpy only, never torch).
+Face tensor names, and reading the safetensors files both formats use (`models.hf_files`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from adapters_jax.models import hf_name_to_ours
+from adapters_jax.models.hf_files import read_safetensors_file
 
 # Our site path inside a block -> the transformers module inside `encoder.layer.<i>`.
 SITE_TO_HF = {
@@ -128,25 +129,13 @@ def model_type_from_leaves(leaves: Mapping[str, np.ndarray]) -> str | None:
   return None
 
 
-def write_safetensors(path: pathlib.Path, tensors: Mapping[str, np.ndarray],
-                      metadata: Mapping[str, str]) -> None:
-  """Writes contiguous float32 tensors with string metadata (`format: pt`, as PyTorch writers do)."""
-  from safetensors.numpy import save_file  # lazily: only needed when converting
-
-  arrays = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in tensors.items()}
-  save_file(arrays, str(path), metadata={'format': 'pt', **metadata})
-
-
-def read_safetensors_file(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """All tensors of one safetensors file as float32 numpy, and its metadata."""
-  from safetensors import safe_open
-
+def read_adapter_weights(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """An exported adapter's safetensors file (`hf_files.read_safetensors_file`) as float32 numpy,
+  and its metadata; a missing file is an `InteropError` naming it."""
   if not path.is_file():
     raise InteropError(f'{path} is missing.')
-  with safe_open(str(path), framework='np') as f:
-    metadata = dict(f.metadata() or {})
-    tensors = {k: np.asarray(f.get_tensor(k), np.float32) for k in f.keys()}  # noqa: SIM118
-  return tensors, metadata
+  tensors, metadata = read_safetensors_file(path)
+  return {k: np.asarray(v, np.float32) for k, v in tensors.items()}, metadata
 
 
 def read_json(path: pathlib.Path) -> dict:

@@ -32,16 +32,16 @@ from adapters_jax.interop.naming import (
   base_leaf_value_to_hf,
   hf_to_base_leaf,
   hf_to_site,
+  read_adapter_weights,
   read_json,
-  read_safetensors_file,
   site_to_hf,
   split_site,
   torch_linear,
-  write_safetensors,
 )
 from adapters_jax.interop.portable import PortableAdapter, base_from_metadata, base_metadata
 from adapters_jax.methods import IA3Config, LoRAConfig
 from adapters_jax.models.decoder_config import MODEL_TYPES as DECODER_MODEL_TYPES
+from adapters_jax.models.hf_files import write_safetensors
 from adapters_jax.models.registry import portable_name
 from adapters_jax.splicing.sites import LAYER_NORM_PARAMS
 
@@ -135,7 +135,7 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
   if peft_type not in ('LORA', 'IA3'):
     raise InteropError(f'{where}: peft_type {peft_type!r} has no equivalent here; importable: LORA, IA3.')
   _refuse(config, where)
-  tensors, metadata = read_safetensors_file(directory / WEIGHTS_FILE)
+  tensors, metadata = read_adapter_weights(directory / WEIGHTS_FILE)
   suffix = re.compile(r'\.(lora_A\.weight|lora_B\.weight|ia3_l)$')
   leaves, layers_by_kind, placements, rest = {}, {}, {}, {}
   for key, value in tensors.items():

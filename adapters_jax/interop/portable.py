@@ -24,10 +24,10 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax import models
-from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint import save
 from adapters_jax.interop.naming import InteropError, is_base_leaf
 from adapters_jax.methods import MethodConfig, method_from_dict
-from adapters_jax.splicing import splice
+from adapters_jax.splicing import splice, tree
 from adapters_jax.splicing.sites import match_sites
 
 # safetensors metadata key holding our base identity (JSON) in exported files.
@@ -64,13 +64,13 @@ class PortableAdapter:
 
 def read_checkpoint(directory: str | os.PathLike) -> PortableAdapter:
   """Reads an adapter checkpoint written by `save_adapter` (e.g. a training run's `best/`)."""
-  record = restore.load_record(directory)
+  record = save.load_record(directory)
   if record['adapter'] is None:
     raise InteropError(f'{os.fspath(directory)} holds fully fine-tuned weights, not an adapter; only '
                        'adapter checkpoints can be exported.')
   method = method_from_dict(record['method'])
   rules = match_sites(method.site_rules(), record['sites'])
-  leaves = {p: np.asarray(v, np.float32) for p, v in restore.load_leaves(directory).items()}
+  leaves = {p: np.asarray(v, np.float32) for p, v in save.load_leaves(directory).items()}
   base = {k: str(v) for k, v in record['base'].items() if v}
   if 'name' in base and 'weights_sha256' not in base:
     digest = local_weights_sha256(base['name'])
@@ -111,11 +111,11 @@ def local_weights_sha256(name: str) -> str | None:
 def check_base(adapter: PortableAdapter, pretrained: models.Pretrained, model_name: str) -> None:
   """Refuses a base whose shapes or weights differ from the ones the adapter was exported from.
 
-  Compares the shape fingerprint (`restore.base_fingerprint`) and the sha256 of the weight files
+  Compares the shape fingerprint (`save.base_fingerprint`) and the sha256 of the weight files
   (`weights_sha256`), each when the exported files carry it.
   """
   base, fix = adapter.base, 'import it onto that base, or allow another base (--allow_other_base)'
-  if 'fingerprint' in base and base['fingerprint'] != restore.base_fingerprint(pretrained.params):
+  if 'fingerprint' in base and base['fingerprint'] != save.base_fingerprint(pretrained.params):
     raise InteropError(f'The adapter was made on base {base.get("name")!r}, whose parameter shapes differ '
                        f'from those of {model_name!r}; {fix}.')
   if 'weights_sha256' in base and base['weights_sha256'] != pretrained.identity.weights_sha256:
@@ -142,12 +142,12 @@ def splice_into(adapter: PortableAdapter, pretrained: models.Pretrained):
   spliced, params = splice.add_adapter(pretrained.model, pretrained.params, adapter.name,
                                        adapter.method, jax.random.key(0), sample)
   flat = traverse_util.flatten_dict(params, sep='/')
-  expected = {p: v for p, v in flat.items() if splice.is_adapter_path(p, adapter.name)}
-  problems = restore.tree_diff(expected, adapter.adapter_leaves())
+  expected = {p: v for p, v in flat.items() if tree.is_adapter_path(p, adapter.name)}
+  problems = save.tree_diff(expected, adapter.adapter_leaves())
   if problems:
-    raise restore.CheckpointError('The imported adapter does not fit the model:\n  '
+    raise save.CheckpointError('The imported adapter does not fit the model:\n  '
                                      + '\n  '.join(problems))
-  params = restore.overwrite_leaves(params, adapter.leaves, what='imported adapter')
+  params = save.overwrite_leaves(params, adapter.leaves, what='imported adapter')
   trained = set(adapter.leaves)
   mask = traverse_util.unflatten_dict(
       {p: p in trained for p in traverse_util.flatten_dict(params, sep='/')}, sep='/')
@@ -176,5 +176,5 @@ def write_checkpoint(adapter: PortableAdapter, model_name: str, out: str | os.Pa
   extra: dict[str, Any] = {'imported_from': dict(source)}
   if adapter.label_names:
     extra['label_names'] = list(adapter.label_names)
-  return restore.save_adapter(out, spliced, params, adapter.name, mask=mask, base_name=model_name,
+  return save.save_adapter(out, spliced, params, adapter.name, mask=mask, base_name=model_name,
                                  extra=extra)

@@ -5,14 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from adapters_jax.methods.base import (
-  ACTIVATIONS,
-  MethodConfig,
-  SiteInfo,
-  adapter_drop,
-  get_activation,
-  replace_fields,
-)
+from adapters_jax.methods.base import MethodConfig, SiteInfo, adapter_drop, replace_fields
 from adapters_jax.methods.bottleneck import (
   Bottleneck,
   BottleneckConfig,
@@ -76,9 +69,9 @@ def method_from_dict(record: dict[str, Any]) -> MethodConfig:
 
 
 __all__ = [
-    'ACTIVATIONS', 'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'CONFIG_KINDS', 'CompacterAdapter',
+    'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'CONFIG_KINDS', 'CompacterAdapter',
     'CompacterConfig', 'FusionConfig', 'IA3', 'IA3Config', 'LoRA', 'LoRAConfig', 'MethodConfig', 'PHMDense',
     'PHMRule', 'PRESETS', 'SiteInfo', 'adapter_drop', 'compacter', 'compacter_pp', 'fusion',
-    'get_activation', 'get_method', 'houlsby', 'ia3', 'kron_sum', 'lora', 'method_from_dict', 'parallel',
+    'get_method', 'houlsby', 'ia3', 'kron_sum', 'lora', 'method_from_dict', 'parallel',
     'pfeiffer', 'phm_adapter', 'replace_fields',
 ]

@@ -23,13 +23,12 @@ import json
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 
-from adapters_jax.nn.ops import gelu_exact
 from adapters_jax.splicing.sites import LAYER_PREFIX, SiteRule, as_site_rules
 
 
@@ -64,21 +63,7 @@ class SiteInfo:
     return self.out_features if self.placement == 'output' else self.in_features
 
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    'gelu': gelu_exact,  # exact (erf) GELU with a cheap derivative
-    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
-    'relu': nn.relu,
-    'swish': nn.swish,
-    'silu': nn.swish,
-    'tanh': nn.tanh,
-}
 
-
-def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
-  """The activation function called `name`; an unknown name lists the valid ones."""
-  if name not in ACTIVATIONS:
-    raise ValueError(f'Unknown activation {name!r}; valid activations: {sorted(ACTIVATIONS)}.')
-  return ACTIVATIONS[name]
 
 
 @dataclasses.dataclass(frozen=True)

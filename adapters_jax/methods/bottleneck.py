@@ -11,7 +11,8 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from adapters_jax.methods.base import MethodConfig, SiteInfo, get_activation, linear_average
+from adapters_jax.methods.base import MethodConfig, SiteInfo, linear_average
+from adapters_jax.nn.activations import get_activation
 from adapters_jax.splicing.sites import ATTENTION_OUTPUT, FFN_BLOCK, FFN_OUTPUT, LAYER_NORM_PARAMS
 
 INITS = ('houlsby', 'zero')
@@ -23,7 +24,7 @@ class Bottleneck(nn.Module):
   Attributes:
     features: width of the output (equal to the input's width when residual).
     bottleneck: width of the hidden layer.
-    activation: name of the nonlinearity (see `methods.base.ACTIVATIONS`).
+    activation: name of the nonlinearity (see `nn.activations.ACTIVATIONS`).
     residual: add the input to the result (sequential placement).
     scaling: multiplies the up-projection's output.
     layer_norm_before: LayerNorm on the input before the down-projection.

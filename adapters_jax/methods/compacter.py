@@ -24,7 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adapters_jax.methods.base import MethodConfig, SiteInfo, get_activation
+from adapters_jax.methods.base import MethodConfig, SiteInfo
+from adapters_jax.nn.activations import get_activation
 from adapters_jax.splicing.sites import ATTENTION_OUTPUT, FFN_OUTPUT
 
 

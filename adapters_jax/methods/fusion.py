@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
-from adapters_jax.nn.ops import Dropout
+from adapters_jax.nn.dropout import Dropout
 
 ATTENTION = 'attention'
 

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo, linear_average
-from adapters_jax.nn.ops import Dropout
+from adapters_jax.nn.dropout import Dropout
 from adapters_jax.splicing.sites import QUERY, VALUE
 
 

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -49,18 +47,9 @@ from adapters_jax.models.attention_choice import attention_implementation, fused
 from adapters_jax.models.dropout_attention import dropout_attention, einsum_dropout_attention
 from adapters_jax.models.encoder_config import EncoderConfig
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
-from adapters_jax.nn.ops import Dropout, gelu_exact
+from adapters_jax.nn.activations import get_activation
+from adapters_jax.nn.dropout import Dropout
 
-ACTIVATIONS = {
-    'gelu': gelu_exact,  # HF 'gelu' is the exact erf GELU
-    'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
-    'gelu_pytorch_tanh': functools.partial(jax.nn.gelu, approximate=True),
-    'gelu_fast': functools.partial(jax.nn.gelu, approximate=True),
-    'relu': jax.nn.relu,
-    'silu': jax.nn.silu,
-    'swish': jax.nn.silu,
-    'tanh': jnp.tanh,
-}
 HEADS = ('bert', 'roberta')
 
 
@@ -166,7 +155,7 @@ class FeedForward(nn.Module):
   def __call__(self, hidden, deterministic: bool):
     cfg = self.config
     inner = _dense(cfg, cfg.intermediate_size, 'intermediate')(hidden)  # [b, s, inter]
-    inner = ACTIVATIONS[cfg.hidden_act](inner)
+    inner = get_activation(cfg.hidden_act)(inner)
     return _dense(cfg, cfg.hidden_size, 'output')(inner)
 
 
@@ -333,34 +322,3 @@ def classification_model(config: EncoderConfig, num_labels: int) -> BertForSeque
   head = 'roberta' if config.model_type == 'roberta' else 'bert'
   return BertForSequenceClassification(config, add_pooler=head == 'bert',
                                        num_labels=num_labels, head=head)
-
-
-_LAYER_RE = re.compile(r'^layer_(\d+)$')
-
-
-def stack_layer_params(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
-  """`encoder/layer_{i}/...` -> `encoder/layers/...` with a leading `[num_layers]` axis.
-
-  Converts a plain param tree into the `scan_layers=True` layout; pure, returns a new tree.
-  """
-  encoder = dict(params['encoder'])
-  names = [f'layer_{i}' for i in range(num_layers)]
-  if sorted(encoder) != sorted(names):
-    raise ValueError(f'Expected encoder layers {names}; got {sorted(encoder)}.')
-  layers = [encoder[n] for n in names]
-  stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
-  return {**params, 'encoder': {'layers': stacked}}
-
-
-def unstack_layer_params(params: dict[str, Any]) -> dict[str, Any]:
-  """Inverse of `stack_layer_params`: `encoder/layers/...` -> `encoder/layer_{i}/...`."""
-  stacked = params['encoder']['layers']
-  num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-  layers = {f'layer_{i}': jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
-            for i in range(num_layers)}
-  return {**params, 'encoder': layers}
-
-
-def is_scanned(params: dict[str, Any]) -> bool:
-  """Whether `params` uses the `scan_layers=True` layout."""
-  return 'layers' in params.get('encoder', {})

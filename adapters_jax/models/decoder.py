@@ -11,7 +11,7 @@ Param/module paths (`/`-joined; adapter site patterns depend on them, as on the 
     lm_head                                    nn.Dense hidden->vocab, untied heads only
 
 With `config.scan_layers` the blocks are one `nn.scan`ned module `decoder/layers/...` whose params
-carry a leading `[num_layers]` axis (`stack_layer_params` converts).
+carry a leading `[num_layers]` axis (`scan_layout.stack_layers` converts).
 
 The model-level API a task calls:
   * `__call__(input_ids, attention_mask, positions=None, segment_ids=None)` -> logits
@@ -28,9 +28,6 @@ own segment, so each example computes what it would alone.
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -39,7 +36,7 @@ from adapters_jax.models.decoder_config import DecoderConfig
 from adapters_jax.models.decoder_layers import DecoderLayer, norm
 from adapters_jax.models.kv_cache import KVCache, slot_mask
 from adapters_jax.models.rope import rotary_cos_sin
-from adapters_jax.nn.ops import Dropout
+from adapters_jax.nn.dropout import Dropout
 
 
 def default_positions(attention_mask_: jax.Array, already_valid: jax.Array | None = None):
@@ -198,33 +195,3 @@ class DecoderLM(nn.Module):
     if self.config.tie_word_embeddings:
       return self.embeddings.attend(hidden)
     return self.lm_head(hidden).astype(jnp.float32)
-
-
-_LAYER_RE = re.compile(r'^layer_(\d+)$')
-
-
-def stack_layer_params(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
-  """`decoder/layer_{i}/...` -> `decoder/layers/...` with a leading `[num_layers]` axis."""
-  decoder = dict(params['decoder'])
-  names = [f'layer_{i}' for i in range(num_layers)]
-  found = sorted(k for k in decoder if _LAYER_RE.match(k))
-  if found != sorted(names):
-    raise ValueError(f'Expected decoder layers {names}; got {found}.')
-  layers = [decoder.pop(n) for n in names]
-  decoder['layers'] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
-  return {**params, 'decoder': decoder}
-
-
-def unstack_layer_params(params: dict[str, Any]) -> dict[str, Any]:
-  """Inverse of `stack_layer_params`."""
-  decoder = dict(params['decoder'])
-  stacked = decoder.pop('layers')
-  num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-  for i in range(num_layers):
-    decoder[f'layer_{i}'] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
-  return {**params, 'decoder': decoder}
-
-
-def is_scanned(params: dict[str, Any]) -> bool:
-  """Whether `params` uses the `scan_layers=True` layout."""
-  return 'layers' in params.get('decoder', {})

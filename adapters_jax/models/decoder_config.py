@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any
 
 from adapters_jax.models.backbone_config import DTYPES, BackboneConfig, check_choice, check_fields
-from adapters_jax.models.bert import ACTIVATIONS
+from adapters_jax.nn.activations import ACTIVATIONS
 
 MODEL_TYPES = ('gpt2', 'llama', 'qwen2', 'mistral', 'gemma')
 ROPE_TYPES = ('default', 'linear', 'dynamic', 'llama3')

@@ -12,9 +12,7 @@ Example:
 
 from __future__ import annotations
 
-import json
 import pathlib
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from adapters_jax.models import decoder
+from adapters_jax.models import decoder, scan_layout
 from adapters_jax.models.decoder_config import DecoderConfig
+from adapters_jax.models.hf_files import write_hf_checkpoint
 
 # Our '/'-path suffix of a block -> Llama's name inside `model.layers.{i}.`; kernels transpose.
 _BLOCK = {
@@ -43,8 +42,6 @@ _TOP = {
     'decoder/final_layer_norm/scale': 'model.norm.weight',
     'lm_head/kernel': 'lm_head.weight',
 }
-TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
-                   'vocab.txt', 'vocab.json', 'merges.txt', 'tokenizer.model')
 
 
 def llama_tensors(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -54,8 +51,8 @@ def llama_tensors(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   Raises:
     ValueError: a param with no Llama name (biases, GPT-2's learned positions, adapters).
   """
-  if decoder.is_scanned(dict(params)):
-    params = decoder.unstack_layer_params(dict(params))
+  if scan_layout.is_scanned(dict(params)):
+    params = scan_layout.unstack_layers(dict(params))
   tensors, unnamed = {}, []
   for path, value in traverse_util.flatten_dict(dict(params), sep='/').items():
     value = np.asarray(value, np.float32)
@@ -78,19 +75,7 @@ def write_llama_checkpoint(directory: str | pathlib.Path, hf_config: Mapping[str
                            params: Mapping[str, Any],
                            tokenizer_dir: str | pathlib.Path | None = None) -> pathlib.Path:
   """Writes `config.json` (`hf_config`), `model.safetensors` and the tokenizer's files."""
-  from safetensors.numpy import save_file
-
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / 'config.json').write_text(json.dumps(dict(hf_config), indent=2) + '\n')
-  save_file(llama_tensors(params), str(directory / 'model.safetensors'),
-            metadata={'format': 'pt'})
-  if tokenizer_dir is not None:
-    for name in TOKENIZER_FILES:
-      source = pathlib.Path(tokenizer_dir) / name
-      if source.is_file():
-        shutil.copyfile(source, directory / name)
-  return directory
+  return write_hf_checkpoint(directory, hf_config, llama_tensors(params), tokenizer_dir)
 
 
 def random_decoder_checkpoint(directory: str | pathlib.Path, hf_config: Mapping[str, Any], *,

@@ -1,8 +1,8 @@
 """Hugging Face GPT-2 / Llama / Qwen2 / Mistral / Gemma checkpoints -> `DecoderLM` params.
 
-Explicit name-mapping tables (one per family), applied by `hf_import.convert_hf_tensors`, which
+Explicit name-mapping tables (one per family), applied by `hf_convert.convert_hf_tensors`, which
 reports every missing, unexpected and mis-shaped name at once; tensors are read by
-`hf_import.read_safetensors` (single file or sharded `model.safetensors.index.json`; never
+`hf_files.read_safetensors` (single file or sharded `model.safetensors.index.json`; never
 pickles). GPT-2's fused `c_attn` (a Conv1D, weight `[in, 3 * hidden]`) is split into our
 `query`/`key`/`value` before mapping, so adapter sites see three projections, as in the LoRA
 paper's GPT-2 experiments. A tied head (`tie_word_embeddings`) reads the token embeddings; a
@@ -15,31 +15,25 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import pathlib
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from adapters_jax.models import decoder
-from adapters_jax.models.bert_import import (
+from adapters_jax.models import decoder, hf_files
+from adapters_jax.models.decoder_config import DecoderConfig
+from adapters_jax.models.hf_convert import LoadReport, merge_into_model
+from adapters_jax.models.hf_files import (
   BaseModelIdentity,
-  LoadReport,
   Pretrained,
-  convert_hf_tensors,
+  base_model_identity,
+  read_hf_config,
   read_safetensors,
   weights_sha256,
 )
-from adapters_jax.models.decoder_config import DecoderConfig
-
-log = logging.getLogger(__name__)
 
 HEADS = ('causal_lm',)
 _T = lambda w: np.ascontiguousarray(w.T)  # torch Linear weight [out, in] -> kernel [in, out]
@@ -136,35 +130,18 @@ def merge_decoder_tensors(model: decoder.DecoderLM, tensors: Mapping[str, np.nda
     CheckpointMismatchError: listing every missing, unexpected and mis-shaped name.
   """
   cfg = model.config
-  plain = model.clone(config=cfg.replace(scan_layers=False, remat=False))
-  sample = jnp.zeros((1, 2), jnp.int32)
-  shapes = jax.eval_shape(lambda k: plain.init(k, sample)['params'], jax.random.key(0))
-  reference = traverse_util.flatten_dict(shapes, sep='/')
   if cfg.model_type == 'gpt2':
     tensors = split_fused_qkv(tensors)
   ignored = IGNORED_HF_KEYS + ((_TIED_HEAD,) if cfg.tie_word_embeddings else ())
-  flat, report = convert_hf_tensors(tensors, reference, name_to_ours=_table(cfg.model_type),
-                                    ignored_keys=ignored, optional_prefixes=(), hint=_HINT)
-  if report.ignored:
-    log.info('Ignored buffers / tied head copies: %s', list(report.ignored))
-  params = traverse_util.unflatten_dict(
-      {p: jnp.asarray(v, jnp.float32) for p, v in flat.items()}, sep='/')
-  if cfg.scan_layers:
-    params = decoder.stack_layer_params(params, cfg.num_layers)
-  return params, report
+  return merge_into_model(model, (jnp.zeros((1, 2), jnp.int32),), tensors,
+                          {'decoder': cfg.num_layers}, name_to_ours=_table(cfg.model_type),
+                          ignored_keys=ignored, optional_prefixes=(), hint=_HINT)
 
 
 def decoder_identity(name: str, params: Mapping[str, Any],
                      weights_sha256: str | None = None) -> BaseModelIdentity:
-  """`name` + sha256 of sorted (path, shape, dtype) of the base params (plain layout)."""
-  params = dict(params)
-  if decoder.is_scanned(params):
-    params = jax.eval_shape(decoder.unstack_layer_params, params)
-  flat = traverse_util.flatten_dict(params, sep='/')
-  rows = sorted((p, tuple(int(d) for d in v.shape), str(jnp.dtype(v.dtype)))
-                for p, v in flat.items() if '/adapters/' not in f'/{p}')
-  digest = hashlib.sha256(repr(rows).encode()).hexdigest()
-  return BaseModelIdentity(name=name, fingerprint=digest, weights_sha256=weights_sha256)
+  """`name` + sha256 of sorted (path, shape, dtype) of all the base params (plain layout)."""
+  return base_model_identity(name, params, weights_sha256, base_keys=None)
 
 
 def load_decoder(directory: str | pathlib.Path, *, name: str | None = None,
@@ -188,20 +165,14 @@ def load_decoder(directory: str | pathlib.Path, *, name: str | None = None,
   if head not in HEADS:
     raise ValueError(f'head={head!r} is not supported for decoders; valid heads: {list(HEADS)}.')
   directory = pathlib.Path(directory)
-  config_path = directory / 'config.json'
-  if not config_path.is_file():
-    raise FileNotFoundError(f'{config_path} not found: a HF checkpoint directory needs it.')
   config = DecoderConfig.from_hf_config(
-      json.loads(config_path.read_text()), dtype=dtype, remat=remat, scan_layers=scan_layers,
+      read_hf_config(directory), dtype=dtype, remat=remat, scan_layers=scan_layers,
       **(config_overrides or {}))
   model = decoder.DecoderLM(config)
   params, report = merge_decoder_tensors(model, read_safetensors(directory))
   tokenizer = None
   if load_tokenizer:
-    import transformers  # lazily: heavy import
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        str(directory), trust_remote_code=False, padding_side='left')
+    tokenizer = hf_files.load_tokenizer(directory, padding_side='left')
     if tokenizer.pad_token is None:
       tokenizer.pad_token = tokenizer.eos_token
   identity = decoder_identity(name or str(directory), params, weights_sha256(directory))

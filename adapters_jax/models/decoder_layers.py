@@ -20,12 +20,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adapters_jax.models.bert import ACTIVATIONS
 from adapters_jax.models.decoder_config import DecoderConfig
 from adapters_jax.models.dropout_attention import dropout_attention
 from adapters_jax.models.kv_cache import write_slots
 from adapters_jax.models.rope import apply_rotary
-from adapters_jax.nn.ops import Dropout
+from adapters_jax.nn.activations import get_activation
+from adapters_jax.nn.dropout import Dropout
 
 
 def dense(config: DecoderConfig, features: int, use_bias: bool, name: str) -> nn.Dense:
@@ -120,7 +120,7 @@ class DecoderFeedForward(nn.Module):
   @nn.compact
   def __call__(self, hidden):
     cfg = self.config
-    act = ACTIVATIONS[cfg.hidden_act]
+    act = get_activation(cfg.hidden_act)
     inner = dense(cfg, cfg.intermediate_size, cfg.mlp_bias, 'intermediate')(hidden)
     if cfg.mlp == 'gated':
       inner = act(dense(cfg, cfg.intermediate_size, cfg.mlp_bias, 'gate')(hidden)) * inner

@@ -33,7 +33,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from adapters_jax.nn.ops import apply_keep_mask
+from adapters_jax.nn.dropout import apply_keep_mask
 
 
 def dropout_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array,

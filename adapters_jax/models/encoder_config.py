@@ -10,13 +10,14 @@ import dataclasses
 from typing import Any
 
 from adapters_jax.models.backbone_config import DTYPES, BackboneConfig, check_choice, check_fields
+from adapters_jax.nn.activations import ACTIVATIONS
 
 MODEL_TYPES = ('bert', 'roberta')
-# HF `hidden_act` names we implement (see `bert.ACTIVATIONS`).
 # How attention runs (see `bert.SelfAttention`): 'auto' picks 'cpu' on the CPU backend and
 # 'accelerator' on GPU/TPU; either can be forced on any backend.
 ATTENTION_IMPLS = ('auto', 'cpu', 'accelerator')
-HIDDEN_ACTS = ('gelu', 'gelu_new', 'gelu_pytorch_tanh', 'gelu_fast', 'relu', 'silu', 'swish', 'tanh')
+# HF `hidden_act` names we implement.
+HIDDEN_ACTS = tuple(ACTIVATIONS)
 
 # HF config.json key -> EncoderConfig field. Keys not listed here are metadata we ignore
 # (architectures, _name_or_path, transformers_version, use_cache, ...), except those in
@@ -77,7 +78,7 @@ class EncoderConfig(BackboneConfig):
       activation memory; best with `scan_layers` (BERT-large Houlsby at 32 x 128 in bfloat16:
       0.9 instead of 9 GiB of temporaries; docs/performance.md).
     scan_layers: run the layers with `nn.scan`; params then live under `encoder/layers/...`
-      with a leading `[num_layers]` axis (see `bert.stack_layer_params`).
+      with a leading `[num_layers]` axis (see `scan_layout.stack_layers`).
     attention_head_groups: compute the attention heads in this many independent groups while
       training with attention dropout (same result, different speed; see
       `attention_choice.head_groups`). 0 picks automatically: 4 on CPU (1 for more than 12 unscanned

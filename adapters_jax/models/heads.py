@@ -9,7 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from adapters_jax.nn.ops import Dropout
+from adapters_jax.nn.dropout import Dropout
 
 
 def _dense(features: int, init_range: float, name: str) -> nn.Dense:

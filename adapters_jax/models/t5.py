@@ -14,7 +14,7 @@ Param/module paths (`/`-joined; the site patterns of `adapters_jax.splicing.site
     lm_head/kernel                                         untied LM head (v1.1) only
 
 With `config.scan_layers` each stack's blocks are one `nn.scan`ned module `layers` whose params
-carry a leading `[num_layers]` axis (`stack_t5_params` converts).
+carry a leading `[num_layers]` axis (`scan_layout.stack_layers` converts).
 
 Blocks are pre-norm: `x + dropout(sublayer(rms_norm(x)))`. The relative position bias is
 computed once per stack and shared by its blocks, bidirectional in the encoder and causal in the
@@ -27,15 +27,13 @@ API for a task kind: `__call__` (teacher forcing -> logits `[batch, tgt_len, voc
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from adapters_jax.models.t5_config import T5Config
 from adapters_jax.models.t5_layers import Attention, FeedForward, RelativePositionBias, T5LayerNorm
-from adapters_jax.nn.ops import Dropout
+from adapters_jax.nn.dropout import Dropout
 
 # Keys of the decoding cache; each value has a leading `[num_decoder_layers]` axis.
 SELF_CACHE = ('self_key', 'self_value')      # [layers, batch, max_length, heads, d_kv]
@@ -297,35 +295,3 @@ def init_decode_cache(config: T5Config, batch_size: int, max_length: int) -> dic
   """An empty decoding cache for `max_length` decoder positions (`SELF_CACHE` keys, zeros)."""
   shape = (config.num_decoder_layers, batch_size, max_length, config.num_heads, config.d_kv)
   return {k: jnp.zeros(shape, config.compute_dtype) for k in SELF_CACHE}
-
-
-_STACKS = ('encoder', 'decoder')
-
-
-def stack_t5_params(params: dict[str, Any], config: T5Config) -> dict[str, Any]:
-  """`{encoder,decoder}/layer_{i}/...` -> `{encoder,decoder}/layers/...` with a leading layer axis:
-  the plain param tree in the `scan_layers=True` layout (pure, returns a new tree)."""
-  out = dict(params)
-  for stack, depth in zip(_STACKS, (config.num_layers, config.num_decoder_layers), strict=True):
-    tree = dict(params[stack])
-    names = [f'layer_{i}' for i in range(depth)]
-    missing = [n for n in names if n not in tree]
-    if missing:
-      raise ValueError(f'{stack} has no blocks {missing}; its entries: {sorted(tree)}.')
-    blocks = [tree.pop(n) for n in names]
-    tree['layers'] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)
-    out[stack] = tree
-  return out
-
-
-def unstack_t5_params(params: dict[str, Any]) -> dict[str, Any]:
-  """Inverse of `stack_t5_params`."""
-  out = dict(params)
-  for stack in _STACKS:
-    tree = dict(params[stack])
-    stacked = tree.pop('layers')
-    depth = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-    for i in range(depth):
-      tree[f'layer_{i}'] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
-    out[stack] = tree
-  return out

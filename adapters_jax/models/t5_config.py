@@ -12,10 +12,10 @@ import dataclasses
 from typing import Any
 
 from adapters_jax.models.backbone_config import DTYPES, BackboneConfig, check_choice, check_fields
+from adapters_jax.nn.activations import ACTIVATIONS
 
 # HF `feed_forward_proj` values we implement: `<act>` or `gated-<act>`.
-FEED_FORWARD_PROJS = ('relu', 'gelu', 'gelu_new', 'silu', 'gated-relu', 'gated-gelu',
-                      'gated-gelu_new', 'gated-silu')
+FEED_FORWARD_PROJS = tuple(ACTIVATIONS) + tuple(f'gated-{name}' for name in ACTIVATIONS)
 
 # HF config.json key -> T5Config field. Other keys are metadata we ignore (architectures,
 # task_specific_params, use_cache, ...), except those in `_HF_REQUIRED_VALUES`.
@@ -74,7 +74,7 @@ class T5Config(BackboneConfig):
       norms, softmax, the residual stream and logits are float32.
     remat: rematerialise each block in the backward pass (`nn.remat`).
     scan_layers: run each stack with `nn.scan`; params then live under `encoder/layers/...` and
-      `decoder/layers/...` with a leading `[num_layers]` axis (see `t5.stack_t5_params`).
+      `decoder/layers/...` with a leading `[num_layers]` axis (see `scan_layout.stack_layers`).
   """
 
   vocab_size: int = 32128

@@ -1,8 +1,8 @@
 """Hugging Face T5 checkpoints (v1.0 `t5-small`, `google-t5/t5-base`; v1.1 `google/t5-v1_1-base`)
 -> our param tree, by an explicit name-mapping table.
 
-Reads safetensors through `bert_import.read_safetensors` (never a pickle) and merges through
-`bert_import.convert_hf_tensors`, so a mismatch reports the full diff (missing, unexpected, shape
+Reads safetensors through `hf_files.read_safetensors` (never a pickle) and merges through
+`hf_convert.convert_hf_tensors`, so a mismatch reports the full diff (missing, unexpected, shape
 mismatch) in one error.
 
 Example:
@@ -12,23 +12,19 @@ Example:
 
 from __future__ import annotations
 
-import json
-import logging
 import pathlib
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from adapters_jax.models import bert_import, t5
+from adapters_jax.models import hf_files, t5
+from adapters_jax.models.hf_convert import LoadReport, merge_into_model
+from adapters_jax.models.hf_files import BaseModelIdentity, Pretrained
 from adapters_jax.models.registry import resolve_checkpoint_dir
 from adapters_jax.models.t5_config import T5Config
-
-log = logging.getLogger(__name__)
 
 _T = lambda w: np.ascontiguousarray(w.T)  # torch Linear weight [out, in] -> kernel [in, out]
 _ID = lambda w: w
@@ -81,51 +77,35 @@ def t5_name_to_ours(name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]
   return None
 
 
-def _dummy_inputs():
-  ids = jnp.zeros((1, 2), jnp.int32)
-  return ids, jnp.ones_like(ids), ids
-
-
 def merge_t5_tensors(model: t5.T5ForConditionalGeneration, tensors: Mapping[str, np.ndarray]
-                     ) -> tuple[dict[str, Any], bert_import.LoadReport]:
+                     ) -> tuple[dict[str, Any], LoadReport]:
   """Params for `model` from HF T5 tensors (stacked when `config.scan_layers`), plus a report.
 
   Raises:
-    bert_import.CheckpointMismatchError: listing every missing, unexpected and mis-shaped name.
+    CheckpointMismatchError: listing every missing, unexpected and mis-shaped name.
   """
   config = model.config
-  plain = model.clone(config=config.replace(scan_layers=False, remat=False))
-  init = lambda key: plain.init(key, *_dummy_inputs())['params']
-  reference = traverse_util.flatten_dict(jax.eval_shape(init, jax.random.key(0)), sep='/')
+  ids = jnp.zeros((1, 2), jnp.int32)
   ignored = IGNORED_T5_KEYS + (IGNORED_TIED_KEYS if config.tie_word_embeddings else ())
-  flat, report = bert_import.convert_hf_tensors(
-      tensors, reference, name_to_ours=t5_name_to_ours, ignored_keys=ignored,
-      optional_prefixes=(), hint=_HINT)
-  if report.ignored:
-    log.info('Ignored copies of the shared embedding: %s', list(report.ignored))
-  params = traverse_util.unflatten_dict(
-      {p: jnp.asarray(v, jnp.float32) for p, v in flat.items()}, sep='/')
-  if config.scan_layers:
-    params = t5.stack_t5_params(params, config)
-  return params, report
+  return merge_into_model(
+      model, (ids, jnp.ones_like(ids), ids), tensors,
+      {'encoder': config.num_layers, 'decoder': config.num_decoder_layers},
+      name_to_ours=t5_name_to_ours, ignored_keys=ignored, optional_prefixes=(), hint=_HINT)
 
 
 def t5_identity(name: str, params: Mapping[str, Any], config: T5Config,
-                weights_sha256: str | None = None) -> bert_import.BaseModelIdentity:
-  """`bert_import.base_model_identity` over the whole T5 (embedding, both stacks, untied LM head),
+                weights_sha256: str | None = None) -> BaseModelIdentity:
+  """`hf_files.base_model_identity` over the whole T5 (embedding, both stacks, untied LM head),
   in the plain (unscanned) layout, so scan/remat do not change it."""
-  params = dict(params)
-  if config.scan_layers:
-    params = jax.eval_shape(t5.unstack_t5_params, params)
-  return bert_import.base_model_identity(name, params, weights_sha256,
-                                       base_keys=('shared', 'encoder', 'decoder', 'lm_head'))
+  return hf_files.base_model_identity(name, params, weights_sha256,
+                                      base_keys=('shared', 'encoder', 'decoder', 'lm_head'))
 
 
 def load_t5_pretrained(
     name_or_path: str, *, head: str | None = None, dtype: str = 'float32', remat: bool = False,
     scan_layers: bool = False, config_overrides: Mapping[str, Any] | None = None,
     revision: str | None = None, load_tokenizer: bool = True,
-) -> bert_import.Pretrained:
+) -> Pretrained:
   """Loads a T5 checkpoint (directory or hub id) as `T5ForConditionalGeneration`.
 
   Args:
@@ -137,24 +117,17 @@ def load_t5_pretrained(
     load_tokenizer: load `AutoTokenizer` from the directory (never trust_remote_code).
 
   Returns:
-    bert_import.Pretrained(model, params, tokenizer, config, identity, directory, report).
+    Pretrained(model, params, tokenizer, config, identity, directory, report).
   """
   if head is not None:
     raise ValueError(f'head={head!r}: a T5 checkpoint loads as T5ForConditionalGeneration '
                      '(encoder, decoder and LM head); pass head=None.')
   directory = resolve_checkpoint_dir(name_or_path, revision=revision)
-  config_path = directory / 'config.json'
-  if not config_path.is_file():
-    raise FileNotFoundError(f'{config_path} not found: a HF checkpoint directory needs it.')
-  config = T5Config.from_hf_config(json.loads(config_path.read_text()), dtype=dtype, remat=remat,
+  config = T5Config.from_hf_config(hf_files.read_hf_config(directory), dtype=dtype, remat=remat,
                                    scan_layers=scan_layers, **(config_overrides or {}))
   model = t5.T5ForConditionalGeneration(config)
-  params, report = merge_t5_tensors(model, bert_import.read_safetensors(directory))
-  tokenizer = None
-  if load_tokenizer:
-    import transformers  # lazily: heavy import
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
-  identity = t5_identity(name_or_path, params, config, bert_import.weights_sha256(directory))
-  return bert_import.Pretrained(model=model, params=params, tokenizer=tokenizer, config=config,
+  params, report = merge_t5_tensors(model, hf_files.read_safetensors(directory))
+  tokenizer = hf_files.load_tokenizer(directory) if load_tokenizer else None
+  identity = t5_identity(name_or_path, params, config, hf_files.weights_sha256(directory))
+  return Pretrained(model=model, params=params, tokenizer=tokenizer, config=config,
                               identity=identity, directory=pathlib.Path(directory), report=report)

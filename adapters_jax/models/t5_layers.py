@@ -12,7 +12,6 @@ init absorbs it).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.linen as nn
@@ -21,14 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapters_jax.models.t5_config import T5Config
-from adapters_jax.nn.ops import Dropout, apply_keep_mask, gelu_exact
+from adapters_jax.nn.activations import get_activation
+from adapters_jax.nn.dropout import Dropout, apply_keep_mask
 
-ACTIVATIONS = {
-    'relu': jax.nn.relu,
-    'gelu': gelu_exact,  # HF 'gelu' is the exact erf GELU
-    'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
-    'silu': jax.nn.silu,
-}
 _MASKED = float(np.finfo(np.float32).min)  # what HF adds to masked scores
 
 
@@ -155,7 +149,7 @@ class FeedForward(nn.Module):
   def __call__(self, hidden, deterministic: bool):
     cfg = self.config
     inner = dense(cfg, cfg.d_ff, 'intermediate', cfg.d_model ** -0.5)(hidden)  # [b, s, d_ff]
-    inner = ACTIVATIONS[cfg.activation](inner)
+    inner = get_activation(cfg.activation)(inner)
     if cfg.is_gated:
       inner = inner * dense(cfg, cfg.d_ff, 'intermediate_linear', cfg.d_model ** -0.5)(hidden)
     inner = Dropout(cfg.dropout_rate)(inner, deterministic=deterministic)

@@ -15,10 +15,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 import pathlib
 import re
-import shutil
 from typing import Any
 
 import jax
@@ -27,10 +25,9 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax.models import t5
+from adapters_jax.models.hf_files import write_hf_checkpoint
 from adapters_jax.models.t5_config import _HF_KEYS, T5Config
 
-TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
-                   'vocab.txt', 'spiece.model')
 _PROJ = {'query': 'q', 'key': 'k', 'value': 'v', 'output': 'o'}
 
 
@@ -75,8 +72,6 @@ def write_random_t5(directory: str | pathlib.Path, *, tokenizer_dir: str | pathl
   the tokenizer's files into `directory`. Returns the directory."""
   import transformers  # lazily: heavy import
 
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
   eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
   if tokenizer.pad_token_id is None or eos is None:
@@ -93,14 +88,6 @@ def write_random_t5(directory: str | pathlib.Path, *, tokenizer_dir: str | pathl
     name, transposed = ours_to_t5_name(path, config)
     value = np.asarray(value, np.float32)
     tensors[name] = np.ascontiguousarray(value.T if transposed else value)
-  from safetensors.numpy import save_file
-
-  save_file(tensors, str(directory / 'model.safetensors'), metadata={'format': 'pt'})
   hf = {key: getattr(config, field) for key, field in _HF_KEYS.items()}
   hf.update({'is_encoder_decoder': True, 'architectures': ['T5ForConditionalGeneration']})
-  (directory / 'config.json').write_text(json.dumps(hf, indent=2, sort_keys=True))
-  for name in TOKENIZER_FILES:
-    source = pathlib.Path(tokenizer_dir) / name
-    if source.exists():
-      shutil.copy(source, directory / name)
-  return directory
+  return write_hf_checkpoint(directory, hf, tensors, tokenizer_dir)

@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 
 from adapters_jax import data
-from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint import save
 from adapters_jax.config import saved_configs
 from adapters_jax.splicing.tree import Params
 from adapters_jax.train.experiment import Experiment
@@ -60,7 +60,7 @@ def read_run(workdir: str) -> TrainedRun:
                             'experiments.train (after its first step).')
   with open(path) as f:
     config = ml_collections.ConfigDict(saved_configs.with_defaults(json.load(f)))
-  record = restore.load_record(os.path.join(workdir, BEST_DIR))
+  record = save.load_record(os.path.join(workdir, BEST_DIR))
   return TrainedRun(workdir, config, record, spec_from_record(config, record))
 
 
@@ -78,5 +78,5 @@ def spec_from_record(config: ml_collections.ConfigDict, record: dict[str, Any]) 
 
 def best_params(experiment: Experiment, run: TrainedRun) -> Params:
   """The experiment's full params with the run's best trained leaves written in."""
-  leaves = restore.load_leaves(run.best_dir)
-  return restore.overwrite_leaves(experiment.params, leaves, what='best checkpoint')
+  leaves = save.load_leaves(run.best_dir)
+  return save.overwrite_leaves(experiment.params, leaves, what='best checkpoint')

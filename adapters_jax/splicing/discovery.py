@@ -13,9 +13,18 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax import traverse_util
 
 from adapters_jax.splicing.tree import Params, is_adapter_path
+
+SAMPLE_SHAPE = (2, 16)  # [batch, seq]
+
+
+def sample_ids(shape: tuple[int, ...] = SAMPLE_SHAPE) -> jax.Array:
+  """Token ids (all ones, int32) of `shape`: a host call's input for init and discovery, where only
+  the shapes matter."""
+  return jnp.ones(shape, jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)

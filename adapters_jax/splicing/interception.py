@@ -38,18 +38,6 @@ from adapters_jax.splicing.tree import ADAPTERS_KEY, SHARED_KEY, AdapterSpec, Pa
 # Per-site programs: what runs at one site, as input and output transforms.
 
 
-class SiteOps:
-  """What the interceptor offers a site program for one module call."""
-
-  index: Any  # [B] int32 branch index of each row (PerExample), or None
-
-  def run(self, leaf: Leaf, x, module: nn.Module):  # the leaf's module on x
-    raise NotImplementedError
-
-  def fuse(self, fusion: Leaf, query, deltas):
-    raise NotImplementedError
-
-
 @dataclasses.dataclass
 class Leaf:
   """One adapter at one site; `delta_module` is its module without the residual (for fusion)."""
@@ -306,8 +294,9 @@ class _SiteInterceptor:
     return program.out(ops, y, x)
 
 
-class _SiteCall(SiteOps):
-  """One call of a spliced site: runs adapters and fusion layers with the grafted params."""
+class _SiteCall:
+  """One call of a spliced site: what the site programs (`Leaf`, ...) run adapters and fusion layers
+  through, with the grafted params. `index`: [B] int32 branch of each row (PerExample), or None."""
 
   def __init__(self, interceptor: _SiteInterceptor, module: nn.Module):
     self.interceptor = interceptor

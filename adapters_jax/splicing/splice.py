@@ -45,11 +45,8 @@ from adapters_jax.splicing.kernel_layouts import check_kernel_layouts, with_layo
 from adapters_jax.splicing.sites import match_sites
 from adapters_jax.splicing.transformer_blocks import block_index, no_blocks_message
 from adapters_jax.splicing.tree import (
-  ADAPTERS_KEY,
-  SHARED_KEY,
   AdapterSpec,
   Params,
-  adapter_leaves,
   adapter_names_in,
   adapter_path,
   check_name,
@@ -58,11 +55,6 @@ from adapters_jax.splicing.tree import (
   shared_path,
   site_subtree,
 )
-
-__all__ = [
-    'ADAPTERS_KEY', 'SHARED_KEY', 'AdapterSpec', 'Params', 'Spliced', 'adapter_leaves', 'add_adapter',
-    'discover_calls', 'is_adapter_path', 'merge_adapter', 'remove_adapter', 'unmerge_adapter',
-]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What trains: masks from ordered regex rules, the trainable/frozen split, counts, optimizer wiring.
+"""What trains: masks from ordered regex rules, the trainable/frozen split, counts.
 
 Parameters are named by their `/`-joined paths (`encoder/layer_0/attention/output/adapters/a/up/kernel`).
 A rule list is an ordered sequence of `(whole-name regex, trainable)` pairs; the first rule that fully
@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from flax import traverse_util
 
 from adapters_jax.splicing.sites import HEAD_PARAMS
@@ -67,7 +66,7 @@ def adapter_rules(adapters: Iterable[Any], train_head: bool = True,
   """Rules that train the given adapters and what their methods also train; freeze the rest.
 
   Args:
-    adapters: `splice.AdapterSpec`s (e.g. `[spliced.adapter('sst2')]`).
+    adapters: `tree.AdapterSpec`s (e.g. `[spliced.adapter('sst2')]`).
     train_head: also train the task head (`classifier/...`).
     extra: rules placed first (they win over the defaults).
   """
@@ -136,19 +135,3 @@ def tree_bytes(tree: Any) -> int:
   return int(sum(np.asarray(x).nbytes if not hasattr(x, 'nbytes') else x.nbytes
                  for x in jax.tree.leaves(tree)))
 
-
-def decay_mask(tree: Params) -> Params:
-  """True for leaves weight decay applies to: matrices (ndim >= 2), not biases, norms or scales."""
-  return jax.tree.map(lambda x: np.ndim(x) >= 2, tree)
-
-
-def adamw(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 0.0,
-          clip_norm: float | None = 1.0, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8) -> optax.GradientTransformation:
-  """AdamW with global-norm clipping; decay only on matrices. Give it the trainable tree only."""
-  parts = []
-  if clip_norm:
-    parts.append(optax.clip_by_global_norm(clip_norm))
-  parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                           mask=decay_mask))
-  return optax.chain(*parts)

@@ -39,6 +39,7 @@ from adapters_jax.data.lm_dataset import LMDataset
 from adapters_jax.data.lm_jsonl import LMRecord, eos_id, tokenize_records
 from adapters_jax.models.beam_search import BeamSearchConfig, beam_search_traced
 from adapters_jax.models.generation import GenerationConfig, GenerationOutput, generate_traced
+from adapters_jax.splicing.discovery import sample_ids
 from adapters_jax.task_kinds.inputs import Text, prompt_records
 
 Batch = dict[str, jax.Array]
@@ -83,7 +84,7 @@ def perplexity_metrics(nll_sums: np.ndarray, token_counts: np.ndarray) -> dict[s
 
 def sample_call() -> tuple[tuple[jax.Array, ...], dict[str, Any]]:
   """A decoder's call `(ids, mask)` on a [2, 16] batch, for the shapes of a splice."""
-  sample = jnp.ones((2, 16), jnp.int32)  # [batch, seq]
+  sample = sample_ids()  # [batch, seq]
   return (sample, sample), {'deterministic': True}
 
 

@@ -73,6 +73,7 @@ import ml_collections
 import numpy as np
 
 from adapters_jax import data
+from adapters_jax.splicing.discovery import sample_ids
 from adapters_jax.splicing.tree import Params
 from adapters_jax.task_kinds.inputs import Text, unlabelled_examples
 from adapters_jax.train.step import classification_loss, regression_loss
@@ -171,7 +172,7 @@ class TaskKindFactory(Protocol):
 
 def encoder_sample_call() -> SampleCall:
   """An encoder's call `(ids, mask, type_ids)` on a [2, 16] batch."""
-  sample = jnp.ones((2, 16), jnp.int32)  # [batch, seq]
+  sample = sample_ids()  # [batch, seq]
   return (sample, sample, jnp.zeros_like(sample)), {'deterministic': True}
 
 

@@ -38,6 +38,7 @@ from adapters_jax import data
 from adapters_jax.data import text_to_text
 from adapters_jax.models import greedy_generate, shift_right
 from adapters_jax.models.t5_config import T5Config
+from adapters_jax.splicing.discovery import sample_ids
 from adapters_jax.splicing.tree import Params
 from adapters_jax.task_kinds.inputs import Text, unlabelled_examples
 from adapters_jax.task_kinds.protocol import (
@@ -108,8 +109,8 @@ class Seq2Seq:
     return cls(spec, pretrained.tokenizer, pretrained.config, longest)
 
   def sample_call(self) -> SampleCall:
-    ids = jnp.ones((2, 16), jnp.int32)  # [batch, src]
-    decoder_ids = jnp.ones((2, 4), jnp.int32)  # [batch, tgt]
+    ids = sample_ids()  # [batch, src]
+    decoder_ids = sample_ids((2, 4))  # [batch, tgt]
     return (ids, ids, decoder_ids), {'deterministic': True}
 
   def model_inputs(self, batch: Batch) -> tuple[jax.Array, ...]:

@@ -27,18 +27,18 @@ from typing import Any
 
 import jax
 import ml_collections
-from flax import traverse_util
 
-from adapters_jax import data, method_from_dict, models, restore_adapters
-from adapters_jax.checkpoint.restore import (
+from adapters_jax import data, models
+from adapters_jax.checkpoint.fusion_checkpoint import save_fusion
+from adapters_jax.checkpoint.restore import fit_leaves, restore_adapters
+from adapters_jax.checkpoint.save import (
   CheckpointError,
   load_leaves,
   load_record,
-  overwrite_leaves,
   save_adapter,
   save_trained,
 )
-from adapters_jax.methods import PRESETS, adapter_drop, get_method
+from adapters_jax.methods import PRESETS, adapter_drop, get_method, method_from_dict
 from adapters_jax.splicing import trainable
 from adapters_jax.splicing.fusion_layers import (
   add_fusion,
@@ -46,11 +46,10 @@ from adapters_jax.splicing.fusion_layers import (
   fusion_regularization,
   fusion_rules,
   plot_fusion_attention,
-  save_fusion,
 )
 from adapters_jax.splicing.sites import HEAD_PARAMS
-from adapters_jax.splicing.splice import Spliced, add_adapter, is_adapter_path
-from adapters_jax.splicing.tree import Params
+from adapters_jax.splicing.splice import Spliced, add_adapter
+from adapters_jax.splicing.tree import Params, rename_path
 from adapters_jax.task_kinds.choice import kind_factory, model_type_of
 from adapters_jax.task_kinds.protocol import TaskKind
 
@@ -199,26 +198,10 @@ def init_adapter_from(directory: str, spliced: Spliced, params: Params, name: st
         f'from this run\'s in {differ} (checkpoint: {[got.get(k) for k in differ]}, run: '
         f'{[want.get(k) for k in differ]}); set --config.method/--config.method_options to match.')
   old = record['adapter']
-  leaves = {_rename_adapter(p, old, name): v for p, v in load_leaves(directory).items()
+  leaves = {rename_path(p, old, name): v for p, v in load_leaves(directory).items()
             if not re.fullmatch(HEAD_PARAMS, p)}
-  flat = traverse_util.flatten_dict(params, sep='/')
-  problems = [f'missing:    {p} {tuple(v.shape)}' for p, v in sorted(flat.items())
-              if is_adapter_path(p, name) and p not in leaves]
-  problems += [f'unexpected: {p} {tuple(v.shape)}' for p, v in sorted(leaves.items()) if p not in flat]
-  problems += [f'shape:      {p} expected {tuple(flat[p].shape)}, checkpoint has {tuple(v.shape)}'
-               for p, v in sorted(leaves.items()) if p in flat and flat[p].shape != v.shape]
-  if problems:
-    raise CheckpointError(f'init_adapter_from={directory!r} does not fit this run\'s adapter:\n  '
-                          + '\n  '.join(problems))
-  return overwrite_leaves(params, leaves, what=f'adapter checkpoint {directory}')
-
-
-def _rename_adapter(path: str, old: str, new: str) -> str:
-  parts = path.split('/')
-  for i in range(len(parts) - 1):
-    if parts[i] == 'adapters' and parts[i + 1] == old:
-      parts[i + 1] = new
-  return '/'.join(parts)
+  return fit_leaves(directory, params, leaves, name,
+                    note=' (init_adapter_from: its adapter must match this run\'s sites and sizes)')
 
 
 def _build_fusion(config: ml_collections.ConfigDict, spec: data.TaskSpec,

@@ -33,11 +33,11 @@ import numpy as np
 import optax
 
 from adapters_jax import data
-from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint import save
 from adapters_jax.checkpoint.training import TrainCheckpoints
 from adapters_jax.splicing import trainable
 from adapters_jax.task_kinds.protocol import TaskKind
-from adapters_jax.train import distributed, placement, run_files
+from adapters_jax.train import distributed, optimizer, placement, run_files
 from adapters_jax.train.evaluation import evaluate, make_eval_step
 from adapters_jax.train.experiment import Experiment, build_experiment, task_source
 from adapters_jax.train.metrics_log import MetricsLog
@@ -159,7 +159,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
        f'{config.batch_size} on {mesh.size} device(s)')
 
   schedule = make_schedule(config, total_steps)
-  tx = trainable.adamw(schedule, weight_decay=config.weight_decay, clip_norm=config.clip_norm)
+  tx = optimizer.adamw(schedule, weight_decay=config.weight_decay, clip_norm=config.clip_norm)
   train_params, frozen = trainable.split(experiment.params, experiment.mask)
   state = create_train_state(train_params, tx, jax.random.PRNGKey(config.seed))
   state, frozen = arrays.place(state, frozen)
@@ -292,5 +292,5 @@ def save_best(experiment: Experiment, train_params, frozen, workdir: str, best: 
 
 def load_best(experiment: Experiment, workdir: str) -> dict[str, Any]:
   """The full params with the best trained leaves of `workdir` written in."""
-  leaves = restore.load_leaves(os.path.join(workdir, BEST_DIR))
-  return restore.overwrite_leaves(experiment.params, leaves, what='best checkpoint')
+  leaves = save.load_leaves(os.path.join(workdir, BEST_DIR))
+  return save.overwrite_leaves(experiment.params, leaves, what='best checkpoint')

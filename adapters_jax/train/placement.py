@@ -28,11 +28,6 @@ from adapters_jax.train import sharding_rules
 from adapters_jax.train.sharding_rules import DATA_AXIS, MODEL_AXIS  # noqa: F401 (public names)
 
 
-def make_mesh(devices: list | None = None, model_parallelism: int = 1) -> Mesh:
-  """A `[data, model]` mesh over all devices (or `devices`); `model` has `model_parallelism`."""
-  return sharding_rules.make_mesh(devices, model_parallelism)
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
@@ -87,7 +82,7 @@ class Placement:
     if config.frozen_dtype not in sharding_rules.FROZEN_DTYPES:
       raise ValueError(f'frozen_dtype={config.frozen_dtype!r} is not supported; valid: '
                        f'{list(sharding_rules.FROZEN_DTYPES)}.')
-    return cls(make_mesh(devices, parallelism), rules,
+    return cls(sharding_rules.make_mesh(devices, parallelism), rules,
                sharding_rules.FROZEN_DTYPES[config.frozen_dtype])
 
   def place(self, state: Any, frozen: Any) -> tuple[Any, Any]:

@@ -46,7 +46,7 @@ from adapters_jax import data
 from adapters_jax.checkpoint.training import TrainCheckpoints
 from adapters_jax.splicing import trainable
 from adapters_jax.task_kinds.protocol import EXAMPLE_MASK, Classification, Regression
-from adapters_jax.train import run_files
+from adapters_jax.train import optimizer, run_files
 from adapters_jax.train.evaluation import make_eval_step
 from adapters_jax.train.experiment import Experiment, build_experiment, task_source
 from adapters_jax.train.loop import (
@@ -113,7 +113,7 @@ def make_group_step(experiment: Experiment, config: ml_collections.ConfigDict, t
   unit = make_schedule(unit_config, total_steps)
 
   def member_step(state: TrainState, alive, learning_rate, frozen, batch):
-    tx = trainable.adamw(lambda count: learning_rate * unit(count),
+    tx = optimizer.adamw(lambda count: learning_rate * unit(count),
                          weight_decay=config.weight_decay, clip_norm=config.clip_norm)
     new_state, metrics = train_step(state, frozen, batch, apply_fn=experiment.training_loss,
                                     loss_fn=plain_loss, tx=tx)
@@ -219,7 +219,7 @@ def _train_members(configs, workdirs, cleanup: contextlib.ExitStack) -> list[dic
        f'(learning rates {[c.learning_rate for c in configs]}, seeds {[c.seed for c in configs]}) '
        f'as one program, {total_steps} steps of {config.batch_size}')
   schedules = [make_schedule(c, total_steps) for c in configs]
-  states = [create_train_state(p, trainable.adamw(s, weight_decay=c.weight_decay,
+  states = [create_train_state(p, optimizer.adamw(s, weight_decay=c.weight_decay,
                                                   clip_norm=c.clip_norm), jax.random.PRNGKey(c.seed))
             for p, s, c in zip(train_parts, schedules, configs, strict=True)]
 

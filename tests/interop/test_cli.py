@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from adapters_jax import load_record, restore_adapter
-from adapters_jax.checkpoint.restore import load_leaves
+from adapters_jax.checkpoint.save import load_leaves
 from tests.interop.conftest import inputs, load_ours, our_logits, save_trained
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from transformers.activations import get_activation as hf_activation
 
 from adapters_jax.interop import adapterhub
 from adapters_jax.interop.naming import base_leaf_to_hf, hf_to_site, site_to_hf
-from adapters_jax.methods import get_activation
+from adapters_jax.nn.activations import get_activation
 
 
 @pytest.mark.parametrize('ours', sorted(adapterhub.ACTIVATION_TO_HF))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from adapters_jax.models.dropout_attention import dropout_attention
-from adapters_jax.nn.ops import dropout_keep_mask
+from adapters_jax.nn.dropout import dropout_keep_mask
 
 RATE = 0.3
 

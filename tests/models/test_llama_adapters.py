@@ -10,7 +10,7 @@ from flax import traverse_util
 
 from adapters_jax import add_adapter, get_method
 from adapters_jax.models import DecoderLM, GenerationConfig, generate
-from adapters_jax.models.decoder import stack_layer_params
+from adapters_jax.models.scan_layout import stack_layers
 from adapters_jax.splicing import trainable
 from adapters_jax.splicing.sites import FFN_GATE, SiteMatchError
 from tests.models import decoder_checkpoints as dc
@@ -93,7 +93,7 @@ def test_generation_runs_the_active_adapter(family):
 def test_scan_and_remat_equal_plain_layers(family):
   model, params, ids, mask = _model(family)
   scanned = DecoderLM(model.config.replace(scan_layers=True, remat=True))
-  stacked = stack_layer_params(params, model.config.num_layers)
+  stacked = stack_layers(params, {'decoder': model.config.num_layers})
   plain_logits = jax.jit(model.apply)({'params': params}, ids, mask)
   np.testing.assert_allclose(jax.jit(scanned.apply)({'params': stacked}, ids, mask), plain_logits,
                              rtol=1e-5, atol=1e-5)
@@ -105,7 +105,7 @@ def test_scan_and_remat_equal_plain_layers(family):
   plain_grad = jax.jit(jax.grad(lambda p: loss(model, p)))(params)
   scan_grad = jax.jit(jax.grad(lambda p: loss(scanned, p)))(stacked)
   for got, want in zip(jax.tree.leaves(scan_grad),
-                       jax.tree.leaves(stack_layer_params(plain_grad, 2)), strict=True):
+                       jax.tree.leaves(stack_layers(plain_grad, {'decoder': 2})), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 

@@ -13,15 +13,15 @@ from adapters_jax.models import (
     T5ForConditionalGeneration,
     make_greedy_generate,
     plain_apply,
-    stack_t5_params,
-    unstack_t5_params,
 )
+from adapters_jax.models.scan_layout import stack_layers, unstack_layers
 from adapters_jax.splicing.splice import add_adapter
 
 CONFIG = T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_decoder_layers=2,
                   num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
                   dropout_rate=0.0, feed_forward_proj='gated-gelu', tie_word_embeddings=False,
                   eos_token_id=99)  # never produced: every row decodes max_new_tokens
+DEPTHS = {'encoder': CONFIG.num_layers, 'decoder': CONFIG.num_decoder_layers}
 
 
 @pytest.fixture(scope='module')
@@ -53,11 +53,11 @@ def plain_reference(plain):
 
 def test_stack_unstack_round_trip(plain):
   _, params, _ = plain
-  stacked = stack_t5_params(params, CONFIG)
+  stacked = stack_layers(params, DEPTHS)
   assert stacked['encoder']['layers']['attention']['query']['kernel'].shape == (3, 32, 32)
   assert stacked['decoder']['layers']['cross_attention']['key']['kernel'].shape == (2, 32, 32)
   assert 'relative_attention_bias' in stacked['encoder']  # beside the scanned blocks
-  same = jax.tree_util.tree_map(np.array_equal, unstack_t5_params(stacked), params)
+  same = jax.tree_util.tree_map(np.array_equal, unstack_layers(stacked), params)
   assert all(jax.tree_util.tree_leaves(same))
 
 
@@ -65,12 +65,12 @@ def test_stack_unstack_round_trip(plain):
 def test_scan_and_remat_equal_plain(plain, plain_reference, scan, remat):
   model, params, args = plain
   variant = model.clone(config=CONFIG.replace(scan_layers=scan, remat=remat))
-  variant_params = stack_t5_params(params, CONFIG) if scan else params
+  variant_params = stack_layers(params, DEPTHS) if scan else params
   logits, grads = _logits_and_grads(variant, variant_params, args)
   expected_logits, expected_grads = plain_reference
   np.testing.assert_allclose(logits, expected_logits, atol=1e-5, rtol=0)
   if scan:
-    grads = unstack_t5_params(grads)
+    grads = unstack_layers(grads)
   flat, flat_expected = (traverse_util.flatten_dict(g, sep='/') for g in (grads, expected_grads))
   assert flat.keys() == flat_expected.keys()
   for path, value in flat_expected.items():
@@ -82,7 +82,7 @@ def test_scanned_greedy_decoding_equals_plain(plain):
   scanned_config = CONFIG.replace(scan_layers=True)
   scanned = model.clone(config=scanned_config)
   tokens = make_greedy_generate(plain_apply(scanned), scanned_config)(
-      stack_t5_params(params, CONFIG), ids, mask, max_new_tokens=5)
+      stack_layers(params, DEPTHS), ids, mask, max_new_tokens=5)
   expected = make_greedy_generate(plain_apply(model), CONFIG)(params, ids, mask, max_new_tokens=5)
   np.testing.assert_array_equal(tokens, expected)
 
@@ -96,12 +96,12 @@ def test_adapter_on_scanned_t5_matches_unscanned(plain, plain_reference):
   flat = traverse_util.flatten_dict(grafted, sep='/')
   flat = {p: (jnp.full_like(v, 0.1) if p.endswith('lora_b') else v) for p, v in flat.items()}
   grafted = traverse_util.unflatten_dict(flat, sep='/')
-  scanned_spliced, _ = add_adapter(scanned, stack_t5_params(params, CONFIG), 'a', method,
+  scanned_spliced, _ = add_adapter(scanned, stack_layers(params, DEPTHS), 'a', method,
                                    jax.random.key(1), *args)
   expected = jax.jit(lambda p: spliced.apply(p, *args, active='a'))(grafted)
   assert float(jnp.abs(expected - plain_reference[0]).max()) > 1e-2
   got = jax.jit(lambda p: scanned_spliced.apply(p, *args, active='a'))(
-      stack_t5_params(grafted, CONFIG))
+      stack_layers(grafted, DEPTHS))
   np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from adapters_jax.models import (
-    BertEncoderModel,
-    EncoderConfig,
-    classification_model,
-    stack_layer_params,
-    unstack_layer_params,
+  BertEncoderModel,
+  EncoderConfig,
+  classification_model,
 )
+from adapters_jax.models.scan_layout import stack_layers, unstack_layers
 
 CFG = EncoderConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4,
                     intermediate_size=48, max_position_embeddings=16)
@@ -59,7 +58,7 @@ def test_remat_and_scan_match_plain(variant):
   params = _init(CFG)
   config = CFG.replace(**variant)
   if config.scan_layers:
-    params_v = stack_layer_params(params, CFG.num_layers)
+    params_v = stack_layers(params, {'encoder': CFG.num_layers})
     assert params_v['encoder']['layers']['ffn']['output']['kernel'].shape == (2, 48, 32)
     shapes = jax.eval_shape(lambda: _init(config))
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params_v)
@@ -71,14 +70,14 @@ def test_remat_and_scan_match_plain(variant):
       lambda p: _loss(BertEncoderModel(config), p), has_aux=True))(params_v)
   np.testing.assert_allclose(h1, h0, atol=1e-5)
   if config.scan_layers:
-    g1 = unstack_layer_params(g1)
+    g1 = unstack_layers(g1)
   for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1), strict=True):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_stack_unstack_roundtrip():
   params = _init(CFG)
-  back = unstack_layer_params(stack_layer_params(params, CFG.num_layers))
+  back = unstack_layers(stack_layers(params, {'encoder': CFG.num_layers}))
   assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, params, back))
 
 

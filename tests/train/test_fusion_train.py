@@ -17,8 +17,8 @@ from flax import traverse_util
 from tensorflow_datasets import testing as tfds_testing
 
 from adapters_jax import data, models, restore_adapters
-from adapters_jax.checkpoint import restore
-from adapters_jax.splicing.fusion_layers import restore_fusion
+from adapters_jax.checkpoint import save
+from adapters_jax.checkpoint.fusion_checkpoint import restore_fusion
 from adapters_jax.train import loop
 from adapters_jax.train.experiment import build_experiment
 from adapters_jax.train.metrics_log import read_metrics
@@ -98,10 +98,10 @@ def test_fusion_on_mock_glue_writes_a_run(tiny_bert_dir, adapter_dirs, tmp_path)
   assert os.path.exists(tmp_path / 'fusion_attention.png')
   steps = sorted(int(step) for step in os.listdir(tmp_path / 'checkpoints'))
   assert steps[-1] == result['train_steps'] and len(steps) <= config.keep_checkpoints
-  record = restore.load_record(tmp_path / 'best')
+  record = save.load_record(tmp_path / 'best')
   assert record['adapter'] == FUSED and record['extra']['fusion']['adapters'] == list(TASKS)
   # Only the fusion layers and the head were saved: the fused adapters stay frozen.
-  leaves = restore.load_leaves(tmp_path / 'best')
+  leaves = save.load_leaves(tmp_path / 'best')
   assert all(f'/adapters/{FUSED}/' in p or p.startswith('classifier/') for p in leaves)
   assert 0 < result['trainable_params'] < result['total_params']
 
@@ -126,7 +126,7 @@ def test_fusion_sigkill_resume_equals_uninterrupted_and_predict_serves_it(
   assert step_a == step_b == 8
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
     np.testing.assert_array_equal(a, b)
-  best_a, best_b = (restore.load_leaves(w / 'best') for w in (straight, killed))
+  best_a, best_b = (save.load_leaves(w / 'best') for w in (straight, killed))
   assert best_a.keys() == best_b.keys()
   for path in best_a:
     np.testing.assert_array_equal(best_a[path], best_b[path])

@@ -6,7 +6,7 @@ import pytest
 from flax import traverse_util
 
 from adapters_jax import data
-from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint import save
 from adapters_jax.train.experiment import build_experiment
 from tests.train.test_loop import smoke_config
 
@@ -23,7 +23,7 @@ def test_adapter_leaves_start_from_the_checkpoint_renamed_head_left_out(tiny_ber
              p.startswith('classifier/')}
   flat.update({p: jnp.asarray(v) for p, v in trained.items()})
   params = traverse_util.unflatten_dict(flat, sep='/')
-  restore.save_adapter(tmp_path / 'source', source.spliced, params, 'rotten_tomatoes',
+  save.save_adapter(tmp_path / 'source', source.spliced, params, 'rotten_tomatoes',
                           mask=source.mask, base_name=tiny_bert_dir)
 
   def target(**overrides):
@@ -41,7 +41,7 @@ def test_adapter_leaves_start_from_the_checkpoint_renamed_head_left_out(tiny_ber
     expected = renamed.get(path, fresh[path])
     np.testing.assert_array_equal(np.asarray(value), np.asarray(expected), err_msg=path)
 
-  with pytest.raises(restore.CheckpointError, match=r"differs from this run's in \['size'\]"):
+  with pytest.raises(save.CheckpointError, match=r"differs from this run's in \['size'\]"):
     target(init_adapter_from=str(tmp_path / 'source'), method_options={'size': 4})
   with pytest.raises(ValueError, match='has none to initialise'):
     target(init_adapter_from=str(tmp_path / 'source'), method='full')

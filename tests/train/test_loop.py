@@ -12,10 +12,10 @@ import pytest
 from flax import traverse_util
 
 from adapters_jax import data
-from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint import save
 from adapters_jax.checkpoint.training import TrainCheckpoints
 from adapters_jax.splicing import trainable
-from adapters_jax.train import loop, run_files
+from adapters_jax.train import loop, optimizer, run_files
 from adapters_jax.train.experiment import build_experiment
 from adapters_jax.train.metrics_log import read_metrics
 from experiments.configs import quickstart
@@ -53,7 +53,7 @@ def test_train_and_evaluate_writes_everything(tiny_bert_dir, tmp_path):
   best_logged = max(r['accuracy'] for r in records if r['split'] == 'validation')
   assert saved['validation_metrics']['validation']['accuracy'] == pytest.approx(best_logged)
   assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
-  record = restore.load_record(tmp_path / 'best')
+  record = save.load_record(tmp_path / 'best')
   assert record['adapter'] == 'rotten_tomatoes' and record['extra']['label_names'] == ['rotten',
                                                                                         'fresh']
   # Checkpoints hold the trainable state only.
@@ -78,7 +78,7 @@ def test_jitted_train_step_traces_once_per_batch_shape(tiny_bert_dir):
   config = smoke_config(tiny_bert_dir)
   task = data.load_task('rotten_tomatoes')
   experiment = build_experiment(config, task.spec)
-  tx = trainable.adamw(1e-3)
+  tx = optimizer.adamw(1e-3)
   train_params, frozen = trainable.split(experiment.params, experiment.mask)
   from adapters_jax.train.step import create_train_state
   state = create_train_state(train_params, tx, jax.random.PRNGKey(0))
@@ -131,8 +131,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tiny_bert_dir, tmp_pat
   assert step_a == step_b == 12
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
     np.testing.assert_array_equal(a, b)
-  best_a = restore.load_leaves(straight / 'best')
-  best_b = restore.load_leaves(killed / 'best')
+  best_a = save.load_leaves(straight / 'best')
+  best_b = save.load_leaves(killed / 'best')
   assert best_a.keys() == best_b.keys()
   for path in best_a:
     np.testing.assert_array_equal(best_a[path], best_b[path])

@@ -14,6 +14,7 @@ import jax, numpy as np
 from flax import traverse_util
 from adapters_jax import data
 from adapters_jax.splicing import trainable
+from adapters_jax.train import optimizer
 from adapters_jax.train import loop, placement
 from adapters_jax.train.experiment import build_experiment
 from adapters_jax.train.step import create_train_state
@@ -31,7 +32,7 @@ for n, strategy in ((1, 'data'), (8, 'data'), ('8_fsdp', 'fsdp')):
   config.sharding = strategy
   arrays = placement.Placement.from_config(config, jax.devices()[:1 if n == 1 else 8])
   mesh = arrays.mesh
-  tx = trainable.adamw(1e-3)
+  tx = optimizer.adamw(1e-3)
   train_params, frozen = trainable.split(experiment.params, experiment.mask)
   state = create_train_state(train_params, tx, jax.random.PRNGKey(0))
   state, frozen = arrays.place(state, frozen)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint import save
 from adapters_jax.train.metrics_log import read_metrics
 from tests.train.test_loop import ROOT, _final_state_leaves
 
@@ -166,7 +166,7 @@ def test_damaged_checkpoint_and_torn_metrics_line_resume_to_the_same_run(finishe
   assert step_a == step_b == 8
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
     np.testing.assert_array_equal(a, b)
-  best_a, best_b = (restore.load_leaves(w / 'best') for w in (straight, workdir))
+  best_a, best_b = (save.load_leaves(w / 'best') for w in (straight, workdir))
   for path in best_a:
     np.testing.assert_array_equal(best_a[path], best_b[path])
   assert read_metrics(str(straight), timings=False) == read_metrics(str(workdir), timings=False)

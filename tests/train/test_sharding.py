@@ -17,8 +17,7 @@ import optax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from adapters_jax.splicing import trainable
-from adapters_jax.train import placement, sharding_rules
+from adapters_jax.train import optimizer, placement, sharding_rules
 from adapters_jax.train.step import create_train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -139,7 +138,7 @@ def test_largest_divisible_dim_or_replicated():
 
 def test_optimizer_moments_follow_their_param_and_counters_are_replicated():
   state = create_train_state({'a': {'kernel': jnp.zeros((8, 4)), 'bias': jnp.zeros(4)}},
-                             trainable.adamw(1e-3), jax.random.key(0))
+                             optimizer.adamw(1e-3), jax.random.key(0))
   rules = [(r'.*/kernel', PartitionSpec('data', None)), (r'.*', PartitionSpec())]
   specs = {sharding_rules.path_of(k): s.spec for k, s in
            jax.tree_util.tree_leaves_with_path(sharding_rules.state_shardings(state, rules, MESH))}

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint import save
 from adapters_jax.checkpoint.training import TrainCheckpoints
 from adapters_jax.config import loading
 from adapters_jax.train.metrics_log import read_metrics
@@ -50,7 +50,7 @@ def result(workdir) -> dict:
 
 
 def best_leaves(workdir) -> dict[str, np.ndarray]:
-  return restore.load_leaves(os.path.join(workdir, 'best'))
+  return save.load_leaves(os.path.join(workdir, 'best'))
 
 
 def assert_same_leaves(a: dict, b: dict, rtol=2e-5, atol=2e-6) -> None:

@@ -1,14 +1,12 @@
-"""Fast exact building blocks shared by the backbones and the adapter modules.
+"""Inverted dropout whose mask comes from a counter-based integer hash seeded by one PRNG key.
 
-* `gelu_exact`: the exact (erf) GELU with a hand-written derivative; cheaper on CPU than
-  differentiating `jax.nn.gelu(approximate=False)` (which goes through `erfc`).
-* `Dropout` / `dropout_keep_mask` / `apply_keep_mask`: inverted dropout whose mask comes from a
-  counter-based integer hash seeded by one PRNG key; on CPU ~1/20 of the cost of threefry
-  `jax.random.bernoulli`. `apply_keep_mask` applies a given mask (attention reuses one mask).
-  Used on every backend: the mask depends only on the key and the shape, so a run draws the same
-  dropout on CPU, GPU and TPU, and the hash is a few integer ops per element there too.
+* `Dropout`: drop-in for `nn.Dropout` inside the backbones and adapters (RNG stream 'dropout').
+* `dropout_keep_mask` / `apply_keep_mask`: the mask alone, and a given mask applied (attention
+  reuses one mask).
 
-See docs/performance.md for the measurements behind both.
+On CPU the hash costs ~1/20 of threefry `jax.random.bernoulli`. Used on every backend: the mask
+depends only on the key and the shape, so a run draws the same dropout on CPU, GPU and TPU, and the
+hash is a few integer ops per element there too (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,34 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
-_SQRT_HALF = 0.7071067811865476      # 1 / sqrt(2)
-_INV_SQRT_2PI = 0.3989422804014327   # 1 / sqrt(2 pi)
-
-
-def _normal_cdf(x: jax.Array) -> jax.Array:
-  return 0.5 * (1.0 + lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype)))
-
-
-@jax.custom_jvp
-def gelu_exact(x: jax.Array) -> jax.Array:
-  """Exact GELU `x * Phi(x)`, written as HF/PyTorch do: `x * 0.5 * (1 + erf(x / sqrt(2)))`.
-
-  Same function as `jax.nn.gelu(x, approximate=False)` (which uses `erfc`; they differ by
-  ~1e-6 absolute in float32), but cheaper on CPU: XLA's float32 `erf` is one rational
-  polynomial while `erfc` also needs an `exp`, and the derivative `Phi(x) + x * phi(x)` is given
-  by hand instead of differentiating through `erfc` (see docs/performance.md).
-  """
-  return x * _normal_cdf(x)
-
-
-@gelu_exact.defjvp
-def _gelu_exact_jvp(primals, tangents):
-  (x,), (t,) = primals, tangents
-  cdf = _normal_cdf(x)
-  pdf = jnp.asarray(_INV_SQRT_2PI, x.dtype) * jnp.exp(-0.5 * x * x)
-  return x * cdf, t * (cdf + x * pdf)
-
 
 # Constants of the dropout hash: the golden-ratio Weyl increment and the two multipliers of
 # Chris Wellons' `lowbias32` integer hash (an avalanche-tested 32-bit finaliser).
