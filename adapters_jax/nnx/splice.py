@@ -84,6 +84,7 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
   if name in taken:
     raise ValueError(f'An adapter named {name!r} is spliced already (spliced: {taken}); '
                      'remove_adapter it first or choose another name.')
+  current = active(model)
   modules = module_paths(model)
   matched = match_sites(method.site_rules(), list(modules))
   shapes = _probe(model, {p: modules[p] for p in matched}, sample_args, sample_kwargs)
@@ -112,7 +113,9 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
     if shared_vars is not None:
       held[SHARED_KEY] = shared_vars
     module = modules[path]
-    adapted_site.adapt(module, path)
+    if not adapted_site.is_adapted(module):
+      adapted_site.adapt(module, path)
+      module.adapter_active = current  # every site runs the same choice
     module.adapters[name] = held
     module.adapter_slots = module.adapter_slots + (SiteSlot(name, method, site),)
     sites.append(site)
@@ -155,21 +158,23 @@ def _unadapt_unused(modules) -> None:
 
 
 def remove_adapter(model: nnx.Module, name: str) -> None:
-  """Removes adapter `name` (its leaves and slots) in place; merged adapters must be unmerged first."""
-  spec = _find(model, name)
+  """Removes adapter `name` (its leaves and slots) in place; a choice that ran it is reset to the
+  base model. Merged adapters must be unmerged first."""
+  spec = find_adapter(model, name)
   if spec.merged:
     raise ValueError(f'Adapter {name!r} is merged into the base weights; unmerge_adapter it before '
                      'removing it (its update would stay in the base).')
+  if name in composition.adapter_names(active(model)):
+    set_active(model, None)
   for module in adapted_sites(model).values():
     if any(slot.name == name for slot in module.adapter_slots):
       del module.adapters[name]
       module.adapter_slots = tuple(s for s in module.adapter_slots if s.name != name)
-      if name in composition.adapter_names(module.adapter_active):
-        module.adapter_active = None
   _unadapt_unused(adapted_sites(model).values())
 
 
-def _find(model: nnx.Module, name: str) -> AdapterSpec:
+def find_adapter(model: nnx.Module, name: str) -> AdapterSpec:
+  """The spec of adapter `name`; a KeyError lists the spliced ones."""
   specs = adapter_specs(model)
   for spec in specs:
     if spec.name == name:
