@@ -97,33 +97,44 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
   shared_module = method.make_shared_module()
   shared = None if shared_module is None else shared_module.init(shared_key)['params']
   shared_vars = None if shared is None else adapted_site.to_variables(shared)  # one object, every site
-  sites = []
+  sites, keys = [], []
   for index, (path, rule) in enumerate(matched.items()):
     if blocks[path] is not None and blocks[path] in method.leave_out:
       continue
     in_shape, out_shape, in_ndim, out_ndim = shapes[path]
-    site = SiteInfo(path=path, placement=rule.placement,
-                    in_features=math.prod(in_shape[len(in_shape) - in_ndim:]),
-                    out_features=math.prod(out_shape[len(out_shape) - out_ndim:]),
-                    layer=blocks[path])
-    sample = jnp.zeros((1, site.features), jnp.float32)
-    params = method.make_module(site).init(jax.random.fold_in(site_key, index), sample,
-                                           shared=shared)['params']
+    sites.append(SiteInfo(path=path, placement=rule.placement,
+                          in_features=math.prod(in_shape[len(in_shape) - in_ndim:]),
+                          out_features=math.prod(out_shape[len(out_shape) - out_ndim:]),
+                          layer=blocks[path]))
+    keys.append(jax.random.fold_in(site_key, index))
+  for site, params in zip(sites, _init_sites(method, sites, keys, shared), strict=True):
     held = adapted_site.to_variables(params)
     if shared_vars is not None:
       held[SHARED_KEY] = shared_vars
-    module = modules[path]
+    module = modules[site.path]
     if not adapted_site.is_adapted(module):
-      adapted_site.adapt(module, path)
+      adapted_site.adapt(module, site.path)
       module.adapter_active = current  # every site runs the same choice
     module.adapters[name] = held
     module.adapter_slots = module.adapter_slots + (SiteSlot(name, method, site),)
-    sites.append(site)
   _unadapt_unused(modules.values())
   if not sites:
     raise ValueError(f'Adapter {name!r} got no site: every matched layer is in leave_out='
                      f'{method.leave_out}.')
   return AdapterSpec(name, method, tuple(sites), tuple(() for _ in sites))
+
+
+def _init_sites(method: MethodConfig, sites: list[SiteInfo], keys: list[jax.Array],
+                shared: Any) -> list[dict[str, Any]]:
+  """Each site's initial params (Linen `init` of `method.make_module(site)`), in one jitted call:
+  one compilation instead of an eager dispatch of every initialiser op at every site."""
+
+  def init_all(keys, shared):
+    return [method.make_module(site).init(key, jnp.zeros((1, site.features), jnp.float32),
+                                          shared=shared)['params']
+            for site, key in zip(sites, keys, strict=True)]
+
+  return jax.jit(init_all)(keys, shared)
 
 
 def _probe(model: nnx.Module, matched: dict[str, nnx.Module], args, kwargs) -> dict[str, tuple]:

@@ -30,7 +30,7 @@ def _flat_paths(state):
 
 @pytest.mark.parametrize('host', sorted(hosts.HOSTS))
 def test_every_preset_starts_as_the_base_model_and_then_changes_it(host):
-  model = hosts.HOSTS[host](nnx.Rngs(0))
+  model = hosts.HOSTS[host](nnx.Rngs(0), layers=1)
   ids = hosts.sample_ids()
   base = model(ids)
   for index, preset in enumerate(sorted(PRESETS)):
