@@ -77,9 +77,13 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
 
   Raises:
     SiteMatchError: a site pattern matched no module (the message lists candidate paths).
-    ValueError: the name is taken, or a matched module was not called with one array giving one array.
+    ValueError: the name is taken, the method asks for adapter dropout, or a matched module was
+      not called with one array giving one array.
   """
   check_name(name)
+  if getattr(method, 'dropout', 0.0):
+    raise ValueError(f'Adapter dropout (dropout={method.dropout}) does not run on NNX models: their '
+                     'adapters run deterministically. Pass dropout=0.0.')
   taken = [spec.name for spec in adapter_specs(model)]
   if name in taken:
     raise ValueError(f'An adapter named {name!r} is spliced already (spliced: {taken}); '

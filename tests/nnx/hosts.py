@@ -12,7 +12,7 @@ as an `nnx.Sequential`, an untied `nnx.Linear` head). Paths: `blocks/0/attention
 """
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 VOCAB, WIDTH, HEADS, LENGTH = 32, 16, 2, 6
@@ -125,9 +125,10 @@ def sample_ids(seed: int = 0, batch: int = 2) -> jax.Array:
 
 
 def randomize(model: nnx.Module, variable_type, seed: int, scale: float = 0.3) -> None:
-  """Adds noise to every leaf of `variable_type` (so zero-initialised adapters do something)."""
+  """Adds noise to every leaf of `variable_type` (so zero-initialised adapters do something); numpy
+  draws it, so no leaf shape costs a compilation."""
+  rng = np.random.default_rng(seed)
   state = nnx.state(model, variable_type)
-  leaves, treedef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  noisy = [leaf + scale * jax.random.normal(k, jnp.shape(leaf)) for leaf, k in zip(leaves, keys, strict=True)]
-  nnx.update(model, jax.tree.unflatten(treedef, noisy))
+  noisy = jax.tree.map(lambda leaf: leaf + scale * rng.standard_normal(leaf.shape).astype(leaf.dtype),
+                       state)
+  nnx.update(model, noisy)
