@@ -1,0 +1,238 @@
+"""Splicing adapters into a Flax NNX model without editing its code.
+
+The same method configs and presets as for Linen models (`adapters_jax.methods.get_method`), the
+same site patterns (whole-name regexes over `/`-joined module paths of the NNX graph, e.g.
+`layers/3/attn/out`), the same placements (output, parallel, input). How a site is adapted is
+`adapters_jax.nnx.adapted_site`'s (in place: the site module keeps its path and state).
+
+    model = MyNnxTransformer(..., rngs=nnx.Rngs(0))
+    add_adapter(model, 'sst2', get_method('lora', sites=((r'layers/\\d+/attn/(query|value)', 'parallel'),)),
+                jax.random.key(0), ids)
+    set_active(model, 'sst2')            # what runs, until set again (None: the base model)
+    with activated(model, ('a', 'b')):   # or for a block of calls (Stack; Average(...) too)
+      logits = model(ids)
+
+Train only the adapters with `nnx.Optimizer(model, tx, wrt=AdapterParam)` and
+`nnx.value_and_grad(loss, argnums=nnx.DiffState(0, AdapterParam))`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from adapters_jax.methods.base import MethodConfig, SiteInfo
+from adapters_jax.nnx import adapted_site
+from adapters_jax.nnx.adapted_site import SiteSlot
+from adapters_jax.splicing import composition
+from adapters_jax.splicing.sites import match_sites
+from adapters_jax.splicing.transformer_blocks import block_index, no_blocks_message
+from adapters_jax.splicing.tree import SHARED_KEY, AdapterSpec, check_name
+
+
+def module_paths(model: nnx.Module) -> dict[str, nnx.Module]:
+  """`{'/'-joined path: module}` for every submodule of `model` (the root left out)."""
+  return {'/'.join(str(k) for k in path): node for path, node in nnx.iter_graph(model)
+          if path and isinstance(node, nnx.Module)}
+
+
+def adapted_sites(model: nnx.Module) -> dict[str, nnx.Module]:
+  """`{site path: module}` of every adapted site."""
+  return {p: m for p, m in module_paths(model).items() if adapted_site.is_adapted(m)}
+
+
+def adapter_specs(model: nnx.Module) -> tuple[AdapterSpec, ...]:
+  """Every adapter spliced into `model`, as the Linen splice describes them (sites in graph order)."""
+  by_name: dict[str, list[SiteSlot]] = {}
+  for module in adapted_sites(model).values():
+    for slot in module.adapter_slots:
+      by_name.setdefault(slot.name, []).append(slot)
+  return tuple(AdapterSpec(name, slots[0].method, tuple(s.site for s in slots),
+                           tuple(() for _ in slots), slots[0].merged)
+               for name, slots in by_name.items())
+
+
+def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Array,
+                *sample_args, block_pattern: str | None = None, **sample_kwargs) -> AdapterSpec:
+  r"""Initialises adapter `name` at every site `method` matches, in place.
+
+  Args:
+    model: an NNX model (any `nnx.Module`), possibly holding adapters already.
+    name: the new adapter's name (a key in the graph: no `/`).
+    method: a method config (e.g. `get_method('houlsby', sites=((r'layers/\d+/mlp/out', 'output'),))`).
+    rng: PRNG key of the adapter's init.
+    *sample_args, **sample_kwargs: one call of the model, run abstractly (`jax.eval_shape`) for the
+      sites' input and output shapes only.
+    block_pattern: a regex whose first group is a site's block index (for `method.leave_out`); by
+      default blocks are read from the graph (`adapters_jax.splicing.transformer_blocks`).
+
+  Returns:
+    The new adapter's spec. The model starts running it only once `set_active` names it.
+
+  Raises:
+    SiteMatchError: a site pattern matched no module (the message lists candidate paths).
+    ValueError: the name is taken, the method asks for adapter dropout, or a matched module was
+      not called with one array giving one array.
+  """
+  check_name(name)
+  if getattr(method, 'dropout', 0.0):
+    raise ValueError(f'Adapter dropout (dropout={method.dropout}) does not run on NNX models: their '
+                     'adapters run deterministically. Pass dropout=0.0.')
+  taken = [spec.name for spec in adapter_specs(model)]
+  if name in taken:
+    raise ValueError(f'An adapter named {name!r} is spliced already (spliced: {taken}); '
+                     'remove_adapter it first or choose another name.')
+  current = active(model)
+  modules = module_paths(model)
+  matched = match_sites(method.site_rules(), list(modules))
+  shapes = _probe(model, {p: modules[p] for p in matched}, sample_args, sample_kwargs)
+  classes = {p: adapted_site.original_class(m).__name__ for p, m in modules.items()}
+  blocks = {p: block_index(p, classes, block_pattern) for p in matched}
+  if method.leave_out and not any(b is not None for b in blocks.values()):
+    raise ValueError(no_blocks_message(f'leave_out={tuple(method.leave_out)}', list(matched)))
+
+  shared_key, site_key = jax.random.split(rng)
+  shared_module = method.make_shared_module()
+  shared = None if shared_module is None else shared_module.init(shared_key)['params']
+  shared_vars = None if shared is None else adapted_site.to_variables(shared)  # one object, every site
+  sites, keys = [], []
+  for index, (path, rule) in enumerate(matched.items()):
+    if blocks[path] is not None and blocks[path] in method.leave_out:
+      continue
+    in_shape, out_shape, in_ndim, out_ndim = shapes[path]
+    sites.append(SiteInfo(path=path, placement=rule.placement,
+                          in_features=math.prod(in_shape[len(in_shape) - in_ndim:]),
+                          out_features=math.prod(out_shape[len(out_shape) - out_ndim:]),
+                          layer=blocks[path]))
+    keys.append(jax.random.fold_in(site_key, index))
+  for site, params in zip(sites, _init_sites(method, sites, keys, shared), strict=True):
+    held = adapted_site.to_variables(params)
+    if shared_vars is not None:
+      held[SHARED_KEY] = shared_vars
+    module = modules[site.path]
+    if not adapted_site.is_adapted(module):
+      adapted_site.adapt(module, site.path)
+      module.adapter_active = current  # every site runs the same choice
+    module.adapters[name] = held
+    module.adapter_slots = module.adapter_slots + (SiteSlot(name, method, site),)
+  _unadapt_unused(modules.values())
+  if not sites:
+    raise ValueError(f'Adapter {name!r} got no site: every matched layer is in leave_out='
+                     f'{method.leave_out}.')
+  return AdapterSpec(name, method, tuple(sites), tuple(() for _ in sites))
+
+
+def _init_sites(method: MethodConfig, sites: list[SiteInfo], keys: list[jax.Array],
+                shared: Any) -> list[dict[str, Any]]:
+  """Each site's initial params (Linen `init` of `method.make_module(site)`), in one jitted call:
+  one compilation instead of an eager dispatch of every initialiser op at every site."""
+
+  def init_all(keys, shared):
+    return [method.make_module(site).init(key, jnp.zeros((1, site.features), jnp.float32),
+                                          shared=shared)['params']
+            for site, key in zip(sites, keys, strict=True)]
+
+  return jax.jit(init_all)(keys, shared)
+
+
+def _probe(model: nnx.Module, matched: dict[str, nnx.Module], args, kwargs) -> dict[str, tuple]:
+  """`{path: (input shape, output shape, input feature axes, output feature axes)}` of the matched
+  modules, from one abstract call of the model."""
+  fresh = [m for m in matched.values() if not adapted_site.is_adapted(m)]
+  for path, module in matched.items():
+    adapted_site.adapt(module, path)
+  graphdef, state = nnx.split(model)
+
+  def call(state):
+    return nnx.merge(graphdef, state)(*args, **kwargs)
+
+  record: dict[str, tuple] = {}
+  adapted_site.set_probe(record)
+  try:
+    jax.eval_shape(call, state)
+  finally:
+    adapted_site.set_probe(None)
+    _unadapt_unused(fresh)
+  bad = [p for p in matched if p not in record or record[p][0] is None or record[p][1] is None]
+  if bad:
+    raise ValueError(f'Sites {bad} were not called with one array giving one array in the sample '
+                     'call; choose sites that are (a projection, not a container).')
+  return record
+
+
+def _unadapt_unused(modules) -> None:
+  for module in modules:
+    if adapted_site.is_adapted(module) and not module.adapter_slots:
+      adapted_site.unadapt(module)
+
+
+def remove_adapter(model: nnx.Module, name: str) -> None:
+  """Removes adapter `name` (its leaves and slots) in place; a choice that ran it is reset to the
+  base model. Merged adapters must be unmerged first."""
+  spec = find_adapter(model, name)
+  if spec.merged:
+    raise ValueError(f'Adapter {name!r} is merged into the base weights; unmerge_adapter it before '
+                     'removing it (its update would stay in the base).')
+  if name in composition.adapter_names(active(model)):
+    set_active(model, None)
+  for module in adapted_sites(model).values():
+    if any(slot.name == name for slot in module.adapter_slots):
+      del module.adapters[name]
+      module.adapter_slots = tuple(s for s in module.adapter_slots if s.name != name)
+  _unadapt_unused(adapted_sites(model).values())
+
+
+def find_adapter(model: nnx.Module, name: str) -> AdapterSpec:
+  """The spec of adapter `name`; a KeyError lists the spliced ones."""
+  specs = adapter_specs(model)
+  for spec in specs:
+    if spec.name == name:
+      return spec
+  raise KeyError(f'No adapter named {name!r}; spliced adapters: {[s.name for s in specs]}.')
+
+
+_NOT_ON_NNX = (composition.PerExample, composition.Parallel, composition.Fuse)
+
+
+def set_active(model: nnx.Module, active: Any) -> None:
+  """Which adapters run from now on, at every site: a name, a tuple of names / `Stack` (one after
+  another), `Average(...)`, or None (the base model). Validated against the spliced adapters.
+
+  The choice is a static attribute of each site, so a function jitted with `nnx.jit` is traced
+  again for a new choice instead of running a stale one.
+  """
+  node = composition.validate(composition.normalize(active), adapter_specs(model))
+  _check_supported(node)
+  for module in adapted_sites(model).values():
+    module.adapter_active = node
+
+
+def _check_supported(node) -> None:
+  if isinstance(node, _NOT_ON_NNX) or (isinstance(node, composition.Stack) and any(
+      isinstance(c, _NOT_ON_NNX) for c in node.children)):
+    raise composition.CompositionError(
+        f'{type(node).__name__} is not available on NNX models; use a name, Stack or Average, '
+        'or splice the Linen version of the model.')
+
+
+def active(model: nnx.Module) -> Any:
+  """The composition that runs now (None: the base model)."""
+  sites = adapted_sites(model)
+  return next(iter(sites.values())).adapter_active if sites else None
+
+
+@contextlib.contextmanager
+def activated(model: nnx.Module, choice: Any) -> Iterator[None]:
+  """`set_active(model, choice)` for a block of calls; the previous choice afterwards."""
+  previous = active(model)
+  set_active(model, choice)
+  try:
+    yield
+  finally:
+    set_active(model, previous)
