@@ -132,7 +132,7 @@ def save_trained(directory: str | os.PathLike, params: Params, mask: Params, bas
       'extra': dict(extra or {}),
   }
   directory = os.path.abspath(os.fspath(directory))
-  _atomic_write(directory, jax.device_get(to_save), record)
+  atomic_write(directory, jax.device_get(to_save), record)
   return directory
 
 
@@ -185,11 +185,11 @@ def save_adapter(directory: str | os.PathLike, spliced: Spliced, params: Params,
                      'adapter on its own.')
   record = make_record(spliced, params, name, base_name, list(flat), extra)
   directory = os.path.abspath(os.fspath(directory))
-  _atomic_write(directory, jax.device_get(to_save), record)
+  atomic_write(directory, jax.device_get(to_save), record)
   return directory
 
 
-def _atomic_write(directory: str, tree: Params, record: dict[str, Any]) -> None:
+def atomic_write(directory: str, tree: Params, record: dict[str, Any]) -> None:
   parent, base = os.path.split(directory)
   os.makedirs(parent, exist_ok=True)
   tag = uuid.uuid4().hex[:8]

@@ -175,8 +175,9 @@ def _site_program(module) -> Any:
   return interception.compile_sites(node, specs).get(module.adapter_site_path)
 
 
-class _SiteOps(interception.SiteOps):
-  """Runs one adapter's Linen module on the arrays of its `AdapterParam`s at this site."""
+class _SiteOps:
+  """Runs one adapter's Linen module on the arrays of its `AdapterParam`s at this site: the
+  `ops` the programs of `splicing.interception` call (`run`, `fuse`, `index`)."""
 
   index = None
 

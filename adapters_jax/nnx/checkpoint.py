@@ -26,7 +26,7 @@ from adapters_jax.checkpoint.restore import check_base_of
 from adapters_jax.checkpoint.save import (
   FORMAT,
   CheckpointError,
-  _atomic_write,
+  atomic_write,
   base_fingerprint,
   base_record,
   load_leaves,
@@ -79,7 +79,7 @@ def save_adapter(directory: str | os.PathLike, model: nnx.Module, name: str, bas
   }
   directory = os.path.abspath(os.fspath(directory))
   tree = traverse_util.unflatten_dict(jax.device_get(leaves), sep='/')
-  _atomic_write(directory, tree, record)
+  atomic_write(directory, tree, record)
   return directory
 
 
