@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test test-fast demo lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q --durations=25 tests
+
+# Everything but the tests that start processes (CLI subprocesses, kill/resume, several hosts).
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check adapters_jax experiments scripts tests

@@ -13,6 +13,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
@@ -24,3 +26,10 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   # between the several sessions one process may run.
   _owner = os.getpid()
   atexit.register(lambda: os.getpid() == _owner and shutil.rmtree(_cache, ignore_errors=True))
+
+
+@pytest.fixture(scope='session')
+def tiny_bert_dir(tmp_path_factory) -> str:
+  """A tiny random BERT checkpoint with the packaged tokenizer (`tests.tiny_bert`), once per worker."""
+  from tests.tiny_bert import write_tiny_bert
+  return str(write_tiny_bert(tmp_path_factory.mktemp('tiny_bert')))

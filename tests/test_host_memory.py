@@ -35,6 +35,7 @@ def _second_touch_faults(mode: str, env: dict[str, str] | None = None,
   return out[0], int(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
 def test_freed_blocks_are_reused_without_page_faults():
   applied, default_faults = _second_touch_faults('skip')
@@ -48,6 +49,7 @@ def test_freed_blocks_are_reused_without_page_faults():
   assert env_faults < _PAGES // 100
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
 def test_applied_only_where_jax_computes_on_the_cpu(tmp_path):
   # Bug caught: applying it on GPU/TPU hosts (never measured there), or deciding from

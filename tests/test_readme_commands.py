@@ -61,7 +61,7 @@ def _result(sandbox, workdir):
 
 def _tiny_bert(sandbox) -> str:
   if 'tiny_bert' not in sandbox.files:
-    from tests.train.conftest import write_tiny_bert
+    from tests.tiny_bert import write_tiny_bert
     sandbox.files['tiny_bert'] = str(write_tiny_bert(sandbox.dir / 'tiny_bert'))
   return sandbox.files['tiny_bert']
 
@@ -197,7 +197,7 @@ COMMANDS = {
         shorten=_shorten_fusion, sandbox='mini_fusion', check=lambda proc, sandbox: _assert_glob(
             sandbox, 'workdirs/mini_fusion/fusion-rotten_tomatoes/result.json')),
     f'{PY} -m experiments.predict --workdir=workdirs/rt,workdirs/tweets --adapter_column --input=rows.tsv':
-        Covered('tests/test_fusion.py::test_multi_predictor_per_row_column_and_cli',
+        Covered('tests/splicing/test_fusion_layers.py::test_multi_predictor_per_row_column_and_cli',
                 ('experiments.predict', '--adapter_column'),
                 'needs two runs on two tasks; that test trains them and reads stdin instead of --input'),
     EXPORT_ADAPTERS: Run(needs=(QUICKSTART,), check=_check_files(
@@ -215,7 +215,7 @@ COMMANDS = {
     f'{BENCH} --shapes 8x128,32x64 --out bench.json': Run(shorten=_shorten_bench,
                                                          check=_check_files('bench.json')),
     'bash scripts/setup_anchor.sh': Covered(
-        'tests/test_bench.py::test_missing_anchor_environment_names_the_setup_command',
+        'tests/scripts/test_bench.py::test_missing_anchor_environment_names_the_setup_command',
         ('bash scripts/setup_anchor.sh',),
         'pip-installs torch into .anchor-venv; the tests run the anchors in their own Python'),
     f'{BENCH} --shapes 8x128 --anchors --rounds 3': Run(shorten=_shorten_bench),
@@ -242,18 +242,18 @@ COMMANDS = {
                 ('experiments.train', 'mini_lora_lm.py:smoke'),
                 'trains minutes on a CPU; that test runs the config in its smoke form on a tiny Llama'),
     f'echo "A quiet, devastating film." | {PY} -m experiments.predict --workdir=workdirs/mini_t5':
-        Covered('tests/train/test_predict_generate.py::'
+        Covered('tests/predict/test_predict_generate.py::'
                 'test_t5_run_answers_like_a_recomputed_greedy_decode_of_the_prefixed_input',
                 ('experiments.predict', '--workdir=', 'A quiet, devastating film.'),
                 'that test predicts through the CLI with a T5 run it trains in two steps'),
     (f'echo "name[The Eagle], food[French]" | {PY} -m experiments.predict --workdir=workdirs/mini_lm '
      '--max_new_tokens=20'):
-        Covered('tests/train/test_predict_generate.py::'
+        Covered('tests/predict/test_predict_generate.py::'
                 'test_decoder_run_continues_e2e_prompts_greedily_and_stops_at_eos',
                 ('experiments.predict', '--max_new_tokens=', 'name[The Eagle], food[French]'),
                 'that test predicts through the CLI with a decoder run it trains in two steps'),
     f'{PY} scripts/bench_lm.py --models t5,llama --rounds 3 --steps 5 --out bench_lm.json': Covered(
-        'tests/test_bench.py::test_lm_anchors_run_through_bench_lm_on_our_shapes',
+        'tests/scripts/test_bench.py::test_lm_anchors_run_through_bench_lm_on_our_shapes',
         ('bench_lm', 'run_anchor'),
         'needs the PyTorch anchor environment; that test runs both sides through bench_lm on small shapes'),
     (f'{PY} scripts/memory_estimate.py --model llama-7b --fake_devices 8 --sharding fsdp --batch 8 '
@@ -262,7 +262,7 @@ COMMANDS = {
         ('scripts/memory_estimate.py', 'llama-7b', '--fake_devices', '--sharding', 'fsdp'),
         'that test runs the same command and checks the estimate against an 80 GB device'),
     'bash scripts/accelerator_check.sh results.json': Covered(
-        'tests/test_accelerator_check.py::test_tiny_accelerator_check_writes_throughput_flops_and_glue_json',
+        'tests/scripts/test_accelerator_check.py::test_tiny_accelerator_check_writes_throughput_flops_and_glue_json',
         ('scripts/accelerator_check.sh', '--tiny'),
         'BERT-large on a GPU; that test runs the same script in its --tiny form on the CPU'),
 }
@@ -288,6 +288,7 @@ def test_extraction_joins_continuations_drops_comments_and_reads_only_shell_bloc
     extract_commands('```bash\nmake demo\n')
 
 
+@pytest.mark.slow
 def test_shortening_helpers_set_flags_in_either_form():
   assert set_flag(['p', '--model', 'large', '--x'], '--model', 'tiny') == ['p', '--model=tiny', '--x']
   assert set_flag(['p', '--model=large'], '--model', None) == ['p']
@@ -364,6 +365,7 @@ def test_sandbox_groups_hold_each_run_command_once_after_what_it_needs():
   assert _root(IMPORT_PEFT) == GLUE_LORA and _root(f'{PY} scripts/bench_composition.py') == 'mini_fusion'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('root', sorted(sandbox_groups()), ids=_group_id)
 def test_readme_commands_run(root, tmp_path):
   """The Run commands of one sandbox group, shortened; a command that reads a run's files runs

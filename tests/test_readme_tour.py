@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.readme_commands import ROOT
 
 
@@ -22,6 +24,7 @@ def _printed_claims(block: str) -> list[str]:
   return [m.group(1).strip() for m in re.finditer(r'^print\(.*\)[ \t]+# (.*)$', block, flags=re.M)]
 
 
+@pytest.mark.slow
 def test_tour_prints_what_the_readme_says(tmp_path):
   readme = (ROOT / 'README.md').read_text()
   (tour,) = [b for b in _python_blocks(readme) if 'load_pretrained' in b and 'save_adapter' in b]

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from adapters_jax.config.schema import run_config
-from tests.train.conftest import write_tiny_bert
+from tests.tiny_bert import write_tiny_bert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICKSTART = os.path.join(ROOT, 'experiments', 'configs', 'quickstart.py')
@@ -73,6 +73,7 @@ AT_DEFAULT = ('sort_window', 'lm.num_beams')
 NOT_DEFAULT = 'max_length'
 
 
+@pytest.mark.slow
 def test_the_chosen_fields_are_and_are_not_at_their_defaults(finished, tmp_path):
   defaults = run_config()
   saved = _drop_saved_fields(shutil.copytree(finished[0], tmp_path / 'probe'),
@@ -81,6 +82,7 @@ def test_the_chosen_fields_are_and_are_not_at_their_defaults(finished, tmp_path)
   assert defaults.max_length != 64
 
 
+@pytest.mark.slow
 def test_a_finished_run_missing_default_fields_reports_its_result(finished, tmp_path):
   # Bug caught: `check_config` comparing the saved config.json field by field without the
   # schema's defaults ("fields ['lm', 'sort_window'] differ").
@@ -94,6 +96,7 @@ def test_a_finished_run_missing_default_fields_reports_its_result(finished, tmp_
   assert _printed_result(again) == printed and _read(workdir / 'result.json') == result
 
 
+@pytest.mark.slow
 def test_a_half_done_run_missing_default_fields_resumes(finished, tmp_path):
   source, model_dir, _ = finished
   workdir = shutil.copytree(source, tmp_path / 'old_half_done')
@@ -107,6 +110,7 @@ def test_a_half_done_run_missing_default_fields_resumes(finished, tmp_path):
     assert json.load(f)['config']['sort_window'] == run_config().sort_window
 
 
+@pytest.mark.slow
 def test_a_missing_field_at_another_value_is_refused_naming_it(finished, tmp_path):
   source, model_dir, _ = finished
   workdir = shutil.copytree(source, tmp_path / 'old_other_value')

@@ -208,6 +208,7 @@ def test_a_missing_file_is_named(tmp_path):
     load_task(config)
 
 
+@pytest.mark.slow
 def test_a_repeated_column_stops_the_training_cli_in_one_line(tmp_path):
   for name in ('train.csv', 'dev.csv'):
     _write(tmp_path / name, 'text,label,text\na good film,pos,\na bad film,neg,\n')

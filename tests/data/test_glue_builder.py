@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from adapters_jax.data import GLUE_TASK_NAMES, get_task, load_glue, load_task
-from tests.train.conftest import write_tiny_bert
+from tests.tiny_bert import write_tiny_bert
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 _SPEC = importlib.util.spec_from_file_location('glue_files', ROOT / 'scripts' / 'glue_files.py')
@@ -83,6 +83,7 @@ def test_load_glue_reads_one_split(glue_data_dir):
   assert sorted(e.label for e in examples) == [0, 0, 1, 1, 2, 2]
 
 
+@pytest.mark.slow
 def test_train_and_report_on_builder_prepared_glue(glue_data_dir, tmp_path):
   """GLUE files -> tfds builder -> `experiments.train` (tiny BERT) -> `experiments.report`."""
   model_dir = write_tiny_bert(tmp_path / 'tiny_bert')

@@ -21,6 +21,7 @@ def run(module, **flags):
   return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('fmt,method,options', [('peft', 'lora', dict(rank=4, alpha=8.0)),
                                                 ('adapters', 'houlsby', dict(size=8))])
 def test_export_then_import_through_the_cli_gives_back_the_adapter(tmp_path, base_dir, fmt, method, options):
@@ -44,6 +45,7 @@ def test_export_then_import_through_the_cli_gives_back_the_adapter(tmp_path, bas
                              our_logits(spliced, params, 'bert', 'task'), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_import_onto_another_base_is_refused(tmp_path, base_dir):
   save_trained(tmp_path / 'run', base_dir('bert'), 'bert', 'task', 'lora')
   assert run('experiments.export', workdir=tmp_path / 'run', format='peft',
@@ -56,6 +58,7 @@ def test_import_onto_another_base_is_refused(tmp_path, base_dir):
   assert not (tmp_path / 'imported').exists()
 
 
+@pytest.mark.slow
 def test_export_of_a_run_without_best_names_the_file(tmp_path):
   refused = run('experiments.export', workdir=tmp_path / 'run', format='peft', out=tmp_path / 'exported')
   assert refused.returncode != 0

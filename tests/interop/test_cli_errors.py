@@ -30,6 +30,7 @@ def import_onto(model, exported, out, **env):
   return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_missing_relative_model_directory_is_named_not_downloaded(tmp_path, exported):
   # `workdirs/...` reads as `owner/name`; before, it went to the hub and failed as a download.
   line = one_line_error(import_onto('workdirs/never_trained', exported, tmp_path / 'out',
@@ -59,6 +60,7 @@ def silent_server():
     connection.close()
 
 
+@pytest.mark.slow
 def test_a_hub_that_never_answers_fails_in_bounded_time_in_one_line(tmp_path, exported, silent_server):
   start = time.monotonic()
   result = import_onto('owner/model', exported, tmp_path / 'out', HF_ENDPOINT=silent_server,

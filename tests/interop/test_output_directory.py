@@ -3,6 +3,7 @@ which replaces it whole; a failed write leaves nothing behind. Through the CLI, 
 
 import jax
 import numpy as np
+import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file
 
@@ -33,6 +34,7 @@ def file_names(directory):
   return sorted(p.name for p in directory.iterdir())
 
 
+@pytest.mark.slow
 def test_an_export_over_an_earlier_export_is_refused_and_overwrite_replaces_it_whole(tmp_path, base_dir):
   base = base_dir('bert')
   save_trained(tmp_path / 'with_head', base, 'bert', 'task', 'houlsby', size=8)
@@ -62,6 +64,7 @@ def test_an_export_over_an_earlier_export_is_refused_and_overwrite_replaces_it_w
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # no staging left
 
 
+@pytest.mark.slow
 def test_an_import_into_a_used_directory_is_refused_and_overwrite_replaces_it(tmp_path, base_dir):
   base = base_dir('bert')
   save_trained(tmp_path / 'run', base, 'bert', 'task', 'lora')
@@ -80,6 +83,7 @@ def test_an_import_into_a_used_directory_is_refused_and_overwrite_replaces_it(tm
   assert 'notes.txt' not in file_names(out) and '_CHECKPOINT_METADATA' in file_names(out)
 
 
+@pytest.mark.slow
 def test_an_empty_directory_is_used_and_a_failed_import_leaves_nothing(tmp_path, base_dir):
   save_trained(tmp_path / 'run', base_dir('bert'), 'bert', 'task', 'lora')
   (tmp_path / 'exported').mkdir()  # empty: fine

@@ -138,6 +138,7 @@ def test_a_timeout_that_is_not_a_positive_number_is_refused(monkeypatch, value):
     registry.hub_timeout_s()
 
 
+@pytest.mark.slow
 def test_training_on_a_missing_relative_model_path_says_so_in_one_line(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[2]
   args = [sys.executable, '-m', 'experiments.train', '--config=experiments/configs/quickstart.py:smoke',

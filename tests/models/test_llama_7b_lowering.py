@@ -13,6 +13,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Llama-2 7B by hand: embeddings and untied head [32000, 4096]; per layer q/k/v/o [4096, 4096],
@@ -23,6 +25,7 @@ LORA_PARAMS = LAYERS * 2 * (HIDDEN * 8 + 8 * HIDDEN)  # rank 8 on query and valu
 DEVICE_BYTES = 80e9
 
 
+@pytest.mark.slow
 def test_llama_7b_lora_step_fits_an_80gb_device_with_8_way_fsdp():
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3',
          'PYTHONPATH': str(ROOT)}

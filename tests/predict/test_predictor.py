@@ -15,10 +15,7 @@ from adapters_jax.task_kinds.causal_lm import CausalLM
 from adapters_jax.task_kinds.protocol import Classification
 from adapters_jax.task_kinds.seq2seq import Seq2Seq
 from adapters_jax.train import loop
-from tests.train import test_predict_generate as generate_tests
-from tests.train.conftest import write_tiny_bert
-from tests.train.test_loop import smoke_config
-from tests.train.test_predict_generate import (
+from tests.predict.test_predict_generate import (
   BUFFER,
   E2E_PROMPTS,
   MRS,
@@ -30,10 +27,9 @@ from tests.train.test_predict_generate import (
   _lm_forward,
   _restored,
 )
+from tests.tiny_bert import write_tiny_bert
+from tests.train.test_loop import smoke_config
 
-# The tiny T5 and decoder runs the generation CLI tests train (module fixtures, trained here too).
-t5_run = generate_tests.t5_run
-lm_run = generate_tests.lm_run
 TEXTS = ['A triumph of acting and heart.', 'A dull, lifeless mess.', 'It is a movie.']
 
 

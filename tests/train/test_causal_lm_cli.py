@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from adapters_jax.models import resolve_checkpoint_dir
 from adapters_jax.models.decoder_export import random_decoder_checkpoint
 
@@ -33,6 +35,7 @@ def _write_jsonl(path, records):
   path.write_text(''.join(json.dumps(r) + '\n' for r in records))
 
 
+@pytest.mark.slow
 def test_lora_on_a_tiny_llama_trains_through_the_cli(tmp_path):
   # Bugs caught: the kind not chosen for a decoder, the prompt trained on, the LM head or the base
   # trained instead of LoRA alone, perplexity missing from the result, a loss that does not fall.

@@ -106,6 +106,7 @@ def test_fusion_on_mock_glue_writes_a_run(tiny_bert_dir, adapter_dirs, tmp_path)
   assert 0 < result['trainable_params'] < result['total_params']
 
 
+@pytest.mark.slow
 def test_fusion_sigkill_resume_equals_uninterrupted_and_predict_serves_it(
     tiny_bert_dir, adapter_dirs, tmp_path):
   straight = tmp_path / 'straight'

@@ -114,6 +114,7 @@ def _final_state_leaves(workdir):
   return step, jax.tree.map(np.asarray, restored['state'])
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tiny_bert_dir, tmp_path):
   straight = tmp_path / 'straight'
   done = _run_cli(straight, tiny_bert_dir)

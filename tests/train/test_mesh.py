@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = r'''
@@ -52,6 +54,7 @@ print(json.dumps(losses))
 '''
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_same_loss_as_one(tiny_bert_dir):
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
          'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3'}

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from adapters_jax.train import loop
 from adapters_jax.train.metrics_log import read_metrics
 from experiments.configs import quickstart
@@ -21,6 +23,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(tiny_bert_dir, tmp_path):
   # Fails if each process feeds the whole global batch (or the same half) instead of its own rows,
   # if evaluation counts only one process's rows, or if process 1 writes records and checkpoints.

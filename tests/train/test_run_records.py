@@ -88,6 +88,7 @@ def finished_run(tiny_bert_dir, tmp_path_factory):
   return folder, workdir, with_dev, {'no_dev': no_dev, 'typo': typo, 'done': done}
 
 
+@pytest.mark.slow
 def test_a_task_without_validation_split_is_a_clear_error(finished_run):
   # Bug caught: `spec.validation_splits[0]` on an empty tuple (IndexError) instead of the fix.
   no_dev = finished_run[3]['no_dev']
@@ -97,6 +98,7 @@ def test_a_task_without_validation_split_is_a_clear_error(finished_run):
   assert 'has no validation split' in last and '--config.local_task.paths.validation=' in last
 
 
+@pytest.mark.slow
 def test_failed_starts_leave_the_workdir_reusable(finished_run, tiny_bert_dir):
   # Bug caught: config.json written before the run has taken a step, so the corrected command is
   # refused ("holds a run with another config").
@@ -107,6 +109,7 @@ def test_failed_starts_leave_the_workdir_reusable(finished_run, tiny_bert_dir):
   assert saved['model'] == tiny_bert_dir and 'validation' in saved['local_task']['paths']
 
 
+@pytest.mark.slow
 def test_a_finished_run_rerun_reports_and_changes_nothing(finished_run, tiny_bert_dir):
   # Bug caught: a rerun that retrains the last step or re-evaluates: result.json rewritten
   # (examples/s 0.0), a duplicate test line in metrics.jsonl, a second TensorBoard events file.
@@ -120,6 +123,7 @@ def test_a_finished_run_rerun_reports_and_changes_nothing(finished_run, tiny_ber
   assert second == first and first['train_examples_per_second'] > 0
 
 
+@pytest.mark.slow
 def test_clean_stderr_progress_and_throughput_records(finished_run):
   # Bugs caught: Orbax tracebacks at exit; silent evaluations; throughput missing from the records.
   _, workdir, _, runs = finished_run
@@ -138,6 +142,7 @@ def test_clean_stderr_progress_and_throughput_records(finished_run):
   assert 'train/examples_per_second' in tags and 'validation/accuracy' in tags
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_and_torn_metrics_line_resume_to_the_same_run(finished_run, tiny_bert_dir,
                                                                         tmp_path):
   # Bugs caught: a damaged latest checkpoint ending the run with a TensorStore dump (no fallback);

@@ -189,6 +189,7 @@ def test_seq2seq_on_an_encoder_is_a_clear_error(tiny_bert_dir):
     Seq2Seq.create(data.get_task('rte'), bert)
 
 
+@pytest.mark.slow
 def test_cli_trains_a_t5_adapter_and_reports_generation_metrics(tmp_path):
   """`experiments.train` on the miniature seq2seq config (smoke size) with a tiny T5 v1.0."""
   model = write_random_t5(tmp_path / 't5', tokenizer_dir=resolve_checkpoint_dir('minilm-l6'),
@@ -214,6 +215,7 @@ def test_cli_trains_a_t5_adapter_and_reports_generation_metrics(tmp_path):
   assert losses[0] > 9 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 2, losses
 
 
+@pytest.mark.slow
 def test_make_random_t5_script_writes_a_loadable_t5_with_the_packaged_tokenizer(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   run = subprocess.run([sys.executable, 'scripts/make_random_t5.py', f'--out={tmp_path}',

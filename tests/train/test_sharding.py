@@ -78,6 +78,7 @@ def eight_devices():
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('strategy', ['fsdp', 'tp', 'fsdp+tp'])
 def test_sharded_lora_step_equals_the_one_device_step(eight_devices, strategy):
   one, sharded = eight_devices['one'], eight_devices[strategy]
@@ -108,6 +109,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('strategy', sorted(EXPECTED))
 def test_weights_and_batch_are_split_not_replicated(eight_devices, strategy):
   facts = eight_devices[strategy]['facts']

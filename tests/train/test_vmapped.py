@@ -93,6 +93,7 @@ def _sweep(config_path, sweep_dir, wait=True):
                           stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_sweep_cli_vmap_killed_and_rerun_ends_as_uninterrupted(runs, tmp_path):
   # Fails if the launcher does not group the row, if a resumed member restarts from scratch with
   # a stale metrics log or data position, or if members resume from different steps.

@@ -11,7 +11,7 @@ from adapters_jax.config import loading
 from adapters_jax.config.schema import OPEN_FIELDS, run_config
 from experiments.config_flag import check_method_options
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, 'experiments', 'configs', '*.py'))
                       if not os.path.basename(p).startswith('_'))
 

@@ -3,7 +3,7 @@
 Checked against float64 NumPy (explicit `np.kron`), a hand count of its parameters, AdapterHub
 `adapters` 1.3.0's own PHM layer (export to it, import from it) on a tiny PyTorch BERT. The
 Compacter table's PHM-Adapter run is trained on the dry run's random T5 in
-`tests/test_dry_run.py`.
+`tests/sweeps/test_dry_run.py`.
 """
 
 import adapters

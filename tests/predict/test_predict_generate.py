@@ -20,16 +20,12 @@ from adapters_jax.data import e2e, get_task
 from adapters_jax.data.lm_jsonl import parse_record, tokenize_record
 from adapters_jax.models import load_pretrained, resolve_checkpoint_dir
 from adapters_jax.models.beam_search import BeamSearchConfig, beam_search
-from adapters_jax.models.decoder_export import random_decoder_checkpoint
-from adapters_jax.models.t5_random import write_random_t5
 from adapters_jax.predict.predictor import load_predictor
 from adapters_jax.predict.serving import load_adapter_server
 from adapters_jax.task_kinds.inputs import prompt_record
 from adapters_jax.task_kinds.seq2seq import answer_fields
 from adapters_jax.train import loop
-from experiments.configs import mini_lora_lm, mini_t5_rotten_tomatoes
 from experiments.make_random_decoder import TINY_LLAMA
-from tests.train.test_seq2seq import TINY_T5
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ENV = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3'}
@@ -50,37 +46,6 @@ def _predict_cli(workdir, lines, *flags):
   return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
 
 
-@pytest.fixture(scope='module')
-def t5_run(tmp_path_factory):
-  """A 2-step Houlsby run of the miniature seq2seq config (smoke size) on a tiny random T5 v1.1
-  (gated GELU, untied head: its random answers depend on the input; a v1.0 one answers the same
-  token whatever it reads): its answers are still token salad."""
-  tmp = tmp_path_factory.mktemp('t5_run')
-  model = write_random_t5(tmp / 't5', tokenizer_dir=resolve_checkpoint_dir('minilm-l6'), seed=0,
-                          **TINY_T5)
-  config = mini_t5_rotten_tomatoes.get_config('smoke')
-  config.model = str(model)
-  config.max_eval_examples = 8
-  config.eval_batch_size = 8
-  loop.train_and_evaluate(config, str(tmp / 'run'))
-  return tmp / 'run'
-
-
-@pytest.fixture(scope='module')
-def lm_run(tmp_path_factory):
-  """A 2-step LoRA run of the miniature E2E config (smoke size) on a tiny random Llama."""
-  tmp = tmp_path_factory.mktemp('lm_run')
-  model = random_decoder_checkpoint(tmp / 'llama', TINY_LLAMA, seed=0,
-                                    tokenizer_dir=resolve_checkpoint_dir('minilm-l6'))
-  config = mini_lora_lm.get_config('smoke')
-  config.model = str(model)
-  config.data_dir = str(ROOT / 'experiments/data/mini_e2e')
-  config.lm.max_new_tokens = 8
-  config.max_eval_examples = 8
-  loop.train_and_evaluate(config, str(tmp / 'run'))
-  return tmp / 'run'
-
-
 def _restored(workdir, *sample_args):
   """The run's base loaded afresh with its best adapter restored onto it."""
   config = json.loads((workdir / loop.CONFIG_FILE).read_text())
@@ -94,6 +59,7 @@ def _decode(tokenizer, ids):
   return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
 
 
+@pytest.mark.slow
 def test_t5_run_answers_like_a_recomputed_greedy_decode_of_the_prefixed_input(t5_run):
   # Bugs caught: the task prefix or field name left out ("rotten_tomatoes text: "), decoding that
   # misuses the cache, another adapter (or none) active, tokens after EOS kept, the answer not
@@ -170,6 +136,7 @@ def _with_config(workdir, tmp_path, change_config, change_model=None):
   return copy
 
 
+@pytest.mark.slow
 def test_decoder_run_continues_e2e_prompts_greedily_and_stops_at_eos(lm_run, tmp_path):
   # Bugs caught: the MR not rendered as the training prompt (or the ' ||' left out), a cache that
   # drifts from the full forward pass, --max_new_tokens ignored, generation that runs past an EOS

@@ -35,7 +35,7 @@ from adapters_jax.train import loop
 from adapters_jax.train.step import classification_loss, create_train_state, train_step
 from tests.tiny_model import TinyClassifier, init_tiny, perturb_adapter, tiny_batch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 _perturb = functools.partial(perturb_adapter, scale=0.3)
@@ -230,7 +230,7 @@ def test_fusion_config_errors(tiny):
 
 @pytest.fixture(scope='module')
 def tiny_bert(tmp_path_factory):
-  from tests.train.conftest import write_tiny_bert
+  from tests.tiny_bert import write_tiny_bert
 
   return str(write_tiny_bert(tmp_path_factory.mktemp('tiny_bert_fusion')))
 
@@ -252,6 +252,7 @@ def adapter_workdirs(tiny_bert, tmp_path_factory):
   return workdirs
 
 
+@pytest.mark.slow
 def test_multi_predictor_per_row_column_and_cli(adapter_workdirs, tmp_path):
   rt, tw = adapter_workdirs['rotten_tomatoes'], adapter_workdirs['tweet_sentiment']
   predictor = load_adapter_server([rt, tw], batch_size=4)

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 from flax import traverse_util
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / 'scripts' / 'bench.py'
+_PATH = pathlib.Path(__file__).resolve().parents[2] / 'scripts' / 'bench.py'
 _SPEC = importlib.util.spec_from_file_location('bench_script', _PATH)
 bench = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bench)
@@ -94,12 +94,13 @@ def test_time_methods_and_table():
   assert 'lora' in text and 'full' in text
 
 
+@pytest.mark.slow
 def test_anchor_script_is_in_the_repository_and_runs_through_bench():
   """The PyTorch anchors run from scripts/ (here in the test environment's Python, which has
   torch, adapters and peft; users build .anchor-venv with scripts/setup_anchor.sh)."""
   import sys
 
-  root = pathlib.Path(__file__).resolve().parents[1]
+  root = pathlib.Path(__file__).resolve().parents[2]
   assert pathlib.Path(bench.ANCHOR_SCRIPT) == root / 'scripts' / 'anchor_torch.py'
   args = argparse.Namespace(anchor_python=sys.executable, anchor_script=bench.ANCHOR_SCRIPT,
                             steps=1, anchor_host_memory='default')
@@ -118,7 +119,7 @@ def test_missing_anchor_environment_names_the_setup_command(tmp_path):
     bench.run_anchor(['lora'], (1, 8), args)
 
 
-_LM_PATH = pathlib.Path(__file__).resolve().parents[1] / 'scripts' / 'bench_lm.py'
+_LM_PATH = pathlib.Path(__file__).resolve().parents[2] / 'scripts' / 'bench_lm.py'
 _LM_SPEC = importlib.util.spec_from_file_location('bench_lm_script', _LM_PATH)
 bench_lm = importlib.util.module_from_spec(_LM_SPEC)
 _LM_SPEC.loader.exec_module(bench_lm)
@@ -139,6 +140,7 @@ def test_lm_bench_steps_our_adapters_on_tiny_shapes(model):
   assert lora['optimizer_state_bytes'] >= 8 * expected  # two float32 moments per scalar
 
 
+@pytest.mark.slow
 def test_lm_anchors_run_through_bench_lm_on_our_shapes():
   """PyTorch T5 (peft LoRA) and Llama (peft LoRA) of the benchmark's shapes: the same trainable
   and total parameter counts as ours (here in the test environment's Python)."""

@@ -12,9 +12,9 @@ import pytest
 
 from adapters_jax.config import loading
 from adapters_jax.config.schema import OPEN_FIELDS, run_config
-from tests.train.conftest import write_tiny_bert
+from tests.tiny_bert import write_tiny_bert
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GLUE = os.path.join(ROOT, 'experiments', 'configs', 'glue.py')
 QUICKSTART = os.path.join(ROOT, 'experiments', 'configs', 'quickstart.py')
 
@@ -76,6 +76,7 @@ def test_mistakes_name_the_field_and_the_fix(key, value, message):
     loading.set_field(_locked_config(), key, value, OPEN_FIELDS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args, message', [
     (['--config.nonexistent=1'], "--config.nonexistent=1: Unknown config field 'nonexistent'."),
     (['--config.method_options.sizee=8'], "Unknown option(s) ['sizee'] for BottleneckConfig; "
@@ -92,6 +93,7 @@ def test_cli_mistakes_are_one_line_before_anything_starts(args, message):
   assert len(errors) == 1 and message in errors[0], run.stderr
 
 
+@pytest.mark.slow
 def test_train_cli_takes_every_field_in_dotted_form(tmp_path):
   """The forms the configs' docstrings show, on local latin-1 files and a tiny model."""
   model = write_tiny_bert(tmp_path / 'tiny_bert')

@@ -13,9 +13,9 @@ import tensorflow_datasets as tfds
 from adapters_jax import sweeps
 from adapters_jax.config.schema import OPEN_FIELDS, SMOKE
 from adapters_jax.train.loop import train_and_evaluate
-from tests.train.conftest import write_tiny_bert
+from tests.tiny_bert import write_tiny_bert
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
 
 
@@ -97,6 +97,7 @@ def test_a_failing_run_is_reported_in_one_line_and_its_readers_are_blocked(tiny_
   assert fusion.name in outcome.blocked
 
 
+@pytest.mark.slow
 def test_dry_run_cli_on_the_packaged_task(tiny_model, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   run = subprocess.run(

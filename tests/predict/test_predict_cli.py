@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from adapters_jax import models
 from adapters_jax.checkpoint import restore
@@ -18,6 +19,7 @@ from tests.train.test_loop import ROOT, smoke_config
 TEXTS = ['A triumph of acting and heart.', 'A dull, lifeless mess.', 'It is a movie.']
 
 
+@pytest.mark.slow
 def test_predictor_matches_manual_restore_and_cli(tiny_bert_dir, tmp_path):
   loop.train_and_evaluate(smoke_config(tiny_bert_dir), str(tmp_path))
   predictor = load_predictor(str(tmp_path))

@@ -23,9 +23,9 @@ from experiments.configs import (
   lora_glue,
   mini_rotten_tomatoes,
 )
-from tests.train.conftest import write_tiny_bert
+from tests.tiny_bert import write_tiny_bert
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
 SWEEPABLE = sorted(name for name in os.listdir(CONFIGS) if name.endswith('.py') and 'def sweep('
                    in pathlib.Path(CONFIGS, name).read_text())
@@ -134,6 +134,7 @@ def test_runs_whose_method_options_do_not_fit_fail_at_planning(tmp_path):
   assert len(_plan('fusion_glue.py', tmp_path, check=check_method_options)) == 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', SWEEPABLE)
 def test_every_sweepable_config_plans_with_the_print_launcher(name, tmp_path):
   run = _cli('experiments.sweep', f'--config={CONFIGS}/{name}', f'--sweep_dir={tmp_path}',
@@ -319,6 +320,7 @@ def _fake_python(tmp_path):
   return str(path)
 
 
+@pytest.mark.slow
 def test_local_launcher_runs_one_run_per_gpu_each_seeing_only_its_gpu(tmp_path):
   sweep_dir = tmp_path / 'sweep'
   env = dict(os.environ, CUDA_VISIBLE_DEVICES='3,5')  # a host with two GPUs, ids 3 and 5
@@ -346,6 +348,7 @@ def test_tpu_hosts_refuse_parallel_runs_and_cpu_hosts_share():
       == 'tpu'
 
 
+@pytest.mark.slow
 def test_a_run_that_reads_a_failed_run_is_not_started(tmp_path):
   runs = _plan('mini_fusion.py', tmp_path, only={'method': 'fusion', 'task': 'rotten_tomatoes'})
   broken = [sweeps.Run(r.name, r.overrides, r.workdir, (sys.executable, '-c', 'raise SystemExit(3)'),

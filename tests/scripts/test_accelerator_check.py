@@ -8,11 +8,12 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The bench's 'tiny' model: 2 layers, hidden 32, FFN 37; batch 2 x 16 tokens in --tiny.
 LAYERS, HIDDEN, FFN, TOKENS = 2, 32, 37, 2 * 16
 
 
+@pytest.mark.slow
 def test_tiny_accelerator_check_writes_throughput_flops_and_glue_json(tmp_path):
   out = tmp_path / 'results' / 'check.json'
   env = {**os.environ, 'PYTHON': sys.executable, 'JAX_PLATFORMS': 'cpu'}
@@ -43,6 +44,7 @@ def test_tiny_accelerator_check_writes_throughput_flops_and_glue_json(tmp_path):
   assert correct == pytest.approx(round(correct), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_usage_error_without_output_path():
   proc = subprocess.run(['bash', 'scripts/accelerator_check.sh'], cwd=ROOT, capture_output=True,
                         text=True, timeout=60)

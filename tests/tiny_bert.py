@@ -1,9 +1,8 @@
-"""A tiny BERT checkpoint on disk (random weights, the packaged MiniLM tokenizer) for loop tests."""
+"""A tiny BERT checkpoint on disk (random weights, the packaged MiniLM tokenizer), for runs in tests."""
 
 import pathlib
 import shutil
 
-import pytest
 from transformers import BertConfig, FlaxBertModel
 
 from adapters_jax.models import resolve_checkpoint_dir
@@ -24,8 +23,3 @@ def write_tiny_bert(directory: pathlib.Path) -> pathlib.Path:
     if (minilm_dir() / name).exists():
       shutil.copy(minilm_dir() / name, directory / name)
   return directory
-
-
-@pytest.fixture(scope='session')
-def tiny_bert_dir(tmp_path_factory) -> str:
-  return str(write_tiny_bert(tmp_path_factory.mktemp('tiny_bert')))

@@ -14,7 +14,7 @@ from adapters_jax import sweeps
 from adapters_jax.sweeps import report
 from experiments.configs import houlsby_glue
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def fake_result(task, method, lr, seed, val, test=None, size=None, trainable=1000, total=100000,
@@ -113,6 +113,7 @@ def test_csv_and_plot(tmp_path):
   assert (tmp_path / 'r.png').read_bytes()[:4] == b'\x89PNG'
 
 
+@pytest.mark.slow
 def test_report_entry_point_writes_table_csv_and_plot(tmp_path):
   sweep_dir = tmp_path / 'sweep'
   for result in mini_results():

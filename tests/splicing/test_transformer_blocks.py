@@ -21,7 +21,7 @@ from adapters_jax import add_adapter, get_method
 from adapters_jax.methods import adapter_drop
 from adapters_jax.splicing import trainable
 from adapters_jax.splicing.composition import CompositionError
-from tests.test_splice_external import tiny_gpt2
+from tests.splicing.test_splice_external import tiny_gpt2
 from tests.tiny_model import perturb_adapter
 
 HIDDEN = 8
