@@ -35,14 +35,14 @@ from adapters_jax.splicing import composition
 from adapters_jax.task_kinds.causal_lm import CausalLM
 from adapters_jax.task_kinds.choice import kind_name, model_type_of
 from adapters_jax.task_kinds.seq2seq import Seq2Seq
-from adapters_jax.train import loop
+from adapters_jax.train import members, run_files
 from adapters_jax.train.experiment import Experiment, build_experiment
 
 ENCODER_KINDS = ('classification', 'regression')  # the kinds MultiPredictor runs
 
 
 def _load_config(workdir: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(workdir, loop.CONFIG_FILE)) as f:
+  with open(os.path.join(workdir, run_files.CONFIG_FILE)) as f:
     return ml_collections.ConfigDict(json.load(f))
 
 
@@ -82,9 +82,9 @@ class Predictor:
         `config.lm.max_new_tokens`).
     """
     config = _load_config(workdir)
-    record = restore.load_record(os.path.join(workdir, loop.BEST_DIR))
+    record = restore.load_record(os.path.join(workdir, members.BEST_DIR))
     experiment = build_experiment(config, spec_from_record(config, record))
-    params = loop.load_best(experiment, workdir)
+    params = members.load_best(experiment, workdir)
     if isinstance(experiment.task_kind, CausalLM):
       return CausalLMPredictor(experiment, params, batch_size=batch_size,
                                max_new_tokens=max_new_tokens)
@@ -167,7 +167,7 @@ class MultiPredictor:
     configs, records = [], []
     for workdir in workdirs:
       configs.append(_load_config(workdir))
-      records.append(restore.load_record(os.path.join(workdir, loop.BEST_DIR)))
+      records.append(restore.load_record(os.path.join(workdir, members.BEST_DIR)))
       spec = spec_from_record(configs[-1], records[-1])
       kind = kind_name(spec, model_type_of(configs[-1].model), configs[-1].task_kind)
       if kind not in ENCODER_KINDS:
@@ -185,7 +185,7 @@ class MultiPredictor:
         config_overrides=dict(config.model_overrides))
     sample = jax.numpy.ones((2, 16), jax.numpy.int32)
     spliced, params, restored = restore.restore_adapters(
-        [os.path.join(w, loop.BEST_DIR) for w in workdirs], pretrained.model, pretrained.params,
+        [os.path.join(w, members.BEST_DIR) for w in workdirs], pretrained.model, pretrained.params,
         sample, sample, jax.numpy.zeros_like(sample), base_name=config.model, deterministic=True)
     heads = {}
     for (name, item), spec in zip(restored.items(), specs, strict=True):

@@ -19,7 +19,8 @@ CONFIG_FILE = 'config.json'
 RESULT_FILE = 'result.json'
 
 
-def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON values (what `config.json` and a result's `config` hold)."""
   return json.loads(config.to_json_best_effort())
 
 
@@ -34,7 +35,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
     return False
   with open(path) as f:
     saved = json.load(f)
-  current = _as_json(config)
+  current = as_json(config)
   differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
   if differ:
     raise ValueError(f'{workdir} holds a run with another config (fields {differ} differ); '
@@ -45,7 +46,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Records the run's config (process 0; atomic)."""
   if jax.process_index() == 0 and not check_config(config, workdir):
-    _atomic_json(os.path.join(workdir, CONFIG_FILE), _as_json(config))
+    _atomic_json(os.path.join(workdir, CONFIG_FILE), as_json(config))
 
 
 def finished_result(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:

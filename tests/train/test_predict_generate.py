@@ -24,7 +24,7 @@ from adapters_jax.models.decoder_export import random_decoder_checkpoint
 from adapters_jax.models.t5_random import write_random_t5
 from adapters_jax.predict.generative import answer_fields, prompt_record
 from adapters_jax.predict.predictor import MultiPredictor, Predictor
-from adapters_jax.train import loop
+from adapters_jax.train import loop, run_files
 from experiments.configs import mini_lora_lm, mini_t5_rotten_tomatoes
 from experiments.make_random_decoder import TINY_LLAMA
 from tests.train.test_seq2seq import TINY_T5
@@ -81,7 +81,7 @@ def lm_run(tmp_path_factory):
 
 def _restored(workdir, *sample_args):
   """The run's base loaded afresh with its best adapter restored onto it."""
-  config = json.loads((workdir / loop.CONFIG_FILE).read_text())
+  config = json.loads((workdir / run_files.CONFIG_FILE).read_text())
   base = load_pretrained(config['model'])
   spliced, params = restore.restore_adapter(workdir / 'best', base.model, base.params,
                                                *sample_args, deterministic=True)
@@ -155,7 +155,7 @@ def _with_config(workdir, tmp_path, change_config, change_model=None):
   changed."""
   copy = tmp_path / 'run'
   shutil.copytree(workdir, copy)
-  config = json.loads((copy / loop.CONFIG_FILE).read_text())
+  config = json.loads((copy / run_files.CONFIG_FILE).read_text())
   if change_model is not None:
     model = tmp_path / 'model'
     shutil.copytree(config['model'], model)
@@ -164,7 +164,7 @@ def _with_config(workdir, tmp_path, change_config, change_model=None):
     (model / 'config.json').write_text(json.dumps(model_config))
     config['model'] = str(model)
   change_config(config)
-  (copy / loop.CONFIG_FILE).write_text(json.dumps(config))
+  (copy / run_files.CONFIG_FILE).write_text(json.dumps(config))
   return copy
 
 
