@@ -37,6 +37,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from adapters_jax import data
 from adapters_jax.checkpoint.training import TrainCheckpoints, restore_newest
 from adapters_jax.splicing import trainable
 from adapters_jax.train import distributed, run_files
@@ -98,6 +99,7 @@ def train_runs(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[
 
 
 def _train(configs, workdirs, vmapped: bool, cleanup: contextlib.ExitStack) -> list[dict]:
+  """Builds the members and their program, resumes them, and runs the cadence."""
   wall_start = time.time()
   config = configs[0]
   task = load_run_task(config)
@@ -125,105 +127,136 @@ def _train(configs, workdirs, vmapped: bool, cleanup: contextlib.ExitStack) -> l
     resume_step, states_and_meta = restored
     states = [state for state, _ in states_and_meta]
     for member, (_, meta) in zip(members, states_and_meta, strict=True):
-      member.position = member.position.from_dict(meta['data_position'])
+      member.position = data.DataPosition.from_dict(meta['data_position'])
       member.best = meta['best']
     say(f'Resuming from step {resume_step} in {", ".join(m.checkpoints.directory for m in members)}')
   program.start(states)
   del states
   for member in members:
     member.train_params = None  # the program holds the arrays now
+  run = _Cadence(members, program, spec, encoded, total_steps, wall_start, cleanup)
+  return run.train(resume_step)
 
-  validation_split = spec.validation_splits[0]
-  final_splits = final_splits_of(spec, encoded)
-  step = program.step_count()
-  progress = Progress(total_steps, step, config.batch_size, config.eval_every_steps,
-                      len(encoded[validation_split]), sum(len(encoded[s]) for s in final_splits))
 
-  def run_eval(params, split):
-    with progress.paused(), progress.evaluation(split, len(encoded[split]) * len(members)) as done:
-      return program.evaluate(params, encoded[split], done)
+class _Cadence:
+  """The steps every run follows, over the members of one started program."""
 
-  def validate(indices, at_step):
+  def __init__(self, members: list[Member], program, spec: data.TaskSpec,
+               encoded: dict[str, data.BatchSource], total_steps: int, wall_start: float,
+               cleanup: contextlib.ExitStack):
+    self.members, self.program, self.spec, self.encoded = members, program, spec, encoded
+    self.total_steps, self.wall_start, self.cleanup = total_steps, wall_start, cleanup
+    self.config = members[0].config
+    self.validation_split = spec.validation_splits[0]
+    self.final_splits = final_splits_of(spec, encoded)
+    self.progress = Progress(total_steps, program.step_count(), self.config.batch_size,
+                             self.config.eval_every_steps, len(encoded[self.validation_split]),
+                             sum(len(encoded[s]) for s in self.final_splits))
+
+  def train(self, resume_step: int | None) -> list[dict[str, Any]]:
+    """Steps to `total_steps` (or until every member stopped), then finishes the rest."""
+    config, members, program, progress = self.config, self.members, self.program, self.progress
+    step = program.step_count()
+    stream = program.batches([m.position for m in members])
+    pending: list[dict[str, jax.Array]] = []
+    claimed = False
+    while step < self.total_steps and any(m.training for m in members):
+      batch, positions = next(stream)
+      pending.append(program.step(batch))
+      step += 1
+      for member, position in zip(members, positions, strict=True):
+        member.position = position
+      if not claimed:  # the first step ran: from here on the workdirs hold these runs
+        jax.block_until_ready(pending[-1])
+        with progress.paused():  # TensorBoard's first import takes seconds
+          self.claim(members, resume_step)
+        claimed = True
+      boundary = step == self.total_steps
+      do_eval = boundary or step % config.eval_every_steps == 0
+      do_save = boundary or step % config.checkpoint_every_steps == 0
+      if not (boundary or do_eval or do_save or step % config.log_every_steps == 0):
+        continue
+      # Pull the losses since the last record: a non-finite one stops before anything is saved.
+      stopped = _log_training(members, program, jax.device_get(pending), step, progress)
+      pending = []
+      for i in stopped:
+        self.stop(i)
+      training = [i for i, m in enumerate(members) if m.training]
+      if do_eval and training:
+        self.validate(training, step)
+      if do_save:
+        self.save(training)
+    unfinished = [i for i, m in enumerate(members) if m.result is None]
+    for member in members:
+      member.checkpoints.close()
+    # Resumed at the last step: only the final evaluation was missing.
+    self.claim([members[i] for i in unfinished if members[i].log is None], resume_step)
+    if unfinished:
+      self.finish(unfinished, step)
+    return [m.result for m in members]
+
+  def claim(self, members: Sequence[Member], resume_step: int | None) -> None:
+    for member in members:
+      member.claim(resume_step)
+      self.cleanup.callback(member.log.close)
+
+  def evaluate(self, params, split: str) -> list[dict[str, float]]:
+    """Every member's metrics of `params` (the program's layout) on `split`."""
+    examples = len(self.encoded[split]) * len(self.members)
+    with self.progress.paused(), self.progress.evaluation(split, examples) as done:
+      return self.program.evaluate(params, self.encoded[split], done)
+
+  def validate(self, indices: Sequence[int], at_step: int) -> None:
     """Evaluates members `indices` on validation at `at_step`; logs and keeps their best."""
-    params = program.params()
-    metrics = run_eval(params, validation_split)
+    params = self.program.params()
+    metrics = self.evaluate(params, self.validation_split)
     for i in indices:
-      member = members[i]
+      member = self.members[i]
       member.evaluated_at = at_step
-      member.log.write(at_step, validation_split, metrics[i])
-      with progress.paused():
-        member.consider_best(at_step, metrics[i], program.member_params(params, i), program.frozen)
+      member.log.write(at_step, self.validation_split, metrics[i])
+      with self.progress.paused():
+        member.consider_best(at_step, metrics[i], self.program.member_params(params, i),
+                             self.program.frozen)
 
-  def finish(indices, at_step):
+  def save(self, indices: Sequence[int]) -> None:
+    with self.progress.paused():
+      for i in indices:
+        member = self.members[i]
+        member.checkpoints.save(self.program.member_state(i), {
+            'data_position': member.position.to_dict(), 'best': member.best})
+
+  def stop(self, index: int) -> None:
+    """A member that hit a non-finite loss: evaluated where it stopped, then finished."""
+    member = self.members[index]
+    say(f'Member {member.workdir}: {member.stopped["stop_reason"]}.')
+    at_step = member.stopped['stopped_at_step']
+    if member.evaluated_at != at_step:
+      self.validate([index], at_step)
+    self.finish([index], at_step)
+
+  def finish(self, indices: Sequence[int], at_step: int) -> None:
     """Evaluates members' best params on the final splits in one pass; writes their results."""
-    best = [trainable.split(load_best(members[i].experiment, members[i].workdir),
-                            members[i].experiment.mask)[0] for i in indices]
-    stacked = program.stack_params(best)
-    evaluations = {s: run_eval(stacked, s) for s in final_splits}
-    for row, i in enumerate(indices):
-      member = members[i]
+    members = [self.members[i] for i in indices]
+    best = [trainable.split(load_best(m.experiment, m.workdir), m.experiment.mask)[0]
+            for m in members]
+    stacked = self.program.stack_params(best)
+    evaluations = {s: self.evaluate(stacked, s) for s in self.final_splits}
+    for row, member in enumerate(members):
       scores = {s: e[row] for s, e in evaluations.items()}
-      for split in spec.test_splits:
+      for split in self.spec.test_splits:
         if split in scores:
           member.log.write(at_step, split, scores[split])
       member.log.close()
-      result = result_record(member, scores, total_steps=total_steps, wall_start=wall_start,
-                             examples_per_second=progress.overall_examples_per_second(),
-                             extra=program.result_fields)
+      result = result_record(member, scores, total_steps=self.total_steps,
+                             wall_start=self.wall_start,
+                             examples_per_second=self.progress.overall_examples_per_second(),
+                             extra=self.program.result_fields)
       if member.experiment.report is not None and jax.process_index() == 0:
-        full = trainable.combine(jax.device_get(best[row]), jax.device_get(program.frozen))
-        result.update(member.experiment.report(full, encoded[validation_split], member.workdir))
+        full = trainable.combine(jax.device_get(best[row]), jax.device_get(self.program.frozen))
+        result.update(member.experiment.report(full, self.encoded[self.validation_split],
+                                               member.workdir))
       run_files.write_result(result, member.workdir)
       member.result = result
-
-  stream = program.batches([m.position for m in members])
-  pending: list[dict[str, jax.Array]] = []
-  claimed = False
-  while step < total_steps and any(m.training for m in members):
-    batch, positions = next(stream)
-    pending.append(program.step(batch))
-    step += 1
-    for member, position in zip(members, positions, strict=True):
-      member.position = position
-    if not claimed:  # the first step ran: from here on the workdirs hold these runs
-      jax.block_until_ready(pending[-1])
-      with progress.paused():  # TensorBoard's first import takes seconds
-        for member in members:
-          member.claim(resume_step)
-          cleanup.callback(member.log.close)
-      claimed = True
-    boundary = step == total_steps
-    do_eval = boundary or step % config.eval_every_steps == 0
-    do_save = boundary or step % config.checkpoint_every_steps == 0
-    if not (boundary or do_eval or do_save or step % config.log_every_steps == 0):
-      continue
-    # Pull the losses since the last record: a non-finite one stops before anything is saved.
-    stopped = _log_training(members, program, jax.device_get(pending), step, progress)
-    pending = []
-    for i in stopped:
-      member = members[i]
-      say(f'Member {member.workdir}: {member.stopped["stop_reason"]}.')
-      at_step = member.stopped['stopped_at_step']
-      if member.evaluated_at != at_step:
-        validate([i], at_step)
-      finish([i], at_step)
-    training = [i for i, m in enumerate(members) if m.training]
-    if do_eval and training:
-      validate(training, step)
-    if do_save:
-      with progress.paused():
-        for i in training:
-          members[i].checkpoints.save(program.member_state(i), {
-              'data_position': members[i].position.to_dict(), 'best': members[i].best})
-  unfinished = [i for i, m in enumerate(members) if m.result is None]
-  for member in members:
-    member.checkpoints.close()
-    if member.result is None and member.log is None:  # resumed at the last step: only the
-      member.claim(resume_step)                       # final evaluation was missing
-      cleanup.callback(member.log.close)
-  if unfinished:
-    finish(unfinished, step)
-  return [m.result for m in members]
 
 
 def _log_training(members: Sequence[Member], program, host: list[dict[str, np.ndarray]],

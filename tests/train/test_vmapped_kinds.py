@@ -31,8 +31,10 @@ def _group_and_alone(configs, root: pathlib.Path):
 
 
 def _bert_config(model_dir, **overrides):
+  """Smoke size; one length bucket (max_length 16), so that members of other seeds draw the
+  dropout masks of their separate runs (`train.member_batches`)."""
   config = quickstart.get_config('smoke')
-  config.model = model_dir
+  config.model, config.max_length = model_dir, 16
   config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 4, 2, 2
   for key, value in overrides.items():
     setattr(config, key, value)
