@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -95,38 +96,58 @@ class TrainCheckpoints:
     return (TrainState(step=state['step'], params=state['params'], opt_state=state['opt_state'],
                        rng=state['rng']), restored['meta'])
 
-  def restore_latest(self, like: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
-    """The newest step that restores, after removing newer ones that do not; None when none exist.
-
-    Raises:
-      CheckpointError: no step restores (e.g. they were made with another model, method or
-        optimizer config); names the newest step's problem.
-    """
-    steps = sorted(self.manager.all_steps(), reverse=True)
-    failed: list[tuple[int, CheckpointError]] = []
-    for step in steps:
-      try:
-        restored = self.restore(step, like)
-      except CheckpointError as e:
-        failed.append((step, e))
-        continue
-      for bad, error in failed:
-        if jax.process_index() == 0:
-          print(f'{error} Removed it; resuming from step {step}.', file=sys.stderr, flush=True)
-        self.manager.delete(bad)
-      self.manager.reload()
-      return restored
-    if failed:
-      raise CheckpointError(f'{failed[0][1]} No step in {self.directory} restores (steps '
-                            f'{steps}): was it made with another model, method or optimizer config? '
-                            'Use a new --workdir.') from failed[0][1]
-    return None
-
   def close(self) -> None:
     """Closes the manager (and its threads); a second call does nothing."""
     if self.manager is not None:
       self.manager.close()
       self.manager = None
+
+
+def restore_newest(checkpoints: Sequence[TrainCheckpoints], likes: Sequence[TrainState]
+                   ) -> tuple[int, list[tuple[TrainState, dict[str, Any]]]] | None:
+  """The newest step that every one of `checkpoints` has and that restores into `likes`.
+
+  A run trained alone passes one manager; the members of a vmapped group pass one each, and
+  resume together from the newest step they all have (newer steps of some members are removed).
+  A step that does not restore for some member is reported in one line and removed for all of
+  them, once an older step restores.
+
+  Returns:
+    `(step, [(state, meta) per manager])`, or None when they have no common step.
+
+  Raises:
+    CheckpointError: no common step restores (e.g. they were made with another model, method or
+      optimizer config); names the newest step's problem.
+  """
+  held = [set(c.manager.all_steps()) for c in checkpoints]
+  common = sorted(set.intersection(*held), reverse=True) if held else []
+  newest = common[0] if common else None
+  for manager, steps in zip(checkpoints, held, strict=True):
+    for step in sorted(steps):
+      if newest is None or step > newest:
+        manager.manager.delete(step)
+  failed: list[tuple[int, CheckpointError]] = []
+  for step in common:
+    try:
+      restored = [c.restore(step, like) for c, like in zip(checkpoints, likes, strict=True)]
+    except CheckpointError as e:
+      failed.append((step, e))
+      continue
+    for bad, error in failed:
+      if jax.process_index() == 0:
+        print(f'{error} Removed it; resuming from step {step}.', file=sys.stderr, flush=True)
+      for manager in checkpoints:
+        manager.manager.delete(bad)
+    for manager in checkpoints:
+      manager.manager.reload()
+    return step, restored
+  for manager in checkpoints:
+    manager.manager.reload()
+  if failed:
+    raise CheckpointError(f'{failed[0][1]} No step in {checkpoints[0].directory} restores (steps '
+                          f'{common}): was it made with another model, method or optimizer '
+                          'config? Use a new --workdir.') from failed[0][1]
+  return None
 
 
 def _as_dict(state: TrainState) -> dict[str, Any]:

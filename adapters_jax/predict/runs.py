@@ -20,7 +20,7 @@ from adapters_jax.checkpoint import save
 from adapters_jax.config import saved_configs
 from adapters_jax.splicing.tree import Params
 from adapters_jax.train.experiment import Experiment
-from adapters_jax.train.loop import BEST_DIR
+from adapters_jax.train.members import BEST_DIR
 from adapters_jax.train.run_files import CONFIG_FILE
 
 

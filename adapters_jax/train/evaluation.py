@@ -48,3 +48,32 @@ def evaluate(task_kind: TaskKind, eval_step: Callable, train_params: Params, fro
   merged = {k: np.concatenate([np.asarray(g[k]) for g in gathered]) for k in gathered[0]}
   keep = merged.pop(EXAMPLE_MASK).astype(bool)
   return task_kind.metrics({k: v[keep] for k, v in merged.items()})
+
+
+def make_member_eval_step(task_kind: TaskKind, forward) -> Callable:
+  """`eval_step(stacked trainable params [M, ...], frozen params, batch) -> outputs [M, B, ...]`
+  (jitted): every member's outputs of one batch in one vmapped pass."""
+  return jax.jit(jax.vmap(make_eval_step(task_kind, forward), in_axes=(0, None, None)))
+
+
+def evaluate_members(task_kind: TaskKind, eval_step: Callable, stacked_params: Params,
+                     frozen: Params, dataset: data.BatchSource, batch_size: int,
+                     on_batch: Callable[[int], None] = lambda n: None) -> list[dict[str, float]]:
+  """The task kind's metrics of every member on one split (single process).
+
+  Args:
+    eval_step: `make_member_eval_step`'s step.
+    stacked_params: the members' trainable leaves, each with a leading member axis [M, ...].
+    on_batch: called with the number of examples (times members) after each batch.
+
+  Returns:
+    M metric dicts, in member order.
+  """
+  members = jax.tree.leaves(stacked_params)[0].shape[0]
+  gathered = []
+  for batch in data.eval_batches(dataset, batch_size):
+    gathered.append(jax.device_get(eval_step(stacked_params, frozen, batch)))
+    on_batch(int(np.sum(batch[EXAMPLE_MASK])) * members)
+  merged = {k: np.concatenate([g[k] for g in gathered], axis=1) for k in gathered[0]}  # [M, N, ...]
+  keep = merged.pop(EXAMPLE_MASK)[0].astype(bool)  # the same rows for every member
+  return [task_kind.metrics({k: v[m][keep] for k, v in merged.items()}) for m in range(members)]

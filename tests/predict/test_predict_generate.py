@@ -24,7 +24,7 @@ from adapters_jax.predict.predictor import load_predictor
 from adapters_jax.predict.serving import load_adapter_server
 from adapters_jax.task_kinds.inputs import prompt_record
 from adapters_jax.task_kinds.seq2seq import answer_fields
-from adapters_jax.train import loop
+from adapters_jax.train import run_files
 from experiments.make_random_decoder import TINY_LLAMA
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def _predict_cli(workdir, lines, *flags):
 
 def _restored(workdir, *sample_args):
   """The run's base loaded afresh with its best adapter restored onto it."""
-  config = json.loads((workdir / loop.CONFIG_FILE).read_text())
+  config = json.loads((workdir / run_files.CONFIG_FILE).read_text())
   base = load_pretrained(config['model'])
   spliced, params = restore.restore_adapter(workdir / 'best', base.model, base.params,
                                                *sample_args, deterministic=True)
@@ -123,7 +123,7 @@ def _with_config(workdir, tmp_path, change_config, change_model=None):
   changed."""
   copy = tmp_path / 'run'
   shutil.copytree(workdir, copy)
-  config = json.loads((copy / loop.CONFIG_FILE).read_text())
+  config = json.loads((copy / run_files.CONFIG_FILE).read_text())
   if change_model is not None:
     model = tmp_path / 'model'
     shutil.copytree(config['model'], model)
@@ -132,7 +132,7 @@ def _with_config(workdir, tmp_path, change_config, change_model=None):
     (model / 'config.json').write_text(json.dumps(model_config))
     config['model'] = str(model)
   change_config(config)
-  (copy / loop.CONFIG_FILE).write_text(json.dumps(config))
+  (copy / run_files.CONFIG_FILE).write_text(json.dumps(config))
   return copy
 
 

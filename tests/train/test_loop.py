@@ -15,7 +15,7 @@ from adapters_jax import data
 from adapters_jax.checkpoint import save
 from adapters_jax.checkpoint.training import TrainCheckpoints
 from adapters_jax.splicing import trainable
-from adapters_jax.train import loop, optimizer, run_files
+from adapters_jax.train import engine, loop, optimizer, programs, run_files
 from adapters_jax.train.experiment import build_experiment
 from adapters_jax.train.metrics_log import read_metrics
 from experiments.configs import quickstart
@@ -82,7 +82,7 @@ def test_jitted_train_step_traces_once_per_batch_shape(tiny_bert_dir):
   train_params, frozen = trainable.split(experiment.params, experiment.mask)
   from adapters_jax.train.step import create_train_state
   state = create_train_state(train_params, tx, jax.random.PRNGKey(0))
-  step_fn, _ = loop.make_step_fns(experiment, tx)
+  step_fn, _ = programs.make_step_fns(experiment, tx)
   encoded = data.encode(task['train'][:400], experiment.pretrained.tokenizer, 64)
   batches = data.TrainBatches(encoded, 16, seed=0, buckets=(16, 32, 64), sort_window=25)
   shapes = set()
@@ -147,7 +147,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tiny_bert_dir, tmp_pat
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_bert_dir, tmp_path):
   config = smoke_config(tiny_bert_dir, learning_rate=1e30, warmup_ratio=0.5, num_train_steps=10,
                         checkpoint_every_steps=1, eval_every_steps=100, clip_norm=0.0)
-  with pytest.raises(loop.NonFiniteLossError, match='last good checkpoint') as err:
+  with pytest.raises(engine.NonFiniteLossError, match='last good checkpoint') as err:
     loop.train_and_evaluate(config, str(tmp_path))
   manager = TrainCheckpoints(str(tmp_path / 'checkpoints'))
   latest = manager.latest_step()
@@ -167,7 +167,7 @@ def test_rerun_with_another_config_is_refused(tiny_bert_dir, tmp_path):
 def test_schedule_warms_up_then_decays():
   config = quickstart.get_config()
   config.learning_rate, config.warmup_ratio = 1.0, 0.25
-  schedule = loop.make_schedule(config, 100)
+  schedule = programs.make_schedule(config, 100)
   values = np.array([float(schedule(i)) for i in range(101)])
   assert values[0] == 0 and values[25] == pytest.approx(1.0)
   assert np.all(np.diff(values[:26]) > 0) and np.all(np.diff(values[25:]) < 0)

@@ -16,8 +16,7 @@ import jax, numpy as np
 from flax import traverse_util
 from adapters_jax import data
 from adapters_jax.splicing import trainable
-from adapters_jax.train import optimizer
-from adapters_jax.train import loop, placement
+from adapters_jax.train import optimizer, placement, programs
 from adapters_jax.train.experiment import build_experiment
 from adapters_jax.train.step import create_train_state
 from experiments.configs import quickstart
@@ -38,7 +37,7 @@ for n, strategy in ((1, 'data'), (8, 'data'), ('8_fsdp', 'fsdp')):
   train_params, frozen = trainable.split(experiment.params, experiment.mask)
   state = create_train_state(train_params, tx, jax.random.PRNGKey(0))
   state, frozen = arrays.place(state, frozen)
-  step_fn = arrays.pin_train_step(loop.make_step_fns(experiment, tx)[0], state, frozen)
+  step_fn = arrays.pin_train_step(programs.make_step_fns(experiment, tx)[0], state, frozen)
   out = []
   for batch in batches:
     state, metrics = step_fn(state, frozen, placement.shard_batch(batch, mesh))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from adapters_jax.train import loop, vmapped
+from adapters_jax.train import engine, loop, vmapped
 from tests.train import vmap_runs
 from tests.train.kill import kill_once_checkpointed
 
@@ -35,7 +35,7 @@ def runs(tiny_bert_dir, tmp_path_factory):
   for i, (config, workdir) in enumerate(zip(configs, alone, strict=True)):
     try:
       loop.train_and_evaluate(config, str(workdir))
-    except loop.NonFiniteLossError as e:
+    except engine.NonFiniteLossError as e:
       errors[i] = str(e)
   return config_path, grouped, alone, errors
 
