@@ -25,7 +25,7 @@ from typing import Any
 
 import ml_collections
 
-from adapters_jax.config import loading as config_args
+from adapters_jax.config import loading
 from adapters_jax.sweeps.launchers import waves
 from adapters_jax.sweeps.plan import Run, unfinished_runs
 
@@ -64,8 +64,8 @@ def run_vmapped(config_path: str, runs: Sequence[Run], train_group: TrainGroup, 
                 fields: Collection[str], open_fields: Collection[str] = (), max_members: int = 0,
                 log: Callable[[str], None] = print) -> VmapOutcome:
   """Trains the unfinished runs group by group (see the module docstring)."""
-  module = config_args.load_config_module(config_path)
-  _, arg = config_args.split_config_path(config_path)
+  module = loading.load_config_module(config_path)
+  _, arg = loading.split_config_path(config_path)
   outcome = VmapOutcome()
   todo = unfinished_runs(runs, outcome.skipped, outcome.stale, log)
   bad = set(outcome.stale)
@@ -89,9 +89,9 @@ def run_vmapped(config_path: str, runs: Sequence[Run], train_group: TrainGroup, 
       try:
         configs = []
         for run in group:
-          config = config_args.get_config(module, arg)
+          config = loading.get_config(module, arg)
           config.lock()
-          config_args.apply_overrides(config, run.flags, open_fields)
+          loading.apply_overrides(config, run.flags, open_fields)
           configs.append(config)
         results = train_group(configs, [r.workdir for r in group])
       except Exception as e:  # noqa: BLE001 a failed group is reported and the others go on

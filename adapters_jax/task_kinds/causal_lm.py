@@ -144,7 +144,7 @@ def generate_from_prompts(forward, model_config, params, prompt_ids: jax.Array,
 
 @dataclasses.dataclass(frozen=True)
 class CausalLM:
-  """The task kind (`train.tasks.TaskKind`) of decoder-only language modelling.
+  """The task kind (`task_kinds.protocol.TaskKind`) of decoder-only language modelling.
 
   Attributes:
     spec: the task; generation runs when its metrics include `text_metrics.METRIC_NAMES`.

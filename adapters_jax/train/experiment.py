@@ -1,6 +1,6 @@
 """From a config to a model ready to train or predict: task kind, base model, spliced adapter, mask.
 
-The run's task kind (`train.kinds`: from the model's family or `config.task_kind`) says how the
+The run's task kind (`task_kinds.choice`: from the model's family or `config.task_kind`) says how the
 base model loads (with a classification head, or with its LM head) and which call discovers the
 splice sites; the rest is the same for every kind.
 
@@ -68,7 +68,7 @@ class Experiment:
     config: the run's config.
     pretrained: the loaded base model (model, params, tokenizer, identity).
     spec: the task spec (labels, metrics, splits).
-    task_kind: loss, evaluation outputs and metrics of the task (`train.tasks`).
+    task_kind: loss, evaluation outputs and metrics of the task (`task_kinds.protocol`).
     spliced: the host model with the adapter spliced in (no adapter for baselines).
     params: all params: base, head and adapter.
     mask: True on the leaves that train.

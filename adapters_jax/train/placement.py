@@ -1,5 +1,5 @@
 """A run's arrays on the device mesh: the batch split over `data`, params and state by the rules of
-`config.sharding` (`train.partitioning`: data, fsdp, tp, fsdp+tp).
+`config.sharding` (`train.sharding_rules`: data, fsdp, tp, fsdp+tp).
 
 On one host this spreads a batch over all local devices; on several hosts (after
 `jax.distributed.initialize()`) each host feeds its own slice of the global batch and

@@ -3,10 +3,8 @@ a missing relative directory is named as such, and a hub that never answers (a l
 accepts and stays silent) times out naming the id and the offline ways."""
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -15,6 +13,7 @@ from adapters_jax.interop import export_checkpoint
 from tests.interop.conftest import save_trained
 from tests.interop.test_cli import ROOT
 from tests.interop.test_output_directory import one_line_error
+from tests.silent_server import silent_server
 
 
 @pytest.fixture
@@ -40,24 +39,10 @@ def test_a_missing_relative_model_directory_is_named_not_downloaded(tmp_path, ex
   assert not (tmp_path / 'out').exists()
 
 
-@pytest.fixture
-def silent_server():
-  """`http://127.0.0.1:<port>`: accepts connections, never answers."""
-  server = socket.create_server(('127.0.0.1', 0))
-  accepted = []
-
-  def accept():
-    while True:
-      try:
-        accepted.append(server.accept()[0])
-      except OSError:  # closed
-        return
-
-  threading.Thread(target=accept, daemon=True).start()
-  yield f'http://127.0.0.1:{server.getsockname()[1]}'
-  server.close()
-  for connection in accepted:
-    connection.close()
+@pytest.fixture(name='silent_server')
+def silent_server_fixture():
+  with silent_server() as endpoint:
+    yield endpoint
 
 
 @pytest.mark.slow

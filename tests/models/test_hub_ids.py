@@ -6,7 +6,6 @@ accepts connections and never answers."""
 import http.server
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ import huggingface_hub
 import pytest
 
 from adapters_jax.models import registry
+from tests.silent_server import silent_server
 
 
 @pytest.fixture
@@ -83,24 +83,10 @@ def test_the_packaged_minilm_is_named_by_its_hub_id_and_a_directory_by_its_absol
 
 
 @pytest.fixture
-def silent_hub(monkeypatch, tmp_path):
+def silent_hub():
   """HF_ENDPOINT -> a server on 127.0.0.1 that accepts connections and never answers."""
-  server = socket.create_server(('127.0.0.1', 0))
-  accepted = []
-
-  def accept():
-    while True:
-      try:
-        accepted.append(server.accept()[0])
-      except OSError:  # closed
-        return
-
-  threading.Thread(target=accept, daemon=True).start()
-  endpoint = f'http://127.0.0.1:{server.getsockname()[1]}'
-  yield endpoint
-  server.close()
-  for connection in accepted:
-    connection.close()
+  with silent_server() as endpoint:
+    yield endpoint
 
 
 def test_a_hub_that_never_answers_fails_within_the_timeout(silent_hub, monkeypatch, tmp_path):
