@@ -17,39 +17,37 @@ package does not import TensorFlow.
 """
 
 from adapters_jax.data.batching import (
-    Batch,
-    BatchSource,
-    DataPosition,
-    TrainBatches,
-    bucket_length,
-    eval_batches,
-    length_buckets,
-    num_eval_batches,
-    pad_batch,
+  Batch,
+  BatchSource,
+  DataPosition,
+  TrainBatches,
+  eval_batches,
+  num_eval_batches,
 )
-from adapters_jax.data.encoding import EncodedDataset, encode, load_tokenizer
+from adapters_jax.data.buckets import bucket_length, length_buckets
+from adapters_jax.data.encoding import EncodedDataset, encode, load_tokenizer, pad_batch
 from adapters_jax.data.load import load_task
 from adapters_jax.data.local_files import BadRowError, LocalTaskConfig, load_local_task, local_task_config
 from adapters_jax.data.metrics import (
-    METRIC_NAMES,
-    accuracy,
-    compute_metrics,
-    f1_binary,
-    matthews_corrcoef,
-    pearson,
-    spearman,
+  METRIC_NAMES,
+  accuracy,
+  compute_metrics,
+  f1_binary,
+  matthews_corrcoef,
+  pearson,
+  spearman,
 )
 from adapters_jax.data.resplit import resplit
 from adapters_jax.data.rotten_tomatoes import load_rotten_tomatoes
 from adapters_jax.data.sequences import Ragged, SequenceDataset
 from adapters_jax.data.task_registry import (
-    GLUE_TASK_NAMES,
-    NO_LABEL,
-    Example,
-    Task,
-    TaskSpec,
-    get_task,
-    task_names,
+  GLUE_TASK_NAMES,
+  NO_LABEL,
+  Example,
+  Task,
+  TaskSpec,
+  get_task,
+  task_names,
 )
 from adapters_jax.data.tweets import load_tweet_sentiment
 

@@ -38,8 +38,7 @@ from typing import Protocol
 
 import numpy as np
 
-from adapters_jax.data.buckets import bucket_length, length_buckets  # noqa: F401 (public names)
-from adapters_jax.data.encoding import pad_batch  # noqa: F401 (public name)
+from adapters_jax.data.buckets import length_buckets
 
 Batch = dict[str, np.ndarray]
 

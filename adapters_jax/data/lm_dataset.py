@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from adapters_jax.data.batching import bucket_length, length_buckets
+from adapters_jax.data.buckets import bucket_length, length_buckets
 from adapters_jax.data.lm_jsonl import LMExample
 from adapters_jax.data.lm_packing import pack_rows, rows_batch, single_rows
 

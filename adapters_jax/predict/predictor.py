@@ -32,11 +32,12 @@ import jax
 import numpy as np
 
 from adapters_jax import data
-from adapters_jax.predict.runs import best_params, read_run
+from adapters_jax.predict.runs import read_run
 from adapters_jax.splicing.tree import Params
 from adapters_jax.task_kinds.inputs import Text
 from adapters_jax.task_kinds.protocol import EXAMPLE_MASK, PredictingKind
 from adapters_jax.train.experiment import Experiment, build_experiment
+from adapters_jax.train.members import load_best
 
 
 @dataclasses.dataclass
@@ -95,4 +96,4 @@ def load_predictor(workdir: str, batch_size: int = 64,
   run = read_run(workdir)
   experiment = build_experiment(run.config, run.spec)
   kind = experiment.task_kind.for_prediction(run.config, max_new_tokens)
-  return Predictor(experiment, best_params(experiment, run), kind, batch_size)
+  return Predictor(experiment, load_best(experiment, run.workdir), kind, batch_size)

@@ -18,8 +18,6 @@ import ml_collections
 from adapters_jax import data
 from adapters_jax.checkpoint import save
 from adapters_jax.config import saved_configs
-from adapters_jax.splicing.tree import Params
-from adapters_jax.train.experiment import Experiment
 from adapters_jax.train.members import BEST_DIR
 from adapters_jax.train.run_files import CONFIG_FILE
 
@@ -74,9 +72,3 @@ def spec_from_record(config: ml_collections.ConfigDict, record: dict[str, Any]) 
   return data.TaskSpec(name=config.local_task.name, text_fields=tuple(config.local_task.text_columns),
                        label_names=tuple(label_names) if label_names else None,
                        metric_names=(metric,), primary_metric=metric, source='local')
-
-
-def best_params(experiment: Experiment, run: TrainedRun) -> Params:
-  """The experiment's full params with the run's best trained leaves written in."""
-  leaves = save.load_leaves(run.best_dir)
-  return save.overwrite_leaves(experiment.params, leaves, what='best checkpoint')

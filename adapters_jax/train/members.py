@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from adapters_jax import data
-from adapters_jax.checkpoint import restore
+from adapters_jax.checkpoint import save
 from adapters_jax.checkpoint.training import TrainCheckpoints
 from adapters_jax.splicing import trainable
 from adapters_jax.splicing.tree import Params
@@ -127,8 +127,8 @@ def save_best(experiment: Experiment, train_params: Params, frozen: Params, work
 
 def load_best(experiment: Experiment, workdir: str) -> Params:
   """The full params with the best trained leaves of `workdir` written in."""
-  leaves = restore.load_leaves(os.path.join(workdir, BEST_DIR))
-  return restore.overwrite_leaves(experiment.params, leaves, what='best checkpoint')
+  leaves = save.load_leaves(os.path.join(workdir, BEST_DIR))
+  return save.overwrite_leaves(experiment.params, leaves, what='best checkpoint')
 
 
 def result_record(member: Member, evaluations: dict[str, dict[str, float]], *, total_steps: int,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adapters_jax.data.batching import length_buckets
+from adapters_jax.data.buckets import length_buckets
 from adapters_jax.data.lm_dataset import LMDataset
 from adapters_jax.data.lm_jsonl import LMExample
 from adapters_jax.data.lm_packing import pack_rows, rows_batch, single_rows
