@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
-from adapters_jax.nnx import adapted_site
+from adapters_jax.nnx import adapted_site, sharding
 from adapters_jax.nnx.adapted_site import SiteSlot
 from adapters_jax.splicing import composition
 from adapters_jax.splicing.sites import match_sites
@@ -59,7 +59,8 @@ def adapter_specs(model: nnx.Module) -> tuple[AdapterSpec, ...]:
 
 
 def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Array,
-                *sample_args, block_pattern: str | None = None, **sample_kwargs) -> AdapterSpec:
+                *sample_args, block_pattern: str | None = None, lora_follows_kernel: bool = False,
+                **sample_kwargs) -> AdapterSpec:
   r"""Initialises adapter `name` at every site `method` matches, in place.
 
   Args:
@@ -71,6 +72,8 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
       sites' input and output shapes only.
     block_pattern: a regex whose first group is a site's block index (for `method.leave_out`); by
       default blocks are read from the graph (`adapters_jax.splicing.transformer_blocks`).
+    lora_follows_kernel: on a sharded model, LoRA's A/B follow the split of their site's kernel
+      instead of being replicated (`adapters_jax.nnx.sharding`).
 
   Returns:
     The new adapter's spec. The model starts running it only once `set_active` names it.
@@ -120,6 +123,7 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
       adapted_site.adapt(module, site.path)
       module.adapter_active = current  # every site runs the same choice
     module.adapters[name] = held
+    sharding.place_adapter(module, name, lora_follows_kernel)
     module.adapter_slots = module.adapter_slots + (SiteSlot(name, method, site),)
   _unadapt_unused(modules.values())
   if not sites:
