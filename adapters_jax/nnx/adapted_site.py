@@ -205,4 +205,4 @@ class _SiteOps:
     return out.astype(x.dtype)
 
   def fuse(self, fusion, query, deltas):
-    raise CompositionError('AdapterFusion is not available on NNX models; use Stack or Average.')
+    raise CompositionError('AdapterFusion is not available on NNX models; use Stack, Average or PerExample.')
