@@ -2,12 +2,12 @@
 
 Splicing leaves the base's variables as they are, `nnx.with_partitioning` annotations
 (`out_sharding` metadata) and sharded arrays included. At a site whose `kernel` is annotated, each
-new adapter leaf gets an `out_sharding`
-annotation by the Linen runs' rules (`adapters_jax.train.sharding_rules.ADAPTER_RULES`: replicated;
-adapters are small), or, with `lora_follows_kernel=True`, LoRA's A [in, r] takes the split of its
-site kernel's input dim and B [r, out] that of its output dim, so `x @ A @ B` needs no gather
-beyond what the site's own matmul does. When the site's kernel already lives on a mesh (a model
-built under `jax.set_mesh`), the leaf is placed there too, so a jitted step sees one mesh.
+new adapter leaf gets an `out_sharding` annotation by the Linen runs' rules
+(`adapters_jax.train.sharding_rules.ADAPTER_RULES`: replicated; adapters are small), or, with
+`lora_follows_kernel=True`, LoRA's A [in, r] takes the split of its site kernel's input dim and B
+[r, out] that of its output dim, so `x @ A @ B` needs no gather beyond what the site's own matmul
+does. When the site's kernel already lives on a mesh (a model built under `jax.set_mesh`), the leaf
+is placed there too, so a jitted step sees one mesh.
 
     with jax.set_mesh(mesh):
       model = MyModel(rngs=nnx.Rngs(0))       # kernels made with nnx.with_partitioning(...)
