@@ -139,6 +139,17 @@ def set_probe(record: dict[str, tuple] | None) -> None:
   _PROBE = record
 
 
+# [B] int32 branch of each row while a PerExample choice runs (`splice.adapter_index`); else None.
+_INDEX: jax.Array | None = None
+
+
+def set_index(index: jax.Array | None) -> jax.Array | None:
+  """Sets the rows' branches; returns the previous ones."""
+  global _INDEX
+  previous, _INDEX = _INDEX, index
+  return previous
+
+
 def _adapted_call(self, x, *args, **kwargs):
   """The site's `__call__`: the active adapters' input program, the original call, the output
   program (placements as in `adapters_jax.methods.base`)."""
@@ -152,6 +163,9 @@ def _adapted_call(self, x, *args, **kwargs):
   program = _site_program(self)
   if program is None:
     return call(x, *args, **kwargs)
+  if isinstance(program, interception.ChoiceOp) and _INDEX is None:
+    raise CompositionError('A PerExample choice runs: call the model inside '
+                           '`with adapter_index(model, index):` (index: int [batch], -1 = base).')
   ops = _SiteOps(self)
   x_flat = flat_features(x, in_ndim)
   if program.has_input:
@@ -179,10 +193,9 @@ class _SiteOps:
   """Runs one adapter's Linen module on the arrays of its `AdapterParam`s at this site: the
   `ops` the programs of `splicing.interception` call (`run`, `fuse`, `index`)."""
 
-  index = None
-
   def __init__(self, module):
     self.module = module
+    self.index = _INDEX
 
   def run(self, leaf, x, module):
     held = self.module.adapters[leaf.spec.name]
@@ -192,4 +205,4 @@ class _SiteOps:
     return out.astype(x.dtype)
 
   def fuse(self, fusion, query, deltas):
-    raise CompositionError('AdapterFusion is not available on NNX models; use Stack or Average.')
+    raise CompositionError('AdapterFusion is not available on NNX models; use Stack, Average or PerExample.')

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
-from adapters_jax.nnx import adapted_site
+from adapters_jax.nnx import adapted_site, sharding
 from adapters_jax.nnx.adapted_site import SiteSlot
 from adapters_jax.splicing import composition
 from adapters_jax.splicing.sites import match_sites
@@ -59,7 +59,8 @@ def adapter_specs(model: nnx.Module) -> tuple[AdapterSpec, ...]:
 
 
 def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Array,
-                *sample_args, block_pattern: str | None = None, **sample_kwargs) -> AdapterSpec:
+                *sample_args, block_pattern: str | None = None, lora_follows_kernel: bool = False,
+                **sample_kwargs) -> AdapterSpec:
   r"""Initialises adapter `name` at every site `method` matches, in place.
 
   Args:
@@ -71,6 +72,8 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
       sites' input and output shapes only.
     block_pattern: a regex whose first group is a site's block index (for `method.leave_out`); by
       default blocks are read from the graph (`adapters_jax.splicing.transformer_blocks`).
+    lora_follows_kernel: on a sharded model, LoRA's A/B follow the split of their site's kernel
+      instead of being replicated (`adapters_jax.nnx.sharding`).
 
   Returns:
     The new adapter's spec. The model starts running it only once `set_active` names it.
@@ -120,6 +123,7 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
       adapted_site.adapt(module, site.path)
       module.adapter_active = current  # every site runs the same choice
     module.adapters[name] = held
+    sharding.place_adapter(module, name, lora_follows_kernel)
     module.adapter_slots = module.adapter_slots + (SiteSlot(name, method, site),)
   _unadapt_unused(modules.values())
   if not sites:
@@ -197,12 +201,13 @@ def find_adapter(model: nnx.Module, name: str) -> AdapterSpec:
   raise KeyError(f'No adapter named {name!r}; spliced adapters: {[s.name for s in specs]}.')
 
 
-_NOT_ON_NNX = (composition.PerExample, composition.Parallel, composition.Fuse)
+_NOT_ON_NNX = (composition.Parallel, composition.Fuse)
 
 
 def set_active(model: nnx.Module, active: Any) -> None:
   """Which adapters run from now on, at every site: a name, a tuple of names / `Stack` (one after
-  another), `Average(...)`, or None (the base model). Validated against the spliced adapters.
+  another), `Average(...)`, `PerExample(...)` (each row its own branch; call the model inside
+  `adapter_index`), or None (the base model). Validated against the spliced adapters.
 
   The choice is a static attribute of each site, so a function jitted with `nnx.jit` is traced
   again for a new choice instead of running a stale one.
@@ -217,14 +222,35 @@ def _check_supported(node) -> None:
   if isinstance(node, _NOT_ON_NNX) or (isinstance(node, composition.Stack) and any(
       isinstance(c, _NOT_ON_NNX) for c in node.children)):
     raise composition.CompositionError(
-        f'{type(node).__name__} is not available on NNX models; use a name, Stack or Average, '
-        'or splice the Linen version of the model.')
+        f'{type(node).__name__} is not available on NNX models; use a name, Stack, Average or '
+        'PerExample, or splice the Linen version of the model.')
 
 
 def active(model: nnx.Module) -> Any:
   """The composition that runs now (None: the base model)."""
   sites = adapted_sites(model)
   return next(iter(sites.values())).adapter_active if sites else None
+
+
+@contextlib.contextmanager
+def adapter_index(model: nnx.Module, index: Any) -> Iterator[None]:
+  """Each row's branch of the `PerExample` choice that runs, for the calls in the block.
+
+  Args:
+    model: the model (its choice must be a `PerExample`).
+    index: int array [batch]: row i runs branch `index[i]`, -1 the base model (see
+      `adapters_jax.splicing.composition.choice_index`). A traced array is fine: enter the block
+      inside the jitted function, so one compilation serves every index.
+  """
+  if not isinstance(active(model), composition.PerExample):
+    raise composition.CompositionError(
+        f'adapter_index needs a PerExample choice; this model runs {active(model)!r}. '
+        'set_active(model, PerExample(...)) first.')
+  previous = adapted_site.set_index(jnp.asarray(index, jnp.int32))
+  try:
+    yield
+  finally:
+    adapted_site.set_index(previous)
 
 
 @contextlib.contextmanager
