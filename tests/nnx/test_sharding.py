@@ -106,6 +106,7 @@ def runs():
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_splicing_keeps_the_base_annotations_and_shards_the_adapters_by_the_rules(runs):
   facts = runs['eight']['facts']
   assert facts['up/kernel'] == {'annotation': [None, 'model'], 'spec': [None, 'model'], 'devices': 8}
@@ -124,6 +125,7 @@ def test_splicing_keeps_the_base_annotations_and_shards_the_adapters_by_the_rule
   assert all(v['devices'] == 1 for k, v in runs['one']['facts'].items() if k != 'after_steps')
 
 
+@pytest.mark.slow
 def test_the_eight_device_step_equals_the_one_device_step(runs):
   one, eight = runs['one'], runs['eight']
   assert one['losses'][-1] < one['losses'][0]
