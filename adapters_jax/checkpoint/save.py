@@ -237,10 +237,10 @@ def load_record(directory: str | os.PathLike) -> dict[str, Any]:
   path = os.path.join(directory, 'record', 'metadata')
   if not os.path.isdir(directory):
     raise CheckpointError(f'No checkpoint at {directory}.')
-  check_files(directory)
   if not os.path.exists(path):
     raise CheckpointError(f'{directory} is not a complete adapter checkpoint: {path} is missing '
                           '(an interrupted save, or not made by save_adapter).')
+  check_files(directory)
   try:
     with open(path) as f:
       record = json.load(f)
