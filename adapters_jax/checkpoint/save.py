@@ -264,7 +264,6 @@ def check_files(directory: str) -> None:
                           f'its {DIGEST_FILE} (e.g. {differ[0]}); {DAMAGED_FIX}')
 
 
-
 def load_leaves(directory: str | os.PathLike) -> dict[str, np.ndarray]:
   """The saved leaves of an adapter checkpoint as `{path: array}`."""
   directory = os.path.abspath(os.fspath(directory))
