@@ -16,14 +16,15 @@ its own decoding settings (greedy, or beam search as its config's `lm` block say
   echo "name[The Eagle], food[French]" | python -m experiments.predict --workdir=workdirs/mini_lm \
       --max_new_tokens=20
 
-Input: one text per line; for pair tasks two texts separated by a tab. With --adapter_column each
-line starts with the adapter's name and a tab (mixed rows run in one batch). A T5 run writes each
-line as training wrote the task's inputs (its prefix and field names). A decoder run takes a
-prompt per line: an E2E run an MR (`name[X], eatType[pub]`), rendered as its training prompts;
-other runs the prompt text, or a JSON object `{"prompt": ...}` or `{"messages": [...]}` (a chat the
-model answers, through the tokenizer's chat template).
+Input: one UTF-8 text per line (`\n` or `\r\n` endings); for pair tasks two texts separated by a
+tab. With --adapter_column each line starts with the adapter's name and a tab (mixed rows run in
+one batch). A T5 run writes each line as training wrote the task's inputs (its prefix and field
+names). A decoder run takes a prompt per line: an E2E run an MR (`name[X], eatType[pub]`),
+rendered as its training prompts; other runs the prompt text, or a JSON object `{"prompt": ...}` or
+`{"messages": [...]}` (a chat the model answers, through the tokenizer's chat template).
 
-Output: one JSON object per line with the text and
+Output: one JSON object per input line, in order. A blank line gets `{"text": "", "error": "blank
+line"}`; empty input gets no output (and loads no model). Every other line gets the text and
   * encoder runs: the label and the class probabilities (or the score for regression), and the
     adapter when several workdirs are given;
   * T5 runs: `generated` (the decoded answer) and `label` (the label it names, or the score for
@@ -69,21 +70,34 @@ def main(argv):
   if several and FLAGS.max_new_tokens is not None:
     raise app.UsageError('--max_new_tokens is for one decoder run; several workdirs are encoder '
                          'runs.')
-  from adapters_jax.predict.inputs import open_stream, read_inputs
+  from adapters_jax.predict.inputs import BLANK_LINE, open_output, read_inputs
+  from adapters_jax.predict.runs import check_workdir
 
+  source = 'stdin' if FLAGS.input == '-' else FLAGS.input
+  try:
+    for workdir in workdirs:
+      check_workdir(workdir)
+  except FileNotFoundError as e:
+    sys.exit(f'Cannot predict: {e}')
   try:
     texts, names = read_inputs(FLAGS.input, FLAGS.adapter_column)
-  except ValueError as e:  # a line without its adapter column
-    raise app.UsageError(str(e)) from None
-  try:
-    predictions = _predict(workdirs, several, texts, names)
-  except (ValueError, FileNotFoundError) as e:  # no run there, a run that cannot do this, or an
-    # input it cannot read
-    sys.exit(f'Cannot predict with {FLAGS.workdir} on '
-             f'{"stdin" if FLAGS.input == "-" else FLAGS.input}: {e}')
-  with open_stream(FLAGS.output, 'w') as out:
-    for text, prediction in zip(texts, predictions, strict=True):
-      out.write(json.dumps({'text': text, **prediction}) + '\n')
+  except OSError as e:
+    sys.exit(f'Cannot read {source}: {e}')
+  except ValueError as e:  # not UTF-8, or a line without its adapter column
+    sys.exit(f'Cannot predict: {e}')
+  given = [i for i, text in enumerate(texts) if text is not None]
+  predictions = {}
+  if given:
+    try:
+      found = _predict(workdirs, several, [texts[i] for i in given],
+                       [names[i] for i in given] if names else None)
+    except (ValueError, FileNotFoundError) as e:  # no run there, a run that cannot do this, or
+      # a damaged run file
+      sys.exit(f'Cannot predict with {FLAGS.workdir} on {source}: {e}')
+    predictions = dict(zip(given, found, strict=True))
+  with open_output(FLAGS.output) as out:
+    for i, text in enumerate(texts):
+      out.write(json.dumps({'text': text or '', **predictions.get(i, BLANK_LINE)}) + '\n')
 
 
 def _predict(workdirs: list[str], several: bool, texts: list, names: list | None) -> list[dict]:

@@ -10,7 +10,9 @@ A checkpoint directory holds two Orbax items:
 Restoring (splicing, then writing the leaves in) is `adapters_jax.checkpoint.restore`'s, one floor up.
 
 Saving writes to a temporary sibling directory and swaps it in with renames, so a failed save never
-replaces a good checkpoint.
+replaces a good checkpoint. The directory records a digest of its files (`checkpoint.digest`),
+compared before any file is read: a damaged checkpoint is refused in one line (`CheckpointError`)
+instead of Orbax failing halfway through a read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from adapters_jax.checkpoint.digest import DIGEST_FILE, differing_files, write_digests
 from adapters_jax.splicing import trainable
 from adapters_jax.splicing.splice import Spliced
 from adapters_jax.splicing.tree import Params, is_adapter_path
@@ -39,6 +42,11 @@ FORMAT = 'adapters_jax.adapter/1'
 
 class CheckpointError(ValueError):
   """A checkpoint is missing, corrupt, or does not fit the model it is restored onto."""
+
+
+# The training checkpoints hold the last steps' state, not the best params: a damaged best/ cannot
+# be rebuilt from them.
+DAMAGED_FIX = 'restore a copy of it, or train its run again (in a fresh workdir).'
 
 
 def base_fingerprint(params: Params) -> str:
@@ -210,6 +218,7 @@ def atomic_write(directory: str, tree: Params, record: dict[str, Any]) -> None:
     for partial in glob.glob(glob.escape(tmp) + '*'):
       shutil.rmtree(partial, ignore_errors=True)
     raise
+  write_digests(tmp)
   if os.path.exists(directory):
     os.rename(directory, old)
     os.rename(tmp, directory)
@@ -219,7 +228,11 @@ def atomic_write(directory: str, tree: Params, record: dict[str, Any]) -> None:
 
 
 def load_record(directory: str | os.PathLike) -> dict[str, Any]:
-  """The JSON record of an adapter checkpoint."""
+  """The JSON record of an adapter checkpoint, once its files match their digest.
+
+  Raises:
+    CheckpointError: no checkpoint there, damaged files, or not our format (one line).
+  """
   directory = os.fspath(directory)
   path = os.path.join(directory, 'record', 'metadata')
   if not os.path.isdir(directory):
@@ -227,6 +240,7 @@ def load_record(directory: str | os.PathLike) -> dict[str, Any]:
   if not os.path.exists(path):
     raise CheckpointError(f'{directory} is not a complete adapter checkpoint: {path} is missing '
                           '(an interrupted save, or not made by save_adapter).')
+  check_files(directory)
   try:
     with open(path) as f:
       record = json.load(f)
@@ -235,6 +249,19 @@ def load_record(directory: str | os.PathLike) -> dict[str, Any]:
   if record.get('format') != FORMAT:
     raise CheckpointError(f'{directory} has format {record.get("format")!r}, expected {FORMAT!r}.')
   return record
+
+
+def check_files(directory: str) -> None:
+  """Raises CheckpointError when a file of the checkpoint in `directory` differs from its digest
+  (a checkpoint saved before digests is not checked)."""
+  try:
+    differ = differing_files(directory)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'Checkpoint {directory} is damaged: its {DIGEST_FILE} is unreadable '
+                          f'({e}); {DAMAGED_FIX}') from e
+  if differ:
+    raise CheckpointError(f'Checkpoint {directory} is damaged: {len(differ)} file(s) differ from '
+                          f'its {DIGEST_FILE} (e.g. {differ[0]}); {DAMAGED_FIX}')
 
 
 def load_leaves(directory: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -15,8 +15,6 @@ on a closed event loop (tracebacks at exit).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -25,10 +23,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from adapters_jax.checkpoint.digest import DIGEST_FILE, differing_files, write_digests
 from adapters_jax.checkpoint.save import CheckpointError
 from adapters_jax.train.step import TrainState
-
-DIGEST_FILE = 'files.sha256.json'
 
 
 class TrainCheckpoints:
@@ -51,28 +48,18 @@ class TrainCheckpoints:
                                                     meta=ocp.args.JsonSave(meta)))
     self.manager.wait_until_finished()
     if jax.process_index() == 0:
-      step_dir = self._step_dir(step)
-      tmp = os.path.join(step_dir, f'.{DIGEST_FILE}.tmp')
-      with open(tmp, 'w') as f:
-        json.dump(_file_digests(step_dir), f, indent=1, sort_keys=True)
-      os.replace(tmp, os.path.join(step_dir, DIGEST_FILE))
+      write_digests(self._step_dir(step))
 
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
   def check_files(self, step: int) -> None:
     """Raises CheckpointError when a file of `step` differs from its recorded digest."""
-    step_dir = self._step_dir(step)
-    path = os.path.join(step_dir, DIGEST_FILE)
-    if not os.path.exists(path):
-      return  # killed between Orbax's commit and the digest: Orbax's own checks remain
     try:
-      with open(path) as f:
-        recorded = json.load(f)
+      # None: killed between Orbax's commit and the digest; Orbax's own checks remain.
+      differ = differing_files(self._step_dir(step))
     except ValueError as e:
       raise CheckpointError(f'The checkpoint at step {step} has an unreadable {DIGEST_FILE}.') from e
-    found = _file_digests(step_dir)
-    differ = sorted(p for p in set(recorded) | set(found) if recorded.get(p) != found.get(p))
     if differ:
       raise CheckpointError(f'The checkpoint at step {step} in {self.directory} is damaged: '
                             f'{len(differ)} file(s) differ from their digest (e.g. {differ[0]}).')
@@ -159,20 +146,3 @@ def _first_line(error: BaseException) -> str:
   """The first line of an error, cut to 300 characters."""
   lines = [line for line in str(error).splitlines() if line.strip()]
   return f'{type(error).__name__}: {(lines[0] if lines else "")[:300]}'
-
-
-def _file_digests(step_dir: str) -> dict[str, str]:
-  """sha256 of every file under a step directory (but the digest file), by relative path."""
-  digests = {}
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      path = os.path.join(root, name)
-      relative = os.path.relpath(path, step_dir)
-      if relative == DIGEST_FILE or name.startswith(f'.{DIGEST_FILE}'):
-        continue
-      digest = hashlib.sha256()
-      with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-          digest.update(chunk)
-      digests[relative] = digest.hexdigest()
-  return digests

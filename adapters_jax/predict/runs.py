@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from typing import Any
@@ -19,7 +20,7 @@ from adapters_jax import data
 from adapters_jax.checkpoint import save
 from adapters_jax.config import saved_configs
 from adapters_jax.train.members import BEST_DIR
-from adapters_jax.train.run_files import CONFIG_FILE
+from adapters_jax.train.run_files import CONFIG_FILE, RESULT_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,18 +49,38 @@ def read_run(workdir: str) -> TrainedRun:
   """The run in `workdir`.
 
   Raises:
-    FileNotFoundError: no config (not a workdir of `experiments.train`, or a run that never took
-      a step).
-    checkpoint.CheckpointError: no best checkpoint (the run has not evaluated yet).
+    FileNotFoundError: no such folder (naming its closest sibling), or no config (not a workdir of
+      `experiments.train`, or a run that never took a step).
+    ValueError: a config that is not valid JSON (naming the file and the position).
+    checkpoint.CheckpointError: no best checkpoint (the run has not evaluated yet), or a damaged one.
   """
+  check_workdir(workdir)
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} not found: --workdir must be a folder written by '
                             'experiments.train (after its first step).')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(saved_configs.with_defaults(json.load(f)))
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except ValueError as e:  # truncated or edited: JSONDecodeError, UnicodeDecodeError
+    raise ValueError(f'{path} is not valid JSON ({e}); restore it from a copy (a finished run\'s '
+                     f'{RESULT_FILE} holds its config under "config").') from None
+  config = ml_collections.ConfigDict(saved_configs.with_defaults(saved))
   record = save.load_record(os.path.join(workdir, BEST_DIR))
   return TrainedRun(workdir, config, record, spec_from_record(config, record))
+
+
+def check_workdir(workdir: str) -> None:
+  """Raises FileNotFoundError when `workdir` is no folder, naming its closest existing sibling."""
+  if os.path.isdir(workdir):
+    return
+  parent = os.path.dirname(os.path.abspath(workdir))
+  if not os.path.isdir(parent):
+    raise FileNotFoundError(f'No workdir {workdir} (not even its parent {parent} exists).')
+  siblings = [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))]
+  closest = difflib.get_close_matches(os.path.basename(os.path.normpath(workdir)), siblings, n=1)
+  hint = f'; did you mean {os.path.join(os.path.dirname(workdir), closest[0])}?' if closest else '.'
+  raise FileNotFoundError(f'No workdir {workdir}{hint}')
 
 
 def spec_from_record(config: ml_collections.ConfigDict, record: dict[str, Any]) -> data.TaskSpec:

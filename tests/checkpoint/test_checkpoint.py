@@ -19,6 +19,7 @@ from adapters_jax import (
     restore_adapters,
     save_adapter,
 )
+from adapters_jax.checkpoint.digest import DIGEST_FILE, write_digests
 from adapters_jax.splicing import trainable
 from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
 
@@ -91,13 +92,8 @@ def test_restore_onto_other_shapes_names_every_difference(tmp_path):
 def test_restore_with_other_method_config_lists_missing_and_unexpected(tmp_path):
   spliced, params, _, (ids, mask) = _trained(TinyClassifier(), get_method('pfeiffer'))
   path = save_adapter(tmp_path / 'ckpt', spliced, params, 'sent')
-  # Tamper with the record: claim the checkpoint is a LoRA adapter.
-  record_path = os.path.join(path, 'record', 'metadata')
-  with open(record_path) as f:
-    record = json.load(f)
-  record['method'] = get_method('lora').to_dict()
-  with open(record_path, 'w') as f:
-    json.dump(record, f)
+  # Rewrite the record (and its digest): claim the checkpoint is a LoRA adapter.
+  _edit_record(path, lambda record: record.update(method=get_method('lora').to_dict()))
   with pytest.raises(CheckpointError) as err:
     restore_adapter(path, TinyClassifier(), init_tiny(TinyClassifier()), ids, mask)
   message = str(err.value)
@@ -114,6 +110,10 @@ def test_corrupt_checkpoint_fails_clearly(tmp_path):
       if f not in ('_METADATA', '_CHECKPOINT_METADATA', 'commit_success.txt'):
         with open(os.path.join(root, f), 'r+b') as fh:
           fh.truncate(max(0, os.path.getsize(os.path.join(root, f)) // 3))
+  with pytest.raises(CheckpointError, match=r'ckpt is damaged: \d file\(s\) differ from its '
+                     r'files.sha256.json \(e.g. params/.*\); restore a copy'):
+    restore_adapter(path, TinyClassifier(), init_tiny(TinyClassifier()), ids, mask)
+  os.remove(os.path.join(path, DIGEST_FILE))  # saved before digests: Orbax's read fails instead
   with pytest.raises(CheckpointError, match='corrupt or truncated'):
     restore_adapter(path, TinyClassifier(), init_tiny(TinyClassifier()), ids, mask)
   os.remove(os.path.join(path, 'record', 'metadata'))
@@ -154,6 +154,7 @@ def _edit_record(path, edit):
   edit(record)
   with open(record_path, 'w') as f:
     json.dump(record, f)
+  write_digests(path)  # a record saved so, not a damaged file
 
 
 def test_restore_onto_other_weights_warns_and_strict_refuses(tmp_path):
