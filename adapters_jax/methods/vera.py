@@ -10,8 +10,8 @@ model starts equal to the base model.
 
 A and B are no params: they are regenerated from `projection_seed` (recorded in the config) every time
 the adapter runs, so they are neither trained nor stored in checkpoints. Row i of A and column j of B
-are drawn from keys folded from the seed with i and j, so a site with fewer features sees a slice of
-the projections a wider site sees (PEFT slices one pair made for the widest site the same way):
+depend on the seed and on i and j only, so a site with fewer features sees a slice of the
+projections a wider site sees (PEFT slices one pair made for the widest site the same way):
 every site shares them. Entries are kaiming-uniform as PEFT's, U(-sqrt(6 / fan_in), sqrt(6 / fan_in))
 with fan_in = the site's input features for A and r for B. (Same formula, not the same random numbers:
 PEFT draws from torch's generator.)
@@ -38,16 +38,15 @@ def vera_projections(seed: int, in_features: int, out_features: int,
                      rank: int) -> tuple[jax.Array, jax.Array]:
   """The frozen shared projections of one site: A [in, r] and B [r, out] (float32).
 
-  A's row i depends only on (seed, i) and B's column j only on (seed, j): narrower sites get slices.
+  A's row i depends only on (seed, i) and B's column j only on (seed, j), so narrower sites get
+  slices: jax's counter-based PRNG (`jax_threefry_partitionable`, on by default) draws entry (i, k)
+  of an [n, r] array from its flat index i * r + k, whatever n.
   """
   key_a, key_b = jax.random.split(jax.random.key(seed))
-
-  def rows(key, count, width):  # [count, width], row i from fold_in(key, i), U(-1, 1)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(count))
-    return jax.vmap(lambda k: jax.random.uniform(k, (width,), jnp.float32, -1.0, 1.0))(keys)
-
-  a = rows(key_a, in_features, rank) * math.sqrt(6.0 / in_features)  # [in, r]
-  b = rows(key_b, out_features, rank).T * math.sqrt(6.0 / rank)  # [r, out]
+  a = jax.random.uniform(key_a, (in_features, rank), jnp.float32, -1.0, 1.0)  # [in, r]
+  b = jax.random.uniform(key_b, (out_features, rank), jnp.float32, -1.0, 1.0).T  # [r, out]
+  a = a * math.sqrt(6.0 / in_features)
+  b = b * math.sqrt(6.0 / rank)
   return jax.lax.stop_gradient(a), jax.lax.stop_gradient(b)
 
 

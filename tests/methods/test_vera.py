@@ -14,6 +14,8 @@ from adapters_jax.methods import VeRA, method_from_dict
 from adapters_jax.methods.vera import vera_projections
 from tests.methods import splice_checks
 
+METHOD = get_method('vera', rank=8, projection_seed=5)
+
 
 def _module_and_params(in_features=5, out_features=6, rank=3):
   module = VeRA(out_features=out_features, rank=rank, projection_seed=4)
@@ -93,23 +95,21 @@ def test_options_by_name_and_errors():
 @pytest.mark.parametrize('family', ['bert', 'llama'])
 def test_splices_at_lora_sites_as_the_base_model(family):
   splice_checks.check_splices_at_lora_sites_as_identity(
-      get_method('vera', rank=8), family, {'lambda_d', 'lambda_b'})
+      METHOD, family, {'lambda_d', 'lambda_b'})
 
 
 @pytest.mark.parametrize('family', ['bert', 'llama'])
 def test_merge_equals_unmerged(family):
-  splice_checks.check_merge_equals_unmerged(get_method('vera', rank=8), family)
+  splice_checks.check_merge_equals_unmerged(METHOD, family)
 
 
 def test_checkpoint_round_trip(tmp_path):
-  splice_checks.check_checkpoint_round_trip(get_method('vera', rank=8, projection_seed=5), 'bert',
-                                            tmp_path)
+  splice_checks.check_checkpoint_round_trip(METHOD, 'bert', tmp_path)
 
 
 def test_one_step_moves_only_its_leaves():
-  splice_checks.check_one_step_moves_only_its_leaves(get_method('vera', rank=8), 'llama')
+  splice_checks.check_one_step_moves_only_its_leaves(METHOD, 'llama')
 
 
 def test_the_config_record_keeps_the_seed():
-  method = get_method('vera', rank=8, projection_seed=5)
-  assert method_from_dict(json.loads(method.to_json())) == method
+  assert method_from_dict(json.loads(METHOD.to_json())) == METHOD
