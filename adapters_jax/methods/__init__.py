@@ -23,6 +23,7 @@ from adapters_jax.methods.compacter import (
   kron_sum,
   phm_adapter,
 )
+from adapters_jax.methods.dora import DoRA, DoRAConfig, dora
 from adapters_jax.methods.fusion import AdapterFusion, FusionConfig, fusion
 from adapters_jax.methods.ia3 import IA3, IA3Config, ia3
 from adapters_jax.methods.lora import LoRA, LoRAConfig, lora
@@ -34,6 +35,7 @@ PRESETS: dict[str, Callable[[], MethodConfig]] = {
     'parallel': parallel,
     'lora': lora,
     'vera': vera,
+    'dora': dora,
     'ia3': ia3,
     'compacter': compacter,
     'compacter++': compacter_pp,
@@ -41,8 +43,8 @@ PRESETS: dict[str, Callable[[], MethodConfig]] = {
 }
 
 CONFIG_KINDS: dict[str, type[MethodConfig]] = {
-    cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, VeRAConfig, IA3Config,
-                              CompacterConfig, FusionConfig)
+    cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, VeRAConfig, DoRAConfig,
+                              IA3Config, CompacterConfig, FusionConfig)
 }
 
 
@@ -72,8 +74,8 @@ def method_from_dict(record: dict[str, Any]) -> MethodConfig:
 
 __all__ = [
     'adapter_drop', 'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'compacter', 'compacter_pp',
-    'CompacterAdapter', 'CompacterConfig', 'CONFIG_KINDS', 'fusion', 'FusionConfig', 'get_method',
-    'houlsby', 'IA3', 'ia3', 'IA3Config', 'kron_sum', 'LoRA', 'lora', 'LoRAConfig', 'method_from_dict',
-    'MethodConfig', 'parallel', 'pfeiffer', 'phm_adapter', 'PHMDense', 'PHMRule', 'PRESETS',
-    'replace_fields', 'SiteInfo', 'VeRA', 'vera', 'VeRAConfig'
+    'CompacterAdapter', 'CompacterConfig', 'CONFIG_KINDS', 'DoRA', 'dora', 'DoRAConfig', 'fusion',
+    'FusionConfig', 'get_method', 'houlsby', 'IA3', 'ia3', 'IA3Config', 'kron_sum', 'LoRA', 'lora',
+    'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer', 'phm_adapter', 'PHMDense',
+    'PHMRule', 'PRESETS', 'replace_fields', 'SiteInfo', 'VeRA', 'vera', 'VeRAConfig',
 ]

@@ -235,8 +235,10 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
                        f'{call.in_shape}, output shape {call.out_shape}); choose a module that does.')
     site = SiteInfo(path=path, placement=rule.placement, in_features=call.in_shape[-1],
                     out_features=call.out_shape[-1], layer=layer, host_call=call)
+    own = ({k: flat[f'{path}/{k}'] for k in ('kernel', 'bias') if f'{path}/{k}' in flat}
+           if method.reads_site_params else None)
     site_params = _init_site(method.make_module(site), jax.random.fold_in(site_key, index),
-                             site, shared, dims)
+                             site, shared, dims, own)
     for leaf_path, leaf in traverse_util.flatten_dict(site_params, sep='/').items():
       new_flat[adapter_path(path, name, leaf_path)] = leaf
     sites.append(site)
@@ -268,16 +270,22 @@ def _stack_dims(flat: Mapping[str, Any], path: str, call: ModuleCall) -> tuple[i
   return tuple(leaf.shape[:leaf.ndim - ndim])
 
 
-def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims) -> Params:
+def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims,
+               own: Params | None = None) -> Params:
+  """The site module's params; `own`: the site's own `kernel`/`bias` (with the nn.scan `dims`), for
+  methods that read them (`reads_site_params`)."""
   sample = jnp.zeros((1, site.features), jnp.float32)
 
-  def init(key):
-    return module.init(key, sample, shared=shared)['params']
+  def init(key, own):
+    extra = {} if own is None else {'site_params': own}
+    return module.init(key, sample, shared=shared, **extra)['params']
 
   if not dims:
-    return init(rng)
+    return init(rng, own)
   keys = jax.random.split(rng, int(jnp.prod(jnp.array(dims))))
-  stacked = jax.vmap(init)(keys)
+  if own is not None:
+    own = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[len(dims):]), own)
+  stacked = jax.vmap(init)(keys, own)
   return jax.tree.map(lambda a: a.reshape(dims + a.shape[1:]), stacked)
 
 
