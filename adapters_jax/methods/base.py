@@ -130,7 +130,7 @@ class MethodConfig:
   def check_merge(self) -> None:
     """Raises NotImplementedError (naming the methods that can) unless `merge` is possible."""
     raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights; '
-                              'only LoRA, VeRA and (IA)3 can.')
+                              'only LoRA, VeRA, DoRA and (IA)3 can.')
 
   def merge(self, host_params: dict[str, Any], adapter_params: dict[str, Any],
             site: SiteInfo) -> dict[str, Any]:
@@ -138,7 +138,7 @@ class MethodConfig:
     method allows; the kernel comes in this layout whatever the host stores (`splice.merge_adapter`
     transposes it)."""
     raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights; '
-                              'only LoRA, VeRA and (IA)3 can.')
+                              'only LoRA, VeRA, DoRA and (IA)3 can.')
 
   def unmerge(self, host_params: dict[str, Any], adapter_params: dict[str, Any],
               site: SiteInfo) -> dict[str, Any]:

@@ -310,7 +310,7 @@ def _drop_leaves(params: Params, name: str) -> Params:
 
 def merge_adapter(spliced: Spliced, params: Params, name: str,
                   kernel_layout: Mapping[str, str] | None = None) -> tuple[Spliced, Params]:
-  """Folds adapter `name` into the base weights at its sites (LoRA, (IA)3).
+  """Folds adapter `name` into the base weights at its sites (LoRA, VeRA, DoRA, (IA)3).
 
   The update is folded in the layout the host's module uses its kernel in (`[in, out]` as
   `flax.linen.Dense`, `[out, in]` as GPT-2's Conv1D; see `splicing.kernel_layouts`). The adapter's
@@ -322,7 +322,7 @@ def merge_adapter(spliced: Spliced, params: Params, name: str,
       the module (the first whole-path match wins); by default every site's module is probed.
 
   Raises:
-    NotImplementedError: the method cannot merge (only LoRA and (IA)3 can).
+    NotImplementedError: the method cannot merge (only LoRA, VeRA, DoRA and (IA)3 can).
     ValueError: a site's kernel layout is unknown, or an override contradicts its kernel's shape
       (the message names every such site and why).
   """
