@@ -213,7 +213,9 @@ def _export_lora(adapter: PortableAdapter) -> tuple[dict, dict[str, np.ndarray]]
   config = {
       'architecture': 'lora', 'selfattn_lora': any(p in by_position for p in 'qkv'),
       'intermediate_lora': 'intermediate_lora' in by_position, 'output_lora': 'output_lora' in by_position,
-      'leave_out': leave_out, 'r': 1 if ia3 else method.rank, 'alpha': 1 if ia3 else method.alpha,
+      'leave_out': leave_out, 'r': 1 if ia3 else method.rank,
+      # AdapterHub scales by alpha / r: rsLoRA's alpha / sqrt(r) is written as its equivalent alpha.
+      'alpha': 1 if ia3 else method.scaling * method.rank,
       'dropout': 0.0 if ia3 else method.dropout, 'attn_matrices': [m for m in 'qkv' if m in by_position],
       'composition_mode': 'scale' if ia3 else 'add', 'init_weights': 'ia3' if ia3 else 'lora',
       'init_weights_seed': None, 'use_gating': False, 'use_dora': False, 'vera_d': None, 'vera_b': None,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import pathlib
 import re
 
@@ -98,8 +97,8 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
   }
   if method.kind == 'lora':
     config.update({'r': method.rank, 'lora_alpha': method.alpha, 'lora_dropout': method.dropout,
-                   'bias': 'none', 'use_rslora': False, 'use_dora': False, 'init_lora_weights': True,
-                   'rank_pattern': {}, 'alpha_pattern': {}})
+                   'bias': 'none', 'use_rslora': method.use_rslora, 'use_dora': False,
+                   'init_lora_weights': True, 'rank_pattern': {}, 'alpha_pattern': {}})
   else:
     config.update({'feedforward_modules': feedforward, 'init_ia3_weights': True})
   out = pathlib.Path(out)
@@ -174,8 +173,8 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
   train_also = (LAYER_NORM_PARAMS,) if any('layer_norm' in p for p in base) else ()
   if peft_type == 'LORA':
     rank = int(config['r'])
-    alpha = float(config['lora_alpha']) * (math.sqrt(rank) if config['use_rslora'] else 1.0)
-    method = LoRAConfig(sites=sites, rank=rank, alpha=alpha, dropout=float(config['lora_dropout']),
+    method = LoRAConfig(sites=sites, rank=rank, alpha=float(config['lora_alpha']),
+                        dropout=float(config['lora_dropout']), use_rslora=bool(config['use_rslora']),
                         train_also=train_also)
   else:
     method = IA3Config(sites=sites, train_also=train_also)

@@ -23,15 +23,19 @@ from adapters_jax.methods.compacter import (
   kron_sum,
   phm_adapter,
 )
+from adapters_jax.methods.dora import DoRA, DoRAConfig, dora
 from adapters_jax.methods.fusion import AdapterFusion, FusionConfig, fusion
 from adapters_jax.methods.ia3 import IA3, IA3Config, ia3
 from adapters_jax.methods.lora import LoRA, LoRAConfig, lora
+from adapters_jax.methods.vera import VeRA, VeRAConfig, vera
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
     'houlsby': houlsby,
     'pfeiffer': pfeiffer,
     'parallel': parallel,
     'lora': lora,
+    'vera': vera,
+    'dora': dora,
     'ia3': ia3,
     'compacter': compacter,
     'compacter++': compacter_pp,
@@ -39,8 +43,8 @@ PRESETS: dict[str, Callable[[], MethodConfig]] = {
 }
 
 CONFIG_KINDS: dict[str, type[MethodConfig]] = {
-    cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, IA3Config, CompacterConfig,
-                              FusionConfig)
+    cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, VeRAConfig, DoRAConfig,
+                              IA3Config, CompacterConfig, FusionConfig)
 }
 
 
@@ -69,9 +73,9 @@ def method_from_dict(record: dict[str, Any]) -> MethodConfig:
 
 
 __all__ = [
-    'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'CONFIG_KINDS', 'CompacterAdapter',
-    'CompacterConfig', 'FusionConfig', 'IA3', 'IA3Config', 'LoRA', 'LoRAConfig', 'MethodConfig', 'PHMDense',
-    'PHMRule', 'PRESETS', 'SiteInfo', 'adapter_drop', 'compacter', 'compacter_pp', 'fusion',
-    'get_method', 'houlsby', 'ia3', 'kron_sum', 'lora', 'method_from_dict', 'parallel',
-    'pfeiffer', 'phm_adapter', 'replace_fields',
+    'adapter_drop', 'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'compacter', 'compacter_pp',
+    'CompacterAdapter', 'CompacterConfig', 'CONFIG_KINDS', 'DoRA', 'dora', 'DoRAConfig', 'fusion',
+    'FusionConfig', 'get_method', 'houlsby', 'IA3', 'ia3', 'IA3Config', 'kron_sum', 'LoRA', 'lora',
+    'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer', 'phm_adapter', 'PHMDense',
+    'PHMRule', 'PRESETS', 'replace_fields', 'SiteInfo', 'VeRA', 'vera', 'VeRAConfig',
 ]

@@ -10,7 +10,9 @@ Behaviour that differs by method is asked of the config too, never decided by `i
 `fusable` / `make_delta_module` (AdapterFusion attends over these adapters' outputs), `is_fusion`,
 `merge` / `unmerge` (fold into the base weights) and `average` (combine parameters).
 
-Site modules are called as `module.apply({'params': p}, x, shared=shared_params, deterministic=...)`:
+Site modules are called as `module.apply({'params': p}, x, shared=shared_params, deterministic=...)`,
+plus `site_params=` (the site module's own params, e.g. `kernel` and `bias`, at init and at every
+call) for methods that set `reads_site_params` (DoRA reads the frozen kernel):
   * placement `output`:   x is the site's output,  returns the new output;
   * placement `parallel`: x is the site's input,   returns a term added to the output;
   * placement `input`:    x is the site's input,   returns the new input.
@@ -81,6 +83,8 @@ class MethodConfig:
   fusable: ClassVar[bool] = False
   # A fusion layer over other adapters (its config names them in `adapters`).
   is_fusion: ClassVar[bool] = False
+  # The site module gets the site's own params (`site_params=`) at init and at apply (DoRA).
+  reads_site_params: ClassVar[bool] = False
   sites: tuple[tuple[str, str], ...] = ()
   leave_out: tuple[int, ...] = ()
   train_also: tuple[str, ...] = ()
@@ -126,7 +130,7 @@ class MethodConfig:
   def check_merge(self) -> None:
     """Raises NotImplementedError (naming the methods that can) unless `merge` is possible."""
     raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights; '
-                              'only LoRA and (IA)3 can.')
+                              'only LoRA, VeRA, DoRA and (IA)3 can.')
 
   def merge(self, host_params: dict[str, Any], adapter_params: dict[str, Any],
             site: SiteInfo) -> dict[str, Any]:
@@ -134,7 +138,7 @@ class MethodConfig:
     method allows; the kernel comes in this layout whatever the host stores (`splice.merge_adapter`
     transposes it)."""
     raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights; '
-                              'only LoRA and (IA)3 can.')
+                              'only LoRA, VeRA, DoRA and (IA)3 can.')
 
   def unmerge(self, host_params: dict[str, Any], adapter_params: dict[str, Any],
               site: SiteInfo) -> dict[str, Any]:

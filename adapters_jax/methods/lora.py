@@ -1,14 +1,16 @@
 """LoRA (Hu et al. 2021): a low-rank update parallel to a dense layer.
 
-    y = x W + b + (alpha / r) * dropout(x) A B,    A: [in, r] random, B: [r, out] zero
+    y = x W + b + s * dropout(x) A B,    A: [in, r] random, B: [r, out] zero,   s = alpha / r
 
-so the spliced model starts equal to the base model. `merge` folds (alpha / r) A B into W for
-inference at the base model's cost; `unmerge` takes it back out.
+so the spliced model starts equal to the base model. rsLoRA (Kalajdzievski 2023, `use_rslora=True`)
+scales by s = alpha / sqrt(r) instead, so the update's size does not shrink as the rank grows.
+`merge` folds s A B into W for inference at the base model's cost; `unmerge` takes it back out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -19,20 +21,27 @@ from adapters_jax.nn.dropout import Dropout
 from adapters_jax.splicing.sites import QUERY, VALUE
 
 
+def lora_scaling(alpha: float, rank: int, use_rslora: bool) -> float:
+  """The factor s of the update s A B: alpha / r, or alpha / sqrt(r) for rsLoRA."""
+  return alpha / (math.sqrt(rank) if use_rslora else rank)
+
+
 class LoRA(nn.Module):
-  """The low-rank term `(alpha / r) * dropout(x) A B` (added to the site's output).
+  """The low-rank term `s * dropout(x) A B` (added to the site's output).
 
   Attributes:
     out_features: width of the site's output.
     rank: r.
-    alpha: scale numerator; the term is scaled by alpha / r.
+    alpha: scale numerator; the term is scaled by s = alpha / r (alpha / sqrt(r) with use_rslora).
     dropout: dropout rate on the input of A.
+    use_rslora: scale by alpha / sqrt(r) (rsLoRA).
   """
 
   out_features: int
   rank: int = 8
   alpha: float = 16.0
   dropout: float = 0.0
+  use_rslora: bool = False
 
   @nn.compact
   def __call__(self, x, shared=None, deterministic: bool = True):
@@ -43,12 +52,13 @@ class LoRA(nn.Module):
     lora_b = self.param('lora_b', nn.initializers.zeros, (self.rank, self.out_features))  # [r, out]
     x = Dropout(self.dropout)(x, deterministic=deterministic)
     h = x @ lora_a.astype(x.dtype)  # [..., r]
-    return (h @ lora_b.astype(x.dtype)) * jnp.asarray(self.alpha / self.rank, x.dtype)
+    scaling = lora_scaling(self.alpha, self.rank, self.use_rslora)
+    return (h @ lora_b.astype(x.dtype)) * jnp.asarray(scaling, x.dtype)
 
 
-def lora_delta(adapter_params: dict[str, Any], alpha: float, rank: int) -> jnp.ndarray:
-  """The kernel update (alpha / r) A B, [in, out]."""
-  return (alpha / rank) * (adapter_params['lora_a'] @ adapter_params['lora_b'])
+def lora_delta(adapter_params: dict[str, Any], scaling: float) -> jnp.ndarray:
+  """The kernel update s A B, [in, out]."""
+  return scaling * (adapter_params['lora_a'] @ adapter_params['lora_b'])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +67,9 @@ class LoRAConfig(MethodConfig):
 
   Attributes:
     rank: r.
-    alpha: the update is scaled by alpha / r.
+    alpha: the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora).
     dropout: dropout on the LoRA branch's input.
+    use_rslora: rsLoRA's scaling alpha / sqrt(r) (PEFT's `use_rslora`).
   """
 
   kind = 'lora'
@@ -66,6 +77,7 @@ class LoRAConfig(MethodConfig):
   rank: int = 8
   alpha: float = 16.0
   dropout: float = 0.0
+  use_rslora: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -76,22 +88,27 @@ class LoRAConfig(MethodConfig):
 
   def make_module(self, site: SiteInfo) -> nn.Module:
     return LoRA(out_features=site.out_features, rank=self.rank, alpha=self.alpha,
-                dropout=self.dropout)
+                dropout=self.dropout, use_rslora=self.use_rslora)
+
+  @property
+  def scaling(self) -> float:
+    """s in the update s A B."""
+    return lora_scaling(self.alpha, self.rank, self.use_rslora)
 
   def check_average(self, how):
     pass  # exact and linear both exist
 
   def average(self, methods, site_params, weights, how):
     """how='exact': A = [A_1 ... A_n] (ranks concatenated), B = [c_1 B_1; ...; c_n B_n] with
-    c_i = w_i (alpha_i / r_i) and alpha = rank, so x A B = sum_i w_i LoRA_i(x) exactly.
+    c_i = w_i s_i and alpha = rank (s = 1, rsLoRA off), so x A B = sum_i w_i LoRA_i(x) exactly.
     how='linear': leaf by leaf (not the average of outputs: A B is bilinear)."""
     if how != 'exact':
       return linear_average(methods, site_params, weights)
     rank = sum(m.rank for m in methods)
-    config = dataclasses.replace(self, rank=rank, alpha=float(rank),
+    config = dataclasses.replace(self, rank=rank, alpha=float(rank), use_rslora=False,
                                  dropout=max(m.dropout for m in methods))
     lora_a = jnp.concatenate([p['lora_a'] for p in site_params], axis=-1)  # [..., in, sum r]
-    lora_b = jnp.concatenate([w * (m.alpha / m.rank) * p['lora_b']
+    lora_b = jnp.concatenate([w * m.scaling * p['lora_b']
                               for w, m, p in zip(weights, methods, site_params, strict=True)],
                              axis=-2)  # [..., sum r, out]
     return config, {'lora_a': lora_a, 'lora_b': lora_b}
@@ -101,12 +118,12 @@ class LoRAConfig(MethodConfig):
 
   def merge(self, host_params, adapter_params, site):
     kernel = host_params['kernel']
-    delta = lora_delta(adapter_params, self.alpha, self.rank)
+    delta = lora_delta(adapter_params, self.scaling)
     return {**host_params, 'kernel': kernel + delta.astype(kernel.dtype)}
 
   def unmerge(self, host_params, adapter_params, site):
     kernel = host_params['kernel']
-    delta = lora_delta(adapter_params, self.alpha, self.rank)
+    delta = lora_delta(adapter_params, self.scaling)
     return {**host_params, 'kernel': kernel - delta.astype(kernel.dtype)}
 
 

@@ -25,7 +25,8 @@ def average_adapter(spliced: Spliced, params: Params, name: str, sources: Sequen
   """A new adapter `name` whose parameters combine `sources` (weights normalised to sum 1).
 
   how='exact': the new adapter's output is the weighted average of the sources' outputs (LoRA:
-    A = [A_1 ... A_n], B = [c_1 B_1; ...; c_n B_n] with c_i = w_i (alpha_i / r_i) and alpha = rank;
+    A = [A_1 ... A_n], B = [c_1 B_1; ...; c_n B_n] with c_i = w_i s_i (s = alpha / r,
+    or alpha / sqrt(r) with rsLoRA) and alpha = rank;
     (IA)3: the weighted average of the scales).
   how='linear': every leaf is the weighted average of the sources' leaves (adapter-hub's
     `average_adapter(..., combine_strategy='linear')`); for LoRA this is *not* the average of the

@@ -318,9 +318,13 @@ class _SiteCall:
   def run(self, leaf, x, module):
     name = leaf.spec.name
     shared = self.interceptor.shared.get(name, {}).get(SHARED_KEY)
+    extra = {}
+    if leaf.spec.method.reads_site_params:
+      extra['site_params'] = {k: v for k, v in self.module.variables.get('params', {}).items()
+                              if k != ADAPTERS_KEY}
     with _inside_adapter():
       out = module.apply({'params': self._params(name)}, x, shared=shared,
-                         deterministic=self.interceptor.deterministic, rngs=self._rngs())
+                         deterministic=self.interceptor.deterministic, rngs=self._rngs(), **extra)
     return out.astype(x.dtype)
 
   def fuse(self, fusion, query, deltas):

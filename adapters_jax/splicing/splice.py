@@ -235,8 +235,10 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
                        f'{call.in_shape}, output shape {call.out_shape}); choose a module that does.')
     site = SiteInfo(path=path, placement=rule.placement, in_features=call.in_shape[-1],
                     out_features=call.out_shape[-1], layer=layer, host_call=call)
+    own = ({k: flat[f'{path}/{k}'] for k in ('kernel', 'bias') if f'{path}/{k}' in flat}
+           if method.reads_site_params else None)
     site_params = _init_site(method.make_module(site), jax.random.fold_in(site_key, index),
-                             site, shared, dims)
+                             site, shared, dims, own)
     for leaf_path, leaf in traverse_util.flatten_dict(site_params, sep='/').items():
       new_flat[adapter_path(path, name, leaf_path)] = leaf
     sites.append(site)
@@ -268,16 +270,22 @@ def _stack_dims(flat: Mapping[str, Any], path: str, call: ModuleCall) -> tuple[i
   return tuple(leaf.shape[:leaf.ndim - ndim])
 
 
-def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims) -> Params:
+def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims,
+               own: Params | None = None) -> Params:
+  """The site module's params; `own`: the site's own `kernel`/`bias` (with the nn.scan `dims`), for
+  methods that read them (`reads_site_params`)."""
   sample = jnp.zeros((1, site.features), jnp.float32)
 
-  def init(key):
-    return module.init(key, sample, shared=shared)['params']
+  def init(key, own):
+    extra = {} if own is None else {'site_params': own}
+    return module.init(key, sample, shared=shared, **extra)['params']
 
   if not dims:
-    return init(rng)
+    return init(rng, own)
   keys = jax.random.split(rng, int(jnp.prod(jnp.array(dims))))
-  stacked = jax.vmap(init)(keys)
+  if own is not None:
+    own = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[len(dims):]), own)
+  stacked = jax.vmap(init)(keys, own)
   return jax.tree.map(lambda a: a.reshape(dims + a.shape[1:]), stacked)
 
 
@@ -302,7 +310,7 @@ def _drop_leaves(params: Params, name: str) -> Params:
 
 def merge_adapter(spliced: Spliced, params: Params, name: str,
                   kernel_layout: Mapping[str, str] | None = None) -> tuple[Spliced, Params]:
-  """Folds adapter `name` into the base weights at its sites (LoRA, (IA)3).
+  """Folds adapter `name` into the base weights at its sites (LoRA, VeRA, DoRA, (IA)3).
 
   The update is folded in the layout the host's module uses its kernel in (`[in, out]` as
   `flax.linen.Dense`, `[out, in]` as GPT-2's Conv1D; see `splicing.kernel_layouts`). The adapter's
@@ -314,7 +322,7 @@ def merge_adapter(spliced: Spliced, params: Params, name: str,
       the module (the first whole-path match wins); by default every site's module is probed.
 
   Raises:
-    NotImplementedError: the method cannot merge (only LoRA and (IA)3 can).
+    NotImplementedError: the method cannot merge (only LoRA, VeRA, DoRA and (IA)3 can).
     ValueError: a site's kernel layout is unknown, or an override contradicts its kernel's shape
       (the message names every such site and why).
   """

@@ -16,6 +16,7 @@ CASES = [
     ('compacter++', dict(size=8), 'roberta'),
     ('lora', dict(sites=((QUERY, 'parallel'), (VALUE, 'parallel'), (FFN_INTERMEDIATE, 'parallel')),
                   rank=4, alpha=12.0), 'bert'),
+    ('lora', dict(rank=4, alpha=3.0, use_rslora=True), 'bert'),  # written as alpha = 3 * sqrt(4)
     ('ia3', dict(sites=((KEY, 'output'), (VALUE, 'output'), (FFN_INTERMEDIATE, 'output'))), 'roberta'),
 ]
 
@@ -28,7 +29,8 @@ def load_in_adapters(base_dir, family, exported):
   return torch_logits(model, family), base
 
 
-@pytest.mark.parametrize('method,options,family', CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize('method,options,family', CASES,
+                         ids=[c[0] + ('-rslora' if c[1].get('use_rslora') else '') for c in CASES])
 def test_export_loads_in_adapters_with_our_logits(tmp_path, base_dir, method, options, family):
   spliced, params, checkpoint = save_trained(tmp_path, base_dir(family), family, 'task', method, **options)
   exported = export_checkpoint(checkpoint, 'adapters', tmp_path / 'hub')

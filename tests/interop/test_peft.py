@@ -25,11 +25,13 @@ EXPORTS = [
     ('lora', dict(rank=4, alpha=8.0), 'bert'),  # query + value, head trained
     ('lora', dict(sites=((QUERY, 'parallel'), (ATTENTION_OUTPUT, 'parallel'), (FFN_OUTPUT, 'parallel')),
                   rank=2, alpha=5.0, train_also=(LAYER_NORM_PARAMS,)), 'roberta'),  # + layer norms
+    ('lora', dict(rank=4, alpha=3.0, use_rslora=True), 'bert'),  # scaling alpha / sqrt(r)
     ('ia3', {}, 'bert'),  # keys, values (outputs) and the second FFN projection's input
 ]
 
 
-@pytest.mark.parametrize('method,options,family', EXPORTS, ids=['lora', 'lora_layer_norms', 'ia3'])
+@pytest.mark.parametrize('method,options,family', EXPORTS,
+                         ids=['lora', 'lora_layer_norms', 'rslora', 'ia3'])
 def test_export_loads_in_peft_with_our_logits(tmp_path, base_dir, method, options, family):
   spliced, params, checkpoint = save_trained(tmp_path, base_dir(family), family, 'task', method, **options)
   exported = export_checkpoint(checkpoint, 'peft', tmp_path / 'peft')

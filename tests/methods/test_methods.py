@@ -138,8 +138,8 @@ def test_ia3_scales_elementwise():
 
 
 def test_presets_and_errors_list_valid_choices():
-  assert set(methods.PRESETS) == {'houlsby', 'pfeiffer', 'parallel', 'lora', 'ia3', 'compacter',
-                                  'compacter++', 'phm_adapter'}
+  assert set(methods.PRESETS) == {'houlsby', 'pfeiffer', 'parallel', 'lora', 'vera', 'dora', 'ia3',
+                                  'compacter', 'compacter++', 'phm_adapter'}
   assert methods.get_method('houlsby', size=8).size == 8
   with pytest.raises(ValueError, match="valid presets: .*'houlsby'"):
     methods.get_method('housby')
@@ -216,7 +216,7 @@ def test_methods_that_cannot_merge_say_which_and_name_the_ones_that_can(preset, 
                lambda: method.unmerge({}, {}, None)):
     with pytest.raises(NotImplementedError, match=f'^{config_class} cannot be merged'):
       call()
-  with pytest.raises(NotImplementedError, match='only LoRA and \\(IA\\)3 can'):
+  with pytest.raises(NotImplementedError, match='only LoRA, VeRA, DoRA and \\(IA\\)3 can'):
     method.merge({}, {}, None)
 
 

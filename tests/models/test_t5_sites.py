@@ -38,6 +38,8 @@ EXPECTED = {
     'phm_adapter': _sites(('output',), ('ffn/output',)),
     'parallel': _sites((), ('ffn',)),
     'lora': _sites(('query', 'value')),
+    'vera': _sites(('query', 'value')),
+    'dora': _sites(('query', 'value')),
     'ia3': _sites(('key', 'value'), ('ffn/output',)),
 }
 
@@ -70,7 +72,8 @@ def test_preset_sites_on_t5(base, preset):
 
 # Each preset with the init that makes its spliced model exactly the base model.
 ZERO_INIT = {'houlsby': {'init': 'zero'}, 'compacter': {'size': 8}, 'compacter++': {'size': 8},
-             'phm_adapter': {'size': 8, 'n': 4}, 'pfeiffer': {}, 'parallel': {}, 'lora': {}, 'ia3': {}}
+             'phm_adapter': {'size': 8, 'n': 4}, 'pfeiffer': {}, 'parallel': {}, 'lora': {}, 'ia3': {},
+             'vera': {'rank': 8}, 'dora': {}}
 
 
 @pytest.mark.parametrize('preset', sorted(ZERO_INIT))

@@ -113,6 +113,8 @@ def preset_sites(host: str, preset: str) -> tuple[tuple[str, str], ...]:
       'pfeiffer': ((r['ffn_output'], 'output'),),
       'parallel': ((r['ffn_block'], 'parallel'),),
       'lora': ((r['query'], 'parallel'), (r['value'], 'parallel')),
+      'vera': ((r['query'], 'parallel'), (r['value'], 'parallel')),
+      'dora': ((r['query'], 'parallel'), (r['value'], 'parallel')),
       'ia3': ((r['key'], 'output'), (r['value'], 'output'), (r['ffn_output'], 'input')),
       'compacter': ((r['attention_output'], 'output'), (r['ffn_output'], 'output')),
       'compacter++': ((r['ffn_output'], 'output'),),

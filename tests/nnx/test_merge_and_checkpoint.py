@@ -47,7 +47,7 @@ def test_merged_equals_unmerged_and_unmerge_restores_the_kernels(host, preset):
 
 def test_bottlenecks_refuse_to_merge():
   model, _ = _spliced('decoder', 'h', get_method('pfeiffer', sites=(('lm_head', 'output'),)))
-  with pytest.raises(NotImplementedError, match='only LoRA and \\(IA\\)3'):
+  with pytest.raises(NotImplementedError, match='only LoRA, VeRA, DoRA and \\(IA\\)3'):
     merge.merge_adapter(model, 'h')
 
 

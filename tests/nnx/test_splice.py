@@ -17,7 +17,9 @@ from tests.nnx import hosts
 
 # Options that make each preset fit the tiny width (16) and start as the exact identity.
 FIT = {'houlsby': dict(init='zero'), 'compacter': dict(size=4), 'compacter++': dict(size=4),
-       'phm_adapter': dict(n=4, size=8)}
+       'phm_adapter': dict(n=4, size=8), 'vera': dict(rank=4)}
+# Presets that read their sites' frozen kernels (DoRA) are refused by the NNX splice.
+NNX_PRESETS = sorted(p for p in PRESETS if not get_method(p).reads_site_params)
 
 
 def _method(host, preset):
@@ -33,17 +35,24 @@ def test_every_preset_starts_as_the_base_model_and_then_changes_it(host):
   model = hosts.HOSTS[host](nnx.Rngs(0), layers=1)
   ids = hosts.sample_ids()
   base = model(ids)
-  for index, preset in enumerate(sorted(PRESETS)):
+  for index, preset in enumerate(NNX_PRESETS):
     splice.add_adapter(model, preset, _method(host, preset), jax.random.key(index), ids)
     splice.set_active(model, preset)
     np.testing.assert_array_equal(model(ids), base, err_msg=preset)
   # The identity is not vacuous: with their leaves perturbed, every adapter changes the output.
   hosts.randomize(model, AdapterParam, seed=1)
-  for preset in sorted(PRESETS):
+  for preset in NNX_PRESETS:
     splice.set_active(model, preset)
     assert float(jnp.abs(model(ids) - base).max()) > 1e-3, preset
   splice.set_active(model, None)
   np.testing.assert_array_equal(model(ids), base)
+
+
+def test_methods_that_read_the_site_kernel_are_refused():
+  model = hosts.Encoder(nnx.Rngs(0))
+  assert sorted(PRESETS) != NNX_PRESETS
+  with pytest.raises(ValueError, match='adapters_jax.add_adapter'):
+    splice.add_adapter(model, 'a', _method('encoder', 'dora'), jax.random.key(0), hosts.sample_ids())
 
 
 def test_splicing_keeps_the_base_paths_and_puts_adapters_under_their_sites():

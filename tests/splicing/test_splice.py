@@ -150,7 +150,7 @@ def test_merge_and_unmerge(tiny, name):
 def test_bottleneck_cannot_merge(tiny):
   model, params, (ids, mask) = tiny
   spliced, p = add_adapter(model, params, 'a', get_method('pfeiffer'), jax.random.key(1), ids, mask)
-  with pytest.raises(NotImplementedError, match='only LoRA and \\(IA\\)3'):
+  with pytest.raises(NotImplementedError, match='only LoRA, VeRA, DoRA and \\(IA\\)3'):
     merge_adapter(spliced, p, 'a')
 
 
