@@ -95,10 +95,9 @@ def slots(devices: Devices, parallel: int) -> tuple[list[str | None], str]:
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(prctl, parent_pid: int) -> None:
   """In the child before exec: SIGTERM when the launcher dies; stop if it already died."""
-  libc = ctypes.CDLL(None, use_errno=True)
-  libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+  prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
   if os.getppid() != parent_pid:  # it died before prctl: no signal would come
     os._exit(1)
 
@@ -106,8 +105,11 @@ def _die_with_parent(parent_pid: int) -> None:
 def start_owned(command: Sequence[str], **popen_args) -> subprocess.Popen:
   """Starts `command` in its own process group, to receive SIGTERM when this process dies
   (Linux; elsewhere the process group alone)."""
-  parent_pid = os.getpid()
-  preexec = (lambda: _die_with_parent(parent_pid)) if sys.platform.startswith('linux') else None
+  preexec = None
+  if sys.platform.startswith('linux'):
+    # libc is opened here: the child between fork and exec only calls into it (no dlopen locks).
+    prctl, parent_pid = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+    preexec = lambda: _die_with_parent(prctl, parent_pid)  # noqa: E731
   return subprocess.Popen(command, process_group=0, preexec_fn=preexec, **popen_args)  # noqa: PLW1509 nothing but prctl runs there
 
 
