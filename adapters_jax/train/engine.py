@@ -18,6 +18,12 @@ checkpoint step they all have, and end as runs that never stopped: the data orde
 of (seed, epoch), the dropout key of step s is `fold_in(rng, s)`, and a checkpoint restores the
 state, the data position and the best record exactly.
 
+A run holds its workdir's lock (`train.workdir_lock`) from before its first write to its end: a
+second process on it is refused, naming the holder. SIGTERM (preemption) or Ctrl-C stops the run
+after its current step with a checkpoint of every training member there, which also keeps the
+losses not yet in a train record, so the rerun's records equal an uninterrupted run's
+(`train.stop_signals.RunStoppedError`; the entry point prints its line and exits 0 or 130).
+
 A non-finite loss or gradient norm stops a run trained alone with `NonFiniteLossError`; in a group
 it stops that member alone (its update is not applied, it is evaluated where it stopped, its
 result records `stopped_at_step` and `stop_reason`) and the others train on.

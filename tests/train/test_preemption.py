@@ -105,3 +105,20 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_the_first_finishes(tiny_b
   records = read_metrics(str(workdir), timings=False)
   keys = [(r['step'], r['split']) for r in records]
   assert len(keys) == len(set(keys)) and (8, 'train') in keys
+
+
+def test_ctrl_c_is_a_stop_request_with_exit_130_and_a_second_one_interrupts():
+  # Bugs caught: SIGINT left to KeyboardInterrupt (a traceback mid-step, nothing saved); a second
+  # Ctrl-C swallowed too (a run that cannot be killed from the terminal).
+  from adapters_jax.train.stop_signals import RunStoppedError, StopSignals
+
+  with StopSignals() as signals:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert signals.requested == 'SIGINT'
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  stopped = RunStoppedError(signals.requested, 7, ['/w/checkpoints'])
+  assert stopped.exit_code == 130
+  assert str(stopped) == ('Stopped by SIGINT at step 7; checkpoint saved in /w/checkpoints; rerun '
+                          'the same command to resume')
