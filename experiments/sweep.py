@@ -58,6 +58,7 @@ flags.DEFINE_string('dry_run_model', sweeps.STAND_IN_MODEL, 'The stand-in model 
                     f'{sweeps.STAND_IN_T5!r}: a small random T5 (for tables of T5 runs).')
 flags.mark_flags_as_required(['config', 'sweep_dir'])
 FLAGS = flags.FLAGS
+HELD_LOCKS = []  # the sweep directory's lock: referenced so it is held until this process ends
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,9 +94,15 @@ def vmap(config_path: str, runs) -> int:
 
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
-  outcome = sweeps.run_vmapped(config_path, runs, train_group, fields=VMAP_FIELDS,
-                               open_fields=schema.OPEN_FIELDS, max_members=FLAGS.vmap_members,
-                               log=lambda line: print(line, flush=True))
+  from adapters_jax.train.stop_signals import RunStoppedError
+
+  try:
+    outcome = sweeps.run_vmapped(config_path, runs, train_group, fields=VMAP_FIELDS,
+                                 open_fields=schema.OPEN_FIELDS, max_members=FLAGS.vmap_members,
+                                 log=lambda line: print(line, flush=True))
+  except RunStoppedError as e:  # SIGTERM or Ctrl-C: the group in flight saved its step
+    print(f'{e} (the sweep)', file=sys.stderr, flush=True)
+    return e.exit_code
   print(f'{len(outcome.succeeded)} runs done, {len(outcome.stopped)} stopped on a non-finite '
         f'loss, {len(outcome.skipped)} were already finished, {len(outcome.failed)} failed.',
         flush=True)
@@ -122,6 +129,13 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   if not runs:
     raise app.UsageError(f'No grid point of {config_path} matches --only={FLAGS.only}.')
+  if FLAGS.launcher in ('local', 'vmap'):  # one launcher per sweep directory, for its lifetime
+    from adapters_jax.train.workdir_lock import DirectoryBusyError, DirectoryLock
+
+    try:
+      HELD_LOCKS.append(DirectoryLock(FLAGS.sweep_dir, 'sweep').acquire())
+    except DirectoryBusyError as e:
+      sys.exit(str(e))
   sweeps.write_plan(runs, FLAGS.sweep_dir, config_path)
   finished = sum(r.finished for r in runs)
 

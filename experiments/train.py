@@ -7,7 +7,8 @@ r"""Trains an adapter, an AdapterFusion or a baseline, and evaluates it.
       --workdir=workdirs/mini_fusion/fusion-rotten_tomatoes
 
 Rerunning the same command on a workdir with a checkpoint resumes it; on a finished run it prints
-the result and changes nothing.
+the result and changes nothing. SIGTERM or Ctrl-C saves the current step and exits (0 or 130) with
+one line; a second process on a live workdir is refused.
 """
 
 import os

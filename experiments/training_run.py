@@ -22,13 +22,18 @@ def run(config, workdir: str) -> dict:
   from adapters_jax.data.local_files import LocalFileError
   from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
   from adapters_jax.train.loop import train_and_evaluate  # after flags: keeps --help fast
+  from adapters_jax.train.stop_signals import RunStoppedError
+  from adapters_jax.train.workdir_lock import DirectoryBusyError
 
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
   try:
     result = train_and_evaluate(config, workdir)
-  except (LocalFileError, ModelNotFoundError, HubDownloadError) as e:
+  except (LocalFileError, ModelNotFoundError, HubDownloadError, DirectoryBusyError) as e:
     sys.exit(f'Cannot train {workdir}: {e}')  # the user's data or model: one line, no traceback
+  except RunStoppedError as e:  # SIGTERM (preemption) or Ctrl-C: the step was saved
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
   summary = {k: result[k] for k in SUMMARY_KEYS if k in result}
   summary['trainable_percent'] = round(summary['trainable_percent'], 3)
   summary['train_examples_per_second'] = round(summary['train_examples_per_second'], 1)

@@ -6,16 +6,24 @@ run takes every chip (JAX opens them all), so runs go one at a time and `paralle
 Finished runs (result.json) are skipped, interrupted ones resume (the train entry point restores
 the workdir's latest checkpoint), a failed run is reported and the others go on; a run that reads
 a failed run (`Run.after`) is not started. Each run's output goes to `<workdir>/train.log`.
+
+The launcher owns its runs: each starts in its own process group (a Ctrl-C in the terminal reaches
+the launcher alone) with the parent-death signal set to SIGTERM on Linux, so runs stop (saving
+their step) when the launcher dies, even by SIGKILL. A Ctrl-C sends SIGTERM to the active runs and
+waits for them to save.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import glob
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -84,6 +92,27 @@ def slots(devices: Devices, parallel: int) -> tuple[list[str | None], str]:
   return [None] * max(parallel, 1), ''
 
 
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(prctl, parent_pid: int) -> None:
+  """In the child before exec: SIGTERM when the launcher dies; stop if it already died."""
+  prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+  if os.getppid() != parent_pid:  # it died before prctl: no signal would come
+    os._exit(1)
+
+
+def start_owned(command: Sequence[str], **popen_args) -> subprocess.Popen:
+  """Starts `command` in its own process group, to receive SIGTERM when this process dies
+  (Linux; elsewhere the process group alone)."""
+  preexec = None
+  if sys.platform.startswith('linux'):
+    # libc is opened here: the child between fork and exec only calls into it (no dlopen locks).
+    prctl, parent_pid = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+    preexec = lambda: _die_with_parent(prctl, parent_pid)  # noqa: E731
+  return subprocess.Popen(command, process_group=0, preexec_fn=preexec, **popen_args)  # noqa: PLW1509 nothing but prctl runs there
+
+
 @dataclasses.dataclass
 class LocalOutcome:
   """What `run_local` did: run names that were skipped (finished), succeeded, failed (-> rc),
@@ -123,6 +152,20 @@ def run_local(runs: Sequence[Run], parallel: int = 0, *, devices: Devices | None
   done_names = set(outcome.skipped)
   bad_names = set(outcome.stale)
   active: dict[subprocess.Popen, tuple[Run, str | None, float, Any]] = {}
+  try:
+    _launch(todo, free, active, done_names, bad_names, outcome, cwd, base_env, poll_s, log)
+  except KeyboardInterrupt:  # Ctrl-C: the runs save their step and stop, then the launcher
+    log(f'Stopping {len(active)} runs (each saves its step; rerun the sweep to resume).')
+    for process in active:
+      process.send_signal(signal.SIGTERM)
+    for process in active:
+      process.wait()
+    raise
+  return outcome
+
+
+def _launch(todo, free, active, done_names, bad_names, outcome, cwd, base_env, poll_s, log):
+  """`run_local`'s loop: starts runs as slots free up until every run ended."""
   queue = list(todo)
   done = 0
   while queue or active:
@@ -148,8 +191,8 @@ def run_local(runs: Sequence[Run], parallel: int = 0, *, devices: Devices | None
       log_file.flush()
       where = f' on GPU {device}' if device is not None else ''
       log(f'start {run.name}{where}{" (resuming)" if run.started else ""}')
-      process = subprocess.Popen(run.command, cwd=cwd, env=run_env, stdout=log_file,
-                                 stderr=subprocess.STDOUT)
+      process = start_owned(run.command, cwd=cwd, env=run_env, stdout=log_file,
+                            stderr=subprocess.STDOUT)
       active[process] = (run, device, time.time(), log_file)
     if queue and not active:
       stuck = [r.name for r in queue]
@@ -170,4 +213,3 @@ def run_local(runs: Sequence[Run], parallel: int = 0, *, devices: Devices | None
         bad_names.add(run.name)
         log(f'FAILED {run.name} (exit {process.returncode}) after {minutes:.1f} min; see '
             f'{os.path.join(run.workdir, LOG_FILE)} [{done}/{len(todo)}]')
-  return outcome

@@ -28,6 +28,7 @@ import ml_collections
 from adapters_jax.config import loading
 from adapters_jax.sweeps.launchers import waves
 from adapters_jax.sweeps.plan import Run, unfinished_runs
+from adapters_jax.train.stop_signals import RunStoppedError
 
 TrainGroup = Callable[[list[ml_collections.ConfigDict], list[str]], list[dict[str, Any]]]
 
@@ -94,6 +95,8 @@ def run_vmapped(config_path: str, runs: Sequence[Run], train_group: TrainGroup, 
           loading.apply_overrides(config, run.flags, open_fields)
           configs.append(config)
         results = train_group(configs, [r.workdir for r in group])
+      except RunStoppedError:  # SIGTERM or Ctrl-C: the sweep stops; its rerun resumes the group
+        raise
       except Exception as e:  # noqa: BLE001 a failed group is reported and the others go on
         message = ' '.join(f'{type(e).__name__}: {e}'.split())
         for name in names:

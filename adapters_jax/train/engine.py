@@ -18,6 +18,12 @@ checkpoint step they all have, and end as runs that never stopped: the data orde
 of (seed, epoch), the dropout key of step s is `fold_in(rng, s)`, and a checkpoint restores the
 state, the data position and the best record exactly.
 
+A run holds its workdir's lock (`train.workdir_lock`) from before its first write to its end: a
+second process on it is refused, naming the holder. SIGTERM (preemption) or Ctrl-C stops the run
+after its current step with a checkpoint of every training member there, which also keeps the
+losses not yet in a train record, so the rerun's records equal an uninterrupted run's
+(`train.stop_signals.RunStoppedError`; the entry point prints its line and exits 0 or 130).
+
 A non-finite loss or gradient norm stops a run trained alone with `NonFiniteLossError`; in a group
 it stops that member alone (its update is not applied, it is evaluated where it stopped, its
 result records `stopped_at_step` and `stop_reason`) and the others train on.
@@ -56,6 +62,8 @@ from adapters_jax.train.run_data import (
   load_run_task,
   total_steps_of,
 )
+from adapters_jax.train.stop_signals import RunStoppedError, StopSignals
+from adapters_jax.train.workdir_lock import DirectoryLock
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -91,14 +99,22 @@ def train_runs(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[
       say(f'{workdir} holds a finished run; its result is unchanged.')
   todo = [i for i, r in enumerate(results) if r is None]
   if todo:
-    with contextlib.ExitStack() as cleanup:
-      trained = _train([configs[i] for i in todo], [workdirs[i] for i in todo], vmapped, cleanup)
+    with StopSignals() as signals, contextlib.ExitStack() as cleanup:
+      if jax.process_index() == 0:  # one writer per workdir, claimed before anything is written
+        for i in todo:
+          cleanup.enter_context(DirectoryLock(workdirs[i], 'run'))
+      for i in todo:  # a run that finished while this process started is not trained again
+        results[i] = run_files.finished_result(configs[i], workdirs[i])
+      todo = [i for i in todo if results[i] is None]
+      trained = _train([configs[i] for i in todo], [workdirs[i] for i in todo], vmapped, cleanup,
+                       signals) if todo else []
     for i, result in zip(todo, trained, strict=True):
       results[i] = result
   return results
 
 
-def _train(configs, workdirs, vmapped: bool, cleanup: contextlib.ExitStack) -> list[dict]:
+def _train(configs, workdirs, vmapped: bool, cleanup: contextlib.ExitStack,
+           signals: StopSignals) -> list[dict]:
   """Builds the members and their program, resumes them, and runs the cadence."""
   wall_start = time.time()
   config = configs[0]
@@ -121,7 +137,7 @@ def _train(configs, workdirs, vmapped: bool, cleanup: contextlib.ExitStack) -> l
     member.checkpoints = TrainCheckpoints(os.path.join(member.workdir, CHECKPOINT_DIR),
                                           keep=member.config.keep_checkpoints)
     cleanup.callback(member.checkpoints.close)
-  states, resume_step = program.templates(), None
+  states, resume_step, carried = program.templates(), None, []
   restored = restore_newest([m.checkpoints for m in members], states)
   if restored is not None:
     resume_step, states_and_meta = restored
@@ -129,13 +145,14 @@ def _train(configs, workdirs, vmapped: bool, cleanup: contextlib.ExitStack) -> l
     for member, (_, meta) in zip(members, states_and_meta, strict=True):
       member.position = data.DataPosition.from_dict(meta['data_position'])
       member.best = meta['best']
+    carried = _carried_losses([meta for _, meta in states_and_meta])
     say(f'Resuming from step {resume_step} in {", ".join(m.checkpoints.directory for m in members)}')
   program.start(states)
   del states
   for member in members:
     member.train_params = None  # the program holds the arrays now
-  run = _Cadence(members, program, spec, encoded, total_steps, wall_start, cleanup)
-  return run.train(resume_step)
+  run = _Cadence(members, program, spec, encoded, total_steps, wall_start, cleanup, signals)
+  return run.train(resume_step, carried)
 
 
 class _Cadence:
@@ -143,9 +160,10 @@ class _Cadence:
 
   def __init__(self, members: list[Member], program, spec: data.TaskSpec,
                encoded: dict[str, data.BatchSource], total_steps: int, wall_start: float,
-               cleanup: contextlib.ExitStack):
+               cleanup: contextlib.ExitStack, signals: StopSignals):
     self.members, self.program, self.spec, self.encoded = members, program, spec, encoded
     self.total_steps, self.wall_start, self.cleanup = total_steps, wall_start, cleanup
+    self.signals = signals
     self.config = members[0].config
     self.validation_split = spec.validation_splits[0]
     self.final_splits = final_splits_of(spec, encoded)
@@ -153,12 +171,20 @@ class _Cadence:
                              self.config.eval_every_steps, len(encoded[self.validation_split]),
                              sum(len(encoded[s]) for s in self.final_splits))
 
-  def train(self, resume_step: int | None) -> list[dict[str, Any]]:
-    """Steps to `total_steps` (or until every member stopped), then finishes the rest."""
+  def train(self, resume_step: int | None, carried: list[dict[str, np.ndarray]]
+            ) -> list[dict[str, Any]]:
+    """Steps to `total_steps` (or until every member stopped), then finishes the rest.
+
+    `carried` holds the per-step losses since the last train record that a checkpoint saved on
+    a signal kept, so the resumed run's next record averages the same steps.
+
+    Raises:
+      RunStoppedError: SIGTERM or SIGINT arrived; the step it arrived in was saved.
+    """
     config, members, program, progress = self.config, self.members, self.program, self.progress
     step = program.step_count()
     stream = program.batches([m.position for m in members])
-    pending: list[dict[str, jax.Array]] = []
+    pending: list[dict[str, Any]] = list(carried)
     claimed = False
     while step < self.total_steps and any(m.training for m in members):
       batch, positions = next(stream)
@@ -175,6 +201,8 @@ class _Cadence:
       do_eval = boundary or step % config.eval_every_steps == 0
       do_save = boundary or step % config.checkpoint_every_steps == 0
       if not (boundary or do_eval or do_save or step % config.log_every_steps == 0):
+        if self.signals.requested:
+          self.stop_on_signal(step, pending, saved=False)
         continue
       # Pull the losses since the last record: a non-finite one stops before anything is saved.
       stopped = _log_training(members, program, jax.device_get(pending), step, progress)
@@ -186,6 +214,8 @@ class _Cadence:
         self.validate(training, step)
       if do_save:
         self.save(training)
+      if self.signals.requested:
+        self.stop_on_signal(step, [], saved=do_save)
     unfinished = [i for i, m in enumerate(members) if m.result is None]
     for member in members:
       member.checkpoints.close()
@@ -218,12 +248,26 @@ class _Cadence:
         member.consider_best(at_step, metrics[i], self.program.member_params(params, i),
                              self.program.frozen)
 
-  def save(self, indices: Sequence[int]) -> None:
+  def save(self, indices: Sequence[int], pending: Sequence[dict[str, Any]] = ()) -> None:
+    """Checkpoints members `indices`, with the losses of `pending` steps not yet recorded."""
+    host = jax.device_get(list(pending))
     with self.progress.paused():
       for i in indices:
         member = self.members[i]
         member.checkpoints.save(self.program.member_state(i), {
-            'data_position': member.position.to_dict(), 'best': member.best})
+            'data_position': member.position.to_dict(), 'best': member.best,
+            'unrecorded_losses': [[float(np.reshape(h['loss'], -1)[i]),
+                                   float(np.reshape(h['grad_norm'], -1)[i])] for h in host]})
+
+  def stop_on_signal(self, step: int, pending: Sequence[dict[str, Any]], saved: bool) -> None:
+    """Saves every training member at `step` (unless `saved`) and raises `RunStoppedError`."""
+    training = [i for i, m in enumerate(self.members) if m.training]
+    if not saved:
+      self.save(training, pending)
+    for member in self.members:
+      member.checkpoints.close()
+    raise RunStoppedError(self.signals.requested, step,
+                     [self.members[i].checkpoints.directory for i in training])
 
   def stop(self, index: int) -> None:
     """A member that hit a non-finite loss: evaluated where it stopped, then finished."""
@@ -257,6 +301,16 @@ class _Cadence:
                                                member.workdir))
       run_files.write_result(result, member.workdir)
       member.result = result
+
+
+def _carried_losses(metas: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+  """The unrecorded per-step losses the members' checkpoints kept, as the program's step
+  outputs: one `{'loss', 'grad_norm'}` of `[M]` float32 per step (what `_log_training` reads)."""
+  # Checkpoints written before this field existed saved on record steps only: nothing unrecorded.
+  columns = [np.asarray(meta.get('unrecorded_losses', []), np.float32).reshape(-1, 2)
+             for meta in metas]  # M x [steps, 2]
+  stacked = np.stack(columns, axis=1)  # [steps, M, 2]
+  return [{'loss': row[:, 0], 'grad_norm': row[:, 1]} for row in stacked]
 
 
 def _log_training(members: Sequence[Member], program, host: list[dict[str, np.ndarray]],

@@ -1,0 +1,124 @@
+"""SIGTERM (preemption) and a second process on a live workdir, through the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from adapters_jax.checkpoint import save
+from adapters_jax.train.metrics_log import read_metrics
+from tests.train.test_loop import _final_state_leaves
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BANNER = ' steps of '  # printed once the run has loaded, with its signal handlers and lock set
+
+
+def _command(workdir, model_dir):
+  return [sys.executable, '-m', 'experiments.train',
+          '--config=experiments/configs/quickstart.py:smoke', f'--workdir={workdir}',
+          f'--config.model={model_dir}', '--config.tensorboard=False',
+          '--config.num_train_steps=8', '--config.checkpoint_every_steps=4',
+          '--config.eval_every_steps=4', '--config.log_every_steps=4']
+
+
+ENV = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3'}
+
+
+def _run(workdir, model_dir):
+  return subprocess.run(_command(workdir, model_dir), cwd=ROOT, env=ENV, capture_output=True,
+                        text=True, timeout=600)
+
+
+def _start_until_loaded(workdir, model_dir) -> tuple[subprocess.Popen, list[str]]:
+  """Starts a run and returns once it printed its banner (it holds the lock; no step ran)."""
+  proc = subprocess.Popen(_command(workdir, model_dir), cwd=ROOT, env=ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:
+    lines.append(line)
+    if BANNER in line:
+      return proc, lines
+  raise AssertionError(''.join(lines)[-3000:])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_exits_0_and_the_rerun_equals_an_uninterrupted_run(
+    tiny_bert_dir, tmp_path):
+  # Bugs caught: no handler (exit 143, nothing saved past the last checkpoint); a save without the
+  # losses since the last train record (the resumed run's step-4 record averages fewer steps).
+  straight = tmp_path / 'straight'
+  done = _run(straight, tiny_bert_dir)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  stopped = tmp_path / 'stopped'
+  proc, _ = _start_until_loaded(stopped, tiny_bert_dir)
+  proc.send_signal(signal.SIGTERM)  # arrives while step 1 compiles or runs
+  _, stderr = proc.communicate(timeout=600)
+  assert proc.returncode == 0, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  line, = [line for line in stderr.splitlines() if line.startswith('Stopped by SIGTERM')]
+  step = int(line.split(' at step ')[1].split(';')[0])
+  assert 1 <= step < 4 and 'rerun the same command to resume' in line
+  assert sorted(os.listdir(stopped / 'checkpoints')) == [str(step)]
+  assert not os.path.exists(stopped / 'result.json')
+
+  resumed = _run(stopped, tiny_bert_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resuming from step {step}' in resumed.stderr
+  step_a, state_a = _final_state_leaves(straight)
+  step_b, state_b = _final_state_leaves(stopped)
+  assert step_a == step_b == 8
+  import jax
+  import numpy as np
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
+    np.testing.assert_array_equal(a, b)
+  best_a, best_b = save.load_leaves(straight / 'best'), save.load_leaves(stopped / 'best')
+  assert best_a.keys() == best_b.keys()
+  for path in best_a:
+    np.testing.assert_array_equal(best_a[path], best_b[path])
+  assert read_metrics(str(straight), timings=False) == read_metrics(str(stopped), timings=False)
+  result_a = json.loads((straight / 'result.json').read_text())
+  result_b = json.loads((stopped / 'result.json').read_text())
+  for key in ('best_step', 'validation_metrics', 'test_metrics'):
+    assert result_a[key] == result_b[key]
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_live_workdir_is_refused_and_the_first_finishes(tiny_bert_dir, tmp_path):
+  # Bug caught: no lock: both runs train, every metrics.jsonl record written twice.
+  workdir = tmp_path / 'run'
+  first, _ = _start_until_loaded(workdir, tiny_bert_dir)
+  first.send_signal(signal.SIGSTOP)  # holds the lock for as long as the second one needs
+  try:
+    second = _run(workdir, tiny_bert_dir)
+  finally:
+    first.send_signal(signal.SIGCONT)
+  assert second.returncode == 1
+  assert second.stderr.strip().count('\n') == 0, second.stderr[-3000:]
+  assert f'pid={first.pid} ' in second.stderr and 'is in use by host=' in second.stderr
+  assert 'started=' in second.stderr
+  _, stderr = first.communicate(timeout=600)
+  assert first.returncode == 0, stderr[-3000:]
+  records = read_metrics(str(workdir), timings=False)
+  keys = [(r['step'], r['split']) for r in records]
+  assert len(keys) == len(set(keys)) and (8, 'train') in keys
+
+
+def test_ctrl_c_is_a_stop_request_with_exit_130_and_a_second_one_interrupts():
+  # Bugs caught: SIGINT left to KeyboardInterrupt (a traceback mid-step, nothing saved); a second
+  # Ctrl-C swallowed too (a run that cannot be killed from the terminal).
+  from adapters_jax.train.stop_signals import RunStoppedError, StopSignals
+
+  with StopSignals() as signals:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert signals.requested == 'SIGINT'
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  stopped = RunStoppedError(signals.requested, 7, ['/w/checkpoints'])
+  assert stopped.exit_code == 130
+  assert str(stopped) == ('Stopped by SIGINT at step 7; checkpoint saved in /w/checkpoints; rerun '
+                          'the same command to resume')
