@@ -19,6 +19,7 @@ def run(config, workdir: str) -> dict:
   from adapters_jax.host_memory import reuse_freed_host_memory
 
   reuse_freed_host_memory()  # first: before TensorFlow or JAX start their threads
+  from adapters_jax.checkpoint.save import CheckpointError
   from adapters_jax.data.local_files import LocalFileError
   from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
   from adapters_jax.train.loop import train_and_evaluate  # after flags: keeps --help fast
@@ -29,7 +30,8 @@ def run(config, workdir: str) -> dict:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
   try:
     result = train_and_evaluate(config, workdir)
-  except (LocalFileError, ModelNotFoundError, HubDownloadError, DirectoryBusyError) as e:
+  except (CheckpointError, LocalFileError, ModelNotFoundError, HubDownloadError,
+          DirectoryBusyError) as e:
     sys.exit(f'Cannot train {workdir}: {e}')  # the user's data or model: one line, no traceback
   except RunStoppedError as e:  # SIGTERM (preemption) or Ctrl-C: the step was saved
     print(e, file=sys.stderr, flush=True)

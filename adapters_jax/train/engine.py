@@ -130,7 +130,7 @@ def _train(configs, workdirs, vmapped: bool, cleanup: contextlib.ExitStack,
   program = (VmappedGroup(experiment, members, frozen, train_data, total_steps) if vmapped else
              ShardedRun(experiment, members[0], frozen, train_data))
   say(f'{config.method} on {spec.name} with {config.model}: {experiment.counts()}; '
-      f'{total_steps} steps of {config.batch_size}, {program.description}')
+      f'{total_steps} steps of {config.batch_size}{program.description}')
 
   for member in members:
     os.makedirs(member.workdir, exist_ok=True)

@@ -120,7 +120,7 @@ class ShardedRun:
                                     process_index=jax.process_index(),
                                     process_count=jax.process_count(),
                                     sort_window=config.sort_window)
-    self.description = f'on {self.arrays.mesh.size} device(s)'
+    self.description = f' on {self.arrays.mesh.size} device(s)'  # after 'N steps of B'
     self.result_fields: dict[str, Any] = {}
 
   def templates(self) -> list[TrainState]:
@@ -180,7 +180,7 @@ class VmappedGroup:
                                       sort_window=m.config.sort_window) for m in members]
     self._step = make_group_step(experiment, self.config, total_steps)
     self._eval_step = make_member_eval_step(experiment.task_kind, experiment.forward)
-    self.description = (f'{self.size} members (learning rates '
+    self.description = (f', {self.size} members (learning rates '
                         f'{[m.config.learning_rate for m in members]}, seeds '
                         f'{[m.config.seed for m in members]}) as one program')
     self.result_fields = {'vmapped_members': self.size}
