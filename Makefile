@@ -19,7 +19,8 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q --durations=25 tests
 
-# Everything but the tests that start processes (CLI subprocesses, kill/resume, several hosts).
+# Everything but the tests marked slow: those that start processes (CLI subprocesses, kill/resume,
+# several hosts) or train whole runs.
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m "not slow" tests
 

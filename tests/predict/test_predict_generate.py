@@ -159,6 +159,7 @@ def test_decoder_run_continues_e2e_prompts_greedily_and_stops_at_eos(lm_run, tmp
   assert [line['generated'] for line in lines] == [_decode(tokenizer, t) for t in expected]
 
 
+@pytest.mark.slow
 def test_decoder_run_uses_its_beam_settings(lm_run, tmp_path):
   # Bugs caught: the run's beam count, length penalty or no-repeat n-gram size ignored (greedy
   # instead, or HF's defaults), the config's max_new_tokens not used when the flag is absent.
@@ -188,6 +189,7 @@ def test_decoder_run_uses_its_beam_settings(lm_run, tmp_path):
   assert searched != greedy and searched != repeating
 
 
+@pytest.mark.slow
 def test_several_workdirs_refuse_a_t5_or_decoder_run(t5_run, lm_run):
   # Bug caught: a generative run loaded as a classification adapter (a head it does not have).
   for run, kind in ((t5_run, 'seq2seq'), (lm_run, 'causal_lm')):

@@ -41,6 +41,7 @@ def encoder_run(tmp_path_factory):
   return tmp / 'run'
 
 
+@pytest.mark.slow
 def test_encoder_run_labels_with_the_restored_models_softmax(encoder_run):
   # Bugs caught: the best leaves not written in (the fresh adapter instead), padding rows of the
   # last batch kept or rows reordered (batch_size 2 for 3 texts), probabilities not matched to
@@ -70,6 +71,7 @@ def test_encoder_run_labels_with_the_restored_models_softmax(encoder_run):
     predictor.predict(['Fine.', ('A pair', 'of texts')])
 
 
+@pytest.mark.slow
 def test_t5_run_answers_as_a_recomputed_greedy_decode(t5_run):
   # Bugs caught: the kind's evaluation decoding not used (another length, no task prefix), the
   # answers of padding rows kept (batch_size 2 for 3 texts), the answer not parsed back.
@@ -100,6 +102,7 @@ def test_t5_run_answers_as_a_recomputed_greedy_decode(t5_run):
     assert p.get('unparseable', False) is (p['label'] is None)
 
 
+@pytest.mark.slow
 def test_decoder_run_continues_prompts_as_a_recomputed_greedy_decode(lm_run):
   # Bugs caught: max_new_tokens ignored, prompts not rendered as training rendered them, the
   # generations of padding rows kept (batch_size 1 for 2 prompts), tokens after EOS kept.

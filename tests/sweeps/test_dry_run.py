@@ -61,6 +61,7 @@ SLICES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, only, planned, programs', SLICES, ids=[s[0] for s in SLICES])
 def test_dry_run_builds_and_steps_each_paper_config(name, only, planned, programs, tiny_model,
                                                    tmp_path):
@@ -74,6 +75,7 @@ def test_dry_run_builds_and_steps_each_paper_config(name, only, planned, program
     assert os.path.exists(os.path.join(run.workdir, sweeps.RESULT_FILE))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, only', [('mini_fusion.py', {'method': 'fusion',
                                                             'task': 'rotten_tomatoes'})])
 def test_dry_run_trains_fusion_over_the_dry_run_adapters(name, only, tiny_model, tmp_path):
@@ -82,6 +84,7 @@ def test_dry_run_trains_fusion_over_the_dry_run_adapters(name, only, tiny_model,
   assert outcome.failed == {} and len(outcome.passed) == 3, lines
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_reported_in_one_line_and_its_readers_are_blocked(tiny_model, tmp_path):
   path = os.path.join(CONFIGS, 'mini_fusion.py')
   last = sweeps.dry_run_overrides(tiny_model)
@@ -110,6 +113,7 @@ def test_dry_run_cli_on_the_packaged_task(tiny_model, tmp_path):
   assert not (tmp_path / 'sweep').exists()  # nothing launched, nothing left in the sweep dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method, extra_options', [('compacter', {}), ('phm_adapter', {'n': 12})])
 def test_dry_run_builds_a_compacter_table_run_on_a_stand_in_t5(tmp_path, method, extra_options):
   # The table's own runs (PHM-Adapter: n = 12, a rule per layer) through `train_and_evaluate`, with

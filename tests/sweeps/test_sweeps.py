@@ -204,6 +204,7 @@ def test_slurm_launcher_writes_array_script_and_table(tmp_path):
   assert workdir == runs[3].workdir and shlex.split(command) == list(runs[3].command)
 
 
+@pytest.mark.slow
 def test_runs_whose_workdir_holds_another_config_are_stale_and_not_run(tmp_path):
   """A field missing from the saved config (added since) counts as its schema default: missing
   `sort_window` (the config keeps the default 50) is no change, missing `keep_checkpoints` (the
@@ -260,6 +261,7 @@ def _train_records(workdir):
     return [json.loads(line) for line in f if '"train"' in line]
 
 
+@pytest.mark.slow
 def test_local_launcher_skips_finished_resumes_interrupted_and_survives_failures(tmp_path):
   model = str(write_tiny_bert(tmp_path / 'tiny_bert'))
   config_path = tmp_path / 'tiny_sweep.py'

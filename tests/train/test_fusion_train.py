@@ -61,6 +61,7 @@ def _fusion_cli(module, workdir, model_dir, adapter_dirs, wait=True):
                           stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_fusion_loss_is_task_loss_plus_value_regulariser(tiny_bert_dir, adapter_dirs):
   # Bug caught: the loop dropping the experiment's regulariser (or adding it twice).
   config = fusion_glue.get_config('fusion-rte,smoke')
@@ -87,6 +88,7 @@ def test_fusion_loss_is_task_loss_plus_value_regulariser(tiny_bert_dir, adapter_
   assert total - task == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_fusion_on_mock_glue_writes_a_run(tiny_bert_dir, adapter_dirs, tmp_path):
   config = fusion_glue.get_config('fusion-rte,smoke')
   config.model = tiny_bert_dir

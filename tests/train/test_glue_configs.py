@@ -45,6 +45,7 @@ def first_point_config(module, task, method, model_dir):
   return point, config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('module,task,method,column', CASES,
                          ids=[f'{m.__name__.split(".")[-1]}-{t}' for m, t, _, _ in CASES])
 def test_paper_config_runs_on_mock_glue(module, task, method, column, tiny_bert_dir, tmp_path):

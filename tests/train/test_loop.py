@@ -33,6 +33,7 @@ def smoke_config(model_dir, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_writes_everything(tiny_bert_dir, tmp_path):
   config = smoke_config(tiny_bert_dir, tensorboard=True)
   result = loop.train_and_evaluate(config, str(tmp_path))
@@ -144,6 +145,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tiny_bert_dir, tmp_pat
     assert result_a[key] == result_b[key]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_bert_dir, tmp_path):
   config = smoke_config(tiny_bert_dir, learning_rate=1e30, warmup_ratio=0.5, num_train_steps=10,
                         checkpoint_every_steps=1, eval_every_steps=100, clip_norm=0.0)

@@ -107,6 +107,7 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_the_first_finishes(tiny_b
   assert len(keys) == len(set(keys)) and (8, 'train') in keys
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_a_stop_request_with_exit_130_and_a_second_one_interrupts():
   # Bugs caught: SIGINT left to KeyboardInterrupt (a traceback mid-step, nothing saved); a second
   # Ctrl-C swallowed too (a run that cannot be killed from the terminal).

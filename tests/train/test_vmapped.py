@@ -40,6 +40,7 @@ def runs(tiny_bert_dir, tmp_path_factory):
   return config_path, grouped, alone, errors
 
 
+@pytest.mark.slow
 def test_each_member_ends_as_its_separate_run(runs):
   # Fails if the members share one data order or one learning rate, if the dropout stream is not
   # the member's own, or if a member's updates leak into another's state.
@@ -57,6 +58,7 @@ def test_each_member_ends_as_its_separate_run(runs):
   assert any(abs(first[p] - second[p]).max() > 1e-4 for p in first)
 
 
+@pytest.mark.slow
 def test_a_diverging_member_stops_alone_at_its_last_finite_step(runs):
   # Fails if the non-finite update is applied (the stopped member's params go inf/NaN), if the
   # member goes on training, or if its stop ends the whole group.

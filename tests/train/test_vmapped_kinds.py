@@ -6,6 +6,8 @@ one. Each group goes through `train.vmapped.train_group`, what `experiments.swee
 
 import pathlib
 
+import pytest
+
 from adapters_jax.models import resolve_checkpoint_dir
 from adapters_jax.models.decoder_export import random_decoder_checkpoint
 from adapters_jax.models.t5_random import write_random_t5
@@ -41,6 +43,7 @@ def _bert_config(model_dir, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_a_one_member_group_writes_what_its_run_alone_writes(tiny_bert_dir, tmp_path):
   # Fails if the group's cadence, records, best selection or result differ from the plain run's
   # (e.g. a train record at another step, a validation pass skipped, another best step).
@@ -52,6 +55,7 @@ def test_a_one_member_group_writes_what_its_run_alone_writes(tiny_bert_dir, tmp_
   assert got['vmapped_members'] == 1 and 'vmapped_members' not in want
 
 
+@pytest.mark.slow
 def test_a_group_re_splits_its_task_as_its_runs_do(tiny_bert_dir, tmp_path):
   # Fails if the group loads the task without `split_scheme` (it would select and report on the
   # task's own validation split, which the scheme turns into the test split).
@@ -65,6 +69,7 @@ def test_a_group_re_splits_its_task_as_its_runs_do(tiny_bert_dir, tmp_path):
   assert len(resplit['validation']) < len(unsplit['validation'])
 
 
+@pytest.mark.slow
 def test_a_text_to_text_group_ends_as_its_runs(tmp_path):
   # Fails if the group refuses seq2seq runs, pads the members' target sequences by the encoder
   # batch keys only, or decodes (greedy generation) with another member's params.
@@ -82,6 +87,7 @@ def test_a_text_to_text_group_ends_as_its_runs(tmp_path):
   assert 'unparseable' in vmap_runs.result(grouped[0])['validation_metrics']['validation']
 
 
+@pytest.mark.slow
 def test_a_causal_lm_group_ends_as_its_runs(tmp_path):
   # Fails if the group refuses causal-LM runs, stacks the members' rows or prompts of other
   # lengths, or scores a member's generations against another member's references.
