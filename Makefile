@@ -21,8 +21,10 @@ test: $(STAMP)
 
 # Everything but the tests marked slow: those that start processes (CLI subprocesses, kill/resume,
 # several hosts) or train whole runs.
+# Compiled programs are kept in .jax-test-cache between runs, so a rerun skips most compiling.
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 -q -m "not slow" tests
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax-test-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	  $(PY) -m pytest -n 2 -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check adapters_jax experiments scripts tests
@@ -31,4 +33,4 @@ demo: $(STAMP)
 	$(PY) -m experiments.train --config=experiments/configs/quickstart.py --workdir=workdirs/quickstart
 
 clean:
-	rm -rf $(VENV) workdirs
+	rm -rf $(VENV) workdirs .jax-test-cache
