@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
-from adapters_jax.methods.lora import lora_delta, lora_scaling
+from adapters_jax.methods.lora import check_parallel_low_rank, lora_delta, lora_scaling
 from adapters_jax.nn.dropout import Dropout
 from adapters_jax.splicing.kernel_layouts import probe_layout
 from adapters_jax.splicing.sites import QUERY, VALUE
@@ -98,10 +98,7 @@ class DoRAConfig(MethodConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    if any(placement != 'parallel' for _, placement in self.sites):
-      raise ValueError("DoRA sites must use placement 'parallel'.")
-    if self.rank < 1:
-      raise ValueError(f'DoRA rank must be >= 1, got {self.rank}.')
+    check_parallel_low_rank('DoRA', self.sites, self.rank)
 
   @property
   def scaling(self) -> float:

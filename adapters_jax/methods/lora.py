@@ -61,6 +61,14 @@ def lora_delta(adapter_params: dict[str, Any], scaling: float) -> jnp.ndarray:
   return scaling * (adapter_params['lora_a'] @ adapter_params['lora_b'])
 
 
+def check_parallel_low_rank(method: str, sites: tuple[tuple[str, str], ...], rank: int) -> None:
+  """The checks LoRA, DoRA and VeRA share: every site in parallel, and a rank of at least 1."""
+  if any(placement != 'parallel' for _, placement in sites):
+    raise ValueError(f"{method} sites must use placement 'parallel'.")
+  if rank < 1:
+    raise ValueError(f'{method} rank must be >= 1, got {rank}.')
+
+
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig(MethodConfig):
   """LoRA on matched dense layers (default: attention query and value).
@@ -81,10 +89,7 @@ class LoRAConfig(MethodConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    if any(placement != 'parallel' for _, placement in self.sites):
-      raise ValueError("LoRA sites must use placement 'parallel'.")
-    if self.rank < 1:
-      raise ValueError(f'LoRA rank must be >= 1, got {self.rank}.')
+    check_parallel_low_rank('LoRA', self.sites, self.rank)
 
   def make_module(self, site: SiteInfo) -> nn.Module:
     return LoRA(out_features=site.out_features, rank=self.rank, alpha=self.alpha,

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo, linear_average
+from adapters_jax.methods.lora import check_parallel_low_rank
 from adapters_jax.nn.dropout import Dropout
 from adapters_jax.splicing.sites import QUERY, VALUE
 
@@ -106,10 +107,7 @@ class VeRAConfig(MethodConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    if any(placement != 'parallel' for _, placement in self.sites):
-      raise ValueError("VeRA sites must use placement 'parallel'.")
-    if self.rank < 1:
-      raise ValueError(f'VeRA rank must be >= 1, got {self.rank}.')
+    check_parallel_low_rank('VeRA', self.sites, self.rank)
 
   def make_module(self, site: SiteInfo) -> nn.Module:
     return VeRA(out_features=site.out_features, rank=self.rank,
