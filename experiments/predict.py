@@ -40,6 +40,7 @@ import sys
 from absl import app, flags, logging
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (TensorBoard, tfds) start-up chatter
+from experiments import compilation_cache
 
 flags.DEFINE_string('workdir', None, 'A workdir written by experiments.train, or several, '
                     'comma-separated, whose adapters share one base model.')
@@ -62,6 +63,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from adapters_jax.host_memory import reuse_freed_host_memory
   reuse_freed_host_memory()  # first: before TensorFlow or JAX start their threads
+  compilation_cache.enable()
 
   workdirs = [w for w in FLAGS.workdir.split(',') if w]
   several = len(workdirs) > 1 or FLAGS.adapter or FLAGS.adapter_column
@@ -111,8 +113,8 @@ def _predict(workdirs: list[str], several: bool, texts: list, names: list | None
   server = load_adapter_server(workdirs, batch_size=FLAGS.batch_size)
   if not FLAGS.adapter and not FLAGS.adapter_column:
     if len(server.names) > 1:
-      raise app.UsageError(f'Several adapters {list(server.names)}: choose one with '
-                           '--adapter=NAME or name one per line with --adapter_column.')
+      raise ValueError(f'several adapters {list(server.names)}: choose one with '
+                       '--adapter=NAME or name one per line with --adapter_column')
     names = None
   return server.predict(texts, adapter=None if names else (FLAGS.adapter or server.names[0]),
                         adapters=names)

@@ -39,7 +39,7 @@ from absl import app, flags, logging
 
 from adapters_jax import sweeps
 from adapters_jax.config import arguments, schema
-from experiments import config_flag
+from experiments import compilation_cache, config_flag
 
 config_flag.define_config_flag(help_string='Sweepable config file, with an optional :arg; '
                                '--config.KEY=VALUE applies to every run.')
@@ -116,6 +116,7 @@ def vmap(config_path: str, runs) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  compilation_cache.enable()  # here and, through the environment, in every run it starts
   config_path = FLAGS['config'].config_path
   only = arguments.parse_items(FLAGS.only) if FLAGS.only else None
   if FLAGS.dry_run:

@@ -16,7 +16,7 @@ import os
 from absl import app, flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (TensorBoard, tfds) start-up chatter
-from experiments import config_flag
+from experiments import compilation_cache, config_flag
 
 config_flag.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
@@ -29,6 +29,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from experiments.training_run import run
 
+  compilation_cache.enable()
   run(FLAGS.config, FLAGS.workdir)
 
 
