@@ -40,7 +40,8 @@ def main(argv):
   best = os.path.join(FLAGS.workdir, 'best')
   try:
     out = export_checkpoint(best, FLAGS.format, FLAGS.out, model_type=FLAGS.model_type,
-                            overwrite=FLAGS.overwrite)
+                            overwrite=FLAGS.overwrite,
+                            notify=lambda line: print(line, file=sys.stderr, flush=True))
   except (InteropError, CheckpointError, ModelNotFoundError, HubDownloadError) as e:
     sys.exit(f'Cannot export {best}: {e}')
   print(out)

@@ -24,9 +24,11 @@ layer norms inside the adapter (`ln_before`/`ln_after`; our `layer_norm_before` 
 gating, learned scaling, (IA)3 on a projection's input (our FFN default), LoRA/(IA)3 on the attention
 output projection, and prefix/prompt tuning.
 
-Trained base layer norms (Houlsby) are written into `adapter.safetensors` under their transformers
+Trained base layer norms (`houlsby`) are written into `adapter.safetensors` under their transformers
 names: `load_adapter` loads every tensor of that file into the model, so they replace the base's
-layer norms (their library itself never saves them).
+layer norms for every adapter on it (and for the model with adapters off), and AdapterHub's own
+`save_adapter` drops them again. `base_leaves_notice` says so in one line; the `double_seq_bn` preset
+(Houlsby's adapters, base frozen) exports a self-contained adapter.
 """
 
 from __future__ import annotations
@@ -108,6 +110,18 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
                                          'label2id': {label: i for i, label in enumerate(labels)}, **meta})
     write_safetensors(out / HEAD_WEIGHTS_FILE, head, {})
   return out
+
+
+def base_leaves_notice(adapter: PortableAdapter) -> str | None:
+  """One line when the export carries trained base weights besides the head (Houlsby's layer norms)
+  that AdapterHub's `load_adapter` writes over the base's own; None for a self-contained adapter."""
+  names = [p for p in adapter.base_leaves() if not p.startswith('classifier/')]
+  if not names:
+    return None
+  return (f'note: this adapter carries {len(names)} trained base tensors (layer norms); AdapterHub\'s '
+          'load_adapter writes them over the model\'s own, for every adapter on it and with adapters '
+          'off, and its save_adapter drops them. For a self-contained adapter train method=double_seq_bn '
+          '(base frozen).')
 
 
 def _layers_by_position(adapter: PortableAdapter, positions: dict) -> tuple[dict, list[int]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from collections.abc import Callable
 
 from adapters_jax.interop import adapterhub, adapterhub_import, peft
 from adapters_jax.interop.naming import InteropError, model_type_from_leaves
@@ -47,7 +48,8 @@ def _model_type(leaves, base_name: str, model_type: str | None) -> str:
 
 
 def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.PathLike,
-                      model_type: str | None = None, overwrite: bool = False) -> pathlib.Path:
+                      model_type: str | None = None, overwrite: bool = False,
+                      notify: Callable[[str], None] | None = None) -> pathlib.Path:
   """Exports the adapter checkpoint `directory` (`save_adapter` format) to `out` in format `fmt`.
 
   Args:
@@ -56,6 +58,8 @@ def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.Path
     out: the directory to write: absent or empty, unless `overwrite`.
     model_type: `bert` or `roberta`; default: from the trained head or the base's config.json.
     overwrite: replace a non-empty `out` whole (see `output_directory.staged_directory`).
+    notify: called with a one-line note on what the export does in the other library, when it says
+      more than the files (AdapterHub: trained base layer norms; `adapterhub.base_leaves_notice`).
   """
   export, _ = _format(fmt)
   refuse_to_mix(out, overwrite=overwrite)
@@ -63,6 +67,9 @@ def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.Path
   model_type = _model_type(adapter.leaves, adapter.base.get('name', ''), model_type)
   with staged_directory(out, overwrite=overwrite) as staging:
     export(adapter, staging, model_type)
+  notice = adapterhub.base_leaves_notice(adapter) if fmt == 'adapters' else None
+  if notice and notify:
+    notify(notice)
   return pathlib.Path(out)
 
 

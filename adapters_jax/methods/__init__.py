@@ -9,6 +9,7 @@ from adapters_jax.methods.base import MethodConfig, SiteInfo, adapter_drop, repl
 from adapters_jax.methods.bottleneck import (
   Bottleneck,
   BottleneckConfig,
+  double_seq_bn,
   houlsby,
   parallel,
   pfeiffer,
@@ -31,6 +32,7 @@ from adapters_jax.methods.vera import VeRA, VeRAConfig, vera
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
     'houlsby': houlsby,
+    'double_seq_bn': double_seq_bn,
     'pfeiffer': pfeiffer,
     'parallel': parallel,
     'lora': lora,
@@ -74,8 +76,8 @@ def method_from_dict(record: dict[str, Any]) -> MethodConfig:
 
 __all__ = [
     'adapter_drop', 'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'compacter', 'compacter_pp',
-    'CompacterAdapter', 'CompacterConfig', 'CONFIG_KINDS', 'DoRA', 'dora', 'DoRAConfig', 'fusion',
-    'FusionConfig', 'get_method', 'houlsby', 'IA3', 'ia3', 'IA3Config', 'kron_sum', 'LoRA', 'lora',
-    'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer', 'phm_adapter', 'PHMDense',
-    'PHMRule', 'PRESETS', 'replace_fields', 'SiteInfo', 'VeRA', 'vera', 'VeRAConfig',
+    'CompacterAdapter', 'CompacterConfig', 'CONFIG_KINDS', 'DoRA', 'double_seq_bn', 'dora', 'DoRAConfig',
+    'fusion', 'FusionConfig', 'get_method', 'houlsby', 'IA3', 'ia3', 'IA3Config', 'kron_sum', 'LoRA',
+    'lora', 'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer', 'phm_adapter',
+    'PHMDense', 'PHMRule', 'PRESETS', 'replace_fields', 'SiteInfo', 'VeRA', 'vera', 'VeRAConfig',
 ]

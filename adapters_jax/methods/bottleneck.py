@@ -121,6 +121,12 @@ def houlsby() -> BottleneckConfig:
                           activation='gelu', init='houlsby', train_also=(LAYER_NORM_PARAMS,))
 
 
+def double_seq_bn() -> BottleneckConfig:
+  """Houlsby's adapters as AdapterHub's `double_seq_bn` trains them: the base's layer norms stay frozen,
+  so the adapter is self-contained (an AdapterHub export changes no base weight)."""
+  return dataclasses.replace(houlsby(), train_also=())
+
+
 def pfeiffer() -> BottleneckConfig:
   """Pfeiffer et al. 2021: one adapter per layer after the FFN, reduction factor 16, ReLU."""
   return BottleneckConfig(sites=((FFN_OUTPUT, 'output'),), size=None, reduction_factor=16,

@@ -29,6 +29,8 @@ def test_export_then_import_through_the_cli_gives_back_the_adapter(tmp_path, bas
   spliced, params, best = save_trained(tmp_path / 'run', base, 'bert', 'task', method, **options)
   exported = run('experiments.export', workdir=tmp_path / 'run', format=fmt, out=tmp_path / 'exported')
   assert exported.returncode == 0, exported.stderr
+  notes = [line for line in exported.stderr.splitlines() if line.startswith('note:')]
+  assert len(notes) == (method == 'houlsby')  # the trained layer norms it carries, in one line
   imported = run('experiments.import_adapter', **{'from': tmp_path / 'exported'}, format=fmt, model=base,
                  out=tmp_path / 'imported', name='task')
   assert imported.returncode == 0, imported.stderr

@@ -32,6 +32,7 @@ def _sites(per_attention=(), per_block=(), layers=(0, 1)):
 
 EXPECTED = {
     'houlsby': _sites(('output',), ('ffn/output',)),
+    'double_seq_bn': _sites(('output',), ('ffn/output',)),
     'compacter': _sites(('output',), ('ffn/output',)),
     'pfeiffer': _sites((), ('ffn/output',)),
     'compacter++': _sites((), ('ffn/output',)),
@@ -71,7 +72,8 @@ def test_preset_sites_on_t5(base, preset):
 
 
 # Each preset with the init that makes its spliced model exactly the base model.
-ZERO_INIT = {'houlsby': {'init': 'zero'}, 'compacter': {'size': 8}, 'compacter++': {'size': 8},
+ZERO_INIT = {'houlsby': {'init': 'zero'}, 'double_seq_bn': {'init': 'zero'}, 'compacter': {'size': 8},
+             'compacter++': {'size': 8},
              'phm_adapter': {'size': 8, 'n': 4}, 'pfeiffer': {}, 'parallel': {}, 'lora': {}, 'ia3': {},
              'vera': {'rank': 8}, 'dora': {}}
 

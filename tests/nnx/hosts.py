@@ -110,6 +110,7 @@ def preset_sites(host: str, preset: str) -> tuple[tuple[str, str], ...]:
   r = ROLES[host]
   return {
       'houlsby': ((r['attention_output'], 'output'), (r['ffn_output'], 'output')),
+      'double_seq_bn': ((r['attention_output'], 'output'), (r['ffn_output'], 'output')),
       'pfeiffer': ((r['ffn_output'], 'output'),),
       'parallel': ((r['ffn_block'], 'parallel'),),
       'lora': ((r['query'], 'parallel'), (r['value'], 'parallel')),

@@ -16,8 +16,8 @@ from adapters_jax.splicing.tree import is_adapter_path
 from tests.nnx import hosts
 
 # Options that make each preset fit the tiny width (16) and start as the exact identity.
-FIT = {'houlsby': dict(init='zero'), 'compacter': dict(size=4), 'compacter++': dict(size=4),
-       'phm_adapter': dict(n=4, size=8), 'vera': dict(rank=4)}
+FIT = {'houlsby': dict(init='zero'), 'double_seq_bn': dict(init='zero'), 'compacter': dict(size=4),
+       'compacter++': dict(size=4), 'phm_adapter': dict(n=4, size=8), 'vera': dict(rank=4)}
 # Presets that read their sites' frozen kernels (DoRA) are refused by the NNX splice.
 NNX_PRESETS = sorted(p for p in PRESETS if not get_method(p).reads_site_params)
 
