@@ -33,6 +33,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  from adapters_jax.checkpoint.disk_full import DiskFullError
   from adapters_jax.checkpoint.save import CheckpointError
   from adapters_jax.interop import InteropError, export_checkpoint
   from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
@@ -42,7 +43,7 @@ def main(argv):
     out = export_checkpoint(best, FLAGS.format, FLAGS.out, model_type=FLAGS.model_type,
                             overwrite=FLAGS.overwrite,
                             notify=lambda line: print(line, file=sys.stderr, flush=True))
-  except (InteropError, CheckpointError, ModelNotFoundError, HubDownloadError) as e:
+  except (InteropError, CheckpointError, ModelNotFoundError, HubDownloadError, DiskFullError) as e:
     sys.exit(f'Cannot export {best}: {e}')
   print(out)
 

@@ -37,6 +37,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  from adapters_jax.checkpoint.disk_full import DiskFullError
   from adapters_jax.checkpoint.save import CheckpointError
   from adapters_jax.interop import InteropError, import_checkpoint
   from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
@@ -45,7 +46,7 @@ def main(argv):
   try:
     out = import_checkpoint(source, FLAGS.format, FLAGS.model, FLAGS.out, name=FLAGS.name,
                             allow_other_base=FLAGS.allow_other_base, overwrite=FLAGS.overwrite)
-  except (InteropError, CheckpointError, ModelNotFoundError, HubDownloadError) as e:
+  except (InteropError, CheckpointError, ModelNotFoundError, HubDownloadError, DiskFullError) as e:
     sys.exit(f'Cannot import {source}: {e}')
   print(out)
 

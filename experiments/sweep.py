@@ -94,8 +94,10 @@ def vmap(config_path: str, runs) -> int:
 
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
+  from adapters_jax.checkpoint import disk_full
   from adapters_jax.train.stop_signals import RunStoppedError
 
+  disk_full.quiet_library_logs()
   try:
     outcome = sweeps.run_vmapped(config_path, runs, train_group, fields=VMAP_FIELDS,
                                  open_fields=schema.OPEN_FIELDS, max_members=FLAGS.vmap_members,
@@ -103,6 +105,9 @@ def vmap(config_path: str, runs) -> int:
   except RunStoppedError as e:  # SIGTERM or Ctrl-C: the group in flight saved its step
     print(f'{e} (the sweep)', file=sys.stderr, flush=True)
     return e.exit_code
+  except disk_full.DiskFullError as e:
+    print(f'Cannot go on with the sweep: {e}', file=sys.stderr, flush=True)
+    return 1
   print(f'{len(outcome.succeeded)} runs done, {len(outcome.stopped)} stopped on a non-finite '
         f'loss, {len(outcome.skipped)} were already finished, {len(outcome.failed)} failed.',
         flush=True)

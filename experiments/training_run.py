@@ -19,6 +19,7 @@ def run(config, workdir: str) -> dict:
   from adapters_jax.host_memory import reuse_freed_host_memory
 
   reuse_freed_host_memory()  # first: before TensorFlow or JAX start their threads
+  from adapters_jax.checkpoint import disk_full
   from adapters_jax.checkpoint.save import CheckpointError
   from adapters_jax.data.local_files import LocalFileError
   from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
@@ -28,10 +29,11 @@ def run(config, workdir: str) -> dict:
 
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
+  disk_full.quiet_library_logs()  # a full disk is said once, in one line
   try:
     result = train_and_evaluate(config, workdir)
   except (CheckpointError, LocalFileError, ModelNotFoundError, HubDownloadError,
-          DirectoryBusyError) as e:
+          DirectoryBusyError, disk_full.DiskFullError) as e:
     sys.exit(f'Cannot train {workdir}: {e}')  # the user's data or model: one line, no traceback
   except RunStoppedError as e:  # SIGTERM (preemption) or Ctrl-C: the step was saved
     print(e, file=sys.stderr, flush=True)

@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from adapters_jax.checkpoint import disk_full
 from adapters_jax.checkpoint.digest import DIGEST_FILE, differing_files, write_digests
 from adapters_jax.splicing import trainable
 from adapters_jax.splicing.splice import Spliced
@@ -210,15 +211,18 @@ def atomic_write(directory: str, tree: Params, record: dict[str, Any]) -> None:
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(
       composite_options=ocp.CompositeOptions(multiprocessing_options=alone)),
       multiprocessing_options=alone)
+  intact = f'{directory} (as before)' if os.path.exists(directory) else ''
+  # Orbax itself writes into `<tmp>.orbax-checkpoint-tmp...` first: every partial copy goes.
+  partial = lambda: glob.glob(glob.escape(tmp) + '*')
   try:
-    checkpointer.save(tmp, ocp.args.Composite(params=ocp.args.StandardSave(tree),
-                                              record=ocp.args.JsonSave(record)))
+    with disk_full.reporting(directory, disk_full.tree_bytes(tree), partial, intact):
+      checkpointer.save(tmp, ocp.args.Composite(params=ocp.args.StandardSave(tree),
+                                                record=ocp.args.JsonSave(record)))
+      write_digests(tmp)
   except BaseException:
-    # Orbax itself writes into `<tmp>.orbax-checkpoint-tmp...` first: remove every partial copy.
-    for partial in glob.glob(glob.escape(tmp) + '*'):
-      shutil.rmtree(partial, ignore_errors=True)
+    for leftover in partial():
+      shutil.rmtree(leftover, ignore_errors=True)
     raise
-  write_digests(tmp)
   if os.path.exists(directory):
     os.rename(directory, old)
     os.rename(tmp, directory)

@@ -15,6 +15,7 @@ on a closed event loop (tracebacks at exit).
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from adapters_jax.checkpoint import disk_full
 from adapters_jax.checkpoint.digest import DIGEST_FILE, differing_files, write_digests
 from adapters_jax.checkpoint.save import CheckpointError
 from adapters_jax.train.step import TrainState
@@ -43,12 +45,24 @@ class TrainCheckpoints:
     return self.manager.latest_step()
 
   def save(self, state: TrainState, meta: dict[str, Any]) -> None:
+    """Saves `state` and `meta` as step `state.step`.
+
+    Raises:
+      DiskFullError: the device is full (one line); earlier steps are intact, partial files removed.
+    """
     step = int(jax.device_get(state.step))
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_as_dict(state)),
-                                                    meta=ocp.args.JsonSave(meta)))
-    self.manager.wait_until_finished()
+    latest = self.manager.latest_step()
+    intact = f'the checkpoint at step {latest}' if latest is not None else ''
+    partial = lambda: glob.glob(os.path.join(glob.escape(self.directory), '*.orbax-checkpoint-tmp*'))
+    with disk_full.reporting(self._step_dir(step), disk_full.tree_bytes(state), partial, intact):
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_as_dict(state)),
+                                                      meta=ocp.args.JsonSave(meta)))
+      self.manager.wait_until_finished()
     if jax.process_index() == 0:
-      write_digests(self._step_dir(step))
+      # Orbax has committed the step: a digest that does not fit leaves it to Orbax's own checks.
+      digest_tmp = lambda: glob.glob(os.path.join(glob.escape(self._step_dir(step)), '.*.tmp'))
+      with disk_full.reporting(self._step_dir(step), 1 << 12, digest_tmp, f'the checkpoint at step {step}'):
+        write_digests(self._step_dir(step))
 
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))

@@ -14,6 +14,7 @@ import os
 import pathlib
 from collections.abc import Callable
 
+from adapters_jax.checkpoint import disk_full
 from adapters_jax.interop import adapterhub, adapterhub_import, peft
 from adapters_jax.interop.naming import InteropError, model_type_from_leaves
 from adapters_jax.interop.output_directory import refuse_to_mix, staged_directory
@@ -65,7 +66,7 @@ def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.Path
   refuse_to_mix(out, overwrite=overwrite)
   adapter = read_checkpoint(directory)
   model_type = _model_type(adapter.leaves, adapter.base.get('name', ''), model_type)
-  with staged_directory(out, overwrite=overwrite) as staging:
+  with disk_full.reporting(out, _bytes(adapter)), staged_directory(out, overwrite=overwrite) as staging:
     export(adapter, staging, model_type)
   notice = adapterhub.base_leaves_notice(adapter) if fmt == 'adapters' else None
   if notice and notify:
@@ -96,7 +97,7 @@ def import_checkpoint(directory: str | os.PathLike, fmt: str, model: str, out: s
     if name:
       adapter = _renamed(adapter, name)
   source = {'format': fmt, 'path': os.path.abspath(os.fspath(directory))}
-  with staged_directory(out, overwrite=overwrite) as staging:
+  with disk_full.reporting(out, _bytes(adapter)), staged_directory(out, overwrite=overwrite) as staging:
     write_checkpoint(adapter, model, staging, source=source, allow_other_base=allow_other_base)
   return os.path.abspath(os.fspath(out))
 
@@ -107,3 +108,8 @@ def _renamed(adapter, name: str):
   old = f'/adapters/{adapter.name}/'
   leaves = {('/' + p).replace(old, f'/adapters/{name}/')[1:]: v for p, v in adapter.leaves.items()}
   return dataclasses.replace(adapter, name=name, leaves=leaves)
+
+
+def _bytes(adapter) -> int:
+  """About what an export or import of `adapter` writes (its arrays)."""
+  return sum(int(v.nbytes) for v in adapter.leaves.values())

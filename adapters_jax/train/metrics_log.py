@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from adapters_jax.checkpoint import disk_full
+
 METRICS_FILE = 'metrics.jsonl'
 TIMING_KEYS = ('examples_per_second',)  # measurements, not results
 
@@ -59,15 +61,23 @@ class MetricsLog:
     if not self.enabled:
       return
     clean = {k: _to_python(v) for k, v in metrics.items()}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'step': int(step), 'split': split, **clean}, sort_keys=True) + '\n')
+    line = json.dumps({'step': int(step), 'split': split, **clean}, sort_keys=True) + '\n'
+    size = os.path.getsize(self.path)
+    with disk_full.reporting(self.path, len(line)):
+      try:
+        with open(self.path, 'a') as f:
+          f.write(line)
+      except OSError:
+        os.truncate(self.path, size)  # no torn line: the records before stay whole
+        raise
     if self._writer is not None:
       summary = _tf_summary()
-      with self._writer.as_default(step=int(step)):
-        for k, v in clean.items():
-          if isinstance(v, (int, float)):
-            summary.scalar(f'{split}/{k}', v)
-      self._writer.flush()
+      with disk_full.reporting(os.path.join(os.path.dirname(self.path), 'tensorboard'), len(line)):
+        with self._writer.as_default(step=int(step)):
+          for k, v in clean.items():
+            if isinstance(v, (int, float)):
+              summary.scalar(f'{split}/{k}', v)
+        self._writer.flush()
 
   def close(self) -> None:
     """Closes the TensorBoard writer; a second call does nothing."""

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from adapters_jax.checkpoint import disk_full
 from adapters_jax.config.saved_configs import differing_fields
 
 CONFIG_FILE = 'config.json'
@@ -70,6 +71,7 @@ def write_result(result: dict[str, Any], workdir: str) -> None:
 
 def _atomic_json(path: str, value: Any) -> None:
   tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
+  text = json.dumps(value, indent=2, sort_keys=True)
+  with disk_full.reporting(path, len(text), partial=lambda: [tmp]), open(tmp, 'w') as f:
+    f.write(text)
   os.replace(tmp, path)
