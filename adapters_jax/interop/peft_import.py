@@ -79,7 +79,7 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
                          'weights, and for BERT/RoBERTa layer norms and the classification head).')
     base[mapped[0]] = mapped[1](value)
   train_also = (LAYER_NORM_PARAMS,) if any('layer_norm' in p for p in base) else ()
-  placements = {path.split('/adapters/')[0]: placement for path, placement in leaves.values()}
+  placements = {path.split('/adapters/')[0]: placement for path, (_, placement) in leaves.items()}
   method = method_of(_site_rules(placements), train_also)
   identity = base_from_metadata(metadata)
   if not identity and config.get('base_model_name_or_path'):
