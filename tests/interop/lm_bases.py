@@ -11,7 +11,8 @@ import torch
 import transformers
 from flax import traverse_util
 
-from adapters_jax import add_adapter, models, save_adapter
+from adapters_jax import add_adapter, get_method, models, save_adapter
+from adapters_jax.interop import export_checkpoint
 from adapters_jax.splicing import trainable
 from tests.models import decoder_checkpoints, t5_reference
 
@@ -68,6 +69,15 @@ def save_trained(workdir, directory, family, name, method):
   spliced, params, mask = trained_adapter(directory, family, name, method)
   checkpoint = save_adapter(workdir / 'best', spliced, params, name, mask=mask, base_name=str(directory))
   return spliced, params, checkpoint
+
+
+def export(tmp_path, lm_base_dir, family, method, **options):
+  """`(our adapter logits, our base logits, PEFT export directory)` of a random `method` adapter
+  (`get_method(method, **options)`) on `lm_base_dir(family)`."""
+  spliced, params, checkpoint = save_trained(tmp_path / 'run', lm_base_dir(family), family, 'task',
+                                             get_method(method, **options))
+  exported = export_checkpoint(checkpoint, 'peft', tmp_path / 'peft')
+  return our_logits(spliced, params, family, 'task'), our_logits(spliced, params, family), exported
 
 
 def our_logits(spliced, params, family, name=None) -> np.ndarray:

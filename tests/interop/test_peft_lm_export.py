@@ -7,8 +7,7 @@ import numpy as np
 import peft
 import pytest
 
-from adapters_jax import get_method
-from adapters_jax.interop import InteropError, export_checkpoint
+from adapters_jax.interop import InteropError
 from adapters_jax.splicing.sites import (
   ATTENTION_OUTPUT,
   FFN_GATE,
@@ -21,9 +20,8 @@ from adapters_jax.splicing.sites import (
 from tests.interop.lm_bases import (
   DECODERS,
   assert_close,
-  our_logits,
+  export,
   peft_logits,
-  save_trained,
   torch_logits,
 )
 
@@ -31,14 +29,6 @@ ALL_LINEAR = tuple((site, 'parallel') for site in (QUERY, KEY, VALUE, ATTENTION_
                                                    FFN_INTERMEDIATE, FFN_OUTPUT))
 GPT2_LINEAR = tuple((site, 'parallel') for site in (QUERY, KEY, VALUE, ATTENTION_OUTPUT, FFN_INTERMEDIATE,
                                                     FFN_OUTPUT))
-
-
-def export(tmp_path, lm_base_dir, family, method, **options):
-  """`(our adapter logits, our base logits, export directory)` of a random `method` adapter."""
-  spliced, params, checkpoint = save_trained(tmp_path / 'run', lm_base_dir(family), family, 'task',
-                                             get_method(method, **options))
-  exported = export_checkpoint(checkpoint, 'peft', tmp_path / 'peft')
-  return our_logits(spliced, params, family, 'task'), our_logits(spliced, params, family), exported
 
 
 @pytest.mark.parametrize('family', DECODERS)
