@@ -80,13 +80,9 @@ CASES = [
 @pytest.mark.parametrize('family,method,options', CASES, ids=[f'{c[0]}-{c[1]}' for c in CASES])
 def test_dora_vera_and_ia3_load_in_peft_with_our_logits(tmp_path, lm_base_dir, family, method, options):
   ours, base, exported = export(tmp_path, lm_base_dir, family, method, **options)
+  if method == 'vera':  # our projections come from a JAX seed: the file carries them
+    assert json.loads((exported / 'adapter_config.json').read_text())['save_projection'] is True
   assert_close(ours, peft_logits(lm_base_dir(family), exported, family), base)
-
-
-def test_vera_export_carries_the_projections(tmp_path, lm_base_dir):
-  _, _, exported = export(tmp_path, lm_base_dir, 'llama', 'vera', rank=4)
-  config = json.loads((exported / 'adapter_config.json').read_text())
-  assert config['peft_type'] == 'VERA' and config['save_projection'] is True
 
 
 def test_gpt2_vera_on_query_is_refused(tmp_path, lm_base_dir):
