@@ -89,9 +89,10 @@ def site_to_module(path: str, model_type: str, *, gated_t5: bool = False) -> Mod
         name = f'{stack}.block.{layer}.{sub}.{_T5_ATTENTION[leaf]}'
     elif kind == 'ffn' and leaf in ffn:
       name = f'{stack}.block.{layer}.layer.{1 if stack == "encoder" else 2}.DenseReluDense.{ffn[leaf]}'
-  elif stack == 'decoder' and model_type == 'gpt2' and inner in _GPT2:
-    part = FUSED_PARTS.index(inner.split('/')[1]) if _GPT2[inner] == 'attn.c_attn' else None
-    return Module(f'transformer.h.{layer}.{_GPT2[inner]}', part)
+  elif model_type == 'gpt2':
+    if stack == 'decoder' and inner in _GPT2:
+      part = FUSED_PARTS.index(inner.split('/')[1]) if _GPT2[inner] == 'attn.c_attn' else None
+      return Module(f'transformer.h.{layer}.{_GPT2[inner]}', part)
   elif stack == 'decoder' and model_type in DECODER_MODEL_TYPES and inner in _LLAMA:
     name = f'model.layers.{layer}.{_LLAMA[inner]}'
   if name is None:

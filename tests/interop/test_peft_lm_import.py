@@ -99,3 +99,10 @@ def test_vera_import_is_refused_naming_why(tmp_path, lm_base_dir):
                              peft.VeraConfig(r=4, target_modules=['q_proj'], save_projection=True))
   with pytest.raises(InteropError, match="torch's generator"):
     import_checkpoint(saved, 'peft', model=str(lm_base_dir('llama')), out=tmp_path / 'ours')
+
+
+def test_modules_of_different_ranks_are_refused(tmp_path, lm_base_dir):
+  saved, _, _ = save_in_peft(tmp_path, lm_base_dir, 'llama', peft.LoraConfig(
+      r=2, target_modules=['q_proj', 'v_proj'], rank_pattern={'v_proj': 4}))
+  with pytest.raises(InteropError, match=r'different ranks \[2, 4\]'):
+    import_checkpoint(saved, 'peft', model=str(lm_base_dir('llama')), out=tmp_path / 'ours')
