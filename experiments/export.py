@@ -9,6 +9,9 @@ the same base as the run's (`transformers.AutoModelForSequenceClassification`). 
 base's identity, so `experiments.import_adapter` refuses them on another base. Which methods map to
 which format: `adapters_jax/interop/adapterhub.py` and `peft.py`. `--out` must be absent or empty;
 `--overwrite` replaces it whole (the files of an earlier export never stay beside the new ones).
+
+Decoder (GPT-2, Llama, Qwen2, Mistral, Gemma) and T5 runs export to PEFT only, for
+`AutoModelForCausalLM` / `T5ForConditionalGeneration`; a LoRA export of a decoder is what vLLM loads.
 """
 
 import os
@@ -21,8 +24,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 flags.DEFINE_string('workdir', None, 'A training run\'s workdir; its best/ adapter checkpoint is exported.')
 flags.DEFINE_enum('format', None, ['adapters', 'peft'], 'adapters (AdapterHub) or peft.')
 flags.DEFINE_string('out', None, 'Directory to write.')
-flags.DEFINE_enum('model_type', None, ['bert', 'roberta'], 'The base\'s transformers model type; '
-                  'default: from the trained head, else from the base\'s config.json.')
+flags.DEFINE_string('model_type', None, 'The base\'s transformers model type (bert, roberta; for peft also '
+                    'gpt2, llama, qwen2, mistral, gemma, t5); default: from the trained head, else from the '
+                    'base\'s config.json.')
 flags.mark_flags_as_required(['workdir', 'format', 'out'])
 flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out directory whole (otherwise refused).')
 FLAGS = flags.FLAGS

@@ -15,16 +15,16 @@ import pathlib
 from collections.abc import Callable
 
 from adapters_jax.checkpoint import disk_full
-from adapters_jax.interop import adapterhub, adapterhub_import, peft
+from adapters_jax.interop import adapterhub, adapterhub_import, peft, peft_import
 from adapters_jax.interop.naming import InteropError, model_type_from_leaves
 from adapters_jax.interop.output_directory import refuse_to_mix, staged_directory
+from adapters_jax.interop.peft_names import ENCODER_MODEL_TYPES, MODEL_TYPES
 from adapters_jax.interop.portable import read_checkpoint, write_checkpoint
 from adapters_jax.models import SHORT_NAMES, resolve_checkpoint_dir
 
 # format -> (export, import) functions.
 FORMATS = {'adapters': (adapterhub.export_adapter, adapterhub_import.import_adapter),
-           'peft': (peft.export_adapter, peft.import_adapter)}
-MODEL_TYPES = ('bert', 'roberta')
+           'peft': (peft.export_adapter, peft_import.import_adapter)}
 
 
 def _format(name: str):
@@ -33,7 +33,7 @@ def _format(name: str):
   return FORMATS[name]
 
 
-def _model_type(leaves, base_name: str, model_type: str | None) -> str:
+def _model_type(leaves, base_name: str, model_type: str | None, fmt: str) -> str:
   """The transformers model type the export is for: given, from the head, or from the base's config."""
   if model_type is None:
     model_type = model_type_from_leaves(leaves)
@@ -41,10 +41,11 @@ def _model_type(leaves, base_name: str, model_type: str | None) -> str:
     config = json.loads((resolve_checkpoint_dir(base_name) / 'config.json').read_text())
     model_type = config['model_type']
   if model_type is None:
-    raise InteropError(f'Cannot tell whether base {base_name!r} is BERT or RoBERTa (no head, no local '
-                       f'config.json); pass model_type (--model_type), one of {list(MODEL_TYPES)}.')
-  if model_type not in MODEL_TYPES:
-    raise InteropError(f'model_type {model_type!r} is not supported; valid: {list(MODEL_TYPES)}.')
+    raise InteropError(f'Cannot tell the model type of base {base_name!r} (no head, no local config.json); '
+                       f'pass model_type (--model_type), one of {list(MODEL_TYPES)}.')
+  valid = ENCODER_MODEL_TYPES if fmt == 'adapters' else MODEL_TYPES
+  if model_type not in valid:
+    raise InteropError(f'model_type {model_type!r} is not supported by --format={fmt}; valid: {list(valid)}.')
   return model_type
 
 
@@ -57,7 +58,8 @@ def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.Path
     directory: an adapter checkpoint (e.g. a training run's `best/`).
     fmt: `adapters` (AdapterHub) or `peft`.
     out: the directory to write: absent or empty, unless `overwrite`.
-    model_type: `bert` or `roberta`; default: from the trained head or the base's config.json.
+    model_type: transformers' model type (`peft_names.MODEL_TYPES`; `bert`/`roberta` for `adapters`);
+      default: from the trained head or the base's config.json.
     overwrite: replace a non-empty `out` whole (see `output_directory.staged_directory`).
     notify: called with a one-line note on what the export does in the other library, when it says
       more than the files (AdapterHub: trained base layer norms; `adapterhub.base_leaves_notice`).
@@ -65,7 +67,7 @@ def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.Path
   export, _ = _format(fmt)
   refuse_to_mix(out, overwrite=overwrite)
   adapter = read_checkpoint(directory)
-  model_type = _model_type(adapter.leaves, adapter.base.get('name', ''), model_type)
+  model_type = _model_type(adapter.leaves, adapter.base.get('name', ''), model_type, fmt)
   with disk_full.reporting(out, _bytes(adapter)), staged_directory(out, overwrite=overwrite) as staging:
     export(adapter, staging, model_type)
   notice = adapterhub.base_leaves_notice(adapter) if fmt == 'adapters' else None

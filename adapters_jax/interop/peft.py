@@ -1,207 +1,238 @@
 """PEFT format: `adapter_config.json` + `adapter_model.safetensors` (`save_pretrained` of a PeftModel).
 
-What maps exactly (checked against `peft` 0.21.2 on transformers' PyTorch BERT/RoBERTa):
+What maps exactly (checked against `peft` 0.21.2 on transformers' PyTorch BERT/RoBERTa, GPT-2,
+Llama, Qwen2, Mistral, Gemma and T5; module names: `peft_names`):
 
-  ours                                      PEFT
-  lora at any Linear site                   LORA: `<module>.lora_A.weight [r, in]`, `lora_B.weight [out, r]`,
-                                            update (lora_alpha / r) B A (`use_rslora`: alpha / sqrt(r))
-  ia3 `output` / `input` at a Linear site   IA3: `<module>.ia3_l` `[out, 1]`, or `[1, in]` for
-                                            `feedforward_modules` (the input is scaled)
-  trained head / layer norms                `modules_to_save` (`classifier`, `...LayerNorm`)
+  ours                          PEFT (`<m>` = `base_model.model.<module>`)
+  lora                          LORA: `<m>.lora_A.weight [r, in]`, `<m>.lora_B.weight [out, r]`,
+                                update (lora_alpha / r) B A (`use_rslora`: alpha / sqrt(r))
+  dora                          LORA with `use_dora`: the same, plus `<m>.lora_magnitude_vector [out]`
+  vera                          VERA: `<m>.vera_lambda_b [out]`, `<m>.vera_lambda_d [r]`, and the shared
+                                projections `base_model.vera_A [r, max in]`, `base_model.vera_B [max out, r]`
+                                (`save_projection`: ours are drawn from a JAX seed, PEFT's from torch's)
+  ia3 `output` / `input`        IA3: `<m>.ia3_l` `[out, 1]`, or `[1, in]` for `feedforward_modules`
+  trained head / layer norms    `modules_to_save` (BERT/RoBERTa only)
 
-Module names carry the model prefix (`base_model.model.bert.encoder.layer.0...`); `target_modules`
-and `modules_to_save` are written as suffixes without it. Bottleneck adapters and Compacter have no
-PEFT equivalent. Refused on import: DoRA, LoRA biases, per-module ranks or alphas
-(`rank_pattern`/`alpha_pattern`), `fan_in_fan_out`, layer replication, and other PEFT types.
+GPT-2's query, key and value are one Conv1D module, `c_attn` (`fan_in_fan_out`): LoRA/DoRA there is
+one LoRA of rank k r (k = how many of the three carry one) whose B is block-structured, so each third
+of the output sees only its own rank-r update; `rank_pattern`/`alpha_pattern` keep the scaling.
+(IA)3 output vectors concatenate (a third without one is all ones). VeRA and input-side (IA)3 on
+`c_attn` have no exact form (one `lambda_d`, one input) and are refused.
+
+An export for a decoder or T5 is what vLLM loads (LoRA only, `modules_to_save` null): trained layer
+norms are left out, with a warning naming them. Import: `peft_import`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import pathlib
-import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
+from adapters_jax import models
 from adapters_jax.interop.naming import (
   MODEL_PREFIXES,
   InteropError,
   base_leaf_to_hf,
   base_leaf_value_to_hf,
-  hf_to_base_leaf,
-  hf_to_site,
-  read_adapter_weights,
-  read_json,
-  site_to_hf,
-  split_site,
   torch_linear,
 )
-from adapters_jax.interop.portable import PortableAdapter, base_from_metadata, base_metadata
-from adapters_jax.methods import IA3Config, LoRAConfig
-from adapters_jax.models.decoder_config import MODEL_TYPES as DECODER_MODEL_TYPES
-from adapters_jax.models.hf_files import write_safetensors
+from adapters_jax.interop.peft_names import ENCODER_MODEL_TYPES, FUSED_PARTS, site_to_module, task_type
+from adapters_jax.interop.portable import PortableAdapter, base_metadata
+from adapters_jax.methods.vera import vera_projections
+from adapters_jax.models.hf_files import read_hf_config, write_safetensors
 from adapters_jax.models.registry import portable_name
-from adapters_jax.splicing.sites import LAYER_NORM_PARAMS
 
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
-log = logging.getLogger(__name__)
 PEFT_PREFIX = 'base_model.model.'
-
-
-# ------------------------------------------------------------------------------------------------
-# Export.
+KINDS = ('dora', 'ia3', 'lora', 'vera')
+log = logging.getLogger(__name__)
 
 
 def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type: str) -> pathlib.Path:
-  """Writes `adapter` (LoRA or (IA)3) as a PEFT directory for a transformers `model_type` model.
+  """Writes `adapter` (LoRA, DoRA, VeRA or (IA)3) as a PEFT directory for a transformers `model_type`.
 
   `out` is an existing empty directory (`convert.export_checkpoint` stages it). Load it with
   `peft.PeftModel.from_pretrained(<transformers model>, out)`, or with the class its `task_type`
-  names (`peft.AutoPeftModelForSequenceClassification.from_pretrained(out)`), which loads the base
-  from `base_model_name_or_path`: the hub id of a packaged base, or a local base's absolute path.
+  names (`peft.AutoPeftModelForCausalLM.from_pretrained(out)`), which loads the base from
+  `base_model_name_or_path`: the hub id of a packaged base, or a local base's absolute path.
   """
   method = adapter.method
-  if method.kind not in ('lora', 'ia3'):
-    raise InteropError(f'Method kind {method.kind!r} has no PEFT equivalent; PEFT exports: '
-                       "['ia3', 'lora'] (use --format=adapters for bottleneck and Compacter adapters).")
-  prefix = PEFT_PREFIX + MODEL_PREFIXES[model_type]
+  if method.kind not in KINDS:
+    raise InteropError(f'Method kind {method.kind!r} has no PEFT equivalent; PEFT exports: {list(KINDS)} '
+                       '(use --format=adapters for bottleneck and Compacter adapters).')
+  hf_config = base_hf_config(adapter)
+  gated = model_type == 't5' and _t5_is_gated(adapter, hf_config)
+  modules: dict[str, dict[int | None, str]] = {}  # module -> {part: site}
+  for path in adapter.sites:
+    module = site_to_module(path, model_type, gated_t5=gated)
+    modules.setdefault(module.name, {})[module.part] = path
+  leaf = lambda site, name: adapter.leaves[f'{site}/adapters/{adapter.name}/{name}']
   tensors: dict[str, np.ndarray] = {}
-  targets, feedforward = [], []
-  for path, placement in adapter.sites.items():
-    module = site_to_hf(path)
-    targets.append(module)
-    leaf = f'{path}/adapters/{adapter.name}/'
-    if method.kind == 'lora':
-      tensors[f'{prefix}{module}.lora_A.weight'] = torch_linear(adapter.leaves[leaf + 'lora_a'])  # [r, in]
-      tensors[f'{prefix}{module}.lora_B.weight'] = torch_linear(adapter.leaves[leaf + 'lora_b'])  # [out, r]
-    elif placement == 'input':
-      feedforward.append(module)
-      tensors[f'{prefix}{module}.ia3_l'] = adapter.leaves[leaf + 'scale'][None, :]  # [1, in]
+  config: dict = {'rank_pattern': {}, 'alpha_pattern': {}} if method.kind in ('lora', 'dora') else {}
+  feedforward = []
+  for module, parts in modules.items():
+    key = PEFT_PREFIX + module
+    if method.kind in ('lora', 'dora'):
+      a, b, magnitude, rank = _low_rank(parts, leaf, method.kind, module)
+      tensors[key + '.lora_A.weight'], tensors[key + '.lora_B.weight'] = a, b
+      if magnitude is not None:
+        tensors[key + '.lora_magnitude_vector'] = magnitude
+      if rank != method.rank:  # fused: k r with the same scaling
+        k = rank // method.rank
+        config['rank_pattern'][module] = rank
+        config['alpha_pattern'][module] = method.alpha * (math.sqrt(k) if method.use_rslora else k)
+    elif method.kind == 'ia3':
+      scale, on_input = _ia3(parts, leaf, adapter.sites, module)
+      tensors[key + '.ia3_l'] = scale
+      if on_input:
+        feedforward.append(module)
     else:
-      tensors[f'{prefix}{module}.ia3_l'] = adapter.leaves[leaf + 'scale'][:, None]  # [out, 1]
-  modules_to_save = set()
-  for path, value in adapter.base_leaves().items():
-    name = base_leaf_to_hf(path, model_type)
-    module = name.split('.')[0] if name.startswith('classifier') else name.rsplit('.', 1)[0]
-    modules_to_save.add(module.removeprefix(MODEL_PREFIXES[model_type]))
-    tensors[PEFT_PREFIX + name] = base_leaf_value_to_hf(path, value)
-  config = {
-      'peft_type': 'LORA' if method.kind == 'lora' else 'IA3',
-      'task_type': peft_task_type(model_type, has_head=any(m.startswith('classifier')
-                                                          for m in modules_to_save)),
+      if None not in parts:
+        raise InteropError(f'VeRA at GPT-2\'s query/key/value cannot be exported: PEFT\'s fused {module} '
+                           'has one lambda_d and one slice of the projections for all three; choose other '
+                           'sites (attention output, FFN).')
+      tensors[key + '.vera_lambda_b'] = np.asarray(leaf(parts[None], 'lambda_b'), np.float32)
+      tensors[key + '.vera_lambda_d'] = np.asarray(leaf(parts[None], 'lambda_d'), np.float32)
+  if method.kind == 'vera':
+    tensors.update(_vera_projections(adapter, modules, hf_config, model_type, tensors))
+  modules_to_save = _base_leaves(adapter, model_type, tensors)
+  config.update({
+      'peft_type': {'lora': 'LORA', 'dora': 'LORA', 'vera': 'VERA', 'ia3': 'IA3'}[method.kind],
+      'task_type': task_type(model_type, has_head=any(m.startswith('classifier') for m in modules_to_save)),
       'base_model_name_or_path': portable_name(adapter.base['name']) if adapter.base.get('name') else None,
       'revision': adapter.base.get('revision') or None,
-      'inference_mode': True, 'target_modules': targets, 'fan_in_fan_out': False,
+      'inference_mode': True, 'target_modules': sorted(modules), 'fan_in_fan_out': model_type == 'gpt2',
       'modules_to_save': sorted(modules_to_save) or None,
-  }
-  if method.kind == 'lora':
+  })
+  if method.kind in ('lora', 'dora'):
     config.update({'r': method.rank, 'lora_alpha': method.alpha, 'lora_dropout': method.dropout,
-                   'bias': 'none', 'use_rslora': method.use_rslora, 'use_dora': False,
-                   'init_lora_weights': True, 'rank_pattern': {}, 'alpha_pattern': {}})
+                   'bias': 'none', 'use_rslora': method.use_rslora, 'use_dora': method.kind == 'dora',
+                   'init_lora_weights': True})
+  elif method.kind == 'vera':
+    config.update({'r': method.rank, 'projection_prng_key': method.projection_seed, 'save_projection': True,
+                   'vera_dropout': method.dropout, 'd_initial': method.d_initial, 'bias': 'none',
+                   'init_weights': True})
   else:
-    config.update({'feedforward_modules': feedforward, 'init_ia3_weights': True})
+    config.update({'feedforward_modules': sorted(feedforward), 'init_ia3_weights': True})
   out = pathlib.Path(out)
   (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + '\n')
   write_safetensors(out / WEIGHTS_FILE, tensors, base_metadata(adapter))
   return out
 
 
-def peft_task_type(model_type: str, *, has_head: bool) -> str:
-  """PEFT's `task_type` (which `AutoPeftModelFor...` class opens the export) for a base family:
-  encoders with a classification/regression head -> SEQ_CLS, without -> FEATURE_EXTRACTION;
-  T5 -> SEQ_2_SEQ_LM; decoders -> CAUSAL_LM (the task kinds of `task_kinds.choice`)."""
+def _low_rank(parts, leaf, kind, module):
+  """`(lora_A [R, in], lora_B [out, R], magnitude [out] or None, R)` of one module; for GPT-2's
+  fused `c_attn`, A stacks the parts' A and B is block-structured (zero outside each part's block)."""
+  if None in parts:
+    site = parts[None]
+    magnitude = np.asarray(leaf(site, 'magnitude'), np.float32) if kind == 'dora' else None
+    a = torch_linear(leaf(site, 'lora_a'))
+    return a, torch_linear(leaf(site, 'lora_b')), magnitude, a.shape[0]
+  if kind == 'dora' and len(parts) != len(FUSED_PARTS):
+    raise InteropError(f'DoRA on {module} needs all of query, key and value (PEFT normalises the whole '
+                       f'fused weight); this adapter has {[FUSED_PARTS[p] for p in sorted(parts)]}.')
+  present = sorted(parts)
+  a_parts = [torch_linear(leaf(parts[p], 'lora_a')) for p in present]  # [r, in] each
+  b_parts = [torch_linear(leaf(parts[p], 'lora_b')) for p in present]  # [h, r] each
+  rank, width = a_parts[0].shape[0], b_parts[0].shape[0]
+  b = np.zeros((len(FUSED_PARTS) * width, rank * len(present)), np.float32)
+  for column, (p, b_part) in enumerate(zip(present, b_parts, strict=True)):
+    b[p * width:(p + 1) * width, column * rank:(column + 1) * rank] = b_part
+  magnitude = None
+  if kind == 'dora':
+    magnitude = np.concatenate([np.asarray(leaf(parts[p], 'magnitude'), np.float32) for p in present])
+  return np.concatenate(a_parts, axis=0), b, magnitude, rank * len(present)
+
+
+def _ia3(parts, leaf, sites, module):
+  """`(ia3_l, on_input)`: `[out, 1]` (output placement) or `[1, in]` (input placement)."""
+  if None in parts:
+    site = parts[None]
+    scale = np.asarray(leaf(site, 'scale'), np.float32)
+    on_input = sites[site] == 'input'
+    return (scale[None, :] if on_input else scale[:, None]), on_input
+  if any(sites[site] == 'input' for site in parts.values()):
+    raise InteropError(f'(IA)3 on the input of GPT-2\'s query/key/value cannot be exported: PEFT\'s fused '
+                       f'{module} has one input, so one vector for all three; use output placement there.')
+  scales = {p: np.asarray(leaf(site, 'scale'), np.float32) for p, site in parts.items()}
+  width = next(iter(scales.values())).shape[0]
+  ones = np.ones(width, np.float32)
+  return np.concatenate([scales.get(p, ones) for p in range(len(FUSED_PARTS))])[:, None], False
+
+
+def _vera_projections(adapter, modules, hf_config, model_type, tensors) -> dict[str, np.ndarray]:
+  """PEFT's shared `vera_A [r, N]` / `vera_B [M, r]` (N, M: the widest site's in/out) from our seed.
+
+  Ours scale A by sqrt(6 / in) of each site, PEFT's by sqrt(6 / N) for all: the ratio sqrt(N / in)
+  moves into each site's `vera_lambda_d`, so every site's update is unchanged.
+  """
+  shapes = site_kernel_shapes(hf_config, model_type, adapter)
+  widest_in = max(shapes[parts[None]][0] for parts in modules.values())
+  widest_out = max(shapes[parts[None]][1] for parts in modules.values())
+  method = adapter.method
+  a, b = vera_projections(method.projection_seed, widest_in, widest_out, method.rank)  # [N, r], [r, M]
+  for module, parts in modules.items():
+    key = f'{PEFT_PREFIX}{module}.vera_lambda_d'
+    tensors[key] = (tensors[key] * math.sqrt(widest_in / shapes[parts[None]][0])).astype(np.float32)
+  return {'base_model.vera_A': np.ascontiguousarray(np.asarray(a, np.float32).T),
+          'base_model.vera_B': np.ascontiguousarray(np.asarray(b, np.float32).T)}
+
+
+def _base_leaves(adapter, model_type, tensors) -> set[str]:
+  """Adds trained layer norms / head to `tensors` (encoders); returns the `modules_to_save`."""
+  modules_to_save = set()
+  base_leaves = adapter.base_leaves()
+  if base_leaves and model_type not in ENCODER_MODEL_TYPES:
+    log.warning('The PEFT export for %s holds the adapter only (modules_to_save null, as vLLM needs): '
+                'the run\'s other trained leaves are left out: %s.', model_type, sorted(base_leaves))
+    return modules_to_save
+  for path, value in base_leaves.items():
+    name = base_leaf_to_hf(path, model_type)
+    module = name.split('.')[0] if name.startswith('classifier') else name.rsplit('.', 1)[0]
+    modules_to_save.add(module.removeprefix(MODEL_PREFIXES[model_type]))
+    tensors[PEFT_PREFIX + name] = base_leaf_value_to_hf(path, value)
+  return modules_to_save
+
+
+def base_hf_config(adapter: PortableAdapter) -> dict | None:
+  """The base's `config.json` when the base is local (short name or directory), else None."""
+  name = adapter.base.get('name', '')
+  if name and (name in models.SHORT_NAMES or pathlib.Path(name).is_dir()):
+    return read_hf_config(models.resolve_checkpoint_dir(name))
+  return None
+
+
+def _t5_is_gated(adapter: PortableAdapter, hf_config: dict | None) -> bool:
+  """T5 v1.1 (`gated-gelu`) names its first FFN projection `wi_0`, v1.0 `wi`."""
+  if any(path.endswith('/ffn/intermediate_linear') for path in adapter.sites):
+    return True
+  if not any(path.endswith('/ffn/intermediate') for path in adapter.sites):
+    return False
+  if hf_config is None:
+    raise InteropError(f'Cannot tell whether T5 base {adapter.base.get("name")!r} is gated (wi_0) or not '
+                       '(wi): export on a machine that has its config.json (a short name or directory).')
+  return str(hf_config.get('feed_forward_proj', 'relu')).startswith('gated-')
+
+
+def site_kernel_shapes(hf_config: dict | None, model_type: str,
+                       adapter: PortableAdapter) -> dict[str, tuple[int, int]]:
+  """`{site path: (in, out)}` of every kernel of the base built from `hf_config` (shapes only)."""
+  if hf_config is None or model_type in ENCODER_MODEL_TYPES:
+    raise InteropError(f'A VeRA export needs the sites\' shapes, read from the local config.json of a '
+                       f'decoder or T5 base; base {adapter.base.get("name")!r} has none here.')
+  ids = jnp.zeros((1, 2), jnp.int32)
   if model_type == 't5':
-    return 'SEQ_2_SEQ_LM'
-  if model_type in DECODER_MODEL_TYPES:
-    return 'CAUSAL_LM'
-  return 'SEQ_CLS' if has_head else 'FEATURE_EXTRACTION'
-
-
-# ------------------------------------------------------------------------------------------------
-# Import.
-
-
-def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
-  """Reads a PEFT LoRA or (IA)3 directory (safetensors) as adapter `name`."""
-  directory = pathlib.Path(directory)
-  if not (directory / WEIGHTS_FILE).is_file() and (directory / 'adapter_model.bin').is_file():
-    raise InteropError(f'{directory} holds pickled weights (adapter_model.bin), which are never loaded; '
-                       're-save it with `model.save_pretrained(dir, safe_serialization=True)`.')
-  config = read_json(directory / CONFIG_FILE)
-  where = directory / CONFIG_FILE
-  peft_type = config['peft_type']
-  if peft_type not in ('LORA', 'IA3'):
-    raise InteropError(f'{where}: peft_type {peft_type!r} has no equivalent here; importable: LORA, IA3.')
-  _refuse(config, where)
-  tensors, metadata = read_adapter_weights(directory / WEIGHTS_FILE)
-  suffix = re.compile(r'\.(lora_A\.weight|lora_B\.weight|ia3_l)$')
-  leaves, layers_by_kind, placements, rest = {}, {}, {}, {}
-  for key, value in tensors.items():
-    module_key = key.removeprefix(PEFT_PREFIX)
-    match = suffix.search(module_key)
-    if match is None:
-      rest[module_key] = value
-      continue
-    module = module_key[:match.start()]
-    site = hf_to_site(module)
-    if site is None:
-      raise InteropError(f'{directory / WEIGHTS_FILE}: {key} adapts module {module!r}, which is no site '
-                         'of our BERT/RoBERTa (attention query/key/value/output, FFN intermediate/output).')
-    stem = f'{site}/adapters/{name}/'
-    if peft_type == 'LORA':
-      leaves[stem + ('lora_a' if match.group(1).startswith('lora_A') else 'lora_b')] = torch_linear(value)
-      placement = 'parallel'
-    elif _is_feedforward(config, module):
-      leaves[stem + 'scale'], placement = value[0, :], 'input'  # [1, in] -> [in]
-    else:
-      leaves[stem + 'scale'], placement = value[:, 0], 'output'  # [out, 1] -> [out]
-    layer, inner = split_site(site)
-    layers_by_kind.setdefault((inner, placement), set()).add(layer)
-    placements[site] = placement
-  base = {}
-  for key, value in rest.items():
-    mapped = hf_to_base_leaf(key)
-    if mapped is None:
-      raise InteropError(f'{directory / WEIGHTS_FILE}: tensor {PEFT_PREFIX}{key} has no place here '
-                         '(only LoRA/(IA)3 weights, layer norms and the classification head).')
-    base[mapped[0]] = mapped[1](value)
-  sites = tuple((rf'(.*/)?layer_({"|".join(str(i) for i in sorted(layers))})/{inner}', placement)
-                for (inner, placement), layers in sorted(layers_by_kind.items()))
-  if not sites:
-    raise InteropError(f'{directory / WEIGHTS_FILE} holds no LoRA/(IA)3 weights.')
-  train_also = (LAYER_NORM_PARAMS,) if any('layer_norm' in p for p in base) else ()
-  if peft_type == 'LORA':
-    rank = int(config['r'])
-    method = LoRAConfig(sites=sites, rank=rank, alpha=float(config['lora_alpha']),
-                        dropout=float(config['lora_dropout']), use_rslora=bool(config['use_rslora']),
-                        train_also=train_also)
+    model = models.T5ForConditionalGeneration(models.T5Config.from_hf_config(hf_config))
+    sample = (ids, ids, ids)
   else:
-    method = IA3Config(sites=sites, train_also=train_also)
-  identity = base_from_metadata(metadata)
-  if not identity and config.get('base_model_name_or_path'):
-    # Files not made here name their base only: kept for people, not checked.
-    identity = {'name': str(config['base_model_name_or_path'])}
-    log.info('%s was trained on %r (not checked against the base it is imported onto).', directory,
-             identity['name'])
-  return PortableAdapter(name=name, method=method, leaves={**leaves, **base}, sites={}, base=identity)
-
-
-def _refuse(config: dict, where: pathlib.Path) -> None:
-  """Refuses every PEFT option with no exact equivalent, naming it."""
-  checks = {'use_dora': (False, 'no DoRA'), 'lora_bias': (False, 'LoRA B has no bias here'),
-            'bias': ('none', 'base biases stay frozen'), 'rank_pattern': ({}, 'one rank for every site'),
-            'alpha_pattern': ({}, 'one alpha for every site'), 'fan_in_fan_out': (False, 'Linear weights'),
-            'layer_replication': (None, 'no layer replication'), 'target_parameters': (None, 'modules only')}
-  for option, (value, reason) in checks.items():
-    if option in config and config[option] not in (value, None if value == {} else value):
-      raise InteropError(f'{where}: {option}={config[option]!r} cannot be represented here ({reason}); '
-                         f'only {option}={value!r} maps exactly.')
-
-
-def _is_feedforward(config: dict, module: str) -> bool:
-  """PEFT's own rule: a regex string is full-matched, a list is matched as name suffixes."""
-  feedforward = config['feedforward_modules'] or []
-  if isinstance(feedforward, str):
-    return bool(re.fullmatch(feedforward, module))
-  return any(module.endswith(target) for target in feedforward)
+    model, sample = models.DecoderLM(models.DecoderConfig.from_hf_config(hf_config)), (ids,)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *sample)['params']
+  return {path.removesuffix('/kernel'): tuple(value.shape)
+          for path, value in traverse_util.flatten_dict(shapes, sep='/').items() if path.endswith('/kernel')}

@@ -27,6 +27,8 @@ from adapters_jax import models
 from adapters_jax.checkpoint import save
 from adapters_jax.interop.naming import InteropError, is_base_leaf
 from adapters_jax.methods import MethodConfig, method_from_dict
+from adapters_jax.models.decoder_config import MODEL_TYPES as DECODER_MODEL_TYPES
+from adapters_jax.models.hf_files import read_hf_config
 from adapters_jax.splicing import splice, tree
 from adapters_jax.splicing.sites import match_sites
 
@@ -132,15 +134,22 @@ def num_labels(adapter: PortableAdapter) -> int | None:
   return None
 
 
+def sample_call(pretrained: models.Pretrained) -> tuple[jnp.ndarray, ...]:
+  """One call's arguments, for shapes only: `(ids,)` `[1, 4]`; T5's `(ids, mask, decoder_ids)`."""
+  ids = jnp.zeros((1, 4), jnp.int32)
+  if isinstance(pretrained.model, models.T5ForConditionalGeneration):
+    return ids, jnp.ones_like(ids), ids
+  return (ids,)
+
+
 def splice_into(adapter: PortableAdapter, pretrained: models.Pretrained):
   """`(spliced, params, mask)`: the adapter grafted into `pretrained` with its leaves written in.
 
   Raises:
     CheckpointError: the full diff when a leaf has no place in the model or the wrong shape.
   """
-  sample = jnp.zeros((1, 4), jnp.int32)  # [batch, seq]: shapes for the splice only
   spliced, params = splice.add_adapter(pretrained.model, pretrained.params, adapter.name,
-                                       adapter.method, jax.random.key(0), sample)
+                                       adapter.method, jax.random.key(0), *sample_call(pretrained))
   flat = traverse_util.flatten_dict(params, sep='/')
   expected = {p: v for p, v in flat.items() if tree.is_adapter_path(p, adapter.name)}
   problems = save.tree_diff(expected, adapter.adapter_leaves())
@@ -168,7 +177,10 @@ def write_checkpoint(adapter: PortableAdapter, model_name: str, out: str | os.Pa
   Returns:
     The checkpoint directory.
   """
-  pretrained = models.load_pretrained(model_name, head='classification', num_labels=num_labels(adapter),
+  model_type = read_hf_config(models.resolve_checkpoint_dir(model_name)).get('model_type')
+  encoder = model_type not in ('t5', *DECODER_MODEL_TYPES)
+  pretrained = models.load_pretrained(model_name, head='classification' if encoder else None,
+                                      num_labels=num_labels(adapter) if encoder else None,
                                       load_tokenizer=False)
   if not allow_other_base:
     check_base(adapter, pretrained, model_name)

@@ -118,3 +118,19 @@ def assert_close(ours, theirs, base):
   """Logits agree within TOLERANCE, and the adapter really changed them (not two base models)."""
   np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
   assert np.abs(ours - base).max() > 1e-2, 'the adapter did not change the logits'
+
+
+@pytest.fixture(scope='session')
+def lm_base_dir(tmp_path_factory):
+  """`lm_base_dir(family)`: a tiny random transformers decoder (`lm_bases.DECODERS`) or T5 v1.1,
+  saved once per session."""
+  from tests.interop.lm_bases import make_base
+
+  made = {}
+
+  def make(family: str):
+    if family not in made:
+      made[family] = make_base(family, tmp_path_factory.mktemp(family))
+    return made[family]
+
+  return make

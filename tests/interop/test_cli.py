@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from adapters_jax import load_record, restore_adapter
+from adapters_jax import get_method, load_record, restore_adapter
 from adapters_jax.checkpoint.save import load_leaves
 from tests.interop.conftest import inputs, load_ours, our_logits, save_trained
 
@@ -65,3 +65,26 @@ def test_export_of_a_run_without_best_names_the_file(tmp_path):
   refused = run('experiments.export', workdir=tmp_path / 'run', format='peft', out=tmp_path / 'exported')
   assert refused.returncode != 0
   assert f'No checkpoint at {tmp_path / "run" / "best"}' in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_gpt2_lora_run_exports_for_peft_and_imports_back_through_the_cli(tmp_path, lm_base_dir):
+  # Query and value: one block-structured c_attn LoRA in PEFT, split back into the same leaves.
+  from tests.interop.lm_bases import our_logits as lm_logits
+  from tests.interop.lm_bases import peft_logits
+  from tests.interop.lm_bases import save_trained as save_lm
+
+  base = lm_base_dir('gpt2')
+  spliced, params, best = save_lm(tmp_path / 'run', base, 'gpt2', 'task',
+                                  get_method('lora', rank=4, alpha=8.0))
+  exported = run('experiments.export', workdir=tmp_path / 'run', format='peft', out=tmp_path / 'exported')
+  assert exported.returncode == 0, exported.stderr
+  np.testing.assert_allclose(peft_logits(base, tmp_path / 'exported', 'gpt2'),
+                             lm_logits(spliced, params, 'gpt2', 'task'), atol=1e-4)
+  imported = run('experiments.import_adapter', **{'from': tmp_path / 'exported'}, format='peft', model=base,
+                 out=tmp_path / 'imported', name='task')
+  assert imported.returncode == 0, imported.stderr
+  original, back = load_leaves(best), load_leaves(tmp_path / 'imported')
+  assert sorted(back) == sorted(original)
+  for path in original:
+    np.testing.assert_array_equal(back[path], original[path], err_msg=path)

@@ -26,8 +26,8 @@ def test_pickled_weights_are_refused_with_the_way_to_resave(tmp_path, fmt, pickl
     import_checkpoint(tmp_path, fmt, model='minilm-l6', out=tmp_path / 'out')
 
 
-@pytest.mark.parametrize('option,value', [('rank_pattern', {'query': 4}), ('use_dora', True),
-                                          ('bias', 'all'), ('fan_in_fan_out', True)])
+@pytest.mark.parametrize('option,value', [('lora_bias', True), ('bias', 'all'),
+                                          ('layer_replication', [[0, 1]])])
 def test_peft_options_without_equivalent_are_named(tmp_path, option, value):
   config = {'peft_type': 'LORA', 'r': 8, 'lora_alpha': 16, 'target_modules': ['query'], option: value}
   (tmp_path / 'adapter_config.json').write_text(json.dumps(config))

@@ -1,4 +1,4 @@
-"""LoRA and (IA)3 between us and PEFT 0.21.2 (on transformers' PyTorch BERT/RoBERTa), both ways."""
+"""LoRA, DoRA and (IA)3 between us and PEFT 0.21.2 (on transformers' PyTorch BERT/RoBERTa), both ways."""
 
 import dataclasses
 import json
@@ -46,6 +46,8 @@ IMPORTS = [
                                      modules_to_save=['classifier']), 'bert'),
     ('rslora', lambda: peft.LoraConfig(r=4, lora_alpha=3, use_rslora=True, target_modules=['key'],
                                        modules_to_save=['classifier']), 'roberta'),
+    ('dora', lambda: peft.LoraConfig(r=2, lora_alpha=4, use_dora=True, target_modules=['query', 'value'],
+                                     modules_to_save=['classifier']), 'roberta'),
     ('ia3', lambda: peft.IA3Config(target_modules=['key', 'value', 'layer.1.output.dense'],
                                    feedforward_modules=['layer.1.output.dense'],
                                    modules_to_save=['classifier']), 'bert'),
@@ -57,7 +59,7 @@ def save_in_peft(tmp_path, base_dir, family, config):
   base = torch_logits(model, family)
   peft_model = peft.get_peft_model(model, config)
   randomize_torch(peft_model, lambda n: 'lora_' in n or 'ia3_l' in n or 'modules_to_save' in n,
-                  around_one=lambda n: 'ia3_l' in n)
+                  around_one=lambda n: 'ia3_l' in n or 'magnitude' in n)
   theirs = torch_logits(peft_model.eval(), family)
   peft_model.save_pretrained(str(tmp_path / 'peft'))
   return tmp_path / 'peft', theirs, base
@@ -73,10 +75,10 @@ def test_import_from_peft_gives_their_logits(tmp_path, base_dir, case, config, f
   assert_close(our_logits(spliced, params, family, 'task'), theirs, base)
 
 
-def test_import_refuses_dora(tmp_path, base_dir):
+def test_import_refuses_lora_biases(tmp_path, base_dir):
   saved, _, _ = save_in_peft(tmp_path, base_dir, 'bert',
-                             peft.LoraConfig(r=2, target_modules=['query'], use_dora=True))
-  with pytest.raises(InteropError, match='use_dora=True'):
+                             peft.LoraConfig(r=2, target_modules=['query'], lora_bias=True))
+  with pytest.raises(InteropError, match='lora_bias=True'):
     import_checkpoint(saved, 'peft', model=str(base_dir('bert')), out=tmp_path / 'ours')
 
 
