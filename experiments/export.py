@@ -1,14 +1,19 @@
-r"""Exports a training run's adapter to AdapterHub `adapters` or PEFT (safetensors only).
+r"""Exports a training run's adapter to AdapterHub `adapters` or PEFT (safetensors only), or the
+whole model with the adapter merged in as a Hugging Face folder.
 
   python -m experiments.export --workdir=workdirs/rte --format=adapters --out=exports/rte
   python -m experiments.export --workdir=workdirs/rte-lora --format=peft --out=exports/rte-lora
+  python -m experiments.export --workdir=workdirs/rte-lora --format=merged --out=exports/rte-merged
 
 Then, in PyTorch: `adapters.init(model); model.load_adapter('exports/rte', set_active=True,
 use_safetensors=True)`, or `peft.PeftModel.from_pretrained(model, 'exports/rte-lora')`, with `model`
 the same base as the run's (`transformers.AutoModelForSequenceClassification`). The files carry the
 base's identity, so `experiments.import_adapter` refuses them on another base. Which methods map to
-which format: `adapters_jax/interop/adapterhub.py` and `peft.py`. `--out` must be absent or empty;
-`--overwrite` replaces it whole (the files of an earlier export never stay beside the new ones).
+which format: `adapters_jax/interop/adapterhub.py` and `peft.py`. `merged` (LoRA, DoRA, VeRA,
+(IA)3; any family) writes config.json + model.safetensors + the tokenizer, for
+`transformers.AutoModelFor...from_pretrained(out)` (`adapters_jax/interop/merged.py`). `--out` must
+be absent or empty; `--overwrite` replaces it whole (the files of an earlier export never stay
+beside the new ones).
 """
 
 import os
@@ -19,7 +24,8 @@ from absl import app, flags, logging
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 flags.DEFINE_string('workdir', None, 'A training run\'s workdir; its best/ adapter checkpoint is exported.')
-flags.DEFINE_enum('format', None, ['adapters', 'peft'], 'adapters (AdapterHub) or peft.')
+flags.DEFINE_enum('format', None, ['adapters', 'peft', 'merged'],
+                  'adapters (AdapterHub), peft, or merged (a whole HF model folder).')
 flags.DEFINE_string('out', None, 'Directory to write.')
 flags.DEFINE_enum('model_type', None, ['bert', 'roberta'], 'The base\'s transformers model type; '
                   'default: from the trained head, else from the base\'s config.json.')
@@ -35,12 +41,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from adapters_jax.checkpoint.save import CheckpointError
   from adapters_jax.interop import InteropError, export_checkpoint
+  from adapters_jax.interop.merged import export_merged
   from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
 
   best = os.path.join(FLAGS.workdir, 'best')
   try:
-    out = export_checkpoint(best, FLAGS.format, FLAGS.out, model_type=FLAGS.model_type,
-                            overwrite=FLAGS.overwrite)
+    if FLAGS.format == 'merged':
+      out = export_merged(FLAGS.workdir, FLAGS.out, overwrite=FLAGS.overwrite)
+    else:
+      out = export_checkpoint(best, FLAGS.format, FLAGS.out, model_type=FLAGS.model_type,
+                              overwrite=FLAGS.overwrite)
   except (InteropError, CheckpointError, ModelNotFoundError, HubDownloadError) as e:
     sys.exit(f'Cannot export {best}: {e}')
   print(out)
