@@ -40,8 +40,7 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   from adapters_jax.checkpoint.save import CheckpointError
-  from adapters_jax.interop import InteropError, export_checkpoint
-  from adapters_jax.interop.merged import export_merged
+  from adapters_jax.interop import InteropError, export_checkpoint, export_merged
   from adapters_jax.models.registry import HubDownloadError, ModelNotFoundError
 
   best = os.path.join(FLAGS.workdir, 'best')

@@ -8,8 +8,7 @@ import torch
 import transformers
 
 from adapters_jax import add_adapter, get_method
-from adapters_jax.interop import InteropError
-from adapters_jax.interop.merged import write_merged
+from adapters_jax.interop import InteropError, write_merged
 from adapters_jax.models import load_pretrained
 from adapters_jax.splicing.sites import ATTENTION_OUTPUT, FFN_OUTPUT, LAYER_NORM_PARAMS, QUERY, VALUE
 from tests.interop.conftest import (
