@@ -1,6 +1,6 @@
-"""A PiSSA/OLoRA adapter exported to PEFT as the plain rank-2r LoRA of the ORIGINAL base (PEFT's
-`path_initial_model_for_weight_conversion`): PEFT loads it on transformers' untouched model and
-gives our logits (ours run beside the residual kernels)."""
+"""A PiSSA/OLoRA adapter exported to PEFT (and AdapterHub) as the plain rank-2r LoRA of the
+ORIGINAL base (PEFT's `path_initial_model_for_weight_conversion`): PEFT loads it on transformers'
+untouched model and gives our logits (ours run beside the residual kernels)."""
 
 import json
 
@@ -11,6 +11,7 @@ import pytest
 from adapters_jax.interop import InteropError, export_checkpoint, read_checkpoint
 from adapters_jax.interop.principal_lora import as_plain_lora
 from tests.interop.conftest import assert_close, our_logits, save_trained, torch_base, torch_logits
+from tests.interop.test_adapterhub_export import load_in_adapters
 
 
 @pytest.mark.parametrize('init,family,rslora', [('pissa', 'bert', False), ('olora', 'roberta', True),
@@ -26,6 +27,14 @@ def test_export_is_a_plain_lora_of_the_original_base(tmp_path, base_dir, init, f
   base = torch_logits(model, family)
   theirs = torch_logits(peft.PeftModel.from_pretrained(model, str(exported)).eval(), family)
   assert_close(our_logits(spliced, params, family, 'task'), theirs, base)
+
+
+def test_adapterhub_export_is_the_plain_lora_too(tmp_path, base_dir):
+  spliced, params, checkpoint = save_trained(tmp_path, base_dir('bert'), 'bert', 'task', 'lora',
+                                             rank=2, alpha=5.0, init_weights='olora')
+  exported = export_checkpoint(checkpoint, 'adapters', tmp_path / 'hub')
+  theirs, base = load_in_adapters(base_dir, 'bert', exported)
+  assert_close(our_logits(spliced, params, 'bert', 'task'), theirs, base)
 
 
 def test_plain_lora_refuses_another_base(tmp_path, base_dir):
