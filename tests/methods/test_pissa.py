@@ -134,9 +134,11 @@ def test_merge_equals_unmerged(init, family):
 
 @pytest.mark.parametrize('init,family', [('pissa', 'bert'), ('pissa_niter_2', 'bert'),
                                          ('olora', 'gpt2')])
-def test_checkpoint_restores_onto_a_fresh_base(init, family, tmp_path):
-  # restore_adapter gets the original base params: the residual is rebuilt from them.
+def test_checkpoint_restores_onto_a_fresh_base(init, family, tmp_path, recwarn):
+  # restore_adapter gets the original base params: the residual is rebuilt from them. The base is
+  # recognised as the one trained on (the residual kernels stay out of the weights fingerprint).
   splice_checks.check_checkpoint_round_trip(METHODS[init], family, tmp_path)
+  assert not [w for w in recwarn if 'other weights' in str(w.message)]
 
 
 def test_one_step_moves_only_its_leaves():
