@@ -12,7 +12,8 @@ What maps exactly (checked against `peft` 0.21.2 on transformers' PyTorch BERT/R
 Module names carry the model prefix (`base_model.model.bert.encoder.layer.0...`); `target_modules`
 and `modules_to_save` are written as suffixes without it. Bottleneck adapters and Compacter have no
 PEFT equivalent. Refused on import: DoRA, LoRA biases, per-module ranks or alphas
-(`rank_pattern`/`alpha_pattern`), `fan_in_fan_out`, layer replication, and other PEFT types.
+(`rank_pattern`/`alpha_pattern`), `fan_in_fan_out`, layer replication, inits that change the base
+other than PiSSA/OLoRA (`init_lora_weights`, kept as our `init_weights`), and other PEFT types.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
     rank = int(config['r'])
     method = LoRAConfig(sites=sites, rank=rank, alpha=float(config['lora_alpha']),
                         dropout=float(config['lora_dropout']), use_rslora=bool(config['use_rslora']),
-                        train_also=train_also)
+                        train_also=train_also, init_weights=lora_init_weights(config, where))
   else:
     method = IA3Config(sites=sites, train_also=train_also)
   identity = base_from_metadata(metadata)
@@ -185,6 +186,19 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
     log.info('%s was trained on %r (not checked against the base it is imported onto).', directory,
              identity['name'])
   return PortableAdapter(name=name, method=method, leaves={**leaves, **base}, sites={}, base=identity)
+
+
+def lora_init_weights(config: dict, where: pathlib.Path) -> str:
+  """Our `LoRAConfig.init_weights` for PEFT's `init_lora_weights`: PiSSA/OLoRA adapters run beside
+  the residual their init leaves in the base (PEFT rebuilds it on load; so does our restore); the
+  other inits only set the starting values, which the file's weights replace."""
+  init = config.get('init_lora_weights', True)
+  if init in (True, False, None, 'gaussian'):
+    return 'default'
+  if init == 'olora' or re.fullmatch(r'pissa(_niter_\d+)?', str(init)):
+    return init
+  raise InteropError(f'{where}: init_lora_weights={init!r} changes the base in a way not rebuilt '
+                     "here; only True, 'gaussian', 'pissa', 'pissa_niter_<K>' and 'olora' map.")
 
 
 def _refuse(config: dict, where: pathlib.Path) -> None:

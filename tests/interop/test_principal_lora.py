@@ -1,6 +1,7 @@
 """A PiSSA/OLoRA adapter exported to PEFT (and AdapterHub) as the plain rank-2r LoRA of the
 ORIGINAL base (PEFT's `path_initial_model_for_weight_conversion`): PEFT loads it on transformers'
-untouched model and gives our logits (ours run beside the residual kernels)."""
+untouched model and gives our logits (ours run beside the residual kernels); PEFT's own PiSSA/OLoRA
+files import as ours, the residual rebuilt."""
 
 import json
 
@@ -8,10 +9,20 @@ import numpy as np
 import peft
 import pytest
 
-from adapters_jax.interop import InteropError, export_checkpoint, read_checkpoint
+from adapters_jax import restore_adapter
+from adapters_jax.interop import InteropError, export_checkpoint, import_checkpoint, read_checkpoint
 from adapters_jax.interop.principal_lora import as_plain_lora
-from tests.interop.conftest import assert_close, our_logits, save_trained, torch_base, torch_logits
+from tests.interop.conftest import (
+  assert_close,
+  inputs,
+  load_ours,
+  our_logits,
+  save_trained,
+  torch_base,
+  torch_logits,
+)
 from tests.interop.test_adapterhub_export import load_in_adapters
+from tests.interop.test_peft import save_in_peft
 
 
 @pytest.mark.parametrize('init,family,rslora', [('pissa', 'bert', False), ('olora', 'roberta', True),
@@ -34,6 +45,21 @@ def test_adapterhub_export_is_the_plain_lora_too(tmp_path, base_dir):
                                              rank=2, alpha=5.0, init_weights='olora')
   exported = export_checkpoint(checkpoint, 'adapters', tmp_path / 'hub')
   theirs, base = load_in_adapters(base_dir, 'bert', exported)
+  assert_close(our_logits(spliced, params, 'bert', 'task'), theirs, base)
+
+
+@pytest.mark.parametrize('init', ['pissa', 'olora'])
+def test_peft_pissa_adapter_imports_and_rebuilds_the_residual(tmp_path, base_dir, init):
+  """PEFT saves a PiSSA/OLoRA adapter (unconverted) for its residual base; imported, our restore
+  rebuilds the same residual from the original base and gives PEFT's logits."""
+  saved, theirs, base = save_in_peft(tmp_path, base_dir, 'bert', peft.LoraConfig(
+      r=2, lora_alpha=4, init_lora_weights=init, target_modules=['query', 'value'],
+      modules_to_save=['classifier']))
+  checkpoint = import_checkpoint(saved, 'peft', model=str(base_dir('bert')), out=tmp_path / 'ours',
+                                 name='task')
+  assert read_checkpoint(checkpoint).method.init_weights == init
+  pretrained = load_ours(base_dir('bert'))
+  spliced, params = restore_adapter(checkpoint, pretrained.model, pretrained.params, inputs('bert')[0])
   assert_close(our_logits(spliced, params, 'bert', 'task'), theirs, base)
 
 
