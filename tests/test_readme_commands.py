@@ -49,6 +49,8 @@ PREDICT = f'echo "A quiet, devastating film." | {PY} -m experiments.predict --wo
 EXPORT_ADAPTERS = (f'{PY} -m experiments.export --workdir=workdirs/quickstart --format=adapters '
                    '--out=exports/rt')
 EXPORT_PEFT = f'{PY} -m experiments.export --workdir=workdirs/lora_run --format=peft --out=exports/lora'
+EXPORT_MERGED = (f'{PY} -m experiments.export --workdir=workdirs/lora_run --format=merged '
+                 '--out=exports/lora_merged')
 IMPORT_PEFT = (f'{PY} -m experiments.import_adapter --from=exports/lora --format=peft --model=roberta-base '
                '--out=imported/lora')
 SWEEP = (f'{PY} -m experiments.sweep --config=experiments/configs/houlsby_glue.py --sweep_dir=sweeps/houlsby '
@@ -205,6 +207,9 @@ COMMANDS = {
     EXPORT_PEFT: Run(needs=(GLUE_LORA,), shorten=lambda w, s: set_flag(w, '--workdir', 'workdirs/rte'),
                      check=_check_files('exports/lora/adapter_config.json',
                                         'exports/lora/adapter_model.safetensors')),
+    EXPORT_MERGED: Run(needs=(GLUE_LORA,), shorten=lambda w, s: set_flag(w, '--workdir', 'workdirs/rte'),
+                       check=_check_files('exports/lora_merged/config.json',
+                                          'exports/lora_merged/model.safetensors')),
     IMPORT_PEFT: Run(needs=(EXPORT_PEFT,), shorten=lambda w, s: set_flag(w, '--model', _tiny_bert(s)),
                      check=_check_files('imported/lora')),
     SWEEP: Run(check=lambda proc, sandbox: _assert_glob(sandbox, 'sweeps/houlsby/**/*.sbatch')),

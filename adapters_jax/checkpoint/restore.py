@@ -35,6 +35,7 @@ from adapters_jax.checkpoint.save import (
   load_record,
   overwrite_leaves,
   tree_diff,
+  unsampled_paths,
   weights_fingerprint,
 )
 from adapters_jax.methods import method_from_dict
@@ -93,7 +94,7 @@ def check_base_of(source: str | os.PathLike, record: Mapping[str, Any], params: 
         'parameter shapes than this model (fingerprint differs); pass check_base=False to restore '
         'anyway.')
   want = recorded.get('weights_fingerprint')
-  if want is None or want == weights_fingerprint(params, skip=record['trained_paths']):
+  if want is None or want == weights_fingerprint(params, skip=unsampled_paths(record)):
     return
   message = (f'Checkpoint {os.fspath(source)} was trained on base {recorded["name"]!r}; the base it '
              f'is restored onto ({base_name or "unnamed"!r}) has the same shapes but other weights '

@@ -33,6 +33,7 @@ from flax import traverse_util
 
 from adapters_jax.checkpoint import disk_full
 from adapters_jax.checkpoint.digest import DIGEST_FILE, differing_files, write_digests
+from adapters_jax.methods import method_from_dict
 from adapters_jax.splicing import trainable
 from adapters_jax.splicing.splice import Spliced
 from adapters_jax.splicing.tree import Params, is_adapter_path
@@ -95,6 +96,14 @@ def base_record(params: Params, base_name: str, trained_paths: Iterable[str]) ->
           'weights_fingerprint': weights_fingerprint(params, skip=trained_paths)}
 
 
+def unsampled_paths(record: Mapping[str, Any]) -> list[str]:
+  """The leaves a record's weights fingerprint leaves out: those the run trains, and the kernels an
+  adapter that changes its base (PiSSA, OLoRA: `MethodConfig.changes_base`) holds as residuals."""
+  method = record['method'] and method_from_dict(record['method'])
+  residuals = [f'{site}/kernel' for site in record['sites']] if method and method.changes_base else []
+  return sorted(record['trained_paths']) + residuals
+
+
 def tree_diff(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
   """Every difference between two flat `{path: array}` maps: missing, unexpected, mis-shaped."""
   lines = [f'missing:    {p} {tuple(np.shape(expected[p]))}' for p in sorted(expected.keys() - found.keys())]
@@ -149,16 +158,16 @@ def make_record(spliced: Spliced, params: Params, name: str, base_name: str,
                 trained_paths: list[str], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """The JSON record saved beside an adapter's params."""
   spec = spliced.adapter(name)
-  return {
+  record = {
       'format': FORMAT,
       'library_version': __version__,
       'adapter': name,
       'method': spec.method.to_dict(),
       'sites': [site.path for site in spec.sites],
-      'base': base_record(params, base_name, trained_paths),
       'trained_paths': sorted(trained_paths),
       'extra': dict(extra or {}),
   }
+  return {**record, 'base': base_record(params, base_name, unsampled_paths(record))}
 
 
 def save_adapter(directory: str | os.PathLike, spliced: Spliced, params: Params, name: str,

@@ -15,7 +15,7 @@ import pathlib
 from collections.abc import Callable
 
 from adapters_jax.checkpoint import disk_full
-from adapters_jax.interop import adapterhub, adapterhub_import, peft, peft_import
+from adapters_jax.interop import adapterhub, adapterhub_import, peft, peft_import, principal_lora
 from adapters_jax.interop.naming import InteropError, model_type_from_leaves
 from adapters_jax.interop.output_directory import refuse_to_mix, staged_directory
 from adapters_jax.interop.peft_names import ENCODER_MODEL_TYPES, MODEL_TYPES
@@ -66,7 +66,7 @@ def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.Path
   """
   export, _ = _format(fmt)
   refuse_to_mix(out, overwrite=overwrite)
-  adapter = read_checkpoint(directory)
+  adapter = principal_lora.as_plain_lora(read_checkpoint(directory))  # PiSSA/OLoRA: on the base W
   model_type = _model_type(adapter.leaves, adapter.base.get('name', ''), model_type, fmt)
   with disk_full.reporting(out, _bytes(adapter)), staged_directory(out, overwrite=overwrite) as staging:
     export(adapter, staging, model_type)

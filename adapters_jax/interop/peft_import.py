@@ -6,7 +6,8 @@ The family is read from the module names (`bert.`/`roberta.`/`encoder.layer.`, `
 when its LoRA B is block-structured (each rank column touches one of query/key/value, the same
 number of columns each); otherwise the import is refused in one line. Refused too: VeRA (PEFT's
 projections come from torch's generator; ours are regenerated from a JAX seed), LoRA biases,
-layer replication, and other PEFT types.
+layer replication, inits that change the base other than PiSSA/OLoRA (`init_lora_weights`, kept
+as our `init_weights`: the restore rebuilds the residual, as PEFT's load does), and other PEFT types.
 """
 
 from __future__ import annotations
@@ -147,13 +148,30 @@ def _lora(config, by_module, sites_of, name, weights):
     leaves[stem + 'lora_b'] = (np.ascontiguousarray(b, np.float32), 'parallel')
     if magnitude is not None:
       leaves[stem + 'magnitude'] = (np.asarray(magnitude, np.float32), 'parallel')
+  init_weights = lora_init_weights(config, weights)
+  if dora and init_weights != 'default':
+    raise InteropError(f'{weights}: DoRA with init_lora_weights={init_weights!r} is not rebuilt here.')
+  extra = {} if dora else {'init_weights': init_weights}
   cls = DoRAConfig if dora else LoRAConfig
 
   def make(sites, train_also):
     return cls(sites=sites, rank=rank, alpha=alpha, dropout=float(config['lora_dropout']),
-               use_rslora=rslora, train_also=train_also)
+               use_rslora=rslora, train_also=train_also, **extra)
 
   return make, leaves
+
+
+def lora_init_weights(config: dict, where: pathlib.Path) -> str:
+  """Our `LoRAConfig.init_weights` for PEFT's `init_lora_weights`: PiSSA/OLoRA adapters run beside
+  the residual their init leaves in the base (PEFT rebuilds it on load; so does our restore); the
+  other inits only set the starting values, which the file's weights replace."""
+  init = config.get('init_lora_weights', True)
+  if init in (True, False, None, 'gaussian'):
+    return 'default'
+  if init == 'olora' or re.fullmatch(r'pissa(_niter_\d+)?', str(init)):
+    return init
+  raise InteropError(f'{where}: init_lora_weights={init!r} changes the base in a way not rebuilt '
+                     "here; only True, 'gaussian', 'pissa', 'pissa_niter_<K>' and 'olora' map.")
 
 
 def _fused_columns(b: np.ndarray, module: str, weights: pathlib.Path) -> dict[int, list[int]]:

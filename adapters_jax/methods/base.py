@@ -12,7 +12,9 @@ Behaviour that differs by method is asked of the config too, never decided by `i
 
 Site modules are called as `module.apply({'params': p}, x, shared=shared_params, deterministic=...)`,
 plus `site_params=` (the site module's own params, e.g. `kernel` and `bias`, at init and at every
-call) for methods that set `reads_site_params` (DoRA reads the frozen kernel):
+call) for methods that set `reads_site_params` (DoRA reads the frozen kernel), and at init only for
+methods whose `changes_base` is true (PiSSA/OLoRA LoRA: the adapter takes part of the kernel, and
+`add_adapter` leaves `unmerge(kernel, initial adapter)` as the frozen kernel):
   * placement `output`:   x is the site's output,  returns the new output;
   * placement `parallel`: x is the site's input,   returns a term added to the output;
   * placement `input`:    x is the site's input,   returns the new input.
@@ -94,6 +96,14 @@ class MethodConfig:
 
   def site_rules(self) -> tuple[SiteRule, ...]:
     return as_site_rules(self.sites)
+
+  @property
+  def changes_base(self) -> bool:
+    """The adapter's init moves part of each site's kernel into the adapter (PiSSA, OLoRA): its
+    module's init gets `site_params=` (the kernel in the layout `site.kernel_layout` says) and
+    `add_adapter` replaces the kernel by `unmerge(kernel, initial adapter)`, the residual. A
+    restore onto the original base rebuilds the same residual the same way."""
+    return False
 
   def make_module(self, site: SiteInfo) -> nn.Module:
     raise NotImplementedError

@@ -4,6 +4,8 @@
 
 so the spliced model starts equal to the base model. rsLoRA (Kalajdzievski 2023, `use_rslora=True`)
 scales by s = alpha / sqrt(r) instead, so the update's size does not shrink as the rank grows.
+`init_weights='pissa'` / `'pissa_niter_<K>'` / `'olora'` start A and B from the site's kernel instead
+(`methods.lora_init`) and leave the residual W - s A B as the frozen kernel (`changes_base`).
 `merge` folds s A B into W for inference at the base model's cost; `unmerge` takes it back out.
 """
 
@@ -14,9 +16,11 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo, linear_average
+from adapters_jax.methods.lora_init import check_init, principal_factors
 from adapters_jax.nn.dropout import Dropout
 from adapters_jax.splicing.sites import QUERY, VALUE
 
@@ -35,6 +39,9 @@ class LoRA(nn.Module):
     alpha: scale numerator; the term is scaled by s = alpha / r (alpha / sqrt(r) with use_rslora).
     dropout: dropout rate on the input of A.
     use_rslora: scale by alpha / sqrt(r) (rsLoRA).
+    init_weights: 'default' (A random, B zero), or 'pissa', 'pissa_niter_<K>', 'olora' (A and B from the
+      site's kernel, passed at init as `site_params`; `methods.lora_init`).
+    kernel_layout: how the site stores its kernel ('in_out' or 'out_in'), read by those inits.
   """
 
   out_features: int
@@ -42,23 +49,37 @@ class LoRA(nn.Module):
   alpha: float = 16.0
   dropout: float = 0.0
   use_rslora: bool = False
+  init_weights: str = 'default'
+  kernel_layout: str = 'in_out'
 
   @nn.compact
-  def __call__(self, x, shared=None, deterministic: bool = True):
+  def __call__(self, x, shared=None, deterministic: bool = True, site_params=None):
     del shared
+    scaling = lora_scaling(self.alpha, self.rank, self.use_rslora)
     # As PEFT: A ~ kaiming-uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0.
     a_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+    b_init = nn.initializers.zeros
+    if self.init_weights != 'default' and self.is_initializing():
+      if site_params is None or 'kernel' not in site_params:
+        raise ValueError(f"LoRA init_weights={self.init_weights!r} starts from its site's kernel "
+                         '(site_params=...); splice it with adapters_jax.add_adapter, which '
+                         'passes it.')
+      kernel = site_params['kernel']
+      kernel = kernel.T if self.kernel_layout == 'out_in' else kernel  # [in, out]
+      factor_a, factor_b = principal_factors(kernel, self.rank, scaling, self.init_weights)
+      a_init, b_init = (lambda *_: factor_a), (lambda *_: factor_b)
     lora_a = self.param('lora_a', a_init, (x.shape[-1], self.rank))  # [in, r]
-    lora_b = self.param('lora_b', nn.initializers.zeros, (self.rank, self.out_features))  # [r, out]
+    lora_b = self.param('lora_b', b_init, (self.rank, self.out_features))  # [r, out]
     x = Dropout(self.dropout)(x, deterministic=deterministic)
     h = x @ lora_a.astype(x.dtype)  # [..., r]
-    scaling = lora_scaling(self.alpha, self.rank, self.use_rslora)
     return (h @ lora_b.astype(x.dtype)) * jnp.asarray(scaling, x.dtype)
 
 
 def lora_delta(adapter_params: dict[str, Any], scaling: float) -> jnp.ndarray:
-  """The kernel update s A B, [in, out]."""
-  return scaling * (adapter_params['lora_a'] @ adapter_params['lora_b'])
+  """The kernel update s A B, [in, out] (at full float32 precision: merges and PiSSA's residual
+  must not round through TF32 or bf16 passes)."""
+  return scaling * jnp.matmul(adapter_params['lora_a'], adapter_params['lora_b'],
+                              precision=jax.lax.Precision.HIGHEST)
 
 
 def check_parallel_low_rank(method: str, sites: tuple[tuple[str, str], ...], rank: int) -> None:
@@ -78,6 +99,10 @@ class LoRAConfig(MethodConfig):
     alpha: the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora).
     dropout: dropout on the LoRA branch's input.
     use_rslora: rsLoRA's scaling alpha / sqrt(r) (PEFT's `use_rslora`).
+    init_weights: 'default' (A random, B zero: the update starts at zero), 'pissa' (A, B: the kernel's r
+      principal components), 'pissa_niter_<K>' (the same by a randomized SVD with K iterations)
+      or 'olora' (A, B: from the kernel's QR); the last three leave W - s A B as the frozen kernel
+      (PEFT's `init_lora_weights`; `methods.lora_init`).
   """
 
   kind = 'lora'
@@ -86,14 +111,21 @@ class LoRAConfig(MethodConfig):
   alpha: float = 16.0
   dropout: float = 0.0
   use_rslora: bool = False
+  init_weights: str = 'default'
 
   def __post_init__(self):
     super().__post_init__()
     check_parallel_low_rank('LoRA', self.sites, self.rank)
+    check_init(self.init_weights)
+
+  @property
+  def changes_base(self) -> bool:
+    return self.init_weights != 'default'
 
   def make_module(self, site: SiteInfo) -> nn.Module:
     return LoRA(out_features=site.out_features, rank=self.rank, alpha=self.alpha,
-                dropout=self.dropout, use_rslora=self.use_rslora)
+                dropout=self.dropout, use_rslora=self.use_rslora, init_weights=self.init_weights,
+                kernel_layout=site.kernel_layout or 'in_out')
 
   @property
   def scaling(self) -> float:
@@ -101,7 +133,10 @@ class LoRAConfig(MethodConfig):
     return lora_scaling(self.alpha, self.rank, self.use_rslora)
 
   def check_average(self, how):
-    pass  # exact and linear both exist
+    if self.changes_base:  # exact and linear both exist for the others
+      raise ValueError(f'LoRA adapters with init_weights={self.init_weights!r} each run beside '
+                       'their own residual kernel, so they cannot be averaged into one; combine '
+                       'them at apply time with Average(...).')
 
   def average(self, methods, site_params, weights, how):
     """how='exact': A = [A_1 ... A_n] (ranks concatenated), B = [c_1 B_1; ...; c_n B_n] with

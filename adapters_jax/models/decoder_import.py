@@ -89,7 +89,9 @@ _HINT = ('Check that config.json belongs to these weights (model_type, layer cou
 _GPT2_QKV = re.compile(r'^((?:transformer\.)?h\.\d+\.attn\.c_attn\.(?:weight|bias))$')
 
 
-def _table(model_type: str):
+def hf_name_table(model_type: str) -> Callable[[str], tuple[str, Callable] | None]:
+  """The family's name map: a HF tensor name (GPT-2's fused projection split, `split_fused_qkv`)
+  -> `(our '/'-path, transform)`, or None."""
   rows = GPT2_TO_OURS if model_type == 'gpt2' else LLAMA_TO_OURS
   prefix = re.compile(r'^transformer\.' if model_type == 'gpt2' else r'^model\.')
   compiled = tuple((re.compile(p), t, f) for p, t, f in rows)
@@ -122,6 +124,21 @@ def split_fused_qkv(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
+def fuse_split_qkv(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The inverse of `split_fused_qkv`: each `...c_attn.{weight,bias}[query|key|value]` triple
+  concatenated back on its last axis."""
+  out, parts = {}, {}
+  for name, value in tensors.items():
+    split = re.fullmatch(r'(.+)\[(query|key|value)\]', name)
+    if split and _GPT2_QKV.match(split.group(1)):
+      parts.setdefault(split.group(1), {})[split.group(2)] = value
+    else:
+      out[name] = value
+  for name, pieces in parts.items():
+    out[name] = np.concatenate([pieces['query'], pieces['key'], pieces['value']], axis=-1)
+  return out
+
+
 def merge_decoder_tensors(model: decoder.DecoderLM, tensors: Mapping[str, np.ndarray]
                           ) -> tuple[dict[str, Any], LoadReport]:
   """Params for `model` from HF tensors (stacked when `config.scan_layers`), plus a report.
@@ -134,7 +151,7 @@ def merge_decoder_tensors(model: decoder.DecoderLM, tensors: Mapping[str, np.nda
     tensors = split_fused_qkv(tensors)
   ignored = IGNORED_HF_KEYS + ((_TIED_HEAD,) if cfg.tie_word_embeddings else ())
   return merge_into_model(model, (jnp.zeros((1, 2), jnp.int32),), tensors,
-                          {'decoder': cfg.num_layers}, name_to_ours=_table(cfg.model_type),
+                          {'decoder': cfg.num_layers}, name_to_ours=hf_name_table(cfg.model_type),
                           ignored_keys=ignored, optional_prefixes=(), hint=_HINT)
 
 

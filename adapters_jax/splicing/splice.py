@@ -235,8 +235,10 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
                        f'{call.in_shape}, output shape {call.out_shape}); choose a module that does.')
     site = SiteInfo(path=path, placement=rule.placement, in_features=call.in_shape[-1],
                     out_features=call.out_shape[-1], layer=layer, host_call=call)
+    if method.changes_base:  # its init reads the kernel, in the layout the module uses it
+      site = with_layouts(name, [site], [dims], flat, None)[0]
     own = ({k: flat[f'{path}/{k}'] for k in ('kernel', 'bias') if f'{path}/{k}' in flat}
-           if method.reads_site_params else None)
+           if method.reads_site_params or method.changes_base else None)
     site_params = _init_site(method.make_module(site), jax.random.fold_in(site_key, index),
                              site, shared, dims, own)
     for leaf_path, leaf in traverse_util.flatten_dict(site_params, sep='/').items():
@@ -248,6 +250,8 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
                      f'{method.leave_out}.')
 
   spec = AdapterSpec(name=name, method=method, sites=tuple(sites), stack_dims=tuple(stack_dims))
+  if method.changes_base:  # PiSSA/OLoRA: the kernel keeps only what the adapter did not take
+    new_flat.update(_folded_sites(spec, new_flat, spec.sites, merge=False))
   new_spliced = dataclasses.replace(spliced, adapters=spliced.adapters + (spec,))
   return new_spliced, traverse_util.unflatten_dict(new_flat, sep='/')
 
@@ -298,6 +302,10 @@ def remove_adapter(spliced: Spliced, params: Params, name: str) -> tuple[Spliced
   if spliced.adapter(name).merged:  # raises with the valid names
     raise ValueError(f'Adapter {name!r} is merged into the base weights; unmerge_adapter it before '
                      'removing it (its update would stay in the base).')
+  if spliced.adapter(name).method.changes_base:
+    raise ValueError(f'Adapter {name!r} took part of its sites\' kernels at init (PiSSA/OLoRA), so '
+                     'without it the base is not the base; merge_adapter it to keep the fine-tuned '
+                     'weights, or load the base again.')
   adapters = tuple(a for a in spliced.adapters if a.name != name)
   return dataclasses.replace(spliced, adapters=adapters), _drop_leaves(params, name)
 
@@ -348,12 +356,23 @@ def _fold(spliced: Spliced, params: Params, name: str, merge: bool,
     check_kernel_layouts(kernel_layout)
   flat = traverse_util.flatten_dict(params, sep='/')
   sites = with_layouts(spec.name, spec.sites, spec.stack_dims, flat, kernel_layout)
-  new_flat = dict(flat)
+  new_flat = {**flat, **_folded_sites(spec, flat, sites, merge=merge)}
+  adapters = tuple(dataclasses.replace(a, merged=merge, sites=sites) if a.name == name else a
+                   for a in spliced.adapters)
+  return (dataclasses.replace(spliced, adapters=adapters),
+          traverse_util.unflatten_dict(new_flat, sep='/'))
+
+
+def _folded_sites(spec: AdapterSpec, flat: Mapping[str, Any], sites: Sequence[SiteInfo],
+                  merge: bool) -> dict[str, Any]:
+  """`{host leaf path: value}` of the site weights with adapter `spec` folded in (`merge`) or out;
+  `sites` carry their kernel layouts."""
+  out = {}
   for site, dims in zip(sites, spec.stack_dims, strict=True):
     host = {k: flat[f'{site.path}/{k}'] for k in ('kernel', 'bias') if f'{site.path}/{k}' in flat}
     if site.kernel_layout == 'out_in':  # the methods fold into [in, out]
       host['kernel'] = jnp.swapaxes(host['kernel'], -1, -2)
-    adapter = site_subtree(flat, site.path, name)
+    adapter = site_subtree(flat, site.path, spec.name)
     fold = spec.method.merge if merge else spec.method.unmerge
     fold_one = lambda h, a, site=site, fold=fold: fold(h, a, site)
     for _ in dims:
@@ -361,9 +380,5 @@ def _fold(spliced: Spliced, params: Params, name: str, merge: bool,
     folded = fold_one(host, adapter)
     if site.kernel_layout == 'out_in':
       folded['kernel'] = jnp.swapaxes(folded['kernel'], -1, -2)
-    for k, v in folded.items():
-      new_flat[f'{site.path}/{k}'] = v
-  adapters = tuple(dataclasses.replace(a, merged=merge, sites=sites) if a.name == name else a
-                   for a in spliced.adapters)
-  return (dataclasses.replace(spliced, adapters=adapters),
-          traverse_util.unflatten_dict(new_flat, sep='/'))
+    out.update({f'{site.path}/{k}': v for k, v in folded.items()})
+  return out
