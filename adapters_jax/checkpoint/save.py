@@ -121,11 +121,12 @@ def overwrite_leaves(params: Params, leaves: Mapping[str, Any], what: str = 'che
 
 
 def save_trained(directory: str | os.PathLike, params: Params, mask: Params, base_name: str = '',
-                 extra: Mapping[str, Any] | None = None) -> str:
+                 extra: Mapping[str, Any] | None = None,
+                 base: Mapping[str, Any] | None = None) -> str:
   """Saves the leaves `mask` marks trainable (full fine-tuning, head only) with a JSON record.
 
-  The same layout as `save_adapter`, with `adapter` null; load with `load_leaves` and
-  `overwrite_leaves`.
+  The same layout as `save_adapter` (`base` as there), with `adapter` null; load with
+  `load_leaves` and `overwrite_leaves`.
   """
   to_save, _ = trainable.split(params, mask)
   trained_paths = sorted(traverse_util.flatten_dict(to_save, sep='/'))
@@ -135,7 +136,7 @@ def save_trained(directory: str | os.PathLike, params: Params, mask: Params, bas
       'adapter': None,
       'method': None,
       'sites': [],
-      'base': base_record(params, base_name, trained_paths),
+      'base': dict(base) if base is not None else base_record(params, base_name, trained_paths),
       'trained_paths': trained_paths,
       'extra': dict(extra or {}),
   }
@@ -145,8 +146,9 @@ def save_trained(directory: str | os.PathLike, params: Params, mask: Params, bas
 
 
 def make_record(spliced: Spliced, params: Params, name: str, base_name: str,
-                trained_paths: list[str], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """The JSON record saved beside an adapter's params."""
+                trained_paths: list[str], extra: Mapping[str, Any] | None = None,
+                base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The JSON record saved beside an adapter's params (`base`: as `save_adapter`'s)."""
   spec = spliced.adapter(name)
   return {
       'format': FORMAT,
@@ -154,7 +156,7 @@ def make_record(spliced: Spliced, params: Params, name: str, base_name: str,
       'adapter': name,
       'method': spec.method.to_dict(),
       'sites': [site.path for site in spec.sites],
-      'base': base_record(params, base_name, trained_paths),
+      'base': dict(base) if base is not None else base_record(params, base_name, trained_paths),
       'trained_paths': sorted(trained_paths),
       'extra': dict(extra or {}),
   }
@@ -162,7 +164,8 @@ def make_record(spliced: Spliced, params: Params, name: str, base_name: str,
 
 def save_adapter(directory: str | os.PathLike, spliced: Spliced, params: Params, name: str,
                  mask: Params | None = None, base_name: str = '',
-                 extra: Mapping[str, Any] | None = None) -> str:
+                 extra: Mapping[str, Any] | None = None,
+                 base: Mapping[str, Any] | None = None) -> str:
   """Saves adapter `name` (and the other leaves `mask` marks trainable) to `directory`.
 
   Args:
@@ -174,6 +177,8 @@ def save_adapter(directory: str | os.PathLike, spliced: Spliced, params: Params,
       method trains with it, and the task head.
     base_name: the base model's name or path (recorded, for `restore_adapter` and for people).
     extra: more JSON-able facts to record (e.g. task, label names).
+    base: the record's `base` entry when the caller took it (a quantised base: the float base's
+      `base_record` plus its `quantization`); None: `base_record` of `params`.
 
   Returns:
     The checkpoint directory.
@@ -191,7 +196,7 @@ def save_adapter(directory: str | os.PathLike, spliced: Spliced, params: Params,
   if foreign:
     raise ValueError(f'The mask also selects other adapters\' leaves: {foreign[:5]}; save each '
                      'adapter on its own.')
-  record = make_record(spliced, params, name, base_name, list(flat), extra)
+  record = make_record(spliced, params, name, base_name, list(flat), extra, base)
   directory = os.path.abspath(os.fspath(directory))
   atomic_write(directory, jax.device_get(to_save), record)
   return directory
