@@ -1,9 +1,10 @@
 """A frozen base with its kernels quantised (QLoRA): which leaves, how, and the float view.
 
-`quantize_frozen` replaces every frozen `.../kernel` leaf of two or more dims (every Dense
-projection, the LM head; not embeddings, norms, biases, adapters or anything that trains) by a
-`codec.QuantizedArray`; `dequantize_tree` turns them back into float kernels and is what a run calls
-inside its jitted step, before `Spliced.apply`, so the stored base stays 4 or 8 bits per value
+`quantize_frozen` replaces every frozen matrix named `kernel` or `embedding` (Flax's names of a
+Dense projection's and an Embed table's weights: every projection, the LM head, the embedding
+tables; not norms, biases, adapters or anything that trains) by a `codec.QuantizedArray`;
+`dequantize_tree` turns them back into float kernels and is what a run calls inside its jitted
+step, before `Spliced.apply`, so the stored base stays 4 or 8 bits per value
 between steps and the float kernels exist only as XLA temporaries. The frozen tree is an argument
 of the step and never differentiated, so nothing quantised is ever updated.
 
@@ -25,7 +26,7 @@ from flax import traverse_util
 from adapters_jax.quantization.codec import QuantizedArray, check_scheme, dequantize, quantize
 
 Params = Any
-KERNEL_NAME = 'kernel'
+QUANTIZED_NAMES = ('kernel', 'embedding')
 
 
 def is_quantized(leaf: Any) -> bool:
@@ -33,10 +34,10 @@ def is_quantized(leaf: Any) -> bool:
 
 
 def quantizable(path: str, leaf: Any) -> bool:
-  """Whether a frozen leaf at `path` (`/`-joined) is stored quantised: a kernel of >= 2 dims
-  outside any adapter subtree."""
+  """Whether a frozen leaf at `path` (`/`-joined) is stored quantised: a kernel or embedding
+  table of >= 2 dims outside any adapter subtree."""
   parts = path.split('/')
-  return parts[-1] == KERNEL_NAME and 'adapters' not in parts and len(np.shape(leaf)) >= 2
+  return parts[-1] in QUANTIZED_NAMES and 'adapters' not in parts and len(np.shape(leaf)) >= 2
 
 
 def quantize_frozen(params: Params, mask: Params, kind: str, block_size: int) -> Params:
@@ -74,4 +75,5 @@ def logical(params: Params) -> Params:
 
 def describe(kind: str, block_size: int) -> dict[str, Any]:
   """The quantisation as a checkpoint's record keeps it."""
-  return {'kind': kind, 'block_size': block_size, 'leaves': f'frozen */{KERNEL_NAME} (>= 2 dims)'}
+  return {'kind': kind, 'block_size': block_size,
+          'leaves': 'frozen ' + ', '.join(f'*/{name}' for name in QUANTIZED_NAMES) + ' (>= 2 dims)'}

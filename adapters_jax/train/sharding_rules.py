@@ -15,9 +15,9 @@ parallelism. A strategy (`config.sharding`) picks the rules of the params:
 Adapter leaves (`.../adapters/NAME/...`: LoRA's A/B, bottlenecks) are small and replicated in
 every strategy; optimizer moments follow the sharding of their param. The frozen base may be
 stored in bfloat16 (`config.frozen_dtype`) while the trained leaves stay float32 master weights.
-A quantised kernel (`config.quantize`) is two leaves, `.../kernel/codes` and `.../kernel/scales`,
-blocked along the kernel's last axis; each takes the kernel's rule (their trailing dims are the
-kernel's, the last one shrunk).
+A quantised kernel or embedding table (`config.quantize`) is two leaves, `.../kernel/codes` and
+`.../kernel/scales`, blocked along the matrix's last axis; each takes the matrix's rule (their
+trailing dims are the matrix's, the last one shrunk).
 
 Rules are ordered `(regex, spec)` pairs; the regex fully matches the `/`-joined param path, the
 first match wins, and a path no rule matches is an error. A spec is a `PartitionSpec` naming the
@@ -74,7 +74,7 @@ _TENSOR_PARALLEL = [
     (r'lm_head', _COLUMN),
 ]
 # Embedding tables [vocab, hidden] over the vocab.
-_EMBEDDINGS = r'(embeddings/word_embeddings|shared)/embedding'
+_EMBEDDINGS = r'(embeddings/word_embeddings|shared)/embedding(/codes|/scales)?'
 
 
 def strategy_rules(strategy: str) -> list[tuple[str, Spec]]:
