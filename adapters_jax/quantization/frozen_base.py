@@ -11,8 +11,10 @@ of the step and never differentiated, so nothing quantised is ever updated.
     params = quantize_frozen(params, mask, 'nf4', block_size=64)
     logits = spliced.apply(dequantize_tree(params), input_ids, active='task')
 
-Counts and fingerprints read `logical(params)`: each quantised leaf as a `jax.ShapeDtypeStruct` of
-the kernel it stands for.
+Counts read `logical(params)`: each quantised leaf as a `jax.ShapeDtypeStruct` of the kernel it
+stands for. An adapter trained over a quantised base records the float base's fingerprints, so it
+restores onto the float base (`checkpoint.restore_adapter`), which `quantize_frozen` then stores
+quantised: the order a run's prediction follows (`train.experiment.quantize_base`).
 """
 
 from __future__ import annotations

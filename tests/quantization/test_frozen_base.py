@@ -99,3 +99,13 @@ def test_every_method_trains_on_an_nf4_base(method):
     losses.append(float(metrics['loss']))
   assert step._cache_size() == 1  # the quantised tree's static fields do not retrace
   assert np.all(np.diff(losses) < 0) and losses[-1] < losses[0] - 1e-3, losses
+
+
+@pytest.mark.parametrize('method', ['full', 'fusion'])
+def test_a_quantised_base_under_a_method_that_needs_float_weights_names_the_fix(method):
+  from adapters_jax.config.schema import run_config
+  from adapters_jax.train.experiment import build_experiment
+  config = run_config()
+  config.method, config.quantize = method, 'nf4'
+  with pytest.raises(ValueError, match=r"quantize='nf4'.*--config.quantize=''"):
+    build_experiment(config, spec=None)
