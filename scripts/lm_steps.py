@@ -3,7 +3,8 @@
 * `llama_lora_step`: LoRA on a Llama-shaped `DecoderLM`, next-token cross-entropy; concrete
   (random weights, for timing) or abstract (`jax.ShapeDtypeStruct`s carrying shardings, for
   `lower().compile()` of a 7B step without materialising a weight); placed on a mesh by the
-  rules of `adapters_jax.train.sharding_rules`.
+  rules of `adapters_jax.train.sharding_rules`; with `quantize`, QLoRA (the frozen kernels and
+  embeddings stored as `adapters_jax.quantization` blocks, dequantised inside the step).
 * `t5_adapter_step`: a preset (Houlsby, Pfeiffer, LoRA) on a T5 of t5-small's shape, teacher
   forcing (decoder inputs = labels shifted right), token cross-entropy.
 
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adapters_jax import quantization
 from adapters_jax.methods import get_method
 from adapters_jax.models import DecoderConfig, DecoderLM, T5Config, T5ForConditionalGeneration
 from adapters_jax.models.t5 import shift_right
@@ -30,10 +32,14 @@ from adapters_jax.train import optimizer, placement, sharding_rules
 from adapters_jax.train.step import create_train_state, train_step
 
 ADAPTER_NAME = 'bench'
-# Llama shapes: 7B (Llama-2 7B), a small GQA one for CPU benchmarks, a tiny one for tests.
+# Llama shapes: 7B (Llama-2 7B), Llama-3 8B, a small GQA one for CPU benchmarks, a tiny one for
+# tests.
 LLAMA = {
     'llama-7b': dict(vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
                      num_kv_heads=32, head_dim=128, intermediate_size=11008),
+    'llama-3-8b': dict(vocab_size=128256, hidden_size=4096, num_layers=32, num_heads=32,
+                       num_kv_heads=8, head_dim=128, intermediate_size=14336,
+                       rope_theta=500000.0),
     'llama-small': dict(vocab_size=32000, hidden_size=512, num_layers=8, num_heads=8,
                         num_kv_heads=2, head_dim=64, intermediate_size=1408),
     'llama-tiny': dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -68,14 +74,17 @@ def llama_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str,
 
 def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank: int = 8,
                     mesh=None, rules: sharding_rules.Rules | None = None,
-                    frozen_dtype=jnp.float32, abstract: bool = False,
-                    **config_overrides: Any) -> dict[str, Any]:
+                    frozen_dtype=jnp.float32, abstract: bool = False, quantize: str = '',
+                    block_size: int = 64, **config_overrides: Any) -> dict[str, Any]:
   """LoRA (rank `rank`, query/value) on a Llama of `shape` (a `LLAMA` key or a config).
 
   Args:
     mesh, rules: place state, frozen params and batch (rows over `data`) by `rules` on `mesh`,
       with `in_shardings`/`out_shardings` on the jit; None: one device, no placement.
-    frozen_dtype: storage dtype of the frozen base (the trained LoRA leaves stay float32).
+    frozen_dtype: storage dtype of the frozen base (the trained LoRA leaves stay float32); of
+      the block scales when `quantize`.
+    quantize, block_size: '' (float base) or a `quantization.KINDS` codec with `block_size`
+      values per block for the frozen kernels and embedding tables.
     abstract: frozen params and batch as ShapeDtypeStructs (nothing materialised but the LoRA
       leaves); only `step.lower(state, frozen, batch)` is meaningful then.
     **config_overrides: DecoderConfig fields (dtype, remat, scan_layers, dropouts).
@@ -95,6 +104,9 @@ def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank
                                                              train_head=False))
   counts = trainable.count(params, mask)
   train_params, frozen = trainable.split(params, mask)
+  if quantize:
+    frozen = quantization.quantize_frozen(frozen, jax.tree.map(lambda _: False, frozen), quantize,
+                                          block_size)
   frozen = sharding_rules.cast_floating(frozen, frozen_dtype)
   if abstract:
     frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), frozen)
@@ -103,8 +115,8 @@ def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank
   host_batch = llama_batch(batch, length, config.vocab_size)
 
   def apply_fn(p, b, rng):
-    return spliced.apply(p, b['input_ids'], b['attention_mask'], deterministic=False,
-                         active=ADAPTER_NAME, rngs={'dropout': rng})
+    return spliced.apply(quantization.dequantize_tree(p), b['input_ids'], b['attention_mask'],
+                         deterministic=False, active=ADAPTER_NAME, rngs={'dropout': rng})
 
   fn = functools.partial(train_step, apply_fn=apply_fn, loss_fn=causal_lm_loss, tx=tx)
   if mesh is None:

@@ -20,6 +20,15 @@ XLA flag `--xla_force_host_platform_device_count`). The numbers are then per dev
 
     python scripts/memory_estimate.py --model llama-7b --fake_devices 8 --sharding fsdp \
         --batch 8 --length 2048 --options scan+remat
+
+`--quantize none,nf4` gives a LoRA row and a QLoRA row per option (`llama-7b`, `llama-3-8b`): the
+frozen kernels and embedding tables stored as NF4 (or int4, int8) blocks of
+`--quantize_block_size` values with `--frozen_dtype` scales, dequantised inside the step
+(`adapters_jax.quantization`). `frozen_bytes` is the whole frozen base as stored (all devices);
+`argument_bytes` holds each device's share of it:
+
+    python scripts/memory_estimate.py --model llama-3-8b --fake_devices 8 --sharding fsdp \
+        --batch 8 --length 2048 --options scan+remat --quantize none,nf4
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ OPTIONS = {'plain': (False, False), 'scan': (True, False), 'remat': (False, True
            'scan+remat': (True, True)}
 
 
-LLAMA_MODELS = ('llama-7b', 'llama-small', 'llama-tiny')
+LLAMA_MODELS = ('llama-7b', 'llama-3-8b', 'llama-small', 'llama-tiny')
+QUANTIZE = ('none', 'nf4', 'int4', 'int8')
 
 
 def _script(name: str):
@@ -73,9 +83,18 @@ def estimate(model: str, batch: int, length: int, option: str, dtype: str) -> di
           'compile_s': round(compile_s, 1), **_memory(compiled)}
 
 
+def _stored_bytes(tree) -> int:
+  import jax
+  import numpy as np
+  return int(sum(np.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+                 for leaf in jax.tree.leaves(tree)))
+
+
 def estimate_llama(model: str, batch: int, length: int, option: str, dtype: str,
-                   frozen_dtype: str, sharding: str, model_parallelism: int, rank: int) -> dict:
-  """Compiles a Llama LoRA step from abstract sharded arrays; per-device memory in bytes."""
+                   frozen_dtype: str, sharding: str, model_parallelism: int, rank: int,
+                   quantize: str = 'none', block_size: int = 64) -> dict:
+  """Compiles a Llama LoRA (QLoRA with `quantize`) step from abstract sharded arrays; per-device
+  memory in bytes."""
   import jax
 
   from adapters_jax.train import sharding_rules
@@ -85,10 +104,14 @@ def estimate_llama(model: str, batch: int, length: int, option: str, dtype: str,
   built = _script('lm_steps').llama_lora_step(
       model, batch, length, rank=rank, mesh=mesh, rules=sharding_rules.strategy_rules(sharding),
       frozen_dtype=sharding_rules.FROZEN_DTYPES[frozen_dtype], abstract=True, dtype=dtype,
-      scan_layers=scan_layers, remat=remat)
+      scan_layers=scan_layers, remat=remat, quantize='' if quantize == 'none' else quantize,
+      block_size=block_size)
   compiled = built['step'].lower(built['state'], built['frozen'], built['batch']).compile()
   out = {'option': option, 'model': model, 'batch': batch, 'length': length, 'dtype': dtype,
-         'frozen_dtype': frozen_dtype, 'sharding': sharding, 'mesh': dict(mesh.shape),
+         'frozen_dtype': frozen_dtype, 'quantize': quantize,
+         'block_size': block_size if quantize != 'none' else None,
+         'sharding': sharding, 'mesh': dict(mesh.shape),
+         'frozen_bytes': _stored_bytes(built['frozen']),
          'trainable_params': built['counts'].trainable, 'total_params': built['counts'].total,
          'compile_s': round(time.perf_counter() - start, 1), **_memory(compiled)}
   if None not in (out['argument_bytes'], out['temp_bytes'], out['output_bytes'],
@@ -114,6 +137,10 @@ def main() -> None:
                      help='size of the mesh\'s model axis (tp, fsdp+tp)')
   llama.add_argument('--frozen_dtype', default='bfloat16', choices=['float32', 'bfloat16'])
   llama.add_argument('--rank', type=int, default=8, help='LoRA rank')
+  llama.add_argument('--quantize', default='none',
+                     help=f'Comma-separated, from {", ".join(QUANTIZE)}: a row per frozen base '
+                          '(none = LoRA, else QLoRA with that codec).')
+  llama.add_argument('--quantize_block_size', type=int, default=64)
   llama.add_argument('--fake_devices', type=int, default=0,
                      help='give the CPU this many devices (0: the devices at hand)')
   args = parser.parse_args()
@@ -125,16 +152,23 @@ def main() -> None:
   unknown = sorted(set(options) - set(OPTIONS))
   if unknown:
     parser.error(f'unknown option(s) {unknown}; valid: {", ".join(OPTIONS)}.')
+  quantize = args.quantize.split(',')
+  unknown = sorted(set(quantize) - set(QUANTIZE))
+  if unknown:
+    parser.error(f'unknown --quantize {unknown}; valid: {", ".join(QUANTIZE)}.')
+  if quantize != ['none'] and args.model not in LLAMA_MODELS:
+    parser.error(f'--quantize needs a Llama model ({", ".join(LLAMA_MODELS)}).')
   rows = []
   for option in options:
-    if args.model in LLAMA_MODELS:
-      rows.append(estimate_llama(args.model, args.batch, args.length, option, args.dtype,
-                                 args.frozen_dtype, args.sharding, args.model_parallelism,
-                                 args.rank))
-    else:
-      rows.append(estimate(args.model, args.batch, args.length, option, args.dtype))
-    gc.collect()
-    print(json.dumps(rows[-1]), flush=True)
+    for codec in quantize:
+      if args.model in LLAMA_MODELS:
+        rows.append(estimate_llama(args.model, args.batch, args.length, option, args.dtype,
+                                   args.frozen_dtype, args.sharding, args.model_parallelism,
+                                   args.rank, codec, args.quantize_block_size))
+      else:
+        rows.append(estimate(args.model, args.batch, args.length, option, args.dtype))
+      gc.collect()
+      print(json.dumps(rows[-1]), flush=True)
   if args.out:
     pathlib.Path(args.out).write_text(json.dumps(rows, indent=2))
 

@@ -266,6 +266,16 @@ COMMANDS = {
         'tests/models/test_llama_7b_lowering.py::test_llama_7b_lora_step_fits_an_80gb_device_with_8_way_fsdp',
         ('scripts/memory_estimate.py', 'llama-7b', '--fake_devices', '--sharding', 'fsdp'),
         'that test runs the same command and checks the estimate against an 80 GB device'),
+    (f'{PY} -m experiments.train --config=experiments/configs/mini_lora_lm.py '
+     '--workdir=workdirs/mini_qlm --config.quantize=nf4'): Covered(
+        'tests/quantization/test_qlora_cli.py::test_lora_on_an_nf4_llama_trains_saves_adapters_only_and_predicts',
+        ('experiments.train', 'mini_lora_lm.py:smoke', '--config.quantize=nf4'),
+        'trains minutes on a CPU; that test runs the config in its smoke form with an NF4 base'),
+    (f'{PY} scripts/memory_estimate.py --model llama-3-8b --fake_devices 8 --sharding fsdp --batch 8 '
+     '--length 2048 --options scan+remat --quantize none,nf4'): Covered(
+        'tests/quantization/test_qlora_memory.py::test_nf4_llama_3_8b_base_takes_under_30_percent_of_bfloat16',
+        ('scripts/memory_estimate.py', 'llama-3-8b', '--fake_devices', '--quantize', 'none,nf4'),
+        'that test runs the same command and checks the NF4 base against the bfloat16 one'),
     'bash scripts/accelerator_check.sh results.json': Covered(
         'tests/scripts/test_accelerator_check.py::test_tiny_accelerator_check_writes_throughput_flops_and_glue_json',
         ('scripts/accelerator_check.sh', '--tiny'),

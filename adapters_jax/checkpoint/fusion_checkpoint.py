@@ -37,8 +37,10 @@ def fusion_record(spliced: splice.Spliced, params: Params, name: str) -> dict[st
 
 def save_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params: Params, name: str,
                 mask: Params | None = None, base_name: str = '',
-                extra: Mapping[str, Any] | None = None) -> str:
-  """Saves fusion `name` (and the head, or whatever `mask` trains besides it) on its own.
+                extra: Mapping[str, Any] | None = None,
+                base: Mapping[str, Any] | None = None) -> str:
+  """Saves fusion `name` (and the head, or whatever `mask` trains besides it) on its own
+  (`base`: as `save_adapter`'s).
 
   The record names the fused adapters with their configs, sites and a digest of their weights, so
   `restore_fusion` can refuse adapters other than those the fusion was trained over.
@@ -46,7 +48,8 @@ def save_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params: P
   if not spliced.adapter(name).method.is_fusion:
     raise ValueError(f'{name!r} is not a fusion layer; save adapters with save_adapter.')
   extra = {**dict(extra or {}), 'fusion': fusion_record(spliced, params, name)}
-  return save_adapter(directory, spliced, params, name, mask=mask, base_name=base_name, extra=extra)
+  return save_adapter(directory, spliced, params, name, mask=mask, base_name=base_name, extra=extra,
+                      base=base)
 
 
 def restore_fusion(directory: str | os.PathLike, spliced: splice.Spliced, params: Params,

@@ -131,11 +131,12 @@ def overwrite_leaves(params: Params, leaves: Mapping[str, Any], what: str = 'che
 
 
 def save_trained(directory: str | os.PathLike, params: Params, mask: Params, base_name: str = '',
-                 extra: Mapping[str, Any] | None = None) -> str:
+                 extra: Mapping[str, Any] | None = None,
+                 base: Mapping[str, Any] | None = None) -> str:
   """Saves the leaves `mask` marks trainable (full fine-tuning, head only) with a JSON record.
 
-  The same layout as `save_adapter`, with `adapter` null; load with `load_leaves` and
-  `overwrite_leaves`.
+  The same layout as `save_adapter` (`base` as there), with `adapter` null; load with
+  `load_leaves` and `overwrite_leaves`.
   """
   to_save, _ = trainable.split(params, mask)
   trained_paths = sorted(traverse_util.flatten_dict(to_save, sep='/'))
@@ -145,7 +146,7 @@ def save_trained(directory: str | os.PathLike, params: Params, mask: Params, bas
       'adapter': None,
       'method': None,
       'sites': [],
-      'base': base_record(params, base_name, trained_paths),
+      'base': dict(base) if base is not None else base_record(params, base_name, trained_paths),
       'trained_paths': trained_paths,
       'extra': dict(extra or {}),
   }
@@ -155,8 +156,9 @@ def save_trained(directory: str | os.PathLike, params: Params, mask: Params, bas
 
 
 def make_record(spliced: Spliced, params: Params, name: str, base_name: str,
-                trained_paths: list[str], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """The JSON record saved beside an adapter's params."""
+                trained_paths: list[str], extra: Mapping[str, Any] | None = None,
+                base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The JSON record saved beside an adapter's params (`base`: as `save_adapter`'s)."""
   spec = spliced.adapter(name)
   record = {
       'format': FORMAT,
@@ -167,12 +169,15 @@ def make_record(spliced: Spliced, params: Params, name: str, base_name: str,
       'trained_paths': sorted(trained_paths),
       'extra': dict(extra or {}),
   }
+  if base is not None:
+    return {**record, 'base': dict(base)}
   return {**record, 'base': base_record(params, base_name, unsampled_paths(record))}
 
 
 def save_adapter(directory: str | os.PathLike, spliced: Spliced, params: Params, name: str,
                  mask: Params | None = None, base_name: str = '',
-                 extra: Mapping[str, Any] | None = None) -> str:
+                 extra: Mapping[str, Any] | None = None,
+                 base: Mapping[str, Any] | None = None) -> str:
   """Saves adapter `name` (and the other leaves `mask` marks trainable) to `directory`.
 
   Args:
@@ -184,6 +189,8 @@ def save_adapter(directory: str | os.PathLike, spliced: Spliced, params: Params,
       method trains with it, and the task head.
     base_name: the base model's name or path (recorded, for `restore_adapter` and for people).
     extra: more JSON-able facts to record (e.g. task, label names).
+    base: the record's `base` entry when the caller took it (a quantised base: the float base's
+      `base_record` plus its `quantization`); None: `base_record` of `params`.
 
   Returns:
     The checkpoint directory.
@@ -201,7 +208,7 @@ def save_adapter(directory: str | os.PathLike, spliced: Spliced, params: Params,
   if foreign:
     raise ValueError(f'The mask also selects other adapters\' leaves: {foreign[:5]}; save each '
                      'adapter on its own.')
-  record = make_record(spliced, params, name, base_name, list(flat), extra)
+  record = make_record(spliced, params, name, base_name, list(flat), extra, base)
   directory = os.path.abspath(os.fspath(directory))
   atomic_write(directory, jax.device_get(to_save), record)
   return directory

@@ -98,6 +98,11 @@ def run_config() -> ml_collections.ConfigDict:
   config.sharding = 'data'          # data (params replicated), fsdp, tp or fsdp+tp
   config.model_parallelism = 1      # size of the mesh's model axis (tp, fsdp+tp); data = the rest
   config.frozen_dtype = 'float32'   # storage of the frozen base: float32 or bfloat16
+  # QLoRA: '' (float kernels), 'nf4', 'int4' or 'int8': the frozen kernels stored blockwise
+  # quantised (adapters_jax.quantization), dequantised inside the jitted step; their block scales
+  # take `frozen_dtype`.
+  config.quantize = ''
+  config.quantize_block_size = 64   # values per absmax block along a kernel's last axis
   return config
 
 

@@ -211,8 +211,10 @@ def load_adapter_server(workdirs: Sequence[str], batch_size: int = 64) -> Adapte
 
 def _base_config(config):
   """The run's config without its adapter: `build_experiment` then builds the bare base (model,
-  dtype, overrides, layout as the run had them) with a head."""
+  dtype, overrides, layout as the run had them) with a head. A run trained over a quantised base
+  (`config.quantize`) is served over the float base its record fingerprints: adapters splice into
+  float params."""
   config = config.copy_and_resolve_references()
-  config.method, config.init_adapter_from = 'head', ''
+  config.method, config.init_adapter_from, config.quantize = 'head', '', ''
   config.adapter_drop_layers = type(config.adapter_drop_layers)()
   return config

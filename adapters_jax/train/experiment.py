@@ -14,6 +14,11 @@ without adapters: `full` (full fine-tuning) and `head` (only the task head train
 `config.init_adapter_from` names an adapter checkpoint of ours (`save_adapter`, e.g. another run's
 `best/`) whose adapter leaves (and the base leaves it trained, such as Houlsby's layer norms; never
 its task head) initialise the run's adapter before training.
+
+`config.quantize` (`nf4`, `int4`, `int8`; `config.quantize_block_size` values per block) stores the
+frozen kernels quantised (QLoRA, `adapters_jax.quantization`): `forward` dequantises them inside
+the jitted step, the adapter and whatever else trains stay float, and the best checkpoint's record
+keeps the fingerprints of the float base with the quantisation used (`base_record`).
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from typing import Any
 import jax
 import ml_collections
 
-from adapters_jax import data, models
+from adapters_jax import data, models, quantization
 from adapters_jax.checkpoint.fusion_checkpoint import save_fusion
 from adapters_jax.checkpoint.restore import fit_leaves, restore_adapters
 from adapters_jax.checkpoint.save import (
   CheckpointError,
+  base_record,
   load_leaves,
   load_record,
   save_adapter,
@@ -77,6 +83,8 @@ class Experiment:
     result_fields: more facts for result.json (e.g. the fused adapters).
     report: `(best params, validation split, workdir) -> result fields` run once after training
       (e.g. fusion's attention plot), or None.
+    base_record: a quantised base's checkpoint `base` entry (the float base's fingerprints and
+      the quantisation), or None: checkpoints fingerprint `params` themselves.
   """
 
   config: ml_collections.ConfigDict
@@ -90,10 +98,13 @@ class Experiment:
   regularizer: Callable[[Params], jax.Array] | None = None
   result_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
   report: Callable[[Params, data.BatchSource, str], dict[str, Any]] | None = None
+  base_record: dict[str, Any] | None = None
 
   def forward(self, params: Params, *args: Any, rng: jax.Array | None = None, **kwargs: Any) -> Any:
-    """The spliced model with the run's adapter active; dropout on when `rng` is a key."""
+    """The spliced model with the run's adapter active; dropout on when `rng` is a key. Quantised
+    kernels of `params` are dequantised here, inside whatever jit calls this."""
     rngs = None if rng is None else {'dropout': rng}
+    params = quantization.dequantize_tree(params)
     return self.spliced.apply(params, *args, deterministic=rng is None, active=self.adapter_name,
                               rngs=rngs, **kwargs)
 
@@ -111,15 +122,15 @@ class Experiment:
 
   def save_best(self, directory: str, params: Params, extra: dict[str, Any]) -> str:
     """Writes the trained leaves of `params` as an adapter-only checkpoint."""
-    base_name = self.config.model
+    base_name, base = self.config.model, self.base_record
     if self.adapter_name is None:
-      return save_trained(directory, params, self.mask, base_name=base_name, extra=extra)
+      return save_trained(directory, params, self.mask, base_name=base_name, extra=extra, base=base)
     save = save_fusion if self.config.method == FUSION_METHOD else save_adapter
     return save(directory, self.spliced, params, self.adapter_name, mask=self.mask,
-                base_name=base_name, extra=extra)
+                base_name=base_name, extra=extra, base=base)
 
   def counts(self) -> trainable.ParamCounts:
-    return trainable.count(self.params, self.mask)
+    return trainable.count(quantization.logical(self.params), self.mask)
 
 
 def task_source(config: ml_collections.ConfigDict) -> str | data.LocalTaskConfig:
@@ -150,6 +161,9 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
   if config.init_adapter_from and config.method in BASELINE_METHODS + (FUSION_METHOD,):
     raise ValueError(f'init_adapter_from={config.init_adapter_from!r} initialises an adapter; '
                      f'method {config.method!r} has none to initialise.')
+  if config.quantize and config.method in ('full', FUSION_METHOD):
+    raise ValueError(f'quantize={config.quantize!r} stores a frozen base; method '
+                     f'{config.method!r} needs a float one: set --config.quantize=\'\'.')
   factory = kind_factory(spec, model_type_of(config.model), config.task_kind)
   pretrained = models.load_pretrained(
       config.model, **factory.load_arguments(spec), dtype=config.dtype, remat=config.remat,
@@ -171,8 +185,28 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
     if config.init_adapter_from:
       params = init_adapter_from(config.init_adapter_from, spliced, params, adapter_name)
   mask = trainable.make_mask(params, trainable_rules(config, spliced, adapter_name))
-  return Experiment(config=config, pretrained=pretrained, spec=spec, task_kind=task_kind,
-                    spliced=spliced, params=params, mask=mask, adapter_name=adapter_name)
+  return quantize_base(Experiment(config=config, pretrained=pretrained, spec=spec,
+                                  task_kind=task_kind, spliced=spliced, params=params, mask=mask,
+                                  adapter_name=adapter_name))
+
+
+def quantize_base(experiment: Experiment) -> Experiment:
+  """The experiment with its frozen kernels stored as `config.quantize` (unchanged when '').
+
+  The float base is dropped (also from `pretrained`), so only the quantised one stays in memory;
+  `base_record` keeps its fingerprints, taken before quantising.
+  """
+  config = experiment.config
+  if not config.quantize:
+    return experiment
+  flat_mask = jax.tree_util.tree_leaves_with_path(experiment.mask)
+  trained = [jax.tree_util.keystr(p, simple=True, separator='/') for p, m in flat_mask if m]
+  record = {**base_record(experiment.params, config.model, trained),
+            'quantization': quantization.describe(config.quantize, config.quantize_block_size)}
+  params = quantization.quantize_frozen(experiment.params, experiment.mask, config.quantize,
+                                        config.quantize_block_size)
+  return dataclasses.replace(experiment, params=params, base_record=record,
+                             pretrained=dataclasses.replace(experiment.pretrained, params=None))
 
 
 def init_adapter_from(directory: str, spliced: Spliced, params: Params, name: str) -> Params:

@@ -15,6 +15,9 @@ parallelism. A strategy (`config.sharding`) picks the rules of the params:
 Adapter leaves (`.../adapters/NAME/...`: LoRA's A/B, bottlenecks) are small and replicated in
 every strategy; optimizer moments follow the sharding of their param. The frozen base may be
 stored in bfloat16 (`config.frozen_dtype`) while the trained leaves stay float32 master weights.
+A quantised kernel or embedding table (`config.quantize`) is two leaves, `.../kernel/codes` and
+`.../kernel/scales`, blocked along the matrix's last axis; each takes the matrix's rule (their
+trailing dims are the matrix's, the last one shrunk).
 
 Rules are ordered `(regex, spec)` pairs; the regex fully matches the `/`-joined param path, the
 first match wins, and a path no rule matches is an error. A spec is a `PartitionSpec` naming the
@@ -71,7 +74,7 @@ _TENSOR_PARALLEL = [
     (r'lm_head', _COLUMN),
 ]
 # Embedding tables [vocab, hidden] over the vocab.
-_EMBEDDINGS = r'(embeddings/word_embeddings|shared)/embedding'
+_EMBEDDINGS = r'(embeddings/word_embeddings|shared)/embedding(/codes|/scales)?'
 
 
 def strategy_rules(strategy: str) -> list[tuple[str, Spec]]:
@@ -87,7 +90,7 @@ def strategy_rules(strategy: str) -> list[tuple[str, Spec]]:
   rules = list(ADAPTER_RULES)
   for module, (fan_in, fan_out) in _TENSOR_PARALLEL:
     kernel = tuple(other if axis is None else axis for axis in (fan_in, fan_out))
-    rules.append((rf'{module}/kernel', PartitionSpec(*kernel)))
+    rules.append((rf'{module}/kernel(/codes|/scales)?', PartitionSpec(*kernel)))
     rules.append((rf'{module}/bias', PartitionSpec(fan_out)))
   rules.append((_EMBEDDINGS, PartitionSpec(MODEL_AXIS, other)))
   rules.append((r'.*', Largest(DATA_AXIS) if fsdp else PartitionSpec()))

@@ -1,0 +1,81 @@
+"""A frozen base with its kernels quantised (QLoRA): which leaves, how, and the float view.
+
+`quantize_frozen` replaces every frozen matrix named `kernel` or `embedding` (Flax's names of a
+Dense projection's and an Embed table's weights: every projection, the LM head, the embedding
+tables; not norms, biases, adapters or anything that trains) by a `codec.QuantizedArray`;
+`dequantize_tree` turns them back into float kernels and is what a run calls inside its jitted
+step, before `Spliced.apply`, so the stored base stays 4 or 8 bits per value
+between steps and the float kernels exist only as XLA temporaries. The frozen tree is an argument
+of the step and never differentiated, so nothing quantised is ever updated.
+
+    params = quantize_frozen(params, mask, 'nf4', block_size=64)
+    logits = spliced.apply(dequantize_tree(params), input_ids, active='task')
+
+Counts read `logical(params)`: each quantised leaf as a `jax.ShapeDtypeStruct` of the kernel it
+stands for. An adapter trained over a quantised base records the float base's fingerprints, so it
+restores onto the float base (`checkpoint.restore_adapter`), which `quantize_frozen` then stores
+quantised: the order a run's prediction follows (`train.experiment.quantize_base`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from adapters_jax.quantization.codec import QuantizedArray, check_scheme, dequantize, quantize
+
+Params = Any
+QUANTIZED_NAMES = ('kernel', 'embedding')
+
+
+def is_quantized(leaf: Any) -> bool:
+  return isinstance(leaf, QuantizedArray)
+
+
+def quantizable(path: str, leaf: Any) -> bool:
+  """Whether a frozen leaf at `path` (`/`-joined) is stored quantised: a kernel or embedding
+  table of >= 2 dims outside any adapter subtree."""
+  parts = path.split('/')
+  return parts[-1] in QUANTIZED_NAMES and 'adapters' not in parts and len(np.shape(leaf)) >= 2
+
+
+def quantize_frozen(params: Params, mask: Params, kind: str, block_size: int) -> Params:
+  """`params` with every frozen (`mask` False) quantisable kernel stored as `kind` blocks.
+
+  Works on arrays and on `jax.ShapeDtypeStruct`s (through `jax.eval_shape`: the abstract
+  quantised leaves of a model too large to materialise).
+  """
+  check_scheme(kind, block_size)
+  flat = traverse_util.flatten_dict(params, sep='/')
+  flat_mask = traverse_util.flatten_dict(mask, sep='/')
+  out = {}
+  for path, leaf in flat.items():
+    if flat_mask[path] or not quantizable(path, leaf):
+      out[path] = leaf
+    elif isinstance(leaf, jax.ShapeDtypeStruct):
+      out[path] = jax.eval_shape(lambda x: quantize(x, kind, block_size), leaf)
+    else:
+      out[path] = jax.jit(quantize, static_argnums=(1, 2))(leaf, kind, block_size)
+  return traverse_util.unflatten_dict(out, sep='/')
+
+
+def dequantize_tree(params: Params) -> Params:
+  """`params` with every `QuantizedArray` leaf as its float kernel (other leaves as they are)."""
+  return jax.tree.map(lambda leaf: dequantize(leaf) if is_quantized(leaf) else leaf, params,
+                      is_leaf=is_quantized)
+
+
+def logical(params: Params) -> Params:
+  """`params` with every `QuantizedArray` as a `jax.ShapeDtypeStruct` of the kernel it stores."""
+  return jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) if is_quantized(leaf) else leaf,
+      params, is_leaf=is_quantized)
+
+
+def describe(kind: str, block_size: int) -> dict[str, Any]:
+  """The quantisation as a checkpoint's record keeps it."""
+  return {'kind': kind, 'block_size': block_size,
+          'leaves': 'frozen ' + ', '.join(f'*/{name}' for name in QUANTIZED_NAMES) + ' (>= 2 dims)'}
