@@ -16,7 +16,7 @@ import pathlib
 from adapters_jax.interop import adapterhub, adapterhub_import, peft
 from adapters_jax.interop.naming import InteropError, model_type_from_leaves
 from adapters_jax.interop.output_directory import refuse_to_mix, staged_directory
-from adapters_jax.interop.portable import read_checkpoint, write_checkpoint
+from adapters_jax.interop.portable import PortableAdapter, read_checkpoint, write_checkpoint
 from adapters_jax.models import SHORT_NAMES, resolve_checkpoint_dir
 
 # format -> (export, import) functions.
@@ -57,9 +57,17 @@ def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.Path
     model_type: `bert` or `roberta`; default: from the trained head or the base's config.json.
     overwrite: replace a non-empty `out` whole (see `output_directory.staged_directory`).
   """
+  _format(fmt)
+  refuse_to_mix(out, overwrite=overwrite)
+  return export_portable(read_checkpoint(directory), fmt, out, model_type, overwrite)
+
+
+def export_portable(adapter: PortableAdapter, fmt: str, out: str | os.PathLike,
+                    model_type: str | None = None, overwrite: bool = False) -> pathlib.Path:
+  """Exports `adapter` (its leaves at our BERT/RoBERTa paths) to `out` in format `fmt`; the
+  arguments as `export_checkpoint`'s."""
   export, _ = _format(fmt)
   refuse_to_mix(out, overwrite=overwrite)
-  adapter = read_checkpoint(directory)
   model_type = _model_type(adapter.leaves, adapter.base.get('name', ''), model_type)
   with staged_directory(out, overwrite=overwrite) as staging:
     export(adapter, staging, model_type)
