@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from adapters_jax.methods import adapter_drop, fusion, get_method
-from adapters_jax.nnx import splice
+from adapters_jax.nnx import checkpoint, splice
 from adapters_jax.nnx.adapted_site import AdapterParam
 from adapters_jax.nnx.fusion import add_fusion, fusion_regularization
 from adapters_jax.nnx.trainable import trained_filter
@@ -130,6 +130,19 @@ def test_fusion_trains_alone_with_its_regularizer():
   splice.add_adapter(model, 'l', lora, jax.random.key(5), ids)
   with pytest.raises(ValueError, match='bottleneck'):
     add_fusion(model, ('a', 'l'), jax.random.key(0), fusion('a', 'l', dropout=0.0))
+
+
+def test_a_fusion_checkpoint_restores_over_restored_adapters(tmp_path):
+  model, ids = _host_with('a', 'b')
+  add_fusion(model, ('a', 'b'), jax.random.key(7), fusion('a', 'b', dropout=0.0))
+  hosts.randomize(model, AdapterParam, seed=4, scale=0.1)
+  splice.set_active(model, 'a,b')
+  fresh = hosts.Decoder(nnx.Rngs(0), layers=1)
+  for name in ('a', 'b', 'a,b'):
+    directory = checkpoint.save_adapter(tmp_path / name, model, name)
+    checkpoint.restore_adapter(directory, fresh, ids)
+  splice.set_active(fresh, Fuse('a', 'b'))
+  np.testing.assert_array_equal(fresh(ids), model(ids))
 
 
 FFN_DOWN = r'blocks/\d+/mlp/layers/2'
