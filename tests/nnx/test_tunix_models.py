@@ -225,3 +225,22 @@ def test_orbax_round_trip_is_bit_identical_on_a_fresh_model(tmp_path):
   splice.set_active(model, 'task')
   splice.set_active(fresh, 'task')
   np.testing.assert_array_equal(_logits(fresh, inputs), _logits(model, inputs))
+
+
+def test_adapter_drop_and_leave_out_find_tunix_blocks():
+  model = _build()
+  inputs = _inputs()
+  splice.add_adapter(model, 'lora', _method('lora'), jax.random.key(0), *inputs)
+  top = splice.add_adapter(model, 'top', _method('lora', leave_out=(0,)), jax.random.key(1), *inputs)
+  assert [s.path for s in top.sites] == ['layers/1/attn/q_proj', 'layers/1/attn/v_proj']
+  hosts.randomize(model, AdapterParam, seed=7)
+  for projection in ('q_proj', 'v_proj'):  # `top` := `lora` in block 1
+    site = getattr(model.layers[1].attn, projection)
+    for leaf in ('lora_a', 'lora_b'):
+      site.adapters['top'][leaf][...] = site.adapters['lora'][leaf][...]
+  splice.set_active(model, 'top')
+  want = _logits(model, inputs)
+  splice.set_active(model, 'lora', skip_layers=1)
+  np.testing.assert_array_equal(_logits(model, inputs), want)
+  splice.set_active(model, 'lora')
+  assert float(jnp.abs(_logits(model, inputs) - want).max()) > 1e-3
