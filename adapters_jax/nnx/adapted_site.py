@@ -18,7 +18,8 @@ Why graph surgery on the site module itself, not a wrapper and not call intercep
 
 The math of every method stays in its Linen module (`methods/`): each call applies
 `method.make_module(site)` functionally to the arrays held in `AdapterParam` variables, and the
-per-site programs (Stack, Average) are `adapters_jax.splicing.interception`'s.
+per-site programs (Stack, Average, Fuse, PerExample, Parallel) are
+`adapters_jax.splicing.interception`'s.
 
 Features: an `nnx.LinearGeneral` site (the query/key/value/out projections of
 `nnx.MultiHeadAttention`) has several feature axes ([..., heads, head_dim]); the adapter sees them
