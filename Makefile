@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test test-fast demo lint bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-assets.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-assets.txt requirements-dev-no-deps.txt \
+    pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
+	$(PY) -m pip install -q --no-deps -r requirements-assets.txt -r requirements-dev-no-deps.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

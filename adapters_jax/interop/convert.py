@@ -19,7 +19,7 @@ from adapters_jax.interop import adapterhub, adapterhub_import, peft, peft_impor
 from adapters_jax.interop.naming import InteropError, model_type_from_leaves
 from adapters_jax.interop.output_directory import refuse_to_mix, staged_directory
 from adapters_jax.interop.peft_names import ENCODER_MODEL_TYPES, MODEL_TYPES
-from adapters_jax.interop.portable import read_checkpoint, write_checkpoint
+from adapters_jax.interop.portable import PortableAdapter, read_checkpoint, write_checkpoint
 from adapters_jax.models import SHORT_NAMES, resolve_checkpoint_dir
 
 # format -> (export, import) functions.
@@ -64,9 +64,19 @@ def export_checkpoint(directory: str | os.PathLike, fmt: str, out: str | os.Path
     notify: called with a one-line note on what the export does in the other library, when it says
       more than the files (AdapterHub: trained base layer norms; `adapterhub.base_leaves_notice`).
   """
-  export, _ = _format(fmt)
+  _format(fmt)
   refuse_to_mix(out, overwrite=overwrite)
   adapter = principal_lora.as_plain_lora(read_checkpoint(directory))  # PiSSA/OLoRA: on the base W
+  return export_portable(adapter, fmt, out, model_type, overwrite, notify)
+
+
+def export_portable(adapter: PortableAdapter, fmt: str, out: str | os.PathLike,
+                    model_type: str | None = None, overwrite: bool = False,
+                    notify: Callable[[str], None] | None = None) -> pathlib.Path:
+  """Exports `adapter` (its leaves at our paths) to `out` in format `fmt`; the arguments as
+  `export_checkpoint`'s."""
+  export, _ = _format(fmt)
+  refuse_to_mix(out, overwrite=overwrite)
   model_type = _model_type(adapter.leaves, adapter.base.get('name', ''), model_type, fmt)
   with disk_full.reporting(out, _bytes(adapter)), staged_directory(out, overwrite=overwrite) as staging:
     export(adapter, staging, model_type)

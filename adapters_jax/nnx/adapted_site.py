@@ -18,11 +18,14 @@ Why graph surgery on the site module itself, not a wrapper and not call intercep
 
 The math of every method stays in its Linen module (`methods/`): each call applies
 `method.make_module(site)` functionally to the arrays held in `AdapterParam` variables, and the
-per-site programs (Stack, Average) are `adapters_jax.splicing.interception`'s.
+per-site programs (Stack, Average, Fuse, PerExample, Parallel) are
+`adapters_jax.splicing.interception`'s.
 
 Features: an `nnx.LinearGeneral` site (the query/key/value/out projections of
 `nnx.MultiHeadAttention`) has several feature axes ([..., heads, head_dim]); the adapter sees them
-flattened into one ([..., heads * head_dim]) and its result is reshaped back.
+flattened into one ([..., heads * head_dim]) and its result is reshaped back. Any other site's
+feature axes are read from the shapes of its call (`infer_feature_ndims`: an einsum projection
+[B, T, D] -> [B, T, heads, head_dim] has one input and two output feature axes).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from flax import nnx
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
 from adapters_jax.splicing import interception
-from adapters_jax.splicing.composition import CompositionError, adapter_names
+from adapters_jax.splicing.composition import CompositionError, Fuse, adapter_names
 from adapters_jax.splicing.tree import SHARED_KEY, AdapterSpec
 
 
@@ -83,33 +86,45 @@ def adapt(module: nnx.Module, path: str) -> None:
   """Makes `module` an adapted site with no adapters yet (in place; its state is untouched)."""
   if is_adapted(module):
     return
-  in_ndim, out_ndim = feature_ndims(module)
+  ndims = feature_ndims(module)
   object.__setattr__(module, '__class__', adapted_class(type(module)))
   module.adapters = nnx.Dict({})
   module.adapter_slots = ()
   module.adapter_active = None
+  module.adapter_skip_layers = ()
   module.adapter_site_path = path
-  module.adapter_feature_ndims = (in_ndim, out_ndim)
+  module.adapter_feature_ndims = ndims  # None until `splice.add_adapter` has probed the call
 
 
 def unadapt(module: nnx.Module) -> None:
   """Gives a site with no adapters left its own class and attributes back."""
-  for attribute in ('adapters', 'adapter_slots', 'adapter_active', 'adapter_site_path',
-                    'adapter_feature_ndims'):
+  for attribute in ('adapters', 'adapter_slots', 'adapter_active', 'adapter_skip_layers',
+                    'adapter_site_path', 'adapter_feature_ndims'):
     delattr(module, attribute)
   object.__setattr__(module, '__class__', original_class(module))
 
 
-def feature_ndims(module: nnx.Module) -> tuple[int, int]:
-  """How many trailing axes of the site's input and output are features (1, or more for
-  `nnx.LinearGeneral`)."""
+def feature_ndims(module: nnx.Module) -> tuple[int, int] | None:
+  """How many trailing axes of the site's input and output are features: an `nnx.LinearGeneral`'s
+  own; None for any other module (read from the shapes of its call, `infer_feature_ndims`)."""
   if isinstance(module, nnx.LinearGeneral):
     in_ndim, out_ndim = len(module.in_features), len(module.out_features)
     if tuple(module.axis) != tuple(range(-in_ndim, 0)):
       raise ValueError(f'An adapter site must contract its trailing input axes; this '
                        f'LinearGeneral contracts axis={module.axis}. Choose another site.')
     return in_ndim, out_ndim
-  return 1, 1
+  return None
+
+
+def infer_feature_ndims(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[int, int]:
+  """Feature axes of a call [*lead, *in_features] -> [*lead, *out_features]: the leading axes the
+  two shapes share are batch axes, leaving at least one feature axis on each side. A `Linear`
+  [B, T, D] -> [B, T, F] has (1, 1); an einsum projection 'BTD,DNH->BTNH' (1, 2), 'BTNH,NHD->BTD'
+  (2, 1)."""
+  lead, cap = 0, min(len(in_shape), len(out_shape)) - 1
+  while lead < cap and in_shape[lead] == out_shape[lead]:
+    lead += 1
+  return len(in_shape) - lead, len(out_shape) - lead
 
 
 def flat_features(x: jax.Array, ndim: int) -> jax.Array:
@@ -154,18 +169,21 @@ def _adapted_call(self, x, *args, **kwargs):
   """The site's `__call__`: the active adapters' input program, the original call, the output
   program (placements as in `adapters_jax.methods.base`)."""
   call = super(type(self), self).__call__
-  in_ndim, out_ndim = self.adapter_feature_ndims
+  in_ndim, out_ndim = self.adapter_feature_ndims or (None, None)
   if _PROBE is not None:
     y = call(x, *args, **kwargs)
-    _PROBE[self.adapter_site_path] = (getattr(x, 'shape', None), getattr(y, 'shape', None),
-                                      in_ndim, out_ndim)
+    in_shape, out_shape = getattr(x, 'shape', None), getattr(y, 'shape', None)
+    if self.adapter_feature_ndims is None and in_shape is not None and out_shape is not None:
+      in_ndim, out_ndim = infer_feature_ndims(in_shape, out_shape)
+    _PROBE[self.adapter_site_path] = (in_shape, out_shape, in_ndim, out_ndim)
     return y
   program = _site_program(self)
   if program is None:
     return call(x, *args, **kwargs)
   if isinstance(program, interception.ChoiceOp) and _INDEX is None:
     raise CompositionError('A PerExample choice runs: call the model inside '
-                           '`with adapter_index(model, index):` (index: int [batch], -1 = base).')
+                           '`with adapter_index(model, index):` (index: int [batch], -1 = base); '
+                           'a Parallel one: call it through `run_parallel(model, ...)`.')
   ops = _SiteOps(self)
   x_flat = flat_features(x, in_ndim)
   if program.has_input:
@@ -180,13 +198,25 @@ def _site_program(module) -> Any:
   node = module.adapter_active
   if node is None:
     return None
-  slots = {slot.name: slot for slot in module.adapter_slots}
-  # Adapters of the composition with no site here get an empty spec: the program leaves them out
-  # (Stack) or lets them pass the site unchanged (Average), as the Linen splice does.
+  skipped = module.adapter_skip_layers  # AdapterDrop: this site's block is skipped
+  slots = {slot.name: slot for slot in module.adapter_slots
+           if slot.site.layer is None or slot.site.layer not in skipped}
+  # Adapters of the composition with no site here (or a skipped one) get an empty spec: the program
+  # leaves them out (Stack, Fuse) or lets them pass the site unchanged (Average, PerExample), as
+  # the Linen splice does with `skip_layers`.
+  names = adapter_names(node) + _fusion_names(node)
   specs = [AdapterSpec(name, slots[name].method, (slots[name].site,), ((),), slots[name].merged)
            if name in slots else AdapterSpec(name, None, (), ())
-           for name in adapter_names(node)]
+           for name in names]
   return interception.compile_sites(node, specs).get(module.adapter_site_path)
+
+
+def _fusion_names(node) -> tuple[str, ...]:
+  """The fusion layers a (validated) composition runs: the names of its `Fuse` blocks."""
+  if isinstance(node, Fuse):
+    return (node.name,)
+  children = () if node is None or isinstance(node, str) else node.children
+  return tuple(name for child in children for name in _fusion_names(child))
 
 
 class _SiteOps:
@@ -205,4 +235,7 @@ class _SiteOps:
     return out.astype(x.dtype)
 
   def fuse(self, fusion, query, deltas):
-    raise CompositionError('AdapterFusion is not available on NNX models; use Stack, Average or PerExample.')
+    """The fusion layer `fusion` (a Leaf of a `FusionConfig`): query [..., F], deltas [..., K, F]."""
+    params = to_arrays(self.module.adapters[fusion.spec.name])
+    return fusion.module.apply({'params': params}, query, deltas,
+                               deterministic=True).astype(query.dtype)

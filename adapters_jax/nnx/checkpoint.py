@@ -34,7 +34,7 @@ from adapters_jax.checkpoint.save import (
   tree_diff,
 )
 from adapters_jax.methods import method_from_dict
-from adapters_jax.nnx import splice
+from adapters_jax.nnx import fusion, splice
 from adapters_jax.nnx.adapted_site import AdapterParam
 from adapters_jax.splicing.tree import is_adapter_path
 from adapters_jax.version import __version__
@@ -90,7 +90,8 @@ def restore_adapter(directory: str | os.PathLike, model: nnx.Module, *sample_arg
 
   Args:
     directory: a checkpoint made by `save_adapter` (NNX) with this model's site paths.
-    model: the base model, freshly built or loaded (without an adapter of that name).
+    model: the base model, freshly built or loaded (without an adapter of that name); for a
+      fusion's checkpoint, with the fused adapters spliced (restored) already.
     *sample_args, **sample_kwargs: one call of the model, for the sites' shapes (see `add_adapter`).
     check_base: refuse a base whose parameter shapes differ from the recorded ones.
     strict: refuse a base with the same shapes but other weights (else a warning).
@@ -111,8 +112,11 @@ def restore_adapter(directory: str | os.PathLike, model: nnx.Module, *sample_arg
   check_base_of(directory, record, base, base_fingerprint(base), check_base, strict, base_name)
   leaves = load_leaves(directory)
   # The seed does not matter: every leaf is overwritten below.
-  splice.add_adapter(model, name, method_from_dict(record['method']), jax.random.key(0),
-                     *sample_args, **sample_kwargs)
+  method = method_from_dict(record['method'])
+  if method.is_fusion:  # over adapters restored (or spliced) already
+    fusion.add_fusion(model, method.adapters, jax.random.key(0), method, name)
+  else:
+    splice.add_adapter(model, name, method, jax.random.key(0), *sample_args, **sample_kwargs)
   problems = tree_diff(adapter_arrays(model, name), leaves)
   if problems:
     splice.remove_adapter(model, name)

@@ -68,7 +68,8 @@ def map_path(path: str, path_map: PathMap) -> str | None:
   return None
 
 
-def _map_all(paths, path_map: PathMap, source: str) -> dict[str, str]:
+def map_paths(paths, path_map: PathMap, source: str) -> dict[str, str]:
+  """`{path: mapped path}`; a CheckpointError names the paths (of `source`) the map misses."""
   mapped = {p: map_path(p, path_map) for p in paths}
   missing = [p for p, q in mapped.items() if q is None]
   if missing:
@@ -118,8 +119,8 @@ def restore_linen_adapter(directory: str | os.PathLike, model: nnx.Module, path_
     raise CheckpointError(f'{os.fspath(directory)} holds no adapter (a checkpoint of trained host '
                           'leaves); nothing to splice.')
   leaves = load_leaves(directory)
-  mapped_sites = list(_map_all(record['sites'], path_map, 'the recorded sites').values())
-  mapped = _map_all(leaves, path_map, 'the checkpoint\'s leaves')
+  mapped_sites = list(map_paths(record['sites'], path_map, 'the recorded sites').values())
+  mapped = map_paths(leaves, path_map, 'the checkpoint\'s leaves')
   host = sorted(q for p, q in mapped.items() if not is_adapter_path(p))
   method = translate_method(method_from_dict(record['method']), record['sites'], mapped_sites, host)
   # The seed does not matter: every leaf is overwritten below.
@@ -164,9 +165,9 @@ def save_linen_adapter(directory: str | os.PathLike, model: nnx.Module, name: st
   if spec.merged:
     raise ValueError(f'Adapter {name!r} is merged into the base weights; unmerge it before saving.')
   sites = [site.path for site in spec.sites]
-  mapped_sites = list(_map_all(sites, path_map, 'the adapter\'s sites').values())
+  mapped_sites = list(map_paths(sites, path_map, 'the adapter\'s sites').values())
   leaves = adapter_arrays(model, name)
-  mapped = _map_all(leaves, path_map, 'the adapter\'s leaves')
+  mapped = map_paths(leaves, path_map, 'the adapter\'s leaves')
   linen_leaves = {mapped[p]: leaf for p, leaf in leaves.items()}
   method = translate_method(spec.method, sites, mapped_sites, [])
   record = {

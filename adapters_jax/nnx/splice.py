@@ -11,6 +11,9 @@ same site patterns (whole-name regexes over `/`-joined module paths of the NNX g
     set_active(model, 'sst2')            # what runs, until set again (None: the base model)
     with activated(model, ('a', 'b')):   # or for a block of calls (Stack; Average(...) too)
       logits = model(ids)
+    set_active(model, 'sst2', skip_layers=3)   # AdapterDrop: none in blocks 0..2
+    set_active(model, Parallel('a', 'b'))      # every branch on the whole batch, in one call:
+    logits = run_parallel(model, ids)          # [2, batch, ...]
 
 Train only the adapters with `nnx.Optimizer(model, tx, wrt=AdapterParam)` and
 `nnx.value_and_grad(loss, argnums=nnx.DiffState(0, AdapterParam))`.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -30,7 +33,8 @@ from flax import nnx
 from adapters_jax.methods.base import MethodConfig, SiteInfo
 from adapters_jax.nnx import adapted_site, sharding
 from adapters_jax.nnx.adapted_site import SiteSlot
-from adapters_jax.splicing import composition
+from adapters_jax.splicing import composition, interception
+from adapters_jax.splicing import splice as linen_splice
 from adapters_jax.splicing.sites import match_sites
 from adapters_jax.splicing.transformer_blocks import block_index, no_blocks_message
 from adapters_jax.splicing.tree import SHARED_KEY, AdapterSpec, check_name
@@ -98,7 +102,7 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
   if name in taken:
     raise ValueError(f'An adapter named {name!r} is spliced already (spliced: {taken}); '
                      'remove_adapter it first or choose another name.')
-  current = active(model)
+  current = active(model), skipped_layers(model)
   modules = module_paths(model)
   matched = match_sites(method.site_rules(), list(modules))
   shapes = _probe(model, {p: modules[p] for p in matched}, sample_args, sample_kwargs)
@@ -128,7 +132,8 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
     module = modules[site.path]
     if not adapted_site.is_adapted(module):
       adapted_site.adapt(module, site.path)
-      module.adapter_active = current  # every site runs the same choice
+      module.adapter_feature_ndims = shapes[site.path][2:]
+      module.adapter_active, module.adapter_skip_layers = current  # every site runs the same choice
     module.adapters[name] = held
     sharding.place_adapter(module, name, lora_follows_kernel)
     module.adapter_slots = module.adapter_slots + (SiteSlot(name, method, site),)
@@ -208,35 +213,70 @@ def find_adapter(model: nnx.Module, name: str) -> AdapterSpec:
   raise KeyError(f'No adapter named {name!r}; spliced adapters: {[s.name for s in specs]}.')
 
 
-_NOT_ON_NNX = (composition.Parallel, composition.Fuse)
-
-
-def set_active(model: nnx.Module, active: Any) -> None:
+def set_active(model: nnx.Module, active: Any, skip_layers: int | Sequence[int] = 0) -> None:
   """Which adapters run from now on, at every site: a name, a tuple of names / `Stack` (one after
-  another), `Average(...)`, `PerExample(...)` (each row its own branch; call the model inside
-  `adapter_index`), or None (the base model). Validated against the spliced adapters.
+  another), `Average(...)`, `Fuse(...)` or a fusion's name (AdapterFusion, spliced by
+  `adapters_jax.nnx.fusion.add_fusion`), `PerExample(...)` (each row its own branch; call the model
+  inside `adapter_index`), `Parallel(...)` (every branch on the whole batch; call the model through
+  `run_parallel`), or None (the base model). Validated against the spliced adapters.
+
+  Args:
+    skip_layers: AdapterDrop (Rueckle et al. 2021): no adapter runs in the first `k` transformer
+      blocks (an int) or in the given block indices (a sequence), as `Spliced.apply(...,
+      skip_layers=)` on a Linen model; refused when no site of the choice is inside a block.
 
   The choice is a static attribute of each site, so a function jitted with `nnx.jit` is traced
   again for a new choice instead of running a stale one.
   """
-  node = composition.validate(composition.normalize(active), adapter_specs(model))
-  _check_supported(node)
+  specs = adapter_specs(model)
+  node = composition.validate(composition.normalize(active), specs)
+  skipped = interception.skip_layer_set(skip_layers)
+  if node is not None and skipped:
+    interception.compile_sites(node, specs, skipped)  # the Linen checks (sites inside blocks)
   for module in adapted_sites(model).values():
     module.adapter_active = node
-
-
-def _check_supported(node) -> None:
-  if isinstance(node, _NOT_ON_NNX) or (isinstance(node, composition.Stack) and any(
-      isinstance(c, _NOT_ON_NNX) for c in node.children)):
-    raise composition.CompositionError(
-        f'{type(node).__name__} is not available on NNX models; use a name, Stack, Average or '
-        'PerExample, or splice the Linen version of the model.')
+    module.adapter_skip_layers = skipped
 
 
 def active(model: nnx.Module) -> Any:
   """The composition that runs now (None: the base model)."""
   sites = adapted_sites(model)
   return next(iter(sites.values())).adapter_active if sites else None
+
+
+def skipped_layers(model: nnx.Module) -> tuple[int, ...]:
+  """The blocks in which no adapter runs now (`set_active`'s `skip_layers`)."""
+  sites = adapted_sites(model)
+  return next(iter(sites.values())).adapter_skip_layers if sites else ()
+
+
+def run_parallel(model: nnx.Module, *args, method: Callable[..., Any] | None = None,
+                 **kwargs) -> Any:
+  """Calls the model once with every branch of its `Parallel` choice on the whole batch.
+
+  Args:
+    model: the model; its choice (`set_active`) must be a `Parallel`.
+    *args, **kwargs: the model's arguments; the first is an array [batch, ...], and every array
+      argument with that leading axis is repeated once per branch.
+    method: what to call instead of `model(...)` (e.g. `model.hidden`).
+
+  Returns:
+    The model's output with every leaf [n_branches, batch, ...] (branch i = the model run with
+    branch i alone), as `Spliced.apply(..., active=Parallel(...))` returns it.
+  """
+  node = active(model)
+  if not isinstance(node, composition.Parallel):
+    raise composition.CompositionError(
+        f'run_parallel needs a Parallel choice; this model runs {node!r}. '
+        'set_active(model, Parallel(...)) first.')
+  n = len(node.children)
+  args, kwargs, index = linen_splice.repeat_batch(args, kwargs, n)
+  previous = adapted_site.set_index(index)
+  try:
+    out = (method or model)(*args, **kwargs)
+  finally:
+    adapted_site.set_index(previous)
+  return linen_splice.split_batch(out, n)
 
 
 @contextlib.contextmanager
@@ -261,11 +301,12 @@ def adapter_index(model: nnx.Module, index: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def activated(model: nnx.Module, choice: Any) -> Iterator[None]:
-  """`set_active(model, choice)` for a block of calls; the previous choice afterwards."""
-  previous = active(model)
-  set_active(model, choice)
+def activated(model: nnx.Module, choice: Any, skip_layers: int | Sequence[int] = 0
+              ) -> Iterator[None]:
+  """`set_active(model, choice, skip_layers)` for a block of calls; the previous choice afterwards."""
+  previous = active(model), skipped_layers(model)
+  set_active(model, choice, skip_layers)
   try:
     yield
   finally:
-    set_active(model, previous)
+    set_active(model, *previous)

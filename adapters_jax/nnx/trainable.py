@@ -19,16 +19,26 @@ from flax import nnx
 
 from adapters_jax.nnx.adapted_site import AdapterParam
 from adapters_jax.nnx.splice import adapter_specs
+from adapters_jax.splicing.tree import ADAPTERS_KEY
 
 
-def trained_filter(model: nnx.Module, extra: Sequence[str] = ()) -> nnx.filterlib.Filter:
+def trained_filter(model: nnx.Module, extra: Sequence[str] = (),
+                   adapters: Sequence[str] | None = None) -> nnx.filterlib.Filter:
   """`AdapterParam`s, and the `nnx.Param`s whose paths fully match the spliced adapters'
   `train_also` regexes or `extra`.
+
+  Args:
+    adapters: only these adapters' leaves (and `train_also`) train, e.g. a fusion's name to train
+      its fusion layers over frozen adapters; None: every spliced adapter.
 
   Raises:
     ValueError: a regex matches no param of `model`; the message lists some param paths.
   """
-  patterns = [p for spec in adapter_specs(model) for p in spec.method.train_also] + list(extra)
+  specs = [spec for spec in adapter_specs(model) if adapters is None or spec.name in adapters]
+  if adapters is not None and len(specs) != len(set(adapters)):
+    raise ValueError(f'trained_filter(adapters={list(adapters)}) names adapters that are not spliced '
+                     f'(spliced: {[s.name for s in adapter_specs(model)]}).')
+  patterns = [p for spec in specs for p in spec.method.train_also] + list(extra)
   paths = ['/'.join(str(k) for k in path)
            for path, _ in nnx.to_flat_state(nnx.state(model, nnx.All(nnx.Param,
                                                                      nnx.Not(AdapterParam))))]
@@ -42,4 +52,9 @@ def trained_filter(model: nnx.Module, extra: Sequence[str] = ()) -> nnx.filterli
     name = '/'.join(str(k) for k in path)
     return isinstance(value, nnx.Param) and any(re.fullmatch(p, name) for p in patterns)
 
-  return nnx.Any(AdapterParam, host_param)
+  def own_adapter_param(path, value) -> bool:
+    # Adapter leaves sit at <site>/adapters/<name>/...
+    return isinstance(value, AdapterParam) and any(
+        path[i] == ADAPTERS_KEY and path[i + 1] in adapters for i in range(len(path) - 1))
+
+  return nnx.Any(AdapterParam if adapters is None else own_adapter_param, host_param)

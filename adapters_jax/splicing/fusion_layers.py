@@ -34,6 +34,7 @@ from adapters_jax.splicing.tree import (
   adapter_leaves,
   adapter_path,
   check_name,
+  find_spec,
 )
 
 
@@ -52,6 +53,33 @@ def add_fusion(spliced: splice.Spliced, params: Params, adapters: Sequence[str],
   Returns:
     The spliced model with the fusion added, and the new params.
   """
+  config, name, sites = fusion_sites(spliced.adapters, adapters, config, name)
+  if adapter_leaves(params, name):
+    raise ValueError(f'An adapter named {name!r} is already in the params; give the fusion its own '
+                     'name=.')
+  flat = traverse_util.flatten_dict(params, sep='/')
+  new_flat = dict(flat)
+  for index, (path, (site, dims)) in enumerate(sites.items()):
+    module = config.make_module(site)
+    leaves = init_fusion_layer(module, jax.random.fold_in(rng, index), site.out_features, len(adapters), dims)
+    for leaf_path, leaf in traverse_util.flatten_dict(leaves, sep='/').items():
+      new_flat[adapter_path(path, name, leaf_path)] = leaf
+  spec = AdapterSpec(name=name, method=config, sites=tuple(s for s, _ in sites.values()),
+                     stack_dims=tuple(d for _, d in sites.values()))
+  return (dataclasses.replace(spliced, adapters=spliced.adapters + (spec,)),
+          traverse_util.unflatten_dict(new_flat, sep='/'))
+
+
+def fusion_sites(specs: Sequence[AdapterSpec], adapters: Sequence[str],
+                 config: FusionConfig | None, name: str | None
+                 ) -> tuple[FusionConfig, str, dict[str, tuple[SiteInfo, tuple[int, ...]]]]:
+  """The checks of a new fusion over `adapters` (of the spliced `specs`) and its sites.
+
+  Returns:
+    `(config, name, {site path: (fusion site, stack dims)})`: the config (default
+    `FusionConfig(adapters=adapters)`), the name (default `','.join(adapters)`), and one fusion site
+    (output placement, the site's output width) per site of any fused adapter.
+  """
   adapters = tuple(adapters)
   if not adapters:
     raise ValueError('add_fusion needs the names of the adapters to fuse.')
@@ -60,12 +88,13 @@ def add_fusion(spliced: splice.Spliced, params: Params, adapters: Sequence[str],
     raise ValueError(f'config.adapters={config.adapters} differs from adapters={adapters}.')
   name = name or ','.join(adapters)
   check_name(name)
-  if name in spliced.names or adapter_leaves(params, name):
-    raise ValueError(f'An adapter named {name!r} is already spliced or in the params (names: '
-                     f'{list(spliced.names)}); give the fusion its own name=.')
+  names = [spec.name for spec in specs]
+  if name in names:
+    raise ValueError(f'An adapter named {name!r} is already spliced (names: {names}); give the '
+                     'fusion its own name=.')
   sites: dict[str, tuple[SiteInfo, tuple[int, ...]]] = {}
   for adapter in adapters:
-    spec = spliced.adapter(adapter)
+    spec = find_spec(specs, adapter)
     if not spec.method.fusable:
       raise ValueError(f'AdapterFusion fuses bottleneck adapters (houlsby, pfeiffer, parallel); '
                        f'{adapter!r} is a {spec.method.kind} adapter. Combine those with '
@@ -77,21 +106,12 @@ def add_fusion(spliced: splice.Spliced, params: Params, adapters: Sequence[str],
         fused = SiteInfo(path=site.path, placement='output', in_features=site.out_features,
                          out_features=site.out_features, layer=site.layer)
         sites[site.path] = (fused, dims)
-  flat = traverse_util.flatten_dict(params, sep='/')
-  new_flat = dict(flat)
-  for index, (path, (site, dims)) in enumerate(sites.items()):
-    module = config.make_module(site)
-    leaves = _init(module, jax.random.fold_in(rng, index), site.out_features, len(adapters), dims)
-    for leaf_path, leaf in traverse_util.flatten_dict(leaves, sep='/').items():
-      new_flat[adapter_path(path, name, leaf_path)] = leaf
-  spec = AdapterSpec(name=name, method=config,
-                            sites=tuple(s for s, _ in sites.values()),
-                            stack_dims=tuple(d for _, d in sites.values()))
-  return (dataclasses.replace(spliced, adapters=spliced.adapters + (spec,)),
-          traverse_util.unflatten_dict(new_flat, sep='/'))
+  return config, name, sites
 
 
-def _init(module, rng, features: int, k: int, dims) -> Params:
+def init_fusion_layer(module, rng, features: int, k: int, dims: tuple[int, ...] = ()) -> Params:
+  """One site's fusion-layer params (`module`: `FusionConfig.make_module`) over `k` adapters of
+  width `features`; with `dims`, stacked with a leading layer axis per scanned dim."""
   query = jnp.zeros((1, features), jnp.float32)
   deltas = jnp.zeros((1, k, features), jnp.float32)
 

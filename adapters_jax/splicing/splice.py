@@ -119,7 +119,7 @@ class Spliced:
           'in PerExample.')
     n_parallel = len(node.children) if isinstance(node, composition.Parallel) else 0
     if n_parallel:
-      args, kwargs, adapter_index = _repeat_batch(args, kwargs, n_parallel)
+      args, kwargs, adapter_index = repeat_batch(args, kwargs, n_parallel)
     table = interception.compile_sites(node, self.adapters,
                                        interception.skip_layer_set(skip_layers))
     index = None if adapter_index is None else jnp.asarray(adapter_index, jnp.int32)
@@ -129,13 +129,14 @@ class Spliced:
     if n_parallel:
       if kwargs.get('mutable'):
         out, state = out
-        return _split_batch(out, n_parallel), state
-      return _split_batch(out, n_parallel)
+        return split_batch(out, n_parallel), state
+      return split_batch(out, n_parallel)
     return out
 
 
-def _repeat_batch(args, kwargs, n: int):
-  """Every array argument with the batch as its leading axis, repeated n times along it."""
+def repeat_batch(args, kwargs, n: int):
+  """Every array argument with the batch as its leading axis, repeated n times along it, and each
+  row's branch: `(args, kwargs, index [n * B] int32)` (Parallel's input)."""
   if not args or not hasattr(args[0], 'shape'):
     raise composition.CompositionError('Parallel needs the host\'s first argument to be an array '
                                        'with the batch as its leading axis.')
@@ -153,7 +154,8 @@ def _repeat_batch(args, kwargs, n: int):
   return args, kwargs, index
 
 
-def _split_batch(out, n: int):
+def split_batch(out, n: int):
+  """Every leaf [n * B, ...] of `out` as [n, B, ...] (the inverse of `repeat_batch`)."""
   return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), out)
 
 

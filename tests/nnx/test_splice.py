@@ -10,7 +10,7 @@ from flax import nnx
 from adapters_jax.methods import PRESETS, get_method
 from adapters_jax.nnx import splice
 from adapters_jax.nnx.adapted_site import AdapterParam
-from adapters_jax.splicing.composition import CompositionError, Parallel
+from adapters_jax.splicing.composition import CompositionError, Parallel, Stack
 from adapters_jax.splicing.sites import SiteMatchError
 from adapters_jax.splicing.tree import is_adapter_path
 from tests.nnx import hosts
@@ -131,8 +131,8 @@ def test_errors_name_the_fix():
     splice.add_adapter(model, 'a', _method('encoder', 'pfeiffer'), jax.random.key(0), ids)
   with pytest.raises(KeyError, match="spliced adapters: \\['a'\\]"):
     splice.set_active(model, 'b')
-  with pytest.raises(CompositionError, match='not available on NNX'):
-    splice.set_active(model, Parallel('a', None))
+  with pytest.raises(CompositionError, match='outermost'):
+    splice.set_active(model, Stack('a', Parallel('a', None)))
   splice.remove_adapter(model, 'a')
   assert splice.adapted_sites(model) == {}
   assert type(model.layers[0].mlp.down) is nnx.Linear  # the site got its own class back
