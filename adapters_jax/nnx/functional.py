@@ -5,7 +5,9 @@ optimizer partition, the checkpoints and the placement consume for Linen models.
 and the adapters' `AdapterParam`s) become one nested dict with string keys (`'layers/0/attn/query/
 kernel'` split at `/`, the keys `adapters_jax.nnx.checkpoint` writes), everything else (RNG
 streams, batch statistics) stays with the graph. `apply` merges the two back into a model for
-one call (inside `jax.jit` that happens once, at trace time) and calls it.
+one call (inside `jax.jit` that happens once, at trace time) and calls it. Randomness in a call
+comes from the keys it is given (`nnx.reseed`), never from RNG counts kept between calls, so a
+training step is a function of its key alone (what makes a resumed run equal an uninterrupted one).
 
     functional = Functional(model)                     # after add_adapter
     mask = functional.mask(trained_filter(model))      # bool tree shaped like functional.params
@@ -47,6 +49,8 @@ class Functional:
     self.params: Params = traverse_util.unflatten_dict(
         {path_key(p): v[...] for p, v in self._slots}, sep='/')
     self._specs = {spec.name: spec for spec in splice.adapter_specs(model)}
+    self.stream_names = sorted({node.key.tag for _, node in nnx.iter_graph(model)
+                                if isinstance(node, nnx.RngStream)})
 
   def model(self, params: Params) -> nnx.Module:
     """A model whose params are `params` (arrays or tracers; the rest is the split model's)."""
@@ -66,8 +70,18 @@ class Functional:
       deterministic: `model.eval()` (dropout off) when True, else `model.train()`.
       active: what runs at the adapted sites (`splice.set_active`: a name, a stack, None).
       rngs: `{stream: key}` the model's RNG streams are reseeded with (e.g. `{'dropout': key}`),
-        so one key gives one dropout mask whatever ran before; None keeps them.
+        so one key gives one dropout mask whatever ran before. In training every stream the
+        model holds (`stream_names`) needs a key; in evaluation none is drawn from.
+
+    Raises:
+      ValueError: training, and a stream of the model gets no key (its draws would repeat in
+        every call: the same dropout mask at every step).
     """
+    unseeded = [n for n in self.stream_names if n not in (rngs or {})]
+    if not deterministic and unseeded:
+      raise ValueError(f'The model holds RNG streams {unseeded} that no key reseeds (given: '
+                       f'{sorted(rngs or {})}); build its dropout from those streams, e.g. '
+                       'nnx.Dropout(rate, rngs=rngs) with rngs=nnx.Rngs(seed, dropout=seed).')
     model = self.model(params)
     splice.set_active(model, active)
     if deterministic:

@@ -6,14 +6,17 @@ The constructor's contract:
                    ) -> nnx.Module
 
   * `vocab_size`: the size of the run's tokenizer (`config.tokenizer`); `num_labels`: the task's
-    classes (1 for regression); `rngs`: `nnx.Rngs(config.seed)`, its default stream for
-    parameters and a `dropout` stream; `config.model_overrides` arrive as more keyword arguments.
+    classes (1 for regression); `rngs`: `nnx.Rngs(config.seed, dropout=config.seed)`, a default
+    stream (parameters) and a `dropout` stream; `config.model_overrides` arrive as more keyword
+    arguments.
   * The model is called as `model(input_ids, attention_mask, token_type_ids)`, each int32
     [batch, length], and returns logits [batch, num_labels] (regression: [batch, 1]).
   * Its task head is a module named `classifier` (`splicing.sites.HEAD_PARAMS`: it trains beside
     the adapter with `config.train_head`, alone with `method=head`).
-  * Dropout layers (`nnx.Dropout`) run in training steps with the step's key (`nnx.reseed` of the
-    `dropout` stream) and are off in evaluation (`model.eval()`).
+  * Dropout layers (`nnx.Dropout(rate, rngs=rngs)`) draw from the `dropout` stream, which each
+    training step reseeds with its own key (`nnx.reseed`); they are off in evaluation
+    (`model.eval()`). A model that keeps any other RNG stream is refused in training (its draws
+    would repeat at every step).
 
 The adapter is spliced with `adapters_jax.nnx.splice.add_adapter`; the method's sites are this
 model's paths (`--config.method_options.sites`, e.g. `(('layers/\\d+/attn/(query|value)',
@@ -138,7 +141,8 @@ def build_nnx(config: ml_collections.ConfigDict, spec: data.TaskSpec,
   task_kind = factory.create(spec, base, config)
   num_labels = factory.load_arguments(spec)['num_labels']
   model = load_constructor(config.model)(vocab_size=len(tokenizer), num_labels=num_labels,
-                                         rngs=nnx.Rngs(config.seed), **config.model_overrides)
+                                         rngs=nnx.Rngs(config.seed, dropout=config.seed),
+                                         **config.model_overrides)
   if not isinstance(model, nnx.Module):
     raise ValueError(f'config.model={config.model!r} returned a {type(model).__name__}, not an '
                      'nnx.Module.')
