@@ -41,7 +41,7 @@ from flax import nnx
 from adapters_jax import data
 from adapters_jax.methods import adapter_drop, get_method
 from adapters_jax.models.hf_files import load_tokenizer
-from adapters_jax.models.registry import resolve_checkpoint_dir
+from adapters_jax.models.registry import ModelNotFoundError, resolve_checkpoint_dir
 from adapters_jax.nnx import splice
 from adapters_jax.nnx.functional import Functional
 from adapters_jax.nnx.trainable import trained_filter
@@ -75,20 +75,22 @@ def load_constructor(name: str) -> Callable[..., nnx.Module]:
   """The function `nnx:MODULE:FUNCTION` names.
 
   Raises:
-    ValueError: not of that form, a module that does not import, or no such function in it.
+    ModelNotFoundError: not of that form, a module that does not import, or no such function in
+      it (one line, as for a checkpoint that is not there).
   """
   module_name, _, function = name[len(NNX_PREFIX):].partition(':')
   if not module_name or not function:
-    raise ValueError(f'config.model={name!r}: an NNX model is nnx:MODULE:FUNCTION, e.g. '
+    raise ModelNotFoundError(f'config.model={name!r}: an NNX model is nnx:MODULE:FUNCTION, e.g. '
                      'nnx:my_models.encoder:make_model (MODULE importable from here).')
   try:
     module = importlib.import_module(module_name)
   except ImportError as e:
-    raise ValueError(f'config.model={name!r}: cannot import {module_name!r} ({e}); put its '
-                     'folder on PYTHONPATH.') from e
+    raise ModelNotFoundError(f'config.model={name!r}: cannot import {module_name!r} ({e}); put '
+                             'its folder on PYTHONPATH.') from e
   constructor = getattr(module, function, None)
   if not callable(constructor):
-    raise ValueError(f'config.model={name!r}: {module_name} has no function {function!r}.')
+    raise ModelNotFoundError(f'config.model={name!r}: {module_name} has no function '
+                             f'{function!r}.')
   return constructor
 
 
