@@ -18,6 +18,7 @@ from adapters_jax.models.hf_files import load_tokenizer
 from adapters_jax.models.registry import resolve_checkpoint_dir
 from adapters_jax.nnx import splice
 from adapters_jax.nnx.adapted_site import AdapterParam
+from adapters_jax.nnx.checkpoint import restore_adapter
 from adapters_jax.train.metrics_log import read_metrics
 from tests.nnx.text_classifier import SITES, make_classifier
 from tests.train.kill import kill_once_checkpointed
@@ -155,3 +156,11 @@ def test_predict_answers_as_the_plain_nnx_model_with_the_best_leaves(straight):
     assert answer['text'] == text
     assert answer['label'] == labels[int(np.argmax(row))]
     np.testing.assert_allclose([answer['probabilities'][n] for n in labels], row, atol=1e-5)
+
+  # The adapter API reads the run's best/ too: adapter and head restored onto a fresh model.
+  fresh = make_classifier(vocab_size=len(tokenizer), num_labels=2, rngs=nnx.Rngs(0, dropout=0))
+  record = restore_adapter(straight / 'best', fresh, *args, strict=True)
+  assert record['adapter'] == ADAPTER
+  splice.set_active(fresh, ADAPTER)
+  fresh.eval()
+  np.testing.assert_allclose(jax.nn.softmax(fresh(*args), axis=-1), probabilities, atol=1e-6)
