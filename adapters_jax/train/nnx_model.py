@@ -23,7 +23,9 @@ model's paths (`--config.method_options.sites`, e.g. `(('layers/\\d+/attn/(query
 'parallel'),)`), and what trains is `nnx.trainable.trained_filter`'s. The model then runs as
 `nnx.functional.Functional` (params tree + apply), so the run is the engine's like any other:
 the same step, optimizer partition, checkpoints (adapter leaves and head only), resume, metrics,
-`best/` and prediction. Classification and regression tasks; no fusion, no `init_adapter_from`.
+`best/` and prediction, vmapped groups too. The base's random init follows `config.seed` (it is
+no checkpoint), so a vmapped group's members share one seed and differ in learning rate.
+Classification and regression tasks; no fusion, no `init_adapter_from`.
 """
 
 from __future__ import annotations

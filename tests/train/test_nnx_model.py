@@ -4,12 +4,14 @@ method trains (written out from the model's layout)."""
 import pytest
 from flax import traverse_util
 
-from adapters_jax.config.schema import run_config
+from adapters_jax.config.schema import run_config, smoke
 from adapters_jax.models.registry import ModelNotFoundError
+from adapters_jax.train import engine
 from adapters_jax.train.experiment import build_experiment
 from adapters_jax.train.nnx_model import build_nnx, load_constructor
 from adapters_jax.train.run_data import load_run_task
 from tests.nnx.text_classifier import SITES, make_classifier
+from tests.train import vmap_runs
 
 MODEL = 'nnx:tests.nnx.text_classifier:make_classifier'
 
@@ -60,3 +62,20 @@ def test_what_each_method_trains():
   flat = traverse_util.flatten_dict(full.mask, sep='/')
   assert all(flat.values()) and 'embed/embedding' in flat and full.adapter_name is None
   assert lora.params['embed']['embedding'].shape == (len(lora.pretrained.tokenizer), 16)
+
+
+@pytest.mark.slow
+def test_a_vmapped_group_of_nnx_runs_ends_as_its_runs_trained_alone(tmp_path):
+  # Bug caught: an apply that closes over one member's arrays (every member trains the same), or
+  # RNG state that the vmapped step cannot carry per member.
+  configs = [smoke(_config(learning_rate=lr), num_train_steps=4) for lr in (1e-3, 3e-2)]
+  grouped = [str(tmp_path / f'group_{i}') for i in range(2)]
+  alone = [str(tmp_path / f'alone_{i}') for i in range(2)]
+  results = engine.train_runs(configs, grouped, vmapped=True)
+  assert [r['vmapped_members'] for r in results] == [2, 2]
+  for config, workdir in zip(configs, alone, strict=True):
+    engine.train_runs([config], [workdir], vmapped=False)
+  for group_dir, alone_dir in zip(grouped, alone, strict=True):
+    vmap_runs.assert_same_run(group_dir, alone_dir)
+  first, second = vmap_runs.best_leaves(grouped[0]), vmap_runs.best_leaves(grouped[1])
+  assert any(abs(first[p] - second[p]).max() > 1e-4 for p in first)
