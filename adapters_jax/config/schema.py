@@ -23,12 +23,16 @@ OPEN_FIELDS = ('model_overrides', 'method_options', 'local_task.paths')
 def run_config() -> ml_collections.ConfigDict:
   """The defaults of every field a run reads (unlocked)."""
   config = ml_collections.ConfigDict()
-  # Model: a short name (`minilm-l6`), a local HF-style directory, or a hub id.
+  # Model: a short name (`minilm-l6`), a local HF-style directory, a hub id, or a Flax NNX model's
+  # constructor `nnx:MODULE:FUNCTION`, called as FUNCTION(vocab_size=, num_labels=, rngs=,
+  # **model_overrides) -> nnx.Module (contract: adapters_jax/train/nnx_model.py).
   config.model = 'minilm-l6'
+  config.tokenizer = 'minilm-l6'    # nnx: models only: whose tokenizer (short name, directory, hub id)
   config.dtype = 'float32'          # compute dtype: float32 or bfloat16 (params stay float32)
   config.remat = False              # rematerialise each block's activations in the backward pass
   config.scan_layers = False        # run the blocks as one nn.scan (faster compiles, deep models)
-  config.model_overrides = ml_collections.ConfigDict()  # model config fields, e.g. hidden_dropout
+  config.model_overrides = ml_collections.ConfigDict()  # model config fields, e.g. hidden_dropout;
+  # an nnx: model's constructor keyword arguments
 
   # Task: a GLUE name (`rte`, `glue/mnli`, ...), `rotten_tomatoes`, `tweet_sentiment`, `e2e_nlg`,
   # `lm_jsonl`, or `local` (files described by `local_task`).

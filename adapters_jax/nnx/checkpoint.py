@@ -86,7 +86,8 @@ def save_adapter(directory: str | os.PathLike, model: nnx.Module, name: str, bas
 def restore_adapter(directory: str | os.PathLike, model: nnx.Module, *sample_args,
                     check_base: bool = True, strict: bool = False, base_name: str = '',
                     **sample_kwargs) -> dict[str, Any]:
-  """Splices the recorded adapter into `model` (in place) and writes the checkpoint's leaves in.
+  """Splices the recorded adapter into `model` (in place) and writes the checkpoint's leaves in:
+  the adapter's, and the host leaves it trained (a head, layer norms: an `nnx:` run's `best/`).
 
   Args:
     directory: a checkpoint made by `save_adapter` (NNX) with this model's site paths.
@@ -117,12 +118,15 @@ def restore_adapter(directory: str | os.PathLike, model: nnx.Module, *sample_arg
     fusion.add_fusion(model, method.adapters, jax.random.key(0), method, name)
   else:
     splice.add_adapter(model, name, method, jax.random.key(0), *sample_args, **sample_kwargs)
-  problems = tree_diff(adapter_arrays(model, name), leaves)
+  expected = adapter_arrays(model, name)
+  host = _flat(nnx.state(model, nnx.All(nnx.Param, nnx.Not(AdapterParam))))
+  expected.update({p: host[p] for p in leaves if p in host})
+  problems = tree_diff(expected, leaves)
   if problems:
     splice.remove_adapter(model, name)
     raise CheckpointError(f'Checkpoint {os.fspath(directory)} does not fit the adapter spliced '
                           'from its record:\n  ' + '\n  '.join(problems))
-  state = nnx.state(model, AdapterParam)
+  state = nnx.state(model, nnx.Param)
   flat = nnx.to_flat_state(state)
   for path, variable in flat:
     key = '/'.join(str(k) for k in path)

@@ -33,6 +33,7 @@ from adapters_jax.task_kinds.choice import KINDS, kind_name, model_type_of
 from adapters_jax.task_kinds.inputs import Text, unlabelled_examples
 from adapters_jax.task_kinds.protocol import EXAMPLE_MASK
 from adapters_jax.train.experiment import build_experiment
+from adapters_jax.train.nnx_model import is_nnx_model
 
 ENCODER_KINDS = ('classification', 'regression')  # the kinds whose adapters share a base here
 ADAPTER_INDEX = 'adapter_index'  # batch key: int32 [B], each row's adapter (`PerExample` order)
@@ -175,13 +176,17 @@ def load_adapter_server(workdirs: Sequence[str], batch_size: int = 64) -> Adapte
   """Builds the base once and restores every workdir's best adapter (and head) over it.
 
   Raises:
-    ValueError: no workdir, a run that is no encoder run (T5, decoder), or runs on different
-      base models.
+    ValueError: no workdir, a run that is no encoder run (T5, decoder) or an NNX run, or runs on
+      different base models.
     checkpoint.CheckpointError: a checkpoint that does not fit (see `restore_adapters`).
   """
   if not workdirs:
     raise ValueError('An adapter server needs at least one workdir.')
   runs = [read_run(w) for w in workdirs]
+  for run in runs:
+    if is_nnx_model(run.config.model):
+      raise ValueError(f'{run.workdir} trained an NNX model ({run.config.model}); several workdirs '
+                       f'share one Linen base. Predict with it alone (--workdir={run.workdir}).')
   kinds = [kind_name(run.spec, model_type_of(run.config.model), run.config.task_kind)
            for run in runs]
   for run, kind in zip(runs, kinds, strict=True):

@@ -11,6 +11,10 @@ Methods: any adapter preset (`houlsby`, `pfeiffer`, `parallel`, `lora`, `ia3`, `
 `config.method_options.adapter_dirs`; its loss adds `fusion_regularization`); and two baselines
 without adapters: `full` (full fine-tuning) and `head` (only the task head trains).
 
+`config.model=nnx:MODULE:FUNCTION` builds a Flax NNX model from an importable constructor
+(`train.nnx_model`, which states the constructor's contract) and runs it as params + apply, so
+everything after this point is the same for both.
+
 `config.init_adapter_from` names an adapter checkpoint of ours (`save_adapter`, e.g. another run's
 `best/`) whose adapter leaves (and the base leaves it trained, such as Houlsby's layer norms; never
 its task head) initialise the run's adapter before training.
@@ -58,6 +62,7 @@ from adapters_jax.splicing.splice import Spliced, add_adapter
 from adapters_jax.splicing.tree import Params, rename_path
 from adapters_jax.task_kinds.choice import kind_factory, model_type_of
 from adapters_jax.task_kinds.protocol import TaskKind
+from adapters_jax.train.nnx_model import build_nnx, is_nnx_model
 
 BASELINE_METHODS = ('full', 'head')
 FUSION_METHOD = 'fusion'
@@ -72,10 +77,12 @@ class Experiment:
 
   Attributes:
     config: the run's config.
-    pretrained: the loaded base model (model, params, tokenizer, identity).
+    pretrained: the loaded base model (model, params, tokenizer, identity); for an NNX model its
+      constructor and tokenizer (`train.nnx_model.NnxBase`).
     spec: the task spec (labels, metrics, splits).
     task_kind: loss, evaluation outputs and metrics of the task (`task_kinds.protocol`).
-    spliced: the host model with the adapter spliced in (no adapter for baselines).
+    spliced: the host model with the adapter spliced in (no adapter for baselines); for an NNX
+      model its `nnx.functional.Functional`, which applies the same way.
     params: all params: base, head and adapter.
     mask: True on the leaves that train.
     adapter_name: the adapter's (or fusion's) name, or None for baselines.
@@ -164,6 +171,15 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
   if config.quantize and config.method in ('full', FUSION_METHOD):
     raise ValueError(f'quantize={config.quantize!r} stores a frozen base; method '
                      f'{config.method!r} needs a float one: set --config.quantize=\'\'.')
+  if is_nnx_model(config.model):
+    if config.quantize:
+      raise ValueError(f'quantize={config.quantize!r} is for our Linen backbones; an nnx: model '
+                       'trains over its float base: set --config.quantize=\'\'.')
+    adapter_name = None if config.method in BASELINE_METHODS else config.adapter_name or spec.name
+    parts = build_nnx(config, spec, adapter_name)
+    return Experiment(config=config, pretrained=parts.pretrained, spec=spec,
+                      task_kind=parts.task_kind, spliced=parts.spliced, params=parts.params,
+                      mask=parts.mask, adapter_name=adapter_name)
   factory = kind_factory(spec, model_type_of(config.model), config.task_kind)
   pretrained = models.load_pretrained(
       config.model, **factory.load_arguments(spec), dtype=config.dtype, remat=config.remat,
