@@ -3,8 +3,8 @@
 A method config (e.g. `BottleneckConfig`) is a frozen dataclass. Splicing asks it for:
   * `site_rules()`: where its adapters go (`SiteRule`s: pattern + placement);
   * `make_module(site)`: the Flax module for one matched site (given its feature sizes);
-  * `make_shared_module()`: optionally, one module whose params all sites share (Compacter's rule
-    matrices); its params are passed to every site module as `shared`.
+  * `make_shared_module(sites)`: optionally, one module whose params all sites share (Compacter's
+    rule matrices, prefix tuning's MLP); its params are passed to every site module as `shared`.
 
 Behaviour that differs by method is asked of the config too, never decided by `isinstance` elsewhere:
 `fusable` / `make_delta_module` (AdapterFusion attends over these adapters' outputs), `is_fusion`,
@@ -15,7 +15,9 @@ plus `site_params=` (the site module's own params, e.g. `kernel` and `bias`, at 
 call) for methods that set `reads_site_params` (DoRA reads the frozen kernel):
   * placement `output`:   x is the site's output,  returns the new output;
   * placement `parallel`: x is the site's input,   returns a term added to the output;
-  * placement `input`:    x is the site's input,   returns the new input.
+  * placement `input`:    x is the site's input,   returns the new input;
+  * placement `keys_values`: x is `(key, value, mask)` of an attention (`nn.key_value_hook`),
+    returns them extended (prefix tuning).
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class MethodConfig:
   is_fusion: ClassVar[bool] = False
   # The site module gets the site's own params (`site_params=`) at init and at apply (DoRA).
   reads_site_params: ClassVar[bool] = False
+  # Non-empty: the adapter only runs alone or in a Stack; the text says why (Average, Fuse,
+  # PerExample and Parallel refuse it with this reason). Prefix tuning.
+  stack_only: ClassVar[str] = ''
   sites: tuple[tuple[str, str], ...] = ()
   leave_out: tuple[int, ...] = ()
   train_also: tuple[str, ...] = ()
@@ -98,7 +103,9 @@ class MethodConfig:
   def make_module(self, site: SiteInfo) -> nn.Module:
     raise NotImplementedError
 
-  def make_shared_module(self) -> nn.Module | None:
+  def make_shared_module(self, sites: Sequence[SiteInfo] = ()) -> nn.Module | None:
+    """One module whose params every site gets as `shared`, or None; `sites`: the matched sites
+    (prefix tuning sizes its shared MLP per location by them)."""
     return None
 
   def make_delta_module(self, site: SiteInfo) -> nn.Module:
