@@ -152,6 +152,17 @@ class MethodConfig:
     """Inverse of `merge`."""
     raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights.')
 
+  def eject_site(self, shared: dict[str, Any] | None, site_params: dict[str, Any],
+                 site: SiteInfo) -> dict[str, Any]:
+    """The params of one site with what it reads of `shared` folded in (`ejected()`'s layout), for
+    inference without the shared module (prefix tuning's MLP -> flat prefixes)."""
+    raise NotImplementedError(f'{type(self).__name__} has nothing to eject; only reparameterised '
+                              'prefix tuning (flat=False) does.')
+
+  def ejected(self) -> MethodConfig:
+    """The config of the params `eject_site` returns."""
+    raise NotImplementedError(f'{type(self).__name__} has nothing to eject.')
+
   # --- serialisation (recorded beside checkpoints) ---
 
   def to_dict(self) -> dict[str, Any]:
