@@ -25,6 +25,7 @@ from adapters_jax.models import (
   resolve_checkpoint_dir,
 )
 from adapters_jax.models.decoder_export import random_decoder_checkpoint
+from adapters_jax.predict.predictor import load_predictor
 from tests.models import decoder_checkpoints as dc
 from tests.models.tiny_decoders import TINY_DECODERS
 from tests.train import test_causal_lm_cli as cli
@@ -141,3 +142,8 @@ def test_prefix_tuning_on_a_tiny_llama_trains_through_the_cli(tmp_path):
     losses = [r['loss'] for r in map(json.loads, f) if r['split'] == 'train']
   assert len(losses) == 10
   assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+  # Prediction from the run's best checkpoint: the prefix adapter spliced and generating.
+  predictor = load_predictor(str(workdir), max_new_tokens=4)
+  assert [spec.method.kind for spec in predictor.experiment.spliced.adapters] == ['prefix_tuning']
+  predictions = predictor.predict(['the sky is red ||', 'colour blue'])
+  assert len(predictions) == 2 and all(isinstance(p['generated'], str) for p in predictions)

@@ -14,7 +14,7 @@ import torch
 from flax import traverse_util
 from transformers import DynamicCache
 
-from adapters_jax import add_adapter, eject_adapter, get_method
+from adapters_jax import add_adapter, add_fusion, eject_adapter, get_method
 from adapters_jax.models import (
   EncoderConfig,
   T5Config,
@@ -271,6 +271,8 @@ def test_stack_concatenates_prefixes_and_other_compositions_are_refused():
   for active in (Average('a', 'b'), Fuse('a', 'b'), PerExample('a', None)):
     with pytest.raises(CompositionError, match='no output at a site'):
       spliced.apply(params, hidden, mask, True, active=active, adapter_index=np.zeros(2, np.int32))
+  with pytest.raises(ValueError, match="AdapterFusion cannot fuse 'a'.*no output at a site"):
+    add_fusion(spliced, params, ['a', 'b'], jax.random.key(4))
 
 
 def test_host_without_a_key_value_hook_is_refused_naming_it():
