@@ -1,5 +1,6 @@
 """Prefix tuning moved from AdapterHub's `adapters` 1.3.0 (reparameterised and flat) into ours gives
-AdapterHub's logits, and back to the stacked layout unchanged."""
+AdapterHub's logits, and back to the stacked layout unchanged; PEFT's saved prefix lands as the keys
+and values PEFT feeds each layer."""
 
 import adapters
 import jax
