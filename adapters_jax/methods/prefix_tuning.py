@@ -39,12 +39,11 @@ from adapters_jax.methods.base import MethodConfig, SiteInfo
 from adapters_jax.nn.dropout import Dropout
 from adapters_jax.splicing.sites import CROSS_KEY_VALUES, DECODER_KEY_VALUES, ENCODER_KEY_VALUES
 
-LOCATIONS = ('encoder_prefix', 'self_prefix', 'cross_prefix')  # AdapterHub's location keys
-
 
 def site_location(path: str) -> str:
   """Which prefix pool a site draws from: `cross_prefix` (cross-attention), `encoder_prefix`
-  (self-attention of an encoder) or `self_prefix` (self-attention of a decoder)."""
+  (self-attention of an encoder) or `self_prefix` (self-attention of a decoder). AdapterHub's
+  location keys, except that it calls an encoder-only model's self-attention `self_prefix`."""
   if re.search(r'(^|/)cross_attention/', path):
     return 'cross_prefix'
   if re.search(r'(^|/)encoder/', path):
