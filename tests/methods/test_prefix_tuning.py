@@ -191,16 +191,12 @@ def _t5():
 
 @pytest.mark.parametrize('preset', ['prefix_tuning', 'prefix_tuning_flat'])
 def test_zero_length_prefix_is_the_base_model(preset):
-  model, params, ids, mask = _bert()
-  spliced, grafted = add_adapter(model, params, 'a', get_method(preset, prefix_length=0),
-                                 jax.random.key(1), ids, mask)
-  np.testing.assert_allclose(spliced.apply(grafted, ids, mask, active='a'),
-                             model.apply({'params': params}, ids, mask), rtol=0, atol=1e-6)
-  model, params, args = _t5()
-  spliced, grafted = add_adapter(model, params, 'a', get_method(preset, prefix_length=0),
-                                 jax.random.key(1), *args)
-  np.testing.assert_allclose(spliced.apply(grafted, *args, active='a'),
-                             model.apply({'params': params}, *args), rtol=0, atol=1e-5)
+  for model, params, args in (_bert()[:2] + (_bert()[2:],), _t5()):
+    spliced, grafted = add_adapter(model, params, 'a', get_method(preset, prefix_length=0),
+                                   jax.random.key(1), *args)
+    out = jax.jit(lambda p, spliced=spliced, args=args: spliced.apply(p, *args, active='a'))
+    base = jax.jit(lambda p, model=model, args=args: model.apply({'params': p}, *args))
+    np.testing.assert_allclose(out(grafted), base(params), rtol=0, atol=1e-5)
 
 
 def test_padded_rows_equal_unpadded_rows():
@@ -210,8 +206,8 @@ def test_padded_rows_equal_unpadded_rows():
                                 jax.random.key(1), ids, np.ones_like(ids))
   mask = np.ones_like(ids)
   mask[1, 4:] = 0
-  batch = np.asarray(spliced.apply(params, ids, mask, active='a'))
-  alone = np.asarray(spliced.apply(params, ids[1:, :4], mask[1:, :4], active='a'))
+  run = jax.jit(lambda i, m: spliced.apply(params, i, m, active='a'))
+  batch, alone = np.asarray(run(ids, mask)), np.asarray(run(ids[1:, :4], mask[1:, :4]))
   np.testing.assert_allclose(batch[1:], alone, rtol=1e-5, atol=1e-6)
 
 
