@@ -21,6 +21,7 @@ from adapters_jax.splicing.composition import (
     Stack,
     choice_index,
 )
+from adapters_jax.splicing.eject import eject_adapter
 from adapters_jax.splicing.fusion_layers import add_fusion, fusion_attentions
 from adapters_jax.splicing.sites import SiteMatchError, SiteRule
 from adapters_jax.splicing.splice import (
@@ -38,7 +39,7 @@ __all__ = [
     'AdapterSpec', 'Average', 'CheckpointError', 'CompositionError', 'Fuse',
     'PRESETS', 'Parallel', 'PerExample', 'RestoredAdapter', 'SiteMatchError', 'SiteRule', 'Spliced', 'Stack',
     '__version__', 'adapter_leaves', 'add_adapter', 'add_fusion', 'average_adapter',
-    'base_fingerprint', 'choice_index', 'fusion_attentions', 'get_method', 'load_record',
+    'base_fingerprint', 'choice_index', 'eject_adapter', 'fusion_attentions', 'get_method', 'load_record',
     'merge_adapter', 'method_from_dict', 'methods', 'optimizer', 'remove_adapter', 'restore_adapter',
     'restore_adapters', 'restore_fusion', 'save_adapter', 'save_fusion', 'sites', 'trainable',
     'unmerge_adapter',

@@ -28,6 +28,12 @@ from adapters_jax.methods.dora import DoRA, DoRAConfig, dora
 from adapters_jax.methods.fusion import AdapterFusion, FusionConfig, fusion
 from adapters_jax.methods.ia3 import IA3, IA3Config, ia3
 from adapters_jax.methods.lora import LoRA, LoRAConfig, lora
+from adapters_jax.methods.prefix_tuning import (
+  KeyValuePrefix,
+  PrefixTuningConfig,
+  prefix_tuning,
+  prefix_tuning_flat,
+)
 from adapters_jax.methods.vera import VeRA, VeRAConfig, vera
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
@@ -42,11 +48,14 @@ PRESETS: dict[str, Callable[[], MethodConfig]] = {
     'compacter': compacter,
     'compacter++': compacter_pp,
     'phm_adapter': phm_adapter,
+    'prefix_tuning': prefix_tuning,
+    'prefix_tuning_flat': prefix_tuning_flat,
 }
 
 CONFIG_KINDS: dict[str, type[MethodConfig]] = {
     cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, VeRAConfig, DoRAConfig,
-                              IA3Config, CompacterConfig, FusionConfig)
+                              IA3Config, CompacterConfig, FusionConfig,
+                              PrefixTuningConfig)
 }
 
 
@@ -76,8 +85,9 @@ def method_from_dict(record: dict[str, Any]) -> MethodConfig:
 
 __all__ = [
     'adapter_drop', 'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'compacter', 'compacter_pp',
-    'CompacterAdapter', 'CompacterConfig', 'CONFIG_KINDS', 'DoRA', 'double_seq_bn', 'dora', 'DoRAConfig',
-    'fusion', 'FusionConfig', 'get_method', 'houlsby', 'IA3', 'ia3', 'IA3Config', 'kron_sum', 'LoRA',
-    'lora', 'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer', 'phm_adapter',
-    'PHMDense', 'PHMRule', 'PRESETS', 'replace_fields', 'SiteInfo', 'VeRA', 'vera', 'VeRAConfig',
+    'CompacterAdapter', 'CompacterConfig', 'CONFIG_KINDS', 'DoRA', 'dora', 'DoRAConfig', 'double_seq_bn',
+    'fusion', 'FusionConfig', 'get_method', 'houlsby', 'ia3', 'IA3', 'IA3Config', 'KeyValuePrefix',
+    'kron_sum', 'LoRA', 'lora', 'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer',
+    'phm_adapter', 'PHMDense', 'PHMRule', 'prefix_tuning', 'prefix_tuning_flat', 'PrefixTuningConfig',
+    'PRESETS', 'replace_fields', 'SiteInfo', 'VeRA', 'vera', 'VeRAConfig',
 ]

@@ -3,8 +3,8 @@
 A method config (e.g. `BottleneckConfig`) is a frozen dataclass. Splicing asks it for:
   * `site_rules()`: where its adapters go (`SiteRule`s: pattern + placement);
   * `make_module(site)`: the Flax module for one matched site (given its feature sizes);
-  * `make_shared_module()`: optionally, one module whose params all sites share (Compacter's rule
-    matrices); its params are passed to every site module as `shared`.
+  * `make_shared_module(sites)`: optionally, one module whose params all sites share (Compacter's
+    rule matrices, prefix tuning's MLP); its params are passed to every site module as `shared`.
 
 Behaviour that differs by method is asked of the config too, never decided by `isinstance` elsewhere:
 `fusable` / `make_delta_module` (AdapterFusion attends over these adapters' outputs), `is_fusion`,
@@ -17,7 +17,9 @@ methods whose `changes_base` is true (PiSSA/OLoRA LoRA: the adapter takes part o
 `add_adapter` leaves `unmerge(kernel, initial adapter)` as the frozen kernel):
   * placement `output`:   x is the site's output,  returns the new output;
   * placement `parallel`: x is the site's input,   returns a term added to the output;
-  * placement `input`:    x is the site's input,   returns the new input.
+  * placement `input`:    x is the site's input,   returns the new input;
+  * placement `keys_values`: x is `(key, value, mask)` of an attention (`nn.key_value_hook`),
+    returns them extended (prefix tuning).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class MethodConfig:
   is_fusion: ClassVar[bool] = False
   # The site module gets the site's own params (`site_params=`) at init and at apply (DoRA).
   reads_site_params: ClassVar[bool] = False
+  # Non-empty: the adapter only runs alone or in a Stack; the text says why (Average, Fuse,
+  # PerExample and Parallel refuse it with this reason). Prefix tuning.
+  stack_only: ClassVar[str] = ''
   sites: tuple[tuple[str, str], ...] = ()
   leave_out: tuple[int, ...] = ()
   train_also: tuple[str, ...] = ()
@@ -108,7 +113,9 @@ class MethodConfig:
   def make_module(self, site: SiteInfo) -> nn.Module:
     raise NotImplementedError
 
-  def make_shared_module(self) -> nn.Module | None:
+  def make_shared_module(self, sites: Sequence[SiteInfo] = ()) -> nn.Module | None:
+    """One module whose params every site gets as `shared`, or None; `sites`: the matched sites
+    (prefix tuning sizes its shared MLP per location by them)."""
     return None
 
   def make_delta_module(self, site: SiteInfo) -> nn.Module:
@@ -154,6 +161,17 @@ class MethodConfig:
               site: SiteInfo) -> dict[str, Any]:
     """Inverse of `merge`."""
     raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights.')
+
+  def eject_site(self, shared: dict[str, Any] | None, site_params: dict[str, Any],
+                 site: SiteInfo) -> dict[str, Any]:
+    """The params of one site with what it reads of `shared` folded in (`ejected()`'s layout), for
+    inference without the shared module (prefix tuning's MLP -> flat prefixes)."""
+    raise NotImplementedError(f'{type(self).__name__} has nothing to eject; only reparameterised '
+                              'prefix tuning (flat=False) does.')
+
+  def ejected(self) -> MethodConfig:
+    """The config of the params `eject_site` returns."""
+    raise NotImplementedError(f'{type(self).__name__} has nothing to eject.')
 
   # --- serialisation (recorded beside checkpoints) ---
 

@@ -171,7 +171,7 @@ class CompacterConfig(MethodConfig):
                             activation=self.activation, shared_rule=self.shared_rule,
                             rule_init_std=self.rule_init_std)
 
-  def make_shared_module(self) -> nn.Module | None:
+  def make_shared_module(self, sites=()) -> nn.Module | None:
     return PHMRule(n=self.n, init_std=self.rule_init_std) if self.shared_rule else None
 
 

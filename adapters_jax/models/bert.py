@@ -6,6 +6,7 @@ Param/module paths (`/`-joined; adapter site regexes elsewhere depend on them):
     embeddings/layer_norm                              nn.LayerNorm
     encoder/layer_{i}/attention/{query,key,value}      nn.Dense hidden->hidden
     encoder/layer_{i}/attention/output                 nn.Dense hidden->hidden
+    encoder/layer_{i}/attention/prefix                 KeyValueHook (keys, values, mask; no params)
     encoder/layer_{i}/attention_layer_norm             nn.LayerNorm  LN(x + drop(attention(x)))
     encoder/layer_{i}/ffn/intermediate                 nn.Dense hidden->intermediate (+ act)
     encoder/layer_{i}/ffn/output                       nn.Dense intermediate->hidden
@@ -49,6 +50,7 @@ from adapters_jax.models.encoder_config import EncoderConfig
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
 from adapters_jax.nn.activations import get_activation
 from adapters_jax.nn.dropout import Dropout
+from adapters_jax.nn.key_value_hook import KeyValueHook
 
 HEADS = ('bert', 'roberta')
 
@@ -100,8 +102,8 @@ class SelfAttention(nn.Module):
   """Multi-head self-attention; returns the output projection `[batch, seq, hidden]`.
 
   `mask` is boolean, broadcastable to `[batch, heads, q_len, k_len]`, True = attend (the
-  encoder passes `[batch, 1, 1, seq]`). An interceptor that adds keys (prefix tuning) must
-  extend it along the last axis.
+  encoder passes `[batch, 1, 1, seq]`). Keys, values and mask pass through the `prefix` hook
+  (`adapters_jax.nn.key_value_hook`), where prefix tuning prepends its keys and values.
 
   What runs (`attention_implementation(config)`):
     eval, or `attention_dropout == 0`: `jax.nn.dot_product_attention`; with the 'accelerator'
@@ -127,6 +129,7 @@ class SelfAttention(nn.Module):
     query = split(_dense(cfg, cfg.hidden_size, 'query')(query_hidden))  # [b, q_len, heads, dim]
     key = split(_dense(cfg, cfg.hidden_size, 'key')(hidden))  # [batch, seq, heads, dim]
     value = split(_dense(cfg, cfg.hidden_size, 'value')(hidden))
+    key, value, mask = KeyValueHook(name='prefix')(key, value, mask)  # k_len may grow
     implementation = attention_implementation(cfg)
     if cfg.attention_dropout > 0.0 and not deterministic:
       dropout = Dropout(cfg.attention_dropout)

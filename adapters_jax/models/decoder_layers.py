@@ -4,6 +4,7 @@ Module paths inside a block (adapter site patterns in `adapters_jax.splicing.sit
 
     attention_layer_norm                     LayerNorm (GPT-2) or RMSNorm (Llama), before attention
     attention/{query,key,value,output}       nn.Dense; key/value have num_kv_heads * head_dim
+    attention/prefix                         KeyValueHook: keys, values and mask after the cache
     ffn_layer_norm                           before the MLP
     ffn/{gate,intermediate,output}           nn.Dense; `gate` only for gated MLPs (SwiGLU/GeGLU):
                                              output(act(gate(x)) * intermediate(x)); plain MLPs
@@ -26,6 +27,7 @@ from adapters_jax.models.kv_cache import write_slots
 from adapters_jax.models.rope import apply_rotary
 from adapters_jax.nn.activations import get_activation
 from adapters_jax.nn.dropout import Dropout
+from adapters_jax.nn.key_value_hook import KeyValueHook
 
 
 def dense(config: DecoderConfig, features: int, use_bias: bool, name: str) -> nn.Dense:
@@ -91,6 +93,8 @@ class DecoderAttention(nn.Module):
       key = write_slots(layer_kv[0], key, cache_index)  # [b, max_len, kv_heads, dim]
       value = write_slots(layer_kv[1], value, cache_index)
       new_kv = (key, value)
+    # Prefix tuning prepends its keys here, after the cache: the cache holds real tokens only.
+    key, value, mask = KeyValueHook(name='prefix')(key, value, mask)
     key, value = key.astype(query.dtype), value.astype(query.dtype)
     if cfg.attention_dropout > 0.0 and not deterministic:
       context = self._attention_with_dropout(query, key, value, mask)

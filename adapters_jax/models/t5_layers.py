@@ -22,6 +22,7 @@ import numpy as np
 from adapters_jax.models.t5_config import T5Config
 from adapters_jax.nn.activations import get_activation
 from adapters_jax.nn.dropout import Dropout, apply_keep_mask
+from adapters_jax.nn.key_value_hook import KeyValueHook, pad_keys_in_front
 
 _MASKED = float(np.finfo(np.float32).min)  # what HF adds to masked scores
 
@@ -99,6 +100,8 @@ class Attention(nn.Module):
 
   `mask` is boolean, broadcastable to `[batch, heads, q_len, k_len]`, True = attend; `bias` is
   float32, broadcastable to the same shape (relative positions; None for cross-attention).
+  Keys, values and mask pass through the `prefix` hook (`adapters_jax.nn.key_value_hook`), where
+  prefix tuning prepends its keys and values; the bias gets zeros for them.
   """
 
   config: T5Config
@@ -110,6 +113,7 @@ class Attention(nn.Module):
     self.value = dense(cfg, cfg.inner_dim, 'value', cfg.d_model ** -0.5)
     self.output = dense(cfg, cfg.d_model, 'output', cfg.inner_dim ** -0.5)
     self.dropout = Dropout(cfg.dropout_rate)
+    self.prefix = KeyValueHook()
 
   def _heads(self, x):  # [batch, len, inner] -> [batch, len, heads, d_kv]
     return x.reshape(x.shape[0], x.shape[1], self.config.num_heads, self.config.d_kv)
@@ -123,6 +127,8 @@ class Attention(nn.Module):
     heads, d_kv] (from `key_value`). Returns the output projection `[batch, q_len, d_model]`."""
     cfg = self.config
     query = self._heads(self.query(hidden))  # [batch, q_len, heads, d_kv]
+    key, value, mask = self.prefix(key, value, mask)  # prefix tuning may add keys in front
+    bias = pad_keys_in_front(bias, key.shape[1])  # added keys have no relative position
     scores = jnp.einsum('bqhd,bkhd->bhqk', query, key.astype(query.dtype),
                         preferred_element_type=jnp.float32)  # [batch, heads, q_len, k_len]
     if bias is not None:

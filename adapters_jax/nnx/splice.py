@@ -95,6 +95,10 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
     raise ValueError(f'{type(method).__name__} with this init replaces its sites\' kernels by residuals, '
                      'which the NNX splice does not do; splice it into a Linen model with '
                      'adapters_jax.add_adapter.')
+  if any(rule.placement == 'keys_values' for rule in method.site_rules()):
+    raise ValueError(f'{type(method).__name__} extends attention keys and values (placement '
+                     'keys_values), which the NNX splice does not run; splice it into one of '
+                     "adapters_jax.models' Linen backbones with adapters_jax.add_adapter.")
   if getattr(method, 'dropout', 0.0):
     raise ValueError(f'Adapter dropout (dropout={method.dropout}) does not run on NNX models: their '
                      'adapters run deterministically. Pass dropout=0.0.')

@@ -210,6 +210,7 @@ def validate(node, adapters: Sequence[AdapterSpec], top: bool = True) -> Any:
                              f'run what); write {kind}(Stack(...), ...) instead of nesting it.')
     if not node.children:
       raise CompositionError(f'{kind} needs at least one branch.')
+    _check_not_stack_only(node, adapters, kind)
     return type(node)(*(None if c is None else validate(c, adapters, top=False)
                         for c in node.children))
   if isinstance(node, Stack):
@@ -226,6 +227,7 @@ def validate(node, adapters: Sequence[AdapterSpec], top: bool = True) -> Any:
     return Stack(*flat)
   if isinstance(node, Average):
     _check_leaf_children(node, adapters, 'Average')
+    _check_not_stack_only(node, adapters, 'Average')
     if node.weights is not None and len(node.weights) != len(node.children):
       raise CompositionError(f'Average got {len(node.weights)} weights for {len(node.children)} '
                              'adapters; give one weight per adapter.')
@@ -234,6 +236,7 @@ def validate(node, adapters: Sequence[AdapterSpec], top: bool = True) -> Any:
     return node
   if isinstance(node, Fuse):
     _check_leaf_children(node, adapters, 'Fuse')
+    _check_not_stack_only(node, adapters, 'AdapterFusion (Fuse)')
     _check_fusable(node, adapters)
     name = find_fusion(adapters, node)
     return Fuse(*node.children, name=name)
@@ -256,6 +259,14 @@ def _check_leaf_children(node, adapters: Sequence[AdapterSpec], kind: str) -> No
       raise ValueError(f'Adapter {c!r} is merged into the base weights; unmerge it first.')
   if len(set(node.children)) != len(node.children):
     raise CompositionError(f'Adapter names repeat in {node}; name each adapter once.')
+
+
+def _check_not_stack_only(node, adapters: Sequence[AdapterSpec], kind: str) -> None:
+  """Adapters that only run alone or stacked (prefix tuning) are refused by `kind`, with the reason."""
+  for name in adapter_names(node):
+    method = find_spec(adapters, name).method
+    if method.stack_only:
+      raise CompositionError(f'{kind} cannot take {name!r}: {method.stack_only}.')
 
 
 def _check_fusable(node: Fuse, adapters: Sequence[AdapterSpec]) -> None:

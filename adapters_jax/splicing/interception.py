@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.methods.fusion import fusion_attention_key
+from adapters_jax.nn.key_value_hook import KeyValueHook
 from adapters_jax.splicing.composition import (
   Average,
   CompositionError,
@@ -49,7 +50,7 @@ class Leaf:
 
   @property
   def has_input(self):
-    return self.site.placement == 'input'
+    return self.site.placement in ('input', 'keys_values')
 
   def inp(self, ops, x):
     return ops.run(self, x, self.module) if self.has_input else x
@@ -288,6 +289,8 @@ class _SiteInterceptor:
     if program is None:
       return next_fun(*args, **kwargs)
     ops = _SiteCall(self, context.module)
+    if isinstance(context.module, KeyValueHook):  # the program extends (key, value, mask)
+      return next_fun(*program.inp(ops, tuple(args)), **kwargs)
     x, rest = args[0], args[1:]
     x = program.inp(ops, x)
     y = next_fun(x, *rest, **kwargs)
@@ -325,6 +328,8 @@ class _SiteCall:
     with _inside_adapter():
       out = module.apply({'params': self._params(name)}, x, shared=shared,
                          deterministic=self.interceptor.deterministic, rngs=self._rngs(), **extra)
+    if isinstance(x, tuple):  # (key, value, mask) of a keys_values site, in the host's dtypes
+      return out
     return out.astype(x.dtype)
 
   def fuse(self, fusion, query, deltas):

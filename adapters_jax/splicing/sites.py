@@ -40,11 +40,18 @@ FFN_BLOCK = rf'{_OURS}/ffn'
 # Llama-family decoders (`decoder/layer_{i}/ffn/gate`), whose `intermediate` is HF's `up_proj`.
 FFN_GATE = rf'{_OURS}/ffn/gate'
 
+# Where an attention's keys, values and mask are final (`adapters_jax.nn.key_value_hook`), our
+# backbones only: encoder self-attention (BERT/RoBERTa, T5's encoder), decoder self-attention (T5's
+# decoder, GPT-2, Llama-family) and T5's cross-attention. Placement `keys_values`.
+ENCODER_KEY_VALUES = r'(.*/)?encoder/(layer_\d+|layers)/attention/prefix'
+DECODER_KEY_VALUES = r'(.*/)?decoder/(layer_\d+|layers)/attention/prefix'
+CROSS_KEY_VALUES = r'(.*/)?decoder/(layer_\d+|layers)/cross_attention/prefix'
+
 # Leaves trained alongside adapters by some methods (Houlsby: layer norms), and the task head.
 LAYER_NORM_PARAMS = r'(?i).*layer_?norm[^/]*/[^/]+'
 HEAD_PARAMS = r'(.*/)?classifier/.*'
 
-PLACEMENTS = ('output', 'parallel', 'input')
+PLACEMENTS = ('output', 'parallel', 'input', 'keys_values')
 
 # A transformer block in a path: `layer_<i>/` (ours), `layer/<i>/` (HF Flax) or `layers/<i>/`.
 LAYER_PREFIX = r'layers?[_/]'
@@ -58,7 +65,8 @@ class SiteRule:
   Attributes:
     pattern: whole-name regular expression over `/`-joined module paths.
     placement: `output` (adapter applied to the module's output, y <- a(y)), `parallel` (added to the
-      output from the module's input, y <- y + a(x)) or `input` (applied to the input, x <- a(x)).
+      output from the module's input, y <- y + a(x)), `input` (applied to the input, x <- a(x)) or
+      `keys_values` (at an attention's `KeyValueHook`: (key, value, mask) <- a(key, value, mask)).
   """
 
   pattern: str
@@ -116,6 +124,8 @@ def match_sites(rules: Sequence[SiteRule], module_paths: Sequence[str]) -> dict[
   matched: dict[str, SiteRule] = {}
   for rule in rules:
     hits = [p for p in module_paths if re.fullmatch(rule.pattern, p)]
+    if not hits and rule.placement == 'keys_values':
+      raise SiteMatchError(_no_hook_message(rule.pattern, module_paths))
     if not hits:
       raise SiteMatchError(_no_match_message(rule.pattern, module_paths))
     for path in hits:
@@ -130,3 +140,13 @@ def _no_match_message(pattern: str, module_paths: Sequence[str]) -> str:
   listing = '\n  '.join(close) if close else '(the model has no sub-modules)'
   return (f'Site pattern {pattern!r} matches no module of the host model (patterns must match the '
           f'whole `/`-joined module path). Module paths it could have meant:\n  {listing}')
+
+
+def _no_hook_message(pattern: str, module_paths: Sequence[str]) -> str:
+  attention = [p for p in module_paths if re.search(r'attention|attn', p.rsplit('/', 1)[-1])]
+  listing = ', '.join(attention[:6]) or 'none'
+  return (f'Site pattern {pattern!r} (placement keys_values) matches no module: the host model\'s '
+          'attention does not expose its keys and values (a `KeyValueHook` submodule named '
+          '`prefix`, adapters_jax.nn.key_value_hook, called on (key, value, mask) before the '
+          "scores), as this library's BERT/RoBERTa, T5 and decoder backbones do. Load the model with "
+          f'adapters_jax.models, or add the hook to its attention. Attention modules seen: {listing}.')

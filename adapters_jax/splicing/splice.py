@@ -210,20 +210,11 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
   matched = match_sites(method.site_rules(), list(calls))
   flat = traverse_util.flatten_dict(params, sep='/')
 
-  shared_module = method.make_shared_module()
-  shared_key, site_key = jax.random.split(rng)
-  shared = None
-  new_flat = dict(flat)
-  if shared_module is not None:
-    shared = shared_module.init(shared_key)['params']
-    for leaf_path, leaf in traverse_util.flatten_dict(shared, sep='/').items():
-      new_flat[shared_path(name, leaf_path)] = leaf
-
   blocks = _site_blocks(calls, matched, block_pattern)
-  sites, stack_dims = [], []
+  sites, stack_dims, seeds = [], [], []
   for index, (path, rule) in enumerate(matched.items()):
     call = calls[path]
-    dims = _stack_dims(flat, path, call)
+    dims = _stack_dims(flat, path, call, calls)
     if dims and method.leave_out:
       raise ValueError('leave_out needs unscanned layers: the layers at '
                        f'{path} are under nn.scan.')
@@ -232,25 +223,32 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
     layer = blocks[path]
     if layer is not None and layer in method.leave_out:
       continue
-    if call.in_shape is None or call.out_shape is None:
-      raise ValueError(f'Site {path} does not map one array to one array (input shape '
-                       f'{call.in_shape}, output shape {call.out_shape}); choose a module that does.')
-    site = SiteInfo(path=path, placement=rule.placement, in_features=call.in_shape[-1],
-                    out_features=call.out_shape[-1], layer=layer, host_call=call)
+    site = _site_info(path, rule.placement, call, layer)
     if method.changes_base:  # its init reads the kernel, in the layout the module uses it
       site = with_layouts(name, [site], [dims], flat, None)[0]
+    sites.append(site)
+    stack_dims.append(dims)
+    seeds.append(index)
+  if not sites:
+    raise ValueError(f'Adapter {name!r} got no site: every matched layer is in leave_out='
+                     f'{method.leave_out}.')
+
+  shared_module = method.make_shared_module(tuple(sites))
+  shared_key, site_key = jax.random.split(rng)
+  shared = None
+  new_flat = dict(flat)
+  if shared_module is not None:
+    shared = shared_module.init(shared_key)['params']
+    for leaf_path, leaf in traverse_util.flatten_dict(shared, sep='/').items():
+      new_flat[shared_path(name, leaf_path)] = leaf
+  for index, site, dims in zip(seeds, sites, stack_dims, strict=True):
+    path = site.path
     own = ({k: flat[f'{path}/{k}'] for k in ('kernel', 'bias') if f'{path}/{k}' in flat}
            if method.reads_site_params or method.changes_base else None)
     site_params = _init_site(method.make_module(site), jax.random.fold_in(site_key, index),
                              site, shared, dims, own)
     for leaf_path, leaf in traverse_util.flatten_dict(site_params, sep='/').items():
       new_flat[adapter_path(path, name, leaf_path)] = leaf
-    sites.append(site)
-    stack_dims.append(dims)
-  if not sites:
-    raise ValueError(f'Adapter {name!r} got no site: every matched layer is in leave_out='
-                     f'{method.leave_out}.')
-
   spec = AdapterSpec(name=name, method=method, sites=tuple(sites), stack_dims=tuple(stack_dims))
   if method.changes_base:  # PiSSA/OLoRA: the kernel keeps only what the adapter did not take
     new_flat.update(_folded_sites(spec, new_flat, spec.sites, merge=False))
@@ -267,12 +265,39 @@ def _site_blocks(calls: Mapping[str, ModuleCall], matched: Mapping[str, Any],
   return {path: block_index(path, classes, block_pattern) for path in matched}
 
 
-def _stack_dims(flat: Mapping[str, Any], path: str, call: ModuleCall) -> tuple[int, ...]:
-  """Leading dims the tree has at `path` beyond what the module sees in its call (nn.scan)."""
-  if call.probe_leaf is None:
+def _site_info(path: str, placement: str, call: ModuleCall, layer: int | None) -> SiteInfo:
+  """The SiteInfo of a matched call; a `keys_values` site's features are its keys' width
+  (kv_heads * head_dim)."""
+  if placement == 'keys_values':
+    if not call.lineage or not call.lineage[-1].endswith('.KeyValueHook') or \
+        call.in_shape is None or len(call.in_shape) != 4:
+      raise ValueError(f'Site {path} (placement keys_values) is a {call.lineage[-1:]} module, not '
+                       'an attention\'s KeyValueHook (adapters_jax.nn.key_value_hook) taking (key '
+                       '[batch, k_len, kv_heads, head_dim], value, mask); name the hook\'s path.')
+    width = call.in_shape[-2] * call.in_shape[-1]
+    return SiteInfo(path=path, placement=placement, in_features=width, out_features=width,
+                    layer=layer, host_call=call)
+  if call.in_shape is None or call.out_shape is None:
+    raise ValueError(f'Site {path} does not map one array to one array (input shape '
+                     f'{call.in_shape}, output shape {call.out_shape}); choose a module that does.')
+  return SiteInfo(path=path, placement=placement, in_features=call.in_shape[-1],
+                  out_features=call.out_shape[-1], layer=layer, host_call=call)
+
+
+def _stack_dims(flat: Mapping[str, Any], path: str, call: ModuleCall,
+                calls: Mapping[str, ModuleCall]) -> tuple[int, ...]:
+  """Leading dims the tree has at `path` beyond what the module sees in its call (nn.scan).
+
+  A module without params (an attention's KeyValueHook) has those of its nearest ancestor that
+  has params."""
+  parts = path.split('/')
+  while call is not None and call.probe_leaf is None and len(parts) > 1:
+    parts = parts[:-1]
+    call = calls.get('/'.join(parts))
+  if call is None or call.probe_leaf is None:
     return ()
   relative, ndim = call.probe_leaf
-  leaf = flat[f'{path}/{relative}']
+  leaf = flat[f'{"/".join(parts)}/{relative}']
   return tuple(leaf.shape[:leaf.ndim - ndim])
 
 
@@ -281,6 +306,9 @@ def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims,
   """The site module's params; `own`: the site's own `kernel`/`bias` (with the nn.scan `dims`), for
   methods that read them (`reads_site_params`)."""
   sample = jnp.zeros((1, site.features), jnp.float32)
+  if site.placement == 'keys_values':  # (key, value, mask) of one key
+    key = jnp.zeros((1, 1) + tuple(site.host_call.in_shape[-2:]), jnp.float32)
+    sample = (key, key, None)
 
   def init(key, own):
     extra = {} if own is None else {'site_params': own}

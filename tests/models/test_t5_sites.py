@@ -42,6 +42,8 @@ EXPECTED = {
     'vera': _sites(('query', 'value')),
     'dora': _sites(('query', 'value')),
     'ia3': _sites(('key', 'value'), ('ffn/output',)),
+    'prefix_tuning': _sites(('prefix',)),
+    'prefix_tuning_flat': _sites(('prefix',)),
 }
 
 

@@ -1,0 +1,231 @@
+"""Prefix tuning (Li & Liang 2021): learned keys and values in front of every attention's own.
+
+At each attention layer (a `keys_values` site: the backbone's `KeyValueHook`,
+`adapters_jax.nn.key_value_hook`), P learned key and value vectors per head are prepended to the
+layer's keys and values and the mask is opened for them, so every query also attends to the
+prefix. Queries, the output length and the positions of real tokens are unchanged (the prefix has
+no position: RoPE and T5's relative buckets see only the real tokens); padding stays masked; in
+cached decoding the cache holds the real tokens and the prefix is put in front of it at each step.
+
+Two forms, as AdapterHub's `PrefixTuning` / `FlatPrefixTuning` (`prefix_tuning` / `prefix_tuning_flat`):
+  * reparameterised (`flat=False`): per location (encoder self-attention, decoder self-attention,
+    cross-attention) an embedding of P positions -> Linear(width, bottleneck) -> tanh ->
+    Linear(bottleneck, L * 2 * width), width = kv_heads * head_dim. Here the last Linear is split
+    by layer: the shared params (`adapters/<name>/shared/<location>/{embedding, hidden}`) hold the
+    embedding and the first Linear, each site holds its own columns of the last one
+    (`<site>/adapters/<name>/output/{kernel, bias}`, [bottleneck, 2 * width]); AdapterHub's output
+    viewed as [P, L * 2, heads, head_dim] has layer l's keys at row 2l and values at 2l + 1, the
+    same numbers. `eject_site` folds the MLP into flat prefixes for inference.
+  * flat (`flat=True`): each site holds `prefixes` [P, 2 * width] (keys, then values; AdapterHub's
+    flat `control_trans` and PEFT's `prefix_projection=False` embedding, sliced by layer).
+
+Initialisation follows AdapterHub: embedding and flat prefixes N(0, 1); Linears U(+-1/sqrt(fan_in)).
+The prefix is not zero, so the spliced model does not start equal to the base model (as in the
+paper); a zero-length prefix (`prefix_length=0`) is the base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adapters_jax.methods.base import MethodConfig, SiteInfo
+from adapters_jax.nn.dropout import Dropout
+from adapters_jax.splicing.sites import CROSS_KEY_VALUES, DECODER_KEY_VALUES, ENCODER_KEY_VALUES
+
+
+def site_location(path: str) -> str:
+  """Which prefix pool a site draws from: `cross_prefix` (cross-attention), `encoder_prefix`
+  (self-attention of an encoder) or `self_prefix` (self-attention of a decoder). AdapterHub's
+  location keys, except that it calls an encoder-only model's self-attention `self_prefix`."""
+  if re.search(r'(^|/)cross_attention/', path):
+    return 'cross_prefix'
+  if re.search(r'(^|/)encoder/', path):
+    return 'encoder_prefix'
+  return 'self_prefix'
+
+
+def _linear_init(fan_in: int):
+  """torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for kernel and bias alike."""
+  bound = fan_in ** -0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class _SharedPrefixMLP(nn.Module):
+  """Params `<location>/embedding` and `<location>/hidden/{kernel, bias}` per location."""
+
+  widths: tuple[tuple[str, int], ...]
+  prefix_length: int
+  bottleneck_size: int
+
+  @nn.compact
+  def __call__(self):
+    for location, width in self.widths:
+      _LocationMLP(width, self.prefix_length, self.bottleneck_size, name=location)()
+
+
+class _LocationMLP(nn.Module):
+  width: int
+  prefix_length: int
+  bottleneck_size: int
+
+  @nn.compact
+  def __call__(self):
+    self.param('embedding', nn.initializers.normal(1.0), (self.prefix_length, self.width))
+    nn.Dense(self.bottleneck_size, kernel_init=_linear_init(self.width),
+             bias_init=_linear_init(self.width), name='hidden')(jnp.zeros((1, self.width)))
+
+
+def prefix_hidden(shared_location: dict[str, Any]) -> jax.Array:
+  """tanh(embedding @ W1 + b1): the MLP's hidden layer of one location, [P, bottleneck] float32."""
+  hidden = shared_location['hidden']
+  return jnp.tanh(shared_location['embedding'] @ hidden['kernel'] + hidden['bias'])
+
+
+class KeyValuePrefix(nn.Module):
+  """One attention layer's prefix: `(key, value, mask)` -> the same with P keys/values in front.
+
+  Attributes:
+    prefix_length: P.
+    flat: True: the prefixes are this module's `prefixes` param [P, 2 * width]; False: the
+      reparameterised form, this module's `output` Linear applied to the location's shared hidden
+      layer.
+    location: the shared pool (`site_location`) for the reparameterised form.
+    bottleneck_size: fan-in of `output` (for its init).
+    dropout: dropout rate on the prefix keys and values (AdapterHub's).
+  """
+
+  prefix_length: int
+  flat: bool
+  location: str
+  bottleneck_size: int = 512
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, kv, shared=None, deterministic: bool = True):
+    """`kv` = (key, value, mask): key/value `[batch, k_len, kv_heads, head_dim]`, mask bool
+    broadcastable to `[batch, heads, q_len, k_len]` or None. Returns them with k_len + P keys."""
+    key, value, mask = kv
+    batch, _, heads, dim = key.shape
+    width = heads * dim
+    if self.flat:
+      prefixes = self.param('prefixes', nn.initializers.normal(1.0),
+                            (self.prefix_length, 2 * width))  # [P, 2 * width]
+    else:
+      if shared is None or self.location not in shared:
+        raise ValueError(f'The reparameterised prefix of location {self.location!r} needs the '
+                         'shared params adapters/<name>/shared/' f'{self.location}; were these '
+                         'params made by add_adapter?')
+      hidden = prefix_hidden(shared[self.location])  # [P, bottleneck]
+      prefixes = nn.Dense(2 * width, kernel_init=_linear_init(self.bottleneck_size),
+                          bias_init=_linear_init(self.bottleneck_size), name='output')(hidden)
+    prefixes = prefixes.reshape(self.prefix_length, 2, heads, dim)
+    prefixes = Dropout(self.dropout)(prefixes, deterministic=deterministic)
+    prefix_keys = jnp.broadcast_to(prefixes[:, 0], (batch, self.prefix_length, heads, dim))
+    prefix_values = jnp.broadcast_to(prefixes[:, 1], (batch, self.prefix_length, heads, dim))
+    key = jnp.concatenate([prefix_keys.astype(key.dtype), key], axis=1)
+    value = jnp.concatenate([prefix_values.astype(value.dtype), value], axis=1)
+    if mask is not None:  # every query sees the whole prefix
+      mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (self.prefix_length,), bool),
+                              mask.astype(bool)], axis=-1)
+    return key, value, mask
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixTuningConfig(MethodConfig):
+  """Prefix tuning at every attention layer's keys and values.
+
+  Attributes:
+    prefix_length: P, the number of prefix positions (AdapterHub's default 30).
+    flat: train the prefixes directly (True) or through the MLP (False, the paper's form).
+    bottleneck_size: hidden width of the MLP (flat=False).
+    dropout: dropout on the prefix keys and values.
+    encoder_prefix: prefixes in an encoder's self-attention (BERT/RoBERTa, T5's encoder).
+    self_prefix: prefixes in a decoder's self-attention (T5's decoder, GPT-2, Llama-family).
+    cross_prefix: prefixes in T5's cross-attention.
+    sites: by default made from the three switches; set it to name other `keys_values` sites.
+  """
+
+  kind = 'prefix_tuning'
+  stack_only = ('a prefix adapter extends the attention\'s keys and values; it has no output at a '
+                'site to average, fuse or pick per row. Stack prefix adapters (their prefixes are '
+                'concatenated) or run one alone')
+  prefix_length: int = 30
+  flat: bool = False
+  bottleneck_size: int = 512
+  dropout: float = 0.0
+  encoder_prefix: bool = True
+  self_prefix: bool = True
+  cross_prefix: bool = True
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.prefix_length < 0:
+      raise ValueError(f'prefix_length must be >= 0, got {self.prefix_length}.')
+    if not self.sites and not (self.encoder_prefix or self.self_prefix or self.cross_prefix):
+      raise ValueError('Prefix tuning with encoder_prefix, self_prefix and cross_prefix all False '
+                       'has no site; enable at least one.')
+    for site in self.site_rules():
+      if site.placement != 'keys_values':
+        raise ValueError(f'Prefix tuning extends keys and values: its sites take placement '
+                         f"'keys_values', got {site.placement!r} for {site.pattern!r}.")
+
+  def site_rules(self):
+    if self.sites:
+      return super().site_rules()
+    chosen = [pattern for pattern, on in ((ENCODER_KEY_VALUES, self.encoder_prefix),
+                                          (DECODER_KEY_VALUES, self.self_prefix),
+                                          (CROSS_KEY_VALUES, self.cross_prefix)) if on]
+    # One rule, so a model without one of the locations (BERT has no decoder) is not an error.
+    return dataclasses.replace(self, sites=(('|'.join(chosen), 'keys_values'),)).site_rules()
+
+  def make_module(self, site: SiteInfo) -> nn.Module:
+    return KeyValuePrefix(prefix_length=self.prefix_length, flat=self.flat,
+                          location=site_location(site.path), bottleneck_size=self.bottleneck_size,
+                          dropout=self.dropout)
+
+  def make_shared_module(self, sites: Sequence[SiteInfo] = ()) -> nn.Module | None:
+    if self.flat:
+      return None
+    if not sites:
+      raise ValueError('The reparameterised prefix (flat=False) needs the matched sites to size '
+                       'its shared MLP; splice it with adapters_jax.splicing.splice.add_adapter.')
+    widths: dict[str, int] = {}
+    for site in sites:
+      location = site_location(site.path)
+      if widths.setdefault(location, site.in_features) != site.in_features:
+        raise ValueError(f'The {location} sites have keys of different widths ({widths[location]} '
+                         f'and {site.in_features} at {site.path}); one shared MLP cannot serve '
+                         'them: use flat=True.')
+    return _SharedPrefixMLP(widths=tuple(widths.items()), prefix_length=self.prefix_length,
+                            bottleneck_size=self.bottleneck_size)
+
+  def eject_site(self, shared: dict[str, Any] | None, site_params: dict[str, Any],
+                 site: SiteInfo) -> dict[str, Any]:
+    """The flat `prefixes` [P, 2 * width] a reparameterised site computes (its MLP folded)."""
+    if self.flat:
+      return dict(site_params)
+    hidden = prefix_hidden(shared[site_location(site.path)])  # [P, bottleneck]
+    output = site_params['output']
+    return {'prefixes': hidden @ output['kernel'] + output['bias']}
+
+  def ejected(self) -> PrefixTuningConfig:
+    """The config of `eject_site`'s params: the flat form."""
+    return dataclasses.replace(self, flat=True)
+
+
+def prefix_tuning() -> PrefixTuningConfig:
+  """Li & Liang 2021 as AdapterHub's `prefix_tuning`: P=30, MLP of 512 with tanh."""
+  return PrefixTuningConfig()
+
+
+def prefix_tuning_flat() -> PrefixTuningConfig:
+  """AdapterHub's `prefix_tuning_flat`: P=30 prefixes trained directly."""
+  return PrefixTuningConfig(flat=True)
+

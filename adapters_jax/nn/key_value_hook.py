@@ -1,0 +1,44 @@
+"""The place in an attention layer where its keys, values and mask are final: a named identity.
+
+A backbone calls `KeyValueHook(name='prefix')(key, value, mask)` just before the attention scores
+are computed. By itself it returns its arguments unchanged; it exists so that a splice can name the
+place (`.../attention/prefix`, placement `keys_values`, `adapters_jax.splicing.sites.KEY_VALUE_PREFIX`)
+and extend what the queries attend over: prefix tuning (`adapters_jax.methods.prefix_tuning`)
+prepends learned keys and values and opens the mask for them. The queries, the output length and
+the positions of the real tokens (RoPE, learned or relative positions) are untouched; a backbone
+with an additive score bias (T5) pads it with zeros for the added keys (`pad_keys_in_front`).
+
+A host whose attention has no such hook is refused by prefix tuning, naming the missing piece.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class KeyValueHook(nn.Module):
+  """Identity on `(key, value, mask)`.
+
+  Args (of `__call__`):
+    key: `[batch, k_len, kv_heads, head_dim]`.
+    value: same shape as `key`.
+    mask: bool broadcastable to `[batch, heads, q_len, k_len]` (True = attend), or None.
+
+  Returns:
+    `(key, value, mask)`; an interceptor may return them with extra keys in front (k_len grows).
+  """
+
+  @nn.compact
+  def __call__(self, key, value, mask):
+    return key, value, mask
+
+
+def pad_keys_in_front(bias: jax.Array | None, k_len: int) -> jax.Array | None:
+  """`bias` `[..., q_len, k_len0]` with zeros in front up to `k_len` keys (added keys have no
+  position, so no positional bias); None stays None."""
+  if bias is None or bias.shape[-1] == k_len:
+    return bias
+  pad = [(0, 0)] * (bias.ndim - 1) + [(k_len - bias.shape[-1], 0)]
+  return jnp.pad(bias, pad)
