@@ -201,7 +201,7 @@ class _Cadence:
       do_eval = boundary or step % config.eval_every_steps == 0
       do_save = boundary or step % config.checkpoint_every_steps == 0
       if not (boundary or do_eval or do_save or step % config.log_every_steps == 0):
-        if self.signals.requested:
+        if self.signals.requested and jax.process_count() == 1:  # several: agreed at records
           self.stop_on_signal(step, pending, saved=False)
         continue
       # Pull the losses since the last record: a non-finite one stops before anything is saved.
@@ -214,7 +214,7 @@ class _Cadence:
         self.validate(training, step)
       if do_save:
         self.save(training)
-      if self.signals.requested:
+      if self.signals.agreed():  # on several processes: any one's signal stops all, here
         self.stop_on_signal(step, [], saved=do_save)
     unfinished = [i for i, m in enumerate(members) if m.result is None]
     for member in members:
