@@ -27,6 +27,12 @@ from adapters_jax.methods.dora import DoRA, DoRAConfig, dora
 from adapters_jax.methods.fusion import AdapterFusion, FusionConfig, fusion
 from adapters_jax.methods.ia3 import IA3, IA3Config, ia3
 from adapters_jax.methods.lora import LoRA, LoRAConfig, lora
+from adapters_jax.methods.prompt_tuning import (
+  PromptTuning,
+  PromptTuningConfig,
+  prompt_tuning,
+  with_init_text,
+)
 from adapters_jax.methods.vera import VeRA, VeRAConfig, vera
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
@@ -40,11 +46,12 @@ PRESETS: dict[str, Callable[[], MethodConfig]] = {
     'compacter': compacter,
     'compacter++': compacter_pp,
     'phm_adapter': phm_adapter,
+    'prompt_tuning': prompt_tuning,
 }
 
 CONFIG_KINDS: dict[str, type[MethodConfig]] = {
     cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, VeRAConfig, DoRAConfig,
-                              IA3Config, CompacterConfig, FusionConfig)
+                              IA3Config, CompacterConfig, FusionConfig, PromptTuningConfig)
 }
 
 
@@ -77,5 +84,6 @@ __all__ = [
     'CompacterAdapter', 'CompacterConfig', 'CONFIG_KINDS', 'DoRA', 'dora', 'DoRAConfig', 'fusion',
     'FusionConfig', 'get_method', 'houlsby', 'IA3', 'ia3', 'IA3Config', 'kron_sum', 'LoRA', 'lora',
     'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer', 'phm_adapter', 'PHMDense',
-    'PHMRule', 'PRESETS', 'replace_fields', 'SiteInfo', 'VeRA', 'vera', 'VeRAConfig',
+    'PHMRule', 'PRESETS', 'prompt_tuning', 'PromptTuning', 'PromptTuningConfig', 'replace_fields',
+    'SiteInfo', 'VeRA', 'vera', 'VeRAConfig', 'with_init_text',
 ]

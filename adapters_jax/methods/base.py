@@ -85,6 +85,8 @@ class MethodConfig:
   is_fusion: ClassVar[bool] = False
   # The site module gets the site's own params (`site_params=`) at init and at apply (DoRA).
   reads_site_params: ClassVar[bool] = False
+  # Put in front of the error when a site pattern matches nothing: what the host must expose.
+  missing_site_hint: ClassVar[str] = ''
   sites: tuple[tuple[str, str], ...] = ()
   leave_out: tuple[int, ...] = ()
   train_also: tuple[str, ...] = ()
@@ -100,6 +102,12 @@ class MethodConfig:
 
   def make_shared_module(self) -> nn.Module | None:
     return None
+
+  def init_extras(self, host_params: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for every site module's init, read from the host's params
+    (`/`-joined paths to arrays): prompt tuning's embedding matrix. None by default."""
+    del host_params
+    return {}
 
   def make_delta_module(self, site: SiteInfo) -> nn.Module:
     """The site module without its residual: what AdapterFusion attends over (`fusable` methods)."""

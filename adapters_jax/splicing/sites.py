@@ -40,6 +40,10 @@ FFN_BLOCK = rf'{_OURS}/ffn'
 # Llama-family decoders (`decoder/layer_{i}/ffn/gate`), whose `intermediate` is HF's `up_proj`.
 FFN_GATE = rf'{_OURS}/ffn/gate'
 
+# Where a host's token embeddings enter its sequence (`adapters_jax.models.input_embeddings`): an
+# identity whose output may grow (prompt tuning). Our backbones only.
+INPUT_EMBEDDINGS = r'(.*/)?input_embeddings'
+
 # Leaves trained alongside adapters by some methods (Houlsby: layer norms), and the task head.
 LAYER_NORM_PARAMS = r'(?i).*layer_?norm[^/]*/[^/]+'
 HEAD_PARAMS = r'(.*/)?classifier/.*'
