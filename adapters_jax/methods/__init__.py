@@ -31,7 +31,6 @@ from adapters_jax.methods.prompt_tuning import (
   PromptTuning,
   PromptTuningConfig,
   prompt_tuning,
-  with_init_text,
 )
 from adapters_jax.methods.vera import VeRA, VeRAConfig, vera
 
@@ -85,5 +84,5 @@ __all__ = [
     'FusionConfig', 'get_method', 'houlsby', 'IA3', 'ia3', 'IA3Config', 'kron_sum', 'LoRA', 'lora',
     'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer', 'phm_adapter', 'PHMDense',
     'PHMRule', 'PRESETS', 'prompt_tuning', 'PromptTuning', 'PromptTuningConfig', 'replace_fields',
-    'SiteInfo', 'VeRA', 'vera', 'VeRAConfig', 'with_init_text',
+    'SiteInfo', 'VeRA', 'vera', 'VeRAConfig',
 ]

@@ -103,6 +103,12 @@ class MethodConfig:
   def make_shared_module(self) -> nn.Module | None:
     return None
 
+  def with_tokenizer(self, tokenizer: Any) -> MethodConfig:
+    """This config with its text fields tokenized (prompt tuning's `init_text`); itself when it
+    has none. Called where a tokenizer is at hand (experiment runs)."""
+    del tokenizer
+    return self
+
   def init_extras(self, host_params: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for every site module's init, read from the host's params
     (`/`-joined paths to arrays): prompt tuning's embedding matrix. None by default."""

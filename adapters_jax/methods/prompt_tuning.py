@@ -13,7 +13,7 @@ first prompt vector with 'prefix', the [CLS] token with 'prefix_after_bos').
 Initialisation (`init`), as PEFT and AdapterHub offer it:
   'random_uniform': U(-init_scale, init_scale);
   'from_token_ids': the host's embeddings of `init_token_ids`, repeated and cut to P (what a
-    text's tokens give: `with_init_text` tokenizes a text into them);
+    text's tokens give: `with_tokenizer` tokenizes `init_text` into them);
   'sample_vocab': the host's embeddings of P token ids drawn uniformly from the vocabulary.
 The host's embedding matrix is the one parameter matching `vocabulary_param`.
 """
@@ -67,10 +67,14 @@ class PromptTuning(nn.Module):
       scale = self.init_scale
       return lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -scale, scale)
 
-    def from_table(key, shape):
-      if table is None:
+    if table is None:
+      if self.is_initializing():
         raise ValueError(f"Prompt init {self.init_kind!r} needs the host's embedding matrix; "
                          'add the adapter with add_adapter (it passes the matrix).')
+      # At apply, Flax only checks the stored prompt's shape against the initializer's.
+      return nn.initializers.zeros
+
+    def from_table(key, shape):
       if self.init_kind == 'sample_vocab':
         ids = jax.random.randint(key, (shape[0],), 0, table.shape[0])
       else:
@@ -97,7 +101,7 @@ class PromptTuningConfig(MethodConfig):
     init: 'random_uniform', 'from_token_ids' or 'sample_vocab' (module docstring).
     init_scale: half-width of the uniform init.
     init_token_ids: token ids whose embeddings start the prompt (`init='from_token_ids'`).
-    init_text: a text to start from; tokenized into `init_token_ids` by `with_init_text` where
+    init_text: a text to start from; tokenized into `init_token_ids` by `with_tokenizer` where
       a tokenizer is at hand (experiment runs do it).
     vocabulary_param: whole-name regex of the host's embedding matrix `[vocab, hidden]`.
   """
@@ -126,9 +130,10 @@ class PromptTuningConfig(MethodConfig):
       raise ValueError(f'Unknown prompt init {self.init!r}; valid: {INITS}.')
     if self.length < 0:
       raise ValueError(f'Prompt length must be >= 0, got {self.length}.')
-    if self.init == 'from_token_ids' and self.length and not self.init_token_ids:
-      raise ValueError("init='from_token_ids' needs init_token_ids (or init_text with a "
-                       'tokenizer: with_init_text).')
+    needs_ids = self.init == 'from_token_ids' and self.length and not self.init_text
+    if needs_ids and not self.init_token_ids:
+      raise ValueError("init='from_token_ids' needs init_token_ids (or init_text, tokenized by "
+                       'with_tokenizer).')
     if any(placement != 'output' for _, placement in self.sites):
       raise ValueError("Prompt tuning rewrites the input-embeddings site's output; valid "
                        "placements: ('output',).")
@@ -138,7 +143,24 @@ class PromptTuningConfig(MethodConfig):
                         init_kind=self.init, init_scale=self.init_scale,
                         init_token_ids=self.init_token_ids)
 
+  def with_tokenizer(self, tokenizer: Any) -> PromptTuningConfig:
+    """`init_text` tokenized (without special tokens) into `init_token_ids`, with
+    `init='from_token_ids'`; itself when it has no `init_text`."""
+    if not self.init_text:
+      return self
+    if tokenizer is None:
+      raise ValueError(f'init_text {self.init_text!r} needs a tokenizer; load the model with its '
+                       'tokenizer or give init_token_ids.')
+    ids = tokenizer(self.init_text, add_special_tokens=False)['input_ids']
+    if not ids:
+      raise ValueError(f'init_text {self.init_text!r} gives no tokens; give a longer text.')
+    return dataclasses.replace(self, init='from_token_ids',
+                               init_token_ids=tuple(int(i) for i in ids))
+
   def init_extras(self, host_params: Mapping[str, Any]) -> dict[str, Any]:
+    if self.init_text and not self.init_token_ids:
+      raise ValueError(f'init_text {self.init_text!r} is not tokenized yet; add '
+                       'method.with_tokenizer(tokenizer) instead of method.')
     if self.init == 'random_uniform':
       return {}
     hits = [p for p in host_params if re.fullmatch(self.vocabulary_param, p)]
@@ -147,17 +169,6 @@ class PromptTuningConfig(MethodConfig):
                        f'vocabulary_param={self.vocabulary_param!r}; it matches {hits}. Set '
                        'vocabulary_param to the embedding matrix path.')
     return {'embedding_table': host_params[hits[0]]}
-
-
-def with_init_text(method: PromptTuningConfig, tokenizer: Any) -> PromptTuningConfig:
-  """`method` with `init_text` tokenized (without special tokens) into `init_token_ids` and
-  `init='from_token_ids'`; unchanged when it has no `init_text`."""
-  if not method.init_text:
-    return method
-  ids = tokenizer(method.init_text, add_special_tokens=False)['input_ids']
-  if not ids:
-    raise ValueError(f'init_text {method.init_text!r} gives no tokens; give a longer text.')
-  return dataclasses.replace(method, init='from_token_ids', init_token_ids=tuple(int(i) for i in ids))
 
 
 def prompt_tuning() -> PromptTuningConfig:

@@ -168,19 +168,20 @@ class DecoderLM(nn.Module):
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     tokens, attention_mask, positions = self._embed(input_ids, attention_mask, positions, True)
-    if segment_ids is not None and tokens.shape[1] > input_ids.shape[1]:
-      raise ValueError('Prompt tuning does not run on packed rows (segment_ids): each example '
-                       'needs its own prompt; train without packing.')
+    length, inserted = tokens.shape[1], tokens.shape[1] - input_ids.shape[1]
     if positions is None:
       positions = default_positions(attention_mask)
-    slots = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    slots = jnp.arange(length, dtype=jnp.int32)
     mask = slot_mask(slots, jnp.asarray(attention_mask).astype(bool),
                      self.config.sliding_window)  # [batch, 1, seq', seq']
     if segment_ids is not None:
-      segment_ids = jnp.asarray(segment_ids)
-      mask &= (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # same example
+      segment_ids = grow_front(segment_ids, length, -1)
+      # Same example, or an inserted vector: every packed example sees the prompt in front of
+      # itself, at positions 0..P-1 before its own (given positions are shifted by P).
+      seen = (segment_ids[:, :, None] == segment_ids[:, None, :]) | (slots < inserted)
+      mask &= seen[:, None]
     hidden, _ = self._run(tokens, positions, mask, None, None, deterministic)
-    return hidden[:, tokens.shape[1] - input_ids.shape[1]:]
+    return hidden[:, inserted:]
 
   def decode(self, input_ids, attention_mask, cache: KVCache, positions=None,
              deterministic: bool = True, last_only: bool = False) -> tuple[jax.Array, KVCache]:

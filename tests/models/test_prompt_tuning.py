@@ -212,3 +212,19 @@ def test_t5_padded_row_equals_the_row_alone(t5):
   batch = spliced.apply(params, ids, mask, decoder_ids, active='p')
   alone = spliced.apply(params, ids[1:2, :7], mask[1:2, :7], decoder_ids[1:2], active='p')
   np.testing.assert_allclose(batch[1], alone[0], atol=1e-5)
+
+
+def test_packed_rows_each_see_the_prompt_as_alone(decoder):
+  # Two examples packed in one row (segment ids, positions restarting) with a prompt: each one's
+  # logits are those it gets alone with the prompt in front.
+  _, _, spliced, params, ids, _ = decoder
+  first, second = ids[2, :5], ids[2, 5:]
+  row = np.concatenate([first, second])[None]
+  segments = np.array([[1] * 5 + [2] * 3])
+  positions = np.array([list(range(5)) + list(range(3))])
+  packed = spliced.apply(params, row, np.ones_like(row), positions, segment_ids=segments,
+                         active='p')
+  for start, example in ((0, first), (5, second)):
+    alone = spliced.apply(params, example[None], np.ones((1, len(example)), np.int32),
+                          active='p')
+    np.testing.assert_allclose(packed[0, start:start + len(example)], alone[0], atol=1e-5)
