@@ -5,10 +5,15 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from adapters_jax.models import resolve_checkpoint_dir
+from adapters_jax.checkpoint import restore
+from adapters_jax.data.lm_jsonl import tokenize_record
+from adapters_jax.models import load_pretrained, resolve_checkpoint_dir
 from adapters_jax.models.decoder_export import random_decoder_checkpoint
+from adapters_jax.task_kinds.inputs import prompt_record
 from tests.train.test_causal_lm_cli import TINY, _records, _write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_prompt_tuning_on_a_tiny_llama_trains_through_the_cli(tmp_path):
   # Bugs caught: the preset not reachable by name, init_text not tokenized, something besides
   # the prompt trained, prompt positions counted in the loss (the loss would not be the
-  # perplexity's log), a loss that does not fall.
+  # perplexity's log), a loss that does not fall; the adapter-only checkpoint missing the prompt,
+  # or prediction that drops it or misplaces it in the cache.
   model_dir = random_decoder_checkpoint(tmp_path / 'tiny_llama', TINY, seed=0,
                                         tokenizer_dir=resolve_checkpoint_dir('minilm-l6'))
   data_dir = tmp_path / 'data'
@@ -46,3 +52,29 @@ def test_prompt_tuning_on_a_tiny_llama_trains_through_the_cli(tmp_path):
     losses = [r['loss'] for r in map(json.loads, f) if r['split'] == 'train']
   assert len(losses) == 10
   assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
+
+  # Prediction through the CLI against the adapter restored by hand onto a fresh base and a
+  # greedy decode that reruns the whole model for every token (no cache).
+  prompts = ['the sky is green ||', 'colour red']
+  served = subprocess.run([sys.executable, '-m', 'experiments.predict', f'--workdir={workdir}',
+                           '--max_new_tokens=4'], input='\n'.join(prompts) + '\n', cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert served.returncode == 0, served.stderr[-3000:]
+  lines = [json.loads(line) for line in served.stdout.splitlines() if line.startswith('{')]
+  base = load_pretrained(str(model_dir))
+  sample = jnp.ones((1, 8), jnp.int32)
+  spliced, params = restore.restore_adapter(workdir / 'best', base.model, base.params, sample,
+                                            sample, deterministic=True)
+  assert any(line['generated'] for line in lines)
+  (name,) = spliced.names
+  forward = jax.jit(lambda ids: spliced.apply(params, ids, jnp.ones_like(ids), active=name))
+  for prompt, line in zip(prompts, lines, strict=True):
+    ids = tokenize_record(prompt_record(prompt, 'lm_jsonl'), base.tokenizer,
+                          max_length=32).prompt_ids.tolist()
+    generated = []
+    for _ in range(4):
+      token = int(jnp.argmax(forward(jnp.asarray([ids + generated]))[0, -1]))
+      generated.append(token)
+      if token == TINY['eos_token_id']:
+        break
+    assert line['generated'] == base.tokenizer.decode(generated, skip_special_tokens=True).strip()
