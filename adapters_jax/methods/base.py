@@ -85,6 +85,9 @@ class MethodConfig:
   is_fusion: ClassVar[bool] = False
   # The site module gets the site's own params (`site_params=`) at init and at apply (DoRA).
   reads_site_params: ClassVar[bool] = False
+  # The site's output is longer than its input (prompt tuning): only hosts that grow their masks
+  # with it run the method (`adapters_jax.models.input_embeddings`); the NNX splice refuses it.
+  lengthens_sequence: ClassVar[bool] = False
   # Put in front of the error when a site pattern matches nothing: what the host must expose.
   missing_site_hint: ClassVar[str] = ''
   sites: tuple[tuple[str, str], ...] = ()

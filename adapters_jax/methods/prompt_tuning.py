@@ -107,6 +107,7 @@ class PromptTuningConfig(MethodConfig):
   """
 
   kind = 'prompt_tuning'
+  lengthens_sequence = True
   missing_site_hint = (
       'Prompt tuning needs a host that exposes its input embeddings: a module named '
       '`input_embeddings` called on the token embeddings [batch, seq, hidden], whose caller grows '

@@ -139,7 +139,7 @@ def test_ia3_scales_elementwise():
 
 def test_presets_and_errors_list_valid_choices():
   assert set(methods.PRESETS) == {'houlsby', 'pfeiffer', 'parallel', 'lora', 'vera', 'dora', 'ia3',
-                                  'compacter', 'compacter++', 'phm_adapter'}
+                                  'compacter', 'compacter++', 'phm_adapter', 'prompt_tuning'}
   assert methods.get_method('houlsby', size=8).size == 8
   with pytest.raises(ValueError, match="valid presets: .*'houlsby'"):
     methods.get_method('housby')

@@ -41,6 +41,7 @@ EXPECTED = {
     'vera': _sites(('query', 'value')),
     'dora': _sites(('query', 'value')),
     'ia3': _sites(('key', 'value'), ('ffn/output',)),
+    'prompt_tuning': {'encoder/input_embeddings'},  # the encoder's input only
 }
 
 
@@ -73,7 +74,7 @@ def test_preset_sites_on_t5(base, preset):
 # Each preset with the init that makes its spliced model exactly the base model.
 ZERO_INIT = {'houlsby': {'init': 'zero'}, 'compacter': {'size': 8}, 'compacter++': {'size': 8},
              'phm_adapter': {'size': 8, 'n': 4}, 'pfeiffer': {}, 'parallel': {}, 'lora': {}, 'ia3': {},
-             'vera': {'rank': 8}, 'dora': {}}
+             'vera': {'rank': 8}, 'dora': {}, 'prompt_tuning': {'length': 0}}
 
 
 @pytest.mark.parametrize('preset', sorted(ZERO_INIT))

@@ -19,7 +19,8 @@ from tests.nnx import hosts
 FIT = {'houlsby': dict(init='zero'), 'compacter': dict(size=4), 'compacter++': dict(size=4),
        'phm_adapter': dict(n=4, size=8), 'vera': dict(rank=4)}
 # Presets that read their sites' frozen kernels (DoRA) are refused by the NNX splice.
-NNX_PRESETS = sorted(p for p in PRESETS if not get_method(p).reads_site_params)
+NNX_PRESETS = sorted(p for p in PRESETS if not get_method(p).reads_site_params
+                     and not get_method(p).lengthens_sequence)
 
 
 def _method(host, preset):
@@ -53,6 +54,9 @@ def test_methods_that_read_the_site_kernel_are_refused():
   assert sorted(PRESETS) != NNX_PRESETS
   with pytest.raises(ValueError, match='adapters_jax.add_adapter'):
     splice.add_adapter(model, 'a', _method('encoder', 'dora'), jax.random.key(0), hosts.sample_ids())
+  with pytest.raises(ValueError, match='lengthens the input sequence'):
+    splice.add_adapter(model, 'a', get_method('prompt_tuning'), jax.random.key(0),
+                       hosts.sample_ids())
 
 
 def test_splicing_keeps_the_base_paths_and_puts_adapters_under_their_sites():
