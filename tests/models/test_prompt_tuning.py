@@ -2,6 +2,8 @@
 fed what PEFT feeds them: `inputs_embeds = [prompt; token embeddings]`, the attention mask with
 ones in front (token types 0, positions counting the prompt)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,8 @@ import transformers
 from flax import traverse_util
 
 from adapters_jax.methods import PromptTuningConfig
-from adapters_jax.models import GenerationConfig, generate, load_pretrained
+from adapters_jax.models import GenerationConfig, generate, load_pretrained, make_greedy_generate
+from adapters_jax.models.beam_search import BeamSearchConfig, beam_search
 from adapters_jax.splicing.splice import add_adapter
 from tests.models import decoder_checkpoints as dc
 from tests.models import t5_reference
@@ -228,3 +231,31 @@ def test_packed_rows_each_see_the_prompt_as_alone(decoder):
     alone = spliced.apply(params, example[None], np.ones((1, len(example)), np.int32),
                           active='p')
     np.testing.assert_allclose(packed[0, start:start + len(example)], alone[0], atol=1e-5)
+
+
+def test_t5_cached_greedy_with_prompt_equals_recomputing_every_token(t5):
+  # The decoder's cached steps attend over the longer encoder output (the prompt's positions
+  # unmasked) as teacher forcing does.
+  _, pre, ids, mask, decoder_ids = t5
+  spliced, params = _with_prompt(pre, ids, mask, decoder_ids)
+  steps = 4
+  active = functools.partial(spliced.apply, active='p')
+  ours = np.asarray(make_greedy_generate(active, pre.config)(params, ids, mask,
+                                                             max_new_tokens=steps))
+  start = pre.config.decoder_start_token_id
+  sequence = np.full((3, steps + 1), start, np.int32)
+  for t in range(steps):
+    logits = spliced.apply(params, ids, mask, sequence[:, :t + 1], active='p')
+    sequence[:, t + 1] = np.asarray(jnp.argmax(logits[:, -1], axis=-1))
+  eos = pre.config.eos_token_id
+  for row, expected in zip(ours, sequence[:, 1:], strict=True):
+    stop = next((k + 1 for k, token in enumerate(expected) if token == eos), steps)
+    np.testing.assert_array_equal(row[:stop], expected[:stop])
+
+
+def test_beam_search_with_one_beam_and_a_prompt_is_greedy(decoder):
+  _, _, spliced, params, ids, mask = decoder
+  greedy = generate(spliced, params, ids, mask, GenerationConfig(max_new_tokens=4), active='p')
+  beams = beam_search(spliced, params, ids, mask, BeamSearchConfig(max_new_tokens=4, num_beams=1),
+                      active='p')
+  np.testing.assert_array_equal(beams.tokens, greedy.tokens)
