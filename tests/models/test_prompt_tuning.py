@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import peft
 import pytest
 import torch
 import transformers
@@ -16,6 +17,7 @@ from adapters_jax.methods import PromptTuningConfig
 from adapters_jax.models import GenerationConfig, generate, load_pretrained, make_greedy_generate
 from adapters_jax.models.beam_search import BeamSearchConfig, beam_search
 from adapters_jax.splicing.splice import add_adapter
+from adapters_jax.task_kinds.causal_lm import lm_loss
 from tests.models import decoder_checkpoints as dc
 from tests.models import t5_reference
 
@@ -259,3 +261,26 @@ def test_beam_search_with_one_beam_and_a_prompt_is_greedy(decoder):
   beams = beam_search(spliced, params, ids, mask, BeamSearchConfig(max_new_tokens=4, num_beams=1),
                       active='p')
   np.testing.assert_array_equal(beams.tokens, greedy.tokens)
+
+
+def test_decoder_logits_and_loss_match_peft_prompt_tuning(decoder):
+  # PEFT's PROMPT_TUNING on the same torch model with our prompt copied in: its logits after the
+  # virtual tokens are ours, and its loss (labels -100 on the prompt) is our causal-LM loss.
+  # Unpadded rows: PEFT ignores position ids, so left padding would shift its positions.
+  torch_model, pre, spliced, params, ids, _ = decoder
+  rows = ids[[2]]  # the unpadded row
+  family = 'llama' if pre.config.position_embedding == 'rope' else 'gpt2'
+  reference = dc.torch_model(family).double()
+  wrapped = peft.get_peft_model(reference, peft.PromptTuningConfig(
+      task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=P)).double()
+  with torch.no_grad():
+    wrapped.prompt_encoder['default'].embedding.weight.copy_(torch.from_numpy(_prompt(params)))
+    labels = torch.from_numpy(rows).long()
+    labels[:, 0] = -100  # no prediction of the first token (our outputs start at it)
+    out = wrapped(input_ids=torch.from_numpy(rows).long(),
+                  attention_mask=torch.ones(rows.shape, dtype=torch.long), labels=labels)
+  ours = spliced.apply(params, rows, np.ones_like(rows), active='p')
+  np.testing.assert_allclose(ours, out.logits.numpy()[:, P:], atol=1e-4, rtol=1e-4)
+  targets = np.concatenate([rows[:, 1:], np.zeros((1, 1), np.int32)], axis=1)
+  weights = np.concatenate([np.ones((1, rows.shape[1] - 1)), np.zeros((1, 1))], axis=1)
+  np.testing.assert_allclose(float(lm_loss(ours, targets, weights)), float(out.loss), rtol=1e-5)
