@@ -9,6 +9,13 @@ from transformers import AutoTokenizer, BertConfig, FlaxBertModel
 
 from adapters_jax.methods import PromptTuningConfig, get_method, method_from_dict
 from adapters_jax.models import BertEncoderModel, EncoderConfig, resolve_checkpoint_dir
+from adapters_jax.splicing.composition import (
+  Average,
+  CompositionError,
+  Parallel,
+  PerExample,
+  Stack,
+)
 from adapters_jax.splicing.sites import SiteMatchError
 from adapters_jax.splicing.splice import add_adapter
 
@@ -81,3 +88,16 @@ def test_a_host_without_input_embeddings_is_refused_by_name():
   with pytest.raises(SiteMatchError, match='`input_embeddings`.*Hugging Face Flax models do not'):
     add_adapter(hf.module, hf.params, 'p', get_method('prompt_tuning'), jax.random.key(0), IDS,
                 np.ones_like(IDS), np.zeros_like(IDS), np.arange(6)[None].repeat(2, 0), None)
+
+
+def test_prompt_runs_alone_or_stacked_but_not_chosen_per_row(host):
+  model, params = host
+  spliced, grafted = add_adapter(model, params, 'p', get_method('prompt_tuning', length=3),
+                                 jax.random.key(0), IDS)
+  spliced, grafted = add_adapter(spliced, grafted, 'l', get_method('lora'), jax.random.key(1), IDS)
+  out = spliced.apply(grafted, IDS, active=Stack('p', 'l')).last_hidden_state
+  assert out.shape == (2, 6 + 3, 16)
+  for active in (PerExample('p', None), Parallel('p', 'l'), Average('p', 'l')):
+    with pytest.raises(CompositionError, match=r"\['p'\] lengthen the sequence.*Stack"):
+      spliced.apply(grafted, IDS, active=active, adapter_index=np.zeros(2, np.int32)
+                    if isinstance(active, PerExample) else None)
