@@ -198,6 +198,7 @@ class DecoderLM(nn.Module):
     tokens, attention_mask, positions = self._embed(input_ids, attention_mask, positions,
                                                     not cache.started)
     cache = cache.with_extra_slots(tokens.shape[1] - input_ids.shape[1])
+    self._check_learned_positions(tokens.shape[1] - input_ids.shape[1], cache.max_len)
     if positions is None:
       positions = default_positions(attention_mask, jnp.sum(cache.valid, axis=1))
     cache = cache.with_valid(attention_mask)
@@ -214,6 +215,7 @@ class DecoderLM(nn.Module):
     tokens = self.embeddings.tokens(input_ids, starts)
     length = tokens.shape[1]
     inserted = length - input_ids.shape[1]
+    self._check_learned_positions(inserted, length)
     attention_mask = grow_front(jnp.asarray(attention_mask), length, 1)
     if positions is not None and inserted:
       positions = jnp.asarray(positions, jnp.int32) + inserted
@@ -221,6 +223,14 @@ class DecoderLM(nn.Module):
                                (positions.shape[0], inserted))
       positions = jnp.concatenate([front, positions], axis=1)
     return tokens, attention_mask, positions
+
+  def _check_learned_positions(self, inserted: int, slots: int) -> None:
+    """A prompt's vectors take positions too: refuse more slots than a learned table has."""
+    limit = self.config.max_position_embeddings
+    if inserted and self.config.position_embedding == 'learned' and slots > limit:
+      raise ValueError(f'{inserted} prompt vectors make {slots} positions, more than the {limit} '
+                       'learned positions of this model; shorten the input or the prompt (or '
+                       'max_new_tokens).')
 
   def _run(self, tokens, positions, mask, kv, cache_index, deterministic):
     cos = sin = None

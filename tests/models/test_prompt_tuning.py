@@ -284,3 +284,14 @@ def test_decoder_logits_and_loss_match_peft_prompt_tuning(decoder):
   targets = np.concatenate([rows[:, 1:], np.zeros((1, 1), np.int32)], axis=1)
   weights = np.concatenate([np.ones((1, rows.shape[1] - 1)), np.zeros((1, 1))], axis=1)
   np.testing.assert_allclose(float(lm_loss(ours, targets, weights)), float(out.loss), rtol=1e-5)
+
+
+def test_a_prompt_past_the_learned_positions_is_refused(decoder):
+  # GPT-2's learned table would be read past its end (NaN); RoPE has no table and runs.
+  _, pre, spliced, params, _, _ = decoder
+  ids = np.ones((1, pre.config.max_position_embeddings - P + 1), np.int32)
+  if pre.config.position_embedding == 'learned':
+    with pytest.raises(ValueError, match='prompt vectors make .* learned positions'):
+      spliced.apply(params, ids, np.ones_like(ids), active='p')
+  else:
+    assert np.isfinite(spliced.apply(params, ids, np.ones_like(ids), active='p')).all()
