@@ -34,6 +34,11 @@ from adapters_jax.methods.prefix_tuning import (
   prefix_tuning,
   prefix_tuning_flat,
 )
+from adapters_jax.methods.prompt_tuning import (
+  PromptTuning,
+  PromptTuningConfig,
+  prompt_tuning,
+)
 from adapters_jax.methods.vera import VeRA, VeRAConfig, vera
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
@@ -50,12 +55,13 @@ PRESETS: dict[str, Callable[[], MethodConfig]] = {
     'phm_adapter': phm_adapter,
     'prefix_tuning': prefix_tuning,
     'prefix_tuning_flat': prefix_tuning_flat,
+    'prompt_tuning': prompt_tuning,
 }
 
 CONFIG_KINDS: dict[str, type[MethodConfig]] = {
     cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, VeRAConfig, DoRAConfig,
-                              IA3Config, CompacterConfig, FusionConfig,
-                              PrefixTuningConfig)
+                              IA3Config, CompacterConfig, FusionConfig, PrefixTuningConfig,
+                              PromptTuningConfig)
 }
 
 
@@ -86,8 +92,9 @@ def method_from_dict(record: dict[str, Any]) -> MethodConfig:
 __all__ = [
     'adapter_drop', 'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'compacter', 'compacter_pp',
     'CompacterAdapter', 'CompacterConfig', 'CONFIG_KINDS', 'DoRA', 'dora', 'DoRAConfig', 'double_seq_bn',
-    'fusion', 'FusionConfig', 'get_method', 'houlsby', 'ia3', 'IA3', 'IA3Config', 'KeyValuePrefix',
-    'kron_sum', 'LoRA', 'lora', 'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer',
+    'fusion', 'FusionConfig', 'get_method', 'houlsby', 'IA3', 'ia3', 'IA3Config', 'KeyValuePrefix',
+    'kron_sum', 'lora', 'LoRA', 'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer',
     'phm_adapter', 'PHMDense', 'PHMRule', 'prefix_tuning', 'prefix_tuning_flat', 'PrefixTuningConfig',
-    'PRESETS', 'replace_fields', 'SiteInfo', 'VeRA', 'vera', 'VeRAConfig',
+    'PRESETS', 'prompt_tuning', 'PromptTuning', 'PromptTuningConfig', 'replace_fields', 'SiteInfo',
+    'VeRA', 'vera', 'VeRAConfig',
 ]

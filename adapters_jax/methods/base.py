@@ -92,6 +92,11 @@ class MethodConfig:
   # Non-empty: the adapter only runs alone or in a Stack; the text says why (Average, Fuse,
   # PerExample and Parallel refuse it with this reason). Prefix tuning.
   stack_only: ClassVar[str] = ''
+  # The site's output is longer than its input (prompt tuning): only hosts that grow their masks
+  # with it run the method (`adapters_jax.models.input_embeddings`); the NNX splice refuses it.
+  lengthens_sequence: ClassVar[bool] = False
+  # Put in front of the error when a site pattern matches nothing: what the host must expose.
+  missing_site_hint: ClassVar[str] = ''
   sites: tuple[tuple[str, str], ...] = ()
   leave_out: tuple[int, ...] = ()
   train_also: tuple[str, ...] = ()
@@ -117,6 +122,18 @@ class MethodConfig:
     """One module whose params every site gets as `shared`, or None; `sites`: the matched sites
     (prefix tuning sizes its shared MLP per location by them)."""
     return None
+
+  def with_tokenizer(self, tokenizer: Any) -> MethodConfig:
+    """This config with its text fields tokenized (prompt tuning's `init_text`); itself when it
+    has none. Called where a tokenizer is at hand (experiment runs)."""
+    del tokenizer
+    return self
+
+  def init_extras(self, host_params: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for every site module's init, read from the host's params
+    (`/`-joined paths to arrays): prompt tuning's embedding matrix. None by default."""
+    del host_params
+    return {}
 
   def make_delta_module(self, site: SiteInfo) -> nn.Module:
     """The site module without its residual: what AdapterFusion attends over (`fusable` methods)."""

@@ -3,6 +3,7 @@
 Param/module paths (`/`-joined; adapter site regexes elsewhere depend on them):
 
     embeddings/{word,position,token_type}_embeddings   nn.Embed   (token_type absent if 0 types)
+    embeddings/input_embeddings                        identity site (prompt tuning may grow it)
     embeddings/layer_norm                              nn.LayerNorm
     encoder/layer_{i}/attention/{query,key,value}      nn.Dense hidden->hidden
     encoder/layer_{i}/attention/output                 nn.Dense hidden->hidden
@@ -48,6 +49,7 @@ from adapters_jax.models.attention_choice import attention_implementation, fused
 from adapters_jax.models.dropout_attention import dropout_attention, einsum_dropout_attention
 from adapters_jax.models.encoder_config import EncoderConfig
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
+from adapters_jax.models.input_embeddings import InputEmbeddings, grow_front
 from adapters_jax.nn.activations import get_activation
 from adapters_jax.nn.dropout import Dropout
 from adapters_jax.nn.key_value_hook import KeyValueHook
@@ -78,24 +80,35 @@ def position_ids_for(input_ids: jax.Array, config: EncoderConfig) -> jax.Array:
 
 
 class Embeddings(nn.Module):
-  """Word + position (+ token type) embeddings, then LayerNorm and dropout."""
+  """Word + position (+ token type) embeddings, then LayerNorm and dropout.
+
+  The word embeddings pass the `input_embeddings` site (`models.input_embeddings`), whose output
+  may be longer than `input_ids` (prompt tuning): the mask, token types and positions grow with it.
+  """
 
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+  def __call__(self, input_ids, token_type_ids, attention_mask, deterministic: bool):
+    """Returns `(hidden [batch, seq', hidden], attention_mask [batch, seq'])`, seq' >= seq."""
     cfg = self.config
     embed = functools.partial(
         nn.Embed, features=cfg.hidden_size, dtype=jnp.float32, param_dtype=jnp.float32,
         embedding_init=nn.initializers.normal(cfg.initializer_range))
     hidden = embed(cfg.vocab_size, name='word_embeddings')(input_ids)  # [batch, seq, hidden]
+    hidden = InputEmbeddings(name='input_embeddings')(hidden)  # [batch, seq', hidden]
+    length = hidden.shape[1]
+    attention_mask = grow_front(attention_mask, length, 1)
+    # Inserted vectors count as tokens for RoBERTa's positions: any id but the pad id.
+    position_ids = position_ids_for(grow_front(input_ids, length, cfg.pad_token_id + 1), cfg)
     hidden = hidden + embed(cfg.max_position_embeddings,
                             name='position_embeddings')(position_ids)
     if cfg.type_vocab_size > 0:
+      token_type_ids = grow_front(token_type_ids, length, 0)
       hidden = hidden + embed(cfg.type_vocab_size,
                               name='token_type_embeddings')(token_type_ids)
     hidden = _layer_norm(cfg, 'layer_norm')(hidden)
-    return Dropout(cfg.hidden_dropout)(hidden, deterministic=deterministic)
+    return Dropout(cfg.hidden_dropout)(hidden, deterministic=deterministic), attention_mask
 
 
 class SelfAttention(nn.Module):
@@ -261,15 +274,16 @@ class BertEncoderModel(nn.Module):
   def encode(self, input_ids, attention_mask=None, token_type_ids=None,
              deterministic: bool = True, first_token_only: bool = False) -> jax.Array:
     """Returns the last hidden state `[batch, seq, hidden]` float32 (`[batch, 1, hidden]`,
-    position 0 only, with `first_token_only`: what a classification head reads)."""
+    position 0 only, with `first_token_only`: what a classification head reads); with a prompt
+    spliced at `embeddings/input_embeddings`, seq includes its P positions."""
     input_ids = jnp.asarray(input_ids, jnp.int32)  # [batch, seq]
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    position_ids = position_ids_for(input_ids, self.config)
-    hidden = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
-    mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]  # [batch, 1, 1, seq]
+    hidden, attention_mask = self.embeddings(input_ids, token_type_ids, attention_mask,
+                                             deterministic)
+    mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]  # [batch, 1, 1, seq']
     hidden = self.encoder(hidden, mask, deterministic, first_token_only)
     return hidden.astype(jnp.float32)
 

@@ -3,6 +3,7 @@
 Param/module paths (`/`-joined; adapter site patterns depend on them, as on the encoder):
 
     embeddings/word_embeddings                 nn.Embed [vocab, hidden] (also the tied LM head)
+    embeddings/input_embeddings                identity site (prompt tuning may grow it)
     embeddings/position_embeddings             nn.Embed, learned positions only (GPT-2)
     decoder/layer_{i}/attention/{query,key,value,output}
     decoder/layer_{i}/ffn/{gate,intermediate,output}
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 
 from adapters_jax.models.decoder_config import DecoderConfig
 from adapters_jax.models.decoder_layers import DecoderLayer, norm
+from adapters_jax.models.input_embeddings import InputEmbeddings, grow_front
 from adapters_jax.models.kv_cache import KVCache, slot_mask
 from adapters_jax.models.rope import rotary_cos_sin
 from adapters_jax.nn.dropout import Dropout
@@ -50,7 +52,11 @@ def default_positions(attention_mask_: jax.Array, already_valid: jax.Array | Non
 
 
 class DecoderEmbeddings(nn.Module):
-  """Token (x sqrt(hidden) for Gemma) + learned position embeddings; the tied head's matrix."""
+  """Token (x sqrt(hidden) for Gemma) + learned position embeddings; the tied head's matrix.
+
+  `tokens` passes the token embeddings through the `input_embeddings` site
+  (`models.input_embeddings`), where prompt tuning may insert vectors in front.
+  """
 
   config: DecoderConfig
 
@@ -59,18 +65,26 @@ class DecoderEmbeddings(nn.Module):
     init = nn.initializers.normal(cfg.initializer_range)
     self.word_embeddings = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.float32,
                                     param_dtype=jnp.float32, embedding_init=init)
+    self.input_embeddings = InputEmbeddings()
     if cfg.position_embedding == 'learned':
       self.position_embeddings = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
                                           dtype=jnp.float32, param_dtype=jnp.float32,
                                           embedding_init=init)
     self.dropout = Dropout(cfg.embedding_dropout)
 
-  def __call__(self, input_ids, positions, deterministic: bool):
-    cfg = self.config
+  def tokens(self, input_ids, starts: bool):
+    """`[batch, seq', hidden]` float32; `starts` (the sequence begins here) runs the
+    `input_embeddings` site, so seq' may exceed seq."""
     hidden = self.word_embeddings(input_ids)  # [batch, seq, hidden] float32
-    if cfg.scale_embeddings:
-      hidden = hidden * jnp.float32(cfg.hidden_size ** 0.5)
-    if cfg.position_embedding == 'learned':
+    if starts:
+      hidden = self.input_embeddings(hidden)  # [batch, seq', hidden]
+    if self.config.scale_embeddings:
+      hidden = hidden * jnp.float32(self.config.hidden_size ** 0.5)
+    return hidden
+
+  def __call__(self, hidden, positions, deterministic: bool):
+    """Token embeddings `[batch, seq, hidden]` (from `tokens`) + learned positions, dropout."""
+    if self.config.position_embedding == 'learned':
       hidden = hidden + self.position_embeddings(positions)
     return self.dropout(hidden, deterministic=deterministic)
 
@@ -145,21 +159,29 @@ class DecoderLM(nn.Module):
                     deterministic: bool = True, segment_ids=None) -> jax.Array:
     """The final-norm hidden states `[batch, seq, hidden]` float32 (no cache).
 
-    `segment_ids` `[batch, seq]` int (packed rows): attention stays within equal ids.
+    `segment_ids` `[batch, seq]` int (packed rows): attention stays within equal ids. Vectors
+    inserted at the `input_embeddings` site (prompt tuning, P of them) are attended to by every
+    token and take positions 0..P-1; the output covers the last `seq` positions only, so
+    labels and loss masks stay aligned with `input_ids`.
     """
     input_ids = jnp.asarray(input_ids, jnp.int32)  # [batch, seq]
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
+    tokens, attention_mask, positions = self._embed(input_ids, attention_mask, positions, True)
+    length, inserted = tokens.shape[1], tokens.shape[1] - input_ids.shape[1]
     if positions is None:
       positions = default_positions(attention_mask)
-    slots = jnp.arange(input_ids.shape[1], dtype=jnp.int32)
+    slots = jnp.arange(length, dtype=jnp.int32)
     mask = slot_mask(slots, jnp.asarray(attention_mask).astype(bool),
-                     self.config.sliding_window)  # [batch, 1, seq, seq]
+                     self.config.sliding_window)  # [batch, 1, seq', seq']
     if segment_ids is not None:
-      segment_ids = jnp.asarray(segment_ids)
-      mask &= (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # same example
-    hidden, _ = self._run(input_ids, positions, mask, None, None, deterministic)
-    return hidden
+      segment_ids = grow_front(segment_ids, length, -1)
+      # Same example, or an inserted vector: every packed example sees the prompt in front of
+      # itself, at positions 0..P-1 before its own (given positions are shifted by P).
+      seen = (segment_ids[:, :, None] == segment_ids[:, None, :]) | (slots < inserted)
+      mask &= seen[:, None]
+    hidden, _ = self._run(tokens, positions, mask, None, None, deterministic)
+    return hidden[:, inserted:]
 
   def decode(self, input_ids, attention_mask, cache: KVCache, positions=None,
              deterministic: bool = True, last_only: bool = False) -> tuple[jax.Array, KVCache]:
@@ -169,25 +191,52 @@ class DecoderLM(nn.Module):
     `[batch, s, vocab]` float32 (`[batch, 1, vocab]`, the last position's, with `last_only`:
     all a generation step reads, and a prompt's full logits can be large) and the advanced
     cache. `attention_mask` `[batch, s]` marks the real tokens (left padding of a prompt);
-    `positions` default to counting real tokens.
+    `positions` default to counting real tokens. On a cache not yet `started`, vectors a method
+    inserts at the `input_embeddings` site (P) take the first slots: the cache gets P more.
     """
     input_ids = jnp.asarray(input_ids, jnp.int32)
+    tokens, attention_mask, positions = self._embed(input_ids, attention_mask, positions,
+                                                    not cache.started)
+    cache = cache.with_extra_slots(tokens.shape[1] - input_ids.shape[1])
+    self._check_learned_positions(tokens.shape[1] - input_ids.shape[1], cache.max_len)
     if positions is None:
       positions = default_positions(attention_mask, jnp.sum(cache.valid, axis=1))
     cache = cache.with_valid(attention_mask)
-    slots = cache.index + jnp.arange(input_ids.shape[1], dtype=jnp.int32)
-    mask = slot_mask(slots, cache.valid, self.config.sliding_window)  # [b, 1, s, max_len]
-    hidden, kv = self._run(input_ids, positions, mask, (cache.keys, cache.values), cache.index,
+    slots = cache.index + jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    mask = slot_mask(slots, cache.valid, self.config.sliding_window)  # [b, 1, s', max_len]
+    hidden, kv = self._run(tokens, positions, mask, (cache.keys, cache.values), cache.index,
                            deterministic)
-    if last_only:
-      hidden = hidden[:, -1:]  # [batch, 1, hidden]
-    return self.logits(hidden), cache.advanced(kv[0], kv[1], input_ids.shape[1])
+    hidden = hidden[:, -1:] if last_only else hidden[:, tokens.shape[1] - input_ids.shape[1]:]
+    return self.logits(hidden), cache.advanced(kv[0], kv[1], tokens.shape[1])
 
-  def _run(self, input_ids, positions, mask, kv, cache_index, deterministic):
+  def _embed(self, input_ids, attention_mask, positions, starts: bool):
+    """Token embeddings `[batch, seq', hidden]` and the mask and given positions grown to seq'
+    (inserted vectors: mask 1, positions 0..P-1 before the given ones shifted by P)."""
+    tokens = self.embeddings.tokens(input_ids, starts)
+    length = tokens.shape[1]
+    inserted = length - input_ids.shape[1]
+    self._check_learned_positions(inserted, length)
+    attention_mask = grow_front(jnp.asarray(attention_mask), length, 1)
+    if positions is not None and inserted:
+      positions = jnp.asarray(positions, jnp.int32) + inserted
+      front = jnp.broadcast_to(jnp.arange(inserted, dtype=jnp.int32),
+                               (positions.shape[0], inserted))
+      positions = jnp.concatenate([front, positions], axis=1)
+    return tokens, attention_mask, positions
+
+  def _check_learned_positions(self, inserted: int, slots: int) -> None:
+    """A prompt's vectors take positions too: refuse more slots than a learned table has."""
+    limit = self.config.max_position_embeddings
+    if inserted and self.config.position_embedding == 'learned' and slots > limit:
+      raise ValueError(f'{inserted} prompt vectors make {slots} positions, more than the {limit} '
+                       'learned positions of this model; shorten the input or the prompt (or '
+                       'max_new_tokens).')
+
+  def _run(self, tokens, positions, mask, kv, cache_index, deterministic):
     cos = sin = None
     if self.config.position_embedding == 'rope':
       cos, sin = rotary_cos_sin(self.config, positions)  # [batch, seq, head_dim]
-    hidden = self.embeddings(input_ids, positions, deterministic)
+    hidden = self.embeddings(tokens, positions, deterministic)
     return self.decoder(hidden, mask, cos, sin, kv, cache_index, deterministic)
 
   def logits(self, hidden) -> jax.Array:

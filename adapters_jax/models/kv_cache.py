@@ -30,12 +30,15 @@ class KVCache:
     values: same shape as `keys`.
     valid: `[batch, max_len]` bool, True where a slot holds a real (not padding) token.
     index: int32 scalar, the next slot to write.
+    started: static; False until a first call has written slots (that call may insert a
+      prompt's vectors in front of its tokens: `models.input_embeddings`).
   """
 
   keys: jax.Array
   values: jax.Array
   valid: jax.Array
   index: jax.Array
+  started: bool = False
 
   @property
   def max_len(self) -> int:
@@ -59,13 +62,23 @@ class KVCache:
                                          (0, self.index))
     return dataclasses.replace(self, valid=valid)
 
+  def with_extra_slots(self, extra: int) -> KVCache:
+    """`extra` more empty slots at the end (a prompt's vectors take the first slots)."""
+    if extra == 0:
+      return self
+    grow = lambda a, axis: jnp.concatenate(
+        [a, jnp.zeros(a.shape[:axis] + (extra,) + a.shape[axis + 1:], a.dtype)], axis=axis)
+    return dataclasses.replace(self, keys=grow(self.keys, 2), values=grow(self.values, 2),
+                               valid=grow(self.valid, 1))
+
   def advanced(self, keys: jax.Array, values: jax.Array, steps: int) -> KVCache:
     """The cache with every layer's new `keys`/`values` and `index` moved on by `steps`."""
-    return dataclasses.replace(self, keys=keys, values=values, index=self.index + steps)
+    return dataclasses.replace(self, keys=keys, values=values, index=self.index + steps,
+                               started=True)
 
 
 jax.tree_util.register_dataclass(
-    KVCache, data_fields=['keys', 'values', 'valid', 'index'], meta_fields=[])
+    KVCache, data_fields=['keys', 'values', 'valid', 'index'], meta_fields=['started'])
 
 
 def write_slots(cached: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:

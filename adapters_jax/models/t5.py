@@ -3,6 +3,7 @@
 Param/module paths (`/`-joined; the site patterns of `adapters_jax.splicing.sites` depend on them):
 
     shared/embedding                                       [vocab, d_model], both stacks' input
+    encoder/input_embeddings                               identity site (prompt tuning may grow it)
     {encoder,decoder}/relative_attention_bias/embedding    [buckets, heads] (HF: block 0's)
     {encoder,decoder}/layer_{i}/attention_layer_norm/scale
     {encoder,decoder}/layer_{i}/attention/{query,key,value,output}/kernel
@@ -31,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adapters_jax.models.input_embeddings import InputEmbeddings, grow_front
 from adapters_jax.models.t5_config import T5Config
 from adapters_jax.models.t5_layers import Attention, FeedForward, RelativePositionBias, T5LayerNorm
 from adapters_jax.nn.dropout import Dropout
@@ -120,8 +122,12 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, hidden, attention_mask, deterministic: bool):
     """`hidden` [batch, seq, d_model] embedded tokens, `attention_mask` [batch, seq] (1 = token)
-    -> `[batch, seq, d_model]` float32."""
+    -> `[batch, seq', d_model]` float32; seq' > seq when a method inserts vectors at the
+    `input_embeddings` site (prompt tuning: the mask grows with them, and the decoder's
+    cross-attention grows its mask to the encoder output's length)."""
     cfg = self.config
+    hidden = InputEmbeddings(name='input_embeddings')(hidden)  # [batch, seq', d_model]
+    attention_mask = grow_front(attention_mask, hidden.shape[1], 1)
     positions = jnp.arange(hidden.shape[1], dtype=jnp.int32)
     bias = RelativePositionBias(cfg, bidirectional=True, name='relative_attention_bias')(
         positions, positions)  # [1, heads, seq, seq]
@@ -181,6 +187,8 @@ class Decoder(nn.Module):
     self_mask = (key_positions[None, :] <= query_positions[:, None])[None, None]  # [1,1,q,k]
     if decoder_mask is not None:
       self_mask = self_mask & jnp.asarray(decoder_mask).astype(bool)[:, None, None, :]
+    # Inserted encoder positions (prompt tuning) are always attended to.
+    encoder_mask = grow_front(encoder_mask, encoder_hidden.shape[1], 1)
     cross_mask = jnp.asarray(encoder_mask).astype(bool)[:, None, None, :]  # [batch, 1, 1, src]
     hidden = Dropout(cfg.dropout_rate)(hidden, deterministic)
     block = DecoderBlock

@@ -99,6 +99,10 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
     raise ValueError(f'{type(method).__name__} extends attention keys and values (placement '
                      'keys_values), which the NNX splice does not run; splice it into one of '
                      "adapters_jax.models' Linen backbones with adapters_jax.add_adapter.")
+  if method.lengthens_sequence:
+    raise ValueError(f'{type(method).__name__} lengthens the input sequence, which NNX hosts do not '
+                     'follow with their masks; splice it into one of our Linen backbones with '
+                     'adapters_jax.add_adapter.')
   if getattr(method, 'dropout', 0.0):
     raise ValueError(f'Adapter dropout (dropout={method.dropout}) does not run on NNX models: their '
                      'adapters run deterministically. Pass dropout=0.0.')

@@ -178,6 +178,15 @@ def choice_index(node: PerExample, choices: Sequence[Any]) -> Any:
 # Validation.
 
 
+def _refuse_lengthening(node, adapters: Sequence[AdapterSpec]) -> None:
+  """Rows or branches combined elementwise need equal lengths: a method that lengthens the sequence
+  (prompt tuning) runs alone or in a Stack only."""
+  long = [n for n in adapter_names(node) if find_spec(adapters, n).method.lengthens_sequence]
+  if long:
+    raise CompositionError(f'{long} lengthen the sequence, so {type(node).__name__} cannot combine '
+                           'them with other branches; run them alone or in a Stack.')
+
+
 def validate(node, adapters: Sequence[AdapterSpec], top: bool = True) -> Any:
   """Checks a (normalised) composition against the spliced adapters; returns it with fusion names
   resolved to `Fuse` blocks.
@@ -195,6 +204,8 @@ def validate(node, adapters: Sequence[AdapterSpec], top: bool = True) -> Any:
     if top:
       return None
     raise CompositionError('None (the base model) is only a branch of PerExample or Parallel.')
+  if not isinstance(node, (str, Stack)):
+    _refuse_lengthening(node, adapters)
   if isinstance(node, str):
     spec = find_spec(adapters, node)
     if spec.merged:

@@ -47,6 +47,10 @@ ENCODER_KEY_VALUES = r'(.*/)?encoder/(layer_\d+|layers)/attention/prefix'
 DECODER_KEY_VALUES = r'(.*/)?decoder/(layer_\d+|layers)/attention/prefix'
 CROSS_KEY_VALUES = r'(.*/)?decoder/(layer_\d+|layers)/cross_attention/prefix'
 
+# Where a host's token embeddings enter its sequence (`adapters_jax.models.input_embeddings`): an
+# identity whose output may grow (prompt tuning). Our backbones only.
+INPUT_EMBEDDINGS = r'(.*/)?input_embeddings'
+
 # Leaves trained alongside adapters by some methods (Houlsby: layer norms), and the task head.
 LAYER_NORM_PARAMS = r'(?i).*layer_?norm[^/]*/[^/]+'
 HEAD_PARAMS = r'(.*/)?classifier/.*'

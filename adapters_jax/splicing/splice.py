@@ -42,7 +42,7 @@ from adapters_jax.methods.base import SiteInfo
 from adapters_jax.splicing import composition, interception
 from adapters_jax.splicing.discovery import ModuleCall, discover_calls
 from adapters_jax.splicing.kernel_layouts import check_kernel_layouts, with_layouts
-from adapters_jax.splicing.sites import match_sites
+from adapters_jax.splicing.sites import SiteMatchError, match_sites
 from adapters_jax.splicing.transformer_blocks import block_index, no_blocks_message
 from adapters_jax.splicing.tree import (
   AdapterSpec,
@@ -207,8 +207,14 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
                                                           if a.name != name))
   calls = discover_calls(spliced.model, params, *sample_args, method=sample_method,
                          **sample_kwargs)
-  matched = match_sites(method.site_rules(), list(calls))
+  try:
+    matched = match_sites(method.site_rules(), list(calls))
+  except SiteMatchError as error:
+    if not method.missing_site_hint:
+      raise
+    raise SiteMatchError(f'{method.missing_site_hint} {error}') from None
   flat = traverse_util.flatten_dict(params, sep='/')
+  init_extras = method.init_extras(flat)
 
   blocks = _site_blocks(calls, matched, block_pattern)
   sites, stack_dims, seeds = [], [], []
@@ -246,7 +252,7 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
     own = ({k: flat[f'{path}/{k}'] for k in ('kernel', 'bias') if f'{path}/{k}' in flat}
            if method.reads_site_params or method.changes_base else None)
     site_params = _init_site(method.make_module(site), jax.random.fold_in(site_key, index),
-                             site, shared, dims, own)
+                             site, shared, dims, own, init_extras)
     for leaf_path, leaf in traverse_util.flatten_dict(site_params, sep='/').items():
       new_flat[adapter_path(path, name, leaf_path)] = leaf
   spec = AdapterSpec(name=name, method=method, sites=tuple(sites), stack_dims=tuple(stack_dims))
@@ -302,16 +308,18 @@ def _stack_dims(flat: Mapping[str, Any], path: str, call: ModuleCall,
 
 
 def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims,
-               own: Params | None = None) -> Params:
+               own: Params | None = None, init_extras: Mapping[str, Any] | None = None) -> Params:
   """The site module's params; `own`: the site's own `kernel`/`bias` (with the nn.scan `dims`), for
-  methods that read them (`reads_site_params`)."""
+  methods that read them (`reads_site_params`); `init_extras`: `method.init_extras(...)`."""
   sample = jnp.zeros((1, site.features), jnp.float32)
   if site.placement == 'keys_values':  # (key, value, mask) of one key
     key = jnp.zeros((1, 1) + tuple(site.host_call.in_shape[-2:]), jnp.float32)
     sample = (key, key, None)
 
   def init(key, own):
-    extra = {} if own is None else {'site_params': own}
+    extra = dict(init_extras or {})
+    if own is not None:
+      extra['site_params'] = own
     return module.init(key, sample, shared=shared, **extra)['params']
 
   if not dims:

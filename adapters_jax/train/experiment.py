@@ -194,7 +194,7 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
   if config.method not in BASELINE_METHODS:
     adapter_name = config.adapter_name or spec.name
     method = adapter_drop(get_method(config.method, **dict(config.method_options)),
-                          config.adapter_drop_layers)
+                          config.adapter_drop_layers).with_tokenizer(pretrained.tokenizer)
     args, kwargs = task_kind.sample_call()
     spliced, params = add_adapter(spliced, params, adapter_name, method,
                                   jax.random.PRNGKey(config.seed + 1), *args, **kwargs)

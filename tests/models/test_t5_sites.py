@@ -44,6 +44,7 @@ EXPECTED = {
     'ia3': _sites(('key', 'value'), ('ffn/output',)),
     'prefix_tuning': _sites(('prefix',)),
     'prefix_tuning_flat': _sites(('prefix',)),
+    'prompt_tuning': {'encoder/input_embeddings'},  # the encoder's input only
 }
 
 
@@ -77,7 +78,7 @@ def test_preset_sites_on_t5(base, preset):
 ZERO_INIT = {'houlsby': {'init': 'zero'}, 'double_seq_bn': {'init': 'zero'}, 'compacter': {'size': 8},
              'compacter++': {'size': 8},
              'phm_adapter': {'size': 8, 'n': 4}, 'pfeiffer': {}, 'parallel': {}, 'lora': {}, 'ia3': {},
-             'vera': {'rank': 8}, 'dora': {}}
+             'vera': {'rank': 8}, 'dora': {}, 'prompt_tuning': {'length': 0}}
 
 
 @pytest.mark.parametrize('preset', sorted(ZERO_INIT))

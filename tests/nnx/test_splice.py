@@ -15,13 +15,7 @@ from adapters_jax.splicing.sites import SiteMatchError
 from adapters_jax.splicing.tree import is_adapter_path
 from tests.nnx import hosts
 
-# Options that make each preset fit the tiny width (16) and start as the exact identity.
-FIT = {'houlsby': dict(init='zero'), 'double_seq_bn': dict(init='zero'), 'compacter': dict(size=4),
-       'compacter++': dict(size=4), 'phm_adapter': dict(n=4, size=8), 'vera': dict(rank=4)}
-# Presets that read their sites' frozen kernels (DoRA) or extend attention keys and values
-# (prefix tuning) are refused by the NNX splice.
-NNX_PRESETS = sorted(p for p in PRESETS if not get_method(p).reads_site_params
-                     and not any(r.placement == 'keys_values' for r in get_method(p).site_rules()))
+FIT, NNX_PRESETS = hosts.FIT, hosts.NNX_PRESETS
 
 
 def _method(host, preset):
@@ -57,6 +51,9 @@ def test_methods_that_read_the_site_kernel_are_refused():
     splice.add_adapter(model, 'a', _method('encoder', 'dora'), jax.random.key(0), hosts.sample_ids())
   with pytest.raises(ValueError, match='keys_values'):
     splice.add_adapter(model, 'a', get_method('prefix_tuning'), jax.random.key(0),
+                       hosts.sample_ids())
+  with pytest.raises(ValueError, match='lengthens the input sequence'):
+    splice.add_adapter(model, 'a', get_method('prompt_tuning'), jax.random.key(0),
                        hosts.sample_ids())
 
 

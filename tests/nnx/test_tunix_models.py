@@ -19,7 +19,7 @@ from flax import nnx
 from tunix.models.llama3 import model as llama3
 from tunix.models.qwen2 import model as qwen2
 
-from adapters_jax.methods import PRESETS, get_method
+from adapters_jax.methods import get_method
 from adapters_jax.nnx import checkpoint, merge, splice
 from adapters_jax.nnx.adapted_site import AdapterParam
 from adapters_jax.splicing.composition import Average, Parallel, PerExample, Stack, choice_index
@@ -29,9 +29,7 @@ BATCH, LENGTH, VOCAB = 3, 5, 32
 ROLES = dict(query=r'layers/\d+/attn/q_proj', key=r'layers/\d+/attn/k_proj',
              value=r'layers/\d+/attn/v_proj', attention_output=r'layers/\d+/attn/o_proj',
              ffn_output=r'layers/\d+/mlp/down_proj', ffn_block=r'layers/\d+/mlp')
-FIT = {'houlsby': dict(init='zero'), 'compacter': dict(size=4), 'compacter++': dict(size=4),
-       'phm_adapter': dict(n=4, size=8), 'vera': dict(rank=4)}
-NNX_PRESETS = sorted(p for p in PRESETS if not get_method(p).reads_site_params)
+FIT, NNX_PRESETS = hosts.FIT, hosts.NNX_PRESETS
 
 
 def _build(family: str = 'qwen2', layers: int = 2) -> nnx.Module:
@@ -61,6 +59,7 @@ def _method(preset, **options):
   r = ROLES
   sites = {
       'houlsby': ((r['attention_output'], 'output'), (r['ffn_output'], 'output')),
+      'double_seq_bn': ((r['attention_output'], 'output'), (r['ffn_output'], 'output')),
       'pfeiffer': ((r['ffn_output'], 'output'),),
       'parallel': ((r['ffn_block'], 'parallel'),),
       'lora': ((r['query'], 'parallel'), (r['value'], 'parallel')),

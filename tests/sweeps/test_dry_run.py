@@ -131,3 +131,19 @@ def test_dry_run_builds_a_compacter_table_run_on_a_stand_in_t5(tmp_path, method,
   # RTE's mock validation split halved into validation and test (Compacter's scheme).
   assert set(result['test_metrics']) == {'test'}
   assert set(result['test_metrics']['test']) == {'accuracy', 'unparseable'}
+
+
+@pytest.mark.slow
+def test_dry_run_trains_a_prompt_tuning_table_run_on_a_stand_in_t5(tmp_path):
+  # The table's prompt run through `train_and_evaluate`: a prompt in front of the encoder input,
+  # teacher-forced loss and cached greedy decoding over the longer encoder output.
+  model = sweeps.stand_in_model(sweeps.STAND_IN_T5, str(tmp_path / 'stand_in'))
+  only = {'task': 'rte', 'method': 'prompt_tuning', 'method_options.length': 5}
+  runs, outcome, lines = _dry_run('prompt_tuning_glue.py', only, model, tmp_path / 'runs')
+  assert len(runs) == 1 and outcome.failed == {} and outcome.blocked == {}, lines
+  with open(os.path.join(runs[0].workdir, sweeps.RESULT_FILE)) as f:
+    result = json.load(f)
+  assert result['config']['method_options'] == {'length': 5, 'init': 'sample_vocab',
+                                                'combine': 'prefix'}
+  assert result['trainable_params'] == 5 * 384  # the prompt alone (the stand-in's d_model)
+  assert set(result['test_metrics']['test']) == {'accuracy', 'unparseable'}

@@ -363,6 +363,22 @@ def test_a_run_that_reads_a_failed_run_is_not_started(tmp_path):
   assert not os.path.exists(fusion.workdir)  # never started
 
 
+def test_prompt_tuning_grid_has_the_papers_recipe(tmp_path):
+  from experiments.config_flag import check_method_options
+
+  runs = _plan('prompt_tuning_glue.py', tmp_path, check=check_method_options)
+  configs = {(r.config['task'], r.config['method'],
+              r.config['method_options'].get('length')): r.config for r in runs}
+  assert len(configs) == len(runs) == 8 * (1 + 5)
+  # Lester et al. 2021: lr 0.3, batch 32, 30k steps, sampled-vocabulary init, T5 LM-adapted.
+  rte = configs[('rte', 'prompt_tuning', 20)]
+  assert (rte['learning_rate'], rte['batch_size'], rte['num_train_steps']) == (0.3, 32, 30000)
+  assert rte['method_options'] == {'length': 20, 'init': 'sample_vocab', 'combine': 'prefix'}
+  assert rte['model'] == 'google/t5-base-lm-adapt' and rte['task_kind'] == 'seq2seq'
+  assert not rte['train_head']
+  assert configs[('rte', 'full', 100)]['learning_rate'] == 1e-4
+
+
 def test_compacter_grid_has_the_authors_settings(tmp_path):
   from experiments.config_flag import check_method_options
 
