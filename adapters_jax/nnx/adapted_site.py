@@ -17,7 +17,9 @@ Why graph surgery on the site module itself, not a wrapper and not call intercep
     when it changes instead of running a stale choice.
 
 The math of every method stays in its Linen module (`methods/`): each call applies
-`method.make_module(site)` functionally to the arrays held in `AdapterParam` variables, and the
+`method.make_module(site)` functionally to the arrays held in `AdapterParam` variables (a method
+that reads its site's kernel, DoRA, gets the module's own kernel as [in, out]:
+`adapters_jax.nnx.site_kernel`), and the
 per-site programs (Stack, Average, Fuse, PerExample, Parallel) are
 `adapters_jax.splicing.interception`'s.
 
@@ -38,6 +40,7 @@ import jax
 from flax import nnx
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
+from adapters_jax.nnx import site_kernel
 from adapters_jax.splicing import interception
 from adapters_jax.splicing.composition import CompositionError, Fuse, adapter_names
 from adapters_jax.splicing.tree import SHARED_KEY, AdapterSpec
@@ -230,8 +233,11 @@ class _SiteOps:
   def run(self, leaf, x, module):
     held = self.module.adapters[leaf.spec.name]
     shared = to_arrays(held[SHARED_KEY]) if SHARED_KEY in held else None
+    extra = {}
+    if leaf.spec.method.reads_site_params:  # DoRA: the site's own kernel, as [in, out]
+      extra['site_params'] = {'kernel': site_kernel.read_kernel(self.module, leaf.site)}
     out = module.apply({'params': to_arrays(held, skip=(SHARED_KEY,))}, x, shared=shared,
-                       deterministic=True)
+                       deterministic=True, **extra)
     return out.astype(x.dtype)
 
   def fuse(self, fusion, query, deltas):

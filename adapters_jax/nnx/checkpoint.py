@@ -32,6 +32,7 @@ from adapters_jax.checkpoint.save import (
   load_leaves,
   load_record,
   tree_diff,
+  unsampled_paths,
 )
 from adapters_jax.methods import method_from_dict
 from adapters_jax.nnx import fusion, splice
@@ -73,10 +74,11 @@ def save_adapter(directory: str | os.PathLike, model: nnx.Module, name: str, bas
       'adapter': name,
       'method': spec.method.to_dict(),
       'sites': [site.path for site in spec.sites],
-      'base': base_record(base_params(model), base_name, sorted(leaves)),
       'trained_paths': sorted(leaves),
       'extra': dict(extra or {}),
   }
+  # PiSSA/OLoRA's residual kernels are not the base's weights: `unsampled_paths` leaves them out.
+  record['base'] = base_record(base_params(model), base_name, unsampled_paths(record))
   directory = os.path.abspath(os.fspath(directory))
   tree = traverse_util.unflatten_dict(jax.device_get(leaves), sep='/')
   atomic_write(directory, tree, record)
@@ -116,21 +118,27 @@ def restore_adapter(directory: str | os.PathLike, model: nnx.Module, *sample_arg
   method = method_from_dict(record['method'])
   if method.is_fusion:  # over adapters restored (or spliced) already
     fusion.add_fusion(model, method.adapters, jax.random.key(0), method, name)
-  else:
+  else:  # PiSSA/OLoRA: the splice rebuilds the residual kernels from this base, as when trained
     splice.add_adapter(model, name, method, jax.random.key(0), *sample_args, **sample_kwargs)
   expected = adapter_arrays(model, name)
   host = _flat(nnx.state(model, nnx.All(nnx.Param, nnx.Not(AdapterParam))))
   expected.update({p: host[p] for p in leaves if p in host})
   problems = tree_diff(expected, leaves)
   if problems:
-    splice.remove_adapter(model, name)
+    # The kernels a PiSSA/OLoRA splice replaced by residuals go back first.
+    _write(model, traverse_util.flatten_dict(base, sep='/'))
+    splice.detach_adapter(model, name)
     raise CheckpointError(f'Checkpoint {os.fspath(directory)} does not fit the adapter spliced '
                           'from its record:\n  ' + '\n  '.join(problems))
-  state = nnx.state(model, nnx.Param)
-  flat = nnx.to_flat_state(state)
+  _write(model, leaves)
+  return record
+
+
+def _write(model: nnx.Module, leaves: Mapping[str, Any]) -> None:
+  """Writes `{'/'-joined path: array}` into the model's `nnx.Param`s at those paths."""
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
   for path, variable in flat:
     key = '/'.join(str(k) for k in path)
     if key in leaves:
       variable[...] = jnp.asarray(np.asarray(leaves[key]), variable[...].dtype)
   nnx.update(model, nnx.from_flat_state(flat))
-  return record

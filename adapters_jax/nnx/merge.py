@@ -1,9 +1,10 @@
-"""Folding LoRA and (IA)3 adapters into an NNX model's own kernels, and taking them back out.
+"""Folding LoRA, DoRA and (IA)3 adapters into an NNX model's own kernels, and taking them
+back out.
 
 The fold is the method config's (`MethodConfig.merge` / `unmerge`, on a kernel [in, out] and a bias
-[out]); here the site's `kernel` (and `bias`) variables are read and written in place. An
-`nnx.Linear` kernel is [in, out] already; an `nnx.LinearGeneral` kernel [*in_axes, *out_axes] is
-folded as [prod(in_axes), prod(out_axes)], the way its adapters see the site.
+[out]); here the site's `kernel` (and `bias`) variables are read and written in place, in the
+layouts `adapters_jax.nnx.site_kernel` reads (`nnx.Linear`, `nnx.LinearGeneral`; other sites are
+refused with the reason). A merged DoRA adapter cannot be unmerged (the column norms are lost).
 
     merge_adapter(model, 'lora')     # the base model now computes what the adapter did
     unmerge_adapter(model, 'lora')   # back (equal up to float rounding)
@@ -12,11 +13,10 @@ folded as [prod(in_axes), prod(out_axes)], the way its adapters see the site.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from flax import nnx
 
-from adapters_jax.nnx import adapted_site
+from adapters_jax.nnx import adapted_site, site_kernel
 from adapters_jax.nnx.splice import active, adapted_sites, find_adapter, set_active
 from adapters_jax.splicing.composition import adapter_names
 from adapters_jax.splicing.tree import SHARED_KEY
@@ -39,32 +39,19 @@ def _fold(model: nnx.Module, name: str, merge: bool) -> None:
   if spec.merged == merge:
     raise ValueError(f'Adapter {name!r} is {"already" if merge else "not"} merged.')
   spec.method.check_merge()
-  sites = [(path, module) for path, module in adapted_sites(model).items()
+  sites = [(module, next(s for s in module.adapter_slots if s.name == name).site)
+           for module in adapted_sites(model).values()
            if any(slot.name == name for slot in module.adapter_slots)]
-  for path, module in sites:  # check every site before changing any
-    if not isinstance(getattr(module, 'kernel', None), nnx.Variable):
-      raise ValueError(f'Site {path} ({adapted_site.original_class(module).__name__}) has no '
-                       '`kernel` to fold into; run the adapter unmerged there.')
-    slot = next(s for s in module.adapter_slots if s.name == name)
-    if math.prod(module.kernel[...].shape) != slot.site.in_features * slot.site.out_features:
-      raise ValueError(f'The kernel {module.kernel[...].shape} of site {path} is not its input '
-                       f'features x output features ({slot.site.in_features} x '
-                       f'{slot.site.out_features}); run the adapter unmerged there.')
+  problems = [p for p in (site_kernel.layout_problem(m, s) for m, s in sites) if p]
+  if problems:
+    raise ValueError('; '.join(problems) + '. Run the adapter unmerged there.')
+  fold = spec.method.merge if merge else spec.method.unmerge  # DoRA's unmerge raises here
+  folded = [fold(site_kernel.host_params(module, site),
+                 adapted_site.to_arrays(module.adapters[name], skip=(SHARED_KEY,)), site)
+            for module, site in sites]  # every site folded before any is written
   if name in adapter_names(active(model)):
     set_active(model, None)  # a merged adapter runs as part of the base: not twice
-  for _, module in sites:
-    slot = next(s for s in module.adapter_slots if s.name == name)
-    kernel = module.kernel[...]
-    in_features, out_features = slot.site.in_features, slot.site.out_features
-    host = {'kernel': kernel.reshape(in_features, out_features)}
-    has_bias = isinstance(getattr(module, 'bias', None), nnx.Variable)
-    if has_bias:
-      host['bias'] = module.bias[...].reshape(out_features)
-    held = adapted_site.to_arrays(module.adapters[name], skip=(SHARED_KEY,))
-    fold = spec.method.merge if merge else spec.method.unmerge
-    folded = fold(host, held, slot.site)
-    module.kernel[...] = folded['kernel'].reshape(kernel.shape)
-    if has_bias:
-      module.bias[...] = folded['bias'].reshape(module.bias[...].shape)
+  for (module, _), params in zip(sites, folded, strict=True):
+    site_kernel.write_host_params(module, params)
     module.adapter_slots = tuple(dataclasses.replace(s, merged=merge) if s.name == name else s
                                  for s in module.adapter_slots)

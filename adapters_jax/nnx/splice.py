@@ -22,6 +22,7 @@ Train only the adapters with `nnx.Optimizer(model, tx, wrt=AdapterParam)` and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
-from adapters_jax.nnx import adapted_site, sharding
+from adapters_jax.nnx import adapted_site, sharding, site_kernel
 from adapters_jax.nnx.adapted_site import SiteSlot
 from adapters_jax.splicing import composition, interception
 from adapters_jax.splicing import splice as linen_splice
@@ -84,17 +85,12 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
 
   Raises:
     SiteMatchError: a site pattern matched no module (the message lists candidate paths).
-    ValueError: the name is taken, the method asks for adapter dropout, or a matched module was
-      not called with one array giving one array.
+    ValueError: the name is taken, the method asks for adapter dropout, a matched module was
+      not called with one array giving one array, or the method reads its sites' kernels (DoRA,
+      LoRA's PiSSA/OLoRA inits, which also replace the kernel by the residual W - s A B) and a
+      site's kernel layout is unknown (`adapters_jax.nnx.site_kernel`).
   """
   check_name(name)
-  if method.reads_site_params:
-    raise ValueError(f'{type(method).__name__} reads its sites\' frozen kernels, which the NNX splice '
-                     'does not pass; splice it into a Linen model with adapters_jax.add_adapter.')
-  if method.changes_base:
-    raise ValueError(f'{type(method).__name__} with this init replaces its sites\' kernels by residuals, '
-                     'which the NNX splice does not do; splice it into a Linen model with '
-                     'adapters_jax.add_adapter.')
   if any(rule.placement == 'keys_values' for rule in method.site_rules()):
     raise ValueError(f'{type(method).__name__} extends attention keys and values (placement '
                      'keys_values), which the NNX splice does not run; splice it into one of '
@@ -133,7 +129,15 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
                           out_features=math.prod(out_shape[len(out_shape) - out_ndim:]),
                           layer=blocks[path]))
     keys.append(jax.random.fold_in(site_key, index))
-  for site, params in zip(sites, _init_sites(method, sites, keys, shared), strict=True):
+  reads_kernel = method.reads_site_params or method.changes_base
+  if reads_kernel:  # DoRA, PiSSA/OLoRA: the site's own kernel, read as [in, out]
+    site_kernel.check_layouts([(modules[s.path], s) for s in sites], type(method).__name__)
+    sites = [dataclasses.replace(s, kernel_layout='in_out') for s in sites]
+  kernels = [site_kernel.read_kernel(modules[s.path], s) if reads_kernel else None for s in sites]
+  for site, params in zip(sites, _init_sites(method, sites, keys, shared, kernels), strict=True):
+    if method.changes_base:  # PiSSA/OLoRA: the kernel keeps only what the adapter did not take
+      host = site_kernel.host_params(modules[site.path], site)
+      site_kernel.write_host_params(modules[site.path], method.unmerge(host, params, site))
     held = adapted_site.to_variables(params)
     if shared_vars is not None:
       held[SHARED_KEY] = shared_vars
@@ -152,17 +156,19 @@ def add_adapter(model: nnx.Module, name: str, method: MethodConfig, rng: jax.Arr
   return AdapterSpec(name, method, tuple(sites), tuple(() for _ in sites))
 
 
-def _init_sites(method: MethodConfig, sites: list[SiteInfo], keys: list[jax.Array],
-                shared: Any) -> list[dict[str, Any]]:
+def _init_sites(method: MethodConfig, sites: list[SiteInfo], keys: list[jax.Array], shared: Any,
+                kernels: list[jax.Array | None]) -> list[dict[str, Any]]:
   """Each site's initial params (Linen `init` of `method.make_module(site)`), in one jitted call:
-  one compilation instead of an eager dispatch of every initialiser op at every site."""
+  one compilation instead of an eager dispatch of every initialiser op at every site. `kernels`:
+  each site's kernel [in, out] for the methods that read it (`site_params=`), else None."""
 
-  def init_all(keys, shared):
-    return [method.make_module(site).init(key, jnp.zeros((1, site.features), jnp.float32),
-                                          shared=shared)['params']
-            for site, key in zip(sites, keys, strict=True)]
+  def init_all(keys, shared, kernels):
+    return [method.make_module(site).init(
+        key, jnp.zeros((1, site.features), jnp.float32), shared=shared,
+        **({} if kernel is None else {'site_params': {'kernel': kernel}}))['params']
+            for site, key, kernel in zip(sites, keys, kernels, strict=True)]
 
-  return jax.jit(init_all)(keys, shared)
+  return jax.jit(init_all)(keys, shared, kernels)
 
 
 def _probe(model: nnx.Module, matched: dict[str, nnx.Module], args, kwargs) -> dict[str, tuple]:
@@ -198,11 +204,22 @@ def _unadapt_unused(modules) -> None:
 
 def remove_adapter(model: nnx.Module, name: str) -> None:
   """Removes adapter `name` (its leaves and slots) in place; a choice that ran it is reset to the
-  base model. Merged adapters must be unmerged first."""
+  base model. Merged adapters must be unmerged first; one that took part of its sites' kernels at
+  init (PiSSA/OLoRA) is refused (without it the base is not the base)."""
   spec = find_adapter(model, name)
   if spec.merged:
     raise ValueError(f'Adapter {name!r} is merged into the base weights; unmerge_adapter it before '
                      'removing it (its update would stay in the base).')
+  if spec.method.changes_base:
+    raise ValueError(f'Adapter {name!r} took part of its sites\' kernels at init (PiSSA/OLoRA), so '
+                     'without it the base is not the base; merge_adapter it to keep the fine-tuned '
+                     'weights, or build the base again.')
+  detach_adapter(model, name)
+
+
+def detach_adapter(model: nnx.Module, name: str) -> None:
+  """`remove_adapter` without its checks: the caller answers for the base weights (a restore that
+  failed writes the base kernels back itself)."""
   if name in composition.adapter_names(active(model)):
     set_active(model, None)
   for module in adapted_sites(model).values():
