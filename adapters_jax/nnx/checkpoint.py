@@ -126,16 +126,17 @@ def restore_adapter(directory: str | os.PathLike, model: nnx.Module, *sample_arg
   problems = tree_diff(expected, leaves)
   if problems:
     # The kernels a PiSSA/OLoRA splice replaced by residuals go back first.
-    _write(model, traverse_util.flatten_dict(base, sep='/'))
+    write_params(model, traverse_util.flatten_dict(base, sep='/'))
     splice.detach_adapter(model, name)
     raise CheckpointError(f'Checkpoint {os.fspath(directory)} does not fit the adapter spliced '
                           'from its record:\n  ' + '\n  '.join(problems))
-  _write(model, leaves)
+  write_params(model, leaves)
   return record
 
 
-def _write(model: nnx.Module, leaves: Mapping[str, Any]) -> None:
-  """Writes `{'/'-joined path: array}` into the model's `nnx.Param`s at those paths."""
+def write_params(model: nnx.Module, leaves: Mapping[str, Any]) -> None:
+  """Writes `{'/'-joined path: array}` into the model's `nnx.Param`s at those paths (in place, in
+  their dtypes); other paths are left alone."""
   flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
   for path, variable in flat:
     key = '/'.join(str(k) for k in path)

@@ -50,7 +50,7 @@ from adapters_jax.checkpoint.save import (
 from adapters_jax.methods import method_from_dict
 from adapters_jax.methods.base import MethodConfig
 from adapters_jax.nnx import splice
-from adapters_jax.nnx.checkpoint import adapter_arrays
+from adapters_jax.nnx.checkpoint import adapter_arrays, base_params, write_params
 from adapters_jax.splicing.tree import Params, is_adapter_path
 from adapters_jax.version import __version__
 
@@ -123,6 +123,7 @@ def restore_linen_adapter(directory: str | os.PathLike, model: nnx.Module, path_
   mapped = map_paths(leaves, path_map, 'the checkpoint\'s leaves')
   host = sorted(q for p, q in mapped.items() if not is_adapter_path(p))
   method = translate_method(method_from_dict(record['method']), record['sites'], mapped_sites, host)
+  before = traverse_util.flatten_dict(base_params(model), sep='/')
   # The seed does not matter: every leaf is overwritten below.
   splice.add_adapter(model, name, method, jax.random.key(0), *sample_args, **sample_kwargs)
   state = nnx.state(model, nnx.Param)
@@ -133,7 +134,8 @@ def restore_linen_adapter(directory: str | os.PathLike, model: nnx.Module, path_
   found = {mapped[p]: leaf for p, leaf in leaves.items()}
   problems = tree_diff(expected, found)
   if problems:
-    splice.remove_adapter(model, name)
+    write_params(model, before)  # the kernels a PiSSA/OLoRA splice replaced by residuals
+    splice.detach_adapter(model, name)
     raise CheckpointError(f'Linen checkpoint {os.fspath(directory)} does not fit this NNX model '
                           'through the path map:\n  ' + '\n  '.join(problems))
   for path, leaf in found.items():
