@@ -142,8 +142,7 @@ def randomize(model: nnx.Module, variable_type, seed: int, scale: float = 0.3) -
 # Options that make each preset fit the tiny widths here and start as the exact identity.
 FIT = {'houlsby': dict(init='zero'), 'double_seq_bn': dict(init='zero'), 'compacter': dict(size=4),
        'compacter++': dict(size=4), 'phm_adapter': dict(n=4, size=8), 'vera': dict(rank=4)}
-# Presets that read their sites' frozen kernels (DoRA), extend attention keys and values (prefix
-# tuning) or lengthen the sequence (prompt tuning) are refused by the NNX splice.
-NNX_PRESETS = sorted(p for p in PRESETS if not get_method(p).reads_site_params
-                     and not get_method(p).lengthens_sequence
+# Presets that extend attention keys and values (prefix tuning) or lengthen the sequence (prompt
+# tuning) are refused by the NNX splice.
+NNX_PRESETS = sorted(p for p in PRESETS if not get_method(p).lengthens_sequence
                      and not any(r.placement == 'keys_values' for r in get_method(p).site_rules()))
