@@ -184,3 +184,29 @@ def test_a_map_without_a_counterpart_is_refused(linen, tmp_path):
   with pytest.raises(CheckpointError, match='does not fit'):
     linen_bridge.restore_linen_adapter(tmp_path / 'lora', twin, wrong, ids, mask)
   assert splice.adapter_specs(twin) == ()
+
+
+@pytest.mark.parametrize('method', [get_method('dora', rank=4),
+                                    get_method('lora', rank=4, init_weights='pissa'),
+                                    get_method('lora', rank=4, init_weights='olora')],
+                         ids=['dora', 'pissa', 'olora'])
+def test_kernel_reading_adapters_compute_the_linen_model_on_the_twin(linen, method, tmp_path):
+  # DoRA reads the site's kernel at every call; PiSSA/OLoRA leave residual kernels, which the NNX
+  # splice rebuilds from the twin's own (base) kernels as the Linen splice did from the Linen base.
+  model, base, (ids, mask) = linen
+  twin = twin_of(base)
+  spliced, params = add_adapter(model, base, 'a', method, jax.random.key(0), ids, mask)
+  params = perturb_adapter(params, 'a', seed=5)
+  save_adapter(tmp_path / 'a', spliced, params, 'a')
+  linen_bridge.restore_linen_adapter(tmp_path / 'a', twin, LINEN_TO_NNX, ids, mask)
+  linen_flat = traverse_util.flatten_dict(params, sep='/')
+  for path, variable in nnx.to_flat_state(nnx.state(twin, nnx.Param)):
+    twin_path = '/'.join(str(k) for k in path)
+    linen_path = linen_bridge.map_path(twin_path, nnx_to_linen)
+    np.testing.assert_allclose(variable[...], linen_flat[linen_path], rtol=0, atol=1e-6,
+                               err_msg=twin_path)  # the residual kernels too
+  splice.set_active(twin, 'a')
+  np.testing.assert_allclose(twin(ids, mask), spliced.apply(params, ids, mask, active='a'),
+                             atol=1e-5, rtol=1e-5)
+  splice.set_active(twin, None)
+  assert not np.allclose(twin(ids, mask), spliced.apply(params, ids, mask, active='a'), atol=1e-4)
