@@ -13,6 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
+from adapters_jax.checkpoint.save import CheckpointError
 from adapters_jax.methods import get_method
 from adapters_jax.nnx import checkpoint, merge, splice
 from adapters_jax.nnx.adapted_site import AdapterParam
@@ -215,3 +216,19 @@ def test_sites_whose_kernel_layout_is_unknown_are_refused():
       splice.add_adapter(model, 'a', method, jax.random.key(0), ids)
     assert splice.adapted_sites(model) == {}  # nothing half-spliced
   jax.tree.map(np.testing.assert_array_equal, checkpoint.base_params(model), before)
+
+
+def test_a_pissa_restore_that_does_not_fit_gives_the_kernels_back(tmp_path):
+  ids = hosts.sample_ids()
+  model = hosts.Encoder(nnx.Rngs(0), layers=1)
+  method = get_method('lora', rank=RANK, init_weights='pissa', sites=hosts.preset_sites('encoder',
+                                                                                        'lora'))
+  splice.add_adapter(model, 'task', method, jax.random.key(0), ids)
+  directory = checkpoint.save_adapter(tmp_path / 'task', model, 'task')
+  deeper = hosts.Encoder(nnx.Rngs(0), layers=2)  # its block 1 has sites the checkpoint lacks
+  before = checkpoint.base_params(deeper)
+  with pytest.raises(CheckpointError, match='missing: +layers/1/attn/query/adapters/task/lora_a'), \
+      pytest.warns(UserWarning, match='other weights'):
+    checkpoint.restore_adapter(directory, deeper, ids, check_base=False)
+  assert splice.adapted_sites(deeper) == {}
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.base_params(deeper), before)
