@@ -12,7 +12,7 @@ import pytest
 import transformers
 from flax import traverse_util
 
-from adapters_jax import adapter_leaves, add_adapter, get_method
+from adapters_jax import adapter_leaves, add_adapter, get_method, merge_adapter
 from adapters_jax.methods import Bottleneck, LoRA, UnionConfig, method_from_dict
 from adapters_jax.splicing.composition import Stack
 from tests.methods.splice_checks import BERT, check_checkpoint_round_trip, host, perturb, run
@@ -144,3 +144,14 @@ def test_members_on_the_same_site_are_refused():
   union = UnionConfig(members=(get_method('lora'), get_method('lora', rank=2)))
   with pytest.raises(ValueError, match='must adapt different sites'):
     add_adapter(model, params, 'u', union, jax.random.key(1), *inputs)
+
+
+def test_gated_lora_refuses_merge_and_exact_average():
+
+  model, params, inputs, _ = host('bert')
+  gated = get_method('lora', use_gating=True)
+  spliced, with_lora = add_adapter(model, params, 'g', gated, jax.random.key(1), *inputs)
+  with pytest.raises(NotImplementedError, match='cannot be folded'):
+    merge_adapter(spliced, with_lora, 'g')
+  with pytest.raises(ValueError, match="how='linear'"):
+    gated.check_average('exact')
