@@ -15,7 +15,14 @@ from flax import traverse_util
 from adapters_jax import adapter_leaves, add_adapter, get_method, merge_adapter
 from adapters_jax.methods import Bottleneck, LoRA, UnionConfig, method_from_dict
 from adapters_jax.splicing.composition import Stack
-from tests.methods.splice_checks import BERT, check_checkpoint_round_trip, host, perturb, run
+from tests.methods.splice_checks import (
+  BERT,
+  check_checkpoint_round_trip,
+  check_one_step_moves_only_its_leaves,
+  host,
+  perturb,
+  run,
+)
 
 PRESETS = ('mam', 'unipelt')
 
@@ -125,6 +132,10 @@ def test_checkpoint_round_trip(preset, tmp_path):
   check_checkpoint_round_trip(method, 'bert', tmp_path)
 
 
+def test_one_step_moves_every_member_and_gate_and_nothing_else():
+  check_one_step_moves_only_its_leaves(get_method('unipelt'), 'bert')
+
+
 @pytest.mark.parametrize('preset', PRESETS)
 def test_union_of_zero_start_members_is_the_base_model(preset):
   """A zero-length prefix, zero-init bottlenecks and LoRA's B = 0 (gates or not): the base model."""
@@ -147,7 +158,6 @@ def test_members_on_the_same_site_are_refused():
 
 
 def test_gated_lora_refuses_merge_and_exact_average():
-
   model, params, inputs, _ = host('bert')
   gated = get_method('lora', use_gating=True)
   spliced, with_lora = add_adapter(model, params, 'g', gated, jax.random.key(1), *inputs)
