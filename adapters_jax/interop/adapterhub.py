@@ -85,6 +85,9 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
   """
   out = pathlib.Path(out)
   kind = adapter.method.kind
+  if getattr(adapter.method, 'use_gating', False):
+    raise InteropError('A gated adapter (use_gating=True, UniPELT\'s gate) has no AdapterHub export '
+                       'here; export an ungated one.')
   if kind in ('bottleneck', 'compacter'):
     config, tensors = _export_bottleneck(adapter)
   elif kind in ('lora', 'ia3'):

@@ -67,6 +67,9 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
   if method.kind not in KINDS:
     raise InteropError(f'Method kind {method.kind!r} has no PEFT equivalent; PEFT exports: {list(KINDS)} '
                        '(use --format=adapters for bottleneck and Compacter adapters).')
+  if getattr(method, 'use_gating', False):
+    raise InteropError('A gated LoRA (use_gating=True, UniPELT\'s gate) has no PEFT equivalent; '
+                       'export an ungated one.')
   hf_config = base_hf_config(adapter)
   gated = model_type == 't5' and _t5_is_gated(adapter, hf_config)
   modules: dict[str, dict[int | None, str]] = {}  # module -> {part: site}

@@ -39,6 +39,7 @@ from adapters_jax.methods.prompt_tuning import (
   PromptTuningConfig,
   prompt_tuning,
 )
+from adapters_jax.methods.union import UnionConfig, mam, unipelt
 from adapters_jax.methods.vera import VeRA, VeRAConfig, vera
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
@@ -56,12 +57,14 @@ PRESETS: dict[str, Callable[[], MethodConfig]] = {
     'prefix_tuning': prefix_tuning,
     'prefix_tuning_flat': prefix_tuning_flat,
     'prompt_tuning': prompt_tuning,
+    'mam': mam,
+    'unipelt': unipelt,
 }
 
 CONFIG_KINDS: dict[str, type[MethodConfig]] = {
     cls.kind: cls for cls in (BottleneckConfig, LoRAConfig, VeRAConfig, DoRAConfig,
                               IA3Config, CompacterConfig, FusionConfig, PrefixTuningConfig,
-                              PromptTuningConfig)
+                              PromptTuningConfig, UnionConfig)
 }
 
 
@@ -86,6 +89,8 @@ def method_from_dict(record: dict[str, Any]) -> MethodConfig:
   kind = record.pop('kind', None)
   if kind not in CONFIG_KINDS:
     raise ValueError(f'Unknown adapter method kind {kind!r}; valid kinds: {sorted(CONFIG_KINDS)}.')
+  if kind == UnionConfig.kind:  # its members are recorded as their own dicts
+    record['members'] = tuple(method_from_dict(m) for m in record.get('members', ()))
   return replace_fields(CONFIG_KINDS[kind](), **record)
 
 
@@ -93,8 +98,9 @@ __all__ = [
     'adapter_drop', 'AdapterFusion', 'Bottleneck', 'BottleneckConfig', 'compacter', 'compacter_pp',
     'CompacterAdapter', 'CompacterConfig', 'CONFIG_KINDS', 'DoRA', 'dora', 'DoRAConfig', 'double_seq_bn',
     'fusion', 'FusionConfig', 'get_method', 'houlsby', 'IA3', 'ia3', 'IA3Config', 'KeyValuePrefix',
-    'kron_sum', 'lora', 'LoRA', 'LoRAConfig', 'method_from_dict', 'MethodConfig', 'parallel', 'pfeiffer',
+    'kron_sum', 'lora', 'LoRA', 'LoRAConfig', 'mam', 'method_from_dict', 'MethodConfig', 'parallel',
+    'pfeiffer',
     'phm_adapter', 'PHMDense', 'PHMRule', 'prefix_tuning', 'prefix_tuning_flat', 'PrefixTuningConfig',
     'PRESETS', 'prompt_tuning', 'PromptTuning', 'PromptTuningConfig', 'replace_fields', 'SiteInfo',
-    'VeRA', 'vera', 'VeRAConfig',
+    'unipelt', 'UnionConfig', 'VeRA', 'vera', 'VeRAConfig',
 ]

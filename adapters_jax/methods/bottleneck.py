@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo, linear_average
 from adapters_jax.nn.activations import get_activation
+from adapters_jax.nn.gate import InputGate
 from adapters_jax.splicing.sites import ATTENTION_OUTPUT, FFN_BLOCK, FFN_OUTPUT, LAYER_NORM_PARAMS
 
 INITS = ('houlsby', 'zero')
@@ -30,6 +31,8 @@ class Bottleneck(nn.Module):
     layer_norm_before: LayerNorm on the input before the down-projection.
     init_scheme: `houlsby` (both projections truncated normal, std 1e-2: near identity) or `zero`
       (the up-projection starts at zero: exactly the identity / a zero parallel term).
+    use_gating: multiply the scaled up-projection by UniPELT's input gate read from x
+      (`nn.gate.InputGate`), before the residual (AdapterHub's `use_gating`).
   """
 
   features: int
@@ -39,6 +42,7 @@ class Bottleneck(nn.Module):
   scaling: float = 1.0
   layer_norm_before: bool = False
   init_scheme: str = 'houlsby'
+  use_gating: bool = False
 
   @nn.compact
   def __call__(self, x, shared=None, deterministic: bool = True):
@@ -52,6 +56,8 @@ class Bottleneck(nn.Module):
     h = get_activation(self.activation)(h)
     h = nn.Dense(self.features, kernel_init=up_init, name='up')(h)  # [..., features]
     h = h * jnp.asarray(self.scaling, h.dtype)
+    if self.use_gating:
+      h = h * InputGate(name='gate')(x).astype(h.dtype)
     return x + h if self.residual else h
 
 
@@ -66,6 +72,7 @@ class BottleneckConfig(MethodConfig):
     scaling: multiplier of the adapter's output (parallel adapters use 4.0 in He et al.).
     layer_norm_before: LayerNorm on the adapter's input.
     init: `houlsby` (near identity) or `zero` (exact identity at start).
+    use_gating: UniPELT's per-example sigmoid gate on the adapter's output, read from its input.
   """
 
   kind = 'bottleneck'
@@ -77,6 +84,7 @@ class BottleneckConfig(MethodConfig):
   scaling: float = 1.0
   layer_norm_before: bool = False
   init: str = 'houlsby'
+  use_gating: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -98,7 +106,8 @@ class BottleneckConfig(MethodConfig):
     return Bottleneck(features=site.out_features, bottleneck=self.bottleneck_size(site.features),
                       activation=self.activation, residual=site.placement == 'output',
                       scaling=self.scaling,
-                      layer_norm_before=self.layer_norm_before, init_scheme=self.init)
+                      layer_norm_before=self.layer_norm_before, init_scheme=self.init,
+                      use_gating=self.use_gating)
 
   def make_delta_module(self, site: SiteInfo) -> nn.Module:
     return self.make_module(site).clone(residual=False)

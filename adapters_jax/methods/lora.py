@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from adapters_jax.methods.base import MethodConfig, SiteInfo, linear_average
 from adapters_jax.methods.lora_init import check_init, principal_factors
 from adapters_jax.nn.dropout import Dropout
+from adapters_jax.nn.gate import InputGate
 from adapters_jax.splicing.sites import QUERY, VALUE
 
 
@@ -42,6 +43,8 @@ class LoRA(nn.Module):
     init_weights: 'default' (A random, B zero), or 'pissa', 'pissa_niter_<K>', 'olora' (A and B from the
       site's kernel, passed at init as `site_params`; `methods.lora_init`).
     kernel_layout: how the site stores its kernel ('in_out' or 'out_in'), read by those inits.
+    use_gating: multiply the update by UniPELT's input gate (`nn.gate.InputGate` on x) instead of
+      s (AdapterHub's gated LoRA applies no alpha / r scaling).
   """
 
   out_features: int
@@ -51,6 +54,7 @@ class LoRA(nn.Module):
   use_rslora: bool = False
   init_weights: str = 'default'
   kernel_layout: str = 'in_out'
+  use_gating: bool = False
 
   @nn.compact
   def __call__(self, x, shared=None, deterministic: bool = True, site_params=None):
@@ -70,9 +74,13 @@ class LoRA(nn.Module):
       a_init, b_init = (lambda *_: factor_a), (lambda *_: factor_b)
     lora_a = self.param('lora_a', a_init, (x.shape[-1], self.rank))  # [in, r]
     lora_b = self.param('lora_b', b_init, (self.rank, self.out_features))  # [r, out]
+    gate = InputGate(name='gate')(x) if self.use_gating else None  # [B, 1, .., 1]
     x = Dropout(self.dropout)(x, deterministic=deterministic)
     h = x @ lora_a.astype(x.dtype)  # [..., r]
-    return (h @ lora_b.astype(x.dtype)) * jnp.asarray(scaling, x.dtype)
+    h = h @ lora_b.astype(x.dtype)  # [..., out]
+    if gate is not None:
+      return h * gate.astype(h.dtype)
+    return h * jnp.asarray(scaling, x.dtype)
 
 
 def lora_delta(adapter_params: dict[str, Any], scaling: float) -> jnp.ndarray:
@@ -103,6 +111,9 @@ class LoRAConfig(MethodConfig):
       principal components), 'pissa_niter_<K>' (the same by a randomized SVD with K iterations)
       or 'olora' (A, B: from the kernel's QR); the last three leave W - s A B as the frozen kernel
       (PEFT's `init_lora_weights`; `methods.lora_init`).
+    use_gating: UniPELT's gate: the update is multiplied by a per-example sigmoid gate read from
+      the site's input instead of alpha / r (AdapterHub's `use_gating`); such an adapter cannot be
+      merged or averaged exactly (the gate depends on the input).
   """
 
   kind = 'lora'
@@ -112,11 +123,15 @@ class LoRAConfig(MethodConfig):
   dropout: float = 0.0
   use_rslora: bool = False
   init_weights: str = 'default'
+  use_gating: bool = False
 
   def __post_init__(self):
     super().__post_init__()
     check_parallel_low_rank('LoRA', self.sites, self.rank)
     check_init(self.init_weights)
+    if self.use_gating and self.init_weights != 'default':
+      raise ValueError(f"A gated LoRA starts from zero; use init_weights='default', not "
+                       f'{self.init_weights!r}.')
 
   @property
   def changes_base(self) -> bool:
@@ -125,7 +140,7 @@ class LoRAConfig(MethodConfig):
   def make_module(self, site: SiteInfo) -> nn.Module:
     return LoRA(out_features=site.out_features, rank=self.rank, alpha=self.alpha,
                 dropout=self.dropout, use_rslora=self.use_rslora, init_weights=self.init_weights,
-                kernel_layout=site.kernel_layout or 'in_out')
+                kernel_layout=site.kernel_layout or 'in_out', use_gating=self.use_gating)
 
   @property
   def scaling(self) -> float:
@@ -133,6 +148,10 @@ class LoRAConfig(MethodConfig):
     return lora_scaling(self.alpha, self.rank, self.use_rslora)
 
   def check_average(self, how):
+    if self.use_gating and how == 'exact':
+      raise ValueError("Gated LoRA adapters scale their updates by input-dependent gates, so no "
+                       "parameter average equals the output average; use how='linear' or "
+                       'Average(...) at apply time.')
     if self.changes_base:  # exact and linear both exist for the others
       raise ValueError(f'LoRA adapters with init_weights={self.init_weights!r} each run beside '
                        'their own residual kernel, so they cannot be averaged into one; combine '
@@ -154,7 +173,10 @@ class LoRAConfig(MethodConfig):
     return config, {'lora_a': lora_a, 'lora_b': lora_b}
 
   def check_merge(self):
-    pass  # folds into the kernel (and bias)
+    if self.use_gating:
+      raise NotImplementedError('A gated LoRA (use_gating=True) scales its update by a gate read '
+                                'from each input, so it cannot be folded into the kernel; run it '
+                                'spliced.')
 
   def merge(self, host_params, adapter_params, site):
     kernel = host_params['kernel']

@@ -140,7 +140,8 @@ def test_ia3_scales_elementwise():
 def test_presets_and_errors_list_valid_choices():
   assert set(methods.PRESETS) == {'houlsby', 'double_seq_bn', 'pfeiffer', 'parallel', 'lora', 'vera',
                                   'dora', 'ia3', 'compacter', 'compacter++', 'phm_adapter',
-                                  'prefix_tuning', 'prefix_tuning_flat', 'prompt_tuning'}
+                                  'prefix_tuning', 'prefix_tuning_flat', 'prompt_tuning', 'mam',
+                                  'unipelt'}
   assert methods.get_method('houlsby', size=8).size == 8
   with pytest.raises(ValueError, match="valid presets: .*'houlsby'"):
     methods.get_method('housby')

@@ -45,6 +45,8 @@ EXPECTED = {
     'prefix_tuning': _sites(('prefix',)),
     'prefix_tuning_flat': _sites(('prefix',)),
     'prompt_tuning': {'encoder/input_embeddings'},  # the encoder's input only
+    'mam': _sites(('prefix',), ('ffn',)),
+    'unipelt': _sites(('prefix', 'query', 'value'), ('ffn/output',)),
 }
 
 
