@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import json
 import pathlib
 
 import pytest
@@ -217,3 +218,10 @@ def test_lm_bench_rejects_an_unknown_model(capsys):
   with pytest.raises(SystemExit):
     bench_lm.main(['--models', 't5,gpt9'])
   assert "unknown models ['gpt9']; valid: ['llama', 't5']" in capsys.readouterr().err
+
+
+def test_lm_bench_runs_only_the_asked_methods(tmp_path):
+  # t5 has no prefix tuning in the benchmark: nothing runs for it, and the report says so.
+  out = tmp_path / 'report.json'
+  bench_lm.main(['--models', 't5', '--methods', 'prefix_tuning', '--out', str(out)])
+  assert json.loads(out.read_text())['results'] == {}
