@@ -4,16 +4,20 @@ Measures examples/s of one optimizer step (forward + backward + AdamW) of a BERT
 classification head, random init, fixed shapes, for: full fine-tuning; Houlsby adapters
 (AdapterHub `adapters`, two bottlenecks per layer, size 64, GELU, layer norms and head trained, as
 google-research/adapter-bert); Pfeiffer (`seq_bn`: after the FFN, reduction 16, ReLU); LoRA r=8,
-alpha=16 on query/value (`peft`, head trained). Prints one line per method, then the results as
-one JSON line (what `scripts/bench.py --anchors` reads).
+alpha=16 on query/value (`peft`, head trained); prefix tuning (AdapterHub `prefix_tuning`: 30
+positions, MLP 512 with tanh, head trained); prompt tuning (`peft` `PromptTuningConfig`, 10 random
+virtual tokens, head trained). Prints one line per method, then the results as one JSON line (what
+`scripts/bench.py --anchors` reads).
 
 `--model t5-small` times the same on transformers' `T5ForConditionalGeneration` of t5-small's
 shape (seq2seq teacher forcing: `labels` of `--target_seq` tokens): Houlsby (`double_seq_bn`
 with `cross_adapter=True`, the papers' placement our preset uses: after self-attention,
 cross-attention and the FFN; layer norms trained), Pfeiffer, LoRA on q/v (self- and
-cross-attention), no head. `--model llama-small` times `peft` LoRA (r=8, alpha=16, q_proj/v_proj)
-on `LlamaForCausalLM` (hidden 512, 8 layers, 8 heads, 2 key/value heads, FFN 1408, vocab 32000),
-next-token loss on the input. Weights random, dropout as the configs (T5 0.1, Llama none).
+cross-attention), no head. `--model llama-small` times `peft` LoRA (r=8, alpha=16, q_proj/v_proj),
+prefix tuning (`PrefixTuningConfig`: 30 virtual tokens, `prefix_projection` through a 512-wide
+MLP) and prompt tuning (`PromptTuningConfig`: 10 random virtual tokens) on `LlamaForCausalLM`
+(hidden 512, 8 layers, 8 heads, 2 key/value heads, FFN 1408, vocab 32000), next-token loss on the
+input. Weights random, dropout as the configs (T5 0.1, Llama none).
 
 Runs in its own virtual environment (torch, adapters, peft), built by `scripts/setup_anchor.sh`;
 the test suite does not need it.
@@ -22,7 +26,7 @@ the test suite does not need it.
     .anchor-venv/bin/python scripts/anchor_torch.py --model t5-small --batch 8 --seq 128 \
         --target_seq 32 --methods houlsby,pfeiffer,lora
     .anchor-venv/bin/python scripts/anchor_torch.py --model llama-small --batch 8 --seq 128 \
-        --methods lora
+        --methods lora,prefix_tuning,prompt_tuning
 """
 
 import argparse
@@ -84,8 +88,24 @@ def build_language_model(method: str, name: str):
 
     targets = ['q', 'v'] if name.startswith('t5') else ['q_proj', 'v_proj']
     return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+  if method in ('prefix_tuning', 'prompt_tuning') and not name.startswith('t5'):
+    from peft import get_peft_model
+    return get_peft_model(model, _peft_prompt_config(method, 'CAUSAL_LM'))
   raise ValueError(f'unknown method {method!r} for {name}; valid: '
-                   f'{"houlsby, pfeiffer, lora" if name.startswith("t5") else "lora"}')
+                   f'{"houlsby, pfeiffer, lora" if name.startswith("t5") else LLAMA_METHODS}')
+
+
+LLAMA_METHODS = 'lora, prefix_tuning, prompt_tuning'
+
+
+def _peft_prompt_config(method: str, task_type: str):
+  """PEFT's prefix tuning (30 virtual tokens through its 512-wide MLP, as our `prefix_tuning`
+  preset) or prompt tuning (10 random virtual tokens, as our `prompt_tuning` preset)."""
+  from peft import PrefixTuningConfig, PromptTuningConfig
+  if method == 'prefix_tuning':
+    return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=30, prefix_projection=True,
+                              encoder_hidden_size=512)
+  return PromptTuningConfig(task_type=task_type, num_virtual_tokens=10)
 
 
 def build(method: str, config: BertConfig):
@@ -113,7 +133,23 @@ def build(method: str, config: BertConfig):
 
     return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=['query', 'value'],
                                             modules_to_save=['classifier']))
-  raise ValueError(f'unknown method {method!r}; valid: full, houlsby, pfeiffer, lora')
+  if method == 'prefix_tuning':
+    import adapters
+    from adapters import PrefixTuningConfig
+
+    adapters.init(model)
+    model.add_adapter('t', config=PrefixTuningConfig(prefix_length=30, bottleneck_size=512))
+    model.train_adapter('t')
+    for name, param in model.named_parameters():
+      if name.startswith('classifier'):
+        param.requires_grad = True
+    return model
+  if method == 'prompt_tuning':
+    from peft import get_peft_model  # SEQ_CLS: peft trains the classifier too
+
+    return get_peft_model(model, _peft_prompt_config(method, 'SEQ_CLS'))
+  raise ValueError(f'unknown method {method!r}; valid: full, houlsby, pfeiffer, lora, '
+                   'prefix_tuning, prompt_tuning')
 
 
 def _inputs(model_name: str, vocab_size: int, batch: int, seq: int, target_seq: int) -> dict:

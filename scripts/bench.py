@@ -10,9 +10,10 @@ library's real path: `models.build_model`, `splice.add_adapter`, `trainable.make
 
 Our methods run in one worker process per round, stepping in turn (method A one step, method B one
 step, ...), so machine noise hits all of them alike. With `--anchors`, each round then runs
-`scripts/anchor_torch.py` (adapter-hub `adapters` Houlsby/Pfeiffer, `peft` LoRA, torch
-full fine-tuning; same shapes, 2 threads) in its own virtual environment, so ours and theirs
-alternate; ratios ours/anchor are computed per round and the median over rounds is reported.
+`scripts/anchor_torch.py` (adapter-hub `adapters` Houlsby/Pfeiffer/prefix tuning, `peft`
+LoRA/prompt tuning, torch full fine-tuning; same shapes, 2 threads) in its own virtual
+environment, so ours and theirs alternate; ratios ours/anchor are computed per round and the
+median over rounds is reported.
 Peak RSS and compile time come from a separate fresh process per method (`--no-memory` skips it),
 so one method's memory does not hide another's.
 
@@ -54,7 +55,8 @@ MODELS = {
 }
 NUM_LABELS = 2
 # Our method name -> the anchor script's method name.
-ANCHOR_METHODS = {'full': 'full', 'houlsby': 'houlsby', 'pfeiffer': 'pfeiffer', 'lora': 'lora'}
+ANCHOR_METHODS = {'full': 'full', 'houlsby': 'houlsby', 'pfeiffer': 'pfeiffer', 'lora': 'lora',
+                  'prefix_tuning': 'prefix_tuning', 'prompt_tuning': 'prompt_tuning'}
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The PyTorch anchors' script is in scripts/; their venv (scripts/setup_anchor.sh) in .anchor-venv.
 ANCHOR_SCRIPT = os.environ.get('ANCHOR_SCRIPT', os.path.join(_ROOT, 'scripts', 'anchor_torch.py'))

@@ -2,14 +2,17 @@
 
     # build the anchors' venv once: bash scripts/setup_anchor.sh
     .venv/bin/python scripts/bench_lm.py --models t5,llama --rounds 3 --steps 5 --out bench_lm.json
+    # one model, some of its methods
+    .venv/bin/python scripts/bench_lm.py --models llama --methods prefix_tuning,prompt_tuning
 
 * `t5`: t5-small's shape (6+6 layers, d_model 512, 8 heads, FFN 2048, vocab 32128, dropout 0.1),
   random weights, seq2seq teacher forcing (`--batch` x `--seq` source tokens, `--target_seq`
   label tokens): Houlsby and Pfeiffer bottlenecks (ours vs AdapterHub `adapters`) and LoRA r=8 on
   query/value (ours vs `peft`).
 * `llama`: a small GQA Llama (hidden 512, 8 layers, 8 heads, 2 key/value heads, FFN 1408, vocab
-  32000), next-token loss on `--batch` x `--seq` tokens: LoRA r=8 on query/value (ours vs `peft`
-  on transformers' `LlamaForCausalLM`).
+  32000), next-token loss on `--batch` x `--seq` tokens: LoRA r=8 on query/value, prefix tuning
+  (30 positions through a 512-wide MLP) and prompt tuning (10 vectors), ours vs `peft` on
+  transformers' `LlamaForCausalLM`.
 
 Our steps are `scripts/lm_steps.py`'s (the library's splice, trainable partition, AdamW and
 `train_step`, jitted with the state donated), float32. Each round runs our methods in a fresh
@@ -33,7 +36,7 @@ _SCRIPTS = pathlib.Path(__file__).resolve().parent
 # Our name -> (our shape in lm_steps, the anchor's --model, methods).
 MODELS = {
     't5': ('t5-small', 't5-small', ('houlsby', 'pfeiffer', 'lora')),
-    'llama': ('llama-small', 'llama-small', ('lora',)),
+    'llama': ('llama-small', 'llama-small', ('lora', 'prefix_tuning', 'prompt_tuning')),
 }
 # Tiny shapes of the same architectures, for smoke tests of our side.
 TINY = {'t5': 't5-tiny', 'llama': 'llama-tiny'}
@@ -52,9 +55,9 @@ def build(model: str, method: str, shape: str, batch: int, seq: int,
   lm = _script('lm_steps')
   if model == 't5':
     return lm.t5_adapter_step(method, shape, batch, seq, target_seq)
-  if method != 'lora':
-    raise ValueError(f'The Llama benchmark has LoRA only, not {method!r}.')
-  return lm.llama_lora_step(shape, batch, seq)
+  if method not in MODELS['llama'][2]:
+    raise ValueError(f'The Llama benchmark has {MODELS["llama"][2]}, not {method!r}.')
+  return lm.llama_adapter_step(shape, batch, seq, method=method)
 
 
 def time_ours(model: str, methods: list[str], shape: str, batch: int, seq: int, target_seq: int,
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
   bench = _script('bench')
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--models', default='t5,llama', help=f'comma list of {sorted(MODELS)}')
+  parser.add_argument('--methods', default='',
+                      help="comma list; '' = each model's own (MODELS); others are skipped")
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--seq', type=int, default=128, help='source (T5) or input (Llama) tokens')
   parser.add_argument('--target_seq', type=int, default=32, help='T5 label tokens')
@@ -119,22 +124,29 @@ def main(argv: list[str] | None = None) -> None:
   if unknown:
     parser.error(f'unknown models {unknown}; valid: {sorted(MODELS)}')
 
+  def model_methods(model: str) -> list[str]:
+    wanted = args.methods.split(',') if args.methods else MODELS[model][2]
+    return [m for m in MODELS[model][2] if m in wanted]
+
   if args.worker:
     from adapters_jax.host_memory import reuse_freed_host_memory
     reuse_freed_host_memory()  # as the experiment scripts and scripts/bench.py's workers
     shape = TINY[args.worker] if args.tiny else MODELS[args.worker][0]
-    print(json.dumps(time_ours(args.worker, list(MODELS[args.worker][2]), shape, args.batch,
+    print(json.dumps(time_ours(args.worker, model_methods(args.worker), shape, args.batch,
                                args.seq, args.target_seq, args.steps, args.warmup)))
     return
 
   report = {'args': vars(args), 'cpu_count': os.cpu_count(), 'load_average': os.getloadavg(),
             'results': {}}
   for model in models:
-    methods = list(MODELS[model][2])
+    methods = model_methods(model)
+    if not methods:
+      continue
     rounds, anchors = [], []
     worker = [sys.executable, os.path.abspath(__file__), '--worker', model, '--batch',
               str(args.batch), '--seq', str(args.seq), '--target_seq', str(args.target_seq),
-              '--steps', str(args.steps), '--warmup', str(args.warmup)]
+              '--steps', str(args.steps), '--warmup', str(args.warmup),
+              '--methods', ','.join(methods)]
     for i in range(args.rounds):
       rounds.append(bench._run_json(worker))
       anchors.append(run_anchor(model, methods, args))

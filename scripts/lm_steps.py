@@ -1,6 +1,7 @@
 """Adapter train steps of our language-model backbones, built the way the training loop builds them.
 
-* `llama_lora_step`: LoRA on a Llama-shaped `DecoderLM`, next-token cross-entropy; concrete
+* `llama_adapter_step`: LoRA (or another preset: prefix tuning, prompt tuning, ...) on a
+  Llama-shaped `DecoderLM`, next-token cross-entropy; concrete
   (random weights, for timing) or abstract (`jax.ShapeDtypeStruct`s carrying shardings, for
   `lower().compile()` of a 7B step without materialising a weight); placed on a mesh by the
   rules of `adapters_jax.train.sharding_rules`; with `quantize`, QLoRA (the frozen kernels and
@@ -72,21 +73,23 @@ def llama_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str,
           'attention_mask': np.ones((batch, length), np.int32)}
 
 
-def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank: int = 8,
-                    mesh=None, rules: sharding_rules.Rules | None = None,
-                    frozen_dtype=jnp.float32, abstract: bool = False, quantize: str = '',
-                    block_size: int = 64, **config_overrides: Any) -> dict[str, Any]:
-  """LoRA (rank `rank`, query/value) on a Llama of `shape` (a `LLAMA` key or a config).
+def llama_adapter_step(shape: str | DecoderConfig, batch: int, length: int, *,
+                       method: str = 'lora', rank: int = 8, mesh=None,
+                       rules: sharding_rules.Rules | None = None, frozen_dtype=jnp.float32,
+                       abstract: bool = False, quantize: str = '', block_size: int = 64,
+                       **config_overrides: Any) -> dict[str, Any]:
+  """`method` (a preset; `lora`: rank `rank` on query/value) on a Llama of `shape` (a `LLAMA` key
+  or a config).
 
   Args:
     mesh, rules: place state, frozen params and batch (rows over `data`) by `rules` on `mesh`,
       with `in_shardings`/`out_shardings` on the jit; None: one device, no placement.
-    frozen_dtype: storage dtype of the frozen base (the trained LoRA leaves stay float32); of
+    frozen_dtype: storage dtype of the frozen base (the trained adapter leaves stay float32); of
       the block scales when `quantize`.
     quantize, block_size: '' (float base) or a `quantization.KINDS` codec with `block_size`
       values per block for the frozen kernels and embedding tables.
-    abstract: frozen params and batch as ShapeDtypeStructs (nothing materialised but the LoRA
-      leaves); only `step.lower(state, frozen, batch)` is meaningful then.
+    abstract: frozen params and batch as ShapeDtypeStructs (nothing materialised but the
+      adapter leaves); only `step.lower(state, frozen, batch)` is meaningful then.
     **config_overrides: DecoderConfig fields (dtype, remat, scan_layers, dropouts).
 
   Returns:
@@ -98,8 +101,9 @@ def llama_lora_step(shape: str | DecoderConfig, batch: int, length: int, *, rank
   sample = jnp.ones((1, 8), jnp.int32)
   init = functools.partial(model.init, jax.random.key(0), sample)
   params = jax.eval_shape(init)['params'] if abstract else jax.jit(init)()['params']
-  spliced, params = splice.add_adapter(model, params, ADAPTER_NAME,
-                                       get_method('lora', rank=rank), jax.random.key(1), sample)
+  method_config = get_method('lora', rank=rank) if method == 'lora' else get_method(method)
+  spliced, params = splice.add_adapter(model, params, ADAPTER_NAME, method_config,
+                                       jax.random.key(1), sample)
   mask = trainable.make_mask(params, trainable.adapter_rules([spliced.adapter(ADAPTER_NAME)],
                                                              train_head=False))
   counts = trainable.count(params, mask)

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import json
 import pathlib
 
 import pytest
@@ -111,6 +112,35 @@ def test_anchor_script_is_in_the_repository_and_runs_through_bench():
   assert result['lora']['trainable'] == 6 * 2 * 8 * (384 + 384) + 384 * 2 + 2
 
 
+def test_prefix_and_prompt_tuning_step_on_the_encoder():
+  # Tiny BERT (hidden 32, 2 layers): prefix tuning's shared MLP (30 x 32 embedding, 32 -> 512)
+  # and each layer's 512 -> 2 x 32 columns; prompt tuning's 10 x 32 prompt; both with the head.
+  head = None
+  for method, own in (('prefix_tuning', 30 * 32 + 32 * 512 + 512 + 2 * (512 * 64 + 64)),
+                      ('prompt_tuning', 10 * 32)):
+    b = bench.build_method(method, 'tiny', batch=2, length=8)
+    assert bench.run_step(b) > 0 and int(b['state'].step) == 1
+    trained_head = b['counts'].trainable - own
+    assert head in (None, trained_head) and trained_head > 0
+    head = trained_head
+  assert bench.ANCHOR_METHODS['prefix_tuning'] == 'prefix_tuning'
+  assert bench.ANCHOR_METHODS['prompt_tuning'] == 'prompt_tuning'
+
+
+@pytest.mark.slow
+def test_prefix_and_prompt_anchors_train_what_ours_train_on_the_encoder():
+  """AdapterHub prefix tuning and PEFT prompt tuning on MiniLM's shape train as many parameters as
+  our presets (here in the test environment's Python)."""
+  import sys
+
+  args = argparse.Namespace(anchor_python=sys.executable, anchor_script=bench.ANCHOR_SCRIPT,
+                            steps=1, anchor_host_memory='default')
+  result = bench.run_anchor(['prefix_tuning', 'prompt_tuning'], (1, 8), args)
+  for method, theirs in result.items():
+    ours = bench.build_method(method, 'minilm', batch=1, length=8)['counts']
+    assert (theirs['trainable'], theirs['ex_per_s'] > 0) == (ours.trainable, True), method
+
+
 def test_missing_anchor_environment_names_the_setup_command(tmp_path):
   args = argparse.Namespace(anchor_python=str(tmp_path / 'venv' / 'bin' / 'python'),
                             anchor_script=bench.ANCHOR_SCRIPT, steps=1,
@@ -149,7 +179,7 @@ def test_lm_anchors_run_through_bench_lm_on_our_shapes():
   args = argparse.Namespace(anchor_python=sys.executable, anchor_script=bench.ANCHOR_SCRIPT,
                             batch=1, seq=8, target_seq=4, steps=1)
   llama = bench_lm.run_anchor('llama', ['lora'], args)['lora']
-  ours = bench_lm._script('lm_steps').llama_lora_step('llama-small', 1, 8, abstract=True)['counts']
+  ours = bench_lm._script('lm_steps').llama_adapter_step('llama-small', 1, 8, abstract=True)['counts']
   assert (llama['trainable'], llama['total']) == (ours.trainable, ours.total)
   t5 = bench_lm.run_anchor('t5', ['lora'], args)['lora']
   # t5-small: query and value (512 -> 512) of 6 encoder self-, 6 decoder self- and 6 cross-
@@ -158,7 +188,40 @@ def test_lm_anchors_run_through_bench_lm_on_our_shapes():
   assert t5['ex_per_s'] == pytest.approx(1 / t5['step_s'])
 
 
+def test_lm_bench_steps_prefix_and_prompt_tuning_on_a_tiny_llama():
+  out = bench_lm.time_ours('llama', ['prefix_tuning', 'prompt_tuning'], bench_lm.TINY['llama'],
+                           batch=2, seq=8, target_seq=4, steps=1, warmup=1)
+  # Llama tiny (hidden 32, 2 layers, key/value width 2 x 8 = 16): the prefix MLP (30 x 16
+  # embedding, 16 -> 512) and each layer's 512 -> 2 x 16 columns; the prompt's 10 x 32.
+  assert out['prefix_tuning']['trainable_params'] == 30 * 16 + 16 * 512 + 512 + 2 * (512 * 32 + 32)
+  assert out['prompt_tuning']['trainable_params'] == 10 * 32
+  assert all(len(row['step_s']) == 1 and row['compile_s'] > 0 for row in out.values())
+
+
+@pytest.mark.slow
+def test_lm_prefix_and_prompt_anchors_train_what_ours_train():
+  """PEFT prefix tuning (its MLP sized by the key/value width under GQA) and prompt tuning on the
+  benchmark's Llama: the same trainable parameters as ours."""
+  import sys
+
+  args = argparse.Namespace(anchor_python=sys.executable, anchor_script=bench.ANCHOR_SCRIPT,
+                            batch=1, seq=8, target_seq=4, steps=1)
+  methods = ['prefix_tuning', 'prompt_tuning']
+  theirs = bench_lm.run_anchor('llama', methods, args)
+  lm = bench_lm._script('lm_steps')
+  for method in methods:
+    ours = lm.llama_adapter_step('llama-small', 1, 8, method=method, abstract=True)['counts']
+    assert theirs[method]['trainable'] == ours.trainable, method
+
+
 def test_lm_bench_rejects_an_unknown_model(capsys):
   with pytest.raises(SystemExit):
     bench_lm.main(['--models', 't5,gpt9'])
   assert "unknown models ['gpt9']; valid: ['llama', 't5']" in capsys.readouterr().err
+
+
+def test_lm_bench_runs_only_the_asked_methods(tmp_path):
+  # t5 has no prefix tuning in the benchmark: nothing runs for it, and the report says so.
+  out = tmp_path / 'report.json'
+  bench_lm.main(['--models', 't5', '--methods', 'prefix_tuning', '--out', str(out)])
+  assert json.loads(out.read_text())['results'] == {}

@@ -147,3 +147,42 @@ def test_dry_run_trains_a_prompt_tuning_table_run_on_a_stand_in_t5(tmp_path):
                                                 'combine': 'prefix'}
   assert result['trainable_params'] == 5 * 384  # the prompt alone (the stand-in's d_model)
   assert set(result['test_metrics']['test']) == {'accuracy', 'unparseable'}
+
+
+@pytest.mark.slow
+def test_dry_run_trains_the_e2e_prefix_row_on_a_stand_in_llama(tmp_path):
+  # The E2E table's prefix row (Li & Liang's setting) through `train_and_evaluate` on a tiny random
+  # Llama and the miniature E2E files: its method options replace LoRA's, and beam search scores it.
+  from adapters_jax.models import resolve_checkpoint_dir
+  from adapters_jax.models.decoder_export import random_decoder_checkpoint
+  from experiments.configs import lora_e2e
+  from experiments.make_random_decoder import TINY_LLAMA
+
+  model = str(random_decoder_checkpoint(tmp_path / 'llama', TINY_LLAMA, seed=0,
+                                        tokenizer_dir=resolve_checkpoint_dir('minilm-l6')))
+  path = os.path.join(CONFIGS, 'lora_e2e.py')
+  last = [*sweeps.dry_run_overrides(model), ('data_dir', os.path.join(ROOT, 'experiments', 'data',
+                                                                      'mini_e2e')),
+          ('lm.max_new_tokens', '8'), ('max_eval_examples', '4')]
+  runs = sweeps.plan(path, str(tmp_path / 'runs'), only={'method': 'prefix_tuning'},
+                     open_fields=OPEN_FIELDS, last=last)
+  assert len(runs) == len(lora_e2e.SEEDS)
+  lines = []
+  outcome = sweeps.dry_run(path, runs, train_and_evaluate, open_fields=OPEN_FIELDS,
+                           log=lines.append)
+  assert outcome.failed == {} and outcome.blocked == {}, lines
+  assert sum(outcome.passed.values()) == len(runs)
+  run = next(r for r in runs if r.name in outcome.passed)
+  with open(os.path.join(run.workdir, sweeps.RESULT_FILE)) as f:
+    result = json.load(f)
+  config = result['config']
+  assert lora_e2e.method_label(config) == lora_e2e.PREFIX
+  assert config['method_options'] == {'prefix_length': 5, 'bottleneck_size': 512}
+  assert (config['learning_rate'], config['lm']['num_beams']) == (8e-5, 5)
+  # Trained: per location (self-attention only) the P x width embedding and the width -> 512 layer,
+  # and per layer (2) its 512 -> 2 x width columns (keys, values); width = 2 key/value heads x head
+  # dim 16.
+  width = TINY_LLAMA['num_key_value_heads'] * 16
+  mlp = 5 * width + (width * 512 + 512)
+  assert result['trainable_params'] == mlp + 2 * (512 * 2 * width + 2 * width)
+  assert {'bleu', 'perplexity'} <= set(result['validation_metrics']['validation'])

@@ -141,3 +141,25 @@ def test_reference_column_shows_the_difference_to_a_row():
   assert 'Δ vs full |' in text
   assert '| rotten_tomatoes | houlsby (size=64) | 82.0 | ± 2.0 (3) | test · accuracy | -3.5 |' in text
   assert '| rotten_tomatoes | full | 85.5 | ± 0.7 (2) | test · accuracy | +0.0 |' in text
+
+
+def test_e2e_report_puts_the_prefix_row_beside_lora_with_the_papers_scores():
+  from experiments.configs import lora_e2e
+  results = []
+  for method, options, seed in (('lora', {'rank': 4}, 0), ('prefix_tuning', {'prefix_length': 5}, 0),
+                                ('prefix_tuning', {'prefix_length': 5}, 1)):
+    scores = {'bleu': 0.6 + seed / 100, 'nist': 8.0, 'rouge_l': 0.7, 'cider': 2.0}
+    result = fake_result('e2e_nlg', method, 8e-5, seed, 0.6, metric='bleu')
+    result['config'].update(model='openai-community/gpt2-medium', method_options=options)
+    result['validation_metrics'] = {'validation': scores}
+    result['test_metrics'] = {'test': scores}
+    results.append(result)
+  rows = report.summarize(results, lora_e2e.method_label, lora_e2e.COLUMNS, lora_e2e.PAPER)
+  cells = {(r.column, r.label): r for r in rows}
+  assert {label for _, label in cells} == {'GPT-2 M (LoRA)', lora_e2e.PREFIX}
+  paper = {column: cells[column, lora_e2e.PREFIX].paper for column in ('BLEU', 'NIST', 'ROUGE-L',
+                                                                      'CIDEr')}
+  assert paper == {'BLEU': 69.7, 'NIST': 8.81, 'ROUGE-L': 71.4, 'CIDEr': 2.49}
+  assert cells['BLEU', lora_e2e.PREFIX].seeds == 2 and cells['BLEU', 'GPT-2 M (LoRA)'].paper == 70.4
+  text = report.markdown_table(rows, lora_e2e.PAPER, lora_e2e.PAPER_PARAMS)
+  assert lora_e2e.PREFIX in text and '69.7' in text

@@ -58,7 +58,7 @@ def test_grid_counts():
   assert len(sweeps.expand_grid(lora_glue.sweep())) == 8 * 5 * (1 + 3 * 2)          # 280
   assert len(sweeps.expand_grid(mini_rotten_tomatoes.sweep())) == 10 * 2 * 3         # 60
   assert len(sweeps.expand_grid(compacter_glue.sweep())) == 8 * (1 + 5 * 3)          # 128
-  assert len(sweeps.expand_grid(lora_e2e.sweep())) == 2 * 3                          # GPT-2 M, L
+  assert len(sweeps.expand_grid(lora_e2e.sweep())) == 2 * 3 + 3  # LoRA: GPT-2 M, L; prefix: M
   rte = sweeps.expand_grid(houlsby_glue.sweep(), {'task': 'rte', 'method': 'houlsby',
                                                   'method_options.size': 64})
   assert len(rte) == 3 * 2 * 5
