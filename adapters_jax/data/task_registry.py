@@ -225,6 +225,17 @@ _LM_TASKS = (
         description='Prompt/completion or chat records: train.jsonl, validation.jsonl and an '
                     'optional test.jsonl in data_dir; perplexity.',
     ),
+    TaskSpec(
+        name='metamathqa',
+        text_fields=('query', 'response'),
+        label_names=None,
+        metric_names=('accuracy',) + LM_METRICS,
+        primary_metric='accuracy',
+        source='metamathqa',
+        description='MetaMathQA training, GSM8K validation (50) and test, as PEFT\'s method '
+                    'comparison; the hub\'s files in data_dir (or the hub when empty); greedy '
+                    'generations scored by parsed-answer accuracy.',
+    ),
 )
 
 _REGISTRY: dict[str, TaskSpec] = {spec.name: spec
