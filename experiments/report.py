@@ -8,7 +8,9 @@ the best mean validation score over seeds and reports the test score (validation
 split has no labels, e.g. GLUE) as mean ± std over those seeds, with the paper's number, the
 difference and the trainable-parameter share. The config file (default: the one the sweep's
 runs.json names) supplies `method_label(config)`, `COLUMNS`, `PAPER` / `PAPER_PARAMS`, `TITLE`,
-`REPORT_NOTES` and `REFERENCE` (a row to show differences to, e.g. full fine-tuning), all optional.
+`REPORT_NOTES`, `REFERENCE` (a row to show differences to, e.g. full fine-tuning) and
+`PAPER_TRAIN_SECONDS` / `PAPER_HARDWARE` (the paper's train time per label, shown beside the
+runs' mean `wall_time_s`), all optional.
 Writes report.md, report.csv and report.png into --out_dir (default: --sweep_dir) and prints the
 Markdown table.
 """
@@ -77,6 +79,9 @@ def main(argv):
   notes = getattr(module, 'REPORT_NOTES', '')
   reference = getattr(module, 'REFERENCE', None)
   text = '\n'.join(header) + report.markdown_table(rows, paper, paper_params, reference)
+  paper_seconds = getattr(module, 'PAPER_TRAIN_SECONDS', None)
+  if paper_seconds:
+    text += '\n' + report.time_table(rows, paper_seconds, getattr(module, 'PAPER_HARDWARE', ''))
   if notes:
     text += '\n' + notes.strip() + '\n'
   if missing:

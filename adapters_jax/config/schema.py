@@ -35,9 +35,10 @@ def run_config() -> ml_collections.ConfigDict:
   # an nnx: model's constructor keyword arguments
 
   # Task: a GLUE name (`rte`, `glue/mnli`, ...), `rotten_tomatoes`, `tweet_sentiment`, `e2e_nlg`,
-  # `lm_jsonl`, or `local` (files described by `local_task`).
+  # `lm_jsonl`, `metamathqa`, or `local` (files described by `local_task`).
   config.task = 'rotten_tomatoes'
-  config.data_dir = ''              # tfds data_dir for GLUE ('' = tfds default); e2e_nlg/lm_jsonl files
+  config.data_dir = ''              # tfds data_dir for GLUE ('' = tfds default); e2e_nlg/lm_jsonl files;
+                                    # metamathqa: the hub's files ('' = download them)
   config.local_task = ml_collections.ConfigDict({
       'name': 'local',             # the task's name in results and adapter names
       'paths': ml_collections.ConfigDict(),  # split -> file, e.g. {'train': 'train.csv', ...}

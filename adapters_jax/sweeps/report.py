@@ -66,6 +66,7 @@ class Row:
   selected: str              # the winning hyperparameters, e.g. 'learning_rate=0.003'
   runs: list[str]
   paper: float | None = None
+  wall_time_s: float | None = None  # mean over the seeds of the runs' `wall_time_s`
 
   @property
   def diff(self) -> float | None:
@@ -223,8 +224,31 @@ def summarize(results: Sequence[Mapping[str, Any]], label_fn: LabelFn = default_
           trainable_percent=float(first['trainable_percent']),
           selected=_describe(first['config'], [c[0]['config'] for c in candidates.values()]),
           runs=[os.path.basename(r['workdir']) for r in runs if 'workdir' in r],
-          paper=paper.get((column.name, label))))
+          paper=paper.get((column.name, label)),
+          wall_time_s=_mean_wall_time(runs)))
   return rows
+
+
+def _mean_wall_time(runs: Sequence[Mapping[str, Any]]) -> float | None:
+  times = [r['wall_time_s'] for r in runs if r.get('wall_time_s') is not None]
+  return sum(times) / len(times) if times else None
+
+
+def time_table(rows: Sequence[Row], paper_seconds: Mapping[str, float], paper_note: str = '') -> str:
+  """Per method label, our mean wall time (training and evaluation) beside the paper's train
+  time (`paper_seconds`: label -> seconds; `paper_note` says how the paper measured it)."""
+  lines = ['| Method | Ours: wall time (s) | Paper: train time (s) | Ours / paper |',
+           '|---|---:|---:|---:|']
+  for label in dict.fromkeys(row.label for row in rows):
+    ours = next((r.wall_time_s for r in rows if r.label == label and r.wall_time_s is not None),
+                None)
+    theirs = paper_seconds.get(label)
+    ratio = None if ours is None or not theirs else ours / theirs
+    lines.append(f'| {label} | {_fmt(ours, 0)} | {_fmt(theirs, 0)} | '
+                 f'{"—" if ratio is None else f"{ratio:.2f}"} |')
+  note = f' Paper: {paper_note}.' if paper_note else ''
+  return '\n'.join(['Time per run (ours: result.json `wall_time_s`, training and evaluation).'
+                    + note, ''] + lines) + '\n'
 
 
 def averages(rows: Sequence[Row], columns: Sequence[str]) -> dict[str, float]:

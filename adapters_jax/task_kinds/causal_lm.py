@@ -1,6 +1,7 @@
 """The causal-LM task kind: next-token cross-entropy on completion tokens only; perplexity; and,
 for generation tasks, jit-compiled generation from the prompt (greedy or beam search) scored by the
-task's text metrics.
+task's generation metrics (`GENERATION_SCORERS`: text overlap for E2E, parsed-answer accuracy for
+MetaMathQA/GSM8K).
 
 Splits are `data.LMDataset`s of `LMRecord`s (`encode`): batches of rows (`input_ids`,
 `attention_mask`, `positions`, `segment_ids`, `targets`, `weights`, each `[rows, L]`), packed
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from adapters_jax.data import text_metrics
+from adapters_jax.data import math_answers, text_metrics
 from adapters_jax.data.lm_dataset import LMDataset
 from adapters_jax.data.lm_jsonl import LMRecord, eos_id, tokenize_records
 from adapters_jax.models.beam_search import BeamSearchConfig, beam_search_traced
@@ -43,6 +44,16 @@ from adapters_jax.splicing.discovery import sample_ids
 from adapters_jax.task_kinds.inputs import Text, prompt_records
 
 Batch = dict[str, jax.Array]
+# Metric names -> the scorer of decoded generations against references that returns them; a task
+# whose metrics include all names of one entry is scored on generations.
+GENERATION_SCORERS = {text_metrics.METRIC_NAMES: text_metrics.generation_metrics,
+                      math_answers.METRIC_NAMES: math_answers.answer_metrics}
+
+
+def generation_scorer(spec):
+  """The `GENERATION_SCORERS` entry for `spec`'s metrics, or None (perplexity only)."""
+  return next((scorer for names, scorer in GENERATION_SCORERS.items()
+               if set(names) <= set(spec.metric_names)), None)
 
 
 def token_losses(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -147,7 +158,7 @@ class CausalLM:
   """The task kind (`task_kinds.protocol.TaskKind`) of decoder-only language modelling.
 
   Attributes:
-    spec: the task; generation runs when its metrics include `text_metrics.METRIC_NAMES`.
+    spec: the task; generation runs when `generation_scorer(spec)` has a scorer.
     tokenizer: tokenises records (`encode`) and decodes generations (`metrics`).
     model_config: the decoder's `DecoderConfig` (cache shapes for generation).
     label_smoothing: of the training loss (evaluation NLL never smooths).
@@ -174,7 +185,7 @@ class CausalLM:
   def create(cls, spec, pretrained, config) -> CausalLM:
     """The kind for `spec` on the loaded decoder, from `config.lm` (label smoothing, packing,
     generation: length, beams, length penalty, no-repeat n-grams)."""
-    generates = set(text_metrics.METRIC_NAMES) <= set(spec.metric_names)
+    generates = generation_scorer(spec) is not None
     if generates and config.lm.pack:
       raise ValueError(f'Task {spec.name!r} is scored on generations, which run one example per '
                        'row; set --config.lm.pack=False.')
@@ -226,7 +237,7 @@ class CausalLM:
     if getattr(self.tokenizer, 'do_lower_case', False):
       # An uncased vocabulary cannot write capitals: compare in lower case.
       references = [[r.lower() for r in refs] for refs in references]
-    return {**metrics, **text_metrics.generation_metrics(predictions, references)}
+    return {**metrics, **generation_scorer(self.spec)(predictions, references)}
 
   def for_prediction(self, config: ml_collections.ConfigDict,
                      max_new_tokens: int | None) -> CausalLM:

@@ -29,7 +29,7 @@ KINDS: dict[str, TaskKindFactory] = {
     'causal_lm': CausalLM,
 }
 # Task sources whose examples are `data.lm_jsonl.LMRecord`s: only the causal-LM kind trains them.
-LM_SOURCES = ('e2e', 'lm_jsonl')
+LM_SOURCES = ('e2e', 'lm_jsonl', 'metamathqa')
 # Model type -> the kinds its model call supports, the default first.
 FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     **{t: ('classification', 'regression') for t in ENCODER_MODEL_TYPES},
@@ -76,7 +76,7 @@ def kind_name(spec: data.TaskSpec, model_type: str | None, requested: str = '') 
                      'experiments.make_random_decoder).')
   if name == 'causal_lm' and spec.source not in LM_SOURCES:
     raise ValueError(f'task_kind=\'causal_lm\' trains language-modelling tasks (e2e_nlg, '
-                     f'lm_jsonl), not {spec.name!r}: train it on an encoder or T5.')
+                     f'lm_jsonl, metamathqa), not {spec.name!r}: train it on an encoder or T5.')
   if name in ('classification', 'regression') and name != encoder_kind:
     raise ValueError(f'task_kind={name!r} does not fit task {spec.name!r}, which is '
                      f'{encoder_kind}; set --config.task_kind={encoder_kind!r} (or \'\').')

@@ -4,7 +4,8 @@
     as unlabelled `data.Example`s (`unlabelled_examples`).
   * The causal-LM kind takes prompts (`prompt_record`), tokenised as training tokenised prompts
     (`data.lm_jsonl.tokenize_record`): for `e2e_nlg` an MR (`name[The Eagle], food[French]`)
-    rendered as the E2E prompt (`name : The Eagle | food : French ||`); otherwise the prompt text
+    rendered as the E2E prompt (`name : The Eagle | food : French ||`); for `metamathqa` a
+    question in PEFT's template (`Question: ... Think step by step.\nAnswer:`); otherwise the prompt text
     of a prompt/completion record, or a JSON object `{"prompt": ...}` / `{"messages": [...]}` (a
     chat whose assistant turn the model writes, through the tokenizer's chat template or the plain
     fallback).
@@ -20,7 +21,7 @@ import json
 from collections.abc import Sequence
 
 from adapters_jax import data
-from adapters_jax.data import e2e
+from adapters_jax.data import e2e, metamathqa
 from adapters_jax.data.lm_jsonl import LMRecord, parse_record
 
 # The completion a prompt is tokenised with: it only marks where the prompt ends (never generated
@@ -63,6 +64,9 @@ def prompt_record(text: str, task_name: str, where: str = '') -> LMRecord:
   """
   if task_name == 'e2e_nlg':
     return LMRecord(prompt=e2e.render_mr(text, where) + e2e.PROMPT_END,  # as `e2e.prompt_of`
+                    completion=PLACEHOLDER_COMPLETION)
+  if task_name == 'metamathqa':
+    return LMRecord(prompt=metamathqa.QUERY_TEMPLATE.format(query=text),
                     completion=PLACEHOLDER_COMPLETION)
   if not text.lstrip().startswith('{'):
     return LMRecord(prompt=text, completion=PLACEHOLDER_COMPLETION)

@@ -186,3 +186,41 @@ def test_dry_run_trains_the_e2e_prefix_row_on_a_stand_in_llama(tmp_path):
   mlp = 5 * width + (width * 512 + 512)
   assert result['trainable_params'] == mlp + 2 * (512 * 2 * width + 2 * width)
   assert {'bleu', 'perplexity'} <= set(result['validation_metrics']['validation'])
+
+
+@pytest.mark.slow
+def test_dry_run_trains_every_peft_metamathqa_run_on_a_stand_in_llama(tmp_path):
+  # Each of PEFT's methods (LoRA, DoRA, VeRA, (IA)3, flat prefixes, a prompt) spliced into a Llama,
+  # trained on MetaMathQA-format files and scored on GSM8K-format test questions by generation.
+  from adapters_jax.models import resolve_checkpoint_dir
+  from adapters_jax.models.decoder_export import random_decoder_checkpoint
+  from experiments.make_random_decoder import TINY_LLAMA
+  from tests.data.metamathqa_files import write_metamathqa_dir
+
+  model = random_decoder_checkpoint(tmp_path / 'llama', TINY_LLAMA, seed=0,
+                                    tokenizer_dir=resolve_checkpoint_dir('minilm-l6'))
+  path = os.path.join(CONFIGS, 'peft_metamathqa.py')
+  last = sweeps.dry_run_overrides(str(model)) + [
+      ('data_dir', write_metamathqa_dir(tmp_path / 'data')), ('lm.max_new_tokens', '4'),
+      ('max_length', '48'), ('max_eval_examples', '4')]
+  runs = sweeps.plan(path, str(tmp_path / 'runs'), open_fields=OPEN_FIELDS, last=last)
+  lines = []
+  outcome = sweeps.dry_run(path, runs, train_and_evaluate, open_fields=OPEN_FIELDS,
+                           log=lines.append)
+  assert len(runs) == 7 and outcome.failed == {} and outcome.blocked == {}, lines
+  by_method = {}
+  for run in runs:
+    if os.path.exists(os.path.join(run.workdir, sweeps.RESULT_FILE)):
+      with open(os.path.join(run.workdir, sweeps.RESULT_FILE)) as f:
+        by_method[run.config['method']] = json.load(f)
+  assert set(by_method) == {'lora', 'dora', 'vera', 'ia3', 'prefix_tuning_flat', 'prompt_tuning'}
+  for result in by_method.values():
+    assert set(result['test_metrics']) == {'test'}
+    assert set(result['test_metrics']['test']) == {'accuracy', 'loss', 'perplexity',
+                                                   'log_likelihood'}
+    assert 0.0 <= result['test_metrics']['test']['accuracy'] <= 1.0
+  # The adapters' sizes on the stand-in (hidden 64, 2 layers, 2 KV heads of 16): LoRA r=32 on the
+  # query (64 -> 64) and value (64 -> 32) projections; (IA)3 on keys, values and down_proj's input.
+  assert by_method['lora']['trainable_params'] == 2 * 32 * ((64 + 64) + (64 + 32))
+  assert by_method['ia3']['trainable_params'] == 2 * (32 + 32 + 128)
+  assert by_method['prompt_tuning']['trainable_params'] == 200 * 64  # 200 virtual tokens

@@ -163,3 +163,28 @@ def test_e2e_report_puts_the_prefix_row_beside_lora_with_the_papers_scores():
   assert cells['BLEU', lora_e2e.PREFIX].seeds == 2 and cells['BLEU', 'GPT-2 M (LoRA)'].paper == 70.4
   text = report.markdown_table(rows, lora_e2e.PAPER, lora_e2e.PAPER_PARAMS)
   assert lora_e2e.PREFIX in text and '69.7' in text
+
+
+def test_peft_metamathqa_report_puts_pefts_accuracy_and_train_time_beside_ours():
+  # Two runs of the config's own sweep (LoRA r32 and prompt tuning at lr 1e-3), named by its
+  # method_label; PEFT's published test accuracy (x100) and train seconds sit on their rows.
+  from experiments.configs import peft_metamathqa
+
+  results = []
+  for overrides, (val, test, seconds) in zip(
+      [peft_metamathqa.sweep()[0], peft_metamathqa.sweep()[-1]],
+      [(0.5, 0.45, 1200.0), (0.3, 0.25, 3000.0)], strict=True):
+    result = fake_result('metamathqa', overrides['method'], overrides['learning_rate'], 0, val,
+                         test)
+    result['config']['method_options'] = overrides['method_options']
+    result['wall_time_s'] = seconds
+    results.append(result)
+  rows = report.summarize(results, peft_metamathqa.method_label, peft_metamathqa.COLUMNS,
+                          peft_metamathqa.PAPER, label_order=peft_metamathqa.LABELS)
+  table = report.markdown_table(rows, peft_metamathqa.PAPER, peft_metamathqa.PAPER_PARAMS)
+  assert '| GSM8K | LoRA r32 | 45.0 | ± 0.0 (1) | test · accuracy | 47.8 | -2.8 |' in table
+  assert '| GSM8K | Prompt tuning (200, lr 1e-3) | 25.0 | ± 0.0 (1) | test · accuracy | 23.4 |' in table
+  times = report.time_table(rows, peft_metamathqa.PAPER_TRAIN_SECONDS, 'one L40S')
+  assert '| LoRA r32 | 1200 | 942 | 1.27 |' in times  # 1200 / 941.96
+  assert '| Prompt tuning (200, lr 1e-3) | 3000 | 1480 | 2.03 |' in times  # 3000 / 1480.46
+  assert 'Paper: one L40S.' in times

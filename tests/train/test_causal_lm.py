@@ -132,7 +132,9 @@ def test_evaluation_generates_what_generate_does_and_scores_it(tokenizer):
   expected = np.asarray(generate(model, params, batch['prompt_ids'], batch['prompt_mask'],
                                  gen_config).tokens)
   texts = [decode_text(tokenizer, row) for row in expected]
-  kind = CausalLM(spec=None, tokenizer=tokenizer, model_config=model.config,
+  from adapters_jax.data import get_task
+
+  kind = CausalLM(spec=get_task('e2e_nlg'), tokenizer=tokenizer, model_config=model.config,
                   generation=gen_config,
                   references=[(), (), (texts[1],), (texts[2],), (texts[0], 'other')])
   outputs = jax.jit(lambda p, b: kind.eval_outputs(forward, p, b))(
@@ -177,6 +179,18 @@ def test_generation_settings_from_the_config(tokenizer):
   with pytest.raises(ValueError, match='set --config.lm.pack=False'):
     CausalLM.create(get_task('e2e_nlg'), pretrained, config)
   assert CausalLM.create(get_task('lm_jsonl'), pretrained, config).generation is None
+
+
+def test_each_generation_task_is_scored_by_its_own_metric():
+  # Bug caught: GSM8K answers scored by BLEU, or E2E texts by parsed-answer accuracy.
+  from adapters_jax.data import get_task, math_answers, text_metrics
+  from adapters_jax.task_kinds.causal_lm import generation_scorer
+  from adapters_jax.task_kinds.choice import kind_name
+
+  assert generation_scorer(get_task('metamathqa')) is math_answers.answer_metrics
+  assert generation_scorer(get_task('e2e_nlg')) is text_metrics.generation_metrics
+  assert generation_scorer(get_task('lm_jsonl')) is None
+  assert kind_name(get_task('metamathqa'), 'llama') == 'causal_lm'
 
 
 def test_language_modelling_tasks_and_other_kinds_do_not_mix():
