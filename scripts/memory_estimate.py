@@ -101,7 +101,7 @@ def estimate_llama(model: str, batch: int, length: int, option: str, dtype: str,
   scan_layers, remat = OPTIONS[option]
   mesh = sharding_rules.make_mesh(jax.devices(), model_parallelism)
   start = time.perf_counter()
-  built = _script('lm_steps').llama_lora_step(
+  built = _script('lm_steps').llama_adapter_step(
       model, batch, length, rank=rank, mesh=mesh, rules=sharding_rules.strategy_rules(sharding),
       frozen_dtype=sharding_rules.FROZEN_DTYPES[frozen_dtype], abstract=True, dtype=dtype,
       scan_layers=scan_layers, remat=remat, quantize='' if quantize == 'none' else quantize,

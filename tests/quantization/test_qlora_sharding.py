@@ -25,7 +25,7 @@ assert jax.device_count() == 8, jax.devices()
 
 def run(mesh=None, strategy=None):
   rules = None if mesh is None else sharding_rules.strategy_rules(strategy)
-  built = lm.llama_lora_step('llama-tiny', 8, 16, mesh=mesh, rules=rules, quantize='nf4',
+  built = lm.llama_adapter_step('llama-tiny', 8, 16, mesh=mesh, rules=rules, quantize='nf4',
                              block_size=4)
   state, losses, facts = built['state'], [], {}
   if mesh is not None:

@@ -35,7 +35,7 @@ assert jax.device_count() == 8, jax.devices()
 
 def run(mesh=None, strategy=None):
   rules = None if mesh is None else sharding_rules.strategy_rules(strategy)
-  built = lm.llama_lora_step('llama-tiny', 8, 16, mesh=mesh, rules=rules)
+  built = lm.llama_adapter_step('llama-tiny', 8, 16, mesh=mesh, rules=rules)
   state, losses = built['state'], []
   facts = {}
   if mesh is not None:
@@ -189,12 +189,12 @@ def test_bfloat16_frozen_base_trains_like_the_rounded_float32_model():
   spec = importlib.util.spec_from_file_location('lm_steps', ROOT / 'scripts' / 'lm_steps.py')
   lm = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(lm)
-  stored = lm.llama_lora_step('llama-tiny', 2, 8, frozen_dtype=jnp.bfloat16)
-  rounded = lm.llama_lora_step('llama-tiny', 2, 8)
+  stored = lm.llama_adapter_step('llama-tiny', 2, 8, frozen_dtype=jnp.bfloat16)
+  rounded = lm.llama_adapter_step('llama-tiny', 2, 8)
   rounded['frozen'] = jax.tree.map(
       lambda x: np.asarray(x, np.float32).astype(jnp.bfloat16).astype(np.float32)
       if np.issubdtype(np.asarray(x).dtype, np.floating) else x, rounded['frozen'])
-  plain = lm.llama_lora_step('llama-tiny', 2, 8)
+  plain = lm.llama_adapter_step('llama-tiny', 2, 8)
   losses = {}
   for name, built in (('stored', stored), ('rounded', rounded), ('plain', plain)):
     state = built['state']
