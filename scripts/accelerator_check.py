@@ -1,5 +1,5 @@
 r"""Accelerator check: BERT-large Houlsby bfloat16 training throughput, MFU and peak device memory,
-then one short GLUE task end to end; numbers as JSON.
+a Llama-7B LoRA and QLoRA step, then one short GLUE task end to end; numbers as JSON.
 
     bash scripts/accelerator_check.sh results.json                  # GPU; GLUE RTE from tfds
     bash scripts/accelerator_check.sh results.json --glue_offline   # no network: GLUE-layout files
@@ -21,12 +21,22 @@ fine-tuning; `mfu_6n` gives the conventional 6*N*tokens figure (N = all paramete
 cuDNN's fused attention is a custom call whose FLOPs XLA may not count, so `mfu` is a lower bound
 when it runs. Peak device memory: `jax.Device.memory_stats()['peak_bytes_in_use']` (None on CPU).
 
+Llama (`--llama_methods lora,qlora`): `scripts/lm_steps.py`'s step on a Llama-2-7B shape (random
+weights; `--llama_model`), LoRA r=8 on query/value, base stored bfloat16 or, for QLoRA, NF4 (blocks
+of 64, bfloat16 scales, dequantised inside the step), bfloat16 compute, `scan_layers` + `remat`,
+batch 4 x 2048 (`--llama_batch`, `--llama_length`); the same `--steps`/`--warmup`. Per method:
+tokens/s, XLA's FLOPs and `mfu` as above (`mfu_6n` over all parameters), the compiled step's
+argument/temp/output bytes (`compiled.memory_analysis()`), the device's `memory_stats()` after
+it (its `peak_bytes_in_use` is the process's peak so far, random init included). A method that
+fails (e.g. out of memory) records its error and the run goes on. `--tiny`: `llama-tiny`, 2 x 16.
+
 GLUE: `experiments`' training loop (`train_and_evaluate`) on GLUE RTE (tfds; `--glue_data_dir` to
 reuse a copy) with the packaged MiniLM-L6 (`--glue_model`) and Houlsby adapters, one epoch; with
 `--glue_offline` (and always with `--tiny`) on the small GLUE-layout files of
 `scripts/glue_files.py`, prepared by tfds's real GLUE builder; `--tiny` trains a tiny random BERT.
-Time on one H100/H200: meant to stay well under the wrapper's 8-minute limit (one BERT-large
-compile, 33 steps, one RTE epoch of ~80 MiniLM steps); not yet measured on one.
+Time on one H100/H200: meant to stay under the wrapper's 8-minute limit (one BERT-large compile,
+33 steps; two 7B inits and scanned compiles, 2 x 33 steps of ~8k tokens; one RTE epoch of ~80
+MiniLM steps); not yet measured on one.
 """
 
 from __future__ import annotations
@@ -101,6 +111,77 @@ def measure_training(model: str, batch: int, length: int, steps: int, warmup: in
       out['mfu'] = flops / step_s / (peak * 1e12)
     out['mfu_6n'] = 6 * params * tokens / step_s / (peak * 1e12)
   return out
+
+
+def measure_llama(method: str, shape: str, batch: int, length: int, steps: int, warmup: int,
+                  peak: float | None) -> dict[str, Any]:
+  """A Llama LoRA (`method` 'lora') or QLoRA ('qlora': NF4 base) step of `shape` (an
+  `scripts/lm_steps.py` `LLAMA` key): base stored bfloat16 (QLoRA: NF4 codes, bfloat16 scales),
+  bfloat16 compute, `scan_layers` + `remat`, rank 8 on query/value, next-token loss on
+  `batch` x `length` tokens. Tokens/s, XLA's FLOPs and MFU, the step's own buffers
+  (`compiled.memory_analysis()`) and the device's peak (`memory_stats()`, None on CPU)."""
+  import jax
+  import jax.numpy as jnp
+
+  bench, lm_steps = _load_script('bench'), _load_script('lm_steps')
+  built = lm_steps.llama_adapter_step(
+      shape, batch, length, frozen_dtype=jnp.bfloat16, quantize='nf4' if method == 'qlora' else '',
+      dtype='bfloat16', scan_layers=True, remat=True)
+  compile_s = bench.compile_step(built)
+  flops = scanned_step_flops(lm_steps, built['config'], batch, length, method)
+  buffers = built['compiled'].memory_analysis()
+  for _ in range(warmup):
+    bench.run_step(built)
+  step_s = statistics.median([bench.run_step(built) for _ in range(steps)])
+  tokens, params = batch * length, built['counts'].total
+  frozen_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(built['frozen']))
+  out = {
+      'model': shape, 'method': method, 'dtype': 'bfloat16', 'batch': batch, 'length': length,
+      'steps': steps, 'compile_s': round(compile_s, 2), 'step_s_median': step_s,
+      'tokens_per_s': tokens / step_s, 'total_params': params,
+      'trainable_params': built['counts'].trainable, 'stored_base_bytes': frozen_bytes,
+      'flops_per_step': flops,
+      'flops_source': 'compiled.cost_analysis() of the unscanned step, 1 and 2 layers, extrapolated',
+      'achieved_tflops': None if flops is None else flops / step_s / 1e12,
+      'peak_tflops': peak, 'mfu': None, 'mfu_6n': None,
+      'step_buffers': None if buffers is None else {
+          name: int(getattr(buffers, f'{name}_size_in_bytes'))
+          for name in ('argument', 'output', 'temp', 'alias')},
+      'device_memory': bench.device_memory(),
+      'loss_finite': bool(_finite(built)),
+  }
+  if peak:
+    if flops is not None:
+      out['mfu'] = flops / step_s / (peak * 1e12)
+    out['mfu_6n'] = 6 * params * tokens / step_s / (peak * 1e12)
+  return out
+
+
+def _xla_flops(compiled) -> float | None:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+def scanned_step_flops(lm_steps, config, batch: int, length: int, method: str) -> float | None:
+  """XLA's FLOPs of the Llama step with `config.num_layers` layers.
+
+  XLA's cost analysis counts a `while` loop's body once, so a `scan_layers` step's own count
+  misses all layers but one. The same step, unscanned with 1 and with 2 layers, is compiled from
+  abstract arrays (nothing materialised): layers = f(2) - f(1), the rest = f(1) - layer.
+  """
+  import jax.numpy as jnp
+
+  counts = []
+  for layers in (1, 2):
+    built = lm_steps.llama_adapter_step(
+        config.replace(num_layers=layers, scan_layers=False), batch, length, abstract=True,
+        frozen_dtype=jnp.bfloat16, quantize='nf4' if method == 'qlora' else '')
+    counts.append(_xla_flops(built['step'].lower(built['state'], built['frozen'],
+                                                 built['batch']).compile()))
+  if None in counts:
+    return None
+  return counts[0] + (config.num_layers - 1) * (counts[1] - counts[0])
 
 
 def _finite(built) -> bool:
@@ -195,6 +276,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument('--glue_model', default='minilm-l6',
                       help='Model of the GLUE run (with --tiny: a tiny random BERT).')
   parser.add_argument('--skip_glue', action='store_true')
+  parser.add_argument('--llama_methods', default='lora,qlora',
+                      help='Llama steps to measure after BERT-large: lora, qlora (empty: none).')
+  parser.add_argument('--llama_model', default='llama-7b', help='a scripts/lm_steps.py LLAMA key')
+  parser.add_argument('--llama_batch', type=int, default=4)
+  parser.add_argument('--llama_length', type=int, default=2048)
   args = parser.parse_args(argv)
 
   import jax
@@ -210,6 +296,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   results['training'] = measure_training(model, batch, length, steps, warmup, peak,
                                          args.attention_dropout)
   _write(args.out, results)  # what is measured so far survives a later failure
+  if args.llama_methods:
+    llama = (('llama-tiny', 2, 16, 2, 1) if args.tiny else
+             (args.llama_model, args.llama_batch, args.llama_length, args.steps, args.warmup))
+    results['llama'] = {}
+    for method in args.llama_methods.split(','):
+      try:
+        results['llama'][method] = measure_llama(method, *llama, peak)
+      except Exception as error:  # noqa: BLE001 - e.g. out of memory: record it, go on
+        results['llama'][method] = {'error': f'{type(error).__name__}: {error}'[:2000]}
+      _write(args.out, results)
   if not args.skip_glue:
     with tempfile.TemporaryDirectory() as tmp:
       data_dir = args.glue_data_dir

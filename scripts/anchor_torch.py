@@ -13,11 +13,15 @@ virtual tokens, head trained). Prints one line per method, then the results as o
 shape (seq2seq teacher forcing: `labels` of `--target_seq` tokens): Houlsby (`double_seq_bn`
 with `cross_adapter=True`, the papers' placement our preset uses: after self-attention,
 cross-attention and the FFN; layer norms trained), Pfeiffer, LoRA on q/v (self- and
-cross-attention), no head. `--model llama-small` times `peft` LoRA (r=8, alpha=16, q_proj/v_proj),
-prefix tuning (`PrefixTuningConfig`: 30 virtual tokens, `prefix_projection` through a 512-wide
-MLP) and prompt tuning (`PromptTuningConfig`: 10 random virtual tokens) on `LlamaForCausalLM`
-(hidden 512, 8 layers, 8 heads, 2 key/value heads, FFN 1408, vocab 32000), next-token loss on the
-input. Weights random, dropout as the configs (T5 0.1, Llama none).
+cross-attention), no head. `--model llama-small` times `peft` on `LlamaForCausalLM` (hidden 512,
+8 layers, 8 heads, 2 key/value heads, FFN 1408, vocab 32000), next-token loss on the input, all on
+q_proj/v_proj: LoRA (r=8, alpha=16), DoRA (the same with `use_dora`), VeRA (r=256, d_initial
+0.1) and QLoRA: the LoRA on a base whose linear layers bitsandbytes stores as 4-bit NF4 (blocks
+of 64, float32 compute; transformers keeps the embedding and `lm_head` unquantised). Where
+bitsandbytes cannot load or train, `qlora` times plain LoRA and says why in its `note`. Weights
+random, dropout as the configs (T5 0.1, Llama none). Prefix tuning (`PrefixTuningConfig`: 30
+virtual tokens, `prefix_projection` through a 512-wide MLP) and prompt tuning (`PromptTuningConfig`:
+10 random virtual tokens) on the same Llama.
 
 Runs in its own virtual environment (torch, adapters, peft), built by `scripts/setup_anchor.sh`;
 the test suite does not need it.
@@ -26,7 +30,7 @@ the test suite does not need it.
     .anchor-venv/bin/python scripts/anchor_torch.py --model t5-small --batch 8 --seq 128 \
         --target_seq 32 --methods houlsby,pfeiffer,lora
     .anchor-venv/bin/python scripts/anchor_torch.py --model llama-small --batch 8 --seq 128 \
-        --methods lora,prefix_tuning,prompt_tuning
+        --methods lora,qlora,dora,vera,prefix_tuning,prompt_tuning
 """
 
 import argparse
@@ -49,6 +53,8 @@ DIMS = {
     'base': dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072),
 }
+# Llama methods beside LoRA (all `peft`, on q_proj/v_proj).
+LLAMA_ONLY = ('qlora', 'dora', 'vera')
 # Language models: the architectures of scripts/lm_steps.py's `t5-small` and `llama-small`.
 LANGUAGE_MODELS = {
     't5-small': lambda: T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6,
@@ -83,11 +89,16 @@ def build_language_model(method: str, name: str):
         if 'layer_norm' in param_name:
           param.requires_grad = True
     return model
-  if method == 'lora':
-    from peft import LoraConfig, get_peft_model
+  if method == 'lora' or (method in LLAMA_ONLY and not name.startswith('t5')):
+    from peft import LoraConfig, VeraConfig, get_peft_model
 
     targets = ['q', 'v'] if name.startswith('t5') else ['q_proj', 'v_proj']
-    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+    if method == 'vera':
+      return get_peft_model(model, VeraConfig(r=256, d_initial=0.1, target_modules=targets))
+    if method == 'qlora':
+      model = _nf4_base(model)
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets,
+                                            use_dora=method == 'dora'))
   if method in ('prefix_tuning', 'prompt_tuning') and not name.startswith('t5'):
     from peft import get_peft_model
     return get_peft_model(model, _peft_prompt_config(method, 'CAUSAL_LM'))
@@ -95,7 +106,7 @@ def build_language_model(method: str, name: str):
                    f'{"houlsby, pfeiffer, lora" if name.startswith("t5") else LLAMA_METHODS}')
 
 
-LLAMA_METHODS = 'lora, prefix_tuning, prompt_tuning'
+LLAMA_METHODS = 'lora, qlora, dora, vera, prefix_tuning, prompt_tuning'
 
 
 def _peft_prompt_config(method: str, task_type: str):
@@ -106,6 +117,19 @@ def _peft_prompt_config(method: str, task_type: str):
     return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=30, prefix_projection=True,
                               encoder_hidden_size=512)
   return PromptTuningConfig(task_type=task_type, num_virtual_tokens=10)
+
+
+def _nf4_base(model):
+  """`model` reloaded with bitsandbytes' NF4 linear layers (what QLoRA trains on)."""
+  import tempfile
+
+  from transformers import BitsAndBytesConfig
+
+  quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4',
+                                    bnb_4bit_compute_dtype=torch.float32)
+  with tempfile.TemporaryDirectory() as tmp:
+    model.save_pretrained(tmp)
+    return type(model).from_pretrained(tmp, quantization_config=quantization, device_map='cpu')
 
 
 def build(method: str, config: BertConfig):
@@ -169,8 +193,16 @@ def _inputs(model_name: str, vocab_size: int, batch: int, seq: int, target_seq: 
 def time_method(method: str, model_name: str, batch: int, seq: int, steps: int,
                 target_seq: int = 32) -> dict:
   """Median step time after two warm-up steps, and parameter counts."""
+  note = None
   if model_name in DIMS:
     model = build(method, BertConfig(vocab_size=30522, num_labels=2, **DIMS[model_name]))
+  elif method == 'qlora':
+    try:
+      model = build_language_model(method, model_name)
+      _probe_step(model)
+    except Exception as error:  # noqa: BLE001 - any failure of bitsandbytes here means: no QLoRA
+      note = f'bitsandbytes 4-bit did not train here ({type(error).__name__}: {error}); PEFT LoRA'
+      model = build_language_model('lora', model_name)
   else:
     model = build_language_model(method, model_name)
   model.train()
@@ -192,8 +224,20 @@ def time_method(method: str, model_name: str, batch: int, seq: int, steps: int,
     step()
     times.append(time.perf_counter() - start)
   median = sorted(times)[len(times) // 2]
-  return dict(step_s=median, ex_per_s=batch / median, trainable=sum(p.numel() for p in params),
-              total=sum(p.numel() for p in model.parameters()))
+  result = dict(step_s=median, ex_per_s=batch / median,
+                trainable=sum(p.numel() for p in params),
+                total=sum(p.numel() for p in model.parameters()))
+  if method == 'qlora':
+    result['note'] = note or 'PEFT LoRA on a bitsandbytes NF4 base'
+    result['base_linear'] = type(model.get_base_model().model.layers[0].mlp.up_proj).__name__
+  return result
+
+
+def _probe_step(model) -> None:
+  """One forward + backward on two tokens: raises where the 4-bit layers cannot train."""
+  ids = torch.randint(2, model.config.vocab_size, (1, 2))
+  model(input_ids=ids, labels=ids).loss.backward()
+  model.zero_grad(set_to_none=True)
 
 
 def main():

@@ -10,9 +10,11 @@
   label tokens): Houlsby and Pfeiffer bottlenecks (ours vs AdapterHub `adapters`) and LoRA r=8 on
   query/value (ours vs `peft`).
 * `llama`: a small GQA Llama (hidden 512, 8 layers, 8 heads, 2 key/value heads, FFN 1408, vocab
-  32000), next-token loss on `--batch` x `--seq` tokens: LoRA r=8 on query/value, prefix tuning
-  (30 positions through a 512-wide MLP) and prompt tuning (10 vectors), ours vs `peft` on
-  transformers' `LlamaForCausalLM`.
+  32000), next-token loss on `--batch` x `--seq` tokens, all on query/value, ours vs `peft` on
+  transformers' `LlamaForCausalLM`: LoRA r=8; QLoRA (ours: that LoRA on an NF4 base,
+  `quantize='nf4'`, blocks of 64, float32 scales; theirs: on bitsandbytes' NF4 `Linear4bit`, or
+  plain LoRA where bitsandbytes does not train, the anchor's `note` says which); DoRA r=8; VeRA
+  r=256; prefix tuning (30 positions through a 512-wide MLP) and prompt tuning (10 vectors).
 
 Our steps are `scripts/lm_steps.py`'s (the library's splice, trainable partition, AdamW and
 `train_step`, jitted with the state donated), float32. Each round runs our methods in a fresh
@@ -36,7 +38,8 @@ _SCRIPTS = pathlib.Path(__file__).resolve().parent
 # Our name -> (our shape in lm_steps, the anchor's --model, methods).
 MODELS = {
     't5': ('t5-small', 't5-small', ('houlsby', 'pfeiffer', 'lora')),
-    'llama': ('llama-small', 'llama-small', ('lora', 'prefix_tuning', 'prompt_tuning')),
+    'llama': ('llama-small', 'llama-small', ('lora', 'qlora', 'dora', 'vera', 'prefix_tuning',
+                                             'prompt_tuning')),
 }
 # Tiny shapes of the same architectures, for smoke tests of our side.
 TINY = {'t5': 't5-tiny', 'llama': 'llama-tiny'}
@@ -55,9 +58,10 @@ def build(model: str, method: str, shape: str, batch: int, seq: int,
   lm = _script('lm_steps')
   if model == 't5':
     return lm.t5_adapter_step(method, shape, batch, seq, target_seq)
-  if method not in MODELS['llama'][2]:
-    raise ValueError(f'The Llama benchmark has {MODELS["llama"][2]}, not {method!r}.')
-  return lm.llama_adapter_step(shape, batch, seq, method=method)
+  if method == 'qlora':
+    return lm.llama_adapter_step(shape, batch, seq, quantize='nf4')
+  return lm.llama_adapter_step(shape, batch, seq, method=method,
+                               rank=None if method == 'vera' else 8)
 
 
 def time_ours(model: str, methods: list[str], shape: str, batch: int, seq: int, target_seq: int,
@@ -88,6 +92,11 @@ def time_ours(model: str, methods: list[str], shape: str, batch: int, seq: int, 
           for m in methods}
 
 
+def selected(model: str, methods: str) -> list[str]:
+  """`model`'s methods, in their order, that the comma list `methods` names (all if empty)."""
+  return [m for m in MODELS[model][2] if not methods or m in methods.split(',')]
+
+
 def run_anchor(model: str, methods: list[str], args) -> dict[str, Any]:
   """`scripts/anchor_torch.py` on the same shapes; {method: {'ex_per_s', 'trainable', ...}}."""
   if not os.path.exists(args.anchor_python):
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--models', default='t5,llama', help=f'comma list of {sorted(MODELS)}')
   parser.add_argument('--methods', default='',
-                      help="comma list; '' = each model's own (MODELS); others are skipped")
+                      help='comma list: only these of each model\'s methods (default: all)')
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--seq', type=int, default=128, help='source (T5) or input (Llama) tokens')
   parser.add_argument('--target_seq', type=int, default=32, help='T5 label tokens')
@@ -132,21 +141,18 @@ def main(argv: list[str] | None = None) -> None:
     from adapters_jax.host_memory import reuse_freed_host_memory
     reuse_freed_host_memory()  # as the experiment scripts and scripts/bench.py's workers
     shape = TINY[args.worker] if args.tiny else MODELS[args.worker][0]
-    print(json.dumps(time_ours(args.worker, model_methods(args.worker), shape, args.batch,
+    print(json.dumps(time_ours(args.worker, selected(args.worker, args.methods), shape, args.batch,
                                args.seq, args.target_seq, args.steps, args.warmup)))
     return
 
   report = {'args': vars(args), 'cpu_count': os.cpu_count(), 'load_average': os.getloadavg(),
             'results': {}}
   for model in models:
-    methods = model_methods(model)
-    if not methods:
-      continue
+    methods = selected(model, args.methods)
     rounds, anchors = [], []
     worker = [sys.executable, os.path.abspath(__file__), '--worker', model, '--batch',
               str(args.batch), '--seq', str(args.seq), '--target_seq', str(args.target_seq),
-              '--steps', str(args.steps), '--warmup', str(args.warmup),
-              '--methods', ','.join(methods)]
+              '--steps', str(args.steps), '--warmup', str(args.warmup), '--methods', args.methods]
     for i in range(args.rounds):
       rounds.append(bench._run_json(worker))
       anchors.append(run_anchor(model, methods, args))
@@ -156,6 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     for method, row in table.items():
       row['anchor_trainable_params'] = anchors[0][method]['trainable']
       row['anchor_total_params'] = anchors[0][method]['total']
+    for method, anchor in anchors[0].items():
+      if 'note' in anchor:
+        table[method]['anchor_note'] = anchor['note']
+        print(f'{method} anchor: {anchor["note"]} ({anchor["base_linear"]} layers)', flush=True)
     report['results'][model] = table
     shape = (f'batch {args.batch} x source {args.seq} -> target {args.target_seq}'
              if model == 't5' else f'batch {args.batch} x length {args.seq}')

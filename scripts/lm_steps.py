@@ -1,7 +1,7 @@
 """Adapter train steps of our language-model backbones, built the way the training loop builds them.
 
-* `llama_adapter_step`: LoRA (or another preset: prefix tuning, prompt tuning, ...) on a
-  Llama-shaped `DecoderLM`, next-token cross-entropy; concrete
+* `llama_adapter_step`: LoRA (or DoRA, VeRA, prefix or prompt tuning) on a Llama-shaped
+  `DecoderLM`, next-token cross-entropy; concrete
   (random weights, for timing) or abstract (`jax.ShapeDtypeStruct`s carrying shardings, for
   `lower().compile()` of a 7B step without materialising a weight); placed on a mesh by the
   rules of `adapters_jax.train.sharding_rules`; with `quantize`, QLoRA (the frozen kernels and
@@ -67,6 +67,18 @@ def causal_lm_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
   return token_loss(logits[:, :-1], batch['input_ids'][:, 1:], batch['attention_mask'][:, 1:])
 
 
+# Presets `llama_adapter_step` builds: all on query and value, in parallel to the host's dense.
+LLAMA_METHODS = ('lora', 'dora', 'vera', 'prefix_tuning', 'prompt_tuning')
+
+
+def _llama_method(method: str, rank: int | None):
+  if method not in LLAMA_METHODS:
+    raise ValueError(f'The Llama step has {", ".join(LLAMA_METHODS)}, not {method!r}.')
+  if rank is None or method in ('prefix_tuning', 'prompt_tuning'):  # the preset's own size
+    return get_method(method)
+  return get_method(method, rank=rank)
+
+
 def llama_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   return {'input_ids': rng.integers(0, vocab, (batch, length)).astype(np.int32),
@@ -74,14 +86,15 @@ def llama_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str,
 
 
 def llama_adapter_step(shape: str | DecoderConfig, batch: int, length: int, *,
-                       method: str = 'lora', rank: int = 8, mesh=None,
+                       method: str = 'lora', rank: int | None = 8, mesh=None,
                        rules: sharding_rules.Rules | None = None, frozen_dtype=jnp.float32,
                        abstract: bool = False, quantize: str = '', block_size: int = 64,
                        **config_overrides: Any) -> dict[str, Any]:
-  """`method` (a preset; `lora`: rank `rank` on query/value) on a Llama of `shape` (a `LLAMA` key
-  or a config).
+  """`method` (a preset of `LLAMA_METHODS`, on query/value) on a Llama of `shape` (a `LLAMA`
+  key or a config).
 
   Args:
+    method, rank: the preset and its rank (None: the preset's own, e.g. VeRA's 256).
     mesh, rules: place state, frozen params and batch (rows over `data`) by `rules` on `mesh`,
       with `in_shardings`/`out_shardings` on the jit; None: one device, no placement.
     frozen_dtype: storage dtype of the frozen base (the trained adapter leaves stay float32); of
@@ -101,9 +114,8 @@ def llama_adapter_step(shape: str | DecoderConfig, batch: int, length: int, *,
   sample = jnp.ones((1, 8), jnp.int32)
   init = functools.partial(model.init, jax.random.key(0), sample)
   params = jax.eval_shape(init)['params'] if abstract else jax.jit(init)()['params']
-  method_config = get_method('lora', rank=rank) if method == 'lora' else get_method(method)
-  spliced, params = splice.add_adapter(model, params, ADAPTER_NAME, method_config,
-                                       jax.random.key(1), sample)
+  spliced, params = splice.add_adapter(model, params, ADAPTER_NAME,
+                                       _llama_method(method, rank), jax.random.key(1), sample)
   mask = trainable.make_mask(params, trainable.adapter_rules([spliced.adapter(ADAPTER_NAME)],
                                                              train_head=False))
   counts = trainable.count(params, mask)

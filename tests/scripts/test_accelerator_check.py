@@ -37,6 +37,22 @@ def test_tiny_accelerator_check_writes_throughput_flops_and_glue_json(tmp_path):
   assert training['mfu_6n'] == pytest.approx(
       6 * training['total_params'] * TOKENS / training['step_s_median'] / peak)
   assert training['device_memory'] is None  # CPU reports no device memory
+  # Llama tiny (hidden 32, 2 layers, query 32 / key-value 16 wide, FFN 64, vocab 64), 2 x 16
+  # tokens, scanned + remat: the step runs each layer's matmuls 3 times (forward, its recompute,
+  # the input gradient) and the head's twice, all counted (XLA's own count of the scanned step
+  # covers one layer: 2.9e6 < 3 x 1.3e6).
+  llama_forward = 2 * TOKENS * (2 * (32 * 32 + 2 * 32 * 16 + 32 * 32 + 3 * 32 * 64) + 32 * 64)
+  for method in ('lora', 'qlora'):
+    llama = results['llama'][method]
+    assert llama['model'] == 'llama-tiny' and llama['method'] == method, llama
+    assert llama['loss_finite'] and llama['trainable_params'] == 2 * (512 + 384)
+    assert llama['tokens_per_s'] == pytest.approx(TOKENS / llama['step_s_median'])
+    assert 3 * llama_forward < llama['flops_per_step'] < 10 * 6 * llama['total_params'] * TOKENS
+    assert llama['mfu'] == pytest.approx(llama['flops_per_step'] / llama['step_s_median'] / peak)
+    assert llama['step_buffers']['argument'] > 0 and llama['device_memory'] is None
+  # NF4: 4 bits a value plus a bfloat16 scale per block (rows padded to whole blocks of 64).
+  assert results['llama']['qlora']['stored_base_bytes'] < 0.5 * results['llama']['lora'][
+      'stored_base_bytes']
   glue = results['glue']
   assert glue['task'] == 'rte' and glue['offline_files'] and glue['train_steps'] == 2
   # Evaluated on the 6 dev rows of the GLUE-layout RTE files: accuracy is a multiple of 1/6.

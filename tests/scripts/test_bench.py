@@ -5,6 +5,8 @@ import importlib.util
 import json
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import pytest
 from flax import traverse_util
 
@@ -170,6 +172,32 @@ def test_lm_bench_steps_our_adapters_on_tiny_shapes(model):
   assert lora['optimizer_state_bytes'] >= 8 * expected  # two float32 moments per scalar
 
 
+def test_llama_bench_steps_lora_qlora_dora_vera_with_their_trained_counts():
+  methods = list(bench_lm.MODELS['llama'][2])
+  assert methods == ['lora', 'qlora', 'dora', 'vera']
+  out = bench_lm.time_ours('llama', methods, 'llama-tiny', batch=2, seq=8, target_seq=4,
+                           steps=1, warmup=1)
+  # Llama tiny: hidden 32, query width 32, value width 16 (2 key/value heads x 8), 2 layers.
+  lora = 2 * ((32 * 8 + 8 * 32) + (32 * 8 + 8 * 16))
+  expected = {'lora': lora, 'qlora': lora, 'dora': lora + 2 * (32 + 16),  # + magnitudes
+              'vera': 2 * ((256 + 32) + (256 + 16))}  # d [r=256] and b [out] per site
+  assert {m: out[m]['trainable_params'] for m in methods} == expected
+  assert all(len(out[m]['step_s']) == 1 for m in methods)
+  # QLoRA steps on NF4 codes (two per byte) and block scales, not on float kernels.
+  from adapters_jax.quantization import QuantizedArray
+  frozen = bench_lm.build('llama', 'qlora', 'llama-tiny', 2, 8, 4)['frozen']
+  kernels = jax.tree.leaves(traverse_util.flatten_dict(frozen),
+                            is_leaf=lambda x: isinstance(x, QuantizedArray))
+  quantized = [k for k in kernels if isinstance(k, QuantizedArray)]
+  # 2 layers x 7 projections, the embedding and the untied head; only the norms stay float.
+  assert len(quantized) == 2 * 7 + 2 and all(q.codes.dtype == jnp.uint8 for q in quantized)
+
+
+def test_llama_bench_method_selection():
+  assert bench_lm.selected('llama', 'vera,lora') == ['lora', 'vera']
+  assert bench_lm.selected('t5', '') == ['houlsby', 'pfeiffer', 'lora']
+
+
 @pytest.mark.slow
 def test_lm_anchors_run_through_bench_lm_on_our_shapes():
   """PyTorch T5 (peft LoRA) and Llama (peft LoRA) of the benchmark's shapes: the same trainable
@@ -178,9 +206,20 @@ def test_lm_anchors_run_through_bench_lm_on_our_shapes():
 
   args = argparse.Namespace(anchor_python=sys.executable, anchor_script=bench.ANCHOR_SCRIPT,
                             batch=1, seq=8, target_seq=4, steps=1)
-  llama = bench_lm.run_anchor('llama', ['lora'], args)['lora']
-  ours = bench_lm._script('lm_steps').llama_adapter_step('llama-small', 1, 8, abstract=True)['counts']
-  assert (llama['trainable'], llama['total']) == (ours.trainable, ours.total)
+  anchors = bench_lm.run_anchor('llama', ['lora', 'qlora', 'dora', 'vera'], args)
+  lm_steps = bench_lm._script('lm_steps')
+  for method in ('lora', 'dora', 'vera'):
+    # Concrete weights: DoRA's magnitudes start at the kernels' column norms.
+    ours = lm_steps.llama_adapter_step('llama-small', 1, 8, method=method,
+                                       rank=None if method == 'vera' else 8)['counts']
+    assert (anchors[method]['trainable'], anchors[method]['total']) == (ours.trainable,
+                                                                        ours.total), method
+  # PEFT's QLoRA: the same LoRA on bitsandbytes' NF4 linear layers (two values a byte).
+  qlora = anchors['qlora']
+  assert qlora['base_linear'] == 'Linear4bit'
+  assert qlora['note'] == 'PEFT LoRA on a bitsandbytes NF4 base'
+  assert qlora['trainable'] == anchors['lora']['trainable']
+  assert qlora['total'] < anchors['lora']['total']
   t5 = bench_lm.run_anchor('t5', ['lora'], args)['lora']
   # t5-small: query and value (512 -> 512) of 6 encoder self-, 6 decoder self- and 6 cross-
   # attentions, rank 8.
