@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
             'results': {}}
   for model in models:
     methods = selected(model, args.methods)
+    if not methods:  # none of the asked methods is in this model's benchmark
+      continue
     rounds, anchors = [], []
     worker = [sys.executable, os.path.abspath(__file__), '--worker', model, '--batch',
               str(args.batch), '--seq', str(args.seq), '--target_seq', str(args.target_seq),

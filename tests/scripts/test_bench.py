@@ -173,8 +173,9 @@ def test_lm_bench_steps_our_adapters_on_tiny_shapes(model):
 
 
 def test_llama_bench_steps_lora_qlora_dora_vera_with_their_trained_counts():
-  methods = list(bench_lm.MODELS['llama'][2])
-  assert methods == ['lora', 'qlora', 'dora', 'vera']
+  assert list(bench_lm.MODELS['llama'][2]) == ['lora', 'qlora', 'dora', 'vera', 'prefix_tuning',
+                                               'prompt_tuning']
+  methods = ['lora', 'qlora', 'dora', 'vera']  # prefix and prompt: their own test below
   out = bench_lm.time_ours('llama', methods, 'llama-tiny', batch=2, seq=8, target_seq=4,
                            steps=1, warmup=1)
   # Llama tiny: hidden 32, query width 32, value width 16 (2 key/value heads x 8), 2 layers.
