@@ -31,23 +31,19 @@ def _entries(directory) -> set[str]:
 
 
 @pytest.mark.slow
-def test_a_second_start_reads_every_program_from_the_default_cache(tiny_bert_dir, tmp_path):
+def test_a_second_start_reads_every_program_from_the_cache_and_empty_turns_it_off(tiny_bert_dir,
+                                                                                 tmp_path):
   # Bugs caught: the cache not on by default (no entries under the user's cache folder); a restart
-  # that compiles again (new entries on the second start of the same run).
+  # that compiles again (new entries on the second start); a given directory or an empty value
+  # ignored.
   cache = tmp_path / 'home_cache' / 'adapters_jax' / 'xla'
   cold = _train(tmp_path / 'first', tiny_bert_dir, tmp_path / 'home_cache')
   written = _entries(cache)
   assert written, 'the first run wrote no compiled program'
-  warm = _train(tmp_path / 'second', tiny_bert_dir, tmp_path / 'home_cache')
+  warm = _train(tmp_path / 'second', tiny_bert_dir, tmp_path / 'elsewhere',
+                f'--compilation_cache_dir={cache}')
   assert _entries(cache) == written  # every program of the same run came from the cache
+  assert not _entries(tmp_path / 'elsewhere' / 'adapters_jax' / 'xla')
   print(f'start to finish: {cold:.1f} s compiling, {warm:.1f} s from the cache')
-
-
-@pytest.mark.slow
-def test_an_empty_value_turns_the_cache_off_and_a_directory_given_is_used(tiny_bert_dir, tmp_path):
-  _train(tmp_path / 'off', tiny_bert_dir, tmp_path / 'home_cache', '--compilation_cache_dir=')
-  assert not _entries(tmp_path / 'home_cache' / 'adapters_jax' / 'xla')
-  _train(tmp_path / 'given', tiny_bert_dir, tmp_path / 'home_cache',
-         f'--compilation_cache_dir={tmp_path / "chosen"}')
-  assert _entries(tmp_path / 'chosen')
-  assert not _entries(tmp_path / 'home_cache' / 'adapters_jax' / 'xla')
+  _train(tmp_path / 'off', tiny_bert_dir, tmp_path / 'off_home', '--compilation_cache_dir=')
+  assert not _entries(tmp_path / 'off_home' / 'adapters_jax' / 'xla')

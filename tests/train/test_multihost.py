@@ -46,8 +46,8 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step_and_the_rerun_equals_on
   # Bug caught: each process polls only its own signal: the signalled one saves and leaves, the
   # other waits in the next collective (or saves another step).
   flags = [f'--config.model={tiny_bert_dir}', '--config.tensorboard=False',
-           '--config.num_train_steps=120', '--config.log_every_steps=2',
-           '--config.checkpoint_every_steps=50', '--config.eval_every_steps=50']
+           '--config.num_train_steps=40', '--config.log_every_steps=2',
+           '--config.checkpoint_every_steps=20', '--config.eval_every_steps=20']
   two = tmp_path / 'two_processes'
   procs = _start_two(two, flags)
   deadline = time.time() + 600
@@ -64,7 +64,7 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step_and_the_rerun_equals_on
     line, = [line for line in err.splitlines() if line.startswith('Stopped by SIGTERM at step ')]
     lines.append(line)
   step = int(lines[0].split(' at step ')[1].split(';')[0])
-  assert lines[0] == lines[1] and step < 120  # the same step on both
+  assert lines[0] == lines[1] and step < 40  # the same step on both
   assert str(step) in os.listdir(two / 'checkpoints')
 
   for p in _start_two(two, flags):  # the rerun resumes on both
@@ -73,13 +73,13 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step_and_the_rerun_equals_on
   one = tmp_path / 'one_process'
   config = quickstart.get_config('smoke')
   config.model, config.tensorboard = tiny_bert_dir, False
-  config.num_train_steps, config.log_every_steps = 120, 2
-  config.checkpoint_every_steps = config.eval_every_steps = 50
+  config.num_train_steps, config.log_every_steps = 40, 2
+  config.checkpoint_every_steps = config.eval_every_steps = 20
   loop.train_and_evaluate(config, str(one))
   vmap_runs.assert_same_run(two, one)
   last, state = vmap_runs.latest_state(two, like_workdir=one)
   last_one, state_one = vmap_runs.latest_state(one)
-  assert last == last_one == 120
+  assert last == last_one == 40
   vmap_runs.assert_same_leaves(state, state_one)
 
 
