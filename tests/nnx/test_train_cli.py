@@ -21,7 +21,7 @@ from adapters_jax.nnx.adapted_site import AdapterParam
 from adapters_jax.nnx.checkpoint import restore_adapter
 from adapters_jax.train.metrics_log import read_metrics
 from tests.nnx.text_classifier import SITES, make_classifier
-from tests.train.kill import kill_once_checkpointed
+from tests.train.kill import assert_resumed_equals_uninterrupted, kill_once_checkpointed
 from tests.train.test_loop import _final_state_leaves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -105,20 +105,7 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(straight, tmp_
   resumed = _run(killed)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resuming from step' in resumed.stderr
-  step_a, state_a = _final_state_leaves(straight)
-  step_b, state_b = _final_state_leaves(killed)
-  assert step_a == step_b == 12
-  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
-    np.testing.assert_array_equal(a, b)
-  best_a, best_b = save.load_leaves(straight / 'best'), save.load_leaves(killed / 'best')
-  assert best_a.keys() == best_b.keys()
-  for path in best_a:
-    np.testing.assert_array_equal(best_a[path], best_b[path])
-  assert read_metrics(str(straight), timings=False) == read_metrics(str(killed), timings=False)
-  result_a = json.loads((straight / 'result.json').read_text())
-  result_b = json.loads((killed / 'result.json').read_text())
-  for key in ('best_step', 'validation_metrics', 'test_metrics'):
-    assert result_a[key] == result_b[key]
+  assert_resumed_equals_uninterrupted(straight, killed, 12)
 
 
 @pytest.mark.slow

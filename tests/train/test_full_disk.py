@@ -13,14 +13,11 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
 import pytest
 
 from adapters_jax.checkpoint import disk_full, save
 from adapters_jax.checkpoint.training import TrainCheckpoints
-from adapters_jax.train.metrics_log import read_metrics
-from tests.train.test_loop import _final_state_leaves
+from tests.train.kill import assert_resumed_equals_uninterrupted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3'}
@@ -107,16 +104,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_loses_nothing(tiny_
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f'Resuming from step {last}' in resumed.stderr
-    step_a, state_a = _final_state_leaves(straight)
-    step_b, state_b = _final_state_leaves(workdir)
-    assert step_a == step_b == 12
-    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
-      np.testing.assert_array_equal(a, b)
-    best_a, best_b = save.load_leaves(straight / 'best'), save.load_leaves(workdir / 'best')
-    assert best_a.keys() == best_b.keys()
-    for path in best_a:
-      np.testing.assert_array_equal(best_a[path], best_b[path])
-    assert read_metrics(str(straight), timings=False) == read_metrics(str(workdir), timings=False)
+    assert_resumed_equals_uninterrupted(straight, workdir, 12)
 
 
 def test_full_disk_errors_are_recognised_through_their_wrappers(tmp_path):

@@ -89,17 +89,7 @@ def test_two_processes_train_as_one(tiny_bert_dir, tmp_path):
   # if evaluation counts only one process's rows, or if process 1 writes records and checkpoints.
   two = tmp_path / 'two_processes'
   flags = [f'--config.model={tiny_bert_dir}', '--config.tensorboard=False']
-  port = _free_port()
-  procs = []
-  for process_id in (0, 1):
-    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3',
-           'JAX_COORDINATOR_ADDRESS': f'localhost:{port}', 'JAX_NUM_PROCESSES': '2',
-           'JAX_PROCESS_ID': str(process_id)}
-    cmd = [sys.executable, '-m', 'experiments.train',
-           '--config=experiments/configs/quickstart.py:smoke', f'--workdir={two}',
-           '--config.distributed=True', *flags]
-    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True))
+  procs = _start_two(two, flags)
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs, strict=True):
     assert p.returncode == 0, err[-3000:]

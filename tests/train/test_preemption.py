@@ -1,6 +1,5 @@
 """SIGTERM (preemption) and a second process on a live workdir, through the CLI."""
 
-import json
 import os
 import signal
 import subprocess
@@ -8,9 +7,8 @@ import sys
 
 import pytest
 
-from adapters_jax.checkpoint import save
 from adapters_jax.train.metrics_log import read_metrics
-from tests.train.test_loop import _final_state_leaves
+from tests.train.kill import assert_resumed_equals_uninterrupted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BANNER = ' steps of '  # printed once the run has loaded, with its signal handlers and lock set
@@ -68,22 +66,7 @@ def test_sigterm_saves_the_step_exits_0_and_the_rerun_equals_an_uninterrupted_ru
   resumed = _run(stopped, tiny_bert_dir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'Resuming from step {step}' in resumed.stderr
-  step_a, state_a = _final_state_leaves(straight)
-  step_b, state_b = _final_state_leaves(stopped)
-  assert step_a == step_b == 8
-  import jax
-  import numpy as np
-  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
-    np.testing.assert_array_equal(a, b)
-  best_a, best_b = save.load_leaves(straight / 'best'), save.load_leaves(stopped / 'best')
-  assert best_a.keys() == best_b.keys()
-  for path in best_a:
-    np.testing.assert_array_equal(best_a[path], best_b[path])
-  assert read_metrics(str(straight), timings=False) == read_metrics(str(stopped), timings=False)
-  result_a = json.loads((straight / 'result.json').read_text())
-  result_b = json.loads((stopped / 'result.json').read_text())
-  for key in ('best_step', 'validation_metrics', 'test_metrics'):
-    assert result_a[key] == result_b[key]
+  assert_resumed_equals_uninterrupted(straight, stopped, 8)
 
 
 @pytest.mark.slow
