@@ -46,10 +46,16 @@ def _small_device(directory):
 
 
 def _fill(directory) -> None:
-  with open(directory / 'filler', 'wb') as f, contextlib.suppress(OSError):
-    while True:
-      f.write(b'\0' * (1 << 16))
-      f.flush()
+  """Writes `directory/filler` until the device refuses, which may be at once (creating the file
+  already fails on a device that the run or the machine's memory pressure has filled)."""
+  try:
+    with open(directory / 'filler', 'wb') as f:
+      while True:
+        f.write(b'\0' * (1 << 16))
+        f.flush()
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
 
 
 def _partial_files(workdir) -> list[str]:
