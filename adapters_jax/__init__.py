@@ -23,14 +23,9 @@ from adapters_jax.splicing.composition import (
 )
 from adapters_jax.splicing.eject import eject_adapter
 from adapters_jax.splicing.fusion_layers import add_fusion, fusion_attentions
+from adapters_jax.splicing.merge import merge_adapter, unmerge_adapter
 from adapters_jax.splicing.sites import SiteMatchError, SiteRule
-from adapters_jax.splicing.splice import (
-    Spliced,
-    add_adapter,
-    merge_adapter,
-    remove_adapter,
-    unmerge_adapter,
-)
+from adapters_jax.splicing.splice import Spliced, add_adapter, remove_adapter
 from adapters_jax.splicing.tree import AdapterSpec, adapter_leaves
 from adapters_jax.train import optimizer
 from adapters_jax.version import __version__

@@ -5,7 +5,7 @@
     # transformers.AutoModelForSequenceClassification.from_pretrained('exports/rte-merged')
 
 The adapter is merged where its method merges (LoRA incl. PiSSA/OLoRA, DoRA, VeRA, (IA)3:
-`splice.merge_adapter`); bottleneck adapters, Compacter and fusion cannot be and are refused. A
+`splicing.merge.merge_adapter`); bottleneck adapters, Compacter and fusion cannot be and are refused. A
 run without adapter (full fine-tuning, head only) is written as trained. The tensors are the base
 checkpoint's own, under their own names, with every one our model holds replaced by its value
 (transposed or reshaped back by the inverse of the family's import transform), so what we do not
@@ -30,7 +30,8 @@ from adapters_jax.interop.output_directory import refuse_to_mix, staged_director
 from adapters_jax.models import bert_import, decoder_import, scan_layout, t5_import
 from adapters_jax.models.encoder_config import MODEL_TYPES as ENCODER_MODEL_TYPES
 from adapters_jax.models.hf_files import Pretrained, read_hf_config, read_safetensors, write_hf_checkpoint
-from adapters_jax.splicing.splice import Spliced, merge_adapter
+from adapters_jax.splicing.merge import merge_adapter
+from adapters_jax.splicing.splice import Spliced
 from adapters_jax.splicing.tree import Params, is_adapter_path
 
 _ENCODER_CLASSES = {'bert': 'BertForSequenceClassification',

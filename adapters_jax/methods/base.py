@@ -169,8 +169,8 @@ class MethodConfig:
   def merge(self, host_params: dict[str, Any], adapter_params: dict[str, Any],
             site: SiteInfo) -> dict[str, Any]:
     """Folds the adapter into the site's own weights (`kernel` [in, out], `bias` [out]), when the
-    method allows; the kernel comes in this layout whatever the host stores (`splice.merge_adapter`
-    transposes it)."""
+    method allows; the kernel comes in this layout whatever the host stores
+    (`splicing.merge.merge_adapter` transposes it)."""
     raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights; '
                               'only LoRA, VeRA, DoRA and (IA)3 can.')
 

@@ -39,9 +39,9 @@ from flax import traverse_util
 
 from adapters_jax.methods import MethodConfig
 from adapters_jax.methods.base import SiteInfo
-from adapters_jax.splicing import composition, interception
+from adapters_jax.splicing import composition, folding, interception
 from adapters_jax.splicing.discovery import ModuleCall, discover_calls
-from adapters_jax.splicing.kernel_layouts import check_kernel_layouts, with_layouts
+from adapters_jax.splicing.kernel_layouts import with_layouts
 from adapters_jax.splicing.sites import SiteMatchError, match_sites
 from adapters_jax.splicing.transformer_blocks import block_index, no_blocks_message
 from adapters_jax.splicing.tree import (
@@ -53,7 +53,6 @@ from adapters_jax.splicing.tree import (
   find_spec,
   is_adapter_path,
   shared_path,
-  site_subtree,
 )
 
 
@@ -257,7 +256,7 @@ def add_adapter(host: nn.Module | Spliced, params: Params, name: str, method: Me
       new_flat[adapter_path(path, name, leaf_path)] = leaf
   spec = AdapterSpec(name=name, method=method, sites=tuple(sites), stack_dims=tuple(stack_dims))
   if method.changes_base:  # PiSSA/OLoRA: the kernel keeps only what the adapter did not take
-    new_flat.update(_folded_sites(spec, new_flat, spec.sites, merge=False))
+    new_flat.update(folding.folded_sites(spec, new_flat, spec.sites, merge=False))
   new_spliced = dataclasses.replace(spliced, adapters=spliced.adapters + (spec,))
   return new_spliced, traverse_util.unflatten_dict(new_flat, sep='/')
 
@@ -332,7 +331,7 @@ def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims,
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading, removing, merging.
+# Removing.
 
 
 def remove_adapter(spliced: Spliced, params: Params, name: str) -> tuple[Spliced, Params]:
@@ -352,71 +351,3 @@ def _drop_leaves(params: Params, name: str) -> Params:
   flat = traverse_util.flatten_dict(params, sep='/')
   kept = {p: v for p, v in flat.items() if not is_adapter_path(p, name)}
   return traverse_util.unflatten_dict(kept, sep='/')
-
-
-def merge_adapter(spliced: Spliced, params: Params, name: str,
-                  kernel_layout: Mapping[str, str] | None = None) -> tuple[Spliced, Params]:
-  """Folds adapter `name` into the base weights at its sites (LoRA, VeRA, DoRA, (IA)3).
-
-  The update is folded in the layout the host's module uses its kernel in (`[in, out]` as
-  `flax.linen.Dense`, `[out, in]` as GPT-2's Conv1D; see `splicing.kernel_layouts`). The adapter's
-  params stay in the tree, so `unmerge_adapter` can take it back out; while merged it is part of the
-  base model and cannot be made active.
-
-  Args:
-    kernel_layout: `{site regex: 'in_out' | 'out_in'}`, for sites whose layout cannot be read from
-      the module (the first whole-path match wins); by default every site's module is probed.
-
-  Raises:
-    NotImplementedError: the method cannot merge (only LoRA, VeRA, DoRA and (IA)3 can).
-    ValueError: a site's kernel layout is unknown, or an override contradicts its kernel's shape
-      (the message names every such site and why).
-  """
-  return _fold(spliced, params, name, merge=True, kernel_layout=kernel_layout)
-
-
-def unmerge_adapter(spliced: Spliced, params: Params, name: str,
-                    kernel_layout: Mapping[str, str] | None = None) -> tuple[Spliced, Params]:
-  """Takes a merged adapter back out of the base weights (equal up to float rounding).
-
-  Uses the layouts the merge used, unless `kernel_layout` (as for `merge_adapter`) says otherwise.
-  """
-  return _fold(spliced, params, name, merge=False, kernel_layout=kernel_layout)
-
-
-def _fold(spliced: Spliced, params: Params, name: str, merge: bool,
-          kernel_layout: Mapping[str, str] | None) -> tuple[Spliced, Params]:
-  spec = spliced.adapter(name)
-  if spec.merged == merge:
-    raise ValueError(f'Adapter {name!r} is {"already" if merge else "not"} merged.')
-  spec.method.check_merge()
-  if kernel_layout:
-    check_kernel_layouts(kernel_layout)
-  flat = traverse_util.flatten_dict(params, sep='/')
-  sites = with_layouts(spec.name, spec.sites, spec.stack_dims, flat, kernel_layout)
-  new_flat = {**flat, **_folded_sites(spec, flat, sites, merge=merge)}
-  adapters = tuple(dataclasses.replace(a, merged=merge, sites=sites) if a.name == name else a
-                   for a in spliced.adapters)
-  return (dataclasses.replace(spliced, adapters=adapters),
-          traverse_util.unflatten_dict(new_flat, sep='/'))
-
-
-def _folded_sites(spec: AdapterSpec, flat: Mapping[str, Any], sites: Sequence[SiteInfo],
-                  merge: bool) -> dict[str, Any]:
-  """`{host leaf path: value}` of the site weights with adapter `spec` folded in (`merge`) or out;
-  `sites` carry their kernel layouts."""
-  out = {}
-  for site, dims in zip(sites, spec.stack_dims, strict=True):
-    host = {k: flat[f'{site.path}/{k}'] for k in ('kernel', 'bias') if f'{site.path}/{k}' in flat}
-    if site.kernel_layout == 'out_in':  # the methods fold into [in, out]
-      host['kernel'] = jnp.swapaxes(host['kernel'], -1, -2)
-    adapter = site_subtree(flat, site.path, spec.name)
-    fold = spec.method.merge if merge else spec.method.unmerge
-    fold_one = lambda h, a, site=site, fold=fold: fold(h, a, site)
-    for _ in dims:
-      fold_one = jax.vmap(fold_one)
-    folded = fold_one(host, adapter)
-    if site.kernel_layout == 'out_in':
-      folded['kernel'] = jnp.swapaxes(folded['kernel'], -1, -2)
-    out.update({f'{site.path}/{k}': v for k, v in folded.items()})
-  return out
