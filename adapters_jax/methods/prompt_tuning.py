@@ -97,7 +97,8 @@ class PromptTuningConfig(MethodConfig):
 
   Attributes:
     length: P, the number of learned vectors (0 gives the base model).
-    combine: 'prefix' (in front of every token) or 'prefix_after_bos' (after the first token).
+    combine: 'prefix' (in front of every token) or 'prefix_after_bos' (after the first token,
+      which must be a real token: right padding; with left padding the prompt lands after a pad).
     init: 'random_uniform', 'from_token_ids' or 'sample_vocab' (module docstring).
     init_scale: half-width of the uniform init.
     init_token_ids: token ids whose embeddings start the prompt (`init='from_token_ids'`).
