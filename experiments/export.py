@@ -9,7 +9,8 @@ Then, in PyTorch: `adapters.init(model); model.load_adapter('exports/rte', set_a
 use_safetensors=True)`, or `peft.PeftModel.from_pretrained(model, 'exports/rte-lora')`, with `model`
 the same base as the run's (`transformers.AutoModelForSequenceClassification`). The files carry the
 base's identity, so `experiments.import_adapter` refuses them on another base. Which methods map to
-which format: `adapters_jax/interop/adapterhub.py` and `peft.py`. `merged` (LoRA, DoRA, VeRA,
+which format: `adapters_jax/interop/adapterhub.py`, `peft.py` and `peft_prompts.py` (prompt
+tuning -> PEFT PROMPT_TUNING). `merged` (LoRA, DoRA, VeRA,
 (IA)3; any family) writes config.json + model.safetensors + the tokenizer, for
 `transformers.AutoModelFor...from_pretrained(out)` (`adapters_jax/interop/merged.py`). `--out` must
 be absent or empty; `--overwrite` replaces it whole (the files of an earlier export never stay
