@@ -46,9 +46,9 @@ from adapters_jax.interop.naming import (
   torch_linear,
 )
 from adapters_jax.interop.peft_names import ENCODER_MODEL_TYPES, FUSED_PARTS, site_to_module, task_type
-from adapters_jax.interop.portable import PortableAdapter, base_metadata
+from adapters_jax.interop.portable import PortableAdapter, base_hf_config, base_metadata
 from adapters_jax.methods.vera import vera_projections
-from adapters_jax.models.hf_files import read_hf_config, write_safetensors
+from adapters_jax.models.hf_files import write_safetensors
 from adapters_jax.models.registry import portable_name
 
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
@@ -219,14 +219,6 @@ def _base_leaves(adapter, model_type, tensors, key_prefix) -> set[str]:
     modules_to_save.add(module.removeprefix(MODEL_PREFIXES[model_type]))
     tensors[key_prefix + name] = base_leaf_value_to_hf(path, value)
   return modules_to_save
-
-
-def base_hf_config(adapter: PortableAdapter) -> dict | None:
-  """The base's `config.json` when the base is local (short name or directory), else None."""
-  name = adapter.base.get('name', '')
-  if name and (name in models.SHORT_NAMES or pathlib.Path(name).is_dir()):
-    return read_hf_config(models.resolve_checkpoint_dir(name))
-  return None
 
 
 def _t5_is_gated(adapter: PortableAdapter, hf_config: dict | None) -> bool:
