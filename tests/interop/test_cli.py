@@ -110,3 +110,28 @@ def test_a_llama_prompt_tuning_run_goes_to_peft_and_back_through_the_cli(tmp_pat
   original, back = load_leaves(best), load_leaves(tmp_path / 'imported')
   assert sorted(back) == sorted(original) == ['embeddings/input_embeddings/adapters/task/prompt']
   np.testing.assert_array_equal(back[sorted(back)[0]], original[sorted(original)[0]])
+
+
+@pytest.mark.slow
+def test_a_bert_prefix_tuning_run_goes_to_adapterhub_and_back_through_the_cli(tmp_path, base_dir):
+  import adapters
+
+  from tests.interop.conftest import assert_close, torch_base, torch_logits
+
+  base = base_dir('bert')
+  spliced, params, best = save_trained(tmp_path / 'run', base, 'bert', 'task', 'prefix_tuning',
+                                       prefix_length=3, bottleneck_size=8)
+  exported = run('experiments.export', workdir=tmp_path / 'run', format='adapters', out=tmp_path / 'exported')
+  assert exported.returncode == 0, exported.stderr
+  model = torch_base(base)
+  plain = torch_logits(model, 'bert')
+  adapters.init(model)
+  model.load_adapter(str(tmp_path / 'exported'), set_active=True, use_safetensors=True)
+  assert_close(our_logits(spliced, params, 'bert', 'task'), torch_logits(model.eval(), 'bert'), plain)
+  imported = run('experiments.import_adapter', **{'from': tmp_path / 'exported'}, format='adapters',
+                 model=base, out=tmp_path / 'imported')
+  assert imported.returncode == 0, imported.stderr
+  original, back = load_leaves(best), load_leaves(tmp_path / 'imported')
+  assert sorted(back) == sorted(original)
+  for path in original:
+    np.testing.assert_array_equal(back[path], original[path], err_msg=path)

@@ -4,6 +4,8 @@ tuning, whose prefix moves the real tokens' positions, is refused both ways."""
 
 import json
 
+import jax
+import numpy as np
 import peft
 import pytest
 import torch
@@ -108,3 +110,34 @@ def test_prefix_tuning_is_refused_both_ways_naming_the_position_convention(tmp_p
   with pytest.raises(InteropError, match=r'PREFIX_TUNING cannot be imported: .*position P places on'):
     import_checkpoint(tmp_path / 'saved', 'peft', model=str(lm_base_dir('gpt2')), out=tmp_path / 'ours')
   assert not (tmp_path / 'ours').exists()
+
+
+@pytest.mark.parametrize('projection', [False, True], ids=['flat', 'prefix_projection'])
+def test_peft_prefix_differs_from_ours_only_by_the_real_tokens_positions(tmp_path, lm_base_dir, projection):
+  """Why PREFIX_TUNING is refused: PEFT saves either form as flat `prompt_embeddings` [P, L * 2 * d]
+  (the MLP applied), which lands exactly on our flat prefix; PEFT then adds P to every real token's
+  position (`_adjust_prompt_learning_kwargs`). Given back their positions, PEFT's logits are ours."""
+  import transformers
+
+  from adapters_jax import add_adapter, get_method
+  from adapters_jax.interop import prefix_layout
+
+  directory = lm_base_dir('gpt2')
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(directory), attn_implementation='eager')
+  peft_model = peft.get_peft_model(model.eval(), peft.PrefixTuningConfig(
+      task_type='CAUSAL_LM', num_virtual_tokens=P, prefix_projection=projection, encoder_hidden_size=16))
+  peft_model.eval()
+  ids, mask = (torch.tensor(a, dtype=torch.long) for a in lm_bases.inputs('gpt2'))
+  with torch.no_grad():
+    saved = peft_model.get_prompt_embedding_to_save('default').numpy()  # [P, L * 2 * 64]
+    moved = peft_model(input_ids=ids, attention_mask=mask).logits.numpy()
+    unmoved = peft_model(input_ids=ids, attention_mask=mask,
+                         position_ids=torch.arange(ids.shape[1])[None] - P).logits.numpy()  # PEFT adds P
+  pretrained = lm_bases.load_ours(directory)
+  spliced, params = add_adapter(pretrained.model, pretrained.params, 'task',
+                                get_method('prefix_tuning_flat', prefix_length=P), jax.random.key(0),
+                                *lm_bases.inputs('gpt2'))
+  params = prefix_layout.from_stacked(spliced.adapter('task'), params, {'self_prefix': {'prefixes': saved}})
+  ours = lm_bases.our_logits(spliced, params, 'gpt2', 'task')
+  np.testing.assert_allclose(ours, unmoved, atol=1e-4, rtol=0)
+  assert np.abs(ours - moved).max() > 1e-2
