@@ -68,7 +68,7 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
   """
   method = adapter.method
   if method.kind == 'prefix_tuning':
-    peft_prompts.refuse_prefix_export(adapter)
+    peft_prompts.refuse_prefix_export()
   if method.kind not in KINDS:
     raise InteropError(f'Method kind {method.kind!r} has no PEFT equivalent; PEFT exports: {list(KINDS)} '
                        '(use --format=adapters for bottleneck and Compacter adapters).')

@@ -47,9 +47,9 @@ PREFIX_POSITIONS = (
     'which shares our convention, or PEFT LoRA).')
 
 
-def prompt_site(model_type: str) -> str:
+def prompt_site(encoder_decoder: bool) -> str:
   """Our input-embeddings site: T5's encoder, else the embeddings of BERT and the decoders."""
-  return 'encoder/input_embeddings' if model_type == 't5' else 'embeddings/input_embeddings'
+  return 'encoder/input_embeddings' if encoder_decoder else 'embeddings/input_embeddings'
 
 
 def _counts(hf_config: dict | None) -> dict:
@@ -70,7 +70,7 @@ def export_prompt(adapter: PortableAdapter, model_type: str,
   if method.combine != 'prefix':
     raise InteropError(f"Prompt tuning with combine={method.combine!r} has no PEFT form (PEFT puts the "
                        "prompt in front of every token); train with combine='prefix'.")
-  path = f'{prompt_site(model_type)}/adapters/{adapter.name}/prompt'
+  path = f'{prompt_site(model_type == "t5")}/adapters/{adapter.name}/prompt'
   if path not in adapter.leaves:
     raise InteropError(f'The prompt-tuning adapter has no leaf {path!r} (the {model_type} input '
                        f'embeddings); its leaves: {sorted(adapter.adapter_leaves())}.')
@@ -100,13 +100,13 @@ def import_prompt(config: dict, tensors: dict[str, np.ndarray],
   if submodules != 1 and not encoder_decoder:
     raise InteropError(f'{where}: num_transformer_submodules={submodules} on task_type '
                        f'{config.get("task_type")!r}; only a seq2seq model has a second submodule.')
-  site = prompt_site('t5' if encoder_decoder else '')
+  site = prompt_site(encoder_decoder)
   leaves = {f'{site}/adapters/{name}/prompt': np.ascontiguousarray(prompt[:length], np.float32)}
   rest = {k: v for k, v in tensors.items() if k != 'prompt_embeddings'}
   return PromptTuningConfig(length=length), leaves, rest
 
 
-def refuse_prefix_export(adapter: PortableAdapter) -> None:
+def refuse_prefix_export() -> None:
   """Our prefix tuning never exports to PEFT (`PREFIX_POSITIONS`)."""
   raise InteropError(f'Prefix tuning cannot be exported to PEFT: {PREFIX_POSITIONS}')
 
