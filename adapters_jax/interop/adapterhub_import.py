@@ -54,7 +54,7 @@ def import_adapter(directory: str | pathlib.Path) -> PortableAdapter:
   elif architecture == 'lora':
     method, leaves = _import_lora(config, name, tensors)
   elif architecture == 'prefix_tuning':
-    method, leaves, rest = adapterhub_prompts.import_prefix(config, saved['model_type'], name, tensors,
+    method, leaves, rest = adapterhub_prompts.import_prefix(config, saved.get('model_type'), name, tensors,
                                                             directory / WEIGHTS_FILE)
     base = _base_leaves(rest, WEIGHTS_FILE)
     leaves.update(base)
