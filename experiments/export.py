@@ -9,8 +9,9 @@ Then, in PyTorch: `adapters.init(model); model.load_adapter('exports/rte', set_a
 use_safetensors=True)`, or `peft.PeftModel.from_pretrained(model, 'exports/rte-lora')`, with `model`
 the same base as the run's (`transformers.AutoModelForSequenceClassification`). The files carry the
 base's identity, so `experiments.import_adapter` refuses them on another base. Which methods map to
-which format: `adapters_jax/interop/adapterhub.py` and `peft.py`. `merged` (LoRA, DoRA, VeRA,
-(IA)3; any family) writes config.json + model.safetensors + the tokenizer, for
+which format: `adapters_jax/interop/adapterhub.py`, `peft.py`, `adapterhub_prompts.py` (prefix
+tuning -> AdapterHub, also on GPT-2 and Llama) and `peft_prompts.py` (prompt tuning -> PEFT).
+`merged` (LoRA, DoRA, VeRA, (IA)3; any family) writes config.json + model.safetensors + the tokenizer, for
 `transformers.AutoModelFor...from_pretrained(out)` (`adapters_jax/interop/merged.py`). `--out` must
 be absent or empty; `--overwrite` replaces it whole (the files of an earlier export never stay
 beside the new ones).
@@ -31,8 +32,8 @@ flags.DEFINE_enum('format', None, ['adapters', 'peft', 'merged'],
                   'adapters (AdapterHub), peft, or merged (a whole HF model folder).')
 flags.DEFINE_string('out', None, 'Directory to write.')
 flags.DEFINE_string('model_type', None, 'The base\'s transformers model type (bert, roberta; for peft also '
-                    'gpt2, llama, qwen2, mistral, gemma, t5); default: from the trained head, else from the '
-                    'base\'s config.json.')
+                    'gpt2, llama, qwen2, mistral, gemma, t5; for an adapters prefix also gpt2, llama); '
+                    'default: from the trained head, else from the base\'s config.json.')
 flags.mark_flags_as_required(['workdir', 'format', 'out'])
 flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out directory whole (otherwise refused).')
 FLAGS = flags.FLAGS

@@ -22,7 +22,8 @@ Refused, because no exact mapping exists: `original_ln_before=True` (their `seq_
 `compacter++` presets: the adapter reads LayerNorm(h + residual) and the block normalises twice),
 layer norms inside the adapter (`ln_before`/`ln_after`; our `layer_norm_before` has another epsilon),
 gating, learned scaling, (IA)3 on a projection's input (our FFN default), LoRA/(IA)3 on the attention
-output projection, and prefix/prompt tuning.
+output projection. Prefix tuning maps (also on GPT-2 and Llama) and prompt tuning is refused:
+`adapterhub_prompts`.
 
 Trained base layer norms (`houlsby`) are written into `adapter.safetensors` under their transformers
 names: `load_adapter` loads every tensor of that file into the model, so they replace the base's
@@ -37,6 +38,7 @@ import pathlib
 
 import numpy as np
 
+from adapters_jax.interop import adapterhub_prompts
 from adapters_jax.interop.naming import (
   MODEL_PREFIXES,
   InteropError,
@@ -45,7 +47,7 @@ from adapters_jax.interop.naming import (
   split_site,
   torch_linear,
 )
-from adapters_jax.interop.portable import PortableAdapter, base_metadata
+from adapters_jax.interop.portable import PortableAdapter, base_hf_config, base_metadata
 from adapters_jax.models.hf_files import write_safetensors
 from adapters_jax.splicing.sites import FFN_INTERMEDIATE, FFN_OUTPUT, KEY, QUERY, VALUE
 
@@ -68,6 +70,8 @@ _LORA_LOCATIONS = {'attention/query': ('selfattn_lora', 'q'), 'attention/key': (
                    'ffn/intermediate': ('intermediate_lora', None), 'ffn/output': ('output_lora', None)}
 _LORA_MODULES = {'q': 'attention.self.query', 'k': 'attention.self.key', 'v': 'attention.self.value',
                  'intermediate_lora': 'intermediate.dense', 'output_lora': 'output.dense'}
+# transformers class names: <stem>ForSequenceClassification / <stem>Model.
+_CLASS_STEMS = {'bert': 'Bert', 'roberta': 'Roberta', 'gpt2': 'GPT2', 'llama': 'Llama'}
 OUR_LORA_SITES = {'q': QUERY, 'k': KEY, 'v': VALUE, 'intermediate_lora': FFN_INTERMEDIATE,
               'output_lora': FFN_OUTPUT}
 
@@ -77,7 +81,8 @@ OUR_LORA_SITES = {'q': QUERY, 'k': KEY, 'v': VALUE, 'intermediate_lora': FFN_INT
 
 
 def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type: str) -> pathlib.Path:
-  """Writes `adapter` as an AdapterHub directory for a transformers `model_type` (bert/roberta) model.
+  """Writes `adapter` as an AdapterHub directory for a transformers `model_type` model (bert/roberta;
+  gpt2/llama for prefix tuning).
 
   `out` is an existing empty directory: `convert.export_checkpoint` stages it, so files of another
   export never remain beside these. Load it with `model.load_adapter(out, set_active=True)`
@@ -88,21 +93,23 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
   if getattr(adapter.method, 'use_gating', False):
     raise InteropError('A gated adapter (use_gating=True, UniPELT\'s gate) has no AdapterHub export '
                        'here; export an ungated one.')
-  if kind in ('bottleneck', 'compacter'):
-    config, tensors = _export_bottleneck(adapter)
-  elif kind in ('lora', 'ia3'):
-    config, tensors = _export_lora(adapter)
+  if kind == 'prompt_tuning':
+    adapterhub_prompts.refuse_prompt()
+  if kind == 'prefix_tuning':
+    config, tensors = adapterhub_prompts.export_prefix(adapter, model_type)  # full names
+  elif kind in ('bottleneck', 'compacter', 'lora', 'ia3'):
+    config, tensors = (_export_bottleneck if kind in ('bottleneck', 'compacter') else _export_lora)(adapter)
+    tensors = {MODEL_PREFIXES[model_type] + k: v for k, v in tensors.items()}
   else:
     raise InteropError(f'Method kind {kind!r} has no AdapterHub export; exportable kinds: '
-                       "['bottleneck', 'compacter', 'ia3', 'lora'].")
-  prefix = MODEL_PREFIXES[model_type]
-  tensors = {prefix + k: v for k, v in tensors.items()}
+                       "['bottleneck', 'compacter', 'ia3', 'lora', 'prefix_tuning'].")
   head = {}
   for path, value in adapter.base_leaves().items():
     name = base_leaf_to_hf(path, model_type)
     (head if name.startswith('classifier') else tensors)[name] = base_leaf_value_to_hf(path, value)
-  hidden = _hidden_size(adapter)
-  model_class = model_type.capitalize() + ('ForSequenceClassification' if head else 'Model')
+  hf_config = base_hf_config(adapter) or {}
+  hidden = int(hf_config.get('hidden_size', hf_config.get('n_embd', 0))) or _hidden_size(adapter)
+  model_class = _CLASS_STEMS[model_type] + ('ForSequenceClassification' if head else 'Model')
   meta = {'hidden_size': hidden, 'model_class': model_class, 'model_name': adapter.base.get('name', ''),
           'model_type': model_type, 'version': FORMAT_VERSION}
   _write_json(out / CONFIG_FILE, {'config': config, 'name': adapter.name, **meta})
@@ -246,7 +253,12 @@ def _export_lora(adapter: PortableAdapter) -> tuple[dict, dict[str, np.ndarray]]
 
 
 def _hidden_size(adapter: PortableAdapter) -> int:
+  """The hidden size read from the adapter's leaves (a prefix gives its key width: the hidden size
+  but for grouped-query attention)."""
   for path, value in adapter.leaves.items():
+    if path.endswith(('/prefix/adapters/' + adapter.name + '/prefixes',
+                      '/prefix/adapters/' + adapter.name + '/output/kernel')):  # [., 2 * width]
+      return int(value.shape[1] // 2)
     if path.endswith(('/down/kernel', '/lora_a')):
       return int(value.shape[0])
     if path.endswith(('/down/s', '/down/factors')):  # [n, in/n, ...]

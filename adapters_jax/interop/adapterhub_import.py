@@ -5,12 +5,14 @@ Everything that has no exact equivalent here is refused with the option that pre
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import re
 
 import numpy as np
 
+from adapters_jax.interop import adapterhub_prompts
 from adapters_jax.interop.adapterhub import (
   ACTIVATION_FROM_HF,
   CONFIG_FILE,
@@ -38,7 +40,10 @@ def import_adapter(directory: str | pathlib.Path) -> PortableAdapter:
   directory = pathlib.Path(directory)
   if not (directory / WEIGHTS_FILE).is_file() and (directory / 'pytorch_adapter.bin').is_file():
     raise InteropError(f'{directory} holds pickled weights (pytorch_adapter.bin), which are never '
-                       f'loaded; re-save it with `model.save_adapter(dir, name, use_safetensors=True)`.')
+                       'loaded; re-save it with `model.save_adapter(dir, name, use_safetensors=True)`, or '
+                       '(prefix tuning, whose tensors AdapterHub shares) write adapter.safetensors with '
+                       '`safetensors.torch.save_file({k: v.clone() for k, v in torch.load(bin, '
+                       'weights_only=True).items()}, path)`.')
   saved = read_json(directory / CONFIG_FILE)
   config, name = saved['config'], saved['name']
   tensors, metadata = read_adapter_weights(directory / WEIGHTS_FILE)
@@ -48,9 +53,19 @@ def import_adapter(directory: str | pathlib.Path) -> PortableAdapter:
     method, leaves = _import_bottleneck(config, name, tensors)
   elif architecture == 'lora':
     method, leaves = _import_lora(config, name, tensors)
+  elif architecture == 'prefix_tuning':
+    method, leaves, rest = adapterhub_prompts.import_prefix(config, saved.get('model_type'), name, tensors,
+                                                            directory / WEIGHTS_FILE)
+    base = _base_leaves(rest, WEIGHTS_FILE)
+    leaves.update(base)
+    if base:
+      method = dataclasses.replace(method, train_also=(LAYER_NORM_PARAMS,))
+  elif architecture == 'prompt_tuning':
+    adapterhub_prompts.refuse_prompt(f'{directory / CONFIG_FILE}: prompt tuning')
   else:
     raise InteropError(f'{directory / CONFIG_FILE}: architecture {architecture!r} has no equivalent '
-                       "here; importable: bottleneck adapters (no `architecture`), 'lora' (LoRA, (IA)3).")
+                       "here; importable: bottleneck adapters (no `architecture`), 'lora' (LoRA, (IA)3), "
+                       "'prefix_tuning'.")
   label_names = None
   if (directory / HEAD_WEIGHTS_FILE).is_file():
     head, _ = read_adapter_weights(directory / HEAD_WEIGHTS_FILE)

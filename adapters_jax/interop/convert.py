@@ -15,7 +15,14 @@ import pathlib
 from collections.abc import Callable
 
 from adapters_jax.checkpoint import disk_full
-from adapters_jax.interop import adapterhub, adapterhub_import, peft, peft_import, principal_lora
+from adapters_jax.interop import (
+  adapterhub,
+  adapterhub_import,
+  adapterhub_prompts,
+  peft,
+  peft_import,
+  principal_lora,
+)
 from adapters_jax.interop.naming import InteropError, model_type_from_leaves
 from adapters_jax.interop.output_directory import refuse_to_mix, staged_directory
 from adapters_jax.interop.peft_names import ENCODER_MODEL_TYPES, MODEL_TYPES
@@ -33,7 +40,7 @@ def _format(name: str):
   return FORMATS[name]
 
 
-def _model_type(leaves, base_name: str, model_type: str | None, fmt: str) -> str:
+def _model_type(leaves, base_name: str, model_type: str | None, fmt: str, kind: str) -> str:
   """The transformers model type the export is for: given, from the head, or from the base's config."""
   if model_type is None:
     model_type = model_type_from_leaves(leaves)
@@ -43,7 +50,9 @@ def _model_type(leaves, base_name: str, model_type: str | None, fmt: str) -> str
   if model_type is None:
     raise InteropError(f'Cannot tell the model type of base {base_name!r} (no head, no local config.json); '
                        f'pass model_type (--model_type), one of {list(MODEL_TYPES)}.')
-  valid = ENCODER_MODEL_TYPES if fmt == 'adapters' else MODEL_TYPES
+  valid = MODEL_TYPES
+  if fmt == 'adapters':
+    valid = (*adapterhub_prompts.FAMILIES, 't5') if kind == 'prefix_tuning' else ENCODER_MODEL_TYPES
   if model_type not in valid:
     raise InteropError(f'model_type {model_type!r} is not supported by --format={fmt}; valid: {list(valid)}.')
   return model_type
@@ -77,7 +86,7 @@ def export_portable(adapter: PortableAdapter, fmt: str, out: str | os.PathLike,
   `export_checkpoint`'s."""
   export, _ = _format(fmt)
   refuse_to_mix(out, overwrite=overwrite)
-  model_type = _model_type(adapter.leaves, adapter.base.get('name', ''), model_type, fmt)
+  model_type = _model_type(adapter.leaves, adapter.base.get('name', ''), model_type, fmt, adapter.method.kind)
   with disk_full.reporting(out, _bytes(adapter)), staged_directory(out, overwrite=overwrite) as staging:
     export(adapter, staging, model_type)
   notice = adapterhub.base_leaves_notice(adapter) if fmt == 'adapters' else None

@@ -20,7 +20,8 @@ of the output sees only its own rank-r update; `rank_pattern`/`alpha_pattern` ke
 `c_attn` have no exact form (one `lambda_d`, one input) and are refused.
 
 An export for a decoder or T5 is what vLLM loads (LoRA only, `modules_to_save` null): trained layer
-norms are left out, with a warning naming them. Import: `peft_import`.
+norms are left out, with a warning naming them. Prompt tuning is PEFT's PROMPT_TUNING and prefix
+tuning is refused (`peft_prompts`). Import: `peft_import`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax import models
+from adapters_jax.interop import peft_prompts
 from adapters_jax.interop.naming import (
   MODEL_PREFIXES,
   InteropError,
@@ -44,19 +46,20 @@ from adapters_jax.interop.naming import (
   torch_linear,
 )
 from adapters_jax.interop.peft_names import ENCODER_MODEL_TYPES, FUSED_PARTS, site_to_module, task_type
-from adapters_jax.interop.portable import PortableAdapter, base_metadata
+from adapters_jax.interop.portable import PortableAdapter, base_hf_config, base_metadata
 from adapters_jax.methods.vera import vera_projections
-from adapters_jax.models.hf_files import read_hf_config, write_safetensors
+from adapters_jax.models.hf_files import write_safetensors
 from adapters_jax.models.registry import portable_name
 
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
 PEFT_PREFIX = 'base_model.model.'
-KINDS = ('dora', 'ia3', 'lora', 'vera')
+KINDS = ('dora', 'ia3', 'lora', 'prompt_tuning', 'vera')
 log = logging.getLogger(__name__)
 
 
 def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type: str) -> pathlib.Path:
-  """Writes `adapter` (LoRA, DoRA, VeRA or (IA)3) as a PEFT directory for a transformers `model_type`.
+  """Writes `adapter` (LoRA, DoRA, VeRA, (IA)3 or prompt tuning) as a PEFT directory for a
+  transformers `model_type`.
 
   `out` is an existing empty directory (`convert.export_checkpoint` stages it). Load it with
   `peft.PeftModel.from_pretrained(<transformers model>, out)`, or with the class its `task_type`
@@ -64,9 +67,14 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
   `base_model_name_or_path`: the hub id of a packaged base, or a local base's absolute path.
   """
   method = adapter.method
+  if method.kind == 'prefix_tuning':
+    peft_prompts.refuse_prefix_export()
   if method.kind not in KINDS:
     raise InteropError(f'Method kind {method.kind!r} has no PEFT equivalent; PEFT exports: {list(KINDS)} '
                        '(use --format=adapters for bottleneck and Compacter adapters).')
+  if method.kind == 'prompt_tuning':
+    config, tensors = peft_prompts.export_prompt(adapter, model_type, base_hf_config(adapter))
+    return _write(adapter, out, model_type, config, tensors, peft_prompts.PROMPT_PREFIX)
   if getattr(method, 'use_gating', False):
     raise InteropError('A gated LoRA (use_gating=True, UniPELT\'s gate) has no PEFT equivalent; '
                        'export an ungated one.')
@@ -105,14 +113,9 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
       tensors[key + '.vera_lambda_d'] = np.asarray(leaf(parts[None], 'lambda_d'), np.float32)
   if method.kind == 'vera':
     tensors.update(_vera_projections(adapter, modules, hf_config, model_type, tensors))
-  modules_to_save = _base_leaves(adapter, model_type, tensors)
   config.update({
       'peft_type': {'lora': 'LORA', 'dora': 'LORA', 'vera': 'VERA', 'ia3': 'IA3'}[method.kind],
-      'task_type': task_type(model_type, has_head=any(m.startswith('classifier') for m in modules_to_save)),
-      'base_model_name_or_path': portable_name(adapter.base['name']) if adapter.base.get('name') else None,
-      'revision': adapter.base.get('revision') or None,
-      'inference_mode': True, 'target_modules': sorted(modules), 'fan_in_fan_out': model_type == 'gpt2',
-      'modules_to_save': sorted(modules_to_save) or None,
+      'target_modules': sorted(modules), 'fan_in_fan_out': model_type == 'gpt2',
   })
   if method.kind in ('lora', 'dora'):
     config.update({'r': method.rank, 'lora_alpha': method.alpha, 'lora_dropout': method.dropout,
@@ -124,6 +127,19 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
                    'init_weights': True})
   else:
     config.update({'feedforward_modules': sorted(feedforward), 'init_ia3_weights': True})
+  return _write(adapter, out, model_type, config, tensors, PEFT_PREFIX)
+
+
+def _write(adapter, out, model_type, config, tensors, key_prefix) -> pathlib.Path:
+  """Adds the trained head / layer norms (under `key_prefix`) and the fields every PEFT type has,
+  then writes the directory."""
+  modules_to_save = _base_leaves(adapter, model_type, tensors, key_prefix)
+  config.update({
+      'task_type': task_type(model_type, has_head=any(m.startswith('classifier') for m in modules_to_save)),
+      'base_model_name_or_path': portable_name(adapter.base['name']) if adapter.base.get('name') else None,
+      'revision': adapter.base.get('revision') or None, 'inference_mode': True,
+      'modules_to_save': sorted(modules_to_save) or None,
+  })
   out = pathlib.Path(out)
   (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + '\n')
   write_safetensors(out / WEIGHTS_FILE, tensors, base_metadata(adapter))
@@ -188,8 +204,9 @@ def _vera_projections(adapter, modules, hf_config, model_type, tensors) -> dict[
           'base_model.vera_B': np.ascontiguousarray(np.asarray(b, np.float32).T)}
 
 
-def _base_leaves(adapter, model_type, tensors) -> set[str]:
-  """Adds trained layer norms / head to `tensors` (encoders); returns the `modules_to_save`."""
+def _base_leaves(adapter, model_type, tensors, key_prefix) -> set[str]:
+  """Adds trained layer norms / head to `tensors` (encoders) under `key_prefix`; returns the
+  `modules_to_save`."""
   modules_to_save = set()
   base_leaves = adapter.base_leaves()
   if base_leaves and model_type not in ENCODER_MODEL_TYPES:
@@ -200,16 +217,8 @@ def _base_leaves(adapter, model_type, tensors) -> set[str]:
     name = base_leaf_to_hf(path, model_type)
     module = name.split('.')[0] if name.startswith('classifier') else name.rsplit('.', 1)[0]
     modules_to_save.add(module.removeprefix(MODEL_PREFIXES[model_type]))
-    tensors[PEFT_PREFIX + name] = base_leaf_value_to_hf(path, value)
+    tensors[key_prefix + name] = base_leaf_value_to_hf(path, value)
   return modules_to_save
-
-
-def base_hf_config(adapter: PortableAdapter) -> dict | None:
-  """The base's `config.json` when the base is local (short name or directory), else None."""
-  name = adapter.base.get('name', '')
-  if name and (name in models.SHORT_NAMES or pathlib.Path(name).is_dir()):
-    return read_hf_config(models.resolve_checkpoint_dir(name))
-  return None
 
 
 def _t5_is_gated(adapter: PortableAdapter, hf_config: dict | None) -> bool:

@@ -1,4 +1,5 @@
-"""PEFT LoRA (with or without DoRA) and (IA)3 directories -> our adapters (the inverse of `peft`).
+"""PEFT LoRA (with or without DoRA), (IA)3 and PROMPT_TUNING directories -> our adapters (the
+inverse of `peft`; prompt learning: `peft_prompts`).
 
 The family is read from the module names (`bert.`/`roberta.`/`encoder.layer.`, `model.layers.`,
 `transformer.h.`, `{encoder,decoder}.block.`). A module's own scaling (`rank_pattern`,
@@ -19,6 +20,7 @@ import re
 
 import numpy as np
 
+from adapters_jax.interop import peft_prompts
 from adapters_jax.interop.naming import InteropError, hf_to_base_leaf, read_adapter_weights, read_json
 from adapters_jax.interop.peft import CONFIG_FILE, PEFT_PREFIX, WEIGHTS_FILE
 from adapters_jax.interop.peft_names import FUSED_PARTS, locate_site, module_to_sites
@@ -34,7 +36,7 @@ _FAMILIES = ((r'^(bert\.|roberta\.)?encoder\.layer\.', 'bert'), (r'^model\.layer
 
 
 def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
-  """Reads a PEFT LoRA/DoRA or (IA)3 directory (safetensors) as adapter `name`."""
+  """Reads a PEFT LoRA/DoRA, (IA)3 or PROMPT_TUNING directory (safetensors) as adapter `name`."""
   directory = pathlib.Path(directory)
   if not (directory / WEIGHTS_FILE).is_file() and (directory / 'adapter_model.bin').is_file():
     raise InteropError(f'{directory} holds pickled weights (adapter_model.bin), which are never loaded; '
@@ -45,11 +47,19 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
   if peft_type == 'VERA':
     raise InteropError(f'{where}: VeRA cannot be imported exactly: PEFT draws vera_A/vera_B with torch\'s '
                        'generator, and our VeRA regenerates its projections from a JAX seed.')
-  if peft_type not in ('LORA', 'IA3'):
-    raise InteropError(f'{where}: peft_type {peft_type!r} has no equivalent here; importable: LORA, IA3.')
+  if peft_type in peft_prompts.REFUSED_TYPES:
+    peft_prompts.refuse_import(peft_type, where)
+  if peft_type not in ('LORA', 'IA3', *peft_prompts.PROMPT_TYPES):
+    raise InteropError(f'{where}: peft_type {peft_type!r} has no equivalent here; importable: LORA, IA3, '
+                       'PROMPT_TUNING.')
   _refuse(config, where)
   weights = directory / WEIGHTS_FILE
   tensors, metadata = read_adapter_weights(weights)
+  if peft_type in peft_prompts.PROMPT_TYPES:
+    method, leaves, rest = peft_prompts.import_prompt(config, tensors, name, weights)
+    base = _base_tensors(rest, peft_prompts.PROMPT_PREFIX, 'bert', weights)
+    return PortableAdapter(name=name, method=method, leaves={**leaves, **base}, sites={},
+                           base=_identity(metadata, config, directory))
   by_module: dict[str, dict[str, np.ndarray]] = {}
   rest = {}
   for key, value in tensors.items():
@@ -72,24 +82,36 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
     method_of, leaves = _lora(config, by_module, sites_of, name, weights)
   else:
     method_of, leaves = _ia3(config, by_module, sites_of, name)
-  base = {}
-  for key, value in rest.items():
-    mapped = hf_to_base_leaf(key) if family == 'bert' else None
-    if mapped is None:
-      raise InteropError(f'{weights}: tensor {PEFT_PREFIX}{key} has no place here (only LoRA/DoRA/(IA)3 '
-                         'weights, and for BERT/RoBERTa layer norms and the classification head).')
-    base[mapped[0]] = mapped[1](value)
+  base = _base_tensors({PEFT_PREFIX + k: v for k, v in rest.items()}, PEFT_PREFIX, family, weights)
   train_also = (LAYER_NORM_PARAMS,) if any('layer_norm' in p for p in base) else ()
   placements = {path.split('/adapters/')[0]: placement for path, (_, placement) in leaves.items()}
   method = method_of(_site_rules(placements), train_also)
+  values = {path: value for path, (value, _) in leaves.items()}
+  return PortableAdapter(name=name, method=method, leaves={**values, **base}, sites={},
+                         base=_identity(metadata, config, directory))
+
+
+def _base_tensors(tensors: dict, key_prefix: str, family: str, weights: pathlib.Path) -> dict:
+  """`{our path: value}` of the head / layer-norm tensors (`key_prefix` + transformers name; for
+  BERT/RoBERTa only); any other tensor is refused by name."""
+  base = {}
+  for key, value in tensors.items():
+    mapped = hf_to_base_leaf(key.removeprefix(key_prefix)) if family == 'bert' else None
+    if mapped is None:
+      raise InteropError(f'{weights}: tensor {key} has no place here (only the adapter\'s weights, and '
+                         'for BERT/RoBERTa layer norms and the classification head).')
+    base[mapped[0]] = mapped[1](value)
+  return base
+
+
+def _identity(metadata: dict, config: dict, directory: pathlib.Path) -> dict:
+  """The base identity our exports carry; for files made elsewhere, the base they name (not checked)."""
   identity = base_from_metadata(metadata)
   if not identity and config.get('base_model_name_or_path'):
-    # Files not made here name their base only: kept for people, not checked.
     identity = {'name': str(config['base_model_name_or_path'])}
     log.info('%s was trained on %r (not checked against the base it is imported onto).', directory,
              identity['name'])
-  values = {path: value for path, (value, _) in leaves.items()}
-  return PortableAdapter(name=name, method=method, leaves={**values, **base}, sites={}, base=identity)
+  return identity
 
 
 def _family(module: str, weights: pathlib.Path) -> str:

@@ -110,6 +110,14 @@ def local_weights_sha256(name: str) -> str | None:
   return digest.hexdigest()
 
 
+def base_hf_config(adapter: PortableAdapter) -> dict | None:
+  """The base's `config.json` when the base is local (short name or directory), else None."""
+  name = adapter.base.get('name', '')
+  if name and (name in models.SHORT_NAMES or pathlib.Path(name).is_dir()):
+    return read_hf_config(models.resolve_checkpoint_dir(name))
+  return None
+
+
 def check_base(adapter: PortableAdapter, pretrained: models.Pretrained, model_name: str) -> None:
   """Refuses a base whose shapes or weights differ from the ones the adapter was exported from.
 

@@ -11,9 +11,10 @@ AdapterHub keeps one module per location (`self_prefix`, `encoder_prefix`, `cros
 
 PEFT's `prompt_embeddings` (prefix tuning, either `prefix_projection`) is the flat form
 [P, L * 2 * width]. In both, layer l's keys are the columns `[2l * width, (2l + 1) * width)` and its
-values the next `width` (the output viewed as [P, L * 2, heads, head_dim]). Here the last Linear and
-the flat prefixes are held per site (`adapters_jax.methods.prefix_tuning`); these functions move
-between the two. Locations are ours (`site_location`); AdapterHub names an encoder-only model's
+values the next `width` (the output viewed as [P, L * 2, heads, head_dim]), l counting only the
+layers that have a prefix (AdapterHub's `leave_out` drops layers from the stack). Here the last
+Linear and the flat prefixes are held per site (`adapters_jax.methods.prefix_tuning`); these
+functions move between the two. Locations are ours (`site_location`); AdapterHub names an encoder-only model's
 self-attention `self_prefix` where ours says `encoder_prefix` (pass `locations=` to rename).
 """
 
@@ -27,49 +28,111 @@ from flax import traverse_util
 
 from adapters_jax.interop.naming import InteropError
 from adapters_jax.methods.prefix_tuning import site_location
+from adapters_jax.splicing.sites import layer_index
 from adapters_jax.splicing.tree import ADAPTERS_KEY, SHARED_KEY, adapter_path
 
 
-def _layers(spec) -> dict[str, list]:
-  """`{location: [(layer, site), ...]}` sorted by layer; unscanned layers only."""
+def _column(width: int, index: int) -> slice:
+  """The columns of the `index`-th stacked layer: its keys, then its values."""
+  return slice(2 * width * index, 2 * width * (index + 1))
+
+
+def _site_layers(spec) -> dict[str, list[str]]:
+  """`{location: [site path, ...]}` of adapter `spec`, sorted by layer; unscanned layers only."""
   if any(dims for dims in spec.stack_dims) or any(s.layer is None for s in spec.sites):
     raise InteropError('Prefix layouts map unscanned layers only; load the model with '
                        'scan_layers=False.')
-  out: dict[str, list] = {}
-  for site in spec.sites:
-    out.setdefault(site_location(site.path), []).append((site.layer, site))
-  return {k: sorted(v, key=lambda item: item[0]) for k, v in out.items()}
+  return sites_by_location(s.path for s in spec.sites)
+
+
+def sites_by_location(paths) -> dict[str, list[str]]:
+  """`{location: [site path, ...]}` of `keys_values` site paths, each list sorted by layer: the
+  order of the stacked layout (AdapterHub counts only the layers that have a prefix)."""
+  out: dict[str, list[str]] = {}
+  for path in paths:
+    out.setdefault(site_location(path), []).append(path)
+  return {k: sorted(v, key=layer_index) for k, v in out.items()}
+
+
+def stack_leaves(leaves: Mapping[str, np.ndarray], name: str,
+                 flat: bool) -> dict[str, dict[str, np.ndarray]]:
+  """`{location: tensors}` in the stacked layout from adapter `name`'s leaves `{our path: array}`.
+
+  Flat: `{'prefixes': [P, L * 2 * width]}`; reparameterised: `{'embedding', 'hidden_kernel',
+  'hidden_bias', 'output_kernel' [bottleneck, L * 2 * width], 'output_bias'}` (`[in, out]`
+  kernels); L counts the location's sites, in layer order.
+  """
+  marker = f'/{ADAPTERS_KEY}/{name}/'
+  leaf = 'prefixes' if flat else 'output/kernel'
+  sites = [p[:-len(marker + leaf)] for p in leaves if p.endswith(marker + leaf)]
+  out = {}
+  for location, paths in sites_by_location(sites).items():
+    if flat:
+      out[location] = {'prefixes': np.concatenate([leaves[adapter_path(p, name, 'prefixes')]
+                                                   for p in paths], axis=1)}
+      continue
+    shared = f'{ADAPTERS_KEY}/{name}/{SHARED_KEY}/{location}'
+    out[location] = {
+        'embedding': np.asarray(leaves[f'{shared}/embedding']),
+        'hidden_kernel': np.asarray(leaves[f'{shared}/hidden/kernel']),
+        'hidden_bias': np.asarray(leaves[f'{shared}/hidden/bias']),
+        'output_kernel': np.concatenate([leaves[adapter_path(p, name, 'output/kernel')] for p in paths],
+                                        axis=1),
+        'output_bias': np.concatenate([leaves[adapter_path(p, name, 'output/bias')] for p in paths])}
+  return {k: {n: np.asarray(v, np.float32) for n, v in t.items()} for k, t in out.items()}
+
+
+def unstack_leaves(stacked: Mapping[str, Mapping[str, np.ndarray]], name: str, flat: bool,
+                   sites: Mapping[str, list[str]]) -> dict[str, np.ndarray]:
+  """Adapter `name`'s leaves `{our path: array}` from the stacked layout; `sites` gives each
+  location's site paths in stacked order (`sites_by_location`).
+
+  Raises:
+    InteropError: a location or tensor is missing, or the columns do not split into the sites
+      (every problem listed).
+  """
+  leaves, problems = {}, []
+  keys = ('prefixes',) if flat else ('embedding', 'hidden_kernel', 'hidden_bias', 'output_kernel',
+                                     'output_bias')
+  for location, paths in sites.items():
+    tensors = stacked.get(location)
+    if tensors is None:
+      problems.append(f'location {location!r} missing (given: {sorted(stacked)})')
+      continue
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+      problems.append(f'{location}: tensors {missing} missing')
+      continue
+    columns = tensors['prefixes' if flat else 'output_bias'].shape[-1]
+    if columns % (2 * len(paths)):
+      problems.append(f'{location}: {columns} columns do not split into keys and values of '
+                      f'{len(paths)} layers')
+      continue
+    width = columns // (2 * len(paths))
+    for index, path in enumerate(paths):
+      if flat:
+        leaves[adapter_path(path, name, 'prefixes')] = tensors['prefixes'][:, _column(width, index)]
+      else:
+        leaves[adapter_path(path, name, 'output/kernel')] = tensors['output_kernel'][:, _column(width, index)]
+        leaves[adapter_path(path, name, 'output/bias')] = tensors['output_bias'][_column(width, index)]
+    if not flat:
+      shared = f'{ADAPTERS_KEY}/{name}/{SHARED_KEY}/{location}'
+      leaves[f'{shared}/embedding'] = tensors['embedding']
+      leaves[f'{shared}/hidden/kernel'] = tensors['hidden_kernel']
+      leaves[f'{shared}/hidden/bias'] = tensors['hidden_bias']
+  if problems:
+    raise InteropError(f'The prefix tensors do not fit adapter {name!r}:\n  ' + '\n  '.join(problems))
+  return {k: np.ascontiguousarray(v, np.float32) for k, v in leaves.items()}
 
 
 def to_stacked(spec, params: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-  """`{location: tensors}` of adapter `spec` in the stacked layout (numpy, `[in, out]` kernels).
-
-  Flat: `{'prefixes': [P, L * 2 * width]}`; reparameterised: `{'embedding', 'hidden_kernel',
-  'hidden_bias', 'output_kernel' [bottleneck, L * 2 * width], 'output_bias'}`. Layers without a
-  site (leave_out) are zeros.
-  """
-  flat = traverse_util.flatten_dict(params, sep='/')
-  name, out = spec.name, {}
-  for location, layers in _layers(spec).items():
-    n_layers, width = layers[-1][0] + 1, layers[0][1].in_features
-    column = lambda layer, width=width: slice(2 * width * layer, 2 * width * (layer + 1))
-    if spec.method.flat:
-      stacked = np.zeros((spec.method.prefix_length, n_layers * 2 * width), np.float32)
-      for layer, site in layers:
-        stacked[:, column(layer)] = flat[adapter_path(site.path, name, 'prefixes')]
-      out[location] = {'prefixes': stacked}
-      continue
-    shared = f'{ADAPTERS_KEY}/{name}/{SHARED_KEY}/{location}'
-    kernel = np.zeros((spec.method.bottleneck_size, n_layers * 2 * width), np.float32)
-    bias = np.zeros((n_layers * 2 * width,), np.float32)
-    for layer, site in layers:
-      kernel[:, column(layer)] = flat[adapter_path(site.path, name, 'output/kernel')]
-      bias[column(layer)] = flat[adapter_path(site.path, name, 'output/bias')]
-    out[location] = {'embedding': np.asarray(flat[f'{shared}/embedding']),
-                     'hidden_kernel': np.asarray(flat[f'{shared}/hidden/kernel']),
-                     'hidden_bias': np.asarray(flat[f'{shared}/hidden/bias']),
-                     'output_kernel': kernel, 'output_bias': bias}
-  return out
+  """`{location: tensors}` of adapter `spec` (spliced in `params`) in the stacked layout
+  (`stack_leaves`)."""
+  _site_layers(spec)
+  marker = f'/{ADAPTERS_KEY}/{spec.name}/'
+  leaves = {p: np.asarray(v) for p, v in traverse_util.flatten_dict(params, sep='/').items()
+            if marker in f'/{p}'}
+  return stack_leaves(leaves, spec.name, spec.method.flat)
 
 
 def from_stacked(spec, params: Mapping[str, Any],
@@ -80,43 +143,15 @@ def from_stacked(spec, params: Mapping[str, Any],
     InteropError: a location or tensor is missing, or a shape differs (every problem listed).
   """
   flat = dict(traverse_util.flatten_dict(params, sep='/'))
-  name, problems = spec.name, []
-
-  def put(path, value):
-    if path not in flat:
-      problems.append(f'{path}: no such leaf')
-    elif tuple(flat[path].shape) != tuple(value.shape):
-      problems.append(f'{path}: shape {tuple(value.shape)}, expected {tuple(flat[path].shape)}')
-    else:
-      flat[path] = np.asarray(value, np.float32)
-
-  for location, layers in _layers(spec).items():
-    tensors = stacked.get(location)
-    if tensors is None:
-      problems.append(f'location {location!r} missing (given: {sorted(stacked)})')
-      continue
-    width = layers[0][1].in_features
-    column = lambda layer, width=width: slice(2 * width * layer, 2 * width * (layer + 1))
-    keys = ('prefixes',) if spec.method.flat else ('embedding', 'hidden_kernel', 'hidden_bias',
-                                                    'output_kernel', 'output_bias')
-    missing = [k for k in keys if k not in tensors]
-    if missing:
-      problems.append(f'{location}: tensors {missing} missing')
-      continue
-    if spec.method.flat:
-      for layer, site in layers:
-        put(adapter_path(site.path, name, 'prefixes'), tensors['prefixes'][:, column(layer)])
-      continue
-    shared = f'{ADAPTERS_KEY}/{name}/{SHARED_KEY}/{location}'
-    put(f'{shared}/embedding', tensors['embedding'])
-    put(f'{shared}/hidden/kernel', tensors['hidden_kernel'])
-    put(f'{shared}/hidden/bias', tensors['hidden_bias'])
-    for layer, site in layers:
-      put(adapter_path(site.path, name, 'output/kernel'), tensors['output_kernel'][:, column(layer)])
-      put(adapter_path(site.path, name, 'output/bias'), tensors['output_bias'][column(layer)])
+  leaves = unstack_leaves(stacked, spec.name, spec.method.flat, _site_layers(spec))
+  problems = [f'{path}: no such leaf' if path not in flat else
+              f'{path}: shape {tuple(value.shape)}, expected {tuple(flat[path].shape)}'
+              for path, value in leaves.items()
+              if path not in flat or tuple(flat[path].shape) != tuple(value.shape)]
   if problems:
-    raise InteropError(f'The prefix tensors do not fit adapter {name!r}:\n  '
+    raise InteropError(f'The prefix tensors do not fit adapter {spec.name!r}:\n  '
                        + '\n  '.join(problems))
+  flat.update(leaves)
   return traverse_util.unflatten_dict(flat, sep='/')
 
 

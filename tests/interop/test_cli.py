@@ -88,3 +88,50 @@ def test_a_gpt2_lora_run_exports_for_peft_and_imports_back_through_the_cli(tmp_p
   assert sorted(back) == sorted(original)
   for path in original:
     np.testing.assert_array_equal(back[path], original[path], err_msg=path)
+
+
+@pytest.mark.slow
+def test_a_llama_prompt_tuning_run_goes_to_peft_and_back_through_the_cli(tmp_path, lm_base_dir):
+  # PEFT returns the prompt's positions too; ours the real tokens only.
+  from tests.interop.lm_bases import our_logits as lm_logits
+  from tests.interop.lm_bases import peft_logits
+  from tests.interop.lm_bases import save_trained as save_lm
+
+  base = lm_base_dir('llama')
+  spliced, params, best = save_lm(tmp_path / 'run', base, 'llama', 'task',
+                                  get_method('prompt_tuning', length=3))
+  exported = run('experiments.export', workdir=tmp_path / 'run', format='peft', out=tmp_path / 'exported')
+  assert exported.returncode == 0, exported.stderr
+  np.testing.assert_allclose(peft_logits(base, tmp_path / 'exported', 'llama')[:, 3:],
+                             lm_logits(spliced, params, 'llama', 'task'), atol=1e-4)
+  imported = run('experiments.import_adapter', **{'from': tmp_path / 'exported'}, format='peft', model=base,
+                 out=tmp_path / 'imported', name='task')
+  assert imported.returncode == 0, imported.stderr
+  original, back = load_leaves(best), load_leaves(tmp_path / 'imported')
+  assert sorted(back) == sorted(original) == ['embeddings/input_embeddings/adapters/task/prompt']
+  np.testing.assert_array_equal(back[sorted(back)[0]], original[sorted(original)[0]])
+
+
+@pytest.mark.slow
+def test_a_bert_prefix_tuning_run_goes_to_adapterhub_and_back_through_the_cli(tmp_path, base_dir):
+  import adapters
+
+  from tests.interop.conftest import assert_close, torch_base, torch_logits
+
+  base = base_dir('bert')
+  spliced, params, best = save_trained(tmp_path / 'run', base, 'bert', 'task', 'prefix_tuning',
+                                       prefix_length=3, bottleneck_size=8)
+  exported = run('experiments.export', workdir=tmp_path / 'run', format='adapters', out=tmp_path / 'exported')
+  assert exported.returncode == 0, exported.stderr
+  model = torch_base(base)
+  plain = torch_logits(model, 'bert')
+  adapters.init(model)
+  model.load_adapter(str(tmp_path / 'exported'), set_active=True, use_safetensors=True)
+  assert_close(our_logits(spliced, params, 'bert', 'task'), torch_logits(model.eval(), 'bert'), plain)
+  imported = run('experiments.import_adapter', **{'from': tmp_path / 'exported'}, format='adapters',
+                 model=base, out=tmp_path / 'imported')
+  assert imported.returncode == 0, imported.stderr
+  original, back = load_leaves(best), load_leaves(tmp_path / 'imported')
+  assert sorted(back) == sorted(original)
+  for path in original:
+    np.testing.assert_array_equal(back[path], original[path], err_msg=path)
