@@ -147,11 +147,38 @@ class ChoiceOp:
   def inp(self, ops, x):
     if not self.has_input:
       return x
-    return self._select(ops, x, [op.inp(ops, x) if op is not None and op.has_input else None
-                                 for op in self.ops])
+    values = [op.inp(ops, x) if op is not None and op.has_input else None for op in self.ops]
+    if isinstance(x, tuple):  # (key, value, mask, query_input) of a keys_values site
+      return self._select_keys_values(ops, x, values)
+    return self._select(ops, x, values)
+
+  def _select_keys_values(self, ops, x, values):
+    """Each row's branch's keys, values and mask: every branch (and the base, `x`) padded in front
+    to the longest key length with masked zero keys, then picked per row like `_select`."""
+    length = max(v[0].shape[1] for v in [x] + [v for v in values if v is not None])
+    padded = [None if v is None else _pad_keys_values(v, length) for v in values]
+    base = _pad_keys_values(x, length)
+    picked = [self._select(ops, base[i], [None if v is None else v[i] for v in padded])
+              for i in range(3)]
+    return (*picked, x[3])
 
   def out(self, ops, y, x):
     return self._select(ops, y, [op.out(ops, y, x) if op is not None else None for op in self.ops])
+
+
+def _pad_keys_values(kv, length: int):
+  """`(key, value, mask)` of a keys_values tuple with `length - k_len` zero keys and values in front,
+  masked out; the mask made explicit and per row (`[batch, ..., length]` bool)."""
+  key, value, mask = kv[:3]
+  batch, k_len = key.shape[:2]
+  mask = jnp.ones((batch, 1, 1, k_len), bool) if mask is None else mask.astype(bool)
+  mask = jnp.broadcast_to(mask, (batch,) + mask.shape[1:])
+  extra = length - k_len
+  if extra:
+    pad = lambda a: jnp.concatenate([jnp.zeros((batch, extra) + a.shape[2:], a.dtype), a], axis=1)
+    key, value = pad(key), pad(value)
+    mask = jnp.concatenate([jnp.zeros(mask.shape[:-1] + (extra,), bool), mask], axis=-1)
+  return key, value, mask
 
 
 def skip_layer_set(skip_layers: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -289,7 +316,8 @@ class _SiteInterceptor:
     if program is None:
       return next_fun(*args, **kwargs)
     ops = _SiteCall(self, context.module)
-    if isinstance(context.module, KeyValueHook):  # the program extends (key, value, mask)
+    if isinstance(context.module, KeyValueHook):
+      # the program extends (key, value, mask) and passes the attention's input on
       return next_fun(*program.inp(ops, tuple(args)), **kwargs)
     x, rest = args[0], args[1:]
     x = program.inp(ops, x)
@@ -328,7 +356,7 @@ class _SiteCall:
     with _inside_adapter():
       out = module.apply({'params': self._params(name)}, x, shared=shared,
                          deterministic=self.interceptor.deterministic, rngs=self._rngs(), **extra)
-    if isinstance(x, tuple):  # (key, value, mask) of a keys_values site, in the host's dtypes
+    if isinstance(x, tuple):  # (key, value, mask, query_input) of a keys_values site
       return out
     return out.astype(x.dtype)
 
