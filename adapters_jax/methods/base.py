@@ -92,6 +92,10 @@ class MethodConfig:
   # Non-empty: the adapter has no output at its sites to combine (Average and Fuse refuse it with
   # this text as the reason; Stack, PerExample and Parallel take it). Prefix tuning.
   no_site_output: ClassVar[str] = ''
+  # The adapter's output at one position reads every position of its input (UniPELT's gates: a
+  # mean over the sequence), so the host must compute every position: a host method taking
+  # `first_token_only` (our BERT classifier's last layer) gets False.
+  reads_every_position: ClassVar[bool] = False
   # The site's output is longer than its input (prompt tuning): only hosts that grow their masks
   # with it run the method (`adapters_jax.models.input_embeddings`); the NNX splice refuses it.
   lengthens_sequence: ClassVar[bool] = False

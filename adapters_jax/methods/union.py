@@ -74,6 +74,10 @@ class UnionConfig(MethodConfig):
     return next((m.no_site_output for m in self.members if m.no_site_output), '')
 
   @property
+  def reads_every_position(self) -> bool:
+    return any(m.reads_every_position for m in self.members)
+
+  @property
   def missing_site_hint(self) -> str:
     return ' '.join(m.missing_site_hint for m in self.members if m.missing_site_hint)
 

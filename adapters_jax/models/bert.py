@@ -27,7 +27,9 @@ dropout, einsum attention differentiated by XLA; on CPU a hand-written backward 
 
 `BertForSequenceClassification` runs its last layer for position 0 only (`first_token_only`):
 both heads read nothing else, so the logits are those of the full computation with ~1/5 of the
-last layer's work (keys/values still see every position). `encode()` returns every position.
+last layer's work (keys/values still see every position). `encode()` returns every position. A
+spliced adapter that reads every position of its input (UniPELT's gates) turns it off
+(`MethodConfig.reads_every_position`).
 
 Speed on CPU (docs/performance.md): dropout masks come from a counter-based hash
 (`dropout_keep_mask`), not threefry `bernoulli` (~16% of a train step before), the exact

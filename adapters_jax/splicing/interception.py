@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -287,15 +288,18 @@ def _inside_adapter():
 
 
 def run_host(model: nn.Module, params: Params, table: dict[str, Any], *args,
-             adapter_deterministic: bool = True, index: jax.Array | None = None, **kwargs) -> Any:
+             adapter_deterministic: bool = True, index: jax.Array | None = None,
+             every_position: bool = False, **kwargs) -> Any:
   """`model.apply({'params': params}, *args, **kwargs)` with each site's program run around it.
 
   Args:
     table: `{site path: program}` from `compile_sites`.
     adapter_deterministic: disable adapter dropout (the host's own `deterministic` is in kwargs).
     index: [B] int32 branch of each row, for PerExample / Parallel programs.
+    every_position: an active adapter reads every position (`MethodConfig.reads_every_position`):
+      host methods taking `first_token_only` are called with False.
   """
-  interceptor = _SiteInterceptor(table, params, adapter_deterministic, index)
+  interceptor = _SiteInterceptor(table, params, adapter_deterministic, index, every_position)
   with nn.intercept_methods(interceptor):
     return model.apply({'params': params}, *args, **kwargs)
 
@@ -303,14 +307,20 @@ def run_host(model: nn.Module, params: Params, table: dict[str, Any], *args,
 class _SiteInterceptor:
   """The method interceptor: runs each spliced site's composition program around the call."""
 
-  def __init__(self, table, params: Params, deterministic: bool, index=None):
+  def __init__(self, table, params: Params, deterministic: bool, index=None,
+               every_position: bool = False):
     self.table = table
     self.shared = params.get(ADAPTERS_KEY, {})
     self.deterministic = deterministic
     self.index = index
+    self.every_position = every_position
 
   def __call__(self, next_fun, args, kwargs, context):
-    if context.method_name != '__call__' or getattr(_LOCAL, 'busy', False):
+    if getattr(_LOCAL, 'busy', False):
+      return next_fun(*args, **kwargs)
+    if self.every_position:
+      args, kwargs = _every_position(context, args, kwargs)
+    if context.method_name != '__call__':
       return next_fun(*args, **kwargs)
     program = self.table.get('/'.join(context.module.path))
     if program is None:
@@ -323,6 +333,21 @@ class _SiteInterceptor:
     x = program.inp(ops, x)
     y = next_fun(x, *rest, **kwargs)
     return program.out(ops, y, x)
+
+
+def _every_position(context, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+  """`args`/`kwargs` with `first_token_only=False` where the called method takes that argument (a
+  host's shortcut that computes position 0 only, which an adapter reading every position breaks)."""
+  try:
+    names = list(inspect.signature(getattr(type(context.module), context.method_name)).parameters)
+  except (AttributeError, TypeError, ValueError):  # a method without a readable signature
+    return args, kwargs
+  if 'first_token_only' not in names:
+    return args, kwargs
+  at = names.index('first_token_only') - 1  # without `self`
+  if at < len(args):
+    return args[:at] + (False,) + args[at + 1:], kwargs
+  return args, {**kwargs, 'first_token_only': False}
 
 
 class _SiteCall:

@@ -123,9 +123,12 @@ class Spliced:
     table = interception.compile_sites(node, self.adapters,
                                        interception.skip_layer_set(skip_layers))
     index = None if adapter_index is None else jnp.asarray(adapter_index, jnp.int32)
+    every_position = any(find_spec(self.adapters, name).method.reads_every_position
+                         for name in composition.adapter_names(node))
     out = interception.run_host(self.model, params, table, *args,
                                 adapter_deterministic=adapter_deterministic,
-                                index=index, rngs=rngs, method=method, **kwargs)
+                                index=index, every_position=every_position, rngs=rngs,
+                                method=method, **kwargs)
     if n_parallel:
       if kwargs.get('mutable'):
         out, state = out
