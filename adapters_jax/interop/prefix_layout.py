@@ -46,8 +46,11 @@ def to_stacked(spec, params: Mapping[str, Any]) -> dict[str, dict[str, np.ndarra
 
   Flat: `{'prefixes': [P, L * 2 * width]}`; reparameterised: `{'embedding', 'hidden_kernel',
   'hidden_bias', 'output_kernel' [bottleneck, L * 2 * width], 'output_bias'}`. Layers without a
-  site (leave_out) are zeros.
+  site (leave_out) are zeros. A gated prefix is refused: the layout has no place for its gates.
   """
+  if spec.method.use_gating:
+    raise InteropError(f'Adapter {spec.name!r} is a gated prefix (use_gating=True); the stacked '
+                       'prefix layout holds no gates: use an ungated prefix.')
   flat = traverse_util.flatten_dict(params, sep='/')
   name, out = spec.name, {}
   for location, layers in _layers(spec).items():

@@ -11,6 +11,8 @@ import pytest
 from flax import traverse_util
 
 from adapters_jax import add_adapter, get_method
+from adapters_jax.interop import prefix_layout
+from adapters_jax.interop.naming import InteropError
 from adapters_jax.models.bert import SelfAttention
 from tests.methods.splice_checks import perturb
 from tests.methods.test_prefix_tuning import (
@@ -85,3 +87,14 @@ def test_t5_cross_attention_gate_reads_the_queries_input():
   v[:, :P] *= gate[:, None, None, None]
   context = _softmax_attention(q, k, v, m).reshape(2, 4, heads * dim)  # T5: no 1/sqrt(d)
   np.testing.assert_allclose(out, _dense(p, context, 'output'), rtol=1e-5, atol=1e-5)
+
+
+def test_the_stacked_layout_refuses_a_gated_prefix():
+  hidden = jax.random.normal(jax.random.key(0), (2, 5, 32))
+  mask = jnp.ones((2, 1, 1, 5), bool)
+  model = SelfAttention(BERT)
+  params = model.init(jax.random.key(1), hidden, mask, True)['params']
+  spliced, params = add_adapter(model, params, 'a', _gated_prefix('prefix', True),
+                                jax.random.key(2), hidden, mask, True)
+  with pytest.raises(InteropError, match='gated prefix.*holds no gates'):
+    prefix_layout.to_stacked(spliced.adapter('a'), params)
