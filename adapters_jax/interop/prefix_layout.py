@@ -128,6 +128,9 @@ def unstack_leaves(stacked: Mapping[str, Mapping[str, np.ndarray]], name: str, f
 def to_stacked(spec, params: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
   """`{location: tensors}` of adapter `spec` (spliced in `params`) in the stacked layout
   (`stack_leaves`)."""
+  if spec.method.use_gating:
+    raise InteropError(f'Adapter {spec.name!r} is a gated prefix (use_gating=True); the stacked '
+                       'prefix layout holds no gates: use an ungated prefix.')
   _site_layers(spec)
   marker = f'/{ADAPTERS_KEY}/{spec.name}/'
   leaves = {p: np.asarray(v) for p, v in traverse_util.flatten_dict(params, sep='/').items()

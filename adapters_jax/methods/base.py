@@ -18,8 +18,8 @@ methods whose `changes_base` is true (PiSSA/OLoRA LoRA: the adapter takes part o
   * placement `output`:   x is the site's output,  returns the new output;
   * placement `parallel`: x is the site's input,   returns a term added to the output;
   * placement `input`:    x is the site's input,   returns the new input;
-  * placement `keys_values`: x is `(key, value, mask)` of an attention (`nn.key_value_hook`),
-    returns them extended (prefix tuning).
+  * placement `keys_values`: x is `(key, value, mask, query_input)` of an attention
+    (`nn.key_value_hook`), returns them with key, value and mask extended (prefix tuning).
 """
 
 from __future__ import annotations
@@ -89,9 +89,13 @@ class MethodConfig:
   is_fusion: ClassVar[bool] = False
   # The site module gets the site's own params (`site_params=`) at init and at apply (DoRA).
   reads_site_params: ClassVar[bool] = False
-  # Non-empty: the adapter only runs alone or in a Stack; the text says why (Average, Fuse,
-  # PerExample and Parallel refuse it with this reason). Prefix tuning.
-  stack_only: ClassVar[str] = ''
+  # Non-empty: the adapter has no output at its sites to combine (Average and Fuse refuse it with
+  # this text as the reason; Stack, PerExample and Parallel take it). Prefix tuning.
+  no_site_output: ClassVar[str] = ''
+  # The adapter's output at one position reads every position of its input (UniPELT's gates: a
+  # mean over the sequence), so the host must compute every position: a host method taking
+  # `first_token_only` (our BERT classifier's last layer) gets False.
+  reads_every_position: ClassVar[bool] = False
   # The site's output is longer than its input (prompt tuning): only hosts that grow their masks
   # with it run the method (`adapters_jax.models.input_embeddings`); the NNX splice refuses it.
   lengthens_sequence: ClassVar[bool] = False

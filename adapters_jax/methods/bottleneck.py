@@ -97,6 +97,10 @@ class BottleneckConfig(MethodConfig):
       raise ValueError("Bottleneck adapters go on a site's output or in parallel to it, "
                        "not on its input; valid placements: ('output', 'parallel').")
 
+  @property
+  def reads_every_position(self) -> bool:
+    return self.use_gating  # the gate averages over the sequence
+
   def bottleneck_size(self, features: int) -> int:
     if self.size is not None:
       return int(self.size)

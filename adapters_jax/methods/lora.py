@@ -134,6 +134,10 @@ class LoRAConfig(MethodConfig):
                        f'{self.init_weights!r}.')
 
   @property
+  def reads_every_position(self) -> bool:
+    return self.use_gating  # the gate averages over the sequence
+
+  @property
   def changes_base(self) -> bool:
     return self.init_weights != 'default'
 

@@ -19,7 +19,15 @@ Two forms, as AdapterHub's `PrefixTuning` / `FlatPrefixTuning` (`prefix_tuning` 
   * flat (`flat=True`): each site holds `prefixes` [P, 2 * width] (keys, then values; AdapterHub's
     flat `control_trans` and PEFT's `prefix_projection=False` embedding, sliced by layer).
 
-Initialisation follows AdapterHub: embedding and flat prefixes N(0, 1); Linears U(+-1/sqrt(fan_in)).
+Gating (`use_gating`, UniPELT; AdapterHub's `PrefixTuningLayer.prefix_gates`): per site a
+Linear(hidden, 1) (or 2 with `shared_gating=False`) reads the attention's input on the query side
+(the hook's `query_input`, AdapterHub's `residual_input`); gate = mean over its positions (padding
+included) of sigmoid(that), one value per example [batch]; the prefix keys are multiplied by
+gate[:, 0], the values by gate[:, -1]. In cached decoding the mean runs over the step's own
+positions, as in AdapterHub.
+
+Initialisation follows AdapterHub: embedding and flat prefixes N(0, 1); Linears U(+-1/sqrt(fan_in));
+the gate's kernel N(0, 0.02), its bias U(+-1/sqrt(hidden)).
 The prefix is not zero, so the spliced model does not start equal to the base model (as in the
 paper); a zero-length prefix (`prefix_length=0`) is the base model.
 """
@@ -37,6 +45,7 @@ import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
 from adapters_jax.nn.dropout import Dropout
+from adapters_jax.nn.gate import InputGate
 from adapters_jax.splicing.sites import CROSS_KEY_VALUES, DECODER_KEY_VALUES, ENCODER_KEY_VALUES
 
 
@@ -89,7 +98,8 @@ def prefix_hidden(shared_location: dict[str, Any]) -> jax.Array:
 
 
 class KeyValuePrefix(nn.Module):
-  """One attention layer's prefix: `(key, value, mask)` -> the same with P keys/values in front.
+  """One attention layer's prefix: `(key, value, mask, query_input)` -> the same with P keys and
+  values in front (the mask opened for them; `query_input` passed on unchanged).
 
   Attributes:
     prefix_length: P.
@@ -99,6 +109,9 @@ class KeyValuePrefix(nn.Module):
     location: the shared pool (`site_location`) for the reparameterised form.
     bottleneck_size: fan-in of `output` (for its init).
     dropout: dropout rate on the prefix keys and values (AdapterHub's).
+    use_gating: scale the prefix keys and values by a per-example gate read from `query_input`
+      (UniPELT, see the module docstring); params `gate/gate/{kernel, bias}`.
+    shared_gating: one gate for keys and values (True) or one each (False).
   """
 
   prefix_length: int
@@ -106,12 +119,15 @@ class KeyValuePrefix(nn.Module):
   location: str
   bottleneck_size: int = 512
   dropout: float = 0.0
+  use_gating: bool = False
+  shared_gating: bool = True
 
   @nn.compact
   def __call__(self, kv, shared=None, deterministic: bool = True):
-    """`kv` = (key, value, mask): key/value `[batch, k_len, kv_heads, head_dim]`, mask bool
-    broadcastable to `[batch, heads, q_len, k_len]` or None. Returns them with k_len + P keys."""
-    key, value, mask = kv
+    """`kv` = (key, value, mask, query_input): key/value `[batch, k_len, kv_heads, head_dim]`, mask
+    bool broadcastable to `[batch, heads, q_len, k_len]` or None, query_input `[batch, q_len,
+    hidden]`. Returns them with k_len + P keys."""
+    key, value, mask, query_input = kv
     batch, _, heads, dim = key.shape
     width = heads * dim
     if self.flat:
@@ -129,12 +145,18 @@ class KeyValuePrefix(nn.Module):
     prefixes = Dropout(self.dropout)(prefixes, deterministic=deterministic)
     prefix_keys = jnp.broadcast_to(prefixes[:, 0], (batch, self.prefix_length, heads, dim))
     prefix_values = jnp.broadcast_to(prefixes[:, 1], (batch, self.prefix_length, heads, dim))
+    if self.use_gating:
+      gate = InputGate(outputs=1 if self.shared_gating else 2,
+                       bias_init=_linear_init(query_input.shape[-1]),
+                       name='gate')(query_input.astype(jnp.float32))  # [batch, 1, 1 or 2]
+      prefix_keys = prefix_keys * gate[:, :, None, :1]  # [batch, P, heads, dim] * [batch, 1, 1, 1]
+      prefix_values = prefix_values * gate[:, :, None, -1:]
     key = jnp.concatenate([prefix_keys.astype(key.dtype), key], axis=1)
     value = jnp.concatenate([prefix_values.astype(value.dtype), value], axis=1)
     if mask is not None:  # every query sees the whole prefix
       mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (self.prefix_length,), bool),
                               mask.astype(bool)], axis=-1)
-    return key, value, mask
+    return key, value, mask, query_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +168,9 @@ class PrefixTuningConfig(MethodConfig):
     flat: train the prefixes directly (True) or through the MLP (False, the paper's form).
     bottleneck_size: hidden width of the MLP (flat=False).
     dropout: dropout on the prefix keys and values.
+    use_gating: multiply each site's prefix keys and values by UniPELT's gate, read from the
+      attention's input (AdapterHub's `use_gating`; see the module docstring).
+    shared_gating: one gate for keys and values (AdapterHub's default) or one each.
     encoder_prefix: prefixes in an encoder's self-attention (BERT/RoBERTa, T5's encoder).
     self_prefix: prefixes in a decoder's self-attention (T5's decoder, GPT-2, Llama-family).
     cross_prefix: prefixes in T5's cross-attention.
@@ -153,13 +178,15 @@ class PrefixTuningConfig(MethodConfig):
   """
 
   kind = 'prefix_tuning'
-  stack_only = ('a prefix adapter extends the attention\'s keys and values; it has no output at a '
-                'site to average, fuse or pick per row. Stack prefix adapters (their prefixes are '
-                'concatenated) or run one alone')
+  no_site_output = ('a prefix adapter extends the attention\'s keys and values; it has no output '
+                    'at a site to average or fuse. Stack prefix adapters (their prefixes are '
+                    'concatenated), pick one per example (PerExample) or run one alone')
   prefix_length: int = 30
   flat: bool = False
   bottleneck_size: int = 512
   dropout: float = 0.0
+  use_gating: bool = False
+  shared_gating: bool = True
   encoder_prefix: bool = True
   self_prefix: bool = True
   cross_prefix: bool = True
@@ -188,7 +215,8 @@ class PrefixTuningConfig(MethodConfig):
   def make_module(self, site: SiteInfo) -> nn.Module:
     return KeyValuePrefix(prefix_length=self.prefix_length, flat=self.flat,
                           location=site_location(site.path), bottleneck_size=self.bottleneck_size,
-                          dropout=self.dropout)
+                          dropout=self.dropout, use_gating=self.use_gating,
+                          shared_gating=self.shared_gating)
 
   def make_shared_module(self, sites: Sequence[SiteInfo] = ()) -> nn.Module | None:
     if self.flat:
@@ -208,12 +236,14 @@ class PrefixTuningConfig(MethodConfig):
 
   def eject_site(self, shared: dict[str, Any] | None, site_params: dict[str, Any],
                  site: SiteInfo) -> dict[str, Any]:
-    """The flat `prefixes` [P, 2 * width] a reparameterised site computes (its MLP folded)."""
+    """The flat `prefixes` [P, 2 * width] a reparameterised site computes (its MLP folded); a
+    gate is kept as it is."""
     if self.flat:
       return dict(site_params)
     hidden = prefix_hidden(shared[site_location(site.path)])  # [P, bottleneck]
     output = site_params['output']
-    return {'prefixes': hidden @ output['kernel'] + output['bias']}
+    gate = {'gate': site_params['gate']} if 'gate' in site_params else {}
+    return {'prefixes': hidden @ output['kernel'] + output['bias'], **gate}
 
   def ejected(self) -> PrefixTuningConfig:
     """The config of `eject_site`'s params: the flat form."""

@@ -12,10 +12,9 @@ Presets, with AdapterHub's values:
   * `mam` (He et al. 2022, `MAMConfig`): prefix tuning with a 800-wide MLP (P=30) + a parallel
     bottleneck beside the feed-forward block, reduction factor 2, ReLU, scaled by 4.
   * `unipelt` (Mao et al. 2022, `UniPELTConfig`): prefix tuning P=10, a Pfeiffer bottleneck
-    (reduction 16) and LoRA r=8 on query and value, the last two gated (`nn.gate.InputGate`: a
-    per-layer sigmoid Linear(features, 1) on the member's input, averaged over positions). The prefix
-    is not gated here: our attentions' `keys_values` hook does not see the attention's input, which
-    AdapterHub's prefix gate reads (it has `num_layers * (hidden + 1)` more parameters).
+    (reduction 16) and LoRA r=8 on query and value, each gated (`nn.gate.InputGate`: a per-site
+    sigmoid Linear(features, 1) averaged over positions, read from the member's input; the
+    prefix's from the attention's input, which the `keys_values` hook passes on).
 """
 
 from __future__ import annotations
@@ -71,8 +70,12 @@ class UnionConfig(MethodConfig):
     object.__setattr__(self, 'train_also', self.train_also + tuple(dict.fromkeys(extra)))
 
   @property
-  def stack_only(self) -> str:
-    return next((m.stack_only for m in self.members if m.stack_only), '')
+  def no_site_output(self) -> str:
+    return next((m.no_site_output for m in self.members if m.no_site_output), '')
+
+  @property
+  def reads_every_position(self) -> bool:
+    return any(m.reads_every_position for m in self.members)
 
   @property
   def missing_site_hint(self) -> str:
@@ -123,8 +126,8 @@ def mam() -> UnionConfig:
 
 
 def unipelt() -> UnionConfig:
-  """AdapterHub's `unipelt`: prefix tuning P=10, a gated Pfeiffer bottleneck (reduction 16) and a
-  gated LoRA r=8 on query and value (the prefix ungated here, see the module docstring)."""
-  return UnionConfig(members=(PrefixTuningConfig(prefix_length=10),
+  """AdapterHub's `unipelt`: a gated prefix P=10, a gated Pfeiffer bottleneck (reduction 16) and
+  a gated LoRA r=8 on query and value."""
+  return UnionConfig(members=(PrefixTuningConfig(prefix_length=10, use_gating=True),
                               dataclasses.replace(pfeiffer(), use_gating=True),
                               LoRAConfig(rank=8, alpha=2.0, use_gating=True)))

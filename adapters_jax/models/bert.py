@@ -7,7 +7,7 @@ Param/module paths (`/`-joined; adapter site regexes elsewhere depend on them):
     embeddings/layer_norm                              nn.LayerNorm
     encoder/layer_{i}/attention/{query,key,value}      nn.Dense hidden->hidden
     encoder/layer_{i}/attention/output                 nn.Dense hidden->hidden
-    encoder/layer_{i}/attention/prefix                 KeyValueHook (keys, values, mask; no params)
+    encoder/layer_{i}/attention/prefix                 KeyValueHook (keys, values, mask, input; no params)
     encoder/layer_{i}/attention_layer_norm             nn.LayerNorm  LN(x + drop(attention(x)))
     encoder/layer_{i}/ffn/intermediate                 nn.Dense hidden->intermediate (+ act)
     encoder/layer_{i}/ffn/output                       nn.Dense intermediate->hidden
@@ -27,7 +27,9 @@ dropout, einsum attention differentiated by XLA; on CPU a hand-written backward 
 
 `BertForSequenceClassification` runs its last layer for position 0 only (`first_token_only`):
 both heads read nothing else, so the logits are those of the full computation with ~1/5 of the
-last layer's work (keys/values still see every position). `encode()` returns every position.
+last layer's work (keys/values still see every position). `encode()` returns every position. A
+spliced adapter that reads every position of its input (UniPELT's gates) turns it off
+(`MethodConfig.reads_every_position`).
 
 Speed on CPU (docs/performance.md): dropout masks come from a counter-based hash
 (`dropout_keep_mask`), not threefry `bernoulli` (~16% of a train step before), the exact
@@ -142,7 +144,9 @@ class SelfAttention(nn.Module):
     query = split(_dense(cfg, cfg.hidden_size, 'query')(query_hidden))  # [b, q_len, heads, dim]
     key = split(_dense(cfg, cfg.hidden_size, 'key')(hidden))  # [batch, seq, heads, dim]
     value = split(_dense(cfg, cfg.hidden_size, 'value')(hidden))
-    key, value, mask = KeyValueHook(name='prefix')(key, value, mask)  # k_len may grow
+    # k_len may grow; `hidden` is the attention's input (the prefix gate reads it; with
+    # first_token_only the queries see position 0 only, the gate still every position).
+    key, value, mask = KeyValueHook(name='prefix')(key, value, mask, hidden)
     implementation = attention_implementation(cfg)
     if cfg.attention_dropout > 0.0 and not deterministic:
       dropout = Dropout(cfg.attention_dropout)

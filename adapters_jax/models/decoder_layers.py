@@ -4,7 +4,8 @@ Module paths inside a block (adapter site patterns in `adapters_jax.splicing.sit
 
     attention_layer_norm                     LayerNorm (GPT-2) or RMSNorm (Llama), before attention
     attention/{query,key,value,output}       nn.Dense; key/value have num_kv_heads * head_dim
-    attention/prefix                         KeyValueHook: keys, values and mask after the cache
+    attention/prefix                         KeyValueHook: keys, values and mask after the cache,
+                                             and the attention's input
     ffn_layer_norm                           before the MLP
     ffn/{gate,intermediate,output}           nn.Dense; `gate` only for gated MLPs (SwiGLU/GeGLU):
                                              output(act(gate(x)) * intermediate(x)); plain MLPs
@@ -94,7 +95,7 @@ class DecoderAttention(nn.Module):
       value = write_slots(layer_kv[1], value, cache_index)
       new_kv = (key, value)
     # Prefix tuning prepends its keys here, after the cache: the cache holds real tokens only.
-    key, value, mask = KeyValueHook(name='prefix')(key, value, mask)
+    key, value, mask = KeyValueHook(name='prefix')(key, value, mask, hidden)
     key, value = key.astype(query.dtype), value.astype(query.dtype)
     if cfg.attention_dropout > 0.0 and not deterministic:
       context = self._attention_with_dropout(query, key, value, mask)

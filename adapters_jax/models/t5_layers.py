@@ -127,7 +127,8 @@ class Attention(nn.Module):
     heads, d_kv] (from `key_value`). Returns the output projection `[batch, q_len, d_model]`."""
     cfg = self.config
     query = self._heads(self.query(hidden))  # [batch, q_len, heads, d_kv]
-    key, value, mask = self.prefix(key, value, mask)  # prefix tuning may add keys in front
+    # prefix tuning may add keys in front; `hidden` (the queries' input) feeds its gate
+    key, value, mask = self.prefix(key, value, mask, hidden)
     bias = pad_keys_in_front(bias, key.shape[1])  # added keys have no relative position
     scores = jnp.einsum('bqhd,bkhd->bhqk', query, key.astype(query.dtype),
                         preferred_element_type=jnp.float32)  # [batch, heads, q_len, k_len]

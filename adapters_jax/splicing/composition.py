@@ -24,6 +24,10 @@ run on all rows of the site's activation, then `jnp.where` on the row's branch i
 row's value. The host runs once, rows stay independent, so row i equals running example i alone;
 the index is an ordinary traced array, so new choices of the same shape reuse the compiled program.
 Its cost is the sum of the branches' adapter costs (adapters are small next to the host).
+At an attention's keys and values (prefix tuning) each branch's keys, values and mask are padded in
+front to the longest branch (zero keys and values, masked out: they get no attention weight) and
+picked per row the same way; a base row keeps its own keys behind masked padding, so every row
+still equals its branch run alone (AdapterHub's BatchSplit pads prefixes of different lengths alike).
 
 Parallel repeats the batch n times along its leading axis and runs it as PerExample with each copy
 on its own branch. One trace, one compile and bigger matmuls, at n times the activation memory;
@@ -221,7 +225,6 @@ def validate(node, adapters: Sequence[AdapterSpec], top: bool = True) -> Any:
                              f'run what); write {kind}(Stack(...), ...) instead of nesting it.')
     if not node.children:
       raise CompositionError(f'{kind} needs at least one branch.')
-    _check_not_stack_only(node, adapters, kind)
     return type(node)(*(None if c is None else validate(c, adapters, top=False)
                         for c in node.children))
   if isinstance(node, Stack):
@@ -238,7 +241,7 @@ def validate(node, adapters: Sequence[AdapterSpec], top: bool = True) -> Any:
     return Stack(*flat)
   if isinstance(node, Average):
     _check_leaf_children(node, adapters, 'Average')
-    _check_not_stack_only(node, adapters, 'Average')
+    _check_site_output(node, adapters, 'Average')
     if node.weights is not None and len(node.weights) != len(node.children):
       raise CompositionError(f'Average got {len(node.weights)} weights for {len(node.children)} '
                              'adapters; give one weight per adapter.')
@@ -247,7 +250,7 @@ def validate(node, adapters: Sequence[AdapterSpec], top: bool = True) -> Any:
     return node
   if isinstance(node, Fuse):
     _check_leaf_children(node, adapters, 'Fuse')
-    _check_not_stack_only(node, adapters, 'AdapterFusion (Fuse)')
+    _check_site_output(node, adapters, 'AdapterFusion (Fuse)')
     _check_fusable(node, adapters)
     name = find_fusion(adapters, node)
     return Fuse(*node.children, name=name)
@@ -272,12 +275,13 @@ def _check_leaf_children(node, adapters: Sequence[AdapterSpec], kind: str) -> No
     raise CompositionError(f'Adapter names repeat in {node}; name each adapter once.')
 
 
-def _check_not_stack_only(node, adapters: Sequence[AdapterSpec], kind: str) -> None:
-  """Adapters that only run alone or stacked (prefix tuning) are refused by `kind`, with the reason."""
+def _check_site_output(node, adapters: Sequence[AdapterSpec], kind: str) -> None:
+  """Adapters with no output at their sites to combine (prefix tuning) are refused by `kind`, with
+  the reason."""
   for name in adapter_names(node):
     method = find_spec(adapters, name).method
-    if method.stack_only:
-      raise CompositionError(f'{kind} cannot take {name!r}: {method.stack_only}.')
+    if method.no_site_output:
+      raise CompositionError(f'{kind} cannot take {name!r}: {method.no_site_output}.')
 
 
 def _check_fusable(node: Fuse, adapters: Sequence[AdapterSpec]) -> None:

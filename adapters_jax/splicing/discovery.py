@@ -34,6 +34,7 @@ class ModuleCall:
   Attributes:
     path: `/`-joined module path.
     in_shape: shape of the first positional argument, or None if it is not an array.
+    arg_shapes: shapes of every positional argument (None where one is not an array).
     out_shape: shape of the output, or None if it is not a single array.
     probe_leaf: relative path and ndim of one of the module's parameters as seen inside the call
       (None: no params); compared with the tree to find scan axes.
@@ -50,6 +51,7 @@ class ModuleCall:
   out_shape: tuple[int, ...] | None
   probe_leaf: tuple[str, int] | None
   lineage: tuple[str, ...] = ()
+  arg_shapes: tuple[tuple[int, ...] | None, ...] = ()
   param_shapes: tuple[tuple[str, tuple[int, ...], str], ...] = ()
   module: nn.Module | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -83,6 +85,7 @@ def discover_calls(model: nn.Module, params: Params, *args, method: Any = None,
             out_shape=_shape(out),
             probe_leaf=probe,
             lineage=_lineage(context.module),
+            arg_shapes=tuple(_shape(a) for a in call_args),
             param_shapes=tuple((p, tuple(v.shape), v.dtype.name) for p, v in own.items()),
             module=_unbound(context.module))
     return out

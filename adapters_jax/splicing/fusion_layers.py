@@ -95,8 +95,8 @@ def fusion_sites(specs: Sequence[AdapterSpec], adapters: Sequence[str],
   sites: dict[str, tuple[SiteInfo, tuple[int, ...]]] = {}
   for adapter in adapters:
     spec = find_spec(specs, adapter)
-    if spec.method.stack_only:
-      raise ValueError(f'AdapterFusion cannot fuse {adapter!r}: {spec.method.stack_only}.')
+    if spec.method.no_site_output:
+      raise ValueError(f'AdapterFusion cannot fuse {adapter!r}: {spec.method.no_site_output}.')
     if not spec.method.fusable:
       raise ValueError(f'AdapterFusion fuses bottleneck adapters (houlsby, pfeiffer, parallel); '
                        f'{adapter!r} is a {spec.method.kind} adapter. Combine those with '

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -147,11 +148,38 @@ class ChoiceOp:
   def inp(self, ops, x):
     if not self.has_input:
       return x
-    return self._select(ops, x, [op.inp(ops, x) if op is not None and op.has_input else None
-                                 for op in self.ops])
+    values = [op.inp(ops, x) if op is not None and op.has_input else None for op in self.ops]
+    if isinstance(x, tuple):  # (key, value, mask, query_input) of a keys_values site
+      return self._select_keys_values(ops, x, values)
+    return self._select(ops, x, values)
+
+  def _select_keys_values(self, ops, x, values):
+    """Each row's branch's keys, values and mask: every branch (and the base, `x`) padded in front
+    to the longest key length with masked zero keys, then picked per row like `_select`."""
+    length = max(v[0].shape[1] for v in [x] + [v for v in values if v is not None])
+    padded = [None if v is None else _pad_keys_values(v, length) for v in values]
+    base = _pad_keys_values(x, length)
+    picked = [self._select(ops, base[i], [None if v is None else v[i] for v in padded])
+              for i in range(3)]
+    return (*picked, x[3])
 
   def out(self, ops, y, x):
     return self._select(ops, y, [op.out(ops, y, x) if op is not None else None for op in self.ops])
+
+
+def _pad_keys_values(kv, length: int):
+  """`(key, value, mask)` of a keys_values tuple with `length - k_len` zero keys and values in front,
+  masked out; the mask made explicit and per row (`[batch, ..., length]` bool)."""
+  key, value, mask = kv[:3]
+  batch, k_len = key.shape[:2]
+  mask = jnp.ones((batch, 1, 1, k_len), bool) if mask is None else mask.astype(bool)
+  mask = jnp.broadcast_to(mask, (batch,) + mask.shape[1:])
+  extra = length - k_len
+  if extra:
+    pad = lambda a: jnp.concatenate([jnp.zeros((batch, extra) + a.shape[2:], a.dtype), a], axis=1)
+    key, value = pad(key), pad(value)
+    mask = jnp.concatenate([jnp.zeros(mask.shape[:-1] + (extra,), bool), mask], axis=-1)
+  return key, value, mask
 
 
 def skip_layer_set(skip_layers: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -260,15 +288,18 @@ def _inside_adapter():
 
 
 def run_host(model: nn.Module, params: Params, table: dict[str, Any], *args,
-             adapter_deterministic: bool = True, index: jax.Array | None = None, **kwargs) -> Any:
+             adapter_deterministic: bool = True, index: jax.Array | None = None,
+             every_position: bool = False, **kwargs) -> Any:
   """`model.apply({'params': params}, *args, **kwargs)` with each site's program run around it.
 
   Args:
     table: `{site path: program}` from `compile_sites`.
     adapter_deterministic: disable adapter dropout (the host's own `deterministic` is in kwargs).
     index: [B] int32 branch of each row, for PerExample / Parallel programs.
+    every_position: an active adapter reads every position (`MethodConfig.reads_every_position`):
+      host methods taking `first_token_only` are called with False.
   """
-  interceptor = _SiteInterceptor(table, params, adapter_deterministic, index)
+  interceptor = _SiteInterceptor(table, params, adapter_deterministic, index, every_position)
   with nn.intercept_methods(interceptor):
     return model.apply({'params': params}, *args, **kwargs)
 
@@ -276,25 +307,47 @@ def run_host(model: nn.Module, params: Params, table: dict[str, Any], *args,
 class _SiteInterceptor:
   """The method interceptor: runs each spliced site's composition program around the call."""
 
-  def __init__(self, table, params: Params, deterministic: bool, index=None):
+  def __init__(self, table, params: Params, deterministic: bool, index=None,
+               every_position: bool = False):
     self.table = table
     self.shared = params.get(ADAPTERS_KEY, {})
     self.deterministic = deterministic
     self.index = index
+    self.every_position = every_position
 
   def __call__(self, next_fun, args, kwargs, context):
-    if context.method_name != '__call__' or getattr(_LOCAL, 'busy', False):
+    if getattr(_LOCAL, 'busy', False):
+      return next_fun(*args, **kwargs)
+    if self.every_position:
+      args, kwargs = _every_position(context, args, kwargs)
+    if context.method_name != '__call__':
       return next_fun(*args, **kwargs)
     program = self.table.get('/'.join(context.module.path))
     if program is None:
       return next_fun(*args, **kwargs)
     ops = _SiteCall(self, context.module)
-    if isinstance(context.module, KeyValueHook):  # the program extends (key, value, mask)
+    if isinstance(context.module, KeyValueHook):
+      # the program extends (key, value, mask) and passes the attention's input on
       return next_fun(*program.inp(ops, tuple(args)), **kwargs)
     x, rest = args[0], args[1:]
     x = program.inp(ops, x)
     y = next_fun(x, *rest, **kwargs)
     return program.out(ops, y, x)
+
+
+def _every_position(context, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+  """`args`/`kwargs` with `first_token_only=False` where the called method takes that argument (a
+  host's shortcut that computes position 0 only, which an adapter reading every position breaks)."""
+  try:
+    names = list(inspect.signature(getattr(type(context.module), context.method_name)).parameters)
+  except (AttributeError, TypeError, ValueError):  # a method without a readable signature
+    return args, kwargs
+  if 'first_token_only' not in names:
+    return args, kwargs
+  at = names.index('first_token_only') - 1  # without `self`
+  if at < len(args):
+    return args[:at] + (False,) + args[at + 1:], kwargs
+  return args, {**kwargs, 'first_token_only': False}
 
 
 class _SiteCall:
@@ -328,7 +381,7 @@ class _SiteCall:
     with _inside_adapter():
       out = module.apply({'params': self._params(name)}, x, shared=shared,
                          deterministic=self.interceptor.deterministic, rngs=self._rngs(), **extra)
-    if isinstance(x, tuple):  # (key, value, mask) of a keys_values site, in the host's dtypes
+    if isinstance(x, tuple):  # (key, value, mask, query_input) of a keys_values site
       return out
     return out.astype(x.dtype)
 

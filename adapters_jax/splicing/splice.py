@@ -122,9 +122,12 @@ class Spliced:
     table = interception.compile_sites(node, self.adapters,
                                        interception.skip_layer_set(skip_layers))
     index = None if adapter_index is None else jnp.asarray(adapter_index, jnp.int32)
+    every_position = any(find_spec(self.adapters, name).method.reads_every_position
+                         for name in composition.adapter_names(node))
     out = interception.run_host(self.model, params, table, *args,
                                 adapter_deterministic=adapter_deterministic,
-                                index=index, rngs=rngs, method=method, **kwargs)
+                                index=index, every_position=every_position, rngs=rngs,
+                                method=method, **kwargs)
     if n_parallel:
       if kwargs.get('mutable'):
         out, state = out
@@ -275,10 +278,12 @@ def _site_info(path: str, placement: str, call: ModuleCall, layer: int | None) -
   (kv_heads * head_dim)."""
   if placement == 'keys_values':
     if not call.lineage or not call.lineage[-1].endswith('.KeyValueHook') or \
-        call.in_shape is None or len(call.in_shape) != 4:
+        call.in_shape is None or len(call.in_shape) != 4 or len(call.arg_shapes) != 4 or \
+        call.arg_shapes[3] is None:
       raise ValueError(f'Site {path} (placement keys_values) is a {call.lineage[-1:]} module, not '
                        'an attention\'s KeyValueHook (adapters_jax.nn.key_value_hook) taking (key '
-                       '[batch, k_len, kv_heads, head_dim], value, mask); name the hook\'s path.')
+                       '[batch, k_len, kv_heads, head_dim], value, mask, query_input [batch, '
+                       'q_len, hidden]); name the hook\'s path.')
     width = call.in_shape[-2] * call.in_shape[-1]
     return SiteInfo(path=path, placement=placement, in_features=width, out_features=width,
                     layer=layer, host_call=call)
@@ -311,9 +316,9 @@ def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims,
   """The site module's params; `own`: the site's own `kernel`/`bias` (with the nn.scan `dims`), for
   methods that read them (`reads_site_params`); `init_extras`: `method.init_extras(...)`."""
   sample = jnp.zeros((1, site.features), jnp.float32)
-  if site.placement == 'keys_values':  # (key, value, mask) of one key
+  if site.placement == 'keys_values':  # (key, value, mask, query_input) of one position
     key = jnp.zeros((1, 1) + tuple(site.host_call.in_shape[-2:]), jnp.float32)
-    sample = (key, key, None)
+    sample = (key, key, None, jnp.zeros((1, 1, site.host_call.arg_shapes[3][-1]), jnp.float32))
 
   def init(key, own):
     extra = dict(init_extras or {})

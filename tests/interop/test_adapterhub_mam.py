@@ -1,8 +1,6 @@
 """AdapterHub's MAM adapter (`mam`: prefix tuning + a scaled parallel FFN adapter) with its weights
-copied into our `mam` union gives AdapterHub's logits on the same BERT.
-
-(UniPELT has no such check: AdapterHub's Pfeiffer member reads LayerNorm(h + residual) and its
-prefix is gated by the attention's input; neither maps exactly here, see `methods.union`.)"""
+copied into our `mam` union gives AdapterHub's logits on the same BERT (UniPELT's check:
+test_adapterhub_unipelt.py)."""
 
 import dataclasses
 import re

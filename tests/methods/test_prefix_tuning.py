@@ -3,7 +3,7 @@ here (concatenate, mask, softmax by hand) on BERT's and T5's attention (self wit
 cross without), the whole decoders (Llama with GQA and RoPE, GPT-2) against transformers' PyTorch
 models fed the same prefix as `past_key_values`; a zero-length prefix is the base model; padded
 rows equal unpadded ones; eject equals the reparameterised form; Stack concatenates; what cannot
-take a prefix is refused with the reason."""
+take a prefix (Average, Fuse, a host without the hook) is refused with the reason."""
 
 import flax.linen as nn
 import jax
@@ -24,7 +24,7 @@ from adapters_jax.models import (
 )
 from adapters_jax.models.bert import SelfAttention
 from adapters_jax.models.t5_layers import Attention
-from adapters_jax.splicing.composition import Average, CompositionError, Fuse, PerExample, Stack
+from adapters_jax.splicing.composition import Average, CompositionError, Fuse, Stack
 from adapters_jax.splicing.sites import SiteMatchError
 from tests.models import decoder_checkpoints as dc
 from tests.tiny_model import TinyClassifier, init_tiny, tiny_batch
@@ -264,9 +264,9 @@ def test_stack_concatenates_prefixes_and_other_compositions_are_refused():
   k, v, m = _with_prefix(*_reshape_prefix(params, 'prefix', heads, dim, 'b'), k, v, m)
   context = _softmax_attention(q, k, v, m, scale=dim ** -0.5).reshape(2, 5, 32)
   np.testing.assert_allclose(out, _dense(params, context, 'output'), rtol=1e-5, atol=1e-5)
-  for active in (Average('a', 'b'), Fuse('a', 'b'), PerExample('a', None)):
+  for active in (Average('a', 'b'), Fuse('a', 'b')):
     with pytest.raises(CompositionError, match='no output at a site'):
-      spliced.apply(params, hidden, mask, True, active=active, adapter_index=np.zeros(2, np.int32))
+      spliced.apply(params, hidden, mask, True, active=active)
   with pytest.raises(ValueError, match="AdapterFusion cannot fuse 'a'.*no output at a site"):
     add_fusion(spliced, params, ['a', 'b'], jax.random.key(4))
 

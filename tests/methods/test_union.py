@@ -45,11 +45,8 @@ def test_parameter_count_equals_adapterhubs(preset):
   model, params, inputs, _ = host('bert')
   _, spliced = add_adapter(model, params, 'x', get_method(preset), jax.random.key(1), *inputs)
   ours = sum(v.size for v in adapter_leaves(spliced, 'x').values())
-  theirs = _adapterhub_trainable_count(preset)
-  # The one known difference: AdapterHub gates UniPELT's prefix by a Linear(hidden, 1) per layer
-  # reading the attention's input, which our keys_values hook does not see (no prefix gate here).
-  missing = BERT.num_layers * (BERT.hidden_size + 1) if preset == 'unipelt' else 0
-  assert ours == theirs - missing
+  # UniPELT's count includes the prefix gates, Linear(hidden, 1) per layer (a missing gate: 66 fewer)
+  assert ours == _adapterhub_trainable_count(preset)
 
 
 def _member_leaves(union_params, name: str, member: str, sites, shared: bool) -> dict:
@@ -165,3 +162,18 @@ def test_gated_lora_refuses_merge_and_exact_average():
     merge_adapter(spliced, with_lora, 'g')
   with pytest.raises(ValueError, match="how='linear'"):
     gated.check_average('exact')
+
+
+def test_gates_on_the_classifiers_last_layer_average_every_position():
+  """Our BERT classifier computes its last layer at position 0 only; a gate averages over every
+  position, so with a gated adapter active the host computes them all (else the last layer's gates
+  would read position 0 alone)."""
+  model, params, inputs, _ = host('bert')
+  gated = get_method('lora', use_gating=True, leave_out=(0,))  # the last layer only
+  spliced, with_lora = add_adapter(model, params, 'g', gated, jax.random.key(1), *inputs)
+  with_lora = perturb(with_lora, 'g', scale=1.0)
+  every = lambda m, ids, mask: m.classifier(m.head_features(ids, mask, first_token_only=False),
+                                           True)
+  want = np.asarray(jax.jit(lambda p: spliced.apply(p, *inputs, active='g', method=every))(
+      with_lora))
+  np.testing.assert_allclose(run(spliced, with_lora, inputs, 'g'), want, rtol=1e-6, atol=1e-6)
