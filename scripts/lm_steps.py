@@ -131,8 +131,8 @@ def llama_adapter_step(shape: str | DecoderConfig, batch: int, length: int, *,
   host_batch = llama_batch(batch, length, config.vocab_size)
 
   def apply_fn(p, b, rng):
-    return spliced.apply(quantization.dequantize_tree(p), b['input_ids'], b['attention_mask'],
-                         deterministic=False, active=ADAPTER_NAME, rngs={'dropout': rng})
+    return spliced.apply(quantization.dequantize_tree(p, keep_tables=True), b['input_ids'],
+                         b['attention_mask'], deterministic=False, active=ADAPTER_NAME, rngs={'dropout': rng})
 
   fn = functools.partial(train_step, apply_fn=apply_fn, loss_fn=causal_lm_loss, tx=tx)
   if mesh is None:

@@ -111,7 +111,7 @@ class Experiment:
     """The spliced model with the run's adapter active; dropout on when `rng` is a key. Quantised
     kernels of `params` are dequantised here, inside whatever jit calls this."""
     rngs = None if rng is None else {'dropout': rng}
-    params = quantization.dequantize_tree(params)
+    params = quantization.dequantize_tree(params, keep_tables=True)
     return self.spliced.apply(params, *args, deterministic=rng is None, active=self.adapter_name,
                               rngs=rngs, **kwargs)
 
