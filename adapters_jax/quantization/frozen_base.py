@@ -66,17 +66,33 @@ def quantize_frozen(params: Params, mask: Params, kind: str, block_size: int) ->
   return traverse_util.unflatten_dict(out, sep='/')
 
 
-def dequantize_tree(params: Params, keep_tables: bool = False) -> Params:
+def dequantize_tree(params: Params, keep_tables: bool = False, shardings: Params | None = None) -> Params:
   """`params` with every `QuantizedArray` leaf as its float kernel (other leaves as they are).
 
-  `keep_tables`: leave the quantised `embedding` tables as they are, for a model whose embedding
-  modules read them (`quantization.embedding`: our BERT/RoBERTa, T5 and decoder backbones).
+  Args:
+    params: a (partly) quantised param tree.
+    keep_tables: leave the quantised `embedding` tables as they are, for a model whose embedding
+      modules read them (`quantization.embedding`: our BERT/RoBERTa, T5 and decoder backbones).
+    shardings: the stored tree's shardings (e.g. `jax.tree.map(lambda x: x.sharding, frozen)`;
+      paths not in `params` are ignored): each dequantised kernel is constrained to its codes'
+      sharding, so it stays split as the codes are. Without it XLA's partitioner may gather a
+      kernel whole on every device (an untied LM head under FSDP: +1.7 GB a device on Llama-3-8B).
   """
+  if not any(is_quantized(leaf) for leaf in jax.tree.leaves(params, is_leaf=is_quantized)):
+    return params  # a float base (any pytree, e.g. an NNX model's state)
   flat = traverse_util.flatten_dict(params, sep='/')
+  placed = {} if shardings is None else {
+      path: leaf.codes for path, leaf in traverse_util.flatten_dict(shardings, sep='/').items()
+      if is_quantized(leaf)}
   out = {}
   for path, leaf in flat.items():
     keep = keep_tables and path.rsplit('/', 1)[-1] == TABLE_NAME
-    out[path] = dequantize(leaf) if is_quantized(leaf) and not keep else leaf
+    if not is_quantized(leaf) or keep:
+      out[path] = leaf
+    elif path in placed:
+      out[path] = jax.lax.with_sharding_constraint(dequantize(leaf), placed[path])
+    else:
+      out[path] = dequantize(leaf)
   return traverse_util.unflatten_dict(out, sep='/')
 
 
