@@ -129,10 +129,13 @@ def llama_adapter_step(shape: str | DecoderConfig, batch: int, length: int, *,
   tx = optimizer.adamw(1e-4, weight_decay=0.0)
   state = create_train_state(train_params, tx, jax.random.key(2))
   host_batch = llama_batch(batch, length, config.vocab_size)
+  frozen_sh = None if mesh is None else sharding_rules.tree_shardings(frozen, rules, mesh)
 
   def apply_fn(p, b, rng):
-    return spliced.apply(quantization.dequantize_tree(p), b['input_ids'], b['attention_mask'],
-                         deterministic=False, active=ADAPTER_NAME, rngs={'dropout': rng})
+    # Dequantised kernels stay split as their codes are (an untied head is not gathered whole).
+    p = quantization.dequantize_tree(p, keep_tables=True, shardings=frozen_sh)
+    return spliced.apply(p, b['input_ids'], b['attention_mask'], deterministic=False,
+                         active=ADAPTER_NAME, rngs={'dropout': rng})
 
   fn = functools.partial(train_step, apply_fn=apply_fn, loss_fn=causal_lm_loss, tx=tx)
   if mesh is None:
@@ -141,7 +144,6 @@ def llama_adapter_step(shape: str | DecoderConfig, batch: int, length: int, *,
                     if abstract else jax.tree.map(jnp.asarray, host_batch))
   else:
     state_sh = sharding_rules.state_shardings(state, rules, mesh)
-    frozen_sh = sharding_rules.tree_shardings(frozen, rules, mesh)
     batch_sh = {k: placement.batch_sharding(mesh) for k in host_batch}
     step = jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh),
                    out_shardings=(state_sh, placement.replicated(mesh)), donate_argnums=(0,))

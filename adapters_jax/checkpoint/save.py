@@ -1,8 +1,8 @@
 """Adapter-only Orbax checkpoint files: the record, saving, loading, and comparing leaf maps.
 
 A checkpoint directory holds two Orbax items:
-  * `params`: the trained leaves only — one adapter's subtree plus whatever trained with it (layer
-    norms, task head); never a frozen base weight;
+  * `params`: one adapter's whole subtree (its frozen leaves too: VeRA's stored projections) plus
+    whatever trained with it (layer norms, task head); never a frozen base weight;
   * `record`: JSON with the adapter's name, its method config, the base model's identity (name, a
     fingerprint of its parameter shapes and one of a fixed sample of its weights) and the library
     version.
@@ -36,7 +36,7 @@ from adapters_jax.checkpoint.digest import DIGEST_FILE, differing_files, write_d
 from adapters_jax.methods import method_from_dict
 from adapters_jax.splicing import trainable
 from adapters_jax.splicing.splice import Spliced
-from adapters_jax.splicing.tree import Params, is_adapter_path
+from adapters_jax.splicing.tree import Params, adapter_leaves, is_adapter_path
 from adapters_jax.version import __version__
 
 FORMAT = 'adapters_jax.adapter/1'
@@ -178,7 +178,7 @@ def save_adapter(directory: str | os.PathLike, spliced: Spliced, params: Params,
                  mask: Params | None = None, base_name: str = '',
                  extra: Mapping[str, Any] | None = None,
                  base: Mapping[str, Any] | None = None) -> str:
-  """Saves adapter `name` (and the other leaves `mask` marks trainable) to `directory`.
+  """Saves adapter `name` (every leaf of it, and the other leaves `mask` marks trainable) to `directory`.
 
   Args:
     directory: destination; an existing checkpoint there is replaced only after the new one is
@@ -201,16 +201,18 @@ def save_adapter(directory: str | os.PathLike, spliced: Spliced, params: Params,
   if mask is None:
     mask = trainable.make_mask(params, trainable.adapter_rules([spec]))
   to_save, _ = trainable.split(params, mask)
-  flat = traverse_util.flatten_dict(to_save, sep='/')
-  if not any(is_adapter_path(p, name) for p in flat):
+  trained = traverse_util.flatten_dict(to_save, sep='/')
+  if not any(is_adapter_path(p, name) for p in trained):
     raise ValueError(f'The mask marks none of adapter {name!r} leaves as trainable.')
-  foreign = [p for p in flat if is_adapter_path(p) and not is_adapter_path(p, name)]
+  foreign = [p for p in trained if is_adapter_path(p) and not is_adapter_path(p, name)]
   if foreign:
     raise ValueError(f'The mask also selects other adapters\' leaves: {foreign[:5]}; save each '
                      'adapter on its own.')
-  record = make_record(spliced, params, name, base_name, list(flat), extra, base)
+  record = make_record(spliced, params, name, base_name, list(trained), extra, base)
+  # Every leaf of the adapter, the frozen ones too (VeRA's stored projections), so a restore fits.
+  saved = {**adapter_leaves(params, name), **trained}
   directory = os.path.abspath(os.fspath(directory))
-  atomic_write(directory, jax.device_get(to_save), record)
+  atomic_write(directory, jax.device_get(traverse_util.unflatten_dict(saved, sep='/')), record)
   return directory
 
 

@@ -9,7 +9,8 @@ Llama, Qwen2, Mistral, Gemma and T5; module names: `peft_names`):
   dora                          LORA with `use_dora`: the same, plus `<m>.lora_magnitude_vector [out]`
   vera                          VERA: `<m>.vera_lambda_b [out]`, `<m>.vera_lambda_d [r]`, and the shared
                                 projections `base_model.vera_A [r, max in]`, `base_model.vera_B [max out, r]`
-                                (`save_projection`: ours are drawn from a JAX seed, PEFT's from torch's)
+                                (`save_projection`: ours are drawn from a JAX seed, PEFT's from torch's;
+                                an imported VeRA's `stored_projections` are written back as they are)
   ia3 `output` / `input`        IA3: `<m>.ia3_l` `[out, 1]`, or `[1, in]` for `feedforward_modules`
   trained head / layer norms    `modules_to_save` (BERT/RoBERTa only)
 
@@ -47,9 +48,10 @@ from adapters_jax.interop.naming import (
 )
 from adapters_jax.interop.peft_names import ENCODER_MODEL_TYPES, FUSED_PARTS, site_to_module, task_type
 from adapters_jax.interop.portable import PortableAdapter, base_hf_config, base_metadata
-from adapters_jax.methods.vera import vera_projections
+from adapters_jax.methods.vera import STORED_LEAVES, vera_projections
 from adapters_jax.models.hf_files import write_safetensors
 from adapters_jax.models.registry import portable_name
+from adapters_jax.splicing.tree import shared_path
 
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
 PEFT_PREFIX = 'base_model.model.'
@@ -187,15 +189,20 @@ def _ia3(parts, leaf, sites, module):
 
 
 def _vera_projections(adapter, modules, hf_config, model_type, tensors) -> dict[str, np.ndarray]:
-  """PEFT's shared `vera_A [r, N]` / `vera_B [M, r]` (N, M: the widest site's in/out) from our seed.
+  """PEFT's shared `vera_A [r, N]` / `vera_B [M, r]` (N, M: the widest site's in/out): our stored
+  projections as they are (`stored_projections`, sliced per site as PEFT slices), or drawn from our seed.
 
-  Ours scale A by sqrt(6 / in) of each site, PEFT's by sqrt(6 / N) for all: the ratio sqrt(N / in)
-  moves into each site's `vera_lambda_d`, so every site's update is unchanged.
+  Seeded ones scale A by sqrt(6 / in) of each site, PEFT's by sqrt(6 / N) for all: the ratio
+  sqrt(N / in) moves into each site's `vera_lambda_d`, so every site's update is unchanged.
   """
+  method = adapter.method
+  if method.stored_projections:
+    a, b = (adapter.leaves[shared_path(adapter.name, leaf)] for leaf in STORED_LEAVES)  # [N, r], [r, M]
+    return {'base_model.vera_A': np.ascontiguousarray(np.asarray(a, np.float32).T),
+            'base_model.vera_B': np.ascontiguousarray(np.asarray(b, np.float32).T)}
   shapes = site_kernel_shapes(hf_config, model_type, adapter)
   widest_in = max(shapes[parts[None]][0] for parts in modules.values())
   widest_out = max(shapes[parts[None]][1] for parts in modules.values())
-  method = adapter.method
   a, b = vera_projections(method.projection_seed, widest_in, widest_out, method.rank)  # [N, r], [r, M]
   for module, parts in modules.items():
     key = f'{PEFT_PREFIX}{module}.vera_lambda_d'

@@ -1,12 +1,15 @@
-"""PEFT LoRA (with or without DoRA), (IA)3 and PROMPT_TUNING directories -> our adapters (the
+"""PEFT LoRA (with or without DoRA), VeRA, (IA)3 and PROMPT_TUNING directories -> our adapters (the
 inverse of `peft`; prompt learning: `peft_prompts`).
 
 The family is read from the module names (`bert.`/`roberta.`/`encoder.layer.`, `model.layers.`,
 `transformer.h.`, `{encoder,decoder}.block.`). A module's own scaling (`rank_pattern`,
 `alpha_pattern`) that differs from the adapter's moves into its B. GPT-2's fused `c_attn` maps back
 when its LoRA B is block-structured (each rank column touches one of query/key/value, the same
-number of columns each); otherwise the import is refused in one line. Refused too: VeRA (PEFT's
-projections come from torch's generator; ours are regenerated from a JAX seed), LoRA biases,
+number of columns each); otherwise the import is refused in one line. VeRA comes with the frozen
+projections the file holds (`base_model.vera_A` [r, N], `vera_B` [M, r]: PEFT's default
+`save_projection=True`), kept as our `stored_projections`; a save without them is refused (PEFT
+draws them from torch's generator, which is not reproduced here), and so is VeRA on GPT-2's fused
+`c_attn` (one lambda_d and one slice of B for query, key and value). Refused too: LoRA biases,
 layer replication, inits that change the base other than PiSSA/OLoRA (`init_lora_weights`, kept
 as our `init_weights`: the restore rebuilds the residual, as PEFT's load does), and other PEFT types.
 """
@@ -25,18 +28,23 @@ from adapters_jax.interop.naming import InteropError, hf_to_base_leaf, read_adap
 from adapters_jax.interop.peft import CONFIG_FILE, PEFT_PREFIX, WEIGHTS_FILE
 from adapters_jax.interop.peft_names import FUSED_PARTS, locate_site, module_to_sites
 from adapters_jax.interop.portable import PortableAdapter, base_from_metadata
-from adapters_jax.methods import DoRAConfig, IA3Config, LoRAConfig
+from adapters_jax.methods import DoRAConfig, IA3Config, LoRAConfig, VeRAConfig
 from adapters_jax.methods.lora import lora_scaling
+from adapters_jax.methods.vera import STORED_LEAVES
 from adapters_jax.splicing.sites import LAYER_NORM_PARAMS
+from adapters_jax.splicing.tree import shared_path
 
 log = logging.getLogger(__name__)
-_SUFFIX = re.compile(r'\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|ia3_l)$')
+_SUFFIX = re.compile(r'\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|ia3_l|vera_lambda_[bd])$')
+# PEFT's shared VeRA projections (`save_projection=True`), outside `base_model.model.`.
+VERA_PROJECTIONS = ('base_model.vera_A', 'base_model.vera_B')
 _FAMILIES = ((r'^(bert\.|roberta\.)?encoder\.layer\.', 'bert'), (r'^model\.layers\.', 'llama'),
              (r'^transformer\.h\.', 'gpt2'), (r'^(encoder|decoder)\.block\.', 't5'))
 
 
 def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
-  """Reads a PEFT LoRA/DoRA, (IA)3 or PROMPT_TUNING directory (safetensors) as adapter `name`."""
+  """Reads a PEFT LoRA/DoRA, VeRA, (IA)3 or PROMPT_TUNING directory (safetensors) as adapter
+  `name`."""
   directory = pathlib.Path(directory)
   if not (directory / WEIGHTS_FILE).is_file() and (directory / 'adapter_model.bin').is_file():
     raise InteropError(f'{directory} holds pickled weights (adapter_model.bin), which are never loaded; '
@@ -44,14 +52,15 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
   where = directory / CONFIG_FILE
   config = read_json(where)
   peft_type = config['peft_type']
-  if peft_type == 'VERA':
-    raise InteropError(f'{where}: VeRA cannot be imported exactly: PEFT draws vera_A/vera_B with torch\'s '
-                       'generator, and our VeRA regenerates its projections from a JAX seed.')
   if peft_type in peft_prompts.REFUSED_TYPES:
     peft_prompts.refuse_import(peft_type, where)
-  if peft_type not in ('LORA', 'IA3', *peft_prompts.PROMPT_TYPES):
-    raise InteropError(f'{where}: peft_type {peft_type!r} has no equivalent here; importable: LORA, IA3, '
-                       'PROMPT_TUNING.')
+  if peft_type not in ('LORA', 'VERA', 'IA3', *peft_prompts.PROMPT_TYPES):
+    raise InteropError(f'{where}: peft_type {peft_type!r} has no equivalent here; importable: LORA, '
+                       'VERA, IA3, PROMPT_TUNING.')
+  if peft_type == 'VERA' and not config.get('save_projection', True):
+    raise InteropError(f'{where}: save_projection=false: the file lacks vera_A/vera_B, which PEFT '
+                       'regenerates with torch\'s generator (not reproduced here); save the adapter with '
+                       'VeraConfig(save_projection=True), PEFT\'s default.')
   _refuse(config, where)
   weights = directory / WEIGHTS_FILE
   tensors, metadata = read_adapter_weights(weights)
@@ -60,6 +69,7 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
     base = _base_tensors(rest, peft_prompts.PROMPT_PREFIX, 'bert', weights)
     return PortableAdapter(name=name, method=method, leaves={**leaves, **base}, sites={},
                            base=_identity(metadata, config, directory))
+  projections = {key: tensors.pop(key) for key in VERA_PROJECTIONS if key in tensors}
   by_module: dict[str, dict[str, np.ndarray]] = {}
   rest = {}
   for key, value in tensors.items():
@@ -70,7 +80,7 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
     else:
       by_module.setdefault(module_key[:match.start()], {})[match.group(1).split('.')[0]] = value
   if not by_module:
-    raise InteropError(f'{weights} holds no LoRA/(IA)3 weights.')
+    raise InteropError(f'{weights} holds no LoRA/VeRA/(IA)3 weights.')
   family = _family(next(iter(by_module)), weights)
   sites_of = {}
   for module in by_module:
@@ -78,8 +88,11 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
     if not sites_of[module]:
       raise InteropError(f'{weights}: {PEFT_PREFIX}{module} adapts a module that is no site of our '
                          f'{family} backbone (attention query/key/value/output, the FFN projections).')
+  shared = {}
   if peft_type == 'LORA':
     method_of, leaves = _lora(config, by_module, sites_of, name, weights)
+  elif peft_type == 'VERA':
+    method_of, leaves, shared = _vera(config, by_module, sites_of, projections, name, weights)
   else:
     method_of, leaves = _ia3(config, by_module, sites_of, name)
   base = _base_tensors({PEFT_PREFIX + k: v for k, v in rest.items()}, PEFT_PREFIX, family, weights)
@@ -87,7 +100,7 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
   placements = {path.split('/adapters/')[0]: placement for path, (_, placement) in leaves.items()}
   method = method_of(_site_rules(placements), train_also)
   values = {path: value for path, (value, _) in leaves.items()}
-  return PortableAdapter(name=name, method=method, leaves={**values, **base}, sites={},
+  return PortableAdapter(name=name, method=method, leaves={**values, **shared, **base}, sites={},
                          base=_identity(metadata, config, directory))
 
 
@@ -225,6 +238,38 @@ def _fused_columns(b: np.ndarray, module: str, weights: pathlib.Path) -> dict[in
     raise InteropError(f'{weights}: {module} LoRA B gives query/key/value unequal ranks {ranks}; one rank '
                        'per part maps here.')
   return {part: sorted(c) for part, c in sorted(columns.items())}
+
+
+def _vera(config, by_module, sites_of, projections, name, weights):
+  """`(method maker, {leaf path: (value, placement)}, {shared leaf path: value})` of a VeRA file:
+  per module `vera_lambda_d` [r] and `vera_lambda_b` [out]; the shared `vera_A` [r, N] and
+  `vera_B` [M, r] become our stored `projection_a` [N, r] and `projection_b` [r, M]."""
+  if len(projections) != len(VERA_PROJECTIONS):
+    raise InteropError(f'{weights} lacks {[k for k in VERA_PROJECTIONS if k not in projections]}: PEFT '
+                       'regenerates them with torch\'s generator (not reproduced here); save the adapter '
+                       'with VeraConfig(save_projection=True), PEFT\'s default.')
+  leaves = {}
+  for module, found in by_module.items():
+    if set(found) != {'vera_lambda_d', 'vera_lambda_b'}:
+      raise InteropError(f'{weights}: {PEFT_PREFIX}{module} lacks some of its VeRA tensors (has '
+                         f'{sorted(found)}).')
+    if len(sites_of[module]) > 1:
+      raise InteropError(f'{weights}: VeRA on GPT-2\'s fused {module} has one lambda_d and one slice of '
+                         'vera_B for query, key and value together, which our separate projections do '
+                         'not share; only other modules (attention output, FFN) map.')
+    stem = f'{sites_of[module][0]}/adapters/{name}/'
+    leaves[stem + 'lambda_d'] = (np.asarray(found['vera_lambda_d'], np.float32), 'parallel')
+    leaves[stem + 'lambda_b'] = (np.asarray(found['vera_lambda_b'], np.float32), 'parallel')
+  vera_a, vera_b = (np.asarray(projections[k], np.float32) for k in VERA_PROJECTIONS)
+  shared = {shared_path(name, STORED_LEAVES[0]): np.ascontiguousarray(vera_a.T),   # [N, r]
+            shared_path(name, STORED_LEAVES[1]): np.ascontiguousarray(vera_b.T)}   # [r, M]
+
+  def make(sites, train_also):
+    return VeRAConfig(sites=sites, rank=int(config['r']), projection_seed=int(config['projection_prng_key']),
+                      d_initial=float(config['d_initial']), dropout=float(config['vera_dropout']),
+                      stored_projections=True, train_also=train_also)
+
+  return make, leaves, shared
 
 
 def _ia3(config, by_module, sites_of, name):

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -151,7 +152,8 @@ def sample_call(pretrained: models.Pretrained) -> tuple[jnp.ndarray, ...]:
 
 
 def splice_into(adapter: PortableAdapter, pretrained: models.Pretrained):
-  """`(spliced, params, mask)`: the adapter grafted into `pretrained` with its leaves written in.
+  """`(spliced, params, mask)`: the adapter grafted into `pretrained` with its leaves written in;
+  `mask` marks the leaves it carries, but those its method keeps frozen (`frozen_leaves`).
 
   Raises:
     CheckpointError: the full diff when a leaf has no place in the model or the wrong shape.
@@ -165,7 +167,8 @@ def splice_into(adapter: PortableAdapter, pretrained: models.Pretrained):
     raise save.CheckpointError('The imported adapter does not fit the model:\n  '
                                      + '\n  '.join(problems))
   params = save.overwrite_leaves(params, adapter.leaves, what='imported adapter')
-  trained = set(adapter.leaves)
+  frozen = [re.compile(tree.adapter_pattern(adapter.name, leaf)) for leaf in adapter.method.frozen_leaves]
+  trained = {p for p in adapter.leaves if not any(f.fullmatch(p) for f in frozen)}
   mask = traverse_util.unflatten_dict(
       {p: p in trained for p in traverse_util.flatten_dict(params, sep='/')}, sep='/')
   return spliced, params, mask

@@ -112,6 +112,13 @@ class MethodConfig:
     return as_site_rules(self.sites)
 
   @property
+  def frozen_leaves(self) -> tuple[str, ...]:
+    """Whole-name regexes of leaves inside the adapter's subtree (relative to `adapters/<name>/`
+    or a site's `.../adapters/<name>/`) that never train but belong to the adapter: held in its
+    checkpoints, frozen by `trainable.adapter_rules` (VeRA's stored projections). None by default."""
+    return ()
+
+  @property
   def changes_base(self) -> bool:
     """The adapter's init moves part of each site's kernel into the adapter (PiSSA, OLoRA): its
     module's init gets `site_params=` (the kernel in the layout `site.kernel_layout` says) and
@@ -174,7 +181,8 @@ class MethodConfig:
             site: SiteInfo) -> dict[str, Any]:
     """Folds the adapter into the site's own weights (`kernel` [in, out], `bias` [out]), when the
     method allows; the kernel comes in this layout whatever the host stores
-    (`splicing.merge.merge_adapter` transposes it)."""
+    (`splicing.merge.merge_adapter` transposes it). `adapter_params` are the site's own, plus the
+    adapter's shared params under `shared` when it has any."""
     raise NotImplementedError(f'{type(self).__name__} cannot be merged into the base weights; '
                               'only LoRA, VeRA, DoRA and (IA)3 can.')
 

@@ -2,7 +2,7 @@
 
 Param/module paths (`/`-joined; adapter site regexes elsewhere depend on them):
 
-    embeddings/{word,position,token_type}_embeddings   nn.Embed   (token_type absent if 0 types)
+    embeddings/{word,position,token_type}_embeddings   QuantizableEmbed (token_type absent if 0 types)
     embeddings/input_embeddings                        identity site (prompt tuning may grow it)
     embeddings/layer_norm                              nn.LayerNorm
     encoder/layer_{i}/attention/{query,key,value}      nn.Dense hidden->hidden
@@ -55,6 +55,7 @@ from adapters_jax.models.input_embeddings import InputEmbeddings, grow_front
 from adapters_jax.nn.activations import get_activation
 from adapters_jax.nn.dropout import Dropout
 from adapters_jax.nn.key_value_hook import KeyValueHook
+from adapters_jax.quantization.embedding import QuantizableEmbed
 
 HEADS = ('bert', 'roberta')
 
@@ -95,7 +96,7 @@ class Embeddings(nn.Module):
     """Returns `(hidden [batch, seq', hidden], attention_mask [batch, seq'])`, seq' >= seq."""
     cfg = self.config
     embed = functools.partial(
-        nn.Embed, features=cfg.hidden_size, dtype=jnp.float32, param_dtype=jnp.float32,
+        QuantizableEmbed, features=cfg.hidden_size, dtype=jnp.float32, param_dtype=jnp.float32,
         embedding_init=nn.initializers.normal(cfg.initializer_range))
     hidden = embed(cfg.vocab_size, name='word_embeddings')(input_ids)  # [batch, seq, hidden]
     hidden = InputEmbeddings(name='input_embeddings')(hidden)  # [batch, seq', hidden]

@@ -2,9 +2,9 @@
 
 Param/module paths (`/`-joined; adapter site patterns depend on them, as on the encoder):
 
-    embeddings/word_embeddings                 nn.Embed [vocab, hidden] (also the tied LM head)
+    embeddings/word_embeddings                 QuantizableEmbed [vocab, hidden] (also the tied LM head)
     embeddings/input_embeddings                identity site (prompt tuning may grow it)
-    embeddings/position_embeddings             nn.Embed, learned positions only (GPT-2)
+    embeddings/position_embeddings             QuantizableEmbed, learned positions only (GPT-2)
     decoder/layer_{i}/attention/{query,key,value,output}
     decoder/layer_{i}/ffn/{gate,intermediate,output}
     decoder/layer_{i}/{attention,ffn}_layer_norm
@@ -39,6 +39,7 @@ from adapters_jax.models.input_embeddings import InputEmbeddings, grow_front
 from adapters_jax.models.kv_cache import KVCache, slot_mask
 from adapters_jax.models.rope import rotary_cos_sin
 from adapters_jax.nn.dropout import Dropout
+from adapters_jax.quantization.embedding import QuantizableEmbed
 
 
 def default_positions(attention_mask_: jax.Array, already_valid: jax.Array | None = None):
@@ -63,11 +64,11 @@ class DecoderEmbeddings(nn.Module):
   def setup(self):
     cfg = self.config
     init = nn.initializers.normal(cfg.initializer_range)
-    self.word_embeddings = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.float32,
+    self.word_embeddings = QuantizableEmbed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.float32,
                                     param_dtype=jnp.float32, embedding_init=init)
     self.input_embeddings = InputEmbeddings()
     if cfg.position_embedding == 'learned':
-      self.position_embeddings = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+      self.position_embeddings = QuantizableEmbed(cfg.max_position_embeddings, cfg.hidden_size,
                                           dtype=jnp.float32, param_dtype=jnp.float32,
                                           embedding_init=init)
     self.dropout = Dropout(cfg.embedding_dropout)
@@ -91,7 +92,7 @@ class DecoderEmbeddings(nn.Module):
   def attend(self, hidden):
     """Tied LM head: `hidden @ word_embeddings.T` -> `[batch, seq, vocab]` float32."""
     dtype = self.config.compute_dtype
-    table = self.word_embeddings.embedding.astype(dtype)  # [vocab, hidden]
+    table = self.word_embeddings.table().astype(dtype)  # [vocab, hidden], dequantised whole
     return jnp.einsum('bsh,vh->bsv', hidden.astype(dtype), table,
                       preferred_element_type=jnp.float32)
 

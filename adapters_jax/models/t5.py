@@ -36,6 +36,7 @@ from adapters_jax.models.input_embeddings import InputEmbeddings, grow_front
 from adapters_jax.models.t5_config import T5Config
 from adapters_jax.models.t5_layers import Attention, FeedForward, RelativePositionBias, T5LayerNorm
 from adapters_jax.nn.dropout import Dropout
+from adapters_jax.quantization.embedding import QuantizableEmbed
 
 # Keys of the decoding cache; each value has a leading `[num_decoder_layers]` axis.
 SELF_CACHE = ('self_key', 'self_value')      # [layers, batch, max_length, heads, d_kv]
@@ -226,7 +227,7 @@ class T5ForConditionalGeneration(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.shared = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.float32,
+    self.shared = QuantizableEmbed(cfg.vocab_size, cfg.d_model, dtype=jnp.float32,
                            param_dtype=jnp.float32,
                            embedding_init=nn.initializers.normal(cfg.initializer_factor))
     self.encoder = Encoder(cfg)
@@ -249,7 +250,7 @@ class T5ForConditionalGeneration(nn.Module):
     if not cfg.tie_word_embeddings:
       return self.lm_head(hidden).astype(jnp.float32)
     hidden = hidden * cfg.d_model ** -0.5
-    embedding = self.shared.embedding.astype(cfg.compute_dtype)  # [vocab, d_model]
+    embedding = self.shared.table().astype(cfg.compute_dtype)  # [vocab, d_model], dequantised whole
     return jnp.einsum('bld,vd->blv', hidden.astype(cfg.compute_dtype), embedding,
                       preferred_element_type=jnp.float32)
 

@@ -23,6 +23,7 @@ from adapters_jax.models.t5_config import T5Config
 from adapters_jax.nn.activations import get_activation
 from adapters_jax.nn.dropout import Dropout, apply_keep_mask
 from adapters_jax.nn.key_value_hook import KeyValueHook, pad_keys_in_front
+from adapters_jax.quantization.embedding import stored_table, take_rows
 
 _MASKED = float(np.finfo(np.float32).min)  # what HF adds to masked scores
 
@@ -89,10 +90,9 @@ class RelativePositionBias(nn.Module):
     buckets = relative_position_bucket(
         key_positions[None, :] - query_positions[:, None], self.bidirectional,
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)  # [q, k]
-    table = self.param('embedding', nn.initializers.normal(cfg.initializer_factor
-                                                           * cfg.d_model ** -0.5),
-                       (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.float32)
-    return jnp.transpose(table[buckets], (2, 0, 1))[None]
+    table = stored_table(self, nn.initializers.normal(cfg.initializer_factor * cfg.d_model ** -0.5),
+                         (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.float32)
+    return jnp.transpose(take_rows(table, buckets), (2, 0, 1))[None]
 
 
 class Attention(nn.Module):

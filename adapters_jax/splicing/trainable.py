@@ -63,7 +63,8 @@ def make_mask(params: Params, rules: Rules) -> Params:
 
 def adapter_rules(adapters: Iterable[Any], train_head: bool = True,
                   extra: Rules = ()) -> list[tuple[str, bool]]:
-  """Rules that train the given adapters and what their methods also train; freeze the rest.
+  """Rules that train the given adapters and what their methods also train; freeze the rest (and
+  the leaves of an adapter its method keeps frozen: `MethodConfig.frozen_leaves`).
 
   Args:
     adapters: `tree.AdapterSpec`s (e.g. `[spliced.adapter('sst2')]`).
@@ -72,6 +73,7 @@ def adapter_rules(adapters: Iterable[Any], train_head: bool = True,
   """
   rules = list(extra)
   for spec in adapters:
+    rules.extend((adapter_pattern(spec.name, leaf), False) for leaf in spec.method.frozen_leaves)
     rules.append((adapter_pattern(spec.name), True))
     rules.extend((pattern, True) for pattern in spec.method.train_also)
   if train_head:

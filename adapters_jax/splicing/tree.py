@@ -76,9 +76,10 @@ def shared_path(name: str, leaf_path: str) -> str:
   return f'{ADAPTERS_KEY}/{name}/{SHARED_KEY}/{leaf_path}'
 
 
-def adapter_pattern(name: str) -> str:
-  """A whole-name regex matching every leaf path of adapter `name` (for trainable rules)."""
-  return rf'(.*/)?{ADAPTERS_KEY}/{re.escape(name)}/.*'
+def adapter_pattern(name: str, leaf: str = '.*') -> str:
+  """A whole-name regex matching the leaf paths of adapter `name` (for trainable rules): every one,
+  or those whose path inside the adapter's subtree fully matches the regex `leaf`."""
+  return rf'(.*/)?{ADAPTERS_KEY}/{re.escape(name)}/(?:{leaf})'
 
 
 def path_adapter(path: str) -> str | None:

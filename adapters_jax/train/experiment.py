@@ -92,6 +92,9 @@ class Experiment:
       (e.g. fusion's attention plot), or None.
     base_record: a quantised base's checkpoint `base` entry (the float base's fingerprints and
       the quantisation), or None: checkpoints fingerprint `params` themselves.
+    frozen_shardings: the shardings of the frozen tree as a run placed it on its mesh, or None:
+      `forward` keeps each dequantised kernel split as its codes are
+      (`quantization.dequantize_tree`).
   """
 
   config: ml_collections.ConfigDict
@@ -106,12 +109,13 @@ class Experiment:
   result_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
   report: Callable[[Params, data.BatchSource, str], dict[str, Any]] | None = None
   base_record: dict[str, Any] | None = None
+  frozen_shardings: Params | None = None
 
   def forward(self, params: Params, *args: Any, rng: jax.Array | None = None, **kwargs: Any) -> Any:
     """The spliced model with the run's adapter active; dropout on when `rng` is a key. Quantised
     kernels of `params` are dequantised here, inside whatever jit calls this."""
     rngs = None if rng is None else {'dropout': rng}
-    params = quantization.dequantize_tree(params)
+    params = quantization.dequantize_tree(params, keep_tables=True, shardings=self.frozen_shardings)
     return self.spliced.apply(params, *args, deterministic=rng is None, active=self.adapter_name,
                               rngs=rngs, **kwargs)
 

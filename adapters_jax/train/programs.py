@@ -20,6 +20,7 @@ member whose loss or gradient norm is non-finite keeps its last finite state and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -129,7 +130,10 @@ class ShardedRun:
   def start(self, states: Sequence[TrainState]) -> None:
     self.state = states[0]
     del self._template  # donated by the first step when it is the fresh state
-    step_fn, self._eval_step = make_step_fns(self.experiment, self.tx)
+    # Dequantised kernels of a quantised base stay split as their codes are on the mesh.
+    placed = dataclasses.replace(self.experiment,
+                                 frozen_shardings=jax.tree.map(lambda x: x.sharding, self.frozen))
+    step_fn, self._eval_step = make_step_fns(placed, self.tx)
     self._step = self.arrays.pin_train_step(step_fn, self.state, self.frozen)
 
   def step_count(self) -> int:

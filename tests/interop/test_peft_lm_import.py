@@ -94,11 +94,11 @@ def test_a_dense_gpt2_c_attn_lora_is_refused_naming_why(tmp_path, lm_base_dir):
   assert not (tmp_path / 'ours').exists()
 
 
-def test_vera_import_is_refused_naming_why(tmp_path, lm_base_dir):
-  saved, _, _ = save_in_peft(tmp_path, lm_base_dir, 'llama',
-                             peft.VeraConfig(r=4, target_modules=['q_proj'], save_projection=True))
-  with pytest.raises(InteropError, match="torch's generator"):
-    import_checkpoint(saved, 'peft', model=str(lm_base_dir('llama')), out=tmp_path / 'ours')
+def test_vera_on_gpt2_c_attn_is_refused_naming_why(tmp_path, lm_base_dir):
+  saved, _, _ = save_in_peft(tmp_path, lm_base_dir, 'gpt2', peft.VeraConfig(
+      r=4, target_modules=['c_attn'], fan_in_fan_out=True))
+  with pytest.raises(InteropError, match=r"VeRA on GPT-2's fused .*c_attn has one lambda_d"):
+    import_checkpoint(saved, 'peft', model=str(lm_base_dir('gpt2')), out=tmp_path / 'ours')
 
 
 def test_modules_of_different_ranks_are_refused(tmp_path, lm_base_dir):

@@ -8,10 +8,12 @@ import numpy as np
 import peft
 import pytest
 import torch
+from flax import traverse_util
 
-from adapters_jax import get_method
+from adapters_jax import adapter_leaves, get_method
 from adapters_jax.methods import VeRA, method_from_dict
 from adapters_jax.methods.vera import vera_projections
+from adapters_jax.splicing import trainable
 from tests.methods import splice_checks
 
 METHOD = get_method('vera', rank=8, projection_seed=5)
@@ -113,3 +115,61 @@ def test_one_step_moves_only_its_leaves():
 
 def test_the_config_record_keeps_the_seed():
   assert method_from_dict(json.loads(METHOD.to_json())) == METHOD
+
+
+STORED = get_method('vera', rank=8, projection_seed=5, stored_projections=True)
+STORED_PATHS = {'adapters/a/shared/projection_a', 'adapters/a/shared/projection_b'}
+
+
+def test_stored_projections_are_sliced_per_site_as_float64():
+  module = VeRA(out_features=4, rank=3, stored_projections=True)
+  rng = np.random.default_rng(0)
+  shared = {'projection_a': rng.normal(size=(7, 3)).astype(np.float32),   # [N, r], N >= in
+            'projection_b': rng.normal(size=(3, 6)).astype(np.float32)}   # [r, M], M >= out
+  trained = {'lambda_d': rng.normal(size=3).astype(np.float32),
+             'lambda_b': rng.normal(size=4).astype(np.float32)}
+  x = rng.normal(size=(2, 5)).astype(np.float32)
+  a, b = (shared[k].astype(np.float64) for k in ('projection_a', 'projection_b'))
+  want = ((x.astype(np.float64) @ a[:5]) * trained['lambda_d']) @ b[:, :4] * trained['lambda_b']
+  got = module.apply({'params': trained}, x, shared=shared)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='stored_projections=True.*called without them'):
+    module.apply({'params': trained}, x)
+
+
+def test_stored_projections_are_one_frozen_pair_for_the_widest_site():
+  _, spliced, _, params, _ = splice_checks.spliced_host(STORED, 'llama')
+  leaves = adapter_leaves(params, 'a')
+  sites = spliced.adapter('a').sites  # query and the narrower value (fewer key/value heads)
+  assert len({s.out_features for s in sites}) == 2
+  widest_in, widest_out = max(s.in_features for s in sites), max(s.out_features for s in sites)
+  a, b = vera_projections(5, widest_in, widest_out, 8)  # PEFT's fan-in N for A
+  np.testing.assert_array_equal(np.asarray(leaves['adapters/a/shared/projection_a']), np.asarray(a))
+  np.testing.assert_array_equal(np.asarray(leaves['adapters/a/shared/projection_b']), np.asarray(b))
+  mask = traverse_util.flatten_dict(
+      trainable.make_mask(params, trainable.adapter_rules([spliced.adapter('a')])), sep='/')
+  assert {p for p in leaves if not mask[p]} == STORED_PATHS
+  with pytest.raises(ValueError, match='Average'):
+    STORED.check_average('linear')
+  with pytest.raises(ValueError, match='add_adapter on a Linen model'):
+    STORED.make_shared_module(())
+
+
+@pytest.mark.parametrize('family', ['bert', 'llama'])
+def test_stored_projections_merge_equals_unmerged(family):
+  splice_checks.check_merge_equals_unmerged(STORED, family)
+
+
+def test_stored_projections_checkpoint_round_trip(tmp_path):
+  splice_checks.check_checkpoint_round_trip(STORED, 'llama', tmp_path)  # projections perturbed too
+
+
+def test_stored_projections_get_no_update():
+  _, spliced, _, params, inputs = splice_checks.spliced_host(STORED, 'llama')
+  params = splice_checks.perturb(params, 'a')
+  mask = trainable.make_mask(params, trainable.adapter_rules([spliced.adapter('a')], train_head=False))
+  trained, frozen = trainable.split(params, mask)
+  grads = jax.grad(lambda t: jax.numpy.mean(
+      spliced.apply(trainable.combine(t, frozen), *inputs, active='a') ** 2))(trained)
+  moved = {p for p, g in traverse_util.flatten_dict(grads, sep='/').items() if np.abs(g).max() > 0}
+  assert moved == set(adapter_leaves(params, 'a')) - STORED_PATHS

@@ -109,3 +109,19 @@ def test_a_quantised_base_under_a_method_that_needs_float_weights_names_the_fix(
   config.method, config.quantize = method, 'nf4'
   with pytest.raises(ValueError, match=r"quantize='nf4'.*--config.quantize=''"):
     build_experiment(config, spec=None)
+
+
+def test_dequantised_kernels_keep_their_codes_sharding():
+  # The constraint `dequantize_tree(..., shardings=...)` adds (the memory it saves under FSDP:
+  # test_qlora_memory); here on one device: the same values, each kernel placed as its codes.
+  _, params, mask = _spliced('lora')
+  quantized = quantization.quantize_frozen(params, mask, 'nf4', BLOCK)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('fsdp',))
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('fsdp'))
+  shardings = jax.tree.map(lambda _: split, quantized)
+  placed = jax.jit(lambda p: quantization.dequantize_tree(p, shardings=shardings))(quantized)
+  plain = quantization.dequantize_tree(quantized)
+  kernel = placed['decoder']['layer_0']['attention']['query']['kernel']
+  assert kernel.sharding.is_equivalent_to(split, kernel.ndim)
+  for got, want in zip(jax.tree.leaves(placed), jax.tree.leaves(plain), strict=True):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
