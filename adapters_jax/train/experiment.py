@@ -20,9 +20,10 @@ everything after this point is the same for both.
 its task head) initialise the run's adapter before training.
 
 `config.quantize` (`nf4`, `int4`, `int8`; `config.quantize_block_size` values per block) stores the
-frozen kernels quantised (QLoRA, `adapters_jax.quantization`): `forward` dequantises them inside
-the jitted step, the adapter and whatever else trains stay float, and the best checkpoint's record
-keeps the fingerprints of the float base with the quantisation used (`base_record`).
+frozen kernels quantised (QLoRA, `adapters_jax.quantization`; Linen and `nnx:` models alike):
+`forward` dequantises them inside the jitted step, the adapter and whatever else trains stay
+float, and the best checkpoint's record keeps the fingerprints of the float base with the
+quantisation used (`base_record`).
 """
 
 from __future__ import annotations
@@ -172,14 +173,12 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
     raise ValueError(f'quantize={config.quantize!r} stores a frozen base; method '
                      f'{config.method!r} needs a float one: set --config.quantize=\'\'.')
   if is_nnx_model(config.model):
-    if config.quantize:
-      raise ValueError(f'quantize={config.quantize!r} is for our Linen backbones; an nnx: model '
-                       'trains over its float base: set --config.quantize=\'\'.')
     adapter_name = None if config.method in BASELINE_METHODS else config.adapter_name or spec.name
     parts = build_nnx(config, spec, adapter_name)
-    return Experiment(config=config, pretrained=parts.pretrained, spec=spec,
-                      task_kind=parts.task_kind, spliced=parts.spliced, params=parts.params,
-                      mask=parts.mask, adapter_name=adapter_name)
+    return quantize_base(Experiment(config=config, pretrained=parts.pretrained, spec=spec,
+                                    task_kind=parts.task_kind, spliced=parts.spliced,
+                                    params=parts.params, mask=parts.mask,
+                                    adapter_name=adapter_name))
   factory = kind_factory(spec, model_type_of(config.model), config.task_kind)
   pretrained = models.load_pretrained(
       config.model, **factory.load_arguments(spec), dtype=config.dtype, remat=config.remat,
@@ -209,18 +208,27 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
 def quantize_base(experiment: Experiment) -> Experiment:
   """The experiment with its frozen kernels stored as `config.quantize` (unchanged when '').
 
-  The float base is dropped (also from `pretrained`), so only the quantised one stays in memory;
-  `base_record` keeps its fingerprints, taken before quantising.
+  The float base is dropped (from `pretrained`, or from an NNX model's `Functional`), so only the
+  quantised one stays in memory; `base_record` keeps its fingerprints, taken before quantising.
+  An NNX model's weights are its frozen leaves of >= 2 dims but biases and norm scales (they
+  have no common name: `quantization.frozen_base`'s `'matrices'`); a Linen model's are named
+  `kernel` and `embedding`.
   """
   config = experiment.config
   if not config.quantize:
     return experiment
+  nnx_model = is_nnx_model(config.model)
+  select = 'matrices' if nnx_model else 'named'
   flat_mask = jax.tree_util.tree_leaves_with_path(experiment.mask)
   trained = [jax.tree_util.keystr(p, simple=True, separator='/') for p, m in flat_mask if m]
   record = {**base_record(experiment.params, config.model, trained),
-            'quantization': quantization.describe(config.quantize, config.quantize_block_size)}
+            'quantization': quantization.describe(config.quantize, config.quantize_block_size,
+                                                  select)}
   params = quantization.quantize_frozen(experiment.params, experiment.mask, config.quantize,
-                                        config.quantize_block_size)
+                                        config.quantize_block_size, select)
+  if nnx_model:
+    return dataclasses.replace(experiment, params=params, base_record=record,
+                               spliced=experiment.spliced.without_params())
   return dataclasses.replace(experiment, params=params, base_record=record,
                              pretrained=dataclasses.replace(experiment.pretrained, params=None))
 
