@@ -46,6 +46,7 @@ from adapters_jax.checkpoint.save import (
   base_record,
   load_leaves,
   load_record,
+  make_record,
   save_adapter,
   save_trained,
 )
@@ -221,7 +222,12 @@ def quantize_base(experiment: Experiment) -> Experiment:
   select = 'matrices' if nnx_model else 'named'
   flat_mask = jax.tree_util.tree_leaves_with_path(experiment.mask)
   trained = [jax.tree_util.keystr(p, simple=True, separator='/') for p, m in flat_mask if m]
-  record = {**base_record(experiment.params, config.model, trained),
+  if experiment.adapter_name is None:
+    float_base = base_record(experiment.params, config.model, trained)
+  else:  # as a float run's save records it (PiSSA/OLoRA's residual kernels left unsampled)
+    float_base = make_record(experiment.spliced, experiment.params, experiment.adapter_name,
+                             config.model, trained)['base']
+  record = {**float_base,
             'quantization': quantization.describe(config.quantize, config.quantize_block_size,
                                                   select)}
   params = quantization.quantize_frozen(experiment.params, experiment.mask, config.quantize,

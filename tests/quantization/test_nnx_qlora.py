@@ -216,3 +216,25 @@ def test_the_checkpoint_holds_the_adapter_and_restores_onto_a_freshly_quantised_
                                            select='matrices')
   got = functional.apply(quantization.dequantize_tree(quantized), *args, active='rotten_tomatoes')
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_pissa_adapter_over_an_nf4_base_restores_strictly_onto_its_float_base(trained, tmp_path):
+  # QPiSSA: the splice replaces each site kernel by its residual, which is then stored quantised.
+  # Bug caught: the record's weights fingerprint sampling the residual kernels (a float run's
+  # record leaves them out), so a strict restore onto the float base it was trained on is refused.
+  config = _config()
+  config.method_options.update({'init_weights': 'pissa', 'rank': 4})
+  experiment = build_experiment(config, trained['spec'])
+  directory = experiment.save_best(str(tmp_path / 'best'), experiment.params, {})
+  batch = trained['batch']
+  want = experiment.logits(experiment.params, batch, deterministic=True)  # [8, 2]
+  model = make_classifier(vocab_size=len(experiment.pretrained.tokenizer), num_labels=2,
+                          rngs=nnx.Rngs(0, dropout=0))
+  args = experiment.task_kind.model_inputs(batch)
+  nnx_checkpoint.restore_adapter(directory, model, *args, strict=True)  # residuals from this base
+  functional = Functional(model)
+  mask = functional.mask(trained_filter(model, extra=(r'classifier/.*',)))
+  quantized = quantization.quantize_frozen(functional.params, mask, 'nf4', BLOCK,
+                                           select='matrices')
+  got = functional.apply(quantization.dequantize_tree(quantized), *args, active='rotten_tomatoes')
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
