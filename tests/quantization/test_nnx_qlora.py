@@ -75,7 +75,10 @@ def _encoder():
   return model, inputs, methods, lambda output: output, paths  # logits [B, 2]
 
 
-@pytest.mark.parametrize('host', [_qwen2, _encoder], ids=['tunix_qwen2', 'flax_encoder'])
+# The flax encoder's 2-D biases are also checked by the run's stored leaves below.
+@pytest.mark.parametrize('host', [
+    pytest.param(_qwen2, id='tunix_qwen2'),
+    pytest.param(_encoder, id='flax_encoder', marks=pytest.mark.slow)])
 def test_an_nf4_nnx_model_computes_the_float_model_on_reference_dequantised_weights(host):
   # Each adapter over the NF4 base (Functional.apply on the dequantised tree, jitted) against the
   # NNX model itself, its base weights replaced by the test's float64 NF4 rounding. Bugs caught:
@@ -105,8 +108,8 @@ def test_an_nf4_nnx_model_computes_the_float_model_on_reference_dequantised_weig
     want = logits(model(*inputs))
     got = logits(apply(quantized, name))
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=name)
-    float_out = logits(functional.apply(functional.params, *inputs, active=name))
-    assert not np.allclose(got, float_out, atol=1e-4), name  # NF4 did change the weights
+  float_out = logits(functional.apply(functional.params, *inputs, active=name))
+  assert not np.allclose(got, float_out, atol=1e-4)  # NF4 did change the weights
 
 
 def _config(**changes):
