@@ -241,3 +241,9 @@ def test_a_pissa_adapter_over_an_nf4_base_restores_strictly_onto_its_float_base(
                                            select='matrices')
   got = functional.apply(quantization.dequantize_tree(quantized), *args, active='rotten_tomatoes')
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_an_unknown_leaf_selection_names_the_valid_ones():
+  params = {'dense': {'kernel': jnp.ones((4, 8))}}
+  with pytest.raises(ValueError, match=r"Unknown leaf selection 'all'; valid: \['named', 'matrices'\]"):
+    quantization.quantize_frozen(params, {'dense': {'kernel': False}}, 'nf4', BLOCK, select='all')
