@@ -15,12 +15,17 @@ training step is a function of its key alone (what makes a resumed run equal an 
     logits = functional.apply(params, ids, mask, types, deterministic=False,
                               rngs={'dropout': key})   # training mode, reseeded dropout
 
+`params` holds the arrays the model was split into, and nothing else here does (the split keeps
+each param's variable type and metadata with an abstract value), so `without_params()` lets a
+replacement (a quantised base, `adapters_jax.quantization`) free the float arrays.
+
 It answers `adapter(name)` like `splicing.Spliced`, so `checkpoint.save.save_adapter` writes an
 NNX run's best adapter in the format every reader of checkpoints knows.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jax
@@ -39,15 +44,18 @@ class Functional:
   """An NNX model taken apart: `params` (nested dict of arrays) and `apply(params, ...)`.
 
   Attributes:
-    params: every `nnx.Param` of the model (base and adapters), keyed by path parts.
+    params: every `nnx.Param` of the model (base and adapters), keyed by path parts; None after
+      `without_params`.
   """
 
   def __init__(self, model: nnx.Module):
     self._graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
-    self._slots = list(nnx.to_flat_state(param_state))
+    slots = list(nnx.to_flat_state(param_state))
     self._rest = list(nnx.to_flat_state(rest))
-    self.params: Params = traverse_util.unflatten_dict(
-        {path_key(p): v[...] for p, v in self._slots}, sep='/')
+    self.params: Params | None = traverse_util.unflatten_dict(
+        {path_key(p): v[...] for p, v in slots}, sep='/')
+    # Types and metadata only: `model` takes the values from its argument.
+    self._slots = [(p, v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype))) for p, v in slots]
     self._specs = {spec.name: spec for spec in splice.adapter_specs(model)}
     self.stream_names = sorted({node.key.tag for _, node in nnx.iter_graph(model)
                                 if isinstance(node, nnx.RngStream)})
@@ -61,6 +69,13 @@ class Functional:
     rest = nnx.from_flat_state([(path, variable.replace(variable[...]))
                                 for path, variable in self._rest])
     return nnx.merge(self._graphdef, state, rest)
+
+  def without_params(self) -> Functional:
+    """This model with `params` None (it applies the same): the arrays are freed once the caller
+    drops its own references, e.g. when a quantised copy replaces the float base."""
+    functional = copy.copy(self)
+    functional.params = None
+    return functional
 
   def apply(self, params: Params, *args: Any, deterministic: bool = True, active: Any = None,
             rngs: dict[str, jax.Array] | None = None, **kwargs: Any) -> Any:

@@ -20,9 +20,10 @@ everything after this point is the same for both.
 its task head) initialise the run's adapter before training.
 
 `config.quantize` (`nf4`, `int4`, `int8`; `config.quantize_block_size` values per block) stores the
-frozen kernels quantised (QLoRA, `adapters_jax.quantization`): `forward` dequantises them inside
-the jitted step, the adapter and whatever else trains stay float, and the best checkpoint's record
-keeps the fingerprints of the float base with the quantisation used (`base_record`).
+frozen kernels quantised (QLoRA, `adapters_jax.quantization`; Linen and `nnx:` models alike):
+`forward` dequantises them inside the jitted step, the adapter and whatever else trains stay
+float, and the best checkpoint's record keeps the fingerprints of the float base with the
+quantisation used (`base_record`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from adapters_jax.checkpoint.save import (
   base_record,
   load_leaves,
   load_record,
+  make_record,
   save_adapter,
   save_trained,
 )
@@ -95,6 +97,9 @@ class Experiment:
     frozen_shardings: the shardings of the frozen tree as a run placed it on its mesh, or None:
       `forward` keeps each dequantised kernel split as its codes are
       (`quantization.dequantize_tree`).
+    lookup_quantized_tables: quantised `embedding` tables reach the model as they are stored (our
+      Linen backbones look their rows up, `quantization.embedding`); False for NNX models, which
+      get every table dequantised whole.
   """
 
   config: ml_collections.ConfigDict
@@ -110,12 +115,14 @@ class Experiment:
   report: Callable[[Params, data.BatchSource, str], dict[str, Any]] | None = None
   base_record: dict[str, Any] | None = None
   frozen_shardings: Params | None = None
+  lookup_quantized_tables: bool = True
 
   def forward(self, params: Params, *args: Any, rng: jax.Array | None = None, **kwargs: Any) -> Any:
     """The spliced model with the run's adapter active; dropout on when `rng` is a key. Quantised
     kernels of `params` are dequantised here, inside whatever jit calls this."""
     rngs = None if rng is None else {'dropout': rng}
-    params = quantization.dequantize_tree(params, keep_tables=True, shardings=self.frozen_shardings)
+    params = quantization.dequantize_tree(params, keep_tables=self.lookup_quantized_tables,
+                                          shardings=self.frozen_shardings)
     return self.spliced.apply(params, *args, deterministic=rng is None, active=self.adapter_name,
                               rngs=rngs, **kwargs)
 
@@ -176,14 +183,12 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
     raise ValueError(f'quantize={config.quantize!r} stores a frozen base; method '
                      f'{config.method!r} needs a float one: set --config.quantize=\'\'.')
   if is_nnx_model(config.model):
-    if config.quantize:
-      raise ValueError(f'quantize={config.quantize!r} is for our Linen backbones; an nnx: model '
-                       'trains over its float base: set --config.quantize=\'\'.')
     adapter_name = None if config.method in BASELINE_METHODS else config.adapter_name or spec.name
     parts = build_nnx(config, spec, adapter_name)
-    return Experiment(config=config, pretrained=parts.pretrained, spec=spec,
-                      task_kind=parts.task_kind, spliced=parts.spliced, params=parts.params,
-                      mask=parts.mask, adapter_name=adapter_name)
+    return quantize_base(Experiment(config=config, pretrained=parts.pretrained, spec=spec,
+                                    task_kind=parts.task_kind, spliced=parts.spliced,
+                                    params=parts.params, mask=parts.mask,
+                                    adapter_name=adapter_name))
   factory = kind_factory(spec, model_type_of(config.model), config.task_kind)
   pretrained = models.load_pretrained(
       config.model, **factory.load_arguments(spec), dtype=config.dtype, remat=config.remat,
@@ -213,18 +218,33 @@ def build_experiment(config: ml_collections.ConfigDict, spec: data.TaskSpec) -> 
 def quantize_base(experiment: Experiment) -> Experiment:
   """The experiment with its frozen kernels stored as `config.quantize` (unchanged when '').
 
-  The float base is dropped (also from `pretrained`), so only the quantised one stays in memory;
-  `base_record` keeps its fingerprints, taken before quantising.
+  The float base is dropped (from `pretrained`, or from an NNX model's `Functional`), so only the
+  quantised one stays in memory; `base_record` keeps its fingerprints, taken before quantising.
+  An NNX model's weights are its frozen leaves of >= 2 dims but biases and norm scales (they
+  have no common name: `quantization.frozen_base`'s `'matrices'`); a Linen model's are named
+  `kernel` and `embedding`.
   """
   config = experiment.config
   if not config.quantize:
     return experiment
+  nnx_model = is_nnx_model(config.model)
+  select = 'matrices' if nnx_model else 'named'
   flat_mask = jax.tree_util.tree_leaves_with_path(experiment.mask)
   trained = [jax.tree_util.keystr(p, simple=True, separator='/') for p, m in flat_mask if m]
-  record = {**base_record(experiment.params, config.model, trained),
-            'quantization': quantization.describe(config.quantize, config.quantize_block_size)}
+  if experiment.adapter_name is None:
+    float_base = base_record(experiment.params, config.model, trained)
+  else:  # as a float run's save records it (PiSSA/OLoRA's residual kernels left unsampled)
+    float_base = make_record(experiment.spliced, experiment.params, experiment.adapter_name,
+                             config.model, trained)['base']
+  record = {**float_base,
+            'quantization': quantization.describe(config.quantize, config.quantize_block_size,
+                                                  select)}
   params = quantization.quantize_frozen(experiment.params, experiment.mask, config.quantize,
-                                        config.quantize_block_size)
+                                        config.quantize_block_size, select)
+  if nnx_model:
+    return dataclasses.replace(experiment, params=params, base_record=record,
+                               spliced=experiment.spliced.without_params(),
+                               lookup_quantized_tables=False)
   return dataclasses.replace(experiment, params=params, base_record=record,
                              pretrained=dataclasses.replace(experiment.pretrained, params=None))
 

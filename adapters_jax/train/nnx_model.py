@@ -25,6 +25,8 @@ model's paths (`--config.method_options.sites`, e.g. `(('layers/\\d+/attn/(query
 the same step, optimizer partition, checkpoints (adapter leaves and head only), resume, metrics,
 `best/` and prediction, vmapped groups too. The base's random init follows `config.seed` (it is
 no checkpoint), so a vmapped group's members share one seed and differ in learning rate.
+`config.quantize` stores the frozen base quantised as for Linen models
+(`train.experiment.quantize_base`, its weights selected as `quantization`'s `'matrices'`).
 Classification and regression tasks; no fusion, no `init_adapter_from`.
 """
 
