@@ -36,7 +36,7 @@ _FAMILIES = ((r'^(bert\.|roberta\.)?encoder\.layer\.', 'bert'), (r'^model\.layer
 
 
 def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
-  """Reads a PEFT LoRA/DoRA, (IA)3 or PROMPT_TUNING directory (safetensors) as adapter `name`."""
+  """Reads a PEFT LoRA/DoRA, (IA)3, PROMPT_TUNING or PREFIX_TUNING directory (safetensors) as adapter `name`."""
   directory = pathlib.Path(directory)
   if not (directory / WEIGHTS_FILE).is_file() and (directory / 'adapter_model.bin').is_file():
     raise InteropError(f'{directory} holds pickled weights (adapter_model.bin), which are never loaded; '
@@ -51,12 +51,13 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
     peft_prompts.refuse_import(peft_type, where)
   if peft_type not in ('LORA', 'IA3', *peft_prompts.PROMPT_TYPES):
     raise InteropError(f'{where}: peft_type {peft_type!r} has no equivalent here; importable: LORA, IA3, '
-                       'PROMPT_TUNING.')
+                       'PROMPT_TUNING, PREFIX_TUNING.')
   _refuse(config, where)
   weights = directory / WEIGHTS_FILE
   tensors, metadata = read_adapter_weights(weights)
   if peft_type in peft_prompts.PROMPT_TYPES:
-    method, leaves, rest = peft_prompts.import_prompt(config, tensors, name, weights)
+    read = peft_prompts.import_prompt if peft_type == 'PROMPT_TUNING' else peft_prompts.import_prefix
+    method, leaves, rest = read(config, tensors, name, weights)
     base = _base_tensors(rest, peft_prompts.PROMPT_PREFIX, 'bert', weights)
     return PortableAdapter(name=name, method=method, leaves={**leaves, **base}, sites={},
                            base=_identity(metadata, config, directory))

@@ -51,6 +51,10 @@ CROSS_KEY_VALUES = r'(.*/)?decoder/(layer_\d+|layers)/cross_attention/prefix'
 # identity whose output may grow (prompt tuning). Our backbones only.
 INPUT_EMBEDDINGS = r'(.*/)?input_embeddings'
 
+# Where our BERT/RoBERTa and decoders pass their position ids (`adapters_jax.models.position_ids`):
+# an identity a method may shift (prefix tuning with positions='after_prefix'). Placement `output`.
+POSITION_IDS = r'(.*/)?position_ids'
+
 # Leaves trained alongside adapters by some methods (Houlsby: layer norms), and the task head.
 LAYER_NORM_PARAMS = r'(?i).*layer_?norm[^/]*/[^/]+'
 HEAD_PARAMS = r'(.*/)?classifier/.*'
