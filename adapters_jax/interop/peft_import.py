@@ -36,7 +36,8 @@ _FAMILIES = ((r'^(bert\.|roberta\.)?encoder\.layer\.', 'bert'), (r'^model\.layer
 
 
 def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
-  """Reads a PEFT LoRA/DoRA, (IA)3, PROMPT_TUNING or PREFIX_TUNING directory (safetensors) as adapter `name`."""
+  """Reads a PEFT LoRA/DoRA, (IA)3, PROMPT_TUNING or PREFIX_TUNING directory (safetensors) as
+  adapter `name`."""
   directory = pathlib.Path(directory)
   if not (directory / WEIGHTS_FILE).is_file() and (directory / 'adapter_model.bin').is_file():
     raise InteropError(f'{directory} holds pickled weights (adapter_model.bin), which are never loaded; '

@@ -381,7 +381,7 @@ class _SiteCall:
                               if k != ADAPTERS_KEY}
     # A module without params (prefix tuning's position shift) has nothing grafted: it runs
     # without; any other module missing its params is named.
-    params = self.grafted[name] if name in self.grafted else {}
+    params = self.grafted.get(name, {})
     with _inside_adapter():
       try:
         out = module.apply({'params': params}, x, shared=shared,

@@ -134,6 +134,11 @@ def match_sites(rules: Sequence[SiteRule], module_paths: Sequence[str]) -> dict[
     hits = [p for p in module_paths if re.fullmatch(rule.pattern, p)]
     if not hits and rule.placement == 'keys_values':
       raise SiteMatchError(_no_hook_message(rule.pattern, module_paths))
+    if not hits and rule.pattern == POSITION_IDS:
+      raise SiteMatchError('The host model has no position-ids site (a `PositionIds` submodule named '
+                           '`position_ids`, adapters_jax.models.position_ids), which shifts the real '
+                           "tokens after a prefix (positions='after_prefix'): our BERT/RoBERTa and "
+                           "decoders have it, T5 (relative positions) does not; use positions='none'.")
     if not hits:
       raise SiteMatchError(_no_match_message(rule.pattern, module_paths))
     for path in hits:
