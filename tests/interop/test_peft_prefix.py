@@ -164,3 +164,13 @@ def test_prefix_exports_and_imports_through_the_cli(tmp_path, lm_base_dir):
   assert back.adapter('task').method.flat  # the MLP folded into flat prefixes
   np.testing.assert_allclose(lm_bases.our_logits(back, back_params, 'gpt2', 'task'),
                              lm_bases.our_logits(spliced, params, 'gpt2', 'task'), atol=1e-4, rtol=0)
+
+
+def test_adapterhub_export_of_a_shifted_prefix_is_refused_naming_the_option(tmp_path, lm_base_dir):
+  _, _, checkpoint = lm_bases.save_trained(
+      tmp_path / 'run', lm_base_dir('gpt2'), 'gpt2', 'task',
+      lm_bases.get_method('prefix_tuning_flat', prefix_length=P, positions='after_prefix'))
+  with pytest.raises(InteropError, match=r"positions='after_prefix' cannot be exported to AdapterHub.*"
+                                         r"positions='none'"):
+    export_checkpoint(checkpoint, 'adapters', tmp_path / 'hub')
+  assert not (tmp_path / 'hub').exists()
