@@ -34,8 +34,9 @@ Llama) maps our prefix tuning with `positions='after_prefix'`:
 
 A prefix with `positions='none'` (AdapterHub's convention: real tokens keep their positions) gives
 other logits in PEFT and is refused naming the option (`PREFIX_POSITIONS`). T5 is refused both ways
-(`PREFIX_T5`). Refused too: gated prefixes (UniPELT) and prefixes on only some layers (PEFT puts
-one in every layer).
+(`PREFIX_T5`: PEFT's T5 prefix is in the decoder's self-attention only, inside T5's relative-position
+buckets, which our T5's prefix keys do not get). Refused too: gated prefixes (UniPELT) and prefixes
+on only some layers (PEFT puts one in every layer).
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ PREFIX_POSITIONS = (
     "position P places on; this prefix (positions='none') keeps the real tokens' positions, so the "
     "same tensors give other logits in PEFT: train with positions='after_prefix' (or export to "
     "AdapterHub, which shares the positions='none' convention).")
-PREFIX_T5 = ("PEFT's T5 prefix takes key positions 0..P-1 of T5's relative-position buckets, and our T5 "
-             'has no position-ids site to move its real tokens after them; PREFIX_TUNING maps on '
-             f'{sorted(PREFIX_SITES)}.')
+PREFIX_T5 = ("PEFT's T5 prefix sits in the decoder's self-attention only (it empties the cross-attention "
+             "cache), at key positions 0..P-1 of T5's relative-position buckets with the queries at P+i, "
+             "and our T5's prefix keys get no relative bias, so the same tensors give other logits; "
+             f'PREFIX_TUNING maps on {sorted(PREFIX_SITES)}.')
 
 
 def prompt_site(encoder_decoder: bool) -> str:
