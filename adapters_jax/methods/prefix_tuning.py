@@ -3,9 +3,10 @@
 At each attention layer (a `keys_values` site: the backbone's `KeyValueHook`,
 `adapters_jax.nn.key_value_hook`), P learned key and value vectors per head are prepended to the
 layer's keys and values and the mask is opened for them, so every query also attends to the
-prefix. Queries, the output length and the positions of real tokens are unchanged (the prefix has
-no position: RoPE and T5's relative buckets see only the real tokens); padding stays masked; in
-cached decoding the cache holds the real tokens and the prefix is put in front of it at each step.
+prefix. Queries and the output length are unchanged; by default so are the positions of real tokens
+(the prefix has no position: RoPE and T5's relative buckets see only the real tokens; see
+`positions` below); padding stays masked; in cached decoding the cache holds the real tokens and
+the prefix is put in front of it at each step.
 
 Two forms, as AdapterHub's `PrefixTuning` / `FlatPrefixTuning` (`prefix_tuning` / `prefix_tuning_flat`):
   * reparameterised (`flat=False`): per location (encoder self-attention, decoder self-attention,
