@@ -64,6 +64,10 @@ def _family(model_type: str) -> tuple[str, str, str]:
 def export_prefix(adapter: PortableAdapter, model_type: str) -> tuple[dict, dict[str, np.ndarray]]:
   """`(config, tensors with their full names)` of a prefix-tuning adapter for AdapterHub."""
   method, name = adapter.method, adapter.name
+  if method.positions != 'none':
+    raise InteropError(f"Prefix tuning with positions={method.positions!r} cannot be exported to "
+                       "AdapterHub, whose prefix leaves the real tokens' positions as they are: "
+                       "train with positions='none' (or export to PEFT with --format=peft).")
   model_prefix, attention, our_site = _family(model_type)
   layers: list[int] = []
   for path in adapter.sites:

@@ -22,7 +22,7 @@ of the output sees only its own rank-r update; `rank_pattern`/`alpha_pattern` ke
 
 An export for a decoder or T5 is what vLLM loads (LoRA only, `modules_to_save` null): trained layer
 norms are left out, with a warning naming them. Prompt tuning is PEFT's PROMPT_TUNING and prefix
-tuning is refused (`peft_prompts`). Import: `peft_import`.
+tuning (`positions='after_prefix'`) its PREFIX_TUNING (`peft_prompts`). Import: `peft_import`.
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ from adapters_jax.splicing.tree import shared_path
 
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
 PEFT_PREFIX = 'base_model.model.'
-KINDS = ('dora', 'ia3', 'lora', 'prompt_tuning', 'vera')
+KINDS = ('dora', 'ia3', 'lora', 'prefix_tuning', 'prompt_tuning', 'vera')
 log = logging.getLogger(__name__)
 
 
 def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type: str) -> pathlib.Path:
-  """Writes `adapter` (LoRA, DoRA, VeRA, (IA)3 or prompt tuning) as a PEFT directory for a
+  """Writes `adapter` (LoRA, DoRA, VeRA, (IA)3, prompt or prefix tuning) as a PEFT directory for a
   transformers `model_type`.
 
   `out` is an existing empty directory (`convert.export_checkpoint` stages it). Load it with
@@ -69,13 +69,12 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
   `base_model_name_or_path`: the hub id of a packaged base, or a local base's absolute path.
   """
   method = adapter.method
-  if method.kind == 'prefix_tuning':
-    peft_prompts.refuse_prefix_export()
   if method.kind not in KINDS:
     raise InteropError(f'Method kind {method.kind!r} has no PEFT equivalent; PEFT exports: {list(KINDS)} '
                        '(use --format=adapters for bottleneck and Compacter adapters).')
-  if method.kind == 'prompt_tuning':
-    config, tensors = peft_prompts.export_prompt(adapter, model_type, base_hf_config(adapter))
+  if method.kind in ('prompt_tuning', 'prefix_tuning'):
+    export = peft_prompts.export_prompt if method.kind == 'prompt_tuning' else peft_prompts.export_prefix
+    config, tensors = export(adapter, model_type, base_hf_config(adapter))
     return _write(adapter, out, model_type, config, tensors, peft_prompts.PROMPT_PREFIX)
   if getattr(method, 'use_gating', False):
     raise InteropError('A gated LoRA (use_gating=True, UniPELT\'s gate) has no PEFT equivalent; '

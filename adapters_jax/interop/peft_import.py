@@ -1,5 +1,5 @@
-"""PEFT LoRA (with or without DoRA), VeRA, (IA)3 and PROMPT_TUNING directories -> our adapters (the
-inverse of `peft`; prompt learning: `peft_prompts`).
+"""PEFT LoRA (with or without DoRA), VeRA, (IA)3, PROMPT_TUNING and PREFIX_TUNING directories -> our
+adapters (the inverse of `peft`; prompt learning: `peft_prompts`).
 
 The family is read from the module names (`bert.`/`roberta.`/`encoder.layer.`, `model.layers.`,
 `transformer.h.`, `{encoder,decoder}.block.`). A module's own scaling (`rank_pattern`,
@@ -43,8 +43,8 @@ _FAMILIES = ((r'^(bert\.|roberta\.)?encoder\.layer\.', 'bert'), (r'^model\.layer
 
 
 def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
-  """Reads a PEFT LoRA/DoRA, VeRA, (IA)3 or PROMPT_TUNING directory (safetensors) as adapter
-  `name`."""
+  """Reads a PEFT LoRA/DoRA, VeRA, (IA)3, PROMPT_TUNING or PREFIX_TUNING directory (safetensors) as
+  adapter `name`."""
   directory = pathlib.Path(directory)
   if not (directory / WEIGHTS_FILE).is_file() and (directory / 'adapter_model.bin').is_file():
     raise InteropError(f'{directory} holds pickled weights (adapter_model.bin), which are never loaded; '
@@ -56,7 +56,7 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
     peft_prompts.refuse_import(peft_type, where)
   if peft_type not in ('LORA', 'VERA', 'IA3', *peft_prompts.PROMPT_TYPES):
     raise InteropError(f'{where}: peft_type {peft_type!r} has no equivalent here; importable: LORA, '
-                       'VERA, IA3, PROMPT_TUNING.')
+                       'VERA, IA3, PROMPT_TUNING, PREFIX_TUNING.')
   if peft_type == 'VERA' and not config.get('save_projection', True):
     raise InteropError(f'{where}: save_projection=false: the file lacks vera_A/vera_B, which PEFT '
                        'regenerates with torch\'s generator (not reproduced here); save the adapter with '
@@ -65,7 +65,8 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
   weights = directory / WEIGHTS_FILE
   tensors, metadata = read_adapter_weights(weights)
   if peft_type in peft_prompts.PROMPT_TYPES:
-    method, leaves, rest = peft_prompts.import_prompt(config, tensors, name, weights)
+    read = peft_prompts.import_prompt if peft_type == 'PROMPT_TUNING' else peft_prompts.import_prefix
+    method, leaves, rest = read(config, tensors, name, weights)
     base = _base_tensors(rest, peft_prompts.PROMPT_PREFIX, 'bert', weights)
     return PortableAdapter(name=name, method=method, leaves={**leaves, **base}, sites={},
                            base=_identity(metadata, config, directory))

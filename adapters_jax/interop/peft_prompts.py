@@ -1,4 +1,4 @@
-"""PEFT's prompt-learning types <-> our prompt tuning; why its prefix tuning does not map.
+"""PEFT's prompt-learning types <-> our prompt tuning and prefix tuning.
 
 PROMPT_TUNING (checked against peft 0.21.2 on transformers' PyTorch BERT/RoBERTa, GPT-2, Llama and
 T5 v1.1):
@@ -18,33 +18,58 @@ only): the export writes them as zeros, the import leaves them out. `prefix_afte
 other combine) has no PEFT form and is refused; so are PEFT's P_TUNING and MULTITASK_PROMPT_TUNING
 (an encoder network / per-task prompts in front of the prompt).
 
-PREFIX_TUNING is refused both ways (`PREFIX_POSITIONS`): PEFT feeds its prefix as `past_key_values`,
-so every real token's position moves P places on (learned positions, RoPE, T5's relative buckets),
-while ours leaves the prefix without position and the real tokens where they are: the same tensors
-give other logits on every backbone here. `prefix_layout` still moves the tensors for a user who
-wants them.
+PREFIX_TUNING (checked against peft 0.21.2 on transformers' PyTorch BERT/RoBERTa, GPT-2 and
+Llama) maps our prefix tuning with `positions='after_prefix'`:
+
+  ours                                               PEFT
+  <layer l's keys_values site>/adapters/<name>/      `prompt_embeddings` [P, L * 2 * width], width =
+    prefixes [P, 2 * width] (flat; a reparameter-    kv_heads * head_dim: layer l's keys in columns
+    ised prefix exports its MLP folded, as           [2l * width, (2l + 1) * width), its values next
+    `eject_adapter` computes it)                     (`prefix_layout`), saved so by either
+                                                     `prefix_projection` (the MLP applied); the
+                                                     import gives our flat form
+  `positions='after_prefix'`: real tokens'           the prefix is `past_key_values`, so real
+    positions + P at the `position_ids` site         tokens sit P positions later (learned
+                                                     positions, RoPE; prefix keys unrotated)
+
+A prefix with `positions='none'` (AdapterHub's convention: real tokens keep their positions) gives
+other logits in PEFT and is refused naming the option (`PREFIX_POSITIONS`). T5 is refused both ways
+(`PREFIX_T5`: PEFT's T5 prefix is in the decoder's self-attention only, inside T5's relative-position
+buckets, which our T5's prefix keys do not get). Refused too: gated prefixes (UniPELT) and prefixes
+on only some layers (PEFT puts one in every layer).
 """
 
 from __future__ import annotations
 
 import pathlib
+import re
 
 import numpy as np
 
+from adapters_jax.interop import prefix_layout
 from adapters_jax.interop.naming import InteropError
 from adapters_jax.interop.portable import PortableAdapter
-from adapters_jax.methods import PromptTuningConfig
+from adapters_jax.methods import PrefixTuningConfig, PromptTuningConfig
 
-PROMPT_TYPES = ('PROMPT_TUNING',)
-REFUSED_TYPES = ('PREFIX_TUNING', 'P_TUNING', 'MULTITASK_PROMPT_TUNING')
+PROMPT_TYPES = ('PROMPT_TUNING', 'PREFIX_TUNING')
+REFUSED_TYPES = ('P_TUNING', 'MULTITASK_PROMPT_TUNING')
+# model_type -> our keys_values site of layer {} (PEFT's prefix is in every self-attention).
+PREFIX_SITES = {'bert': 'encoder/layer_{}/attention/prefix',
+                'roberta': 'encoder/layer_{}/attention/prefix',
+                'gpt2': 'decoder/layer_{}/attention/prefix',
+                'llama': 'decoder/layer_{}/attention/prefix'}
 ENCODER_DECODER_TASK = 'SEQ_2_SEQ_LM'
 # PEFT keeps prompt-learning heads under `base_model.` (no `.model.`: the base is not wrapped).
 PROMPT_PREFIX = 'base_model.'
 PREFIX_POSITIONS = (
     "PEFT's PREFIX_TUNING passes its prefix as past_key_values, which moves every real token's "
-    'position P places on; ours gives the prefix no position and keeps the real tokens\' positions, '
-    'so the same tensors give other logits (use AdapterHub\'s prefix_tuning / prefix_tuning_flat, '
-    'which shares our convention, or PEFT LoRA).')
+    "position P places on; this prefix (positions='none') keeps the real tokens' positions, so the "
+    "same tensors give other logits in PEFT: train with positions='after_prefix' (or export to "
+    "AdapterHub, which shares the positions='none' convention).")
+PREFIX_T5 = ("PEFT's T5 prefix sits in the decoder's self-attention only (it empties the cross-attention "
+             "cache), at key positions 0..P-1 of T5's relative-position buckets with the queries at P+i, "
+             "and our T5's prefix keys get no relative bias, so the same tensors give other logits; "
+             f'PREFIX_TUNING maps on {sorted(PREFIX_SITES)}.')
 
 
 def prompt_site(encoder_decoder: bool) -> str:
@@ -106,14 +131,81 @@ def import_prompt(config: dict, tensors: dict[str, np.ndarray],
   return PromptTuningConfig(length=length), leaves, rest
 
 
-def refuse_prefix_export() -> None:
-  """Our prefix tuning never exports to PEFT (`PREFIX_POSITIONS`)."""
-  raise InteropError(f'Prefix tuning cannot be exported to PEFT: {PREFIX_POSITIONS}')
+def export_prefix(adapter: PortableAdapter, model_type: str,
+                  hf_config: dict | None) -> tuple[dict, dict[str, np.ndarray]]:
+  """`(adapter_config fields, tensors)` of a prefix-tuning adapter (`positions='after_prefix'`) as
+  PEFT's PREFIX_TUNING; PEFT's shared fields (task type, base, head) are the caller's."""
+  method = adapter.method
+  if method.positions != 'after_prefix':
+    raise InteropError(f'Prefix tuning with positions={method.positions!r} cannot be exported to PEFT: '
+                       f'{PREFIX_POSITIONS}')
+  if method.use_gating:
+    raise InteropError("A gated prefix (use_gating=True, UniPELT's gate) has no PEFT form; export an "
+                       'ungated one.')
+  if model_type not in PREFIX_SITES:
+    raise InteropError(PREFIX_T5 if model_type == 't5' else
+                       f'PREFIX_TUNING maps on {sorted(PREFIX_SITES)}, not {model_type!r}.')
+  layers = _prefix_layers(adapter.sites, PREFIX_SITES[model_type], model_type)
+  stacked = prefix_layout.stack_leaves(adapter.adapter_leaves(), adapter.name, method.flat)
+  if len(stacked) != 1:
+    raise InteropError(f"Prefix locations {sorted(stacked)}: PEFT's {model_type} has one.")
+  tensors = next(iter(stacked.values()))
+  if method.flat:
+    prefixes = tensors['prefixes']  # [P, L * 2 * width]
+  else:  # the MLP folded, as eject_adapter does and as PEFT saves a prefix_projection
+    hidden = np.tanh(tensors['embedding'] @ tensors['hidden_kernel'] + tensors['hidden_bias'])
+    prefixes = hidden @ tensors['output_kernel'] + tensors['output_bias']  # [P, L * 2 * width]
+  width = prefixes.shape[1] // (2 * len(layers))
+  counts = _counts(hf_config)
+  if hf_config is not None and 'num_key_value_heads' in hf_config:  # PEFT's grouped-query rule
+    counts['num_attention_heads'] = hf_config['num_key_value_heads']
+  config = {'peft_type': 'PREFIX_TUNING', 'num_virtual_tokens': int(method.prefix_length),
+            'token_dim': int(width), 'encoder_hidden_size': int(width), 'prefix_projection': False,
+            'num_transformer_submodules': 1, **counts}
+  return config, {'prompt_embeddings': np.ascontiguousarray(prefixes, np.float32)}
+
+
+def _prefix_layers(sites: dict[str, str], our_site: str, model_type: str) -> list[int]:
+  """The layer of each keys_values site, sorted; PEFT has a prefix in every layer."""
+  layers = []
+  for path, placement in sites.items():
+    if placement != 'keys_values':  # the position-ids site
+      continue
+    match = re.fullmatch(our_site.format(r'(\d+)'), path)
+    if match is None:
+      raise InteropError(f'Prefix site {path!r} is not a self-attention of our {model_type} backbone '
+                         f'({our_site.format("<i>")}); PEFT has no other prefix location there.')
+    layers.append(int(match.group(1)))
+  if not layers or sorted(layers) != list(range(len(layers))):
+    raise InteropError(f'The prefix is in layers {sorted(layers)}; PEFT puts one in every layer: '
+                       'train without leave_out.')
+  return sorted(layers)
+
+
+def import_prefix(config: dict, tensors: dict[str, np.ndarray],
+                  name: str, where: pathlib.Path) -> tuple[PrefixTuningConfig, dict, dict]:
+  """`(method, {our leaf: value}, other tensors)` of a PEFT PREFIX_TUNING file: our flat prefix
+  with `positions='after_prefix'`; the other tensors (a head) are the caller's to map."""
+  if config.get('task_type') == ENCODER_DECODER_TASK:
+    raise InteropError(f'{where}: PREFIX_TUNING cannot be imported: {PREFIX_T5}')
+  if 'prompt_embeddings' not in tensors:
+    raise InteropError(f'{where}: a PREFIX_TUNING file without prompt_embeddings.')
+  length, layers = int(config['num_virtual_tokens']), config.get('num_layers')
+  prefixes = tensors['prompt_embeddings']  # [P, L * 2 * width]
+  if layers is None or prefixes.shape[0] != length or prefixes.shape[1] % (2 * int(layers)):
+    raise InteropError(f'{where}: prompt_embeddings {tuple(prefixes.shape)} is not [num_virtual_tokens='
+                       f'{length}, num_layers={layers} x 2 x width].')
+  # A causal LM's prefix is in its decoder; BERT/RoBERTa's (SEQ_CLS, ...) in the encoder.
+  our_site = PREFIX_SITES['gpt2' if config.get('task_type') == 'CAUSAL_LM' else 'bert']
+  sites = prefix_layout.sites_by_location(our_site.format(layer) for layer in range(int(layers)))
+  leaves = prefix_layout.unstack_leaves({location: {'prefixes': prefixes} for location in sites},
+                                        name, True, sites)
+  rest = {k: v for k, v in tensors.items() if k != 'prompt_embeddings'}
+  return PrefixTuningConfig(prefix_length=length, flat=True, positions='after_prefix'), leaves, rest
 
 
 def refuse_import(peft_type: str, where: pathlib.Path) -> None:
   """PEFT's prompt-learning types that have no exact equivalent here, each refused in one line."""
-  if peft_type == 'PREFIX_TUNING':
-    raise InteropError(f'{where}: PREFIX_TUNING cannot be imported: {PREFIX_POSITIONS}')
   raise InteropError(f'{where}: peft_type {peft_type!r} has no equivalent here (it computes the prompt '
-                     'with a network or per task); importable prompt learning: PROMPT_TUNING.')
+                     'with a network or per task); importable prompt learning: PROMPT_TUNING, '
+                     'PREFIX_TUNING.')

@@ -3,9 +3,10 @@
 At each attention layer (a `keys_values` site: the backbone's `KeyValueHook`,
 `adapters_jax.nn.key_value_hook`), P learned key and value vectors per head are prepended to the
 layer's keys and values and the mask is opened for them, so every query also attends to the
-prefix. Queries, the output length and the positions of real tokens are unchanged (the prefix has
-no position: RoPE and T5's relative buckets see only the real tokens); padding stays masked; in
-cached decoding the cache holds the real tokens and the prefix is put in front of it at each step.
+prefix. Queries and the output length are unchanged; by default so are the positions of real tokens
+(the prefix has no position: RoPE and T5's relative buckets see only the real tokens; see
+`positions` below); padding stays masked; in cached decoding the cache holds the real tokens and
+the prefix is put in front of it at each step.
 
 Two forms, as AdapterHub's `PrefixTuning` / `FlatPrefixTuning` (`prefix_tuning` / `prefix_tuning_flat`):
   * reparameterised (`flat=False`): per location (encoder self-attention, decoder self-attention,
@@ -25,6 +26,14 @@ Linear(hidden, 1) (or 2 with `shared_gating=False`) reads the attention's input 
 included) of sigmoid(that), one value per example [batch]; the prefix keys are multiplied by
 gate[:, 0], the values by gate[:, -1]. In cached decoding the mean runs over the step's own
 positions, as in AdapterHub.
+
+Positions (`positions`): with 'none' (AdapterHub's convention) the prefix has no position and the
+real tokens keep theirs. With 'after_prefix' the real tokens sit P positions later, as when the
+prefix is fed as `past_key_values` (PEFT's PREFIX_TUNING on transformers' models): the method also
+adapts the host's `position_ids` site (`adapters_jax.models.position_ids`; placement `output`, no
+params) by adding P, which moves BERT's and GPT-2's learned positions and RoPE's angles (the
+prefix keys stay unrotated, as cached keys that were never rotated); stacked prefixes add up.
+T5 has no position-ids site (its relative buckets are computed in each attention) and is refused.
 
 Initialisation follows AdapterHub: embedding and flat prefixes N(0, 1); Linears U(+-1/sqrt(fan_in));
 the gate's kernel N(0, 0.02), its bias U(+-1/sqrt(hidden)).
@@ -46,7 +55,15 @@ import jax.numpy as jnp
 from adapters_jax.methods.base import MethodConfig, SiteInfo
 from adapters_jax.nn.dropout import Dropout
 from adapters_jax.nn.gate import InputGate
-from adapters_jax.splicing.sites import CROSS_KEY_VALUES, DECODER_KEY_VALUES, ENCODER_KEY_VALUES
+from adapters_jax.splicing.sites import (
+  CROSS_KEY_VALUES,
+  DECODER_KEY_VALUES,
+  ENCODER_KEY_VALUES,
+  POSITION_IDS,
+  SiteRule,
+)
+
+POSITIONS = ('none', 'after_prefix')
 
 
 def site_location(path: str) -> str:
@@ -95,6 +112,18 @@ def prefix_hidden(shared_location: dict[str, Any]) -> jax.Array:
   """tanh(embedding @ W1 + b1): the MLP's hidden layer of one location, [P, bottleneck] float32."""
   hidden = shared_location['hidden']
   return jnp.tanh(shared_location['embedding'] @ hidden['kernel'] + hidden['bias'])
+
+
+class PositionShift(nn.Module):
+  """`positions` `[batch, seq]` int -> `positions + offset`: the real tokens after a prefix of
+  `offset` positions."""
+
+  offset: int
+
+  @nn.compact
+  def __call__(self, positions, shared=None, deterministic: bool = True):
+    del shared, deterministic  # no params, no randomness
+    return positions + jnp.asarray(self.offset, positions.dtype)
 
 
 class KeyValuePrefix(nn.Module):
@@ -174,6 +203,9 @@ class PrefixTuningConfig(MethodConfig):
     encoder_prefix: prefixes in an encoder's self-attention (BERT/RoBERTa, T5's encoder).
     self_prefix: prefixes in a decoder's self-attention (T5's decoder, GPT-2, Llama-family).
     cross_prefix: prefixes in T5's cross-attention.
+    positions: 'none' (the prefix has no position, real tokens keep theirs: AdapterHub's) or
+      'after_prefix' (real tokens' positions + P, PEFT's PREFIX_TUNING; needs the host's
+      `position_ids` site: our BERT/RoBERTa and decoders).
     sites: by default made from the three switches; set it to name other `keys_values` sites.
   """
 
@@ -190,6 +222,7 @@ class PrefixTuningConfig(MethodConfig):
   encoder_prefix: bool = True
   self_prefix: bool = True
   cross_prefix: bool = True
+  positions: str = 'none'
 
   def __post_init__(self):
     super().__post_init__()
@@ -198,21 +231,31 @@ class PrefixTuningConfig(MethodConfig):
     if not self.sites and not (self.encoder_prefix or self.self_prefix or self.cross_prefix):
       raise ValueError('Prefix tuning with encoder_prefix, self_prefix and cross_prefix all False '
                        'has no site; enable at least one.')
-    for site in self.site_rules():
+    if self.positions not in POSITIONS:
+      raise ValueError(f'positions must be one of {POSITIONS}, got {self.positions!r}.')
+    for site in self._key_value_rules():
       if site.placement != 'keys_values':
         raise ValueError(f'Prefix tuning extends keys and values: its sites take placement '
                          f"'keys_values', got {site.placement!r} for {site.pattern!r}.")
 
-  def site_rules(self):
+  def _key_value_rules(self) -> tuple[SiteRule, ...]:
+    """The attention hooks the prefixes go to (without the position-ids site)."""
     if self.sites:
-      return super().site_rules()
+      return tuple(r for r in super().site_rules() if r.pattern != POSITION_IDS)
     chosen = [pattern for pattern, on in ((ENCODER_KEY_VALUES, self.encoder_prefix),
                                           (DECODER_KEY_VALUES, self.self_prefix),
                                           (CROSS_KEY_VALUES, self.cross_prefix)) if on]
     # One rule, so a model without one of the locations (BERT has no decoder) is not an error.
-    return dataclasses.replace(self, sites=(('|'.join(chosen), 'keys_values'),)).site_rules()
+    return (SiteRule('|'.join(chosen), 'keys_values'),)
+
+  def site_rules(self):
+    if self.positions == 'none':
+      return self._key_value_rules()
+    return self._key_value_rules() + (SiteRule(POSITION_IDS, 'output'),)
 
   def make_module(self, site: SiteInfo) -> nn.Module:
+    if site.placement != 'keys_values':  # the host's position ids (positions='after_prefix')
+      return PositionShift(offset=self.prefix_length)
     return KeyValuePrefix(prefix_length=self.prefix_length, flat=self.flat,
                           location=site_location(site.path), bottleneck_size=self.bottleneck_size,
                           dropout=self.dropout, use_gating=self.use_gating,
@@ -225,7 +268,7 @@ class PrefixTuningConfig(MethodConfig):
       raise ValueError('The reparameterised prefix (flat=False) needs the matched sites to size '
                        'its shared MLP; splice it with adapters_jax.splicing.splice.add_adapter.')
     widths: dict[str, int] = {}
-    for site in sites:
+    for site in key_value_sites(sites):
       location = site_location(site.path)
       if widths.setdefault(location, site.in_features) != site.in_features:
         raise ValueError(f'The {location} sites have keys of different widths ({widths[location]} '
@@ -238,7 +281,7 @@ class PrefixTuningConfig(MethodConfig):
                  site: SiteInfo) -> dict[str, Any]:
     """The flat `prefixes` [P, 2 * width] a reparameterised site computes (its MLP folded); a
     gate is kept as it is."""
-    if self.flat:
+    if self.flat or site.placement != 'keys_values':
       return dict(site_params)
     hidden = prefix_hidden(shared[site_location(site.path)])  # [P, bottleneck]
     output = site_params['output']
@@ -248,6 +291,11 @@ class PrefixTuningConfig(MethodConfig):
   def ejected(self) -> PrefixTuningConfig:
     """The config of `eject_site`'s params: the flat form."""
     return dataclasses.replace(self, flat=True)
+
+
+def key_value_sites(sites: Sequence[SiteInfo]) -> list[SiteInfo]:
+  """The sites that hold prefixes (not the position-ids site of `positions='after_prefix'`)."""
+  return [site for site in sites if site.placement == 'keys_values']
 
 
 def prefix_tuning() -> PrefixTuningConfig:

@@ -4,6 +4,7 @@ Param/module paths (`/`-joined; adapter site regexes elsewhere depend on them):
 
     embeddings/{word,position,token_type}_embeddings   QuantizableEmbed (token_type absent if 0 types)
     embeddings/input_embeddings                        identity site (prompt tuning may grow it)
+    embeddings/position_ids                            identity site on position ids (a prefix may shift them)
     embeddings/layer_norm                              nn.LayerNorm
     encoder/layer_{i}/attention/{query,key,value}      nn.Dense hidden->hidden
     encoder/layer_{i}/attention/output                 nn.Dense hidden->hidden
@@ -52,6 +53,7 @@ from adapters_jax.models.dropout_attention import dropout_attention, einsum_drop
 from adapters_jax.models.encoder_config import EncoderConfig
 from adapters_jax.models.heads import BertClassificationHead, RobertaClassificationHead
 from adapters_jax.models.input_embeddings import InputEmbeddings, grow_front
+from adapters_jax.models.position_ids import PositionIds
 from adapters_jax.nn.activations import get_activation
 from adapters_jax.nn.dropout import Dropout
 from adapters_jax.nn.key_value_hook import KeyValueHook
@@ -104,6 +106,7 @@ class Embeddings(nn.Module):
     attention_mask = grow_front(attention_mask, length, 1)
     # Inserted vectors count as tokens for RoBERTa's positions: any id but the pad id.
     position_ids = position_ids_for(grow_front(input_ids, length, cfg.pad_token_id + 1), cfg)
+    position_ids = PositionIds(name='position_ids')(position_ids)  # a site: may shift them
     hidden = hidden + embed(cfg.max_position_embeddings,
                             name='position_embeddings')(position_ids)
     if cfg.type_vocab_size > 0:

@@ -5,6 +5,8 @@ Param/module paths (`/`-joined; adapter site patterns depend on them, as on the 
     embeddings/word_embeddings                 QuantizableEmbed [vocab, hidden] (also the tied LM head)
     embeddings/input_embeddings                identity site (prompt tuning may grow it)
     embeddings/position_embeddings             QuantizableEmbed, learned positions only (GPT-2)
+    position_ids                               identity site on positions, before learned
+                                               positions and RoPE (a prefix may shift them)
     decoder/layer_{i}/attention/{query,key,value,output}
     decoder/layer_{i}/ffn/{gate,intermediate,output}
     decoder/layer_{i}/{attention,ffn}_layer_norm
@@ -37,6 +39,7 @@ from adapters_jax.models.decoder_config import DecoderConfig
 from adapters_jax.models.decoder_layers import DecoderLayer, norm
 from adapters_jax.models.input_embeddings import InputEmbeddings, grow_front
 from adapters_jax.models.kv_cache import KVCache, slot_mask
+from adapters_jax.models.position_ids import PositionIds
 from adapters_jax.models.rope import rotary_cos_sin
 from adapters_jax.nn.dropout import Dropout
 from adapters_jax.quantization.embedding import QuantizableEmbed
@@ -144,6 +147,7 @@ class DecoderLM(nn.Module):
   def setup(self):
     cfg = self.config
     self.embeddings = DecoderEmbeddings(cfg)
+    self.position_ids = PositionIds()
     self.decoder = Decoder(cfg)
     if not cfg.tie_word_embeddings:
       self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
@@ -234,6 +238,7 @@ class DecoderLM(nn.Module):
                        'max_new_tokens).')
 
   def _run(self, tokens, positions, mask, kv, cache_index, deterministic):
+    positions = self.position_ids(positions)  # a site: prefix tuning may shift them
     cos = sin = None
     if self.config.position_embedding == 'rope':
       cos, sin = rotary_cos_sin(self.config, positions)  # [batch, seq, head_dim]

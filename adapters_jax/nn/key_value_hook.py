@@ -8,7 +8,8 @@ tuning (`adapters_jax.methods.prefix_tuning`) prepends learned keys and values a
 for them. `query_input` is the attention's input on the query side (the hidden states the queries
 are computed from, before their projection): what UniPELT's prefix gate reads, as AdapterHub passes
 its attentions' `hidden_states` to its prefix layer. The queries, the output length and
-the positions of the real tokens (RoPE, learned or relative positions) are untouched; a backbone
+the positions of the real tokens (RoPE, learned or relative positions) are untouched here (a prefix
+that moves them does so at the model's `position_ids` site, `adapters_jax.models.position_ids`); a backbone
 with an additive score bias (T5) pads it with zeros for the added keys (`pad_keys_in_front`).
 
 A host whose attention has no such hook is refused by prefix tuning, naming the missing piece.

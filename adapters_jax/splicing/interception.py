@@ -18,6 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -378,9 +379,18 @@ class _SiteCall:
     if leaf.spec.method.reads_site_params:
       extra['site_params'] = {k: v for k, v in self.module.variables.get('params', {}).items()
                               if k != ADAPTERS_KEY}
+    # A module without params (prefix tuning's position shift) has nothing grafted: it runs
+    # without; any other module missing its params is named.
+    params = self.grafted.get(name, {})
     with _inside_adapter():
-      out = module.apply({'params': self._params(name)}, x, shared=shared,
-                         deterministic=self.interceptor.deterministic, rngs=self._rngs(), **extra)
+      try:
+        out = module.apply({'params': params}, x, shared=shared,
+                           deterministic=self.interceptor.deterministic, rngs=self._rngs(), **extra)
+      except flax.errors.ScopeParamNotFoundError:
+        if name in self.grafted:
+          raise
+        self._params(name)  # raises, naming the site
+        raise
     if isinstance(x, tuple):  # (key, value, mask, query_input) of a keys_values site
       return out
     return out.astype(x.dtype)

@@ -51,6 +51,10 @@ CROSS_KEY_VALUES = r'(.*/)?decoder/(layer_\d+|layers)/cross_attention/prefix'
 # identity whose output may grow (prompt tuning). Our backbones only.
 INPUT_EMBEDDINGS = r'(.*/)?input_embeddings'
 
+# Where our BERT/RoBERTa and decoders pass their position ids (`adapters_jax.models.position_ids`):
+# an identity a method may shift (prefix tuning with positions='after_prefix'). Placement `output`.
+POSITION_IDS = r'(.*/)?position_ids'
+
 # Leaves trained alongside adapters by some methods (Houlsby: layer norms), and the task head.
 LAYER_NORM_PARAMS = r'(?i).*layer_?norm[^/]*/[^/]+'
 HEAD_PARAMS = r'(.*/)?classifier/.*'
@@ -130,6 +134,11 @@ def match_sites(rules: Sequence[SiteRule], module_paths: Sequence[str]) -> dict[
     hits = [p for p in module_paths if re.fullmatch(rule.pattern, p)]
     if not hits and rule.placement == 'keys_values':
       raise SiteMatchError(_no_hook_message(rule.pattern, module_paths))
+    if not hits and rule.pattern == POSITION_IDS:
+      raise SiteMatchError('The host model has no position-ids site (a `PositionIds` submodule named '
+                           '`position_ids`, adapters_jax.models.position_ids), which shifts the real '
+                           "tokens after a prefix (positions='after_prefix'): our BERT/RoBERTa and "
+                           "decoders have it, T5 (relative positions) does not; use positions='none'.")
     if not hits:
       raise SiteMatchError(_no_match_message(rule.pattern, module_paths))
     for path in hits:

@@ -324,7 +324,8 @@ def _init_site(module: nn.Module, rng: jax.Array, site: SiteInfo, shared, dims,
     extra = dict(init_extras or {})
     if own is not None:
       extra['site_params'] = own
-    return module.init(key, sample, shared=shared, **extra)['params']
+    # A site module without params (prefix tuning's position shift) grafts nothing.
+    return module.init(key, sample, shared=shared, **extra).get('params', {})
 
   if not dims:
     return init(rng, own)

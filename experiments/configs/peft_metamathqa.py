@@ -26,7 +26,8 @@ questions every 250 steps (batch 50) and on the 1,319 GSM8K test questions at th
 decoding of at most 300 new tokens; accuracy of the parsed final answer (`data.math_answers`).
 Methods: LoRA r=32, alpha 64 on q_proj and v_proj (PEFT's Llama default); DoRA the same; VeRA
 r=256, d_initial 0.1, projection seed 0, lr 1e-3; (IA)3 on k_proj, v_proj and the input of
-down_proj; prefix tuning with 200 virtual tokens, no projection (our `prefix_tuning_flat`),
+down_proj; prefix tuning with 200 virtual tokens, no projection (our `prefix_tuning_flat` with
+`positions='after_prefix'`: real tokens after the prefix, as its `past_key_values` puts them),
 lr 1e-3; prompt tuning with 200 random virtual tokens at PEFT's two learning rates, 1e-4 (its
 `default`) and 1e-3.
 Differences: PEFT's schedule is cosine after the warmup, ours decays linearly; its test score is
@@ -54,7 +55,8 @@ METHODS = {
     'DoRA r32': ('dora', {'rank': 32, 'alpha': 64.0}, 1e-4),
     'VeRA r256': ('vera', {'rank': 256, 'd_initial': 0.1, 'projection_seed': 0}, 1e-3),
     '(IA)3': ('ia3', {}, 1e-4),
-    'Prefix tuning (200)': ('prefix_tuning_flat', {'prefix_length': 200}, 1e-3),
+    'Prefix tuning (200)': ('prefix_tuning_flat', {'prefix_length': 200, 'positions': 'after_prefix'},
+                            1e-3),
     'Prompt tuning (200, lr 1e-4)': ('prompt_tuning', {'length': 200}, 1e-4),
     'Prompt tuning (200, lr 1e-3)': ('prompt_tuning', {'length': 200}, 1e-3),
 }

@@ -16,7 +16,7 @@ EXPECTED = {
     'DoRA r32': ('dora', {'rank': 32, 'alpha': 64.0}, 1e-4),                # .../rank32-dora
     'VeRA r256': ('vera', {'rank': 256, 'd_initial': 0.1}, 1e-3),           # vera/llama-3.2-3B-default
     '(IA)3': ('ia3', {}, 1e-4),                                             # ia3/llama-3.2-3B-default
-    'Prefix tuning (200)': ('prefix_tuning_flat', {'prefix_length': 200}, 1e-3),
+    'Prefix tuning (200)': ('prefix_tuning_flat', {'prefix_length': 200, 'positions': 'after_prefix'}, 1e-3),
     'Prompt tuning (200, lr 1e-4)': ('prompt_tuning', {'length': 200}, 1e-4),
     'Prompt tuning (200, lr 1e-3)': ('prompt_tuning', {'length': 200}, 1e-3),
 }

@@ -1,6 +1,7 @@
 """Prompt tuning <-> PEFT's PROMPT_TUNING (peft 0.21.2 on transformers' PyTorch models of the same
 weights): our export gives our logits in PEFT, PEFT's save gives PEFT's logits here; PEFT's prefix
-tuning, whose prefix moves the real tokens' positions, is refused both ways."""
+moves the real tokens' positions, which a prefix with positions='none' does not (PREFIX_TUNING
+itself: test_peft_prefix)."""
 
 import json
 
@@ -101,22 +102,12 @@ def test_prompt_after_bos_is_refused_naming_the_combine(tmp_path, lm_base_dir):
   assert not (tmp_path / 'peft').exists()
 
 
-def test_prefix_tuning_is_refused_both_ways_naming_the_position_convention(tmp_path, lm_base_dir):
-  with pytest.raises(InteropError, match=r'past_key_values, which moves every real token\'s position'):
-    lm_bases.export(tmp_path, lm_base_dir, 'gpt2', 'prefix_tuning_flat', prefix_length=P)
-  model = lm_bases.torch_base(lm_base_dir('gpt2'), 'gpt2')
-  peft.get_peft_model(model, peft.PrefixTuningConfig(task_type='CAUSAL_LM', num_virtual_tokens=P)
-                      ).save_pretrained(str(tmp_path / 'saved'))
-  with pytest.raises(InteropError, match=r'PREFIX_TUNING cannot be imported: .*position P places on'):
-    import_checkpoint(tmp_path / 'saved', 'peft', model=str(lm_base_dir('gpt2')), out=tmp_path / 'ours')
-  assert not (tmp_path / 'ours').exists()
-
-
 @pytest.mark.parametrize('projection', [False, True], ids=['flat', 'prefix_projection'])
 def test_peft_prefix_differs_from_ours_only_by_the_real_tokens_positions(tmp_path, lm_base_dir, projection):
-  """Why PREFIX_TUNING is refused: PEFT saves either form as flat `prompt_embeddings` [P, L * 2 * d]
-  (the MLP applied), which lands exactly on our flat prefix; PEFT then adds P to every real token's
-  position (`_adjust_prompt_learning_kwargs`). Given back their positions, PEFT's logits are ours."""
+  """Why a prefix with positions='none' is refused: PEFT saves either form as flat `prompt_embeddings`
+  [P, L * 2 * d] (the MLP applied), which lands exactly on our flat prefix; PEFT then adds P to every
+  real token's position (`_adjust_prompt_learning_kwargs`). Given back their positions, PEFT's logits
+  are those of our prefix that keeps the positions."""
   import transformers
 
   from adapters_jax import add_adapter, get_method

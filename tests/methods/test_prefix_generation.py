@@ -31,19 +31,21 @@ from tests.models.tiny_decoders import TINY_DECODERS
 from tests.train import test_causal_lm_cli as cli
 
 
-def _decoder(family):
+def _decoder(family, positions='none'):
   model = DecoderLM(TINY_DECODERS[family])
   ids, mask = dc.left_padded([7, 4], 7, model.config.vocab_size)
   params = jax.jit(model.init)(jax.random.key(0), ids, mask)['params']
   spliced, params = add_adapter(model, params, 'a', get_method('prefix_tuning', prefix_length=4,
-                                                               bottleneck_size=16),
+                                                               bottleneck_size=16,
+                                                               positions=positions),
                                 jax.random.key(1), ids, mask)
   return spliced, params, ids, mask
 
 
+@pytest.mark.parametrize('positions', ['none', 'after_prefix'])
 @pytest.mark.parametrize('family', sorted(TINY_DECODERS))
-def test_cached_greedy_with_a_prefix_equals_the_uncached_forward(family):
-  spliced, params, ids, mask = _decoder(family)
+def test_cached_greedy_with_a_prefix_equals_the_uncached_forward(family, positions):
+  spliced, params, ids, mask = _decoder(family, positions)
   config = GenerationConfig(max_new_tokens=5)
   tokens = np.asarray(generate(spliced, params, ids, mask, config, active='a').tokens)
   assert not np.array_equal(tokens, np.asarray(generate(spliced, params, ids, mask, config).tokens))

@@ -5,6 +5,8 @@ models fed the same prefix as `past_key_values`; a zero-length prefix is the bas
 rows equal unpadded ones; eject equals the reparameterised form; Stack concatenates; what cannot
 take a prefix (Average, Fuse, a host without the hook) is refused with the reason."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -143,15 +145,20 @@ def _load_decoder(family, tmp_path):
   return torch_model, load_pretrained(str(tmp_path), load_tokenizer=False)
 
 
+@pytest.mark.parametrize('positions', ['none', 'after_prefix'])
 @pytest.mark.parametrize('family', ['llama', 'gpt2'])
-def test_decoder_with_a_prefix_equals_torch_fed_the_prefix_as_past_key_values(family, tmp_path):
-  """transformers' decoder with the prefix as its cache, positions of the real tokens from 0 (RoPE
-  and learned positions see the real positions), the mask opened for the prefix: PEFT's form."""
+def test_decoder_with_a_prefix_equals_torch_fed_the_prefix_as_past_key_values(family, positions,
+                                                                              tmp_path):
+  """transformers' decoder with the prefix as its cache, the mask opened for the prefix (PEFT's
+  form), left-padded rows; positions of the real tokens from 0 (`positions='none'`) or from P
+  (`'after_prefix'`, what PEFT's run gives them), for RoPE and learned positions alike."""
   torch_model, pre = _load_decoder(family, tmp_path)
   ids, mask = dc.left_padded([7, 4], 7, pre.config.vocab_size)
   spliced, params = add_adapter(pre.model, pre.params, 'a', get_method('prefix_tuning_flat',
-                                                                       prefix_length=P),
+                                                                       prefix_length=P,
+                                                                       positions=positions),
                                 jax.random.key(1), ids, mask)
+  shift = P if positions == 'after_prefix' else 0
   ours = np.asarray(jax.jit(lambda p: spliced.apply(p, ids, mask, active='a'))(params))
   kv_heads, dim = pre.config.num_kv_heads, pre.config.head_dim
   legacy = []
@@ -165,7 +172,7 @@ def test_decoder_with_a_prefix_equals_torch_fed_the_prefix_as_past_key_values(fa
     reference = torch_model(
         input_ids=torch.from_numpy(ids).long(),
         attention_mask=torch.from_numpy(np.concatenate([np.ones((2, P), np.int32), mask], 1)),
-        position_ids=torch.from_numpy(dc.hf_positions(mask)).long(),
+        position_ids=torch.from_numpy(dc.hf_positions(mask) + shift).long(),
         past_key_values=DynamicCache.from_legacy_cache(tuple(legacy))).logits.numpy()
   assert dc.max_diff_at(ours, reference, mask) <= 1e-4
   base = np.asarray(spliced.apply(params, ids, mask))
@@ -242,6 +249,26 @@ def test_eject_equals_the_reparameterised_prefix():
   leaves = [p for p in traverse_util.flatten_dict(flat_params, sep='/') if '/adapters/a/' in p]
   assert leaves and all(p.endswith('/prefixes') for p in leaves)
   np.testing.assert_allclose(ejected.apply(flat_params, *args, active='a'), before, rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_eject_keeps_the_position_shift():
+  model, params, ids, mask = _bert()
+  method = get_method('prefix_tuning', prefix_length=P, bottleneck_size=8, positions='after_prefix')
+  spliced, params = add_adapter(model, params, 'a', method, jax.random.key(1), ids, mask)
+  before = np.asarray(spliced.apply(params, ids, mask, active='a'))
+  # The same prefix without the shift gives other logits (the real tokens' positions differ).
+  unshifted, other = add_adapter(model, params, 'b', dataclasses.replace(method, positions='none'),
+                                 jax.random.key(1), ids, mask)
+  other = traverse_util.flatten_dict(other, sep='/')
+  for path, value in traverse_util.flatten_dict(params, sep='/').items():
+    if '/a/' in f'/{path}':
+      other[path.replace('adapters/a/', 'adapters/b/')] = value
+  other = traverse_util.unflatten_dict(other, sep='/')
+  assert np.abs(np.asarray(unshifted.apply(other, ids, mask, active='b')) - before).max() > 1e-3
+  ejected, flat_params = eject_adapter(spliced, params, 'a')
+  assert ejected.adapter('a').method.positions == 'after_prefix'
+  np.testing.assert_allclose(ejected.apply(flat_params, ids, mask, active='a'), before, rtol=1e-5,
                              atol=1e-5)
 
 
