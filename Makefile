@@ -18,14 +18,14 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-assets.txt requirem
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q --durations=25 tests
+	$(PY) -m pytest -n 2 --dist worksteal -q --durations=25 tests
 
 # Everything but the tests marked slow: those that start processes (CLI subprocesses, kill/resume,
 # several hosts) or train whole runs.
 # Compiled programs are kept in .jax-test-cache between runs, so a rerun skips most compiling.
 test-fast: $(STAMP)
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax-test-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-	  $(PY) -m pytest -n 2 -q -m "not slow" tests
+	  $(PY) -m pytest -n 2 --dist worksteal -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check adapters_jax experiments scripts tests

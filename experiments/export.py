@@ -25,6 +25,8 @@ import sys
 
 from absl import app, flags, logging
 
+from experiments import entry_point
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 flags.DEFINE_string('workdir', None, 'A training run\'s workdir; its best/ adapter checkpoint is exported.')
@@ -63,4 +65,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)

@@ -9,9 +9,8 @@ experiments.train run (result.json, metrics.jsonl, best/ recording the fused ada
 fusion_attention.png.
 """
 
-from absl import app
 
-from experiments import train  # defines the flags
+from experiments import entry_point, train  # defines the flags
 
 if __name__ == '__main__':
-  app.run(train.main)
+  entry_point.run(train.main)

@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags, logging
 
+from experiments import entry_point
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 flags.DEFINE_string('from', None, 'Directory written by adapters\' save_adapter or PEFT\'s save_pretrained.')
@@ -52,4 +54,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)

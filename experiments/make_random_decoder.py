@@ -14,6 +14,8 @@ the packaged MiniLM one (uncased WordPiece, 30,522 tokens; [SEP] ends a completi
 
 from absl import app, flags
 
+from experiments import entry_point
+
 flags.DEFINE_string('out_dir', None, 'Directory to write the checkpoint to.')
 flags.DEFINE_integer('seed', 0, 'Seed of the random weights.')
 flags.mark_flags_as_required(['out_dir'])
@@ -37,4 +39,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)

@@ -40,7 +40,7 @@ import sys
 from absl import app, flags, logging
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (TensorBoard, tfds) start-up chatter
-from experiments import compilation_cache
+from experiments import compilation_cache, entry_point
 
 flags.DEFINE_string('workdir', None, 'A workdir written by experiments.train, or several, '
                     'comma-separated, whose adapters share one base model.')
@@ -121,4 +121,4 @@ def _predict(workdirs: list[str], several: bool, texts: list, names: list | None
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)

@@ -26,6 +26,7 @@ from absl import app, flags
 from adapters_jax import sweeps
 from adapters_jax.config import loading
 from adapters_jax.sweeps import report
+from experiments import entry_point
 
 flags.DEFINE_string('sweep_dir', None, 'The sweep directory (one workdir per run).')
 flags.DEFINE_string('config', '', 'The sweep\'s config file (default: from runs.json).')
@@ -96,4 +97,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)

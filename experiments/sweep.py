@@ -39,7 +39,7 @@ from absl import app, flags, logging
 
 from adapters_jax import sweeps
 from adapters_jax.config import arguments, schema
-from experiments import compilation_cache, config_flag
+from experiments import compilation_cache, config_flag, entry_point
 
 config_flag.define_config_flag(help_string='Sweepable config file, with an optional :arg; '
                                '--config.KEY=VALUE applies to every run.')
@@ -176,4 +176,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)

@@ -16,7 +16,7 @@ import os
 from absl import app, flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (TensorBoard, tfds) start-up chatter
-from experiments import compilation_cache, config_flag
+from experiments import compilation_cache, config_flag, entry_point
 
 config_flag.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
@@ -34,4 +34,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  entry_point.run(main)
