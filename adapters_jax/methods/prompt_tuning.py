@@ -3,8 +3,16 @@
     embedded [batch, seq, d]  ->  [prompt; embedded]            (combine='prefix')
                               ->  [embedded[:1]; prompt; rest]   (combine='prefix_after_bos')
 
-The only site is the host's input-embeddings site (`adapters_jax.models.input_embeddings`); the
-host grows its attention mask, positions and token types with the sequence. Decoders return
+Where (`insert_at`):
+  'input_embeddings': the host's input-embeddings site (`adapters_jax.models.input_embeddings`),
+    on the token embeddings; the host grows its attention mask, positions and token types with the
+    sequence, so the prompt gets positions and LayerNorm and real tokens sit P positions later
+    (PEFT's PROMPT_TUNING). Our BERT/RoBERTa, T5 and decoders have the site.
+  'embeddings_output': the output of our BERT/RoBERTa's embeddings module (after positions, token
+    types, LayerNorm and dropout; site `embeddings/embeddings_output`); only the mask grows, the
+    prompt gets no position, LayerNorm or dropout and real tokens keep their positions
+    (AdapterHub's `prompt_tuning`, whose forward hook sits on the embeddings module).
+Decoders return
 outputs for the real tokens only (the last `seq` positions), so causal-LM labels and loss masks
 need no change and prompt positions never count in the loss; encoders (BERT, T5's encoder) return
 every position, the prompt's included, as PEFT and AdapterHub do (a BERT head reads position 0: the
@@ -31,10 +39,24 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.methods.base import MethodConfig, SiteInfo
-from adapters_jax.splicing.sites import INPUT_EMBEDDINGS
+from adapters_jax.splicing.sites import EMBEDDINGS_OUTPUT, INPUT_EMBEDDINGS, SiteRule
 
 COMBINES = ('prefix', 'prefix_after_bos')
 INITS = ('random_uniform', 'from_token_ids', 'sample_vocab')
+# insert_at -> (the site's pattern, what a host must expose there).
+INSERT_SITES = {
+    'input_embeddings': (INPUT_EMBEDDINGS, (
+        'Prompt tuning needs a host that exposes its input embeddings: a module named '
+        '`input_embeddings` called on the token embeddings [batch, seq, hidden], whose caller grows '
+        'the attention mask, positions and token types when the sequence grows '
+        '(adapters_jax.models.input_embeddings; our BERT, T5 and decoder backbones have it, Hugging '
+        'Face Flax models do not).')),
+    'embeddings_output': (EMBEDDINGS_OUTPUT, (
+        "Prompt tuning with insert_at='embeddings_output' needs a host whose embeddings module passes "
+        'its output [batch, seq, hidden] through a module `embeddings/embeddings_output` and grows the '
+        'attention mask with it (our BERT/RoBERTa; T5 and the decoders lack it, as AdapterHub has no '
+        "prompt tuning there): use insert_at='input_embeddings'.")),
+}
 
 
 class PromptTuning(nn.Module):
@@ -45,6 +67,7 @@ class PromptTuning(nn.Module):
   combine: str = 'prefix'
   init_kind: str = 'random_uniform'  # `PromptTuningConfig.init` (`init` is Module.init)
   init_scale: float = 0.5
+  insert_at: str = 'input_embeddings'
   init_token_ids: tuple[int, ...] = ()
 
   @nn.compact
@@ -101,25 +124,23 @@ class PromptTuningConfig(MethodConfig):
       which must be a real token: right padding; with left padding the prompt lands after a pad).
     init: 'random_uniform', 'from_token_ids' or 'sample_vocab' (module docstring).
     init_scale: half-width of the uniform init.
+    insert_at: 'input_embeddings' (on the token embeddings, before positions and LayerNorm: PEFT's)
+      or 'embeddings_output' (after the embeddings module: AdapterHub's; our BERT/RoBERTa only).
     init_token_ids: token ids whose embeddings start the prompt (`init='from_token_ids'`).
     init_text: a text to start from; tokenized into `init_token_ids` by `with_tokenizer` where
       a tokenizer is at hand (experiment runs do it).
     vocabulary_param: whole-name regex of the host's embedding matrix `[vocab, hidden]`.
+    sites: empty: the site `insert_at` names; set it to name another site (placement 'output').
   """
 
   kind = 'prompt_tuning'
   lengthens_sequence = True
-  missing_site_hint = (
-      'Prompt tuning needs a host that exposes its input embeddings: a module named '
-      '`input_embeddings` called on the token embeddings [batch, seq, hidden], whose caller grows '
-      'the attention mask, positions and token types when the sequence grows '
-      '(adapters_jax.models.input_embeddings; our BERT, T5 and decoder backbones have it, Hugging '
-      'Face Flax models do not).')
-  sites: tuple[tuple[str, str], ...] = ((INPUT_EMBEDDINGS, 'output'),)
+  sites: tuple[tuple[str, str], ...] = ()
   length: int = 10
   combine: str = 'prefix'
   init: str = 'random_uniform'
   init_scale: float = 0.5
+  insert_at: str = 'input_embeddings'
   init_token_ids: tuple[int, ...] = ()
   init_text: str = ''
   vocabulary_param: str = r'(.*/)?(word_embeddings|shared)/embedding'
@@ -130,6 +151,8 @@ class PromptTuningConfig(MethodConfig):
       raise ValueError(f'Unknown prompt combine {self.combine!r}; valid: {COMBINES}.')
     if self.init not in INITS:
       raise ValueError(f'Unknown prompt init {self.init!r}; valid: {INITS}.')
+    if self.insert_at not in INSERT_SITES:
+      raise ValueError(f'Unknown prompt insert_at {self.insert_at!r}; valid: {tuple(INSERT_SITES)}.')
     if self.length < 0:
       raise ValueError(f'Prompt length must be >= 0, got {self.length}.')
     needs_ids = self.init == 'from_token_ids' and self.length and not self.init_text
@@ -139,6 +162,15 @@ class PromptTuningConfig(MethodConfig):
     if any(placement != 'output' for _, placement in self.sites):
       raise ValueError("Prompt tuning rewrites the input-embeddings site's output; valid "
                        "placements: ('output',).")
+
+  @property
+  def missing_site_hint(self) -> str:
+    return INSERT_SITES[self.insert_at][1]
+
+  def site_rules(self) -> tuple[SiteRule, ...]:
+    if self.sites:
+      return super().site_rules()
+    return (SiteRule(INSERT_SITES[self.insert_at][0], 'output'),)
 
   def make_module(self, site: SiteInfo) -> nn.Module:
     return PromptTuning(length=self.length, features=site.out_features, combine=self.combine,

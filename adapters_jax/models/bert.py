@@ -6,6 +6,7 @@ Param/module paths (`/`-joined; adapter site regexes elsewhere depend on them):
     embeddings/input_embeddings                        identity site (prompt tuning may grow it)
     embeddings/position_ids                            identity site on position ids (a prefix may shift them)
     embeddings/layer_norm                              nn.LayerNorm
+    embeddings/embeddings_output                       identity site on the embeddings' output (may grow)
     encoder/layer_{i}/attention/{query,key,value}      nn.Dense hidden->hidden
     encoder/layer_{i}/attention/output                 nn.Dense hidden->hidden
     encoder/layer_{i}/attention/prefix                 KeyValueHook (keys, values, mask, input; no params)
@@ -89,6 +90,9 @@ class Embeddings(nn.Module):
 
   The word embeddings pass the `input_embeddings` site (`models.input_embeddings`), whose output
   may be longer than `input_ids` (prompt tuning): the mask, token types and positions grow with it.
+  The output passes the `embeddings_output` site, which may grow it too (prompt tuning with
+  `insert_at='embeddings_output'`, AdapterHub's): then only the mask grows, the inserted vectors
+  get no position, token type, LayerNorm or dropout.
   """
 
   config: EncoderConfig
@@ -114,7 +118,9 @@ class Embeddings(nn.Module):
       hidden = hidden + embed(cfg.type_vocab_size,
                               name='token_type_embeddings')(token_type_ids)
     hidden = _layer_norm(cfg, 'layer_norm')(hidden)
-    return Dropout(cfg.hidden_dropout)(hidden, deterministic=deterministic), attention_mask
+    hidden = Dropout(cfg.hidden_dropout)(hidden, deterministic=deterministic)
+    hidden = InputEmbeddings(name='embeddings_output')(hidden)  # [batch, seq'', hidden]
+    return hidden, grow_front(attention_mask, hidden.shape[1], 1)
 
 
 class SelfAttention(nn.Module):

@@ -12,6 +12,10 @@ sit P positions later; for `prefix_after_bos` this is exact when position 0 hold
 
 Paths: BERT `embeddings/input_embeddings`, decoders `embeddings/input_embeddings`, T5
 `encoder/input_embeddings` (the decoder's inputs get no prompt).
+
+Our BERT/RoBERTa also call it on the embeddings module's output, `embeddings/embeddings_output`
+(after positions, token types, LayerNorm and dropout; AdapterHub's prompt placement): there only
+the attention mask grows, and the real tokens keep their positions.
 """
 
 from __future__ import annotations

@@ -50,6 +50,10 @@ CROSS_KEY_VALUES = r'(.*/)?decoder/(layer_\d+|layers)/cross_attention/prefix'
 # Where a host's token embeddings enter its sequence (`adapters_jax.models.input_embeddings`): an
 # identity whose output may grow (prompt tuning). Our backbones only.
 INPUT_EMBEDDINGS = r'(.*/)?input_embeddings'
+# Where our BERT/RoBERTa's embeddings module returns its output (after positions, token types,
+# LayerNorm and dropout): an identity whose output may grow, as `INPUT_EMBEDDINGS` (prompt tuning
+# with `insert_at='embeddings_output'`, AdapterHub's placement). Placement `output`.
+EMBEDDINGS_OUTPUT = r'(.*/)?embeddings/embeddings_output'
 
 # Where our BERT/RoBERTa and decoders pass their position ids (`adapters_jax.models.position_ids`):
 # an identity a method may shift (prefix tuning with positions='after_prefix'). Placement `output`.
