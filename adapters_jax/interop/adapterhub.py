@@ -22,8 +22,8 @@ Refused, because no exact mapping exists: `original_ln_before=True` (their `seq_
 `compacter++` presets: the adapter reads LayerNorm(h + residual) and the block normalises twice),
 layer norms inside the adapter (`ln_before`/`ln_after`; our `layer_norm_before` has another epsilon),
 gating, learned scaling, (IA)3 on a projection's input (our FFN default), LoRA/(IA)3 on the attention
-output projection. Prefix tuning maps (also on GPT-2 and Llama) and prompt tuning is refused:
-`adapterhub_prompts`.
+output projection. Prefix tuning (also on GPT-2 and Llama) and prompt tuning
+(`insert_at='embeddings_output'`) map through `adapterhub_prompts`.
 
 Trained base layer norms (`houlsby`) are written into `adapter.safetensors` under their transformers
 names: `load_adapter` loads every tensor of that file into the model, so they replace the base's
@@ -93,16 +93,16 @@ def export_adapter(adapter: PortableAdapter, out: str | pathlib.Path, model_type
   if getattr(adapter.method, 'use_gating', False):
     raise InteropError('A gated adapter (use_gating=True, UniPELT\'s gate) has no AdapterHub export '
                        'here; export an ungated one.')
-  if kind == 'prompt_tuning':
-    adapterhub_prompts.refuse_prompt()
   if kind == 'prefix_tuning':
     config, tensors = adapterhub_prompts.export_prefix(adapter, model_type)  # full names
+  elif kind == 'prompt_tuning':
+    config, tensors = adapterhub_prompts.export_prompt(adapter, model_type)  # full names
   elif kind in ('bottleneck', 'compacter', 'lora', 'ia3'):
     config, tensors = (_export_bottleneck if kind in ('bottleneck', 'compacter') else _export_lora)(adapter)
     tensors = {MODEL_PREFIXES[model_type] + k: v for k, v in tensors.items()}
   else:
     raise InteropError(f'Method kind {kind!r} has no AdapterHub export; exportable kinds: '
-                       "['bottleneck', 'compacter', 'ia3', 'lora', 'prefix_tuning'].")
+                       "['bottleneck', 'compacter', 'ia3', 'lora', 'prefix_tuning', 'prompt_tuning'].")
   head = {}
   for path, value in adapter.base_leaves().items():
     name = base_leaf_to_hf(path, model_type)

@@ -61,11 +61,12 @@ def import_adapter(directory: str | pathlib.Path) -> PortableAdapter:
     if base:
       method = dataclasses.replace(method, train_also=(LAYER_NORM_PARAMS,))
   elif architecture == 'prompt_tuning':
-    adapterhub_prompts.refuse_prompt(f'{directory / CONFIG_FILE}: prompt tuning')
+    method, leaves, rest = adapterhub_prompts.import_prompt(config, name, tensors, directory / WEIGHTS_FILE)
+    leaves.update(_base_leaves(rest, WEIGHTS_FILE))
   else:
     raise InteropError(f'{directory / CONFIG_FILE}: architecture {architecture!r} has no equivalent '
                        "here; importable: bottleneck adapters (no `architecture`), 'lora' (LoRA, (IA)3), "
-                       "'prefix_tuning'.")
+                       "'prefix_tuning', 'prompt_tuning'.")
   label_names = None
   if (directory / HEAD_WEIGHTS_FILE).is_file():
     head, _ = read_adapter_weights(directory / HEAD_WEIGHTS_FILE)

@@ -1,4 +1,4 @@
-"""AdapterHub's prefix tuning <-> ours (BERT/RoBERTa, GPT-2, Llama); why its prompt tuning does not map.
+"""AdapterHub's prefix tuning <-> ours (BERT/RoBERTa, GPT-2, Llama); its prompt tuning <-> ours (BERT/RoBERTa).
 
 Prefix tuning (`prefix_tuning`, `prefix_tuning_flat`; checked against `adapters` 1.3.0 on
 transformers' PyTorch BERT/RoBERTa, GPT-2 and Llama): AdapterHub keeps one pool per location,
@@ -16,10 +16,24 @@ Refused: gating (`use_gating`: UniPELT's gate reads the attention's input, which
 hook does not see), another `non_linearity` than tanh, and T5, whose prefix AdapterHub places in
 T5's relative-position buckets while ours has no position.
 
-Prompt tuning is refused both ways (`PROMPT_PLACEMENT`): AdapterHub adds the prompt to the output of
-the embeddings module (after position embeddings and LayerNorm; BERT/RoBERTa only), so the real
-tokens keep their positions and the prompt gets neither; ours enters before them and counts in the
-positions (as PEFT's PROMPT_TUNING, which `--format=peft` writes).
+Prompt tuning (`prompt_tuning`; checked against `adapters` 1.3.0 on transformers' PyTorch
+BERT/RoBERTa): AdapterHub's forward hook on the embeddings module concatenates the prompt to that
+module's output (after positions, token types, LayerNorm and dropout; `prefix` or
+`prefix_after_bos`), and each layer's pre-hook puts ones in front of the attention mask, so the
+real tokens keep their positions and the prompt gets no position, LayerNorm or dropout. That is our
+`insert_at='embeddings_output'`:
+
+  ours                                                  AdapterHub
+  embeddings/embeddings_output/adapters/<name>/prompt   <m>prompt_tuning.prompt_tunings.<name>.
+    [P, d]                                                prompt_embedding.weight  [P, d]
+  length, combine                                       prompt_length, combine
+
+(`<m>`: `bert.` / `roberta.`, absent in a save of the bare model.) A head reads position 0 in
+both: the first prompt vector with `prefix`, [CLS] with `prefix_after_bos`. The init is not
+carried: exports say `random_uniform` (AdapterHub's `from_string` would need a tokenizer at load
+time), imports start from the saved prompt. A prompt with `insert_at='input_embeddings'` (before
+positions and LayerNorm: PEFT's PROMPT_TUNING, which `--format=peft` writes) is refused
+(`PROMPT_PLACEMENT`).
 """
 
 from __future__ import annotations
@@ -29,9 +43,9 @@ import re
 import numpy as np
 
 from adapters_jax.interop import prefix_layout
-from adapters_jax.interop.naming import InteropError
+from adapters_jax.interop.naming import MODEL_PREFIXES, InteropError
 from adapters_jax.interop.portable import PortableAdapter
-from adapters_jax.methods import PrefixTuningConfig
+from adapters_jax.methods import PrefixTuningConfig, PromptTuningConfig
 from adapters_jax.methods.prefix_tuning import site_location
 
 # model_type -> (model prefix, attention module of layer {} under it, our keys_values site of layer {}).
@@ -47,8 +61,11 @@ _LEAVES = {'embedding': 'wte.weight', 'hidden_kernel': 'control_trans.0.weight',
            'output_bias': 'control_trans.2.bias'}
 PROMPT_PLACEMENT = (
     "AdapterHub's prompt_tuning adds the prompt after the embeddings' position embeddings and "
-    "LayerNorm and leaves the real tokens' positions unshifted; ours inserts it before them and counts "
-    'it in the positions (as PEFT), so the same prompt gives other logits: use --format=peft.')
+    "LayerNorm and leaves the real tokens' positions unshifted; insert_at='input_embeddings' inserts "
+    'it before them and counts it in the positions (as PEFT), so the same prompt gives other logits: '
+    "train with insert_at='embeddings_output' (or export to PEFT with --format=peft).")
+PROMPT_SITE = 'embeddings/embeddings_output'
+_PROMPT_POOL = 'prompt_tuning.prompt_tunings.{}.prompt_embedding.weight'
 
 
 def _family(model_type: str) -> tuple[str, str, str]:
@@ -142,6 +159,42 @@ def import_prefix(config: dict, model_type: str, name: str, tensors: dict[str, n
   return method, leaves, rest
 
 
-def refuse_prompt(where: str = 'Prompt tuning') -> None:
-  """AdapterHub's prompt tuning and ours put the prompt in different places (`PROMPT_PLACEMENT`)."""
-  raise InteropError(f'{where} does not map to or from AdapterHub: {PROMPT_PLACEMENT}')
+def export_prompt(adapter: PortableAdapter, model_type: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """`(config, tensors with their full names)` of a prompt-tuning adapter
+  (`insert_at='embeddings_output'`) for AdapterHub's BERT/RoBERTa."""
+  method, name = adapter.method, adapter.name
+  if method.insert_at != 'embeddings_output':
+    raise InteropError(f'Prompt tuning with insert_at={method.insert_at!r} cannot be exported to '
+                       f'AdapterHub: {PROMPT_PLACEMENT}')
+  if model_type not in MODEL_PREFIXES:
+    raise InteropError(f'Prompt tuning maps to AdapterHub on {sorted(MODEL_PREFIXES)}, not '
+                       f'{model_type!r} (AdapterHub has no prompt tuning there).')
+  path = f'{PROMPT_SITE}/adapters/{name}/prompt'
+  if path not in adapter.leaves:
+    raise InteropError(f'The prompt-tuning adapter has no leaf {path!r} (our BERT/RoBERTa embeddings\' '
+                       f'output); its leaves: {sorted(adapter.adapter_leaves())}.')
+  prompt = np.ascontiguousarray(adapter.leaves[path], np.float32)  # [P, d]
+  config = {'architecture': 'prompt_tuning', 'prompt_length': int(method.length),
+            'prompt_init': 'random_uniform', 'prompt_init_text': None, 'combine': method.combine,
+            'init_weights_seed': None}
+  return config, {MODEL_PREFIXES[model_type] + _PROMPT_POOL.format(name): prompt}
+
+
+def import_prompt(config: dict, name: str, tensors: dict[str, np.ndarray],
+                  where) -> tuple[PromptTuningConfig, dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """`(method, {our leaf: value}, other tensors)` of an AdapterHub prompt-tuning file: our prompt
+  with `insert_at='embeddings_output'`; the other tensors are the caller's to map."""
+  pool = _PROMPT_POOL.format(name)
+  own = {k: v for k, v in tensors.items()
+         if k == pool or any(k == prefix + pool for prefix in MODEL_PREFIXES.values())}
+  if len(own) != 1:
+    raise InteropError(f'{where}: expected one prompt tensor <model>.{pool}, found {sorted(own)}.')
+  prompt = next(iter(own.values()))  # [P, d]
+  length = int(config['prompt_length'])
+  if prompt.ndim != 2 or prompt.shape[0] != length:
+    raise InteropError(f'{where}: prompt_embedding {tuple(prompt.shape)} is not [prompt_length={length}, '
+                       'hidden].')
+  method = PromptTuningConfig(length=length, combine=config.get('combine', 'prefix'),
+                              insert_at='embeddings_output')
+  leaves = {f'{PROMPT_SITE}/adapters/{name}/prompt': np.ascontiguousarray(prompt, np.float32)}
+  return method, leaves, {k: v for k, v in tensors.items() if k not in own}

@@ -14,7 +14,8 @@ T5 v1.1):
 
 For T5 (`SEQ_2_SEQ_LM`) PEFT sets S = 2 and stores P more rows, a decoder prompt, which its
 PROMPT_TUNING forward and generate never read (they prepend rows [0, P) to the encoder's inputs
-only): the export writes them as zeros, the import leaves them out. `prefix_after_bos` (AdapterHub's
+only): the export writes them as zeros, the import leaves them out. A prompt with
+`insert_at='embeddings_output'` (AdapterHub's placement, after positions and LayerNorm) is refused. `prefix_after_bos` (AdapterHub's
 other combine) has no PEFT form and is refused; so are PEFT's P_TUNING and MULTITASK_PROMPT_TUNING
 (an encoder network / per-task prompts in front of the prompt).
 
@@ -92,6 +93,11 @@ def export_prompt(adapter: PortableAdapter, model_type: str,
   """`(adapter_config fields, tensors)` of a prompt-tuning adapter; PEFT's shared fields (task type,
   base, head) are the caller's (`peft.export_adapter`)."""
   method = adapter.method
+  if method.insert_at != 'input_embeddings':
+    raise InteropError(f'Prompt tuning with insert_at={method.insert_at!r} (after the embeddings\' '
+                       "positions and LayerNorm, AdapterHub's placement) has no PEFT form: PEFT puts the "
+                       "prompt before them; train with insert_at='input_embeddings' (or export to "
+                       'AdapterHub with --format=adapters).')
   if method.combine != 'prefix':
     raise InteropError(f"Prompt tuning with combine={method.combine!r} has no PEFT form (PEFT puts the "
                        "prompt in front of every token); train with combine='prefix'.")
