@@ -22,8 +22,9 @@ def run(module, **flags):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('fmt,method,options', [('peft', 'lora', dict(rank=4, alpha=8.0)),
-                                                ('adapters', 'houlsby', dict(size=8))])
+@pytest.mark.parametrize('fmt,method,options', [
+    ('peft', 'lora', dict(rank=4, alpha=8.0)), ('adapters', 'houlsby', dict(size=8)),
+    ('adapters', 'prompt_tuning', dict(length=3, insert_at='embeddings_output'))])
 def test_export_then_import_through_the_cli_gives_back_the_adapter(tmp_path, base_dir, fmt, method, options):
   base = base_dir('bert')
   spliced, params, best = save_trained(tmp_path / 'run', base, 'bert', 'task', method, **options)
