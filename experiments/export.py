@@ -10,7 +10,8 @@ use_safetensors=True)`, or `peft.PeftModel.from_pretrained(model, 'exports/rte-l
 the same base as the run's (`transformers.AutoModelForSequenceClassification`). The files carry the
 base's identity, so `experiments.import_adapter` refuses them on another base. Which methods map to
 which format: `adapters_jax/interop/adapterhub.py`, `peft.py`, `adapterhub_prompts.py` (prefix
-tuning -> AdapterHub, also on GPT-2 and Llama) and `peft_prompts.py` (prompt tuning -> PEFT).
+tuning -> AdapterHub, also on GPT-2 and Llama; prompt tuning with insert_at='embeddings_output')
+and `peft_prompts.py` (prompt tuning -> PEFT).
 `merged` (LoRA, DoRA, VeRA, (IA)3; any family) writes config.json + model.safetensors + the tokenizer, for
 `transformers.AutoModelFor...from_pretrained(out)` (`adapters_jax/interop/merged.py`). `--out` must
 be absent or empty; `--overwrite` replaces it whole (the files of an earlier export never stay

@@ -1,4 +1,4 @@
-"""AdapterHub's prefix tuning <-> ours (BERT/RoBERTa, GPT-2, Llama); its prompt tuning <-> ours (BERT/RoBERTa).
+"""AdapterHub's prefix tuning <-> ours (BERT/RoBERTa, GPT-2, Llama) and its prompt tuning (BERT/RoBERTa).
 
 Prefix tuning (`prefix_tuning`, `prefix_tuning_flat`; checked against `adapters` 1.3.0 on
 transformers' PyTorch BERT/RoBERTa, GPT-2 and Llama): AdapterHub keeps one pool per location,

@@ -15,8 +15,9 @@ T5 v1.1):
 For T5 (`SEQ_2_SEQ_LM`) PEFT sets S = 2 and stores P more rows, a decoder prompt, which its
 PROMPT_TUNING forward and generate never read (they prepend rows [0, P) to the encoder's inputs
 only): the export writes them as zeros, the import leaves them out. A prompt with
-`insert_at='embeddings_output'` (AdapterHub's placement, after positions and LayerNorm) is refused. `prefix_after_bos` (AdapterHub's
-other combine) has no PEFT form and is refused; so are PEFT's P_TUNING and MULTITASK_PROMPT_TUNING
+`insert_at='embeddings_output'` (AdapterHub's placement, after positions and LayerNorm) is
+refused. `prefix_after_bos` (AdapterHub's other combine) has no PEFT form and is refused; so are
+PEFT's P_TUNING and MULTITASK_PROMPT_TUNING
 (an encoder network / per-task prompts in front of the prompt).
 
 PREFIX_TUNING (checked against peft 0.21.2 on transformers' PyTorch BERT/RoBERTa, GPT-2 and

@@ -5,7 +5,7 @@ call `InputEmbeddings` (an identity in the base model, named `input_embeddings`)
 embeddings `[batch, seq, hidden]` and let its output be longer than the input: the caller then
 grows everything that is per position (attention mask, positions, token types) with
 `grow_front`, so the base model and a prompted one run one code path. The inserted positions are
-treated as real tokens at the front of the sequence (PEFT's and AdapterHub's convention: the
+treated as real tokens at the front of the sequence (PEFT's convention: the
 attention mask gets ones in front, position ids count them, token types get 0), so real tokens
 sit P positions later; for `prefix_after_bos` this is exact when position 0 holds a real token
 (right padding, or no padding).

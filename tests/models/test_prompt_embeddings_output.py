@@ -118,7 +118,8 @@ def test_a_host_without_the_site_is_refused_naming_the_option():
   ids, mask = dc.left_padded([5, 3], 5, model.config.vocab_size)
   params = jax.jit(model.init)(jax.random.key(0), ids, mask)['params']
   method = PromptTuningConfig(length=P, insert_at='embeddings_output')
-  with pytest.raises(SiteMatchError, match=r"insert_at='embeddings_output'.*use insert_at='input_embeddings'"):
+  with pytest.raises(SiteMatchError,
+                     match=r"insert_at='embeddings_output'.*use insert_at='input_embeddings'"):
     add_adapter(model, params, 'p', method, jax.random.key(1), ids, mask)
 
 
