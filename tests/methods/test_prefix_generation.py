@@ -66,7 +66,7 @@ T5 = T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_deco
               dropout_rate=0.0, feed_forward_proj='gated-gelu', tie_word_embeddings=False)
 
 
-def test_t5_cached_steps_with_prefixes_give_the_teacher_forcing_logits():
+def _t5(positions, **locations):
   model = T5ForConditionalGeneration(T5)
   ids = np.random.default_rng(0).integers(2, 99, (2, 7)).astype(np.int32)
   mask = np.ones_like(ids)
@@ -74,8 +74,17 @@ def test_t5_cached_steps_with_prefixes_give_the_teacher_forcing_logits():
   decoder_ids = np.random.default_rng(1).integers(2, 99, (2, 5)).astype(np.int32)
   params = jax.jit(model.init)(jax.random.key(0), ids, mask, decoder_ids)['params']
   spliced, params = add_adapter(model, params, 'a', get_method('prefix_tuning', prefix_length=3,
-                                                               bottleneck_size=8),
+                                                               bottleneck_size=8,
+                                                               positions=positions, **locations),
                                 jax.random.key(1), ids, mask, decoder_ids)
+  return spliced, params, ids, mask, decoder_ids
+
+
+@pytest.mark.parametrize('positions', ['none', 'after_prefix'])
+def test_t5_cached_steps_with_prefixes_give_the_teacher_forcing_logits(positions):
+  # after_prefix: the cached steps must give the prefix keys positions 0..P-1 and the step's query
+  # P + t, as the full forward does (a bias left unshifted, or shifted in one path only, fails).
+  spliced, params, ids, mask, decoder_ids = _t5(positions)
   apply = functools.partial(spliced.apply, active='a')
   encoder_hidden = apply(params, ids, mask, method='encode')
   cache = init_decode_cache(T5, 2, decoder_ids.shape[1])
