@@ -25,9 +25,9 @@ DECODER_ONLY = dict(encoder_prefix=False, cross_prefix=False, positions='after_p
 
 def _their_greedy(model):
   """Greedy tokens `[2, STEPS]` of PEFT's forward, the whole decoder input recomputed each step.
-  (PEFT's own `generate` on T5 differs from its forward after the first token: it injects the
-  prefix after transformers has set the cache positions, so the real tokens' positions do not
-  count the prefix there; its forward, which training and the logits use, does.)"""
+  (PEFT's own `generate` on T5 differs from its forward: it injects the prefix after transformers
+  has set the cache positions, so there the queries sit at t, not P+t (checked on peft 0.21.2);
+  its forward, which training and the logits use, counts the prefix.)"""
   ids, mask, _ = (torch.tensor(a, dtype=torch.long) for a in lm_bases.inputs('t5'))
   decoder = torch.zeros((ids.shape[0], 1), dtype=torch.long)  # the start token
   with torch.no_grad():

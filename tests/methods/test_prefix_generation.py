@@ -1,7 +1,8 @@
 """Prefix tuning in cached decoding: the cache holds the real tokens, the prefix stays in front of it
 at every step, so cached greedy decoding equals the uncached forward token for token (Llama with
-RoPE and GQA, GPT-2) and T5's cached steps (prefixes in encoder, decoder and cross-attention) give
-the teacher-forcing logits. Adapter-only checkpoints restore; a run trains through the CLI."""
+RoPE and GQA, GPT-2) and T5's cached steps (prefixes in encoder, decoder and cross-attention; with
+positions='after_prefix' too) give the teacher-forcing logits and the uncached greedy tokens.
+Adapter-only checkpoints restore; a run trains through the CLI."""
 
 import functools
 import json
@@ -25,6 +26,7 @@ from adapters_jax.models import (
   resolve_checkpoint_dir,
 )
 from adapters_jax.models.decoder_export import random_decoder_checkpoint
+from adapters_jax.models.t5_decoding import greedy_generate
 from adapters_jax.predict.predictor import load_predictor
 from tests.models import decoder_checkpoints as dc
 from tests.models.tiny_decoders import TINY_DECODERS
@@ -97,6 +99,20 @@ def test_t5_cached_steps_with_prefixes_give_the_teacher_forcing_logits(positions
   full = np.asarray(apply(params, ids, mask, decoder_ids))
   np.testing.assert_allclose(np.stack(logits, axis=1), full, rtol=1e-4, atol=1e-4)
   assert np.abs(full - np.asarray(spliced.apply(params, ids, mask, decoder_ids))).max() > 1e-2
+
+
+@pytest.mark.parametrize('locations', [{}, dict(encoder_prefix=False, cross_prefix=False)])
+def test_t5_cached_greedy_with_a_shifted_prefix_equals_the_uncached_forward(locations):
+  spliced, params, ids, mask, _ = _t5('after_prefix', **locations)
+  steps = 5
+  apply = functools.partial(spliced.apply, active='a')
+  tokens = np.asarray(greedy_generate(apply, T5, params, ids, mask, steps))
+  decoder = np.zeros((2, 1), np.int32)  # the start token; the whole input recomputed each step
+  forward = jax.jit(lambda d: apply(params, ids, mask, d))
+  for step in range(steps):
+    token = np.asarray(jnp.argmax(forward(decoder)[:, -1], axis=-1)).astype(np.int32)
+    np.testing.assert_array_equal(token, tokens[:, step], err_msg=f'step {step}')
+    decoder = np.concatenate([decoder, token[:, None]], axis=1)
 
 
 def test_adapter_only_checkpoint_restores_the_prefix(tmp_path):
