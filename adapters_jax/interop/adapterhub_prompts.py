@@ -13,8 +13,10 @@ layout moves through `prefix_layout`; an encoder-only model's `self_prefix` is o
 AdapterHub concatenates the prefix to the keys and values after positions are applied (RoPE on the
 real keys only, learned positions counted from the real tokens), as ours does, so the logits match.
 Refused: gating (`use_gating`: UniPELT's gate reads the attention's input, which our `keys_values`
-hook does not see), another `non_linearity` than tanh, and T5, whose prefix AdapterHub places in
-T5's relative-position buckets while ours has no position.
+hook does not see), another `non_linearity` than tanh, and T5: AdapterHub computes T5's relative
+bias over [prefix, real] keys at positions 0..P+T-1 with the queries at 0..T-1 (checked on adapters
+1.3.0), so real-real distances move by P, unlike our 'none' (prefix without position) and
+'after_prefix' (PEFT's: queries at P+i, distances kept).
 
 Prompt tuning (`prompt_tuning`; checked against `adapters` 1.3.0 on transformers' PyTorch
 BERT/RoBERTa): AdapterHub's forward hook on the embeddings module concatenates the prompt to that
@@ -70,9 +72,11 @@ _PROMPT_POOL = 'prompt_tuning.prompt_tunings.{}.prompt_embedding.weight'
 
 def _family(model_type: str) -> tuple[str, str, str]:
   if model_type == 't5':
-    raise InteropError("AdapterHub's T5 prefix gets T5's relative-position buckets and ours has no "
-                       'position, so the same tensors give other logits; prefix tuning maps on '
-                       f'{sorted(FAMILIES)}.')
+    raise InteropError("AdapterHub's T5 prefix gets T5's relative-position buckets with its keys at "
+                       '0..P-1 and the real keys at P+j while the queries stay at i (real-real '
+                       "distances move by P), which neither positions='none' (no prefix position) "
+                       "nor 'after_prefix' (PEFT's: queries at P+i too) is, so the same tensors give "
+                       f'other logits; prefix tuning maps to AdapterHub on {sorted(FAMILIES)}.')
   if model_type not in FAMILIES:
     raise InteropError(f'Prefix tuning maps to AdapterHub on {sorted(FAMILIES)}, not {model_type!r}.')
   return FAMILIES[model_type]

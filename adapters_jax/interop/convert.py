@@ -28,6 +28,7 @@ from adapters_jax.interop.output_directory import refuse_to_mix, staged_director
 from adapters_jax.interop.peft_names import ENCODER_MODEL_TYPES, MODEL_TYPES
 from adapters_jax.interop.portable import PortableAdapter, read_checkpoint, write_checkpoint
 from adapters_jax.models import SHORT_NAMES, resolve_checkpoint_dir
+from adapters_jax.models.hf_files import read_hf_config
 
 # format -> (export, import) functions.
 FORMATS = {'adapters': (adapterhub.export_adapter, adapterhub_import.import_adapter),
@@ -111,8 +112,9 @@ def import_checkpoint(directory: str | os.PathLike, fmt: str, model: str, out: s
   """
   _, read = _format(fmt)
   refuse_to_mix(out, overwrite=overwrite)
-  if fmt == 'peft':  # PEFT files do not name the adapter
-    adapter = read(directory, name or pathlib.Path(directory).resolve().name)
+  if fmt == 'peft':  # PEFT files do not name the adapter (nor T5's decoder depth)
+    adapter = read(directory, name or pathlib.Path(directory).resolve().name,
+                   read_hf_config(resolve_checkpoint_dir(model)))
   else:
     adapter = read(directory)
     if name:

@@ -42,9 +42,10 @@ _FAMILIES = ((r'^(bert\.|roberta\.)?encoder\.layer\.', 'bert'), (r'^model\.layer
              (r'^transformer\.h\.', 'gpt2'), (r'^(encoder|decoder)\.block\.', 't5'))
 
 
-def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
+def import_adapter(directory: str | pathlib.Path, name: str,
+                   base_config: dict | None = None) -> PortableAdapter:
   """Reads a PEFT LoRA/DoRA, VeRA, (IA)3, PROMPT_TUNING or PREFIX_TUNING directory (safetensors) as
-  adapter `name`."""
+  adapter `name`; `base_config` (the base's config.json) sizes a T5 prefix to its decoder."""
   directory = pathlib.Path(directory)
   if not (directory / WEIGHTS_FILE).is_file() and (directory / 'adapter_model.bin').is_file():
     raise InteropError(f'{directory} holds pickled weights (adapter_model.bin), which are never loaded; '
@@ -65,8 +66,10 @@ def import_adapter(directory: str | pathlib.Path, name: str) -> PortableAdapter:
   weights = directory / WEIGHTS_FILE
   tensors, metadata = read_adapter_weights(weights)
   if peft_type in peft_prompts.PROMPT_TYPES:
-    read = peft_prompts.import_prompt if peft_type == 'PROMPT_TUNING' else peft_prompts.import_prefix
-    method, leaves, rest = read(config, tensors, name, weights)
+    if peft_type == 'PROMPT_TUNING':
+      method, leaves, rest = peft_prompts.import_prompt(config, tensors, name, weights)
+    else:
+      method, leaves, rest = peft_prompts.import_prefix(config, tensors, name, weights, base_config)
     base = _base_tensors(rest, peft_prompts.PROMPT_PREFIX, 'bert', weights)
     return PortableAdapter(name=name, method=method, leaves={**leaves, **base}, sites={},
                            base=_identity(metadata, config, directory))

@@ -20,8 +20,8 @@ refused. `prefix_after_bos` (AdapterHub's other combine) has no PEFT form and is
 PEFT's P_TUNING and MULTITASK_PROMPT_TUNING
 (an encoder network / per-task prompts in front of the prompt).
 
-PREFIX_TUNING (checked against peft 0.21.2 on transformers' PyTorch BERT/RoBERTa, GPT-2 and
-Llama) maps our prefix tuning with `positions='after_prefix'`:
+PREFIX_TUNING (checked against peft 0.21.2 on transformers' PyTorch BERT/RoBERTa, GPT-2, Llama
+and T5 v1.1) maps our prefix tuning with `positions='after_prefix'`:
 
   ours                                               PEFT
   <layer l's keys_values site>/adapters/<name>/      `prompt_embeddings` [P, L * 2 * width], width =
@@ -34,11 +34,19 @@ Llama) maps our prefix tuning with `positions='after_prefix'`:
     positions + P at the `position_ids` site         tokens sit P positions later (learned
                                                      positions, RoPE; prefix keys unrotated)
 
+T5 (`SEQ_2_SEQ_LM`): PEFT's prefix is `past_key_values` of the decoder's self-attention only (it
+empties the cross-attention cache; the encoder gets none), its keys at relative positions 0..P-1
+and the real queries at P+i, as ours with `positions='after_prefix'` (the `key_positions` site).
+PEFT sizes it by T5's `num_layers` (the encoder's) and sets `num_transformer_submodules=2`, which
+doubles the slots and hands each decoder layer four in turn: decoder layer i reads slot
+2i mod num_layers (`t5_slot`); the export writes unread slots as zeros and refuses two layers
+that would share a slot with different prefixes; the import reads the base's
+`num_decoder_layers`. Prefixes in T5's encoder or cross-attention are refused naming them
+(`PREFIX_T5_LOCATIONS`).
+
 A prefix with `positions='none'` (AdapterHub's convention: real tokens keep their positions) gives
-other logits in PEFT and is refused naming the option (`PREFIX_POSITIONS`). T5 is refused both ways
-(`PREFIX_T5`: PEFT's T5 prefix is in the decoder's self-attention only, inside T5's relative-position
-buckets, which our T5's prefix keys do not get). Refused too: gated prefixes (UniPELT) and prefixes
-on only some layers (PEFT puts one in every layer).
+other logits in PEFT and is refused naming the option (`PREFIX_POSITIONS`). Refused too: gated
+prefixes (UniPELT) and prefixes on only some layers (PEFT puts one in every layer).
 """
 
 from __future__ import annotations
@@ -68,10 +76,10 @@ PREFIX_POSITIONS = (
     "position P places on; this prefix (positions='none') keeps the real tokens' positions, so the "
     "same tensors give other logits in PEFT: train with positions='after_prefix' (or export to "
     "AdapterHub, which shares the positions='none' convention).")
-PREFIX_T5 = ("PEFT's T5 prefix sits in the decoder's self-attention only (it empties the cross-attention "
-             "cache), at key positions 0..P-1 of T5's relative-position buckets with the queries at P+i, "
-             "and our T5's prefix keys get no relative bias, so the same tensors give other logits; "
-             f'PREFIX_TUNING maps on {sorted(PREFIX_SITES)}.')
+PREFIX_T5_SITE = 'decoder/layer_{}/attention/prefix'
+PREFIX_T5_LOCATIONS = ("PEFT's T5 prefix sits in the decoder's self-attention only (it empties the "
+                       'cross-attention cache and gives the encoder none); train with '
+                       'encoder_prefix=False, cross_prefix=False.')
 
 
 def prompt_site(encoder_decoder: bool) -> str:
@@ -149,13 +157,15 @@ def export_prefix(adapter: PortableAdapter, model_type: str,
   if method.use_gating:
     raise InteropError("A gated prefix (use_gating=True, UniPELT's gate) has no PEFT form; export an "
                        'ungated one.')
-  if model_type not in PREFIX_SITES:
-    raise InteropError(PREFIX_T5 if model_type == 't5' else
-                       f'PREFIX_TUNING maps on {sorted(PREFIX_SITES)}, not {model_type!r}.')
-  layers = _prefix_layers(adapter.sites, PREFIX_SITES[model_type], model_type)
+  if model_type not in (*PREFIX_SITES, 't5'):
+    raise InteropError(f"PREFIX_TUNING maps on {sorted(PREFIX_SITES) + ['t5']}, not {model_type!r}.")
   stacked = prefix_layout.stack_leaves(adapter.adapter_leaves(), adapter.name, method.flat)
+  if model_type == 't5' and set(stacked) != {'self_prefix'}:
+    others = sorted(set(stacked) - {'self_prefix'})
+    raise InteropError(f'The prefix has prefixes at {others}: {PREFIX_T5_LOCATIONS}')
   if len(stacked) != 1:
     raise InteropError(f"Prefix locations {sorted(stacked)}: PEFT's {model_type} has one.")
+  layers = _prefix_layers(adapter.sites, PREFIX_SITES.get(model_type, PREFIX_T5_SITE), model_type)
   tensors = next(iter(stacked.values()))
   if method.flat:
     prefixes = tensors['prefixes']  # [P, L * 2 * width]
@@ -166,10 +176,40 @@ def export_prefix(adapter: PortableAdapter, model_type: str,
   counts = _counts(hf_config)
   if hf_config is not None and 'num_key_value_heads' in hf_config:  # PEFT's grouped-query rule
     counts['num_attention_heads'] = hf_config['num_key_value_heads']
+  if model_type == 't5':
+    prefixes = _t5_rows(prefixes, len(layers), counts['num_layers'])
   config = {'peft_type': 'PREFIX_TUNING', 'num_virtual_tokens': int(method.prefix_length),
             'token_dim': int(width), 'encoder_hidden_size': int(width), 'prefix_projection': False,
-            'num_transformer_submodules': 1, **counts}
+            'num_transformer_submodules': 2 if model_type == 't5' else 1, **counts}
   return config, {'prompt_embeddings': np.ascontiguousarray(prefixes, np.float32)}
+
+
+def t5_slot(layer: int, num_layers: int) -> int:
+  """Which of PEFT's `num_layers` prefix slots T5's decoder layer `layer` reads: PEFT doubles the
+  slots for its two submodules and hands each layer four in turn (self keys, values, cross keys,
+  values), so decoder layer i reads slot 2i mod num_layers (checked on peft 0.21.2)."""
+  return 2 * layer % num_layers
+
+
+def _t5_rows(prefixes: np.ndarray, decoder_layers: int, num_layers: int | None) -> np.ndarray:
+  """Our T5 decoder's prefixes `[P, decoder_layers * 2 * width]` laid out in PEFT's `num_layers`
+  slots (T5's `num_layers`, the encoder's, as PEFT counts them): decoder layer i in slot
+  `t5_slot(i)`, unread slots zeros."""
+  num_layers = decoder_layers if num_layers is None else int(num_layers)
+  if num_layers < decoder_layers:
+    raise InteropError(f"PEFT sizes a T5 prefix by num_layers={num_layers} (the encoder's), fewer than "
+                       f"the decoder's {decoder_layers} layers, so it cannot hold this prefix.")
+  per_layer = prefixes.shape[1] // decoder_layers  # 2 * width: keys then values
+  slots = np.zeros((prefixes.shape[0], num_layers, per_layer), prefixes.dtype)
+  written: dict[int, int] = {}
+  for layer in range(decoder_layers):
+    slot, rows = t5_slot(layer, num_layers), prefixes[:, layer * per_layer:(layer + 1) * per_layer]
+    if slot in written and not np.array_equal(slots[:, slot], rows):
+      raise InteropError(f"PEFT's T5 decoder layers {written[slot]} and {layer} read one prefix (slot "
+                         f'{slot} of num_layers={num_layers}); this prefix differs there, so PEFT cannot '
+                         'hold it.')
+    slots[:, slot], written[slot] = rows, layer
+  return slots.reshape(prefixes.shape[0], num_layers * per_layer)
 
 
 def _prefix_layers(sites: dict[str, str], our_site: str, model_type: str) -> list[int]:
@@ -189,12 +229,11 @@ def _prefix_layers(sites: dict[str, str], our_site: str, model_type: str) -> lis
   return sorted(layers)
 
 
-def import_prefix(config: dict, tensors: dict[str, np.ndarray],
-                  name: str, where: pathlib.Path) -> tuple[PrefixTuningConfig, dict, dict]:
+def import_prefix(config: dict, tensors: dict[str, np.ndarray], name: str, where: pathlib.Path,
+                  base_config: dict | None = None) -> tuple[PrefixTuningConfig, dict, dict]:
   """`(method, {our leaf: value}, other tensors)` of a PEFT PREFIX_TUNING file: our flat prefix
-  with `positions='after_prefix'`; the other tensors (a head) are the caller's to map."""
-  if config.get('task_type') == ENCODER_DECODER_TASK:
-    raise InteropError(f'{where}: PREFIX_TUNING cannot be imported: {PREFIX_T5}')
+  with `positions='after_prefix'` (T5: in the decoder's self-attention only, its first
+  `num_decoder_layers` of `base_config` layers); the other tensors (a head) are the caller's."""
   if 'prompt_embeddings' not in tensors:
     raise InteropError(f'{where}: a PREFIX_TUNING file without prompt_embeddings.')
   length, layers = int(config['num_virtual_tokens']), config.get('num_layers')
@@ -202,13 +241,21 @@ def import_prefix(config: dict, tensors: dict[str, np.ndarray],
   if layers is None or prefixes.shape[0] != length or prefixes.shape[1] % (2 * int(layers)):
     raise InteropError(f'{where}: prompt_embeddings {tuple(prefixes.shape)} is not [num_virtual_tokens='
                        f'{length}, num_layers={layers} x 2 x width].')
-  # A causal LM's prefix is in its decoder; BERT/RoBERTa's (SEQ_CLS, ...) in the encoder.
-  our_site = PREFIX_SITES['gpt2' if config.get('task_type') == 'CAUSAL_LM' else 'bert']
-  sites = prefix_layout.sites_by_location(our_site.format(layer) for layer in range(int(layers)))
+  layers, locations = int(layers), {}
+  if config.get('task_type') == ENCODER_DECODER_TASK:  # T5: the decoder reads its first layers
+    our_site, locations = PREFIX_T5_SITE, {'encoder_prefix': False, 'cross_prefix': False}
+    decoder_layers = int((base_config or {}).get('num_decoder_layers') or layers)
+    slots = prefixes.reshape(length, layers, -1)  # [P, num_layers, 2 * width]
+    prefixes = np.concatenate([slots[:, t5_slot(i, layers)] for i in range(decoder_layers)], axis=1)
+    layers = decoder_layers
+  else:  # a causal LM's prefix is in its decoder; BERT/RoBERTa's (SEQ_CLS, ...) in the encoder
+    our_site = PREFIX_SITES['gpt2' if config.get('task_type') == 'CAUSAL_LM' else 'bert']
+  sites = prefix_layout.sites_by_location(our_site.format(layer) for layer in range(layers))
   leaves = prefix_layout.unstack_leaves({location: {'prefixes': prefixes} for location in sites},
                                         name, True, sites)
   rest = {k: v for k, v in tensors.items() if k != 'prompt_embeddings'}
-  return PrefixTuningConfig(prefix_length=length, flat=True, positions='after_prefix'), leaves, rest
+  method = PrefixTuningConfig(prefix_length=length, flat=True, positions='after_prefix', **locations)
+  return method, leaves, rest
 
 
 def refuse_import(peft_type: str, where: pathlib.Path) -> None:

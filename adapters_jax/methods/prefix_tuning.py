@@ -33,7 +33,11 @@ prefix is fed as `past_key_values` (PEFT's PREFIX_TUNING on transformers' models
 adapts the host's `position_ids` site (`adapters_jax.models.position_ids`; placement `output`, no
 params) by adding P, which moves BERT's and GPT-2's learned positions and RoPE's angles (the
 prefix keys stay unrotated, as cached keys that were never rotated); stacked prefixes add up.
-T5 has no position-ids site (its relative buckets are computed in each attention) and is refused.
+On T5 the site is per stack and carries its relative bias's positions: the real queries and keys
+move to P+i and the prefix keys get positions 0..P-1, so real-real distances are unchanged and a
+query at P+i sees prefix key j at distance P+i-j (transformers' T5 given the prefix as
+past_key_values: PEFT's decoder prefix). The encoder's prefix gets the same (bidirectional)
+buckets, the cross-attention (no relative bias) nothing; only stacks with prefixes move.
 
 Initialisation follows AdapterHub: embedding and flat prefixes N(0, 1); Linears U(+-1/sqrt(fan_in));
 the gate's kernel N(0, 0.02), its bias U(+-1/sqrt(hidden)).
@@ -64,6 +68,8 @@ from adapters_jax.splicing.sites import (
 )
 
 POSITIONS = ('none', 'after_prefix')
+# The module name of T5's per-stack site on its relative bias's key positions.
+T5_KEY_POSITIONS = 'key_positions'
 
 
 def site_location(path: str) -> str:
@@ -124,6 +130,22 @@ class PositionShift(nn.Module):
   def __call__(self, positions, shared=None, deterministic: bool = True):
     del shared, deterministic  # no params, no randomness
     return positions + jnp.asarray(self.offset, positions.dtype)
+
+
+class PrefixKeyPositions(nn.Module):
+  """T5's relative-bias key positions `[..., k_len]` int -> `[0 .. offset - 1] ++ (positions +
+  offset)` `[..., offset + k_len]`: the prefix keys (put in front of the real ones by the
+  attentions' hooks) at 0..offset-1, the real keys `offset` places on (the stack moves its
+  queries as far), as transformers' T5 places `past_key_values`."""
+
+  offset: int
+
+  @nn.compact
+  def __call__(self, positions, shared=None, deterministic: bool = True):
+    del shared, deterministic  # no params, no randomness
+    front = jnp.broadcast_to(jnp.arange(self.offset, dtype=positions.dtype),
+                             positions.shape[:-1] + (self.offset,))
+    return jnp.concatenate([front, positions + jnp.asarray(self.offset, positions.dtype)], axis=-1)
 
 
 class KeyValuePrefix(nn.Module):
@@ -205,7 +227,8 @@ class PrefixTuningConfig(MethodConfig):
     cross_prefix: prefixes in T5's cross-attention.
     positions: 'none' (the prefix has no position, real tokens keep theirs: AdapterHub's) or
       'after_prefix' (real tokens' positions + P, PEFT's PREFIX_TUNING; needs the host's
-      `position_ids` site: our BERT/RoBERTa and decoders).
+      `position_ids` site: our BERT/RoBERTa, decoders and T5, where the prefix keys get relative
+      positions 0..P-1).
     sites: by default made from the three switches; set it to name other `keys_values` sites.
   """
 
@@ -251,10 +274,17 @@ class PrefixTuningConfig(MethodConfig):
   def site_rules(self):
     if self.positions == 'none':
       return self._key_value_rules()
-    return self._key_value_rules() + (SiteRule(POSITION_IDS, 'output'),)
+    # T5's key-positions site is per stack: only a stack with prefixes may grow its bias by P keys
+    # (its attentions' keys grow by P); cross-attention has no positions.
+    stacks = [stack for stack, on in (('encoder', self.encoder_prefix), ('decoder', self.self_prefix))
+              if on or self.sites]
+    pattern = POSITION_IDS + (rf'|(.*/)?({"|".join(stacks)})/{T5_KEY_POSITIONS}' if stacks else '')
+    return self._key_value_rules() + (SiteRule(pattern, 'output'),)
 
   def make_module(self, site: SiteInfo) -> nn.Module:
     if site.placement != 'keys_values':  # the host's position ids (positions='after_prefix')
+      if site.path.rsplit('/', 1)[-1] == T5_KEY_POSITIONS:
+        return PrefixKeyPositions(offset=self.prefix_length)
       return PositionShift(offset=self.prefix_length)
     return KeyValuePrefix(prefix_length=self.prefix_length, flat=self.flat,
                           location=site_location(site.path), bottleneck_size=self.bottleneck_size,

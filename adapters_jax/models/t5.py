@@ -4,6 +4,8 @@ Param/module paths (`/`-joined; the site patterns of `adapters_jax.splicing.site
 
     shared/embedding                                       [vocab, d_model], both stacks' input
     encoder/input_embeddings                               identity site (prompt tuning may grow it)
+    {encoder,decoder}/key_positions                        identity site on the relative bias's key
+                                                           positions [k_len]; a prefix puts its own in front
     {encoder,decoder}/relative_attention_bias/embedding    [buckets, heads] (HF: block 0's)
     {encoder,decoder}/layer_{i}/attention_layer_norm/scale
     {encoder,decoder}/layer_{i}/attention/{query,key,value,output}/kernel
@@ -33,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from adapters_jax.models.input_embeddings import InputEmbeddings, grow_front
+from adapters_jax.models.position_ids import PositionIds
 from adapters_jax.models.t5_config import T5Config
 from adapters_jax.models.t5_layers import Attention, FeedForward, RelativePositionBias, T5LayerNorm
 from adapters_jax.nn.dropout import Dropout
@@ -130,8 +133,11 @@ class Encoder(nn.Module):
     hidden = InputEmbeddings(name='input_embeddings')(hidden)  # [batch, seq', d_model]
     attention_mask = grow_front(attention_mask, hidden.shape[1], 1)
     positions = jnp.arange(hidden.shape[1], dtype=jnp.int32)
+    # A site: a prefix puts its keys' positions in front; the queries move as many places on.
+    key_positions = PositionIds(name='key_positions')(positions)  # [seq'] (seq + P after a prefix)
+    query_positions = positions + (key_positions.shape[0] - positions.shape[0])
     bias = RelativePositionBias(cfg, bidirectional=True, name='relative_attention_bias')(
-        positions, positions)  # [1, heads, seq, seq]
+        query_positions, key_positions)  # [1, heads, seq, seq']
     mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]  # [batch, 1, 1, seq]
     hidden = Dropout(cfg.dropout_rate)(hidden, deterministic)
     block = EncoderBlock
@@ -183,9 +189,13 @@ class Decoder(nn.Module):
                          'earlier position.')
       query_positions = position + jnp.arange(q_len, dtype=jnp.int32)
       key_positions = jnp.arange(cache['self_key'].shape[2], dtype=jnp.int32)
-    self_bias = RelativePositionBias(cfg, bidirectional=False, name='relative_attention_bias')(
-        query_positions, key_positions)  # [1, heads, q_len, k_len]
     self_mask = (key_positions[None, :] <= query_positions[:, None])[None, None]  # [1,1,q,k]
+    # A site: a prefix puts its keys' positions in front; the queries move as many places on.
+    bias_key_positions = PositionIds(name='key_positions')(key_positions)  # [k_len (+ P)]
+    query_positions = query_positions + (bias_key_positions.shape[0] - key_positions.shape[0])
+    key_positions = bias_key_positions
+    self_bias = RelativePositionBias(cfg, bidirectional=False, name='relative_attention_bias')(
+        query_positions, key_positions)  # [1, heads, q_len, k_len'] (k_len + P after a prefix)
     if decoder_mask is not None:
       self_mask = self_mask & jnp.asarray(decoder_mask).astype(bool)[:, None, None, :]
     # Inserted encoder positions (prompt tuning) are always attended to.

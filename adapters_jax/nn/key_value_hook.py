@@ -10,7 +10,8 @@ are computed from, before their projection): what UniPELT's prefix gate reads, a
 its attentions' `hidden_states` to its prefix layer. The queries, the output length and
 the positions of the real tokens (RoPE, learned or relative positions) are untouched here (a prefix
 that moves them does so at the model's `position_ids` site, `adapters_jax.models.position_ids`); a backbone
-with an additive score bias (T5) pads it with zeros for the added keys (`pad_keys_in_front`).
+with an additive score bias (T5) pads it with zeros for the added keys (`pad_keys_in_front`), unless
+its stack's `key_positions` site already gave them positions (the bias then covers them).
 
 A host whose attention has no such hook is refused by prefix tuning, naming the missing piece.
 """
@@ -43,8 +44,9 @@ class KeyValueHook(nn.Module):
 
 
 def pad_keys_in_front(bias: jax.Array | None, k_len: int) -> jax.Array | None:
-  """`bias` `[..., q_len, k_len0]` with zeros in front up to `k_len` keys (added keys have no
-  position, so no positional bias); None stays None."""
+  """`bias` `[..., q_len, k_len0]` with zeros in front up to `k_len` keys (added keys without a
+  position get no positional bias; a bias that already has `k_len` keys is returned as it is);
+  None stays None."""
   if bias is None or bias.shape[-1] == k_len:
     return bias
   pad = [(0, 0)] * (bias.ndim - 1) + [(k_len - bias.shape[-1], 0)]

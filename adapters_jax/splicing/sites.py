@@ -57,6 +57,7 @@ EMBEDDINGS_OUTPUT = r'(.*/)?embeddings/embeddings_output'
 
 # Where our BERT/RoBERTa and decoders pass their position ids (`adapters_jax.models.position_ids`):
 # an identity a method may shift (prefix tuning with positions='after_prefix'). Placement `output`.
+# T5's stacks pass their relative bias's key positions through one named `key_positions`.
 POSITION_IDS = r'(.*/)?position_ids'
 
 # Leaves trained alongside adapters by some methods (Houlsby: layer norms), and the task head.
@@ -138,11 +139,11 @@ def match_sites(rules: Sequence[SiteRule], module_paths: Sequence[str]) -> dict[
     hits = [p for p in module_paths if re.fullmatch(rule.pattern, p)]
     if not hits and rule.placement == 'keys_values':
       raise SiteMatchError(_no_hook_message(rule.pattern, module_paths))
-    if not hits and rule.pattern == POSITION_IDS:
+    if not hits and rule.pattern.startswith(POSITION_IDS):
       raise SiteMatchError('The host model has no position-ids site (a `PositionIds` submodule named '
                            '`position_ids`, adapters_jax.models.position_ids), which shifts the real '
-                           "tokens after a prefix (positions='after_prefix'): our BERT/RoBERTa and "
-                           "decoders have it, T5 (relative positions) does not; use positions='none'.")
+                           "tokens after a prefix (positions='after_prefix'): our BERT/RoBERTa, "
+                           "decoders and T5 have it; use positions='none' on other hosts.")
     if not hits:
       raise SiteMatchError(_no_match_message(rule.pattern, module_paths))
     for path in hits:

@@ -141,5 +141,6 @@ def test_each_placement_is_refused_by_the_library_that_has_the_other(tmp_path, b
 def test_t5_prefix_is_refused_naming_the_relative_positions(tmp_path, lm_base_dir):
   _, _, checkpoint = lm_bases.save_trained(tmp_path / 'run', lm_base_dir('t5'), 't5', 'task',
                                            get_method('prefix_tuning_flat', prefix_length=P))
-  with pytest.raises(InteropError, match=r"T5 prefix gets T5's relative-position buckets"):
+  with pytest.raises(InteropError,
+                     match=r"T5 prefix gets T5's relative-position buckets .* queries stay at i"):
     export_checkpoint(checkpoint, 'adapters', tmp_path / 'hub')

@@ -1,7 +1,7 @@
 """Prefix tuning with positions='after_prefix' <-> PEFT's PREFIX_TUNING (peft on transformers'
 PyTorch BERT/RoBERTa, GPT-2, Llama of the same weights): our export gives our logits and greedy
 tokens in PEFT, PEFT's own save gives PEFT's logits here; a prefix that keeps the real tokens'
-positions (positions='none') and T5 are refused by name."""
+positions (positions='none') is refused by name (T5: test_peft_t5_prefix)."""
 
 import json
 
@@ -131,18 +131,6 @@ def test_a_prefix_that_keeps_positions_is_refused_naming_the_option(tmp_path, lm
                                          r"positions='after_prefix'"):
     lm_bases.export(tmp_path, lm_base_dir, 'gpt2', 'prefix_tuning_flat', prefix_length=P)
   assert not (tmp_path / 'peft').exists()
-
-
-def test_t5_prefix_is_refused_both_ways(tmp_path, lm_base_dir):
-  model = lm_bases.torch_base(lm_base_dir('t5'), 't5')
-  peft.get_peft_model(model, peft.PrefixTuningConfig(task_type='SEQ_2_SEQ_LM', num_virtual_tokens=P)
-                      ).save_pretrained(str(tmp_path / 'saved'))
-  with pytest.raises(InteropError, match=r"PREFIX_TUNING cannot be imported: PEFT's T5 prefix"):
-    import_checkpoint(tmp_path / 'saved', 'peft', model=str(lm_base_dir('t5')), out=tmp_path / 'ours')
-  assert not (tmp_path / 'ours').exists()
-  with pytest.raises(ValueError, match=r"no position-ids site .* T5 .* use positions='none'"):
-    lm_bases.export(tmp_path, lm_base_dir, 't5', 'prefix_tuning_flat', prefix_length=P,
-                    positions='after_prefix')
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Prefix tuning in cached decoding: the cache holds the real tokens, the prefix stays in front of it
 at every step, so cached greedy decoding equals the uncached forward token for token (Llama with
-RoPE and GQA, GPT-2) and T5's cached steps (prefixes in encoder, decoder and cross-attention) give
-the teacher-forcing logits. Adapter-only checkpoints restore; a run trains through the CLI."""
+RoPE and GQA, GPT-2) and T5's cached steps (prefixes in encoder, decoder and cross-attention; with
+positions='after_prefix' too) give the teacher-forcing logits and the uncached greedy tokens.
+Adapter-only checkpoints restore; a run trains through the CLI."""
 
 import functools
 import json
@@ -25,6 +26,7 @@ from adapters_jax.models import (
   resolve_checkpoint_dir,
 )
 from adapters_jax.models.decoder_export import random_decoder_checkpoint
+from adapters_jax.models.t5_decoding import greedy_generate
 from adapters_jax.predict.predictor import load_predictor
 from tests.models import decoder_checkpoints as dc
 from tests.models.tiny_decoders import TINY_DECODERS
@@ -66,7 +68,7 @@ T5 = T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_deco
               dropout_rate=0.0, feed_forward_proj='gated-gelu', tie_word_embeddings=False)
 
 
-def test_t5_cached_steps_with_prefixes_give_the_teacher_forcing_logits():
+def _t5(positions, **locations):
   model = T5ForConditionalGeneration(T5)
   ids = np.random.default_rng(0).integers(2, 99, (2, 7)).astype(np.int32)
   mask = np.ones_like(ids)
@@ -74,8 +76,17 @@ def test_t5_cached_steps_with_prefixes_give_the_teacher_forcing_logits():
   decoder_ids = np.random.default_rng(1).integers(2, 99, (2, 5)).astype(np.int32)
   params = jax.jit(model.init)(jax.random.key(0), ids, mask, decoder_ids)['params']
   spliced, params = add_adapter(model, params, 'a', get_method('prefix_tuning', prefix_length=3,
-                                                               bottleneck_size=8),
+                                                               bottleneck_size=8,
+                                                               positions=positions, **locations),
                                 jax.random.key(1), ids, mask, decoder_ids)
+  return spliced, params, ids, mask, decoder_ids
+
+
+@pytest.mark.parametrize('positions', ['none', 'after_prefix'])
+def test_t5_cached_steps_with_prefixes_give_the_teacher_forcing_logits(positions):
+  # after_prefix: the cached steps must give the prefix keys positions 0..P-1 and the step's query
+  # P + t, as the full forward does (a bias left unshifted, or shifted in one path only, fails).
+  spliced, params, ids, mask, decoder_ids = _t5(positions)
   apply = functools.partial(spliced.apply, active='a')
   encoder_hidden = apply(params, ids, mask, method='encode')
   cache = init_decode_cache(T5, 2, decoder_ids.shape[1])
@@ -88,6 +99,20 @@ def test_t5_cached_steps_with_prefixes_give_the_teacher_forcing_logits():
   full = np.asarray(apply(params, ids, mask, decoder_ids))
   np.testing.assert_allclose(np.stack(logits, axis=1), full, rtol=1e-4, atol=1e-4)
   assert np.abs(full - np.asarray(spliced.apply(params, ids, mask, decoder_ids))).max() > 1e-2
+
+
+@pytest.mark.parametrize('locations', [{}, dict(encoder_prefix=False, cross_prefix=False)])
+def test_t5_cached_greedy_with_a_shifted_prefix_equals_the_uncached_forward(locations):
+  spliced, params, ids, mask, _ = _t5('after_prefix', **locations)
+  steps = 5
+  apply = functools.partial(spliced.apply, active='a')
+  tokens = np.asarray(greedy_generate(apply, T5, params, ids, mask, steps))
+  decoder = np.zeros((2, 1), np.int32)  # the start token; the whole input recomputed each step
+  forward = jax.jit(lambda d: apply(params, ids, mask, d))
+  for step in range(steps):
+    token = np.asarray(jnp.argmax(forward(decoder)[:, -1], axis=-1)).astype(np.int32)
+    np.testing.assert_array_equal(token, tokens[:, step], err_msg=f'step {step}')
+    decoder = np.concatenate([decoder, token[:, None]], axis=1)
 
 
 def test_adapter_only_checkpoint_restores_the_prefix(tmp_path):
