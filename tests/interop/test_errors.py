@@ -37,7 +37,7 @@ def test_peft_options_without_equivalent_are_named(tmp_path, option, value):
 
 def test_other_peft_types_are_refused(tmp_path):
   (tmp_path / 'adapter_config.json').write_text(json.dumps({'peft_type': 'LOHA'}))
-  with pytest.raises(InteropError, match="LOHA.*importable: LORA, IA3, PROMPT_TUNING"):
+  with pytest.raises(InteropError, match="LOHA.*importable: LORA, VERA, IA3, PROMPT_TUNING, PREFIX_TUNING"):
     import_checkpoint(tmp_path, 'peft', model='minilm-l6', out=tmp_path / 'out')
 
 
