@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -96,11 +97,14 @@ def test_ctrl_c_is_a_stop_request_with_exit_130_and_a_second_one_interrupts():
   # Ctrl-C swallowed too (a run that cannot be killed from the terminal).
   from adapters_jax.train.stop_signals import RunStoppedError, StopSignals
 
+  # To this thread (the main one): `os.kill` may hand the signal to one of JAX's threads, and Python
+  # then runs the handler at some later point of the main thread, maybe after the `raises` block.
+  ctrl_c = lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)
   with StopSignals() as signals:
-    os.kill(os.getpid(), signal.SIGINT)
+    ctrl_c()
     assert signals.requested == 'SIGINT'
     with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGINT)
+      ctrl_c()
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
   stopped = RunStoppedError(signals.requested, 7, ['/w/checkpoints'])
   assert stopped.exit_code == 130
