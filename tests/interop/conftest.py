@@ -1,6 +1,8 @@
 """Tiny BERT/RoBERTa checkpoints written by transformers (PyTorch, safetensors) and helpers that
 compare our logits with the reference libraries' on the same adapter."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import transformers
 from flax import traverse_util
 
 from adapters_jax import add_adapter, get_method, models, save_adapter
+from adapters_jax.interop import prefix_layout
 from adapters_jax.splicing import trainable
 
 NUM_LABELS = 3
@@ -134,3 +137,17 @@ def lm_base_dir(tmp_path_factory):
     return made[family]
 
   return make
+
+
+def with_union_prefix(spliced, params, name, union, state, prefix_length):
+  """`params` with the prefix member of union adapter `name` set from AdapterHub's BERT
+  `state_dict` (numpy): its prefix pool mapped through the stacked prefix layout."""
+  spec = spliced.adapter(name)
+  keep = [i for i, s in enumerate(spec.sites) if s.placement == 'keys_values']
+  prefix_spec = dataclasses.replace(spec, method=union.members[0],
+                                    sites=tuple(spec.sites[i] for i in keep),
+                                    stack_dims=tuple(spec.stack_dims[i] for i in keep))
+  stacked = prefix_layout.from_adapterhub(state, name, prefix_length,
+                                          {'self_prefix': 'encoder_prefix'})
+  return prefix_layout.from_stacked(prefix_spec, params, stacked)
+

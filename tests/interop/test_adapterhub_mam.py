@@ -2,7 +2,6 @@
 copied into our `mam` union gives AdapterHub's logits on the same BERT (UniPELT's check:
 test_adapterhub_unipelt.py)."""
 
-import dataclasses
 import re
 
 import adapters
@@ -11,7 +10,6 @@ import numpy as np
 from flax import traverse_util
 
 from adapters_jax import add_adapter, get_method
-from adapters_jax.interop import prefix_layout
 from tests.interop.conftest import (
   assert_close,
   inputs,
@@ -20,6 +18,7 @@ from tests.interop.conftest import (
   randomize_torch,
   torch_base,
   torch_logits,
+  with_union_prefix,
 )
 
 P, BOTTLENECK = 30, 800  # AdapterHub's MAMConfig defaults (ours alike)
@@ -43,14 +42,7 @@ def test_adapterhub_mam_on_bert_gives_their_logits(base_dir):
   assert (union.members[0].prefix_length, union.members[0].bottleneck_size) == (P, BOTTLENECK)
   spliced, params = add_adapter(pretrained.model, pretrained.params, 'task', union,
                                 jax.random.key(0), ids)
-  spec = spliced.adapter('task')
-  # The prefix member's sites, as a prefix adapter's spec, for the prefix layout's mapping.
-  keep = [i for i, s in enumerate(spec.sites) if s.placement == 'keys_values']
-  prefix_spec = dataclasses.replace(spec, method=union.members[0],
-                                    sites=tuple(spec.sites[i] for i in keep),
-                                    stack_dims=tuple(spec.stack_dims[i] for i in keep))
-  stacked = prefix_layout.from_adapterhub(state, 'task', P, {'self_prefix': 'encoder_prefix'})
-  params = prefix_layout.from_stacked(prefix_spec, params, stacked)
+  params = with_union_prefix(spliced, params, 'task', union, state, P)
   flat = traverse_util.flatten_dict(params, sep='/')
   copied = 0
   for key, value in state.items():  # the parallel FFN adapter: `output.adapters.task.adapter_*`

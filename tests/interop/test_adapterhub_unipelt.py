@@ -6,7 +6,6 @@ AdapterHub's bottleneck member is set to the Pfeiffer form ours computes (`origi
 the adapter reads the FFN output h; its default `seq_bn` reads LayerNorm(h + residual), which no
 site of ours sees); the prefix and LoRA members are AdapterHub's defaults for UniPELT."""
 
-import dataclasses
 import re
 
 import adapters
@@ -15,7 +14,6 @@ from adapters import SeqBnConfig, UniPELTConfig
 from flax import traverse_util
 
 from adapters_jax import add_adapter, get_method
-from adapters_jax.interop import prefix_layout
 from tests.interop.conftest import (
   assert_close,
   inputs,
@@ -24,6 +22,7 @@ from tests.interop.conftest import (
   randomize_torch,
   torch_base,
   torch_logits,
+  with_union_prefix,
 )
 
 P = 10  # UniPELTConfig's prefix length (ours alike)
@@ -75,13 +74,7 @@ def test_adapterhub_unipelt_on_bert_gives_their_logits(base_dir):
   assert union.members[0].prefix_length == P and union.members[0].use_gating
   spliced, params = add_adapter(pretrained.model, pretrained.params, 'task', union,
                                 jax.random.key(0), ids)
-  spec = spliced.adapter('task')
-  keep = [i for i, s in enumerate(spec.sites) if s.placement == 'keys_values']
-  prefix_spec = dataclasses.replace(spec, method=union.members[0],
-                                    sites=tuple(spec.sites[i] for i in keep),
-                                    stack_dims=tuple(spec.stack_dims[i] for i in keep))
-  stacked = prefix_layout.from_adapterhub(state, 'task', P, {'self_prefix': 'encoder_prefix'})
-  params = prefix_layout.from_stacked(prefix_spec, params, stacked)
+  params = with_union_prefix(spliced, params, 'task', union, state, P)
   flat = traverse_util.flatten_dict(params, sep='/')
   copied = set()
   for key, value in state.items():
