@@ -100,12 +100,18 @@ def test_ctrl_c_is_a_stop_request_with_exit_130_and_a_second_one_interrupts():
   # To this thread (the main one): `os.kill` may hand the signal to one of JAX's threads, and Python
   # then runs the handler at some later point of the main thread, maybe after the `raises` block.
   ctrl_c = lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)
-  with StopSignals() as signals:
-    ctrl_c()
-    assert signals.requested == 'SIGINT'
-    with pytest.raises(KeyboardInterrupt):
+  # Python's own handler before, as in a fresh process (the test process's may have been changed
+  # by a library an earlier test used); a second Ctrl-C must hand back to it.
+  outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with StopSignals() as signals:
       ctrl_c()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+      assert signals.requested == 'SIGINT'
+      with pytest.raises(KeyboardInterrupt):
+        ctrl_c()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, outside)
   stopped = RunStoppedError(signals.requested, 7, ['/w/checkpoints'])
   assert stopped.exit_code == 130
   assert str(stopped) == ('Stopped by SIGINT at step 7; checkpoint saved in /w/checkpoints; rerun '
