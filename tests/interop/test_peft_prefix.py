@@ -16,6 +16,7 @@ from adapters_jax.interop import InteropError, export_checkpoint, import_checkpo
 from adapters_jax.models import GenerationConfig, generate
 from tests.interop import conftest as encoders
 from tests.interop import lm_bases
+from tests.interop.test_peft_prompt import randomized_peft_save
 
 P = 3
 STEPS = 6
@@ -88,15 +89,8 @@ def test_encoder_prefix_and_head_load_in_peft_with_our_logits(tmp_path, base_dir
 
 def _peft_prefix_save(tmp_path, model, task_type, projection):
   """PEFT's own PREFIX_TUNING save of a random prefix (and head); `(directory, peft model)`."""
-  peft_model = peft.get_peft_model(model, peft.PrefixTuningConfig(
+  return randomized_peft_save(tmp_path, model, peft.PrefixTuningConfig(
       task_type=task_type, num_virtual_tokens=P, prefix_projection=projection, encoder_hidden_size=8))
-  generator = torch.Generator().manual_seed(3)
-  with torch.no_grad():
-    for name, param in peft_model.named_parameters():
-      if 'prompt_encoder' in name or 'modules_to_save' in name:
-        param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-  peft_model.save_pretrained(str(tmp_path / 'saved'))
-  return tmp_path / 'saved', peft_model.eval()
 
 
 @pytest.mark.parametrize('family,projection', [('gpt2', False), ('llama', True)])

@@ -58,16 +58,24 @@ def test_lm_prompt_loads_in_peft_with_our_logits(tmp_path, lm_base_dir, family):
   lm_bases.assert_close(ours, theirs, base)
 
 
-def peft_save(tmp_path, model, family, task_type):
-  """PEFT's own PROMPT_TUNING save of a random prompt (every row, T5's decoder rows too)."""
-  peft_model = peft.get_peft_model(model, peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=P))
+def randomized_peft_save(tmp_path, model, config):
+  """PEFT's own save of a prompt-learning adapter (`config`) whose prompt encoder and head are
+  random; `(directory, PEFT model in eval mode)`."""
+  peft_model = peft.get_peft_model(model, config)
   generator = torch.Generator().manual_seed(3)
   with torch.no_grad():
     for name, param in peft_model.named_parameters():
       if 'prompt_encoder' in name or 'modules_to_save' in name:
         param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
   peft_model.save_pretrained(str(tmp_path / 'saved'))
-  return tmp_path / 'saved', peft_model_logits(peft_model, family)
+  return tmp_path / 'saved', peft_model.eval()
+
+
+def peft_save(tmp_path, model, family, task_type):
+  """PEFT's own PROMPT_TUNING save of a random prompt (every row, T5's decoder rows too)."""
+  saved, peft_model = randomized_peft_save(
+      tmp_path, model, peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=P))
+  return saved, peft_model_logits(peft_model, family)
 
 
 def test_peft_encoder_prompt_imports_with_their_logits(tmp_path, base_dir):
