@@ -97,9 +97,6 @@ class Experiment:
     frozen_shardings: the shardings of the frozen tree as a run placed it on its mesh, or None:
       `forward` keeps each dequantised kernel split as its codes are
       (`quantization.dequantize_tree`).
-    lookup_quantized_tables: quantised `embedding` tables reach the model as they are stored (our
-      Linen backbones look their rows up, `quantization.embedding`); False for NNX models, which
-      get every table dequantised whole.
   """
 
   config: ml_collections.ConfigDict
@@ -115,13 +112,14 @@ class Experiment:
   report: Callable[[Params, data.BatchSource, str], dict[str, Any]] | None = None
   base_record: dict[str, Any] | None = None
   frozen_shardings: Params | None = None
-  lookup_quantized_tables: bool = True
 
   def forward(self, params: Params, *args: Any, rng: jax.Array | None = None, **kwargs: Any) -> Any:
     """The spliced model with the run's adapter active; dropout on when `rng` is a key. Quantised
-    kernels of `params` are dequantised here, inside whatever jit calls this."""
+    kernels of `params` are dequantised here, inside whatever jit calls this; quantised `embedding`
+    tables reach our Linen backbones as stored (they look their rows up, `quantization.embedding`),
+    an NNX model gets every table dequantised whole."""
     rngs = None if rng is None else {'dropout': rng}
-    params = quantization.dequantize_tree(params, keep_tables=self.lookup_quantized_tables,
+    params = quantization.dequantize_tree(params, keep_tables=not is_nnx_model(self.config.model),
                                           shardings=self.frozen_shardings)
     return self.spliced.apply(params, *args, deterministic=rng is None, active=self.adapter_name,
                               rngs=rngs, **kwargs)
@@ -243,8 +241,7 @@ def quantize_base(experiment: Experiment) -> Experiment:
                                         config.quantize_block_size, select)
   if nnx_model:
     return dataclasses.replace(experiment, params=params, base_record=record,
-                               spliced=experiment.spliced.without_params(),
-                               lookup_quantized_tables=False)
+                               spliced=experiment.spliced.without_params())
   return dataclasses.replace(experiment, params=params, base_record=record,
                              pretrained=dataclasses.replace(experiment.pretrained, params=None))
 
